@@ -1,0 +1,57 @@
+# Tideflow developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+BUF    := node_modules/.bin/buf
+
+.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean
+
+## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
+setup: $(STAMP) $(BUF)
+
+$(STAMP): constraints.txt requirements-dev.txt sdk_python/pyproject.toml services/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q --disable-pip-version-check \
+	    -e sdk_python -e services -r requirements-dev.txt
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+## proto: regenerate the Python stubs from proto/ (committed)
+proto: $(STAMP)
+	$(PY) tools/protogen.py generate
+
+## proto-check: fail if the committed generated code differs from what proto/ generates
+proto-check: $(STAMP)
+	$(PY) tools/protogen.py check
+
+## buf-lint / buf-breaking: proto style, and wire compatibility against the main branch
+buf-lint: $(BUF)
+	$(BUF) lint
+
+buf-breaking: $(BUF)
+	if git rev-parse --verify -q main >/dev/null; then \
+	    $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf-breaking: no main branch to compare against, skipped"; fi
+
+## lint: ruff and mypy --strict (generated code excluded)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## pytest: the test suites (starts a throwaway PostgreSQL itself)
+pytest: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## test: everything CI checks
+test: setup lint proto-check buf-lint buf-breaking pytest
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

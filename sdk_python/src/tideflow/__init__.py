@@ -1,0 +1,1 @@
+"""Tideflow Python SDK."""

@@ -1,0 +1,1 @@
+"""Tideflow server: frontend, history and matching roles and the persistence layer."""

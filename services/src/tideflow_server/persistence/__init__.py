@@ -1,0 +1,43 @@
+"""Persistence: store interfaces, their closed error set, backends and the manager above them."""
+
+from tideflow_server.persistence.errors import (
+    AlreadyExists,
+    ConditionFailed,
+    CurrentRunConditionFailed,
+    InvalidPageToken,
+    NotFound,
+    PersistenceError,
+    ShardOwnershipLost,
+    SizeLimitExceeded,
+    Unavailable,
+)
+from tideflow_server.persistence.interfaces import (
+    ClusterStore,
+    ExecutionStore,
+    HistoryStore,
+    MetadataStore,
+    Persistence,
+    ShardStore,
+    TaskStore,
+    VisibilityStore,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "ClusterStore",
+    "ConditionFailed",
+    "CurrentRunConditionFailed",
+    "ExecutionStore",
+    "HistoryStore",
+    "InvalidPageToken",
+    "MetadataStore",
+    "NotFound",
+    "Persistence",
+    "PersistenceError",
+    "ShardOwnershipLost",
+    "ShardStore",
+    "SizeLimitExceeded",
+    "TaskStore",
+    "Unavailable",
+    "VisibilityStore",
+]

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from tideflow_server.persistence.errors import NotFound
+from tideflow_server.persistence.records import Page, VisibilityFilter, VisibilityRow
+from tideflow_server.persistence.sql import _paging
+from tideflow_server.persistence.sql._database import Row, SqlDatabase
+
+_COLUMNS = (
+    "namespace_id, run_id, execution_id, flow_name, flow_version, task_queue, status,"
+    " start_time_ms, close_time_ms, history_length, memo"
+)
+
+
+def _row(r: Row) -> VisibilityRow:
+    return VisibilityRow(
+        namespace_id=r[0],
+        run_id=r[1],
+        execution_id=r[2],
+        flow_name=r[3],
+        flow_version=r[4],
+        task_queue=r[5],
+        status=r[6],
+        start_time_ms=r[7],
+        close_time_ms=r[8],
+        history_length=r[9],
+        memo=bytes(r[10]),
+    )
+
+
+def _where(namespace_id: str, f: VisibilityFilter) -> tuple[str, list[object]]:
+    clauses = ["namespace_id = ?"]
+    args: list[object] = [namespace_id]
+    if f.statuses:
+        statuses = sorted(f.statuses)
+        clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+        args.extend(statuses)
+    if f.flow_name is not None:
+        clauses.append("flow_name = ?")
+        args.append(f.flow_name)
+    if f.run_id is not None:
+        clauses.append("run_id = ?")
+        args.append(f.run_id)
+    if f.start_time_min_ms is not None:
+        clauses.append("start_time_ms >= ?")
+        args.append(f.start_time_min_ms)
+    if f.start_time_max_ms is not None:
+        clauses.append("start_time_ms < ?")
+        args.append(f.start_time_max_ms)
+    return " AND ".join(clauses), args
+
+
+class SqlVisibilityStore:
+    def __init__(self, db: SqlDatabase) -> None:
+        self._db = db
+
+    async def upsert_run(self, row: VisibilityRow) -> None:
+        # A closed row wins over an open one whatever order the visibility tasks arrive in.
+        async with self._db.write() as conn:
+            await conn.execute(
+                f"INSERT INTO visibility ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (namespace_id, execution_id) DO UPDATE SET"
+                " status = excluded.status, close_time_ms = excluded.close_time_ms,"
+                " history_length = excluded.history_length, memo = excluded.memo,"
+                " task_queue = excluded.task_queue"
+                " WHERE visibility.close_time_ms IS NULL OR excluded.close_time_ms IS NOT NULL",
+                row.namespace_id,
+                row.run_id,
+                row.execution_id,
+                row.flow_name,
+                row.flow_version,
+                row.task_queue,
+                row.status,
+                row.start_time_ms,
+                row.close_time_ms,
+                row.history_length,
+                row.memo,
+            )
+
+    async def get_run(self, namespace_id: str, execution_id: str) -> VisibilityRow:
+        async with self._db.read() as conn:
+            found = await conn.fetchone(
+                f"SELECT {_COLUMNS} FROM visibility WHERE namespace_id = ? AND execution_id = ?",
+                namespace_id,
+                execution_id,
+            )
+        if found is None:
+            raise NotFound(f"run execution {execution_id} not found in visibility")
+        return _row(found)
+
+    async def list_runs(
+        self,
+        namespace_id: str,
+        filter: VisibilityFilter,
+        *,
+        page_size: int,
+        page_token: bytes | None = None,
+    ) -> Page[VisibilityRow]:
+        where, args = _where(namespace_id, filter)
+        if page_token is not None:
+            start_time_ms, execution_id = _paging.decode(page_token, 2)
+            where += " AND (start_time_ms, execution_id) < (?, ?)"
+            args += [start_time_ms, execution_id]
+        async with self._db.read() as conn:
+            rows = await conn.fetchall(
+                f"SELECT {_COLUMNS} FROM visibility WHERE {where}"
+                " ORDER BY start_time_ms DESC, execution_id DESC LIMIT ?",
+                *args,
+                page_size + 1,
+            )
+        items = [_row(r) for r in rows[:page_size]]
+        if len(rows) <= page_size:
+            return Page(items, None)
+        last = items[-1]
+        return Page(items, _paging.encode(last.start_time_ms, last.execution_id))
+
+    async def count_runs(self, namespace_id: str, filter: VisibilityFilter) -> int:
+        where, args = _where(namespace_id, filter)
+        async with self._db.read() as conn:
+            found = await conn.fetchone(f"SELECT COUNT(*) FROM visibility WHERE {where}", *args)
+        return 0 if found is None else int(found[0])
+
+    async def delete_run(self, namespace_id: str, execution_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                "DELETE FROM visibility WHERE namespace_id = ? AND execution_id = ?",
+                namespace_id,
+                execution_id,
+            )

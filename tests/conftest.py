@@ -1,0 +1,97 @@
+"""Fixtures shared by every suite: backends are chosen here, tests stay backend-agnostic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from tideflow_server.persistence import schema
+from tideflow_server.persistence.postgres import open_postgres
+from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.persistence.sqlite import open_sqlite
+from tests.support.postgres import PostgresServer, PostgresUnavailable
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKENDS = ["sqlite", "postgres"]
+
+
+def backend_unavailable(backend: str, reason: str) -> None:
+    """A backend that cannot start is a skip locally and a failure in CI."""
+    message = f"{backend} unavailable: {reason}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as e:
+        backend_unavailable("postgres", str(e))
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+_TEMPLATE = "tideflow_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """A database with the schema set up by the operator's command, copied for each test
+    (CREATE DATABASE ... TEMPLATE) so every case starts on an empty schema in milliseconds."""
+    postgres_server.psql(f"CREATE DATABASE {_TEMPLATE}")
+    env = {
+        **os.environ,
+        "TIDEFLOW_PERSISTENCE__BACKEND": "postgres",
+        "TIDEFLOW_PERSISTENCE__POSTGRES__DSN": postgres_server.dsn(_TEMPLATE),
+    }
+    subprocess.run(
+        [str(Path(sys.executable).with_name("tideflow-server")), "schema", "setup"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return _TEMPLATE
+
+
+_database_ids = count(1)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer, postgres_template: str) -> str:
+    name = f"tideflow_test_{next(_database_ids)}"
+    postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    return postgres_server.dsn(name)
+
+
+async def open_backend(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> SqlPersistence:
+    if backend == "sqlite":
+        persistence = await open_sqlite(tmp_path / "tideflow.db")
+        await schema.setup_schema(persistence.db)
+        return persistence
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return await open_postgres(dsn, min_connections=1, max_connections=10)
+
+
+@pytest.fixture(params=BACKENDS)
+async def persistence(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SqlPersistence]:
+    """Every store of one backend, on a fresh database."""
+    opened = await open_backend(request.param, request, tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
