@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, PostgresUnavailable
 from tideflow_server.persistence import schema
 from tideflow_server.persistence.postgres import open_postgres
 from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.persistence.sqlite import open_sqlite
-from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgres"]

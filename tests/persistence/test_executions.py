@@ -119,16 +119,12 @@ async def test_one_open_execution_per_run_id(persistence: SqlPersistence) -> Non
     # answer a retried request idempotently.
     assert conflict.value.current == first.current
     with pytest.raises(NotFound):
-        await persistence.executions.get_execution(
-            key("invoice-9", second.execution.execution_id)
-        )
+        await persistence.executions.get_execution(key("invoice-9", second.execution.execution_id))
 
 
 async def test_concurrent_brand_new_creates_one_wins(persistence: SqlPersistence) -> None:
     r = await acquire(persistence)
-    contenders = [
-        new_execution("invoice-10", range_id=r, request_id=f"req-{i}") for i in range(4)
-    ]
+    contenders = [new_execution("invoice-10", range_id=r, request_id=f"req-{i}") for i in range(4)]
     results = await asyncio.gather(
         *(persistence.executions.create_execution(c) for c in contenders),
         return_exceptions=True,

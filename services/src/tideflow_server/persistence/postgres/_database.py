@@ -4,7 +4,7 @@ import functools
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 import asyncpg
 
@@ -15,6 +15,7 @@ from tideflow_server.persistence.errors import (
     Unavailable,
 )
 from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.persistence.sql._database import Row
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -54,8 +55,16 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    _Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    )
+
+
 class _Conn:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: _Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, *args: object) -> int:
@@ -70,15 +79,15 @@ class _Conn:
         except _ERRORS as e:
             _translate(e)
 
-    async def fetchall(self, sql: str, *args: object) -> list[Sequence[Any]]:
+    async def fetchall(self, sql: str, *args: object) -> list[Row]:
         try:
             return list(await self._conn.fetch(_numbered(sql), *args))
         except _ERRORS as e:
             _translate(e)
 
-    async def fetchone(self, sql: str, *args: object) -> Sequence[Any] | None:
+    async def fetchone(self, sql: str, *args: object) -> Row | None:
         try:
-            found: Sequence[Any] | None = await self._conn.fetchrow(_numbered(sql), *args)
+            found: Row | None = await self._conn.fetchrow(_numbered(sql), *args)
             return found
         except _ERRORS as e:
             _translate(e)

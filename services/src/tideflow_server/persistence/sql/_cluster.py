@@ -4,9 +4,7 @@ from tideflow_server.persistence.errors import NotFound
 from tideflow_server.persistence.records import ClusterMetadataRow, MemberRow
 from tideflow_server.persistence.sql._database import SqlDatabase
 
-_MEMBER_COLUMNS = (
-    "host_id, role, rpc_address, session_start_ms, last_heartbeat_ms, expires_ms"
-)
+_MEMBER_COLUMNS = "host_id, role, rpc_address, session_start_ms, last_heartbeat_ms, expires_ms"
 
 
 class SqlClusterStore:

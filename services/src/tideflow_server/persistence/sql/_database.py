@@ -1,10 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-Row = Sequence[Any]
+
+class Row(Protocol):
+    """A result row: a tuple (SQLite) or an asyncpg Record, read by position."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
 class SqlConn(Protocol):

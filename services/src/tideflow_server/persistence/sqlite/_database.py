@@ -5,12 +5,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import aiosqlite
 
 from tideflow_server.persistence.errors import AlreadyExists, PersistenceError, Unavailable
 from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.persistence.sql._database import Row
 
 
 def _translate(e: sqlite3.Error) -> NoReturn:
@@ -38,14 +39,14 @@ class _Conn:
         except sqlite3.Error as e:
             _translate(e)
 
-    async def fetchall(self, sql: str, *args: object) -> list[Sequence[Any]]:
+    async def fetchall(self, sql: str, *args: object) -> list[Row]:
         try:
             async with self._conn.execute(sql, args) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as e:
             _translate(e)
 
-    async def fetchone(self, sql: str, *args: object) -> Sequence[Any] | None:
+    async def fetchone(self, sql: str, *args: object) -> Row | None:
         try:
             async with self._conn.execute(sql, args) as cur:
                 found = await cur.fetchone()
