@@ -3,11 +3,13 @@ next_event_id, and never shadowed by a failed writer's leftovers."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tests.persistence.builders import acquire, all_history, batch, key, new_execution, next_step
 from tideflow_server.persistence import ConditionFailed, InvalidPageToken
-from tideflow_server.persistence.records import ExecutionRow
+from tideflow_server.persistence.records import ExecutionRow, HistoryBatch
 from tideflow_server.persistence.sql import SqlPersistence
 
 
@@ -142,3 +144,49 @@ async def test_foreign_page_token_is_rejected(persistence: SqlPersistence) -> No
             page_size=10,
             page_token=b"\x00garbage",
         )
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_histories_with_leftovers_read_back_exactly(
+    persistence: SqlPersistence, seed: int
+) -> None:
+    """Random batch sizes, leftovers of failed writers at random places (older txn ids) and
+    random page sizes: paging always reassembles exactly the committed chain."""
+    rng = random.Random(seed)
+    r = await acquire(persistence)
+    txn = r << 20
+    sizes = [rng.randint(1, 4) for _ in range(rng.randint(5, 25))]
+    create = new_execution(f"random-{seed}", range_id=r, events=[batch(1, sizes[0], txn=txn + 100)])
+    await persistence.executions.create_execution(create)
+    k = key(f"random-{seed}", create.execution.execution_id)
+    state = create.execution
+    committed = list(create.events)
+    for i, size in enumerate(sizes[1:], start=1):
+        first = state.next_event_id
+        if rng.random() < 0.4:  # an older writer's leftover at or inside this step
+            at = first - rng.randint(0, committed[-1].event_count - 1)
+            await persistence.history.append_history(
+                k, [batch(at, rng.randint(1, 5), txn=txn + rng.randint(0, 99), tag=b"leftover")]
+            )
+        step = next_step(state, range_id=r, events=[batch(first, size, txn=txn + 100 + i)])
+        await persistence.executions.update_execution(step)
+        committed += step.events
+        state = step.execution
+    # Leftovers past the end, as from a writer that died mid-decision.
+    await persistence.history.append_history(k, [batch(state.next_event_id, 3, txn=txn + 999)])
+
+    got: list[HistoryBatch] = []
+    token = None
+    while True:
+        page = await persistence.history.read_history(
+            k,
+            min_event_id=1,
+            next_event_id=state.next_event_id,
+            page_size=rng.randint(1, 6),
+            page_token=token,
+        )
+        got += page.items
+        if page.next_page_token is None:
+            break
+        token = page.next_page_token
+    assert got == committed

@@ -41,10 +41,10 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, *, fsync: bool = False, port: int | None = None) -> None:
+    def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
         self.bin_dir = _bin_dir()
         self.port = port or free_port()
-        self.fsync = fsync
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="tideflow-pg-"))
         self.data_dir = self.root / "data"
         self.log_file = self.root / "server.log"
@@ -98,9 +98,9 @@ class PostgresServer:
                 f"-c unix_socket_directories={self.root}",
                 "-c max_connections=200",
                 "-c shared_buffers=128MB",
-                f"-c fsync={'on' if self.fsync else 'off'}",
-                f"-c synchronous_commit={'on' if self.fsync else 'off'}",
-                f"-c full_page_writes={'on' if self.fsync else 'off'}",
+                f"-c fsync={'on' if self.durable else 'off'}",
+                f"-c synchronous_commit={'on' if self.durable else 'off'}",
+                f"-c full_page_writes={'on' if self.durable else 'off'}",
             ]
         )
         self._run(

@@ -250,13 +250,28 @@ class ClusterStore(Protocol):
 class Persistence(Protocol):
     """One backend: every store, opened and closed together."""
 
-    backend: str
-    shards: ShardStore
-    executions: ExecutionStore
-    history: HistoryStore
-    tasks: TaskStore
-    metadata: MetadataStore
-    visibility: VisibilityStore
-    cluster: ClusterStore
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def shards(self) -> ShardStore: ...
+
+    @property
+    def executions(self) -> ExecutionStore: ...
+
+    @property
+    def history(self) -> HistoryStore: ...
+
+    @property
+    def tasks(self) -> TaskStore: ...
+
+    @property
+    def metadata(self) -> MetadataStore: ...
+
+    @property
+    def visibility(self) -> VisibilityStore: ...
+
+    @property
+    def cluster(self) -> ClusterStore: ...
 
     async def close(self) -> None: ...

@@ -99,7 +99,17 @@ class SqlExecutionStore:
                         f"run_id {ex.run_id!r}: current execution is "
                         f"{existing.execution_id} in state {existing.state.name}",
                     )
-                await self._write_current(conn, request.shard_id, cur)
+                await conn.execute(
+                    "UPDATE current_runs SET execution_id = ?, state = ?, status = ?,"
+                    " start_request_id = ? WHERE shard_id = ? AND namespace_id = ? AND run_id = ?",
+                    cur.execution_id,
+                    int(cur.state),
+                    cur.status,
+                    cur.start_request_id,
+                    request.shard_id,
+                    cur.namespace_id,
+                    cur.run_id,
+                )
             await conn.execute(
                 "INSERT INTO executions (shard_id, namespace_id, run_id, execution_id,"
                 " next_event_id, db_version, state, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -141,25 +151,25 @@ class SqlExecutionStore:
                     f"{request.expected_db_version}"
                 )
             if request.current is not None:
-                await self._write_current(conn, request.shard_id, request.current)
+                cur = request.current
+                # Only while the pointer still names this execution: a newer execution of the
+                # run_id may have taken it over (reuse after close).
+                await conn.execute(
+                    "UPDATE current_runs SET state = ?, status = ?, start_request_id = ?"
+                    " WHERE shard_id = ? AND namespace_id = ? AND run_id = ?"
+                    " AND execution_id = ?",
+                    int(cur.state),
+                    cur.status,
+                    cur.start_request_id,
+                    request.shard_id,
+                    cur.namespace_id,
+                    cur.run_id,
+                    ex.execution_id,
+                )
             key = ExecutionKey(request.shard_id, ex.namespace_id, ex.run_id, ex.execution_id)
             await _insert_outputs(
                 conn, key, request.events, request.transfer_tasks, request.timer_tasks
             )
-
-    @staticmethod
-    async def _write_current(conn: SqlConn, shard_id: int, cur: CurrentRunRow) -> None:
-        await conn.execute(
-            "UPDATE current_runs SET execution_id = ?, state = ?, status = ?,"
-            " start_request_id = ? WHERE shard_id = ? AND namespace_id = ? AND run_id = ?",
-            cur.execution_id,
-            int(cur.state),
-            cur.status,
-            cur.start_request_id,
-            shard_id,
-            cur.namespace_id,
-            cur.run_id,
-        )
 
     async def get_execution(self, key: ExecutionKey) -> ExecutionRow:
         async with self._db.read() as conn:

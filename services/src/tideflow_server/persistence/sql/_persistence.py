@@ -11,7 +11,8 @@ from tideflow_server.persistence.sql._visibility import SqlVisibilityStore
 
 
 class SqlPersistence:
-    """Every store over one SQL database."""
+    """Every store over one SQL database (a `Persistence`; mypy checks each store against its
+    protocol wherever one is passed as the other)."""
 
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db

@@ -1,0 +1,68 @@
+"""Versioned schemas: set up once, updated in order, checked before serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tideflow_server.persistence import schema
+from tideflow_server.persistence.sql import SqlPersistence
+
+
+def _versions(tmp_path: Path, backend: str, scripts: list[str]) -> Path:
+    for number, script in enumerate(scripts, start=1):
+        folder = tmp_path / "schema" / backend / f"v{number}"
+        folder.mkdir(parents=True)
+        (folder / "001.sql").write_text(script)
+    return tmp_path / "schema"
+
+
+async def test_setup_refuses_a_database_that_has_a_schema(persistence: SqlPersistence) -> None:
+    db = persistence.db
+    assert await schema.current_version(db) == 1
+    with pytest.raises(schema.SchemaError, match="already has schema v1"):
+        await schema.setup_schema(db)
+    assert await schema.update_schema(db) == []
+    assert await schema.check_schema(db) == 1
+
+
+async def test_update_applies_newer_versions_in_order(
+    persistence: SqlPersistence, tmp_path: Path
+) -> None:
+    db = persistence.db
+    shipped = schema.load_versions(db.name)
+    root = _versions(
+        tmp_path,
+        db.name,
+        [v.script for v in shipped]
+        + [
+            "CREATE TABLE extra_a (id INTEGER PRIMARY KEY);",
+            "CREATE TABLE extra_b (id INTEGER PRIMARY KEY);",
+        ],
+    )
+    with pytest.raises(schema.SchemaError, match="needs v3"):
+        await schema.check_schema(db, root=root)
+    assert await schema.update_schema(db, root=root) == [2, 3]
+    assert await db.table_exists("extra_a") and await db.table_exists("extra_b")
+    assert await schema.check_schema(db, root=root) == 3
+    # The server that shipped only v1 refuses to run on it.
+    with pytest.raises(schema.SchemaError, match="newer than this server"):
+        await schema.update_schema(db)
+
+
+async def test_a_failing_version_is_not_recorded(
+    persistence: SqlPersistence, tmp_path: Path
+) -> None:
+    db = persistence.db
+    shipped = schema.load_versions(db.name)
+    root = _versions(
+        tmp_path,
+        db.name,
+        [v.script for v in shipped]
+        + ["CREATE TABLE half_done (id INTEGER PRIMARY KEY); THIS IS NOT SQL;"],
+    )
+    with pytest.raises(Exception):  # noqa: B017 - each database words its syntax error its own way
+        await schema.update_schema(db, root=root)
+    assert await schema.current_version(db) == 1
+    assert not await db.table_exists("half_done")
