@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,16 +31,24 @@ def backend_unavailable(backend: str, reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """A throwaway server for the duration of the block (skip or CI failure if it can't)."""
     try:
-        server = PostgresServer().start()
+        server = PostgresServer(durable=durable).start()
     except PostgresUnavailable as e:
         backend_unavailable("postgres", str(e))
     try:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Shared by the session; fast rather than durable (no fsync)."""
+    with running_postgres() as server:
+        yield server
 
 
 _TEMPLATE = "tideflow_template"

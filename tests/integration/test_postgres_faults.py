@@ -8,9 +8,9 @@ from typing import TypeVar
 
 import pytest
 
-from tests.conftest import backend_unavailable
+from tests.conftest import running_postgres
 from tests.persistence.builders import acquire, all_history, batch, key, new_execution, next_step
-from tests.support.postgres import PostgresServer, PostgresUnavailable
+from tests.support.postgres import PostgresServer
 from tideflow_server.persistence import Unavailable, schema
 from tideflow_server.persistence.postgres import open_postgres
 
@@ -30,14 +30,8 @@ async def _retry_unavailable(call: Callable[[], Awaitable[T]], attempts: int = 1
 def own_server() -> Iterator[PostgresServer]:
     """A server of this test's own, so restarting it disturbs no other case; durable (fsync,
     synchronous commit) like production, unlike the shared test server."""
-    try:
-        server = PostgresServer(durable=True).start()
-    except PostgresUnavailable as e:
-        backend_unavailable("postgres", str(e))
-    try:
+    with running_postgres(durable=True) as server:
         yield server
-    finally:
-        server.remove()
 
 
 async def test_restarted_database_loses_no_committed_decision(own_server: PostgresServer) -> None:
