@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every role: servers, typed errors, interceptors."""

@@ -1,0 +1,190 @@
+"""Typed service errors and their gRPC statuses.
+
+Every role raises these; one place turns them into a gRPC status carrying `google.rpc`
+details (`BadRequest` field violations for INVALID_ARGUMENT, `ErrorInfo` with a machine
+readable reason otherwise), and internal clients turn a status back into the same type, so a
+matching host can tell "task already started" from "history unavailable" without parsing
+messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, NoReturn, cast
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "tideflow.io"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One problem with one field of a request, as `google.rpc.BadRequest` reports it.
+    `field` is a path: `blueprint.blocks[2].needs[0]`, `input.doc`."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[error_details_pb2.ErrorInfo | error_details_pb2.BadRequest]:
+        return [
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        ]
+
+    def to_status(self) -> status_pb2.Status:
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        for detail in self.details():
+            status.details.add().Pack(detail)
+        return status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation] | str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(violations, str):
+            violations = [FieldViolation("", violations)]
+        self.violations = list(violations)
+        summary = "; ".join(
+            f"{v.field}: {v.description}" if v.field else v.description for v in self.violations
+        )
+        super().__init__(summary, reason=reason, metadata=metadata)
+
+    def details(self) -> list[error_details_pb2.ErrorInfo | error_details_pb2.BadRequest]:
+        bad_request = error_details_pb2.BadRequest()
+        for v in self.violations:
+            bad_request.field_violations.add(field=v.field, description=v.description)
+        return [bad_request, *super().details()]
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unavailable(ServiceError):
+    """Try again (another host may own the shard now, or a database is away)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], error: ServiceError) -> NoReturn:
+    """End the call with `error`'s status and details."""
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
+    """The typed error a peer's status stands for (reason and field violations kept)."""
+    code = error.code()
+    message = error.details() or code.name
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    # Iterating aio metadata yields plain (key, value) tuples, whatever the stubs say.
+    trailers = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in trailers:
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(info):
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Unpack(bad):
+                violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(violations or message, reason=reason, metadata=metadata)
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        transient = code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED)
+        cls = Unavailable if transient else Internal
+    return cls(message, reason=reason, metadata=metadata)
+
+
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT
