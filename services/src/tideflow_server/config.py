@@ -55,6 +55,51 @@ class ClusterConfig(_Section):
     """Fixed when the cluster's database is first initialised; later values must match."""
 
 
+class RoleEndpoint(_Section):
+    """Where one role listens. Port 0 picks a free port (tests); `advertise` is the address
+    other hosts dial (defaults to host:port as bound)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    advertise: str | None = None
+
+
+class ServicesConfig(_Section):
+    frontend: RoleEndpoint = RoleEndpoint(port=7233)
+    history: RoleEndpoint = RoleEndpoint(port=7234)
+    matching: RoleEndpoint = RoleEndpoint(port=7235)
+
+
+class MembershipConfig(_Section):
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    """How often a host refreshes its membership row and re-reads the others'."""
+    ttl_s: float = Field(default=10.0, gt=0)
+    """A host that has not heartbeated for this long is gone; its shards move."""
+
+
+class HistoryConfig(_Section):
+    cache_size: int = Field(default=10_000, gt=0)
+    """Mutable states cached per shard."""
+    transfer_batch: int = Field(default=100, gt=0)
+    timer_lookahead_s: float = Field(default=30.0, gt=0)
+    ack_interval_s: float = Field(default=1.0, gt=0)
+    """How often queue ack levels are persisted and completed tasks deleted."""
+    max_pending_blocks: int = Field(default=2_000, gt=0)
+    long_poll_timeout_s: float = Field(default=20.0, gt=0)
+    """GetRunHistory with wait_new_event waits this long for an event."""
+
+
+class MatchingRoleConfig(_Section):
+    long_poll_timeout_s: float = Field(default=60.0, gt=0)
+    max_polls_per_partition: int = Field(default=1_000, gt=0)
+
+
+class FrontendConfig(_Section):
+    namespace_rps: float = Field(default=2_400.0, ge=0)
+    """Requests per second per namespace when its config sets none; 0 = unlimited."""
+    namespace_burst: int = Field(default=4_800, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -62,6 +107,11 @@ class Settings(BaseSettings):
 
     persistence: PersistenceConfig = PersistenceConfig()
     cluster: ClusterConfig = ClusterConfig()
+    services: ServicesConfig = ServicesConfig()
+    membership: MembershipConfig = MembershipConfig()
+    history: HistoryConfig = HistoryConfig()
+    matching: MatchingRoleConfig = MatchingRoleConfig()
+    frontend: FrontendConfig = FrontendConfig()
 
     yaml_file: ClassVar[Path | None] = None
 

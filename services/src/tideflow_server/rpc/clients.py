@@ -1,0 +1,312 @@
+"""Clients one role uses to reach another, routed by ownership.
+
+History calls go to the host that owns the run's shard, matching calls to the host that owns
+the task queue partition; both ask membership who that is. A host that no longer owns what
+it was asked about answers UNAVAILABLE, as does a host that is down, and the call is retried
+with backoff against a refreshed view until its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from tideflow_server.internal.v1 import (
+    history_service_pb2 as hs,
+)
+from tideflow_server.internal.v1 import (
+    history_service_pb2_grpc,
+    matching_service_pb2_grpc,
+)
+from tideflow_server.internal.v1 import (
+    matching_service_pb2 as ms,
+)
+from tideflow_server.membership import Membership, stable_hash
+from tideflow_server.rpc.errors import ServiceError, Unavailable, from_rpc_error
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+HISTORY = "history"
+MATCHING = "matching"
+
+
+def _history_stub(channel: grpc.aio.Channel) -> history_service_pb2_grpc.HistoryServiceAsyncStub:
+    # The generated stub types itself as the async variant when given an aio channel; the
+    # async class exists only in the type stubs.
+    return history_service_pb2_grpc.HistoryServiceStub(channel)
+
+
+def _matching_stub(
+    channel: grpc.aio.Channel,
+) -> matching_service_pb2_grpc.MatchingServiceAsyncStub:
+    return matching_service_pb2_grpc.MatchingServiceStub(channel)
+
+
+def shard_for(namespace_id: str, run_id: str, shard_count: int) -> int:
+    """The run's shard, 1..shard_count: fixed for the cluster's life."""
+    return stable_hash(namespace_id, run_id) % shard_count + 1
+
+
+def shard_key(shard_id: int) -> str:
+    return f"shard/{shard_id}"
+
+
+def partition_key(namespace_id: str, task_queue: str, kind: int, partition: int) -> str:
+    return f"tq/{namespace_id}/{task_queue}/{kind}/{partition}"
+
+
+class ChannelPool:
+    """One long-lived channel per peer address."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1_000),
+                ],
+            )
+            self._channels[address] = channel
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        await asyncio.gather(*(c.close(None) for c in channels.values()))
+
+
+class _RoutedClient:
+    def __init__(
+        self,
+        membership: Membership,
+        channels: ChannelPool,
+        *,
+        role: str,
+        retry_budget_s: float,
+    ) -> None:
+        self._membership = membership
+        self._channels = channels
+        self._role = role
+        self._retry_budget_s = retry_budget_s
+
+    async def _routed(
+        self,
+        key: str,
+        make_stub: Callable[[grpc.aio.Channel], S],
+        call: Callable[[S], Awaitable[T]],
+        *,
+        retry_budget_s: float | None = None,
+    ) -> T:
+        deadline = time.monotonic() + (
+            self._retry_budget_s if retry_budget_s is None else retry_budget_s
+        )
+        backoff = 0.02
+        while True:
+            owner = self._membership.owner(self._role, key)
+            try:
+                if owner is None:
+                    raise Unavailable(f"no {self._role} host is available", reason="NO_HOST")
+                try:
+                    return await call(make_stub(self._channels.get(owner.rpc_address)))
+                except grpc.aio.AioRpcError as e:
+                    raise from_rpc_error(e) from e
+            except Unavailable:
+                if time.monotonic() + backoff > deadline:
+                    raise
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 1.0)
+            await self._membership.refresh()
+
+
+class HistoryClient(_RoutedClient):
+    def __init__(
+        self,
+        membership: Membership,
+        channels: ChannelPool,
+        shard_count: int,
+        *,
+        retry_budget_s: float = 15.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(membership, channels, role=HISTORY, retry_budget_s=retry_budget_s)
+        self.shard_count = shard_count
+        self._timeout_s = timeout_s
+
+    def shard_for(self, namespace_id: str, run_id: str) -> int:
+        return shard_for(namespace_id, run_id, self.shard_count)
+
+    async def _call(
+        self,
+        namespace_id: str,
+        run_id: str,
+        call: Callable[[history_service_pb2_grpc.HistoryServiceAsyncStub], Awaitable[T]],
+    ) -> T:
+        key = shard_key(self.shard_for(namespace_id, run_id))
+        return await self._routed(key, _history_stub, call)
+
+    async def start_run(self, request: hs.StartRunRequest) -> hs.StartRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run_id,
+            lambda s: s.StartRun(request, timeout=self._timeout_s),
+        )
+
+    async def signal_run(self, request: hs.SignalRunRequest) -> hs.SignalRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda s: s.SignalRun(request, timeout=self._timeout_s),
+        )
+
+    async def signal_with_start_run(
+        self, request: hs.SignalWithStartRunRequest
+    ) -> hs.SignalWithStartRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run_id,
+            lambda s: s.SignalWithStartRun(request, timeout=self._timeout_s),
+        )
+
+    async def cancel_run(self, request: hs.CancelRunRequest) -> hs.CancelRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda s: s.CancelRun(request, timeout=self._timeout_s),
+        )
+
+    async def terminate_run(self, request: hs.TerminateRunRequest) -> hs.TerminateRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda s: s.TerminateRun(request, timeout=self._timeout_s),
+        )
+
+    async def describe_run(self, request: hs.DescribeRunRequest) -> hs.DescribeRunResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda s: s.DescribeRun(request, timeout=self._timeout_s),
+        )
+
+    async def get_run_history(
+        self, request: hs.GetRunHistoryRequest, *, timeout_s: float | None = None
+    ) -> hs.GetRunHistoryResponse:
+        return await self._call(
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda s: s.GetRunHistory(request, timeout=timeout_s or self._timeout_s),
+        )
+
+    async def record_block_started(
+        self, request: hs.RecordBlockStartedRequest
+    ) -> hs.RecordBlockStartedResponse:
+        return await self._call(
+            request.namespace_id,
+            request.run.run_id,
+            lambda s: s.RecordBlockStarted(request, timeout=self._timeout_s),
+        )
+
+    async def record_block_heartbeat(
+        self, request: hs.RecordBlockHeartbeatRequest, *, run_id: str
+    ) -> hs.RecordBlockHeartbeatResponse:
+        return await self._call(
+            request.namespace_id,
+            run_id,
+            lambda s: s.RecordBlockHeartbeat(request, timeout=self._timeout_s),
+        )
+
+    async def respond_block_completed(
+        self, request: hs.RespondBlockCompletedRequest, *, run_id: str
+    ) -> hs.RespondBlockCompletedResponse:
+        return await self._call(
+            request.namespace_id,
+            run_id,
+            lambda s: s.RespondBlockCompleted(request, timeout=self._timeout_s),
+        )
+
+    async def respond_block_failed(
+        self, request: hs.RespondBlockFailedRequest, *, run_id: str
+    ) -> hs.RespondBlockFailedResponse:
+        return await self._call(
+            request.namespace_id,
+            run_id,
+            lambda s: s.RespondBlockFailed(request, timeout=self._timeout_s),
+        )
+
+    async def respond_block_canceled(
+        self, request: hs.RespondBlockCanceledRequest, *, run_id: str
+    ) -> hs.RespondBlockCanceledResponse:
+        return await self._call(
+            request.namespace_id,
+            run_id,
+            lambda s: s.RespondBlockCanceled(request, timeout=self._timeout_s),
+        )
+
+
+class MatchingClient(_RoutedClient):
+    def __init__(
+        self,
+        membership: Membership,
+        channels: ChannelPool,
+        *,
+        retry_budget_s: float = 15.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(membership, channels, role=MATCHING, retry_budget_s=retry_budget_s)
+        self._timeout_s = timeout_s
+
+    @staticmethod
+    def _key(namespace_id: str, task_queue: str, kind: int, partition: int) -> str:
+        return partition_key(namespace_id, task_queue, kind, partition)
+
+    async def add_block_task(self, request: ms.AddBlockTaskRequest) -> ms.AddBlockTaskResponse:
+        tq = request.task_queue
+        return await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, request.partition),
+            _matching_stub,
+            lambda s: s.AddBlockTask(request, timeout=self._timeout_s),
+        )
+
+    async def poll_block_task(
+        self, request: ms.PollBlockTaskRequest, *, timeout_s: float
+    ) -> ms.PollBlockTaskResponse:
+        tq = request.request.task_queue
+        return await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, request.partition),
+            _matching_stub,
+            lambda s: s.PollBlockTask(request, timeout=timeout_s),
+            retry_budget_s=0.0,  # the worker polls again; never hold a poll past its deadline
+        )
+
+    async def describe_task_queue(
+        self, request: ms.DescribeTaskQueueRequest
+    ) -> ms.DescribeTaskQueueResponse:
+        tq = request.task_queue
+        return await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, request.partition),
+            _matching_stub,
+            lambda s: s.DescribeTaskQueue(request, timeout=self._timeout_s),
+        )
+
+    async def cancel_outstanding_poll(self, request: ms.CancelOutstandingPollRequest) -> None:
+        tq = request.task_queue
+        with contextlib.suppress(ServiceError):  # best effort: the poll ends at its deadline
+            await self._routed(
+                self._key(request.namespace_id, tq.name, tq.kind, request.partition),
+                _matching_stub,
+                lambda s: s.CancelOutstandingPoll(request, timeout=self._timeout_s),
+                retry_budget_s=0.0,
+            )

@@ -1,0 +1,95 @@
+"""One grpc.aio server per role, with health checking and reflection, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tideflow_server.config import RoleEndpoint
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class _HealthServicer(Protocol):
+    async def set(self, service: str, status: Any) -> None: ...
+
+
+def _aio_health_servicer() -> _HealthServicer:
+    # grpcio-health-checking ships an asyncio servicer its type stubs do not describe.
+    return cast(_HealthServicer, health.aio.HealthServicer())  # type: ignore[attr-defined]
+
+
+@dataclass
+class Service:
+    """A servicer and what it takes to serve it."""
+
+    name: str
+    """Full service name, e.g. `tideflow.api.v1.FlowService`, for health and reflection."""
+    register: Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class RoleServer:
+    role: str
+    server: grpc.aio.Server
+    address: str
+    health: _HealthServicer
+    services: list[str] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.services]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting calls, let in-flight ones finish within `grace_s`, then cancel."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_role_server(
+    role: str, endpoint: RoleEndpoint, services: Sequence[Service]
+) -> RoleServer:
+    server = grpc.aio.server(options=_OPTIONS)
+    health_servicer = _aio_health_servicer()
+    health_pb2_grpc.add_HealthServicer_to_server(cast(Any, health_servicer), server)
+    for service in services:
+        service.register(server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(f"{endpoint.host}:{endpoint.port}")
+    if port == 0:
+        raise OSError(f"{role}: cannot listen on {endpoint.host}:{endpoint.port}")
+    await server.start()
+    address = endpoint.advertise or f"{endpoint.host}:{port}"
+    role_server = RoleServer(role, server, address, health_servicer, names)
+    await role_server.set_serving(True)
+    return role_server
+
+
+async def wait_for_termination(servers: Sequence[RoleServer]) -> None:
+    await asyncio.gather(*(s.server.wait_for_termination() for s in servers))
