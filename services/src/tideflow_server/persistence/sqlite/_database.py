@@ -23,36 +23,48 @@ def _translate(e: sqlite3.Error) -> NoReturn:
 
 
 class _Conn:
+    """Statements run shielded from cancellation: once started, a statement finishes and its
+    cursor closes even if the caller is cancelled. An abandoned cursor would keep its read
+    snapshot open, and every later read on the connection would see stale data."""
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
+    async def _execute(self, sql: str, args: Sequence[object]) -> int:
+        async with self._conn.execute(sql, args) as cur:
+            return cur.rowcount
+
+    async def _fetch(self, sql: str, args: Sequence[object], *, one: bool) -> list[Row]:
+        async with self._conn.execute(sql, args) as cur:
+            if one:
+                found = await cur.fetchone()
+                return [] if found is None else [tuple(found)]
+            return [tuple(r) for r in await cur.fetchall()]
+
     async def execute(self, sql: str, *args: object) -> int:
         try:
-            async with self._conn.execute(sql, args) as cur:
-                return cur.rowcount
+            return await asyncio.shield(self._execute(sql, args))
         except sqlite3.Error as e:
             _translate(e)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
         try:
-            await self._conn.executemany(sql, rows)
+            await asyncio.shield(self._conn.executemany(sql, list(rows)))
         except sqlite3.Error as e:
             _translate(e)
 
     async def fetchall(self, sql: str, *args: object) -> list[Row]:
         try:
-            async with self._conn.execute(sql, args) as cur:
-                return list(await cur.fetchall())
+            return await asyncio.shield(self._fetch(sql, args, one=False))
         except sqlite3.Error as e:
             _translate(e)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
         try:
-            async with self._conn.execute(sql, args) as cur:
-                found = await cur.fetchone()
-                return None if found is None else tuple(found)
+            found = await asyncio.shield(self._fetch(sql, args, one=True))
         except sqlite3.Error as e:
             _translate(e)
+        return found[0] if found else None
 
 
 class SqliteDatabase:
