@@ -1,0 +1,92 @@
+"""Bounds the frontend enforces on every public request before it reaches history or matching.
+
+Lengths count characters; sizes count serialized protobuf bytes. A pattern and a length both
+apply to the same field: the length is checked first so that the error names the length.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tideflow.api.v1 import namespace_pb2
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class RequestLimits(BaseModel):
+    """Server-wide request limits. A namespace may only tighten them, see
+    `with_namespace_limits`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Identifiers.
+    namespace_pattern: str = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+    max_namespace_length: int = Field(default=63, gt=0)
+    max_run_id_length: int = Field(default=255, gt=0)
+    """run_id: printable characters only (no control or format characters)."""
+    max_request_id_length: int = Field(default=255, gt=0)
+    max_identity_length: int = Field(default=255, gt=0)
+    """Client and poller identities alike."""
+    max_signal_name_length: int = Field(default=255, gt=0)
+    task_queue_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$"
+    max_task_queue_name_length: int = Field(default=255, gt=0)
+    flow_name_pattern: str = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
+    """Flow names and blueprint names are the same thing."""
+    max_flow_name_length: int = Field(default=128, gt=0)
+
+    # Sizes.
+    max_payload_bytes: int = Field(default=2 * MIB, gt=0)
+    """Sum of the serialized payloads of one Payloads field (input, result, details...)."""
+    max_memo_bytes: int = Field(default=32 * KIB, gt=0)
+    max_blueprint_bytes: int = Field(default=1 * MIB, gt=0)
+    max_failure_bytes: int = Field(default=2 * MIB, gt=0)
+    """A worker's Failure, message, stack trace, cause chain and details included."""
+    max_task_token_bytes: int = Field(default=4 * KIB, gt=0)
+    max_page_token_bytes: int = Field(default=4 * KIB, gt=0)
+
+    # Free text.
+    max_reason_length: int = Field(default=1024, gt=0)
+    max_description_length: int = Field(default=1024, gt=0)
+    max_email_length: int = Field(default=255, gt=0)
+    max_namespace_data_bytes: int = Field(default=32 * KIB, gt=0)
+    """Keys and values of a namespace's `data` labels, UTF-8 bytes summed."""
+    max_map_key_length: int = Field(default=255, gt=0)
+    """Keys of memo fields and namespace data labels."""
+
+    # Pages.
+    max_page_size: int = Field(default=1000, gt=0)
+    default_page_size: int = Field(default=100, gt=0)
+    """What page_size 0 means."""
+
+    # Durations (all must also be non-negative).
+    max_run_timeout: timedelta = timedelta(days=3650)
+    max_retention: timedelta = timedelta(days=3650)
+
+    @field_validator("namespace_pattern", "task_queue_pattern", "flow_name_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from e
+        return value
+
+    @model_validator(mode="after")
+    def _default_page_fits(self) -> RequestLimits:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    def with_namespace_limits(self, limits: namespace_pb2.NamespaceLimits) -> RequestLimits:
+        """These limits, tightened by a namespace's own (`NamespaceConfig.limits`). Zero there
+        means the server default, and a namespace cannot raise a server limit."""
+        if limits.max_payload_bytes and limits.max_payload_bytes < self.max_payload_bytes:
+            return self.model_copy(update={"max_payload_bytes": limits.max_payload_bytes})
+        return self
+
+
+DEFAULT_LIMITS = RequestLimits()
