@@ -1,5 +1,13 @@
 """The blueprint interpreter: validation at registration, deterministic decisions at run time."""
 
+from tideflow_server.history.interpreter._json import (
+    NotJSON,
+    json_to_struct,
+    json_to_value,
+    struct_to_json,
+    value_to_json,
+)
+from tideflow_server.history.interpreter._kinds import ExternalPolicy
 from tideflow_server.history.interpreter._model import (
     JSON,
     BlockError,
@@ -13,17 +21,49 @@ from tideflow_server.history.interpreter._model import (
     ScheduleExternal,
     SkipBlock,
 )
+from tideflow_server.history.interpreter.compiled import CompiledBlock, CompiledBlueprint
+from tideflow_server.history.interpreter.decide import decide, initial_vars
+from tideflow_server.history.interpreter.templates import (
+    Env,
+    Expression,
+    ExpressionError,
+    Template,
+    run_variables,
+)
+from tideflow_server.history.interpreter.validate import (
+    DEFAULT_MAX_BLOCKS,
+    validate_blueprint,
+    validate_input,
+)
 
 __all__ = [
+    "DEFAULT_MAX_BLOCKS",
     "JSON",
     "BlockError",
     "BlockView",
     "Command",
+    "CompiledBlock",
+    "CompiledBlueprint",
     "CompleteRun",
     "CompleteSystem",
+    "Env",
+    "Expression",
+    "ExpressionError",
+    "ExternalPolicy",
     "FailBlock",
     "FailRun",
+    "NotJSON",
     "RunView",
     "ScheduleExternal",
     "SkipBlock",
+    "Template",
+    "decide",
+    "initial_vars",
+    "json_to_struct",
+    "json_to_value",
+    "run_variables",
+    "struct_to_json",
+    "validate_blueprint",
+    "validate_input",
+    "value_to_json",
 ]

@@ -1,0 +1,140 @@
+"""Retry policies and timeouts of external blocks: checks, and effective values.
+
+A block's own fields override the blueprint's defaults field by field; the engine's defaults
+fill what neither sets. Presence follows the proto: a retry interval counts as set when the
+message field is present (`"0s"` is a valid initial interval), a number when it is non-zero,
+a timeout when it is non-zero ("Unset (zero) fields take the blueprint's defaults").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from google.protobuf import duration_pb2
+
+from tideflow.api.v1 import common_pb2
+from tideflow_server.history.interpreter._json import duration_text
+
+ENGINE_INITIAL_INTERVAL = duration_pb2.Duration(seconds=1)
+ENGINE_BACKOFF_COEFFICIENT = 2.0
+ENGINE_MAXIMUM_INTERVAL_FACTOR = 100
+"""The default maximum interval is this many initial intervals."""
+ENGINE_MAXIMUM_ATTEMPTS = 0
+"""Unlimited: schedule_to_close bounds the block."""
+ENGINE_JITTER = 0.2
+
+_TIMEOUT_FIELDS = ("schedule_to_start", "start_to_close", "schedule_to_close", "heartbeat")
+
+Report = Callable[[str, str], None]
+"""(field path, description)"""
+
+
+def nanos(duration: duration_pb2.Duration) -> int:
+    return duration.seconds * 1_000_000_000 + duration.nanos
+
+
+def _duration_problem(duration: duration_pb2.Duration) -> str | None:
+    if abs(duration.nanos) >= 1_000_000_000 or (
+        duration.seconds * duration.nanos < 0  # seconds and nanos must agree in sign
+    ):
+        return "is not a valid duration"
+    if duration.seconds < 0 or duration.nanos < 0:
+        return f"must not be negative, got {duration_text(nanos(duration))}"
+    return None
+
+
+def effective_retry(*policies: common_pb2.RetryPolicy | None) -> common_pb2.RetryPolicy:
+    """Every field from the first policy that sets it (the block's, then the blueprint's),
+    else the engine's default."""
+    given = [p for p in policies if p is not None]
+    result = common_pb2.RetryPolicy()
+    initial = next(
+        (p.initial_interval for p in given if p.HasField("initial_interval")),
+        ENGINE_INITIAL_INTERVAL,
+    )
+    result.initial_interval.CopyFrom(initial)
+    maximum = next((p.maximum_interval for p in given if p.HasField("maximum_interval")), None)
+    if maximum is None:
+        result.maximum_interval.FromNanoseconds(nanos(initial) * ENGINE_MAXIMUM_INTERVAL_FACTOR)
+    else:
+        result.maximum_interval.CopyFrom(maximum)
+    result.backoff_coefficient = next(
+        (p.backoff_coefficient for p in given if p.backoff_coefficient),
+        ENGINE_BACKOFF_COEFFICIENT,
+    )
+    result.maximum_attempts = next(
+        (p.maximum_attempts for p in given if p.maximum_attempts), ENGINE_MAXIMUM_ATTEMPTS
+    )
+    result.jitter = next((p.jitter for p in given if p.jitter), ENGINE_JITTER)
+    result.non_retryable_error_types.extend(
+        next((p.non_retryable_error_types for p in given if p.non_retryable_error_types), [])
+    )
+    return result
+
+
+def effective_timeouts(*timeouts: common_pb2.BlockTimeouts | None) -> common_pb2.BlockTimeouts:
+    given = [t for t in timeouts if t is not None]
+    result = common_pb2.BlockTimeouts()
+    for name in _TIMEOUT_FIELDS:
+        value = next((getattr(t, name) for t in given if nanos(getattr(t, name))), None)
+        if value is not None:
+            getattr(result, name).CopyFrom(value)
+    return result
+
+
+def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bool:
+    """Report what is wrong with one policy on its own; True when nothing is."""
+    ok = True
+
+    def bad(field: str, description: str) -> None:
+        nonlocal ok
+        ok = False
+        report(f"{path}.{field}", description)
+
+    for field in ("initial_interval", "maximum_interval"):
+        if policy.HasField(field) and (problem := _duration_problem(getattr(policy, field))):
+            bad(field, problem)
+    coefficient = policy.backoff_coefficient
+    if coefficient and not (math.isfinite(coefficient) and coefficient >= 1):
+        bad("backoff_coefficient", f"must be >= 1 (0 means the default), got {coefficient}")
+    if policy.maximum_attempts < 0:
+        bad("maximum_attempts", f"must be >= 0 (0 means unlimited), got {policy.maximum_attempts}")
+    if not 0 <= policy.jitter <= 1:  # NaN fails too
+        bad("jitter", f"must be between 0 and 1, got {policy.jitter}")
+    for i, error_type in enumerate(policy.non_retryable_error_types):
+        if not error_type:
+            bad(f"non_retryable_error_types[{i}]", "must not be empty")
+    return ok
+
+
+def check_interval_order(
+    own: common_pb2.RetryPolicy, effective: common_pb2.RetryPolicy, path: str, report: Report
+) -> None:
+    """The effective maximum interval must not be shorter than the effective initial one.
+    Reported where `own` sets one of them (the other may come from the defaults)."""
+    initial, maximum = nanos(effective.initial_interval), nanos(effective.maximum_interval)
+    if maximum >= initial:
+        return
+    if own.HasField("maximum_interval"):
+        field = "maximum_interval"
+    elif own.HasField("initial_interval"):
+        field = "initial_interval"
+    else:
+        return
+    report(
+        f"{path}.{field}",
+        f"maximum_interval ({duration_text(maximum)}) is shorter than initial_interval "
+        f"({duration_text(initial)})",
+    )
+
+
+def check_timeouts(timeouts: common_pb2.BlockTimeouts, path: str, report: Report) -> None:
+    for name in _TIMEOUT_FIELDS:
+        if problem := _duration_problem(getattr(timeouts, name)):
+            report(f"{path}.{name}", problem)
+
+
+def bounds_the_block(timeouts: common_pb2.BlockTimeouts) -> bool:
+    """At least one of start_to_close and schedule_to_close is set."""
+    return nanos(timeouts.start_to_close) > 0 or nanos(timeouts.schedule_to_close) > 0

@@ -1,0 +1,153 @@
+"""A registered blueprint, compiled once: what `decide` runs on."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import jsonschema
+
+from tideflow.api.v1 import blueprint_pb2
+from tideflow_server.history.interpreter._json import normalize
+from tideflow_server.history.interpreter._kinds import BlockPlan, ExternalPlan, ExternalPolicy
+from tideflow_server.history.interpreter._model import JSON, RunView
+from tideflow_server.history.interpreter.templates import Env, Expression, Template, run_identity
+from tideflow_server.history.interpreter.validate import (
+    DEFAULT_MAX_BLOCKS,
+    CheckedBlock,
+    check_blueprint,
+    schema_violations,
+)
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledBlock:
+    id: str
+    index: int
+    """Position in `Blueprint.blocks`."""
+    kind: blueprint_pb2.BlockKind.ValueType
+    needs: tuple[str, ...]
+    depends: Expression | None
+    depends_on: tuple[str, ...]
+    """The blocks `depends` reads; they must be done before it is evaluated."""
+    when: Expression | None
+    plan: BlockPlan
+
+    @property
+    def prerequisites(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.needs, *self.depends_on)))
+
+    @property
+    def policy(self) -> ExternalPolicy | None:
+        """Task queue, retry policy and timeouts of an external block, defaults applied."""
+        return self.plan.policy if isinstance(self.plan, ExternalPlan) else None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledBlueprint:
+    blueprint: blueprint_pb2.Blueprint
+    blocks: Mapping[str, CompiledBlock]
+    order: tuple[CompiledBlock, ...]
+    """Topological (prerequisites first), ties broken by declaration order."""
+    vars: tuple[tuple[str, Template], ...]
+    """Defaults of the run variables, by name."""
+    output: Template | None
+    input_schema: dict[str, JSON] | None
+    output_schema: dict[str, JSON] | None
+    input_validator: jsonschema.protocols.Validator | None
+    output_validator: jsonschema.protocols.Validator | None
+
+    @classmethod
+    def compile(
+        cls, bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+    ) -> CompiledBlueprint:
+        """Validate and compile; raises InvalidArgument listing every problem."""
+        blueprint = blueprint_pb2.Blueprint()
+        blueprint.CopyFrom(bp)
+        checked = check_blueprint(blueprint, max_blocks=max_blocks)
+        if checked.violations:
+            raise InvalidArgument(checked.violations)
+        blocks = [_block(b) for b in checked.blocks]
+        return cls(
+            blueprint=blueprint,
+            blocks={b.id: b for b in blocks},
+            order=_topological(blocks),
+            vars=checked.vars,
+            output=checked.output,
+            input_schema=checked.input_schema,
+            output_schema=checked.output_schema,
+            input_validator=_validator(checked.input_schema),
+            output_validator=_validator(checked.output_schema),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.blueprint.name
+
+    @property
+    def version(self) -> int:
+        return self.blueprint.version
+
+    def validate_input(self, value: JSON) -> list[FieldViolation]:
+        """Where a run input breaks `input_schema` (`input.doc.pages: ...`); empty when it
+        fits or there is no schema."""
+        return schema_violations(self.input_validator, value, "input")
+
+    def initial_vars(self, run_input: JSON, *, run: RunView | None = None) -> dict[str, JSON]:
+        """The variables a run starts with: the blueprint's defaults rendered against the run
+        input, and `run` for `${run.*}` (without it, only the flow name and version are set).
+        Raises ExpressionError when a default does not render."""
+        identity = run_identity(
+            run_id=run.run_id if run else "",
+            execution_id=run.execution_id if run else "",
+            namespace=run.namespace if run else "",
+            flow=run.flow_name if run else self.name,
+            version=run.flow_version if run else self.version,
+        )
+        env = Env({"input": normalize(run_input), "run": identity})
+        return {name: template.render(env) for name, template in self.vars}
+
+
+def _block(checked: CheckedBlock) -> CompiledBlock:
+    # A blueprint without violations has a kind and a plan for every block.
+    assert checked.spec is not None and checked.plan is not None
+    return CompiledBlock(
+        id=checked.id,
+        index=checked.index,
+        kind=checked.spec.kind,
+        needs=checked.needs,
+        depends=checked.depends,
+        depends_on=checked.depends_on,
+        when=checked.when,
+        plan=checked.plan,
+    )
+
+
+def _topological(blocks: list[CompiledBlock]) -> tuple[CompiledBlock, ...]:
+    by_id = {b.id: b for b in blocks}
+    waiting = {b.id: len(b.prerequisites) for b in blocks}
+    dependents: dict[str, list[str]] = {b.id: [] for b in blocks}
+    for b in blocks:
+        for prerequisite in b.prerequisites:
+            dependents[prerequisite].append(b.id)
+    ready = [(b.index, b.id) for b in blocks if not waiting[b.id]]
+    heapq.heapify(ready)
+    order: list[CompiledBlock] = []
+    while ready:
+        _, block_id = heapq.heappop(ready)
+        order.append(by_id[block_id])
+        for dependent in dependents[block_id]:
+            waiting[dependent] -= 1
+            if not waiting[dependent]:
+                heapq.heappush(ready, (by_id[dependent].index, dependent))
+    assert len(order) == len(blocks), "validated blueprints are acyclic"
+    return tuple(order)
+
+
+def _validator(schema: dict[str, JSON] | None) -> jsonschema.protocols.Validator | None:
+    if schema is None:
+        return None
+    validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(schema)
+    return validator

@@ -1,0 +1,182 @@
+"""`decide`: from the state of a run, the commands that follow.
+
+Pure and deterministic (invariant 4): the same compiled blueprint and view give equal
+commands, in topological order with ties broken by declaration order. Each call looks at the
+blocks not reached yet, in that order, and starts (or skips) those whose prerequisites are
+done; it does not cascade, because the engine applies the commands and calls again.
+
+A block is *ready* when every block it `needs` and every block its `depends` reads is done
+(SUCCEEDED, FAILED, SKIPPED or CANCELED). Then, in order:
+
+1. without `depends`: a need that FAILED or was CANCELED skips the block, and so does a need
+   that was skipped for that reason, so a failure skips everything downstream of it. A need
+   skipped by its `when` counts as satisfied;
+2. with `depends`: it replaces that rule; false skips the block;
+3. `when` false skips the block;
+4. the block's kind starts it (`_kinds`): an external block is scheduled, a system block
+   completes in-line, a `fail` block fails.
+
+An expression that fails fails its block (`ExpressionError`, non-retryable). A failed block
+does not fail the run at once: the run ends when nothing runs and nothing is left to start,
+failed by the first failed block in topological order, or completed with the rendered
+`output`. A `succeed` block ends the run as soon as it completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tideflow_server.history.interpreter._kinds import StartContext
+from tideflow_server.history.interpreter._model import (
+    CANCELED,
+    FAILED,
+    JSON,
+    SKIPPED,
+    SUCCEEDED,
+    TERMINAL,
+    BlockError,
+    BlockView,
+    Command,
+    CompleteRun,
+    CompleteSystem,
+    FailBlock,
+    FailRun,
+    RunView,
+    SkipBlock,
+)
+from tideflow_server.history.interpreter.compiled import CompiledBlock, CompiledBlueprint
+from tideflow_server.history.interpreter.templates import Env, ExpressionError
+from tideflow_server.history.interpreter.validate import schema_violations
+
+EXPRESSION_ERROR = "ExpressionError"
+OUTPUT_SCHEMA_VIOLATION = "OutputSchemaViolation"
+BLOCK_FAILED = "BlockFailed"
+BLOCK_CANCELED = "BlockCanceled"
+
+
+def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
+    """The commands that follow from `run`; empty while the run waits on running blocks."""
+    views = run.blocks
+    ended = _ended(compiled, views)
+    if ended is not None:
+        return [ended]
+    env = Env.for_run(run)
+    context = StartContext(env, compiled.output)
+    causes: dict[str, str | None] = {}
+    commands: list[Command] = []
+    for block in compiled.order:
+        if block.id in views:
+            continue
+        step = _step(compiled, block, views, context, causes)
+        if step is None:
+            continue
+        if block.plan.ends_run and isinstance(step, CompleteSystem):
+            # The run ends here: what the other ready blocks would do no longer matters.
+            return [step, _result(compiled, step.output, block.id)]
+        commands.append(step)
+    if commands or any(view.status not in TERMINAL for view in views.values()):
+        return commands
+    return [_finish(compiled, views, env)]
+
+
+def initial_vars(
+    compiled: CompiledBlueprint, run_input: JSON, *, run: RunView | None = None
+) -> dict[str, JSON]:
+    """The run variables a run starts with (see `CompiledBlueprint.initial_vars`)."""
+    return compiled.initial_vars(run_input, run=run)
+
+
+def _ended(compiled: CompiledBlueprint, views: Mapping[str, BlockView]) -> Command | None:
+    """The run's result, if a block that ends the run (`succeed`) has completed."""
+    for block in compiled.order:
+        view = views.get(block.id)
+        if block.plan.ends_run and view is not None and view.status == SUCCEEDED:
+            return _result(compiled, view.output, block.id)
+    return None
+
+
+def _step(
+    compiled: CompiledBlueprint,
+    block: CompiledBlock,
+    views: Mapping[str, BlockView],
+    context: StartContext,
+    causes: dict[str, str | None],
+) -> Command | None:
+    """What to do with a block not reached yet; None while it is not ready."""
+    for prerequisite in block.prerequisites:
+        view = views.get(prerequisite)
+        if view is None or view.status not in TERMINAL:
+            return None
+    try:
+        if block.depends is None:
+            for need in block.needs:
+                cause = _failure_cause(compiled, need, views, causes)
+                if cause == need:
+                    word = "canceled" if views[need].status == CANCELED else "failed"
+                    return SkipBlock(block.id, f"needs {need}, which {word}")
+                if cause is not None:
+                    return SkipBlock(block.id, f"needs {need}, skipped because {cause} failed")
+        elif not block.depends.evaluate_bool(context.env):
+            return SkipBlock(block.id, f"depends is false: {block.depends.source}")
+        if block.when is not None and not block.when.evaluate_bool(context.env):
+            return SkipBlock(block.id, f"when is false: {block.when.source}")
+        return block.plan.start(block.id, context)
+    except ExpressionError as e:
+        return FailBlock(block.id, BlockError(EXPRESSION_ERROR, str(e), non_retryable=True))
+
+
+def _failure_cause(
+    compiled: CompiledBlueprint,
+    block_id: str,
+    views: Mapping[str, BlockView],
+    causes: dict[str, str | None],
+) -> str | None:
+    """The failed (or canceled) block that `block_id` stands for, if any: itself, or, when
+    it was skipped for a failed need, that need's cause. Read from the statuses again on every
+    decision, since a view does not keep skip reasons."""
+    if block_id in causes:
+        return causes[block_id]
+    cause: str | None = None
+    view = views.get(block_id)
+    block = compiled.blocks.get(block_id)
+    if view is not None and view.status in (FAILED, CANCELED):
+        cause = block_id
+    elif (
+        view is not None and view.status == SKIPPED and block is not None and block.depends is None
+    ):
+        # Only the needs rule skips for a failure; a block with `depends` decided for itself.
+        for need in block.needs:
+            cause = _failure_cause(compiled, need, views, causes)
+            if cause is not None:
+                break
+    causes[block_id] = cause
+    return cause
+
+
+def _finish(compiled: CompiledBlueprint, views: Mapping[str, BlockView], env: Env) -> Command:
+    for block in compiled.order:
+        view = views.get(block.id)
+        if view is None or view.status not in (FAILED, CANCELED):
+            continue
+        error = view.error
+        if error is None:
+            failed = view.status == FAILED
+            error = BlockError(
+                BLOCK_FAILED if failed else BLOCK_CANCELED,
+                f"block {block.id} {'failed' if failed else 'was canceled'}",
+            )
+        return FailRun(error=error, block_id=block.id)
+    try:
+        output = None if compiled.output is None else compiled.output.render(env)
+    except ExpressionError as e:
+        return FailRun(BlockError(EXPRESSION_ERROR, str(e), non_retryable=True))
+    return _result(compiled, output, "")
+
+
+def _result(compiled: CompiledBlueprint, output: JSON, block_id: str) -> Command:
+    violations = schema_violations(compiled.output_validator, output, "output")
+    if violations:
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        error = BlockError(OUTPUT_SCHEMA_VIOLATION, message, non_retryable=True)
+        return FailRun(error=error, block_id=block_id)
+    return CompleteRun(output)

@@ -1,0 +1,451 @@
+"""Registration checks: a blueprint is whole, or every problem is reported with its path.
+
+`validate_blueprint` walks the blueprint once and, on the way, compiles what the interpreter
+needs (expressions, templates, block plans); `CompiledBlueprint.compile` keeps that work when
+nothing is wrong. Checks run in passes: the blueprint's own fields, then block ids and needs,
+then the dependency graph (so references can be checked against ancestors), then each block's
+expressions and kind, then the variables' defaults and the output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import jsonschema
+from google.protobuf import struct_pb2
+
+from tideflow.api.v1 import blueprint_pb2
+from tideflow_server.history.interpreter import _policy
+from tideflow_server.history.interpreter._cel import BUILTIN_NAMES, CelProgram, CelSyntaxError
+from tideflow_server.history.interpreter._cel import compile_cel as _compile_cel
+from tideflow_server.history.interpreter._json import (
+    NotJSON,
+    normalize,
+    struct_to_json,
+    value_to_json,
+)
+from tideflow_server.history.interpreter._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
+from tideflow_server.history.interpreter._model import JSON
+from tideflow_server.history.interpreter._refs import references
+from tideflow_server.history.interpreter.templates import (
+    RUN_VARIABLES,
+    Expression,
+    Template,
+    compile_template,
+    field_path,
+)
+from tideflow_server.rpc.errors import FieldViolation
+
+if TYPE_CHECKING:
+    from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+
+DEFAULT_MAX_BLOCKS = 500
+
+FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
+BLOCK_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+CEL_RESERVED = frozenset(
+    {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for"}
+    | {"function", "if", "import", "let", "loop", "package", "namespace", "return", "var"}
+    | {"void", "while"}
+)
+RESERVED_BLOCK_IDS = RUN_VARIABLES | CEL_RESERVED | BUILTIN_NAMES
+"""Block ids are CEL variables in `depends`, so they may not be keywords, type names or the
+names every expression already reads."""
+
+_VAR_DEFAULT_VARIABLES = frozenset({"input", "run"})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBlock:
+    """One block as registration compiled it (`plan` is None for a kind with problems)."""
+
+    index: int
+    id: str
+    spec: KindSpec | None
+    needs: tuple[str, ...]
+    depends: Expression | None
+    depends_on: tuple[str, ...]
+    """The blocks `depends` reads, by name or through `blocks.<id>`."""
+    when: Expression | None
+    plan: BlockPlan | None
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    violations: list[FieldViolation]
+    blocks: tuple[CheckedBlock, ...]
+    vars: tuple[tuple[str, Template], ...]
+    output: Template | None
+    input_schema: dict[str, JSON] | None
+    output_schema: dict[str, JSON] | None
+
+
+def validate_blueprint(
+    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+) -> list[FieldViolation]:
+    """Every problem of `bp`, each with the path of its field (`blocks[2].needs[0]`); empty
+    when it can be registered."""
+    return check_blueprint(bp, max_blocks=max_blocks).violations
+
+
+def check_blueprint(
+    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+) -> Checked:
+    return _Checker(bp, max_blocks).run()
+
+
+def validate_input(compiled: CompiledBlueprint, value: JSON) -> list[FieldViolation]:
+    """Where `value` breaks the blueprint's input schema (`input.doc.pages: ...`)."""
+    return compiled.validate_input(value)
+
+
+def schema_violations(
+    validator: jsonschema.protocols.Validator | None, value: JSON, root: str
+) -> list[FieldViolation]:
+    if validator is None:
+        return []
+    try:
+        errors = list(validator.iter_errors(normalize(value)))
+    except jsonschema.exceptions.SchemaError as e:  # pragma: no cover - checked at registration
+        return [FieldViolation(root, f"the schema is invalid: {e.message}")]
+    except Exception as e:
+        # An unresolvable $ref shows up only when a value reaches it.
+        return [FieldViolation(root, f"the schema could not be applied: {e}")]
+    violations = [FieldViolation(_json_path(root, e.absolute_path), e.message) for e in errors]
+    return sorted(set(violations), key=lambda v: (v.field, v.description))
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What the expressions of one field may read."""
+
+    variables: frozenset[str]
+    blocks: frozenset[str] | None
+    """Blocks that `blocks.<id>` may name; None: any declared block."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Site:
+    block: blueprint_pb2.Block
+    path: str
+    blueprint: blueprint_pb2.Blueprint
+    scope: _Scope
+    checker: _Checker
+
+    def report(self, path: str, description: str) -> None:
+        self.checker.report(path, description)
+
+    def template(self, value: struct_pb2.Value, path: str) -> Template:
+        return self.checker.template(value, path, self.scope)
+
+
+class _Checker:
+    def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int) -> None:
+        self.bp = bp
+        self.max_blocks = max_blocks
+        self.violations: list[FieldViolation] = []
+        self._programs: dict[str, CelProgram | CelSyntaxError] = {}
+        self.index: dict[str, int] = {}
+        self.var_names: frozenset[str] = frozenset()
+
+    def report(self, path: str, description: str) -> None:
+        self.violations.append(FieldViolation(path, description))
+
+    # -- expressions ---------------------------------------------------------------------
+
+    def expression(self, source: str, path: str, scope: _Scope) -> Expression | None:
+        if not source.strip():
+            self.report(path, "empty expression")
+            return None
+        program = self._programs.get(source)
+        if program is None:
+            try:
+                program = _compile_cel(source)
+            except CelSyntaxError as e:
+                program = e
+            self._programs[source] = program
+        if isinstance(program, CelSyntaxError):
+            self.report(path, f"invalid CEL `{source}`: {program}")
+            return None
+        refs = references(source, frozenset({"blocks", "vars"}))
+        ok = True
+        for name in sorted(program.variables - scope.variables - refs.bound):
+            ok = False
+            allowed = ", ".join(sorted(scope.variables & RUN_VARIABLES))
+            if scope.variables - RUN_VARIABLES:
+                allowed += " and block ids"
+            hint = f"; a block's state reads as blocks.{name}" if name in self.index else ""
+            self.report(
+                path, f"`{source}`: unknown variable {name!r} (this may read {allowed}){hint}"
+            )
+        reported: set[tuple[str, str]] = set()
+        for ref in refs.members:
+            if ref.name is None or ref.guarded or ref.root not in scope.variables:
+                continue
+            problem = self._member_problem(ref.root, ref.name, scope)
+            if problem and (ref.root, ref.name) not in reported:
+                ok = False
+                reported.add((ref.root, ref.name))
+                self.report(path, f"`{source}`: {ref.root}.{ref.name} {problem}")
+        return Expression(source, path, program) if ok else None
+
+    def _member_problem(self, root: str, name: str, scope: _Scope) -> str | None:
+        if root == "vars":
+            if name in self.var_names:
+                return None
+            return "is never set (declare it in vars or assign it in a set block)"
+        if name not in self.index:
+            return "names no block"
+        if scope.blocks is not None and name not in scope.blocks:
+            return (
+                "is not an ancestor of this block through needs or depends, "
+                "so its output may not exist yet"
+            )
+        return None
+
+    def template(self, value: struct_pb2.Value, path: str, scope: _Scope) -> Template:
+        try:
+            data = value_to_json(value)
+        except NotJSON as e:
+            self.report(path, str(e))
+            data = None
+        return compile_template(
+            data,
+            path,
+            lambda source, at: self.expression(source, at, scope),
+            self.violations.append,
+        )
+
+    # -- passes --------------------------------------------------------------------------
+
+    def run(self) -> Checked:
+        bp = self.bp
+        self._identity()
+        input_schema = self._schema("input_schema")
+        output_schema = self._schema("output_schema")
+        self._defaults()
+        blocks = list(bp.blocks)
+        if not blocks:
+            self.report("blocks", "a blueprint needs at least one block")
+        if len(blocks) > self.max_blocks:
+            # Past the limit the rest is not checked: the checks grow with the square of it.
+            self.report("blocks", f"at most {self.max_blocks} blocks, got {len(blocks)}")
+            return Checked(self.violations, (), (), None, input_schema, output_schema)
+        self.var_names = frozenset(bp.vars) | {
+            name for block in blocks if block.WhichOneof("kind") == "set" for name in block.set.vars
+        }
+        self._ids(blocks)
+        needs = [self._needs(i, block) for i, block in enumerate(blocks)]
+        depends = [self._depends(i, block) for i, block in enumerate(blocks)]
+        edges = [
+            [(need, f"blocks[{i}].needs[{j}]") for j, need in needs[i]]
+            + [(dep, f"blocks[{i}].depends") for dep in depends[i][1]]
+            for i in range(len(blocks))
+        ]
+        self._cycles(blocks, edges)
+        ancestors = _ancestors([[self.index[dep] for dep, _ in e] for e in edges])
+        checked = []
+        for i, block in enumerate(blocks):
+            scope = _Scope(RUN_VARIABLES, frozenset(blocks[a].id for a in ancestors[i]))
+            when = None
+            if block.when:
+                when = self.expression(block.when, f"blocks[{i}].when", scope)
+            spec, plan = self._kind(i, block, scope)
+            checked.append(
+                CheckedBlock(
+                    index=i,
+                    id=block.id,
+                    spec=spec,
+                    needs=tuple(dict.fromkeys(need for _, need in needs[i])),
+                    depends=depends[i][0],
+                    depends_on=depends[i][1],
+                    when=when,
+                    plan=plan,
+                )
+            )
+        var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
+        defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
+        output = None
+        if bp.HasField("output"):
+            output = self.template(bp.output, "output", _Scope(RUN_VARIABLES, None))
+        return Checked(
+            self.violations, tuple(checked), defaults, output, input_schema, output_schema
+        )
+
+    def _identity(self) -> None:
+        bp = self.bp
+        if not bp.name:
+            self.report("name", "the flow name is required")
+        elif not FLOW_NAME.fullmatch(bp.name):
+            self.report(
+                "name",
+                f"{bp.name!r} is not a flow name (a letter, then up to 127 letters, digits, "
+                "'_', '.' or '-')",
+            )
+        if bp.version < 1:
+            self.report("version", "the version must be >= 1")
+
+    def _schema(self, name: Literal["input_schema", "output_schema"]) -> dict[str, JSON] | None:
+        if not self.bp.HasField(name):
+            return None
+        try:
+            schema = struct_to_json(getattr(self.bp, name))
+        except NotJSON as e:
+            self.report(name, str(e))
+            return None
+        meta = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
+        errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
+        for error in errors:
+            path = _json_path(name, error.absolute_path)
+            self.report(path, f"not a valid JSON Schema (draft 2020-12): {error.message}")
+        return None if errors else schema
+
+    def _defaults(self) -> None:
+        bp = self.bp
+        if bp.HasField("retry") and _policy.check_retry(bp.retry, "retry", self.report):
+            effective = _policy.effective_retry(bp.retry)
+            _policy.check_interval_order(bp.retry, effective, "retry", self.report)
+        if bp.HasField("timeouts"):
+            _policy.check_timeouts(bp.timeouts, "timeouts", self.report)
+        if bp.HasField("run_timeout") and (bp.run_timeout.seconds < 0 or bp.run_timeout.nanos < 0):
+            self.report("run_timeout", "must not be negative")
+
+    def _ids(self, blocks: list[blueprint_pb2.Block]) -> None:
+        for i, block in enumerate(blocks):
+            path = f"blocks[{i}].id"
+            block_id = block.id
+            if not block_id:
+                self.report(path, "a block id is required")
+                continue
+            if block_id in self.index:
+                self.report(
+                    path,
+                    f"duplicate block id {block_id!r} (first at blocks[{self.index[block_id]}])",
+                )
+                continue
+            self.index[block_id] = i
+            if not BLOCK_ID.fullmatch(block_id):
+                self.report(
+                    path,
+                    f"{block_id!r} is not a block id (a letter or '_', then up to 63 letters, "
+                    "digits or '_')",
+                )
+            elif block_id in RESERVED_BLOCK_IDS:
+                self.report(path, f"{block_id!r} is reserved")
+
+    def _needs(self, i: int, block: blueprint_pb2.Block) -> list[tuple[int, str]]:
+        """(position, block id) of each need that names another declared block, once."""
+        found: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        for j, need in enumerate(block.needs):
+            path = f"blocks[{i}].needs[{j}]"
+            if not need:
+                self.report(path, "empty block id")
+            elif need == block.id:
+                self.report(path, "a block cannot need itself")
+            elif need not in self.index:
+                self.report(path, f"no block {need!r}")
+            elif need in seen:
+                self.report(path, f"{need!r} is already needed")
+            else:
+                seen.add(need)
+                found.append((j, need))
+        return found
+
+    def _depends(
+        self, i: int, block: blueprint_pb2.Block
+    ) -> tuple[Expression | None, tuple[str, ...]]:
+        if not block.depends:
+            return None, ()
+        path = f"blocks[{i}].depends"
+        ids = frozenset(b for b in self.index if b not in RESERVED_BLOCK_IDS)
+        expression = self.expression(block.depends, path, _Scope(RUN_VARIABLES | ids, None))
+        if expression is None:
+            return None, ()
+        refs = references(block.depends, frozenset({"blocks"}))
+        named = set(expression.program.variables & ids) - refs.bound
+        named |= {r.name for r in refs.members if r.name in self.index and not r.guarded}
+        if block.id in named:
+            self.report(path, "a block cannot depend on itself")
+            named.discard(block.id)
+        return expression, tuple(sorted(named, key=self.index.__getitem__))
+
+    def _cycles(
+        self, blocks: list[blueprint_pb2.Block], edges: list[list[tuple[str, str]]]
+    ) -> None:
+        """Report each cycle once, at the need (or depends) that closes it: `a -> b -> a`
+        reads "a needs b, which needs a"."""
+        white, gray, black = 0, 1, 2
+        color = [white] * len(blocks)
+        for root in range(len(blocks)):
+            if color[root] != white:
+                continue
+            color[root] = gray
+            stack: list[tuple[int, Iterator[tuple[str, str]]]] = [(root, iter(edges[root]))]
+            while stack:
+                node, pending = stack[-1]
+                step = next(pending, None)
+                if step is None:
+                    color[node] = black
+                    stack.pop()
+                    continue
+                target = self.index[step[0]]
+                if color[target] == white:
+                    color[target] = gray
+                    stack.append((target, iter(edges[target])))
+                elif color[target] == gray:
+                    on_path = [n for n, _ in stack]
+                    cycle = [*on_path[on_path.index(target) :], target]
+                    ids = " -> ".join(blocks[n].id for n in cycle)
+                    self.report(step[1], f"dependency cycle: {ids}")
+
+    def _kind(
+        self, i: int, block: blueprint_pb2.Block, scope: _Scope
+    ) -> tuple[KindSpec | None, BlockPlan | None]:
+        path = f"blocks[{i}]"
+        if block.catch:
+            self.report(f"{path}.catch", "catch is not supported yet")
+        if block.compensate:
+            self.report(f"{path}.compensate", "compensate is not supported yet")
+        field = block.WhichOneof("kind")
+        if field is None:
+            kinds = ", ".join(spec.name for spec in KINDS.values())
+            self.report(path, f"a block needs a kind, one of: {kinds}")
+            return None, None
+        spec = KINDS[field]
+        if block.HasField("input") and not spec.takes_input:
+            self.report(f"{path}.input", f"{spec.name} blocks take no input")
+        site = _Site(block, path, self.bp, scope, self)
+        return spec, spec.check(site)
+
+    def _var_default(self, name: str, scope: _Scope) -> Template:
+        path = field_path("vars", name)
+        if not VAR_NAME.fullmatch(name):
+            self.report(path, f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        return self.template(self.bp.vars[name], path, scope)
+
+
+def _ancestors(prerequisites: list[list[int]]) -> list[frozenset[int]]:
+    """Every block reachable through needs and depends, for each block (cycles tolerated)."""
+    result: list[frozenset[int]] = []
+    for start in range(len(prerequisites)):
+        seen: set[int] = set()
+        pending = list(prerequisites[start])
+        while pending:
+            node = pending.pop()
+            if node not in seen:
+                seen.add(node)
+                pending.extend(prerequisites[node])
+        seen.discard(start)
+        result.append(frozenset(seen))
+    return result
+
+
+def _json_path(root: str, keys: Iterable[str | int]) -> str:
+    path = root
+    for key in keys:
+        path = field_path(path, key)
+    return path

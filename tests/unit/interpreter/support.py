@@ -1,0 +1,170 @@
+"""Blueprint builders and a small engine that applies `decide`'s commands, as history does."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from tideflow.api.v1 import blueprint_pb2, common_pb2
+from tideflow_server.history.interpreter import (
+    JSON,
+    BlockError,
+    BlockView,
+    Command,
+    CompiledBlueprint,
+    CompleteRun,
+    CompleteSystem,
+    FailBlock,
+    FailRun,
+    RunView,
+    ScheduleExternal,
+    SkipBlock,
+    decide,
+    initial_vars,
+)
+
+RUNNING = common_pb2.BLOCK_STATUS_RUNNING
+SUCCEEDED = common_pb2.BLOCK_STATUS_SUCCEEDED
+FAILED = common_pb2.BLOCK_STATUS_FAILED
+SKIPPED = common_pb2.BLOCK_STATUS_SKIPPED
+CANCELED = common_pb2.BLOCK_STATUS_CANCELED
+TERMINAL = {SUCCEEDED, FAILED, SKIPPED, CANCELED}
+
+
+def blueprint(*blocks: Mapping[str, Any], **fields: Any) -> blueprint_pb2.Blueprint:
+    """A blueprint from its JSON form, with a name, version, task queue and timeout unless
+    `fields` say otherwise."""
+    data: dict[str, Any] = {
+        "name": "docs",
+        "version": 1,
+        "taskQueue": "cpu",
+        "timeouts": {"startToClose": "60s"},
+        **fields,
+        "blocks": list(blocks),
+    }
+    return json_format.ParseDict(data, blueprint_pb2.Blueprint())
+
+
+def external(block_id: str, *needs: str, **fields: Any) -> dict[str, Any]:
+    return {"id": block_id, "needs": list(needs), "external": {"block": "work@1"}, **fields}
+
+
+def compile_(*blocks: Mapping[str, Any], **fields: Any) -> CompiledBlueprint:
+    return CompiledBlueprint.compile(blueprint(*blocks, **fields))
+
+
+def view(
+    blocks: Mapping[str, BlockView] | None = None,
+    *,
+    input: JSON = None,
+    vars: Mapping[str, JSON] | None = None,
+) -> RunView:
+    return RunView(
+        namespace="default",
+        run_id="order-7",
+        execution_id="e-1",
+        flow_name="docs",
+        flow_version=1,
+        input=input,
+        vars=dict(vars or {}),
+        blocks=dict(blocks or {}),
+    )
+
+
+def done(output: JSON = None) -> BlockView:
+    return BlockView(SUCCEEDED, output=output, attempt=1)
+
+
+def failed(type_: str = "Boom", message: str = "it broke") -> BlockView:
+    return BlockView(FAILED, error=BlockError(type_, message), attempt=3)
+
+
+@dataclass
+class Engine:
+    """Applies commands the way the history service does, and checks `decide`'s promises on
+    every call: nothing for a block already reached, one command per block, same answer twice."""
+
+    compiled: CompiledBlueprint
+    input: JSON = None
+    blocks: dict[str, BlockView] = field(default_factory=dict)
+    vars: dict[str, JSON] = field(default_factory=dict)
+    result: CompleteRun | FailRun | None = None
+    log: list[Command] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.vars = initial_vars(self.compiled, self.input)
+
+    def view(self) -> RunView:
+        return view(self.blocks, input=self.input, vars=self.vars)
+
+    def decide(self) -> list[Command]:
+        current = self.view()
+        commands = decide(self.compiled, current)
+        assert decide(self.compiled, current) == commands, "decide is not deterministic"
+        ids = [_block_id(c) for c in commands if _block_id(c)]
+        assert len(ids) == len(set(ids)), f"two commands for one block: {commands}"
+        assert not set(ids) & set(self.blocks), f"a command for a block already reached: {commands}"
+        return commands
+
+    def step(self) -> list[Command]:
+        """One decision, applied."""
+        assert self.result is None, "the run is closed"
+        commands = self.decide()
+        for command in commands:
+            self.apply(command)
+        self.log.extend(commands)
+        return commands
+
+    def settle(self) -> list[Command]:
+        """Decide and apply until decide has nothing more (or the run closed)."""
+        applied: list[Command] = []
+        for _ in range(len(self.compiled.blocks) + 2):
+            if self.result is not None:
+                return applied
+            commands = self.step()
+            if not commands:
+                return applied
+            applied.extend(commands)
+        raise AssertionError("the run did not settle")
+
+    def apply(self, command: Command) -> None:
+        if isinstance(command, ScheduleExternal):
+            self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
+        elif isinstance(command, CompleteSystem):
+            self.blocks[command.block_id] = BlockView(SUCCEEDED, output=command.output)
+            self.vars.update(command.vars)
+        elif isinstance(command, SkipBlock):
+            self.blocks[command.block_id] = BlockView(SKIPPED)
+        elif isinstance(command, FailBlock):
+            self.blocks[command.block_id] = BlockView(FAILED, error=command.error)
+        else:
+            self.result = command
+            for block_id, block in self.blocks.items():
+                if block.status == RUNNING:
+                    self.blocks[block_id] = BlockView(CANCELED)
+
+    def complete(self, block_id: str, output: JSON = None) -> None:
+        assert self.blocks[block_id].status == RUNNING
+        self.blocks[block_id] = BlockView(SUCCEEDED, output=output, attempt=1)
+
+    def fail(self, block_id: str, error: BlockError | None = None) -> None:
+        assert self.blocks[block_id].status == RUNNING
+        self.blocks[block_id] = BlockView(
+            FAILED, error=error or BlockError("Boom", f"{block_id} broke"), attempt=1
+        )
+
+    def running(self) -> list[str]:
+        return [b for b, v in self.blocks.items() if v.status == RUNNING]
+
+
+def _block_id(command: Command) -> str:
+    if isinstance(command, CompleteRun | FailRun):
+        return ""
+    return command.block_id
+
+
+def scheduled(commands: list[Command]) -> list[str]:
+    return [c.block_id for c in commands if isinstance(c, ScheduleExternal)]

@@ -1,0 +1,180 @@
+"""Data wiring: `${expr}` in JSON values, and JSON conversions."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+
+from tests.unit.interpreter.support import done, failed, view
+from tideflow_server.history.interpreter import (
+    JSON,
+    Env,
+    ExpressionError,
+    Template,
+    json_to_struct,
+    json_to_value,
+    run_variables,
+    struct_to_json,
+    value_to_json,
+)
+from tideflow_server.history.interpreter._refs import references
+from tideflow_server.history.interpreter.templates import Placeholder, split_template
+from tideflow_server.rpc.errors import InvalidArgument
+
+RUN = view(
+    {"ocr": done({"text": "hello", "pages": 3}), "lint": failed()},
+    input={"doc": {"name": "a.pdf", "size": 2.0}, "tags": ["x", "y"], "flag": True},
+    vars={"limit": 10},
+)
+
+
+def render(value: JSON) -> JSON:
+    return Template.compile(value).render(Env.for_run(RUN))
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("${input.doc}", {"name": "a.pdf", "size": 2}),
+        ("${input.tags}", ["x", "y"]),
+        ("${input.flag}", True),
+        ("${input.doc.size + 1}", 3),  # whole doubles read as ints
+        ("${double(input.doc.size) / 4.0}", 0.5),  # CEL does not mix int and double
+        ("${null}", None),
+        ("${'text'}", "text"),
+        ("${blocks.ocr.output.pages * vars.limit}", 30),
+        ("${blocks.ocr.status}", "SUCCEEDED"),
+        ("${blocks.lint.error}", {"type": "Boom", "message": "it broke"}),
+        ("${blocks.lint.failed && !blocks.ocr.failed}", True),
+        ("${blocks.lint.attempt}", 3),
+        (
+            "${run}",
+            {
+                "id": "order-7",
+                "execution_id": "e-1",
+                "namespace": "default",
+                "flow": "docs",
+                "version": 1,
+            },
+        ),
+        ("${b'ab'}", "YWI="),
+        ("${timestamp('2024-05-01T10:00:00.250Z')}", "2024-05-01T10:00:00.25Z"),
+        ("${duration('90s')}", "90s"),
+        ("${duration('1.5s')}", "1.5s"),
+        ("${ {'b': 1, 'a': {'z': 2, 'y': 3}} }", {"a": {"y": 3, "z": 2}, "b": 1}),
+        ("${ {1: 'one'} }", {"1": "one"}),
+        ("${ {'a': '}'}.a }", "}"),
+        ("${ \"{\" + '}' }", "{}"),
+    ],
+)
+def test_a_whole_placeholder_keeps_the_type(template: str, expected: JSON) -> None:
+    assert render(template) == expected
+
+
+def test_object_keys_come_out_sorted() -> None:
+    result = render("${ {'b': 1, 'a': 2, 'c': 3} }")
+    assert isinstance(result, dict)
+    assert list(result) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("file ${input.doc.name}", "file a.pdf"),
+        ("${input.doc.size}-${input.flag}-${null}", "2-true-null"),
+        ("tags=${input.tags} doc=${input.doc}", 'tags=["x","y"] doc={"name":"a.pdf","size":2}'),
+        ("pi≈${3.25}", "pi≈3.25"),
+        ("$${input.doc.name} is ${input.doc.name}", "${input.doc.name} is a.pdf"),
+        ("$${not an expression", "${not an expression"),
+        ("costs $5 or $$ or ${1 + 1}$", "costs $5 or $$ or 2$"),
+        ("no placeholders {here}", "no placeholders {here}"),
+    ],
+)
+def test_placeholders_in_text_interpolate(template: str, expected: str) -> None:
+    assert render(template) == expected
+
+
+def test_containers_render_recursively_and_constants_are_copies() -> None:
+    template = Template.compile(
+        {"a": ["${input.tags[0]}", 1, {"b": "${vars.limit}"}], "c": {"d": [1, 2]}}
+    )
+    env = Env.for_run(RUN)
+    first = template.render(env)
+    assert first == {"a": ["x", 1, {"b": 10}], "c": {"d": [1, 2]}}
+    assert isinstance(first, dict) and isinstance(first["c"], dict)
+    first["c"]["d"] = "changed"
+    assert template.render(env) == {"a": ["x", 1, {"b": 10}], "c": {"d": [1, 2]}}
+    assert len(template.expressions) == 2
+    assert Template.compile({"x": [1, "plain"]}).constant
+
+
+def test_runtime_errors_are_typed_with_expression_and_path() -> None:
+    template = Template.compile({"doc": ["${input.doc.missing}"]}, path="blocks[3].input")
+    with pytest.raises(ExpressionError) as raised:
+        template.render(Env.for_run(RUN))
+    error = raised.value
+    assert error.path == "blocks[3].input.doc[0]"
+    assert error.expression == "input.doc.missing"
+    assert error.message == "no such key: 'missing'"
+    assert str(error) == "blocks[3].input.doc[0]: `input.doc.missing`: no such key: 'missing'"
+
+    for bad in ("${1 / 0}", "${input.doc.name + 1}", "${blocks.absent.output}", "${1.0 / 0.0}"):
+        with pytest.raises(ExpressionError):
+            render(bad)
+
+
+def test_syntax_errors_raise_invalid_argument_with_paths() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        Template.compile({"a": "${1 +}", "b": ["${unclosed"]}, path="output")
+    fields = [v.field for v in raised.value.violations]
+    assert fields == ["output.a", "output.b[0]"]
+
+
+def test_split_template() -> None:
+    assert split_template("a ${x} b ${ y } $${z}") == [
+        "a ",
+        Placeholder("x"),
+        " b ",
+        Placeholder("y"),
+        " ${z}",
+    ]
+    assert split_template('${ r\'}\' + "\\"}" }') == [Placeholder('r\'}\' + "\\"}"')]
+
+
+def test_run_variables_bind_block_states_for_depends() -> None:
+    variables = run_variables(RUN)
+    assert variables["ocr"] == {
+        "status": "SUCCEEDED",
+        "succeeded": True,
+        "failed": False,
+        "skipped": False,
+        "canceled": False,
+    }
+    assert set(variables) == {"ocr", "lint", "input", "vars", "run", "blocks"}
+
+
+def test_value_conversions() -> None:
+    data: JSON = {"b": [1, 2.5, "s", None, True, {"x": []}], "a": {}}
+    value = json_to_value(data)
+    assert value.struct_value.fields["b"].list_value.values[0].number_value == 1.0
+    assert value_to_json(value) == data
+    back = value_to_json(value)
+    assert isinstance(back, dict) and list(back) == ["a", "b"]
+    assert struct_to_json(json_to_struct({"k": 3})) == {"k": 3}
+    assert value_to_json(struct_pb2.Value()) is None
+    assert value_to_json(json_to_value(2.0**60)) == 2.0**60  # beyond 2**53 stays a double
+
+
+def test_reference_scanner() -> None:
+    refs = references(
+        "blocks.a.output + blocks['b'] + input.blocks.c + has(blocks.d) + blocks[x] "
+        '+ "blocks.e" + [1].map(v, v) // blocks.f',
+        frozenset({"blocks"}),
+    )
+    assert [(r.name, r.guarded) for r in refs.members] == [
+        ("a", False),
+        ("b", False),
+        ("d", True),
+        (None, False),
+    ]
+    assert refs.bound == {"v"}

@@ -1,0 +1,366 @@
+"""Registration: every problem at once, each at the path of its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.interpreter.support import blueprint, compile_, external
+from tideflow.api.v1 import blueprint_pb2
+from tideflow_server.history.interpreter import (
+    CompiledBlueprint,
+    validate_blueprint,
+    validate_input,
+)
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
+
+
+def problems(bp: blueprint_pb2.Blueprint, **options: Any) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for v in validate_blueprint(bp, **options):
+        found.setdefault(v.field, []).append(v.description)
+    return found
+
+
+def test_a_sound_blueprint_has_no_problems() -> None:
+    bp = blueprint(
+        external("fetch", input={"url": "${input.url}"}),
+        external("ocr", "fetch", input={"file": "${blocks.fetch.output.path}"}),
+        {"id": "label", "needs": ["ocr"], "transform": {"output": "${blocks.ocr.output.text}"}},
+        {"id": "audit", "depends": "ocr.succeeded || ocr.failed", "set": {"vars": {"n": 1}}},
+        vars={"n": 0, "tag": "run-${run.id}-${input.url}"},
+        inputSchema={"type": "object", "required": ["url"]},
+        output={"label": "${blocks.label.output}", "n": "${vars.n}"},
+    )
+    assert validate_blueprint(bp) == []
+
+
+def test_reports_every_problem_with_its_path() -> None:
+    bp = blueprint(
+        external("a", "b", input={"text": "${blocks.c.output.text}"}),  # c: not an ancestor
+        external("b", "a", "ghost", "a"),  # cycle a -> b -> a, unknown need, duplicate need
+        {"id": "c", "when": "blocks.a.output.ok &&", "transform": {}},  # bad CEL
+        {"id": "input", "set": {"vars": {"x": 1}}},  # reserved id
+        {"id": "s", "switchBlock": {"cases": [{"when": "true", "goto": "c"}]}},
+        {"id": "m", "mapBlock": {"items": "${input.list}"}},
+        {"id": "w", "wait": {"duration": "5s"}},
+        inputSchema={"type": "objekt"},
+        output="${blocks.nobody.output}",
+    )
+    found = problems(bp)
+    assert found["blocks[1].needs[0]"] == ["dependency cycle: a -> b -> a"]
+    assert found["blocks[1].needs[1]"] == ["no block 'ghost'"]
+    assert found["blocks[1].needs[2]"] == ["'a' is already needed"]
+    assert "blocks.c is not an ancestor" in found["blocks[0].input.text"][0]
+    assert found["blocks[2].when"][0].startswith("invalid CEL `blocks.a.output.ok &&`: 1:")
+    assert "Syntax error" in found["blocks[2].when"][0]
+    assert found["blocks[3].id"] == ["'input' is reserved"]
+    assert found["blocks[4]"] == ["switch blocks are not supported yet"]
+    assert found["blocks[5]"] == ["map blocks are not supported yet"]
+    assert found["blocks[6]"] == ["wait blocks are not supported yet"]
+    assert "not a valid JSON Schema" in found["input_schema.type"][0]
+    assert found["output"] == ["`blocks.nobody.output`: blocks.nobody names no block"]
+    assert len(found) == 11
+
+
+def test_identity_and_block_count() -> None:
+    bp = blueprint(name="9lives", version=0)
+    assert problems(bp) == {
+        "name": [
+            "'9lives' is not a flow name (a letter, then up to 127 letters, digits, '_', '.' "
+            "or '-')"
+        ],
+        "version": ["the version must be >= 1"],
+        "blocks": ["a blueprint needs at least one block"],
+    }
+    many = blueprint(*(external(f"b{i}") for i in range(4)))
+    assert problems(many, max_blocks=3) == {"blocks": ["at most 3 blocks, got 4"]}
+
+
+@pytest.mark.parametrize(
+    ("block_id", "description"),
+    [
+        ("", "a block id is required"),
+        ("has-dash", "'has-dash' is not a block id"),
+        ("1st", "'1st' is not a block id"),
+        ("vars", "'vars' is reserved"),
+        ("blocks", "'blocks' is reserved"),
+        ("in", "'in' is reserved"),
+        ("null", "'null' is reserved"),
+        ("int", "'int' is reserved"),
+        ("x" * 65, "is not a block id"),
+    ],
+)
+def test_block_ids(block_id: str, description: str) -> None:
+    [(field, [message])] = problems(blueprint(external(block_id))).items()
+    assert field == "blocks[0].id"
+    assert description in message
+
+
+def test_duplicate_ids_and_self_needs() -> None:
+    found = problems(blueprint(external("a", "a"), external("a")))
+    assert found == {
+        "blocks[0].needs[0]": ["a block cannot need itself"],
+        "blocks[1].id": ["duplicate block id 'a' (first at blocks[0])"],
+    }
+
+
+def test_depends_cycles_are_cycles_too() -> None:
+    found = problems(
+        blueprint(
+            external("a", depends="c.succeeded"),
+            external("b", "a"),
+            external("c", depends="b.failed || blocks.b.output == null"),
+        )
+    )
+    assert found == {"blocks[1].needs[0]": ["dependency cycle: a -> c -> b -> a"]}
+
+
+def test_variables_an_expression_may_read() -> None:
+    found = problems(
+        blueprint(
+            external("a", when="a.succeeded"),  # block ids only in depends
+            external("b", "a", when="[1, 2].all(x, x > limit)", input="${vars.nope}"),
+            external("c", depends="a.succeeded && zz.failed"),
+            vars={"early": "${blocks.a.output}", "late": "${vars.early}"},
+        )
+    )
+    assert found["blocks[0].when"] == [
+        "`a.succeeded`: unknown variable 'a' (this may read blocks, input, run, vars); "
+        "a block's state reads as blocks.a"
+    ]
+    assert found["blocks[1].when"] == [
+        "`[1, 2].all(x, x > limit)`: unknown variable 'limit' (this may read blocks, input, "
+        "run, vars)"
+    ]
+    assert found["blocks[1].input"] == [
+        "`vars.nope`: vars.nope is never set (declare it in vars or assign it in a set block)"
+    ]
+    assert found["blocks[2].depends"] == [
+        "`a.succeeded && zz.failed`: unknown variable 'zz' (this may read blocks, input, run, "
+        "vars and block ids)"
+    ]
+    assert "unknown variable 'blocks'" in found["vars.early"][0]
+    assert "unknown variable 'vars'" in found["vars.late"][0]
+
+
+def test_block_references_must_be_ancestors() -> None:
+    bp = blueprint(
+        external("a"),
+        external("b", "a"),
+        external("c", "b", input={"deep": "${blocks.a.output}", "self": "${blocks.c.output}"}),
+        external("d", "a", when="blocks.b.succeeded"),
+        external("e", depends="has(blocks.d) || blocks.c.succeeded", input="${blocks.c.output}"),
+        output="${blocks.d.output} ${blocks['e'].output}",
+    )
+    found = problems(bp)
+    assert list(found) == ["blocks[2].input.self", "blocks[3].when"]
+    assert "blocks.c is not an ancestor" in found["blocks[2].input.self"][0]
+    assert "blocks.b is not an ancestor" in found["blocks[3].when"][0]
+
+
+def test_references_inside_strings_and_comprehensions_are_not_references() -> None:
+    bp = blueprint(
+        external(
+            "a",
+            when='"blocks.zz" != r"${vars.q}" && [1].exists(blocks, blocks == 1) // blocks.yy',
+            input="${ {'a': '}'}.a }",
+        )
+    )
+    assert validate_blueprint(bp) == []
+
+
+def test_templates_report_each_placeholder() -> None:
+    bp = blueprint(
+        external("a", input={"x": "${1 +} and ${nope} and ${", "y": ["ok", "${}"]}),
+    )
+    found = problems(bp)
+    assert found["blocks[0].input.x"] == ["`${` at offset 23 has no closing `}`"]
+    assert found["blocks[0].input.y[1]"] == ["empty placeholder at offset 0"]
+
+
+def test_external_block_settings() -> None:
+    bp = blueprint(
+        external(
+            "a",
+            external={
+                "block": "ocr",
+                "retry": {
+                    "initialInterval": "-1s",
+                    "backoffCoefficient": 0.5,
+                    "maximumAttempts": -2,
+                    "jitter": 1.5,
+                },
+                "timeouts": {"heartbeat": "-3s"},
+            },
+        ),
+        external("b", external={"block": "ocr@1", "retry": {"maximumInterval": "0.5s"}}),
+        {"id": "c", "input": 1, "transform": {}},
+        taskQueue="",
+        timeouts={},
+        retry={"initialInterval": "2s", "maximumInterval": "1s"},
+    )
+    found = problems(bp)
+    assert found == {
+        "retry.maximum_interval": ["maximum_interval (1s) is shorter than initial_interval (2s)"],
+        "blocks[0].external.block": ["'ocr' is not name@version (e.g. ocr@1)"],
+        "blocks[0].external.task_queue": [
+            "a task queue is required, here or as the blueprint's task_queue"
+        ],
+        "blocks[0].external.retry.initial_interval": ["must not be negative, got -1s"],
+        "blocks[0].external.retry.backoff_coefficient": [
+            "must be >= 1 (0 means the default), got 0.5"
+        ],
+        "blocks[0].external.retry.maximum_attempts": ["must be >= 0 (0 means unlimited), got -2"],
+        "blocks[0].external.retry.jitter": ["must be between 0 and 1, got 1.5"],
+        "blocks[0].external.timeouts.heartbeat": ["must not be negative, got -3s"],
+        "blocks[0].external.timeouts": [
+            "set start_to_close or schedule_to_close, here or in the blueprint's timeouts"
+        ],
+        "blocks[1].external.task_queue": [
+            "a task queue is required, here or as the blueprint's task_queue"
+        ],
+        "blocks[1].external.retry.maximum_interval": [
+            "maximum_interval (0.5s) is shorter than initial_interval (2s)"
+        ],
+        "blocks[1].external.timeouts": [
+            "set start_to_close or schedule_to_close, here or in the blueprint's timeouts"
+        ],
+        "blocks[2].input": ["transform blocks take no input"],
+    }
+
+
+def test_catch_compensate_and_missing_kind() -> None:
+    found = problems(
+        blueprint(
+            external("a", catch=[{"goto": "b"}], compensate="b"),
+            {"id": "b", "subflow": {"flow": "child@1"}},
+            {"id": "c"},
+        )
+    )
+    assert found == {
+        "blocks[0].catch": ["catch is not supported yet"],
+        "blocks[0].compensate": ["compensate is not supported yet"],
+        "blocks[1]": ["subflow blocks are not supported yet"],
+        "blocks[2]": [
+            "a block needs a kind, one of: external, switch, map, wait, signal, set, transform, "
+            "subflow, succeed, fail"
+        ],
+    }
+
+
+def test_schemas_and_variables() -> None:
+    found = problems(
+        blueprint(
+            {"id": "s", "set": {"vars": {"ok": 1, "not ok": 2}}},
+            {"id": "empty", "set": {}},
+            inputSchema={"type": "object", "properties": {"n": {"minimum": "three"}}},
+            outputSchema={"required": "name"},
+            vars={"9": 1},
+        )
+    )
+    assert found == {
+        "input_schema.properties.n.minimum": [
+            "not a valid JSON Schema (draft 2020-12): 'three' is not of type 'number'"
+        ],
+        "output_schema.required": [
+            "not a valid JSON Schema (draft 2020-12): 'name' is not of type 'array'"
+        ],
+        'blocks[0].set.vars["not ok"]': [
+            "'not ok' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        ],
+        "blocks[1].set.vars": ["a set block assigns at least one variable"],
+        'vars["9"]': ["'9' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"],
+    }
+
+
+def test_compile_raises_invalid_argument_with_every_violation() -> None:
+    bp = blueprint(external("a", "zz"), external("b", when="1 +"))
+    with pytest.raises(InvalidArgument) as raised:
+        CompiledBlueprint.compile(bp)
+    assert [v.field for v in raised.value.violations] == ["blocks[0].needs[0]", "blocks[1].when"]
+
+
+def test_input_is_checked_against_the_schema() -> None:
+    compiled = compile_(
+        external("a"),
+        inputSchema={
+            "type": "object",
+            "properties": {
+                "doc": {
+                    "type": "object",
+                    "properties": {"pages": {"type": "integer", "minimum": 1}},
+                    "required": ["pages", "name"],
+                },
+                "tags": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    )
+    assert validate_input(compiled, {"doc": {"pages": 3, "name": "x"}, "tags": []}) == []
+    # Whole numbers from google.protobuf.Value are doubles: they still count as integers.
+    assert validate_input(compiled, {"doc": {"pages": 3.0, "name": "x"}}) == []
+    assert validate_input(compiled, {"doc": {"pages": 0}, "tags": ["a", 2]}) == [
+        FieldViolation("input.doc", "'name' is a required property"),
+        FieldViolation("input.doc.pages", "0 is less than the minimum of 1"),
+        FieldViolation("input.tags[1]", "2 is not of type 'string'"),
+    ]
+    assert compile_(external("a")).validate_input({"anything": True}) == []
+
+
+def test_effective_policies_merge_field_by_field() -> None:
+    compiled = compile_(
+        external(
+            "a",
+            external={
+                "block": "ocr@2",
+                "taskQueue": "gpu",
+                "retry": {"maximumAttempts": 5, "nonRetryableErrorTypes": ["BadDoc"]},
+                "timeouts": {"heartbeat": "10s"},
+                "priority": 3,
+                "affinity": "AFFINITY_RUN",
+            },
+        ),
+        external("b"),
+        retry={"initialInterval": "2s", "jitter": 0.5, "maximumAttempts": 2},
+        timeouts={"startToClose": "60s", "scheduleToClose": "600s", "heartbeat": "30s"},
+    )
+    a = compiled.blocks["a"].policy
+    b = compiled.blocks["b"].policy
+    assert a is not None and b is not None
+    assert (a.block_type, a.task_queue, a.priority) == ("ocr@2", "gpu", 3)
+    assert a.affinity == blueprint_pb2.AFFINITY_RUN
+    assert a.retry.initial_interval.ToSeconds() == 2
+    assert a.retry.maximum_interval.ToSeconds() == 200  # 100 x initial
+    assert (a.retry.backoff_coefficient, a.retry.jitter, a.retry.maximum_attempts) == (2, 0.5, 5)
+    assert list(a.retry.non_retryable_error_types) == ["BadDoc"]
+    assert a.timeouts.heartbeat.ToSeconds() == 10
+    assert a.timeouts.start_to_close.ToSeconds() == 60
+    assert a.timeouts.schedule_to_close.ToSeconds() == 600
+    assert b.task_queue == "cpu"
+    assert b.retry.maximum_attempts == 2
+    assert b.timeouts.heartbeat.ToSeconds() == 30
+    assert compiled.blocks["a"].kind == blueprint_pb2.BLOCK_KIND_EXTERNAL
+
+
+def test_engine_defaults_when_nothing_is_set() -> None:
+    policy = compile_(external("a")).blocks["a"].policy
+    assert policy is not None
+    retry = policy.retry
+    assert retry.initial_interval.ToSeconds() == 1
+    assert retry.maximum_interval.ToSeconds() == 100
+    assert (retry.backoff_coefficient, retry.maximum_attempts) == (2.0, 0)
+    assert retry.jitter == pytest.approx(0.2)
+
+
+def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
+    bp = blueprint(
+        external("late", "mid"),
+        external("first"),
+        external("mid", "first"),
+        external("other"),
+    )
+    compiled = CompiledBlueprint.compile(bp)
+    bp.name = "changed"
+    assert compiled.name == "docs"
+    assert [b.id for b in compiled.order] == ["first", "mid", "late", "other"]
