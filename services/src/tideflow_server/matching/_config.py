@@ -1,0 +1,47 @@
+"""Settings of the matching role, with the limits invariant 6 asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tideflow_server.persistence.manager import TASK_ID_BITS
+
+
+@dataclass(frozen=True, slots=True)
+class MatchingConfig:
+    """Durations are in seconds."""
+
+    long_poll_timeout: float = 60.0
+    """How long a poll waits for a task before it is answered empty."""
+    backlog_read_batch: int = 100
+    """Backlog tasks read per query; the reader refills the buffer below this many."""
+    backlog_write_batch: int = 100
+    """Most adds the writer groups into one create_backlog_tasks call."""
+    ack_persist_interval: float = 10.0
+    """How often a partition persists its ack level and deletes the backlog below it."""
+    idle_unload_after: float = 300.0
+    """A partition with no poll and no add for this long is unloaded (ack level persisted)."""
+    max_outstanding_polls: int = 1000
+    """Polls one partition holds at once; more are refused with RESOURCE_EXHAUSTED."""
+    poller_expiry: float = 300.0
+    """Describe lists the pollers seen within this window."""
+    retry_backoff: float = 0.2
+    """Pause after history answered "try later", and between failed backlog reads."""
+    max_record_start_attempts: int = 3
+    """RecordBlockStarted failures of an unexpected kind a task survives before it is dropped."""
+    task_id_bits: int = TASK_ID_BITS
+    """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
+
+    def __post_init__(self) -> None:
+        for name in ("long_poll_timeout", "ack_persist_interval", "idle_unload_after"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("backlog_read_batch", "backlog_write_batch", "max_outstanding_polls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.retry_backoff < 0 or self.max_record_start_attempts < 1:
+            raise ValueError("retry_backoff must be >= 0 and max_record_start_attempts >= 1")
+        if not 1 <= self.task_id_bits < 63:
+            raise ValueError("task_id_bits must be in [1, 63)")
+        if self.backlog_write_batch >= 1 << self.task_id_bits:
+            raise ValueError("backlog_write_batch must fit in one range of task ids")

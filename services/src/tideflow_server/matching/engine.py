@@ -1,0 +1,294 @@
+"""The matching engine: task queue partitions of one matching host, and the block task
+dispatch that runs through them (add, long poll, RecordBlockStarted, ack)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+
+import structlog
+
+from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server.internal.v1 import (
+    history_service_pb2,
+    matching_service_pb2,
+    records_pb2,
+    task_token_pb2,
+)
+from tideflow_server.matching._config import MatchingConfig
+from tideflow_server.matching._history import HistoryClient
+from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
+from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.records import TaskQueueKey
+from tideflow_server.rpc.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+__all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
+
+log = structlog.get_logger(__name__)
+
+# RecordBlockStarted answers that make a task stale: drop it.
+_STALE = (NotFound, FailedPrecondition, AlreadyExists)
+# Answers that say "not now": keep the task.
+_TRY_LATER = (Unavailable, DeadlineExceeded, ResourceExhausted)
+
+
+class _NotStarted(enum.Enum):
+    DROPPED = "dropped"
+    KEPT = "kept"
+
+
+def task_queue_key(
+    namespace_id: str, task_queue: common_pb2.TaskQueue, partition: int
+) -> TaskQueueKey:
+    kind = task_queue.kind or common_pb2.TASK_QUEUE_KIND_NORMAL
+    return TaskQueueKey(namespace_id, task_queue.name, int(kind), partition)
+
+
+def _poll_response(
+    task: records_pb2.BacklogTask, started: history_service_pb2.RecordBlockStartedResponse
+) -> flow_service_pb2.PollBlockTaskResponse:
+    event = started.scheduled_event
+    scheduled = event.block_scheduled_event_attributes
+    attempt = started.attempt or task.attempt
+    block_id = scheduled.block_id or task.block_id
+    token = task_token_pb2.BlockTaskToken(
+        namespace_id=task.namespace_id,
+        run_id=task.run_id,
+        execution_id=task.execution_id,
+        scheduled_event_id=task.scheduled_event_id,
+        attempt=attempt,
+        block_id=block_id,
+    )
+    response = flow_service_pb2.PollBlockTaskResponse(
+        task_token=token.SerializeToString(),
+        run=common_pb2.RunRef(run_id=task.run_id, execution_id=task.execution_id),
+        block_id=block_id,
+        block_type=scheduled.block_type,
+        attempt=attempt,
+    )
+    # Copy only what is set, so an absent field stays absent for the worker.
+    if started.HasField("flow"):
+        response.flow.CopyFrom(started.flow)
+    if scheduled.HasField("input"):
+        response.input.CopyFrom(scheduled.input)
+    if event.HasField("event_time"):
+        response.scheduled_time.CopyFrom(event.event_time)
+    if started.HasField("current_attempt_scheduled_time"):
+        response.current_attempt_scheduled_time.CopyFrom(started.current_attempt_scheduled_time)
+    if started.HasField("started_time"):
+        response.started_time.CopyFrom(started.started_time)
+    if scheduled.HasField("timeouts"):
+        response.timeouts.CopyFrom(scheduled.timeouts)
+    if started.HasField("heartbeat_details"):
+        response.heartbeat_details.CopyFrom(started.heartbeat_details)
+    if scheduled.HasField("retry_policy"):
+        response.retry_policy.CopyFrom(scheduled.retry_policy)
+    return response
+
+
+class MatchingEngine:
+    """Every public method raises only `tideflow_server.rpc.errors` types."""
+
+    def __init__(
+        self,
+        manager: PersistenceManager,
+        history: HistoryClient,
+        *,
+        host_id: str,
+        config: MatchingConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` is wall time in seconds (task expiry, poller access times)."""
+        self.host_id = host_id
+        self.config = config or MatchingConfig()
+        self._manager = manager
+        self._history = history
+        self._clock = clock
+        self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
+        self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
+        self._polls: dict[str, tuple[TaskQueuePartition, Poll]] = {}
+        self._stopped = False
+
+    # -- partitions ----------------------------------------------------------------------
+
+    async def partition(self, key: TaskQueueKey) -> TaskQueuePartition:
+        """The loaded partition for `key`, leased on first use."""
+        if self._stopped:
+            raise Unavailable("matching host is stopping")
+        loaded = self._partitions.get(key)
+        if loaded is not None:
+            if not loaded.closed:
+                return loaded
+            # Unloading: let it write its last ack level before the partition is leased again.
+            await loaded.wait_closed()
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key))
+            self._loading[key] = loading
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: TaskQueueKey) -> TaskQueuePartition:
+        try:
+            partition = TaskQueuePartition(
+                key,
+                manager=self._manager,
+                host_id=self.host_id,
+                config=self.config,
+                clock=self._clock,
+                on_closed=self._forget,
+            )
+            await partition.start()
+            if self._stopped:
+                await partition.stop()
+                raise Unavailable("matching host is stopping")
+            self._partitions[key] = partition
+            return partition
+        finally:
+            self._loading.pop(key, None)
+
+    def _forget(self, partition: TaskQueuePartition) -> None:
+        if self._partitions.get(partition.key) is partition:
+            del self._partitions[partition.key]
+
+    def loaded_partitions(self) -> list[TaskQueueKey]:
+        return list(self._partitions)
+
+    async def stop(self) -> None:
+        """Stop every partition: waiting polls return empty, pending adds are written, ack
+        levels are persisted; later calls answer UNAVAILABLE."""
+        self._stopped = True
+        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in list(self._partitions.values())))
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def add_block_task(
+        self, request: matching_service_pb2.AddBlockTaskRequest
+    ) -> matching_service_pb2.AddBlockTaskResponse:
+        key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        partition = await self.partition(key)
+        now_ns = int(self._clock() * 1e9)
+        task = records_pb2.BacklogTask(
+            namespace_id=request.namespace_id,
+            run_id=request.run.run_id,
+            execution_id=request.run.execution_id,
+            scheduled_event_id=request.scheduled_event_id,
+            attempt=request.attempt,
+            block_id=request.block_id,
+            priority=request.priority,
+        )
+        task.create_time.FromNanoseconds(now_ns)
+        timeout_ns = request.schedule_to_start_timeout.ToNanoseconds()
+        if timeout_ns > 0:
+            task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
+        await partition.add(task, preferred_identity=request.preferred_worker_identity)
+        return matching_service_pb2.AddBlockTaskResponse()
+
+    async def poll_block_task(
+        self,
+        request: matching_service_pb2.PollBlockTaskRequest,
+        *,
+        deadline: float | None = None,
+    ) -> matching_service_pb2.PollBlockTaskResponse:
+        """Long poll. `deadline` is in event loop time; the configured long poll timeout caps
+        it. An empty response (no task_token) means no task came in time."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.config.long_poll_timeout
+        if deadline is not None:
+            end = min(end, deadline)
+        worker = request.request
+        key = task_queue_key(request.namespace_id, worker.task_queue, request.partition)
+        partition = await self.partition(key)
+        self.cancel_outstanding_poll(request.poller_id)  # a retried poll replaces its original
+        poll = partition.register_poll(
+            request.poller_id,
+            identity=worker.identity,
+            rate_per_second=worker.max_tasks_per_second,
+        )
+        self._polls[request.poller_id] = (partition, poll)
+        try:
+            while (task := await partition.take(poll, end)) is not None:
+                started = await self._record_started(partition, key, poll, task)
+                if isinstance(started, flow_service_pb2.PollBlockTaskResponse):
+                    return matching_service_pb2.PollBlockTaskResponse(response=started)
+                if started is _NotStarted.KEPT:
+                    # History asked to come back later; the task is back in the partition.
+                    pause = self.config.retry_backoff
+                    if end - loop.time() <= pause or await poll.cancelled_within(pause):
+                        break
+            return matching_service_pb2.PollBlockTaskResponse()
+        finally:
+            partition.unregister_poll(poll)
+            if self._polls.get(request.poller_id) == (partition, poll):
+                del self._polls[request.poller_id]
+
+    async def _record_started(
+        self, partition: TaskQueuePartition, key: TaskQueueKey, poll: Poll, task: BlockTask
+    ) -> flow_service_pb2.PollBlockTaskResponse | _NotStarted:
+        info = task.info
+        request = history_service_pb2.RecordBlockStartedRequest(
+            namespace_id=info.namespace_id,
+            run=common_pb2.RunRef(run_id=info.run_id, execution_id=info.execution_id),
+            scheduled_event_id=info.scheduled_event_id,
+            attempt=info.attempt,
+            request_id=poll.poller_id,
+            identity=poll.identity,
+            task_queue=common_pb2.TaskQueue(
+                name=key.name, kind=common_pb2.TaskQueueKind.ValueType(key.kind)
+            ),
+        )
+        fields = {
+            "run_id": info.run_id,
+            "execution_id": info.execution_id,
+            "scheduled_event_id": info.scheduled_event_id,
+            "attempt": info.attempt,
+        }
+        try:
+            started = await self._history.record_block_started(request)
+        except asyncio.CancelledError:
+            partition.finish(task, consumed=False)
+            raise
+        except _STALE as e:
+            log.debug("stale block task dropped", reason=e.reason, **fields)
+            partition.finish(task, consumed=True)
+            return _NotStarted.DROPPED
+        except _TRY_LATER as e:
+            log.info("block task kept, history busy", error=e.message, **fields)
+            partition.finish(task, consumed=False)
+            return _NotStarted.KEPT
+        except Exception as e:
+            task.record_failures += 1
+            if task.record_failures >= self.config.max_record_start_attempts:
+                log.error("block task dropped after failures", error=repr(e), **fields)
+                partition.finish(task, consumed=True)
+                return _NotStarted.DROPPED
+            log.warning("RecordBlockStarted failed", error=repr(e), **fields)
+            partition.finish(task, consumed=False)
+            return _NotStarted.KEPT
+        partition.finish(task, consumed=True)
+        return _poll_response(info, started)
+
+    async def describe_task_queue(
+        self, request: matching_service_pb2.DescribeTaskQueueRequest
+    ) -> matching_service_pb2.DescribeTaskQueueResponse:
+        key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        partition = await self.partition(key)
+        return await partition.describe()
+
+    def cancel_outstanding_poll(self, poller_id: str) -> bool:
+        """End the poll `poller_id` with an empty response; False if there is none."""
+        entry = self._polls.get(poller_id)
+        if entry is None:
+            return False
+        partition, poll = entry
+        partition.cancel_poll(poll)
+        return True

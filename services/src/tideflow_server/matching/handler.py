@@ -1,0 +1,152 @@
+"""gRPC face of the matching role: validate, call the engine, map errors in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from tideflow.api.v1 import common_pb2
+from tideflow_server.internal.v1 import matching_service_pb2, matching_service_pb2_grpc
+from tideflow_server.matching.engine import MatchingEngine
+from tideflow_server.persistence.errors import PersistenceError
+from tideflow_server.rpc.errors import (
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    abort,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _required(violations: list[FieldViolation], field: str, value: str) -> None:
+    if not value:
+        violations.append(FieldViolation(field, "required"))
+
+
+def _task_queue(
+    violations: list[FieldViolation], prefix: str, task_queue: common_pb2.TaskQueue
+) -> None:
+    _required(violations, f"{prefix}task_queue.name", task_queue.name)
+
+
+def _partition(violations: list[FieldViolation], partition: int) -> None:
+    if partition < 0:
+        violations.append(FieldViolation("partition", "must not be negative"))
+
+
+def _check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def validate_add(request: matching_service_pb2.AddBlockTaskRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _task_queue(v, "", request.task_queue)
+    _partition(v, request.partition)
+    _required(v, "run.run_id", request.run.run_id)
+    _required(v, "run.execution_id", request.run.execution_id)
+    if request.scheduled_event_id <= 0:
+        v.append(FieldViolation("scheduled_event_id", "must be positive"))
+    if request.attempt < 1:
+        v.append(FieldViolation("attempt", "must be at least 1"))
+    if request.schedule_to_start_timeout.ToNanoseconds() < 0:
+        v.append(FieldViolation("schedule_to_start_timeout", "must not be negative"))
+    _check(v)
+
+
+def validate_poll(request: matching_service_pb2.PollBlockTaskRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _required(v, "poller_id", request.poller_id)
+    _task_queue(v, "request.", request.request.task_queue)
+    _partition(v, request.partition)
+    if request.request.max_tasks_per_second < 0:
+        v.append(FieldViolation("request.max_tasks_per_second", "must not be negative"))
+    _check(v)
+
+
+def validate_describe(request: matching_service_pb2.DescribeTaskQueueRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _task_queue(v, "", request.task_queue)
+    _partition(v, request.partition)
+    _check(v)
+
+
+def validate_cancel(request: matching_service_pb2.CancelOutstandingPollRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _required(v, "poller_id", request.poller_id)
+    _check(v)
+
+
+class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
+    def __init__(self, engine: MatchingEngine, *, reply_margin: float = 1.0) -> None:
+        """`reply_margin`: seconds a long poll answers before the caller's deadline (at most a
+        fifth of the time it has), so the empty reply arrives rather than DEADLINE_EXCEEDED."""
+        self._engine = engine
+        self._reply_margin = reply_margin
+
+    async def _serve(self, context: Context, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ServiceError as e:
+            error: ServiceError = e
+        except PersistenceError as e:
+            error = Unavailable(f"persistence: {e}")
+        except Exception:
+            log.exception("matching call failed")
+            error = Internal("internal error")
+        await abort(context, error)
+
+    async def _validated(self, context: Context, check: Callable[[R], None], request: R) -> None:
+        try:
+            check(request)
+        except InvalidArgument as e:
+            await abort(context, e)
+
+    async def AddBlockTask(
+        self, request: matching_service_pb2.AddBlockTaskRequest, context: Context
+    ) -> matching_service_pb2.AddBlockTaskResponse:
+        await self._validated(context, validate_add, request)
+        return await self._serve(context, self._engine.add_block_task(request))
+
+    async def PollBlockTask(
+        self, request: matching_service_pb2.PollBlockTaskRequest, context: Context
+    ) -> matching_service_pb2.PollBlockTaskResponse:
+        # A client that goes away cancels this coroutine; the engine frees the poll on the way
+        # out, so no task is handed to a dead poll.
+        await self._validated(context, validate_poll, request)
+        remaining: float | None = context.time_remaining()
+        deadline: float | None = None
+        if remaining is not None:
+            remaining -= min(self._reply_margin, remaining / 5)
+            if remaining <= 0:
+                return matching_service_pb2.PollBlockTaskResponse()
+            deadline = asyncio.get_running_loop().time() + remaining
+        return await self._serve(context, self._engine.poll_block_task(request, deadline=deadline))
+
+    async def DescribeTaskQueue(
+        self, request: matching_service_pb2.DescribeTaskQueueRequest, context: Context
+    ) -> matching_service_pb2.DescribeTaskQueueResponse:
+        await self._validated(context, validate_describe, request)
+        return await self._serve(context, self._engine.describe_task_queue(request))
+
+    async def CancelOutstandingPoll(
+        self, request: matching_service_pb2.CancelOutstandingPollRequest, context: Context
+    ) -> matching_service_pb2.CancelOutstandingPollResponse:
+        await self._validated(context, validate_cancel, request)
+        self._engine.cancel_outstanding_poll(request.poller_id)
+        return matching_service_pb2.CancelOutstandingPollResponse()

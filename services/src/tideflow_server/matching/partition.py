@@ -1,0 +1,640 @@
+"""One task queue partition, held by this matching host while its lease (range_id) holds.
+
+The life of a block task here, in order:
+1. An add hands the task straight to a waiting poll (sync match, nothing written) when the
+   backlog has been read to its end, so a new task never overtakes a persisted one. Otherwise
+   the writer persists it, grouping concurrent adds into one write fenced on the range_id; the
+   add returns once the row is durable.
+2. The reader pulls the backlog after the read level, in task_id order, into a buffer.
+3. A poll takes the buffered task with the highest priority (then the lowest id), or waits.
+4. Once history has recorded the start, or said the task is stale, the task is acked. The ack
+   level is the id at and below which every read task is acked; it is persisted now and then,
+   and the rows at or below it are deleted. A crash re-delivers what lies above the persisted
+   ack level, and history turns the duplicates away (RecordBlockStarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from google.protobuf import timestamp_pb2
+
+from tideflow.api.v1 import task_queue_pb2
+from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
+from tideflow_server.matching._config import MatchingConfig
+from tideflow_server.persistence import errors as store_errors
+from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
+from tideflow_server.rpc.errors import Internal, ResourceExhausted, ServiceError, Unavailable
+
+log = structlog.get_logger(__name__)
+
+_LEASE_ATTEMPTS = 3
+
+
+@dataclass(eq=False, slots=True)
+class BlockTask:
+    """A task on its way to a poll: read from the backlog (`task_id` set) or sync-matched
+    (`sync_outcome` set; the add waits on it and persists the task if it comes back False)."""
+
+    info: records_pb2.BacklogTask
+    task_id: int | None = None
+    sync_outcome: asyncio.Future[bool] | None = None
+    record_failures: int = 0
+
+
+class Poll:
+    """One outstanding PollBlockTask call."""
+
+    __slots__ = ("_cancelled", "identity", "poller_id", "rate_per_second", "waiter")
+
+    def __init__(self, poller_id: str, identity: str, rate_per_second: float) -> None:
+        self.poller_id = poller_id
+        self.identity = identity
+        self.rate_per_second = rate_per_second
+        self.waiter: asyncio.Future[BlockTask | None] | None = None
+        self._cancelled = asyncio.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def cancelled_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._cancelled.wait()
+        return self.cancelled
+
+
+class _AckLevels:
+    """Read and ack levels of the backlog. Ids are tracked from the moment they are read until
+    every lower one is acked too."""
+
+    def __init__(self, level: int) -> None:
+        self.read_level = level
+        self._outstanding: deque[int] = deque()
+        self._acked: set[int] = set()
+
+    @property
+    def ack_level(self) -> int:
+        return self._outstanding[0] - 1 if self._outstanding else self.read_level
+
+    def read(self, task_id: int) -> None:
+        self._outstanding.append(task_id)  # ids come in ascending order, above read_level
+
+    def read_to(self, level: int) -> None:
+        self.read_level = max(self.read_level, level)
+
+    def ack(self, task_id: int) -> None:
+        self._acked.add(task_id)
+        while self._outstanding and self._outstanding[0] in self._acked:
+            self._acked.discard(self._outstanding.popleft())
+
+
+@dataclass(slots=True)
+class _PollerSeen:
+    last_access: float
+    rate_per_second: float
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _expired(info: records_pb2.BacklogTask, now_ms: int) -> bool:
+    return info.HasField("expiry_time") and info.expiry_time.ToMilliseconds() <= now_ms
+
+
+class TaskQueuePartition:
+    """Loaded by `MatchingEngine` on first use; `start` leases it, `stop` releases it."""
+
+    def __init__(
+        self,
+        key: TaskQueueKey,
+        *,
+        manager: PersistenceManager,
+        host_id: str,
+        config: MatchingConfig,
+        clock: Callable[[], float],
+        on_closed: Callable[[TaskQueuePartition], None],
+    ) -> None:
+        self.key = key
+        self.host_id = host_id
+        self._manager = manager
+        self._store = manager.persistence.tasks
+        self._config = config
+        self._clock = clock
+        self._on_closed = on_closed
+
+        self._range_id = 0
+        self._info = records_pb2.TaskQueueInfo()
+        self._next_seq = 1
+        self._row_lock = asyncio.Lock()  # range renewal and ack persistence both rewrite the row
+
+        self._levels = _AckLevels(0)
+        self._max_read_level = 0  # highest id durably written; the reader stops there
+        self._persisted_ack_level = 0
+        self._deleted_through = 0
+        self._acked_not_deleted = 0
+        self._buffer: list[tuple[int, int, BlockTask]] = []
+        self._pending: deque[tuple[records_pb2.BacklogTask, asyncio.Future[None]]] = deque()
+        self._writing = 0
+
+        self._polls: dict[str, Poll] = {}
+        self._waiting: dict[str, Poll] = {}  # insertion order = arrival order
+        self._pollers: dict[str, _PollerSeen] = {}
+        self._polls_changed = asyncio.Event()
+
+        self._read_wanted = asyncio.Event()
+        self._write_wanted = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._lost = False
+        self._closing: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._maintainer: asyncio.Task[None] | None = None
+        self._last_activity = time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def range_id(self) -> int:
+        return self._range_id
+
+    async def start(self) -> None:
+        """Lease the partition and read the head of its backlog before serving, so the first
+        add knows whether a sync match would overtake persisted tasks."""
+        self._range_id, self._info = await self._lease()
+        level = self._info.ack_level
+        self._levels = _AckLevels(level)
+        self._persisted_ack_level = self._deleted_through = level
+        # Every id a previous owner allocated lies below our range.
+        self._max_read_level = self._range_id << self._config.task_id_bits
+        try:
+            # Rows a previous owner acked but did not get to delete.
+            await self._store.complete_backlog_tasks(self.key, max_task_id=level)
+            await self._read_backlog()
+        except store_errors.PersistenceError as e:
+            raise Unavailable(f"cannot load task queue partition: {e}") from e
+        self._reader = asyncio.create_task(self._read_loop())
+        self._writer = asyncio.create_task(self._write_loop())
+        self._maintainer = asyncio.create_task(self._maintain_loop())
+        log.info("task queue partition loaded", key=self.key, range_id=self._range_id)
+
+    async def wait_closed(self) -> None:
+        """Until the partition is unloaded (stopped, idle, or lost to another host)."""
+        await self._closed.wait()
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _lease(self) -> tuple[int, records_pb2.TaskQueueInfo]:
+        for _ in range(_LEASE_ATTEMPTS):
+            try:
+                return await self._manager.lease_task_queue(self.key)
+            except (store_errors.ConditionFailed, store_errors.AlreadyExists):
+                continue  # another host leased it at the same moment: take it over again
+            except store_errors.PersistenceError as e:
+                raise Unavailable(f"cannot lease task queue partition: {e}") from e
+        raise Unavailable("task queue partition is being leased by other hosts")
+
+    async def stop(self, *, lost: bool = False) -> None:
+        """Stop serving: waiting polls return empty, pending adds are written (or failed when
+        the partition was lost), and the ack level is persisted."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._stop(lost=lost))
+        await asyncio.shield(self._closing)
+
+    def _stop_soon(self, *, lost: bool = False) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._stop(lost=lost))
+
+    async def _stop(self, *, lost: bool) -> None:
+        self._lost = lost = self._lost or lost
+        self._closed.set()
+        for poll in list(self._polls.values()):
+            poll.cancel()
+        self._waiting.clear()
+        self._notify_polls()
+        if lost:
+            self._fail_pending(self._lost_error())
+        # The loops see `closed` and return; none is cancelled, because a database call
+        # cancelled midway can leave its connection unusable (an aiosqlite read keeps its
+        # snapshot). The writer drains what is pending first.
+        self._write_wanted.set()
+        self._read_wanted.set()
+        me = asyncio.current_task()
+        background = (self._reader, self._writer, self._maintainer)
+        await asyncio.gather(
+            *(t for t in background if t is not None and t is not me), return_exceptions=True
+        )
+        self._fail_pending(Unavailable("task queue partition was unloaded"))
+        if not lost:
+            try:
+                await self._persist_ack_level()
+            except store_errors.PersistenceError as e:
+                log.warning("ack level not persisted on unload", key=self.key, error=str(e))
+        self._on_closed(self)
+        log.info("task queue partition unloaded", key=self.key, lost=lost)
+
+    def _lost_error(self) -> Unavailable:
+        return Unavailable(
+            "task queue partition is owned by another matching host now",
+            reason="TASK_QUEUE_PARTITION_MOVED",
+        )
+
+    def _closed_error(self) -> Unavailable:
+        return self._lost_error() if self._lost else Unavailable("task queue partition unloaded")
+
+    async def _closed_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closed.wait()
+        return self.closed
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    def _idle(self) -> bool:
+        return (
+            not self._polls
+            and not self._pending
+            and not self._writing
+            and time.monotonic() - self._last_activity >= self._config.idle_unload_after
+        )
+
+    async def _maintain_loop(self) -> None:
+        while not await self._closed_within(self._config.ack_persist_interval):
+            try:
+                await self._persist_ack_level()
+            except store_errors.ConditionFailed:
+                self._stop_soon(lost=True)
+                return
+            except store_errors.PersistenceError as e:
+                log.warning("ack level not persisted", key=self.key, error=str(e))
+            self._forget_old_pollers()
+            if self._idle():
+                self._stop_soon()
+                return
+
+    # -- ack level -----------------------------------------------------------------------
+
+    def _ack(self, task_id: int) -> None:
+        self._levels.ack(task_id)
+        self._acked_not_deleted += 1
+
+    async def _persist_ack_level(self) -> None:
+        """Persist the ack level (fenced on the range_id), then delete the rows below it."""
+        level = self._levels.ack_level
+        if level > self._persisted_ack_level:
+            async with self._row_lock:
+                info = records_pb2.TaskQueueInfo()
+                info.CopyFrom(self._info)
+                info.ack_level = level
+                info.last_update_time.CopyFrom(_timestamp(self._clock()))
+                row = TaskQueueRow(self.key, self._range_id, info.SerializeToString())
+                await self._store.update_task_queue(row, previous_range_id=self._range_id)
+                self._info = info
+                self._persisted_ack_level = level
+        if self._persisted_ack_level > self._deleted_through:
+            level = self._persisted_ack_level
+            deleted = await self._store.complete_backlog_tasks(self.key, max_task_id=level)
+            self._deleted_through = level
+            self._acked_not_deleted = max(0, self._acked_not_deleted - deleted)
+
+    # -- backlog writes ------------------------------------------------------------------
+
+    async def _allocate_ids(self, count: int) -> list[int]:
+        bits = self._config.task_id_bits
+        if self._next_seq + count > 1 << bits:
+            async with self._row_lock:
+                info = records_pb2.TaskQueueInfo()
+                info.CopyFrom(self._info)
+                info.last_update_time.CopyFrom(_timestamp(self._clock()))
+                renewed = self._range_id + 1
+                await self._store.update_task_queue(
+                    TaskQueueRow(self.key, renewed, info.SerializeToString()),
+                    previous_range_id=self._range_id,
+                )
+                self._range_id, self._info, self._next_seq = renewed, info, 1
+        first = (self._range_id << bits) | self._next_seq
+        self._next_seq += count
+        return list(range(first, first + count))
+
+    async def _persist(self, info: records_pb2.BacklogTask) -> None:
+        if self.closed:
+            raise self._closed_error()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((info, done))
+        self._write_wanted.set()
+        await done
+
+    def _fail_pending(self, error: ServiceError) -> None:
+        while self._pending:
+            _, done = self._pending.popleft()
+            if not done.done():
+                done.set_exception(error)
+
+    async def _write_loop(self) -> None:
+        """The only writer, so rows become durable in id order and the reader, which stops at
+        the highest durable id, never skips one."""
+        while True:
+            if not self._pending:
+                if self.closed:
+                    return
+                await self._write_wanted.wait()
+                self._write_wanted.clear()
+                continue
+            count = min(len(self._pending), self._config.backlog_write_batch)
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._writing = count
+            error: ServiceError | None = None
+            lost = False
+            try:
+                ids = await self._allocate_ids(count)
+                tasks = [(task_id, info) for task_id, (info, _) in zip(ids, batch, strict=True)]
+                await self._manager.create_backlog_tasks(
+                    self.key, range_id=self._range_id, tasks=tasks
+                )
+            except store_errors.ConditionFailed:
+                lost, error = True, self._lost_error()
+            except store_errors.PersistenceError as e:
+                error = Unavailable(f"backlog write failed: {e}")
+            except Exception as e:
+                log.exception("backlog write failed", key=self.key)
+                error = Internal(f"backlog write failed: {e}")
+            finally:
+                self._writing = 0
+            for _, done in batch:
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+            if lost:
+                self._lost = True
+                self._fail_pending(self._lost_error())
+                self._stop_soon(lost=True)
+                return
+            if error is not None:
+                continue
+            self._max_read_level = ids[-1]
+            self._read_wanted.set()
+
+    # -- backlog reads -------------------------------------------------------------------
+
+    async def _read_backlog(self) -> None:
+        """Fill the buffer up to a batch from the backlog after the read level."""
+        batch = self._config.backlog_read_batch
+        while (
+            not self.closed
+            and len(self._buffer) < batch
+            and self._levels.read_level < self._max_read_level
+        ):
+            upper = self._max_read_level
+            rows = await self._manager.get_backlog_tasks(
+                self.key, after_task_id=self._levels.read_level, max_task_id=upper, limit=batch
+            )
+            now_ms = int(self._clock() * 1000)
+            for task_id, info in rows:
+                self._levels.read(task_id)
+                if _expired(info, now_ms):
+                    self._ack(task_id)  # schedule-to-start passed: history times it out
+                else:
+                    task = BlockTask(info, task_id)
+                    heapq.heappush(self._buffer, (-info.priority, task_id, task))
+            self._levels.read_to(rows[-1][0] if len(rows) == batch else upper)
+            self._dispatch()
+
+    async def _read_loop(self) -> None:
+        while True:
+            await self._read_wanted.wait()
+            self._read_wanted.clear()
+            if self.closed:
+                return
+            try:
+                await self._read_backlog()
+            except store_errors.PersistenceError as e:
+                log.warning("backlog read failed", key=self.key, error=str(e))
+                self._read_wanted.set()
+                await self._closed_within(self._config.retry_backoff)
+
+    def _backlog_read_to_end(self) -> bool:
+        return (
+            not self._buffer
+            and not self._pending
+            and not self._writing
+            and self._levels.read_level >= self._max_read_level
+        )
+
+    def _pop_buffered(self) -> BlockTask | None:
+        now_ms = int(self._clock() * 1000)
+        task: BlockTask | None = None
+        while self._buffer:
+            _, task_id, candidate = heapq.heappop(self._buffer)
+            if _expired(candidate.info, now_ms):
+                self._ack(task_id)
+                continue
+            task = candidate
+            break
+        if (
+            len(self._buffer) < self._config.backlog_read_batch
+            and self._levels.read_level < self._max_read_level
+        ):
+            self._read_wanted.set()
+        return task
+
+    # -- matching ------------------------------------------------------------------------
+
+    def _notify_polls(self) -> None:
+        changed, self._polls_changed = self._polls_changed, asyncio.Event()
+        changed.set()
+
+    def _next_waiting(self, preferred_identity: str = "") -> Poll | None:
+        chosen: Poll | None = None
+        for poll in self._waiting.values():
+            if poll.waiter is None or poll.waiter.done():
+                continue
+            if chosen is None:
+                chosen = poll
+            if not preferred_identity or poll.identity == preferred_identity:
+                chosen = poll
+                break
+        return chosen
+
+    def _hand_over(self, poll: Poll, task: BlockTask) -> None:
+        del self._waiting[poll.poller_id]
+        assert poll.waiter is not None
+        poll.waiter.set_result(task)
+        self._notify_polls()
+
+    def _dispatch(self) -> None:
+        while self._waiting and self._buffer:
+            poll = self._next_waiting()
+            if poll is None:
+                return
+            task = self._pop_buffered()
+            if task is None:
+                return
+            self._hand_over(poll, task)
+
+    async def add(self, info: records_pb2.BacklogTask, *, preferred_identity: str = "") -> None:
+        """Sync match, else persist; returns once a poll took the task or it is durable."""
+        if self.closed:
+            raise self._closed_error()
+        self._touch()
+        if self._waiting and self._backlog_read_to_end():
+            poll = self._next_waiting(preferred_identity)
+            if poll is not None:
+                outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._hand_over(poll, BlockTask(info, sync_outcome=outcome))
+                if await outcome:
+                    return
+                # The poll could not start it (history busy, client gone): keep it durably.
+        await self._persist(info)
+
+    def register_poll(self, poller_id: str, *, identity: str, rate_per_second: float) -> Poll:
+        if self.closed:
+            raise self._closed_error()
+        previous = self._polls.pop(poller_id, None)
+        if previous is not None:
+            self.cancel_poll(previous)  # a retried poll replaces the one it retries
+        if len(self._polls) >= self._config.max_outstanding_polls:
+            raise ResourceExhausted(
+                f"task queue partition has {len(self._polls)} outstanding polls, the limit",
+                reason="TOO_MANY_OUTSTANDING_POLLS",
+            )
+        poll = Poll(poller_id, identity, rate_per_second)
+        self._polls[poller_id] = poll
+        self._pollers[identity] = _PollerSeen(self._clock(), rate_per_second)
+        self._touch()
+        return poll
+
+    def unregister_poll(self, poll: Poll) -> None:
+        if self._polls.get(poll.poller_id) is poll:
+            del self._polls[poll.poller_id]
+        if self._waiting.get(poll.poller_id) is poll:
+            del self._waiting[poll.poller_id]
+        self._pollers[poll.identity] = _PollerSeen(self._clock(), poll.rate_per_second)
+        self._touch()
+        self._notify_polls()
+
+    def cancel_poll(self, poll: Poll) -> None:
+        if self._waiting.get(poll.poller_id) is poll:
+            del self._waiting[poll.poller_id]
+        poll.cancel()
+        self._notify_polls()
+
+    async def take(self, poll: Poll, deadline: float) -> BlockTask | None:
+        """The next task for `poll`, or None when the deadline (loop time) passes, the poll is
+        cancelled or the partition closes."""
+        if poll.cancelled or self.closed:
+            return None
+        task = self._pop_buffered()
+        if task is not None:
+            return task
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        waiter: asyncio.Future[BlockTask | None] = loop.create_future()
+        poll.waiter = waiter
+        self._waiting[poll.poller_id] = poll
+        self._notify_polls()
+        try:
+            await asyncio.wait((waiter,), timeout=remaining)
+        except asyncio.CancelledError:
+            self._stop_waiting(poll)
+            # Handed a task in the same instant the caller went away: give it back.
+            if waiter.done() and (handed := waiter.result()) is not None:
+                self.finish(handed, consumed=False)
+            waiter.cancel()
+            raise
+        self._stop_waiting(poll)
+        if not waiter.done():
+            waiter.cancel()
+            return None
+        return waiter.result()
+
+    def _stop_waiting(self, poll: Poll) -> None:
+        poll.waiter = None
+        if self._waiting.get(poll.poller_id) is poll:
+            del self._waiting[poll.poller_id]
+            self._notify_polls()
+
+    def finish(self, task: BlockTask, *, consumed: bool) -> None:
+        """`consumed`: started, or dropped as stale; otherwise the task is kept, at the front."""
+        if task.sync_outcome is not None:
+            if not task.sync_outcome.done():
+                task.sync_outcome.set_result(consumed)
+            return
+        if self.closed or task.task_id is None:
+            return  # read again from the backlog by whoever loads the partition next
+        if consumed:
+            self._ack(task.task_id)
+        else:
+            heapq.heappush(self._buffer, (-task.info.priority, task.task_id, task))
+            self._dispatch()
+
+    async def wait_for_polls(self, *, waiting: int) -> None:
+        """Until exactly `waiting` polls wait for a task (for tests and tools)."""
+        while len(self._waiting) != waiting:
+            await self._polls_changed.wait()
+
+    @property
+    def outstanding_polls(self) -> int:
+        return len(self._polls)
+
+    @property
+    def waiting_polls(self) -> int:
+        return len(self._waiting)
+
+    # -- describe ------------------------------------------------------------------------
+
+    def _forget_old_pollers(self) -> None:
+        cutoff = self._clock() - self._config.poller_expiry
+        for identity in [i for i, seen in self._pollers.items() if seen.last_access < cutoff]:
+            del self._pollers[identity]
+
+    async def describe(self) -> matching_service_pb2.DescribeTaskQueueResponse:
+        try:
+            # Shielded: a caller that goes away must not cancel the query midway.
+            stored = await asyncio.shield(self._store.count_backlog_tasks(self.key))
+        except store_errors.PersistenceError as e:
+            raise Unavailable(f"cannot count the backlog: {e}") from e
+        backlog = max(0, stored - self._acked_not_deleted) + len(self._pending) + self._writing
+        self._forget_old_pollers()
+        pollers = [
+            task_queue_pb2.PollerInfo(
+                identity=identity,
+                last_access_time=_timestamp(seen.last_access),
+                rate_per_second=seen.rate_per_second,
+            )
+            for identity, seen in sorted(self._pollers.items())
+        ]
+        status = task_queue_pb2.TaskQueuePartitionStatus(
+            partition=self.key.partition,
+            owner_host=self.host_id,
+            backlog_count_hint=backlog,
+            read_level=self._levels.read_level,
+            ack_level=self._levels.ack_level,
+        )
+        return matching_service_pb2.DescribeTaskQueueResponse(pollers=pollers, status=status)
