@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+import uuid
 from pathlib import Path
 
+from tideflow.api.v1 import namespace_pb2
 from tideflow_server.config import Settings, load_settings
+from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import schema
-from tideflow_server.persistence.errors import PersistenceError
+from tideflow_server.persistence.errors import AlreadyExists, NotFound, PersistenceError
 from tideflow_server.persistence.factory import open_persistence
+from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.server import ROLES, TideflowServer, serve_until_signalled
+from tideflow_server.telemetry import configure_logging
 
 
 async def _schema(settings: Settings, action: str) -> str:
@@ -32,23 +39,93 @@ async def _schema(settings: Settings, action: str) -> str:
         await persistence.close()
 
 
+async def _ensure_namespace(server: TideflowServer, name: str) -> None:
+    """start-dev only: a namespace to use right away, as a new user expects."""
+    persistence = server.persistence
+    manager = PersistenceManager(persistence, server.settings.persistence.limits)
+    try:
+        await manager.get_namespace(name=name)
+    except NotFound:
+        record = records_pb2.NamespaceRecord()
+        record.info.name = name
+        record.info.id = str(uuid.uuid4())
+        record.info.state = namespace_pb2.NAMESPACE_STATE_REGISTERED
+        record.info.description = "created by tideflow-server start-dev"
+        record.config.retention.FromSeconds(24 * 3600)
+        record.create_time.GetCurrentTime()
+        with contextlib.suppress(AlreadyExists):
+            await manager.create_namespace(record)
+
+
+async def _start_dev(settings: Settings, namespace: str) -> None:
+    server = TideflowServer(settings, ROLES)
+
+    async def started() -> None:
+        await _ensure_namespace(server, namespace)
+        print(
+            f"tideflow dev server: frontend at {server.address('frontend')}, "
+            f"{settings.persistence.sqlite.path} (namespace {namespace!r}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await serve_until_signalled(server, setup_schema=True, on_started=started)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tideflow-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     schema_cmd = commands.add_parser("schema", help="set up or update the database schema")
     schema_cmd.add_argument("action", choices=["setup", "update", "version"])
     schema_cmd.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+
+    start = commands.add_parser("start", help="run some or all roles on a configured backend")
+    start.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+    start.add_argument(
+        "--roles",
+        default=",".join(ROLES),
+        help="comma-separated subset of frontend,history,matching (default: all)",
+    )
+    start.add_argument("--log-json", action="store_true", help="log one JSON object a line")
+
+    dev = commands.add_parser(
+        "start-dev", help="all roles in one process on SQLite, schema and namespace created"
+    )
+    dev.add_argument("--db", type=Path, default=Path(".tideflow/tideflow.db"))
+    dev.add_argument("--port", type=int, default=7233, help="frontend port")
+    dev.add_argument("--namespace", default="default", help="namespace to create if missing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
-        print(asyncio.run(_schema(settings, args.action)))
-    except (schema.SchemaError, PersistenceError, FileNotFoundError) as e:
+        if args.command == "schema":
+            settings = load_settings(args.config)
+            print(asyncio.run(_schema(settings, args.action)))
+        elif args.command == "start":
+            configure_logging(json=args.log_json)
+            settings = load_settings(args.config)
+            roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+            asyncio.run(serve_until_signalled(TideflowServer(settings, roles)))
+        else:
+            configure_logging()
+            settings = load_settings(
+                None,
+                persistence={"backend": "sqlite", "sqlite": {"path": str(args.db)}},
+                services={
+                    "frontend": {"port": args.port},
+                    "history": {"port": 0},
+                    "matching": {"port": 0},
+                },
+                cluster={"name": "tideflow-dev", "history_shard_count": 4},
+            )
+            asyncio.run(_start_dev(settings, args.namespace))
+    except (schema.SchemaError, PersistenceError, FileNotFoundError, ValueError, OSError) as e:
         print(f"tideflow-server: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -120,7 +120,7 @@ class Membership:
                     await self._cluster.upsert_member(fresh)
                     self._own[role] = fresh
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
+            except Exception:
                 log.warning("membership heartbeat failed", exc_info=True)
 
     def start(self) -> None:

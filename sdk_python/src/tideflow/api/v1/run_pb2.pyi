@@ -157,19 +157,29 @@ class BlockSummary(_message.Message):
     BLOCK_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
+    attempt: _builtins.int
+    """Attempts made (external blocks)."""
+    @_builtins.property
+    def failure(self) -> _failure_pb2.Failure:
+        """Why it failed, when status is FAILED."""
+
     def __init__(
         self,
         *,
         block_id: _builtins.str = ...,
         kind: _blueprint_pb2.BlockKind.ValueType = ...,
         status: _common_pb2.BlockStatus.ValueType = ...,
+        attempt: _builtins.int = ...,
+        failure: _failure_pb2.Failure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

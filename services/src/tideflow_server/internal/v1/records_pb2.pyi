@@ -293,6 +293,7 @@ class RunExecutionInfo(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     HISTORY_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    LAST_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
@@ -312,6 +313,10 @@ class RunExecutionInfo(_message.Message):
     """Run attempt, 1 until run-level retries exist."""
     history_size_bytes: _builtins.int
     """Serialized size of history so far, for the history size limit."""
+    last_batch_event_id: _builtins.int
+    """First event id of the last committed history batch (where the close event is read from).
+    30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
+    """
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef:
         """The resolved flow version the execution is pinned to."""
@@ -342,9 +347,7 @@ class RunExecutionInfo(_message.Message):
     def last_update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
-        """The run input as the blueprint reads it (`${input}`); RUN_STARTED keeps the raw payloads.
-        30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
-        """
+        """The run input as the blueprint reads it (`${input}`); RUN_STARTED keeps the raw payloads."""
 
     def __init__(
         self,
@@ -373,10 +376,11 @@ class RunExecutionInfo(_message.Message):
         attempt: _builtins.int = ...,
         history_size_bytes: _builtins.int = ...,
         input: _struct_pb2.Value | None = ...,
+        last_batch_event_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Tideflow's load harness: `python -m bench --help`."""

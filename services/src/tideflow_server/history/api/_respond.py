@@ -1,0 +1,45 @@
+"""What the three Respond* RPCs share: find the worker's attempt, close it, move the run on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tideflow_server.history import progress
+from tideflow_server.history.api._common import parse_token, pending_attempt
+from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+
+
+async def respond(
+    shard: ShardContext,
+    namespace_id: str,
+    task_token: bytes,
+    close: Callable[[RunStep, records_pb2.PendingBlock], None],
+) -> None:
+    token = parse_token(task_token)
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        pending = pending_attempt(entry, token)
+        close(step, step.state.pending_blocks[pending.scheduled_event_id])
+        await continue_run(shard, step)
+
+    await shard.update(namespace_id, token.run_id, token.execution_id, act)
+
+
+async def continue_run(shard: ShardContext, step: RunStep) -> None:
+    """After a block closed: finish a requested cancellation, or let the blueprint go on."""
+    if not step.is_open:
+        return
+    if step.info.cancel_requested:
+        progress.finish_cancel_if_done(step)
+        return
+    info = step.info
+    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    namespace = await shard.namespaces.by_id(info.namespace_id)
+    progress.advance(
+        step,
+        compiled,
+        namespace=namespace.info.name,
+        max_pending_blocks=shard.config.max_pending_blocks,
+    )

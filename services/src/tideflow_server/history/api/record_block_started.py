@@ -1,0 +1,56 @@
+"""RecordBlockStarted: matching's handshake before a block task reaches a worker. Only the
+current attempt of a pending block starts, once; a retry of the same poll is answered again
+and any other poll is refused, so stale and duplicate tasks never reach a worker."""
+
+from __future__ import annotations
+
+from tideflow_server.history import blocks
+from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import history_service_pb2, records_pb2
+from tideflow_server.rpc.errors import FailedPrecondition, NotFound
+
+
+async def invoke(
+    shard: ShardContext, request: history_service_pb2.RecordBlockStartedRequest
+) -> history_service_pb2.RecordBlockStartedResponse:
+    async def act(
+        entry: Execution, step: RunStep
+    ) -> history_service_pb2.RecordBlockStartedResponse:
+        state = step.state
+        pending = state.pending_blocks.get(request.scheduled_event_id)
+        if (
+            state.execution_info.state == records_pb2.RUN_STATE_COMPLETED
+            or pending is None
+            or pending.attempt != request.attempt
+        ):
+            raise NotFound(
+                f"block task {request.scheduled_event_id} attempt {request.attempt} is stale",
+                reason="BLOCK_TASK_NOT_FOUND",
+            )
+        if pending.cancel_requested or state.execution_info.cancel_requested:
+            raise NotFound("the block's run is being canceled", reason="BLOCK_TASK_NOT_FOUND")
+        if pending.HasField("started_time"):
+            if pending.request_id != request.request_id:
+                raise FailedPrecondition(
+                    f"block task {request.scheduled_event_id} attempt {request.attempt} was "
+                    "started by another poll",
+                    reason="BLOCK_ALREADY_STARTED",
+                )
+        else:
+            blocks.record_started(
+                step, pending, identity=request.identity, request_id=request.request_id
+            )
+        response = history_service_pb2.RecordBlockStartedResponse(attempt=pending.attempt)
+        response.scheduled_event.CopyFrom(
+            await shard.scheduled_event(entry, pending.scheduled_event_id)
+        )
+        response.started_time.CopyFrom(pending.started_time)
+        response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
+        response.heartbeat_details.CopyFrom(pending.heartbeat_details)
+        response.flow.CopyFrom(state.execution_info.flow)
+        return response
+
+    return await shard.update(
+        request.namespace_id, request.run.run_id, request.run.execution_id, act
+    )

@@ -1,0 +1,85 @@
+"""What a fired timer does. Each handler checks the run's current state first: a timer for an
+attempt that has moved on, a block that closed, or a run that ended does nothing."""
+
+from __future__ import annotations
+
+from tideflow.api.v1 import common_pb2
+from tideflow_server.history import blocks, progress
+from tideflow_server.history.api._respond import continue_run
+from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
+from tideflow_server.rpc.errors import NotFound
+
+
+async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    kind = timer.WhichOneof("task")
+    try:
+        if kind == "block_timeout":
+            await _block_timeout(shard, timer)
+        elif kind == "block_retry":
+            await _block_retry(shard, timer)
+        elif kind == "run_timeout":
+            await _run_timeout(shard, timer)
+    except NotFound:
+        return  # the run is gone: nothing left to time out
+
+
+async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    spec = timer.block_timeout
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        pending = step.state.pending_blocks.get(spec.scheduled_event_id)
+        if not step.is_open or pending is None or pending.attempt != spec.attempt:
+            return
+        started = pending.HasField("started_time")
+        kind = spec.timeout_type
+        attempt_running = (
+            common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
+            common_pb2.TIMEOUT_TYPE_HEARTBEAT,
+        )
+        if kind in attempt_running and not started:
+            return  # for a started attempt only; this one has not started (again) yet
+        if kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started:
+            return
+        if kind == common_pb2.TIMEOUT_TYPE_HEARTBEAT:
+            due = blocks.as_datetime(pending.last_heartbeat_time) + blocks.as_timedelta(
+                pending.timeouts.heartbeat
+            )
+            if due > step.now:
+                blocks.rearm_heartbeat(step, pending)
+                return
+        blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
+        await continue_run(shard, step)
+
+    await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
+
+
+async def _block_retry(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    spec = timer.block_retry
+    async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
+        pending = entry.state.pending_blocks.get(spec.scheduled_event_id)
+        if pending is None or pending.attempt != spec.attempt:
+            return
+        if pending.HasField("started_time") or entry.state.execution_info.cancel_requested:
+            return
+        request = matching_service_pb2.AddBlockTaskRequest(
+            namespace_id=timer.namespace_id,
+            task_queue=pending.task_queue,
+            block_id=pending.block_id,
+            scheduled_event_id=pending.scheduled_event_id,
+            attempt=pending.attempt,
+            priority=pending.priority,
+            source_shard_id=shard.shard_id,
+        )
+        request.run.run_id = timer.run_id
+        request.run.execution_id = timer.execution_id
+    await shard.matching.add_block_task(request)
+
+
+async def _run_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    async def act(entry: Execution, step: RunStep) -> None:
+        if step.is_open:
+            progress.close_run(step, common_pb2.RUN_STATUS_TIMED_OUT)
+
+    await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)

@@ -1,0 +1,322 @@
+"""The life of an external block inside a run step: scheduled, dispatched, started, and closed
+by a completion, a failure, a timeout or a cancellation, with retries in between.
+
+Retries add no events: an attempt lives in the pending block, and BLOCK_STARTED is written
+with the closing event, carrying the attempt that closed it (so unlimited retries cannot grow
+history). Every attempt is a pointer for matching (a block task or a retry timer), checked by
+RecordBlockStarted against the pending block's current attempt.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow_server.history import payloads
+from tideflow_server.history.interpreter import ScheduleExternal
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+
+DEFAULT_INITIAL_INTERVAL = timedelta(seconds=1)
+DEFAULT_BACKOFF = 2.0
+
+
+def as_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def as_timedelta(d: duration_pb2.Duration) -> timedelta:
+    return d.ToTimedelta()
+
+
+def is_set(d: duration_pb2.Duration) -> bool:
+    return d.seconds > 0 or d.nanos > 0
+
+
+def schedule(step: RunStep, cmd: ScheduleExternal) -> records_pb2.PendingBlock:
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_BLOCK_SCHEDULED, "block_scheduled_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.BlockScheduledEventAttributes)
+    attrs.block_id = cmd.block_id
+    attrs.block_type = cmd.block_type
+    attrs.task_queue.name = cmd.task_queue
+    attrs.task_queue.kind = common_pb2.TASK_QUEUE_KIND_NORMAL
+    attrs.input.CopyFrom(payloads.to_payloads(cmd.input))
+    attrs.timeouts.CopyFrom(cmd.timeouts)
+    attrs.retry_policy.CopyFrom(cmd.retry)
+    attrs.attempt = 1
+    attrs.priority = cmd.priority
+    attrs.affinity = cmd.affinity
+
+    pending = step.state.pending_blocks[event.event_id]
+    pending.block_id = cmd.block_id
+    pending.block_type = cmd.block_type
+    pending.task_queue.CopyFrom(attrs.task_queue)
+    pending.attempt = 1
+    pending.scheduled_event_id = event.event_id
+    pending.scheduled_time.FromDatetime(step.now)
+    pending.timeouts.CopyFrom(cmd.timeouts)
+    pending.retry_policy.CopyFrom(cmd.retry)
+    pending.priority = cmd.priority
+    pending.affinity = cmd.affinity
+    pending.scheduled_batch_event_id = step.events[0].event_id
+
+    result = step.state.block_results[cmd.block_id]
+    result.kind = blueprint_pb2.BLOCK_KIND_EXTERNAL
+    result.status = common_pb2.BLOCK_STATUS_RUNNING
+    result.scheduled_event_id = event.event_id
+    result.attempt = 1
+
+    if is_set(cmd.timeouts.schedule_to_close):
+        _timeout_timer(
+            step,
+            pending,
+            common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
+            step.after(as_timedelta(cmd.timeouts.schedule_to_close)),
+        )
+    _dispatch_attempt(step, pending, step.now)
+    return pending
+
+
+def _timeout_timer(
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    timeout_type: common_pb2.TimeoutType.ValueType,
+    fire_at: datetime,
+) -> None:
+    timer = step.add_timer(fire_at)
+    timer.block_timeout.scheduled_event_id = pending.scheduled_event_id
+    timer.block_timeout.attempt = pending.attempt
+    timer.block_timeout.timeout_type = timeout_type
+
+
+def _dispatch_attempt(step: RunStep, pending: records_pb2.PendingBlock, at: datetime) -> None:
+    """Make the current attempt dispatchable at `at`: a block task now, or a retry timer."""
+    pending.current_attempt_scheduled_time.FromDatetime(at)
+    if at <= step.now:
+        task = step.add_transfer()
+        task.block_task.task_queue.CopyFrom(pending.task_queue)
+        task.block_task.scheduled_event_id = pending.scheduled_event_id
+        task.block_task.attempt = pending.attempt
+        task.block_task.block_id = pending.block_id
+    else:
+        timer = step.add_timer(at)
+        timer.block_retry.scheduled_event_id = pending.scheduled_event_id
+        timer.block_retry.attempt = pending.attempt
+    if is_set(pending.timeouts.schedule_to_start):
+        _timeout_timer(
+            step,
+            pending,
+            common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
+            at + as_timedelta(pending.timeouts.schedule_to_start),
+        )
+
+
+def record_started(
+    step: RunStep, pending: records_pb2.PendingBlock, *, identity: str, request_id: str
+) -> None:
+    pending.started_time.FromDatetime(step.now)
+    pending.started_identity = identity
+    pending.request_id = request_id
+    pending.last_heartbeat_time.FromDatetime(step.now)
+    timeouts = pending.timeouts
+    if is_set(timeouts.start_to_close):
+        _timeout_timer(
+            step,
+            pending,
+            common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
+            step.after(as_timedelta(timeouts.start_to_close)),
+        )
+    if is_set(timeouts.heartbeat):
+        _timeout_timer(
+            step,
+            pending,
+            common_pb2.TIMEOUT_TYPE_HEARTBEAT,
+            step.after(as_timedelta(timeouts.heartbeat)),
+        )
+    step.info.last_worker_identity = identity
+    step.touch()
+
+
+def record_heartbeat(
+    step: RunStep, pending: records_pb2.PendingBlock, details: common_pb2.Payloads
+) -> None:
+    pending.last_heartbeat_time.FromDatetime(step.now)
+    if details.payloads:
+        pending.heartbeat_details.CopyFrom(details)
+    step.touch()
+
+
+def rearm_heartbeat(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    """A heartbeat timer fired but a heartbeat came since: wait from the last one."""
+    fire_at = as_datetime(pending.last_heartbeat_time) + as_timedelta(pending.timeouts.heartbeat)
+    _timeout_timer(step, pending, common_pb2.TIMEOUT_TYPE_HEARTBEAT, fire_at)
+
+
+def _started_event(step: RunStep, pending: records_pb2.PendingBlock) -> int:
+    if not pending.HasField("started_time"):
+        return 0
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_BLOCK_STARTED, "block_started_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.BlockStartedEventAttributes)
+    attrs.scheduled_event_id = pending.scheduled_event_id
+    attrs.identity = pending.started_identity
+    attrs.request_id = pending.request_id
+    attrs.attempt = pending.attempt
+    if pending.HasField("last_failure"):
+        attrs.last_failure.CopyFrom(pending.last_failure)
+    return event.event_id
+
+
+def _close(
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    status: common_pb2.BlockStatus.ValueType,
+    close_event_id: int,
+) -> records_pb2.BlockResult:
+    result = step.state.block_results[pending.block_id]
+    result.status = status
+    result.attempt = pending.attempt
+    result.close_event_id = close_event_id
+    del step.state.pending_blocks[pending.scheduled_event_id]
+    return result
+
+
+def complete(
+    step: RunStep, pending: records_pb2.PendingBlock, result: common_pb2.Payloads, identity: str
+) -> None:
+    started = _started_event(step, pending)
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_BLOCK_COMPLETED, "block_completed_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.BlockCompletedEventAttributes)
+    attrs.scheduled_event_id = pending.scheduled_event_id
+    attrs.started_event_id = started
+    attrs.result.CopyFrom(result)
+    attrs.identity = identity
+    closed = _close(step, pending, common_pb2.BLOCK_STATUS_SUCCEEDED, event.event_id)
+    closed.output.CopyFrom(payloads.to_value(payloads.from_payloads(result)))
+
+
+def retry_decision(
+    pending: records_pb2.PendingBlock, failure: failure_pb2.Failure, now: datetime
+) -> tuple[common_pb2.RetryState.ValueType, timedelta | None]:
+    """Whether another attempt follows this failure, and after how long."""
+    policy = pending.retry_policy
+    if failure.HasField("application_failure_info"):
+        app = failure.application_failure_info
+        if app.non_retryable or app.type in policy.non_retryable_error_types:
+            return common_pb2.RETRY_STATE_NON_RETRYABLE_FAILURE, None
+    if failure.HasField("timeout_failure_info") and failure.timeout_failure_info.timeout_type in (
+        common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
+        common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
+    ):
+        return common_pb2.RETRY_STATE_TIMEOUT, None
+    if 0 < policy.maximum_attempts <= pending.attempt:
+        return common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED, None
+    initial = (
+        as_timedelta(policy.initial_interval)
+        if is_set(policy.initial_interval)
+        else DEFAULT_INITIAL_INTERVAL
+    )
+    coefficient = policy.backoff_coefficient if policy.backoff_coefficient >= 1 else DEFAULT_BACKOFF
+    maximum = (
+        as_timedelta(policy.maximum_interval) if is_set(policy.maximum_interval) else 100 * initial
+    )
+    delay = min(initial * coefficient ** (pending.attempt - 1), maximum)
+    if policy.jitter > 0:
+        # Spread retries of many runs failing together; the chosen time is recorded in state.
+        delay *= 1 - min(policy.jitter, 1.0) * random.random()
+    timeouts = pending.timeouts
+    if is_set(timeouts.schedule_to_close):
+        deadline = as_datetime(pending.scheduled_time) + as_timedelta(timeouts.schedule_to_close)
+        if now + delay >= deadline:
+            return common_pb2.RETRY_STATE_TIMEOUT, None
+    return common_pb2.RETRY_STATE_IN_PROGRESS, delay
+
+
+def fail(
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    failure: failure_pb2.Failure,
+    *,
+    identity: str = "",
+    last_heartbeat_details: common_pb2.Payloads | None = None,
+) -> bool:
+    """Close the attempt with `failure`; retry if the policy allows. True when retrying."""
+    if last_heartbeat_details is not None and last_heartbeat_details.payloads:
+        pending.heartbeat_details.CopyFrom(last_heartbeat_details)
+    retry_state, delay = retry_decision(pending, failure, step.now)
+    if step.info.cancel_requested:
+        retry_state, delay = common_pb2.RETRY_STATE_CANCEL_REQUESTED, None
+    if delay is not None:
+        pending.attempt += 1
+        pending.last_failure.CopyFrom(failure)
+        for field in ("started_time", "last_heartbeat_time"):
+            pending.ClearField(field)
+        pending.started_identity = ""
+        pending.request_id = ""
+        pending.timer_task_status = 0
+        step.state.block_results[pending.block_id].attempt = pending.attempt
+        _dispatch_attempt(step, pending, step.now + delay)
+        step.touch()
+        return True
+    started = _started_event(step, pending)
+    timed_out = failure.HasField("timeout_failure_info")
+    event_type = (
+        history_pb2.EVENT_TYPE_BLOCK_TIMED_OUT if timed_out else history_pb2.EVENT_TYPE_BLOCK_FAILED
+    )
+    field = "block_timed_out_event_attributes" if timed_out else "block_failed_event_attributes"
+    event, attrs = step.add_event(event_type, field)
+    assert isinstance(
+        attrs, history_pb2.BlockTimedOutEventAttributes | history_pb2.BlockFailedEventAttributes
+    )
+    attrs.scheduled_event_id = pending.scheduled_event_id
+    attrs.started_event_id = started
+    attrs.failure.CopyFrom(failure)
+    attrs.retry_state = retry_state
+    if isinstance(attrs, history_pb2.BlockFailedEventAttributes):
+        attrs.identity = identity
+    closed = _close(step, pending, common_pb2.BLOCK_STATUS_FAILED, event.event_id)
+    closed.failure.CopyFrom(failure)
+    return False
+
+
+def timeout_failure(
+    pending: records_pb2.PendingBlock, timeout_type: common_pb2.TimeoutType.ValueType
+) -> failure_pb2.Failure:
+    name = common_pb2.TimeoutType.Name(timeout_type).removeprefix("TIMEOUT_TYPE_").lower()
+    failure = failure_pb2.Failure(
+        message=f"block {pending.block_id!r} attempt {pending.attempt}: {name} timeout",
+        source="tideflow",
+    )
+    failure.timeout_failure_info.timeout_type = timeout_type
+    if pending.heartbeat_details.payloads:
+        failure.timeout_failure_info.last_heartbeat_details.CopyFrom(pending.heartbeat_details)
+    return failure
+
+
+def cancel(
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    *,
+    details: common_pb2.Payloads | None = None,
+    identity: str = "",
+) -> None:
+    started = _started_event(step, pending)
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_BLOCK_CANCELED, "block_canceled_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.BlockCanceledEventAttributes)
+    attrs.scheduled_event_id = pending.scheduled_event_id
+    attrs.started_event_id = started
+    attrs.latest_cancel_requested_event_id = pending.cancel_request_event_id
+    if details is not None:
+        attrs.details.CopyFrom(details)
+    attrs.identity = identity
+    _close(step, pending, common_pb2.BLOCK_STATUS_CANCELED, event.event_id)

@@ -1,0 +1,236 @@
+"""The HistoryService servicer: route each request to the shard that owns its run, run the
+use case, and map every error in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from tideflow_server.history.api import (
+    cancel_run,
+    describe_run,
+    get_run_history,
+    record_block_heartbeat,
+    record_block_started,
+    respond_block_canceled,
+    respond_block_completed,
+    respond_block_failed,
+    signal_run,
+    signal_with_start_run,
+    start_run,
+    terminate_run,
+)
+from tideflow_server.history.api._common import parse_token
+from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.controller import ShardController
+from tideflow_server.internal.v1 import history_service_pb2 as hs
+from tideflow_server.internal.v1 import history_service_pb2_grpc
+from tideflow_server.persistence import errors as store
+from tideflow_server.rpc.clients import shard_for
+from tideflow_server.rpc.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    abort,
+)
+
+log = structlog.get_logger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def service_error(e: Exception) -> ServiceError:
+    """The one place where anything raised below a handler becomes a gRPC status."""
+    if isinstance(e, ServiceError):
+        return e
+    if isinstance(e, store.NotFound):
+        return NotFound(str(e))
+    if isinstance(e, store.SizeLimitExceeded):
+        return InvalidArgument(str(e), reason="SIZE_LIMIT_EXCEEDED")
+    if isinstance(e, store.InvalidPageToken):
+        return InvalidArgument(str(e))
+    if isinstance(e, store.ShardOwnershipLost | store.Unavailable | store.ConditionFailed):
+        return Unavailable(str(e))
+    log.exception("unexpected error", exc_info=e)
+    return Internal(f"internal error: {type(e).__name__}")
+
+
+class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, controller: ShardController, shard_count: int) -> None:
+        self._controller = controller
+        self._shard_count = shard_count
+
+    def _shard(self, namespace_id: str, run_id: str) -> ShardContext:
+        if not namespace_id or not run_id:
+            raise InvalidArgument("namespace_id and run_id are required")
+        return self._controller.get(shard_for(namespace_id, run_id, self._shard_count))
+
+    async def _serve(
+        self,
+        context: Context,
+        namespace_id: str,
+        run_id: str,
+        invoke: Callable[[ShardContext], Awaitable[Resp]],
+    ) -> Resp:
+        try:
+            return await invoke(self._shard(namespace_id, run_id))
+        except Exception as e:
+            await abort(context, service_error(e))
+
+    def _token_run(self, token: bytes) -> str:
+        return parse_token(token).run_id
+
+    async def StartRun(self, request: hs.StartRunRequest, context: Context) -> hs.StartRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run_id,
+            lambda shard: start_run.invoke(shard, request),
+        )
+
+    async def SignalRun(
+        self, request: hs.SignalRunRequest, context: Context
+    ) -> hs.SignalRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda shard: signal_run.invoke(shard, request),
+        )
+
+    async def SignalWithStartRun(
+        self, request: hs.SignalWithStartRunRequest, context: Context
+    ) -> hs.SignalWithStartRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run_id,
+            lambda shard: signal_with_start_run.invoke(shard, request),
+        )
+
+    async def CancelRun(
+        self, request: hs.CancelRunRequest, context: Context
+    ) -> hs.CancelRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda shard: cancel_run.invoke(shard, request),
+        )
+
+    async def TerminateRun(
+        self, request: hs.TerminateRunRequest, context: Context
+    ) -> hs.TerminateRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda shard: terminate_run.invoke(shard, request),
+        )
+
+    async def DescribeRun(
+        self, request: hs.DescribeRunRequest, context: Context
+    ) -> hs.DescribeRunResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda shard: describe_run.invoke(shard, request),
+        )
+
+    async def GetRunHistory(
+        self, request: hs.GetRunHistoryRequest, context: Context
+    ) -> hs.GetRunHistoryResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.request.run.run_id,
+            lambda shard: get_run_history.invoke(shard, request),
+        )
+
+    async def RecordBlockStarted(
+        self, request: hs.RecordBlockStartedRequest, context: Context
+    ) -> hs.RecordBlockStartedResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.run.run_id,
+            lambda shard: record_block_started.invoke(shard, request),
+        )
+
+    async def RecordBlockHeartbeat(
+        self, request: hs.RecordBlockHeartbeatRequest, context: Context
+    ) -> hs.RecordBlockHeartbeatResponse:
+        try:
+            run_id = self._token_run(request.request.task_token)
+        except ServiceError as e:
+            await abort(context, e)
+        return await self._serve(
+            context,
+            request.namespace_id,
+            run_id,
+            lambda shard: record_block_heartbeat.invoke(shard, request),
+        )
+
+    async def RespondBlockCompleted(
+        self, request: hs.RespondBlockCompletedRequest, context: Context
+    ) -> hs.RespondBlockCompletedResponse:
+        try:
+            run_id = self._token_run(request.request.task_token)
+        except ServiceError as e:
+            await abort(context, e)
+        return await self._serve(
+            context,
+            request.namespace_id,
+            run_id,
+            lambda shard: respond_block_completed.invoke(shard, request),
+        )
+
+    async def RespondBlockFailed(
+        self, request: hs.RespondBlockFailedRequest, context: Context
+    ) -> hs.RespondBlockFailedResponse:
+        try:
+            run_id = self._token_run(request.request.task_token)
+        except ServiceError as e:
+            await abort(context, e)
+        return await self._serve(
+            context,
+            request.namespace_id,
+            run_id,
+            lambda shard: respond_block_failed.invoke(shard, request),
+        )
+
+    async def RespondBlockCanceled(
+        self, request: hs.RespondBlockCanceledRequest, context: Context
+    ) -> hs.RespondBlockCanceledResponse:
+        try:
+            run_id = self._token_run(request.request.task_token)
+        except ServiceError as e:
+            await abort(context, e)
+        return await self._serve(
+            context,
+            request.namespace_id,
+            run_id,
+            lambda shard: respond_block_canceled.invoke(shard, request),
+        )
+
+    async def DescribeShard(
+        self, request: hs.DescribeShardRequest, context: Context
+    ) -> hs.DescribeShardResponse:
+        try:
+            shard = self._controller.get(request.shard_id)
+        except ServiceError as e:
+            await abort(context, e)
+        return hs.DescribeShardResponse(shard_info=shard.lease.info, host_id=shard.lease.owner)
+
+    async def CloseShard(
+        self, request: hs.CloseShardRequest, context: Context
+    ) -> hs.CloseShardResponse:
+        await self._controller.close_shard(request.shard_id)
+        return hs.CloseShardResponse()

@@ -1,0 +1,219 @@
+"""Moving a run forward: ask the interpreter what follows, apply it, repeat until it settles.
+
+System blocks complete in-line and may unlock more blocks, so one step loops until `decide`
+has nothing new. Closing a run (any status) happens here too.
+"""
+
+from __future__ import annotations
+
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow_server.history import blocks, payloads
+from tideflow_server.history.interpreter import (
+    BlockError,
+    BlockView,
+    Command,
+    CompleteRun,
+    CompleteSystem,
+    FailBlock,
+    FailRun,
+    RunView,
+    ScheduleExternal,
+    SkipBlock,
+)
+from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+from tideflow_server.history.interpreter.decide import decide
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+
+MAX_ROUNDS = 10_000
+"""A blueprint settles in at most one round per block; more means an interpreter bug."""
+
+
+def block_error(failure: failure_pb2.Failure) -> BlockError:
+    if failure.HasField("application_failure_info"):
+        app = failure.application_failure_info
+        return BlockError(app.type or "ApplicationError", failure.message, app.non_retryable)
+    if failure.HasField("timeout_failure_info"):
+        return BlockError("TimeoutError", failure.message, True)
+    if failure.HasField("canceled_failure_info"):
+        return BlockError("CanceledError", failure.message, True)
+    return BlockError("Error", failure.message)
+
+
+def engine_failure(error: BlockError) -> failure_pb2.Failure:
+    failure = failure_pb2.Failure(message=error.message, source="tideflow")
+    failure.application_failure_info.type = error.type
+    failure.application_failure_info.non_retryable = error.non_retryable
+    return failure
+
+
+def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
+    info = state.execution_info
+    views = {
+        block_id: BlockView(
+            status=result.status,
+            output=payloads.from_value(result.output),
+            error=block_error(result.failure) if result.HasField("failure") else None,
+            attempt=result.attempt,
+        )
+        for block_id, result in state.block_results.items()
+    }
+    return RunView(
+        namespace=namespace,
+        run_id=info.run_id,
+        execution_id=info.execution_id,
+        flow_name=info.flow.name,
+        flow_version=info.flow.version,
+        input=payloads.from_value(info.input),
+        vars={name: payloads.from_value(v) for name, v in info.vars.items()},
+        blocks=views,
+    )
+
+
+def advance(
+    step: RunStep, compiled: CompiledBlueprint, *, namespace: str, max_pending_blocks: int
+) -> None:
+    """Apply the interpreter's commands until it has none (or the run closed)."""
+    for _ in range(MAX_ROUNDS):
+        if not step.is_open or step.info.cancel_requested:
+            return
+        commands = decide(compiled, run_view(step.state, namespace))
+        if not commands:
+            return
+        for command in commands:
+            if not step.is_open:
+                return
+            _apply(step, command, max_pending_blocks)
+    close_run(
+        step,
+        common_pb2.RUN_STATUS_FAILED,
+        failure=engine_failure(BlockError("InternalError", "blueprint did not settle", True)),
+    )
+
+
+def _system_result(
+    step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueType
+) -> records_pb2.BlockResult:
+    result = step.state.block_results[block_id]
+    result.kind = kind
+    return result
+
+
+def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
+    if isinstance(command, ScheduleExternal):
+        if len(step.state.pending_blocks) >= max_pending_blocks:
+            error = BlockError(
+                "PendingBlocksLimitExceeded",
+                f"more than {max_pending_blocks} blocks pending at once",
+                True,
+            )
+            close_run(step, common_pb2.RUN_STATUS_FAILED, failure=engine_failure(error))
+            return
+        blocks.schedule(step, command)
+    elif isinstance(command, CompleteSystem):
+        event, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_SYSTEM_BLOCK_COMPLETED, "system_block_completed_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.SystemBlockCompletedEventAttributes)
+        attrs.block_id = command.block_id
+        attrs.kind = command.kind
+        attrs.output.CopyFrom(payloads.to_value(command.output))
+        if command.vars:
+            _, set_attrs = step.add_event(
+                history_pb2.EVENT_TYPE_VARS_SET, "vars_set_event_attributes"
+            )
+            assert isinstance(set_attrs, history_pb2.VarsSetEventAttributes)
+            set_attrs.block_id = command.block_id
+            for name, value in command.vars.items():
+                set_attrs.vars[name].CopyFrom(payloads.to_value(value))
+                step.info.vars[name].CopyFrom(payloads.to_value(value))
+        result = _system_result(step, command.block_id, command.kind)
+        result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
+        result.output.CopyFrom(attrs.output)
+        result.close_event_id = event.event_id
+    elif isinstance(command, SkipBlock):
+        # No event: a skip follows from the events before it, decided again on replay.
+        result = step.state.block_results[command.block_id]
+        result.status = common_pb2.BLOCK_STATUS_SKIPPED
+    elif isinstance(command, FailBlock):
+        failure = engine_failure(command.error)
+        event, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_SYSTEM_BLOCK_FAILED, "system_block_failed_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.SystemBlockFailedEventAttributes)
+        attrs.block_id = command.block_id
+        attrs.failure.CopyFrom(failure)
+        result = step.state.block_results[command.block_id]
+        result.status = common_pb2.BLOCK_STATUS_FAILED
+        result.failure.CopyFrom(failure)
+        result.close_event_id = event.event_id
+    elif isinstance(command, CompleteRun):
+        close_run(
+            step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output)
+        )
+    elif isinstance(command, FailRun):
+        failure = engine_failure(command.error)
+        if command.block_id:
+            failure.message = f"block {command.block_id!r} failed: {failure.message}"
+        close_run(step, common_pb2.RUN_STATUS_FAILED, failure=failure)
+
+
+def close_run(
+    step: RunStep,
+    status: common_pb2.RunStatus.ValueType,
+    *,
+    result: common_pb2.Payloads | None = None,
+    failure: failure_pb2.Failure | None = None,
+    reason: str = "",
+    identity: str = "",
+    details: common_pb2.Payloads | None = None,
+) -> None:
+    """Write the close event, abandon what is still pending, and schedule the close work."""
+    if not step.is_open:
+        return
+    if status == common_pb2.RUN_STATUS_COMPLETED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_COMPLETED, "run_completed_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunCompletedEventAttributes)
+        if result is not None:
+            attrs.result.CopyFrom(result)
+    elif status == common_pb2.RUN_STATUS_FAILED:
+        _, attrs = step.add_event(history_pb2.EVENT_TYPE_RUN_FAILED, "run_failed_event_attributes")
+        assert isinstance(attrs, history_pb2.RunFailedEventAttributes)
+        if failure is not None:
+            attrs.failure.CopyFrom(failure)
+    elif status == common_pb2.RUN_STATUS_TIMED_OUT:
+        step.add_event(history_pb2.EVENT_TYPE_RUN_TIMED_OUT, "run_timed_out_event_attributes")
+    elif status == common_pb2.RUN_STATUS_CANCELED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_CANCELED, "run_canceled_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunCanceledEventAttributes)
+        if details is not None:
+            attrs.details.CopyFrom(details)
+    elif status == common_pb2.RUN_STATUS_TERMINATED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_TERMINATED, "run_terminated_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunTerminatedEventAttributes)
+        attrs.reason = reason
+        attrs.identity = identity
+        if details is not None:
+            attrs.details.CopyFrom(details)
+    # Block tasks still out there are pointers to nothing now: RecordBlockStarted rejects them.
+    for pending in step.state.pending_blocks.values():
+        abandoned = step.state.block_results[pending.block_id]
+        abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
+    step.state.pending_blocks.clear()
+    info = step.info
+    info.state = records_pb2.RUN_STATE_COMPLETED
+    info.status = status
+    info.close_time.FromDatetime(step.now)
+    step.add_transfer().close_execution.SetInParent()
+
+
+def finish_cancel_if_done(step: RunStep) -> None:
+    """A run whose cancellation was requested closes as CANCELED once no block is pending."""
+    if step.is_open and step.info.cancel_requested and not step.state.pending_blocks:
+        close_run(step, common_pb2.RUN_STATUS_CANCELED)

@@ -1,0 +1,1 @@
+"""Shards: ownership, the per-shard execution cache, and the outbox queues."""

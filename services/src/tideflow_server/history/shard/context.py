@@ -1,0 +1,333 @@
+"""One owned shard: its lease, its cached executions, and the commits that go through it.
+
+Every change to a run happens under that run's lock on a copy of its mutable state, and is
+committed (state, events, outbox tasks) in one fenced write. After a commit the new outbox
+tasks go straight to the transfer and timer queues (the persisted outbox is the fallback
+after a crash). Commits that are allocated task ids but not yet finished are tracked, so the
+queues never acknowledge past a task that may still appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+
+from tideflow.api.v1 import history_pb2
+from tideflow_server.config import HistoryConfig
+from tideflow_server.history.flows import FlowCache
+from tideflow_server.history.shard.timer import TimerQueue
+from tideflow_server.history.shard.transfer import TransferQueue
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.namespaces import NamespaceCache
+from tideflow_server.persistence import errors as store
+from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
+from tideflow_server.persistence.records import CreateMode
+from tideflow_server.rpc.clients import MatchingClient
+from tideflow_server.rpc.errors import InvalidArgument, NotFound, Unavailable
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+MAX_CONFLICT_RETRIES = 3
+
+
+class Conflict(Exception):
+    """The execution changed under us (db_version): reload and decide again."""
+
+
+@dataclass(eq=False)
+class Execution:
+    """A cached execution. `loaded` is None until read, and again after a failed commit."""
+
+    namespace_id: str
+    run_id: str
+    execution_id: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    loaded: LoadedExecution | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    scheduled_events: dict[int, history_pb2.HistoryEvent] = field(default_factory=dict)
+
+    @property
+    def state(self) -> records_pb2.MutableState:
+        assert self.loaded is not None, "execution used outside ShardContext.locked"
+        return self.loaded.state
+
+    def notify(self) -> None:
+        """Wake readers waiting for new events, and arm a fresh event for the next ones."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ShardContext:
+    def __init__(
+        self,
+        *,
+        lease: ShardLease,
+        manager: PersistenceManager,
+        config: HistoryConfig,
+        flows: FlowCache,
+        namespaces: NamespaceCache,
+        matching: MatchingClient,
+        on_lost: Callable[[ShardContext], None],
+    ) -> None:
+        self.lease = lease
+        self.manager = manager
+        self.config = config
+        self.flows = flows
+        self.namespaces = namespaces
+        self.matching = matching
+        self._on_lost = on_lost
+        self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
+        self._inflight: dict[int, tuple[int, int]] = {}
+        self._inflight_seq = 0
+        self.lost = False
+        self.transfer: TransferQueue | None = None
+        self.timers: TimerQueue | None = None
+
+    @property
+    def shard_id(self) -> int:
+        return self.lease.shard_id
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.transfer = TransferQueue(self)
+        self.timers = TimerQueue(self)
+        self.transfer.start()
+        self.timers.start()
+
+    async def stop(self) -> None:
+        for queue in (self.transfer, self.timers):
+            if queue is not None:
+                await queue.stop()
+
+    def mark_lost(self) -> None:
+        if not self.lost:
+            self.lost = True
+            log.warning("shard ownership lost", shard_id=self.shard_id)
+            self._on_lost(self)
+
+    def check_owned(self) -> None:
+        if self.lost:
+            raise Unavailable(
+                f"shard {self.shard_id} moved to another host", reason="SHARD_OWNERSHIP_LOST"
+            )
+
+    # -- executions ----------------------------------------------------------------------
+
+    def execution_entry(self, namespace_id: str, run_id: str, execution_id: str) -> Execution:
+        key = (namespace_id, run_id, execution_id)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = Execution(namespace_id, run_id, execution_id)
+            self._cache[key] = entry
+            self._evict()
+        else:
+            self._cache.move_to_end(key)
+        return entry
+
+    def _evict(self) -> None:
+        excess = len(self._cache) - self.config.cache_size
+        for key in list(self._cache)[: max(0, excess)]:
+            if not self._cache[key].lock.locked():
+                del self._cache[key]
+
+    async def current_execution_id(self, namespace_id: str, run_id: str) -> str:
+        try:
+            current = await self.manager.persistence.executions.get_current_run(
+                self.shard_id, namespace_id, run_id
+            )
+        except store.NotFound as e:
+            raise NotFound(f"run {run_id!r} not found", reason="RUN_NOT_FOUND") from e
+        except store.Unavailable as e:
+            raise Unavailable(str(e)) from e
+        return current.execution_id
+
+    @contextlib.asynccontextmanager
+    async def locked(
+        self, namespace_id: str, run_id: str, execution_id: str
+    ) -> AsyncIterator[Execution]:
+        """The execution, loaded and exclusively ours for the block."""
+        self.check_owned()
+        entry = self.execution_entry(namespace_id, run_id, execution_id)
+        async with entry.lock:
+            if entry.loaded is None:
+                try:
+                    entry.loaded = await self.manager.get_execution(
+                        self.shard_id, namespace_id, run_id, execution_id
+                    )
+                except store.NotFound as e:
+                    raise NotFound(
+                        f"run {run_id!r} execution {execution_id} not found",
+                        reason="RUN_NOT_FOUND",
+                    ) from e
+                except store.Unavailable as e:
+                    raise Unavailable(str(e)) from e
+            yield entry
+
+    async def update(
+        self,
+        namespace_id: str,
+        run_id: str,
+        execution_id: str,
+        action: Callable[[Execution, RunStep], Awaitable[T]],
+    ) -> T:
+        """Run `action` on a fresh step of the execution and commit what it did; on a
+        db_version conflict, reload and run it again."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            async with self.locked(namespace_id, run_id, execution_id) as entry:
+                step = self.new_step(entry)
+                result = await action(entry, step)
+                try:
+                    await self.commit(entry, step)
+                except Conflict:
+                    continue
+                return result
+        raise Unavailable(f"run {run_id!r} is changing too fast; try again", reason="CONFLICT")
+
+    def new_step(self, entry: Execution) -> RunStep:
+        state = records_pb2.MutableState()
+        state.CopyFrom(entry.state)
+        return RunStep(state, now=utcnow())
+
+    # -- commits -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _allocating(self, step: RunStep) -> AsyncIterator[None]:
+        if step.events:
+            step.info.last_batch_event_id = step.events[0].event_id
+        tasks: list[records_pb2.TransferTask | records_pb2.TimerTask] = [
+            *step.transfer_tasks,
+            *step.timer_tasks,
+        ]
+        self._inflight_seq += 1
+        token = self._inflight_seq
+        # Registered before allocation: queues must not ack past ids about to be allocated.
+        self._inflight[token] = (self.lease.range_id << 20, int(step.now.timestamp() * 1000))
+        try:
+            if tasks:
+                ids = await self.manager.allocate_task_ids(self.lease, len(tasks))
+                for task, task_id in zip(tasks, ids, strict=True):
+                    task.task_id = task_id
+                self._inflight[token] = (ids[0], self._inflight[token][1])
+            yield
+        finally:
+            del self._inflight[token]
+
+    def min_inflight_task_id(self) -> int | None:
+        return min((t for t, _ in self._inflight.values()), default=None)
+
+    def min_inflight_time_ms(self) -> int | None:
+        return min((ms for _, ms in self._inflight.values()), default=None)
+
+    def _translate(self, e: store.PersistenceError, entry: Execution | None) -> Exception:
+        if isinstance(e, store.ShardOwnershipLost):
+            self.mark_lost()
+            return Unavailable(
+                f"shard {self.shard_id} moved to another host", reason="SHARD_OWNERSHIP_LOST"
+            )
+        if isinstance(e, store.SizeLimitExceeded):
+            return InvalidArgument(f"{e.what} would be {e.size} bytes, over the limit of {e.limit}")
+        if entry is not None:
+            entry.loaded = None  # outcome unknown: read it again next time
+        if self.transfer is not None:
+            self.transfer.rescan()  # the write may have landed with its tasks
+        return Unavailable(str(e))
+
+    async def commit(self, entry: Execution, step: RunStep) -> None:
+        if not step.changed:
+            return
+        assert entry.loaded is not None
+        async with self._allocating(step):
+            try:
+                loaded = await self.manager.update_execution(
+                    self.lease,
+                    state=step.state,
+                    expected_db_version=entry.loaded.db_version,
+                    events=step.events,
+                    transfer_tasks=step.transfer_tasks,
+                    timer_tasks=step.timer_tasks,
+                )
+            except store.ConditionFailed as e:
+                entry.loaded = None
+                raise Conflict() from e
+            except store.PersistenceError as e:
+                raise self._translate(e, entry) from e
+        self._committed(entry, loaded, step)
+
+    async def create(
+        self,
+        entry: Execution,
+        step: RunStep,
+        *,
+        mode: CreateMode,
+        previous_execution_id: str | None,
+    ) -> None:
+        """Commit a new execution (its pointer is checked by the store). Raises the store's
+        CurrentRunConditionFailed for the caller to apply the reuse policy."""
+        async with self._allocating(step):
+            try:
+                loaded = await self.manager.create_execution(
+                    self.lease,
+                    state=step.state,
+                    events=step.events,
+                    transfer_tasks=step.transfer_tasks,
+                    timer_tasks=step.timer_tasks,
+                    mode=mode,
+                    previous_execution_id=previous_execution_id,
+                )
+            except store.ConditionFailed:
+                raise
+            except store.PersistenceError as e:
+                raise self._translate(e, entry) from e
+        self._committed(entry, loaded, step)
+
+    def _committed(self, entry: Execution, loaded: LoadedExecution, step: RunStep) -> None:
+        entry.loaded = loaded
+        for event in step.events:
+            if event.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED:
+                entry.scheduled_events[event.event_id] = event
+        for scheduled_id in list(entry.scheduled_events):
+            if scheduled_id not in loaded.state.pending_blocks:
+                del entry.scheduled_events[scheduled_id]
+        entry.notify()
+        if self.transfer is not None and step.transfer_tasks:
+            self.transfer.submit(step.transfer_tasks)
+        if self.timers is not None and step.timer_tasks:
+            self.timers.submit(step.timer_tasks)
+
+    async def scheduled_event(
+        self, entry: Execution, scheduled_event_id: int
+    ) -> history_pb2.HistoryEvent:
+        """The BLOCK_SCHEDULED event of a pending block (cached, else read from history)."""
+        cached = entry.scheduled_events.get(scheduled_event_id)
+        if cached is not None:
+            return cached
+        pending = entry.state.pending_blocks[scheduled_event_id]
+        page = await self.manager.read_history(
+            self.shard_id,
+            entry.state.execution_info,
+            min_event_id=pending.scheduled_batch_event_id or 1,
+            page_size=1 if pending.scheduled_batch_event_id else 1_000,
+        )
+        for event in page.events:
+            if event.event_id == scheduled_event_id:
+                entry.scheduled_events[scheduled_event_id] = event
+                return event
+        raise NotFound(f"scheduled event {scheduled_event_id} not found", reason="EVENT_NOT_FOUND")
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)

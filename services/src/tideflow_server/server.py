@@ -1,0 +1,246 @@
+"""A Tideflow server process: any subset of the three roles, over one persistence backend.
+
+Roles talk to each other only through their gRPC services, also when they share a process,
+so the same code runs as one `start-dev` process or as a cluster of role processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+
+from tideflow.api.v1 import flow_service_pb2_grpc, operator_service_pb2_grpc
+from tideflow_server.config import Settings
+from tideflow_server.frontend.handler import FlowHandler, OperatorHandler
+from tideflow_server.frontend.ratelimit import NamespaceRateLimiter
+from tideflow_server.history.handler import HistoryHandler
+from tideflow_server.history.shard.controller import ShardController
+from tideflow_server.internal.v1 import history_service_pb2_grpc, matching_service_pb2_grpc
+from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHandler
+from tideflow_server.membership import Membership
+from tideflow_server.namespaces import NamespaceCache
+from tideflow_server.persistence import schema
+from tideflow_server.persistence.factory import open_persistence
+from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.records import ClusterMetadataRow
+from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.rpc.clients import (
+    HISTORY,
+    MATCHING,
+    ChannelPool,
+    HistoryClient,
+    MatchingClient,
+)
+from tideflow_server.rpc.server import RoleServer, Service, start_role_server
+
+log = structlog.get_logger(__name__)
+
+ROLES = ("frontend", "history", "matching")
+FLOW_SERVICE = "tideflow.api.v1.FlowService"
+OPERATOR_SERVICE = "tideflow.api.v1.OperatorService"
+HISTORY_SERVICE = "tideflow_server.internal.v1.HistoryService"
+MATCHING_SERVICE = "tideflow_server.internal.v1.MatchingService"
+
+
+class TideflowServer:
+    def __init__(self, settings: Settings, roles: Iterable[str]) -> None:
+        self.settings = settings
+        self.roles = [r for r in ROLES if r in set(roles)]
+        unknown = set(roles) - set(ROLES)
+        if unknown or not self.roles:
+            raise ValueError(f"roles must be among {', '.join(ROLES)}: got {sorted(roles)}")
+        self.servers: dict[str, RoleServer] = {}
+        self._persistence: SqlPersistence | None = None
+        self._membership: Membership | None = None
+        self._channels = ChannelPool()
+        self._controller: ShardController | None = None
+        self._matching_engine: MatchingEngine | None = None
+
+    @property
+    def persistence(self) -> SqlPersistence:
+        assert self._persistence is not None, "server not started"
+        return self._persistence
+
+    def address(self, role: str) -> str:
+        return self.servers[role].address
+
+    async def start(self, *, setup_schema: bool = False) -> None:
+        settings = self.settings
+        persistence = await open_persistence(settings.persistence)
+        self._persistence = persistence
+        if setup_schema and await schema.current_version(persistence.db) is None:
+            await schema.setup_schema(persistence.db)
+        await schema.check_schema(persistence.db)
+        metadata = await persistence.cluster.init_cluster_metadata(
+            ClusterMetadataRow(settings.cluster.name, settings.cluster.history_shard_count)
+        )
+        shard_count = metadata.history_shard_count
+        if shard_count != settings.cluster.history_shard_count:
+            log.warning(
+                "history_shard_count is fixed by the cluster's database",
+                configured=settings.cluster.history_shard_count,
+                using=shard_count,
+            )
+        manager = PersistenceManager(persistence, settings.persistence.limits)
+        membership = Membership(persistence.cluster, settings.membership)
+        self._membership = membership
+        history = HistoryClient(membership, self._channels, shard_count)
+        matching = MatchingClient(membership, self._channels)
+        namespaces = NamespaceCache(manager)
+        endpoints = settings.services
+
+        if "matching" in self.roles:
+            engine = MatchingEngine(
+                manager,
+                history,
+                host_id=f"matching-{uuid.uuid4().hex[:8]}",
+                config=MatchingConfig(
+                    long_poll_timeout=settings.matching.long_poll_timeout_s,
+                    max_outstanding_polls=settings.matching.max_polls_per_partition,
+                ),
+            )
+            self._matching_engine = engine
+            handler = MatchingHandler(engine)
+            server = await start_role_server(
+                "matching",
+                endpoints.matching,
+                [
+                    Service(
+                        MATCHING_SERVICE,
+                        lambda s: matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(
+                            handler, s
+                        ),
+                    )
+                ],
+            )
+            self.servers["matching"] = server
+            await membership.join(MATCHING, server.address)
+
+        if "history" in self.roles:
+            controller = ShardController(
+                manager=manager,
+                membership=membership,
+                matching=matching,
+                namespaces=namespaces,
+                config=settings.history,
+                shard_count=shard_count,
+            )
+            self._controller = controller
+            history_handler = HistoryHandler(controller, shard_count)
+            server = await start_role_server(
+                "history",
+                endpoints.history,
+                [
+                    Service(
+                        HISTORY_SERVICE,
+                        lambda s: history_service_pb2_grpc.add_HistoryServiceServicer_to_server(
+                            history_handler, s
+                        ),
+                    )
+                ],
+            )
+            self.servers["history"] = server
+            await membership.join(HISTORY, server.address)
+            await controller.start(server.address)
+
+        if "frontend" in self.roles:
+            limiter = NamespaceRateLimiter(
+                settings.frontend.namespace_rps, settings.frontend.namespace_burst
+            )
+            flow_handler = FlowHandler(
+                manager=manager,
+                namespaces=namespaces,
+                limiter=limiter,
+                history=history,
+                matching=matching,
+                long_poll_timeout_s=settings.matching.long_poll_timeout_s,
+                history_long_poll_timeout_s=settings.history.long_poll_timeout_s,
+            )
+            operator_handler = OperatorHandler(
+                manager=manager,
+                namespaces=namespaces,
+                limiter=limiter,
+                membership=membership,
+                settings=settings,
+                shard_count=shard_count,
+            )
+            server = await start_role_server(
+                "frontend",
+                endpoints.frontend,
+                [
+                    Service(
+                        FLOW_SERVICE,
+                        lambda s: flow_service_pb2_grpc.add_FlowServiceServicer_to_server(
+                            flow_handler, s
+                        ),
+                    ),
+                    Service(
+                        OPERATOR_SERVICE,
+                        lambda s: operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
+                            operator_handler, s
+                        ),
+                    ),
+                ],
+            )
+            self.servers["frontend"] = server
+            await membership.join("frontend", server.address)
+
+        membership.start()
+        log.info(
+            "tideflow server started",
+            roles=self.roles,
+            addresses={role: s.address for role, s in self.servers.items()},
+            backend=persistence.backend,
+            shards=shard_count,
+        )
+
+    async def stop(self, *, grace_s: float = 5.0) -> None:
+        """Stop taking calls (frontend first), let in-flight ones finish, release shards and
+        partitions with their ack levels persisted, and leave the membership."""
+        for role in ROLES:
+            server = self.servers.get(role)
+            if server is not None:
+                await server.stop(grace_s)
+        if self._matching_engine is not None:
+            await self._matching_engine.stop()
+        if self._controller is not None:
+            await self._controller.stop()
+        if self._membership is not None:
+            await self._membership.leave()
+        await self._channels.close()
+        if self._persistence is not None:
+            await self._persistence.close()
+        log.info("tideflow server stopped", roles=self.roles)
+
+    async def wait(self) -> None:
+        await asyncio.gather(*(s.server.wait_for_termination() for s in self.servers.values()))
+
+
+async def serve_until_signalled(
+    server: TideflowServer,
+    *,
+    setup_schema: bool = False,
+    on_started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    import signal  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start(setup_schema=setup_schema)
+        if on_started is not None:
+            await on_started()
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop()
+
+
+__all__ = ["HISTORY", "MATCHING", "ROLES", "TideflowServer", "serve_until_signalled"]
