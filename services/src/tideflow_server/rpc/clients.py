@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -101,6 +101,14 @@ class _RoutedClient:
         self._channels = channels
         self._role = role
         self._retry_budget_s = retry_budget_s
+        self._stubs: dict[str, Any] = {}
+
+    def _stub(self, address: str, make_stub: Callable[[grpc.aio.Channel], S]) -> S:
+        """One stub per peer: building one per call costs more than the call's own work."""
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = make_stub(self._channels.get(address))
+        return stub
 
     async def _routed(
         self,
@@ -120,7 +128,7 @@ class _RoutedClient:
                 if owner is None:
                     raise Unavailable(f"no {self._role} host is available", reason="NO_HOST")
                 try:
-                    return await call(make_stub(self._channels.get(owner.rpc_address)))
+                    return await call(self._stub(owner.rpc_address, make_stub))
                 except grpc.aio.AioRpcError as e:
                     raise from_rpc_error(e) from e
             except Unavailable:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -140,8 +141,11 @@ class ShardContext:
         return entry
 
     def _evict(self) -> None:
+        """Drop the least recently used entries over the cache size (never a locked one)."""
         excess = len(self._cache) - self.config.cache_size
-        for key in list(self._cache)[: max(0, excess)]:
+        if excess <= 0:
+            return
+        for key in itertools.islice(list(self._cache), excess):
             if not self._cache[key].lock.locked():
                 del self._cache[key]
 
@@ -233,7 +237,7 @@ class ShardContext:
     def min_inflight_time_ms(self) -> int | None:
         return min((ms for _, ms in self._inflight.values()), default=None)
 
-    def _translate(self, e: store.PersistenceError, entry: Execution | None) -> Exception:
+    def _translate(self, e: store.PersistenceError, entry: Execution, step: RunStep) -> Exception:
         if isinstance(e, store.ShardOwnershipLost):
             self.mark_lost()
             return Unavailable(
@@ -241,11 +245,19 @@ class ShardContext:
             )
         if isinstance(e, store.SizeLimitExceeded):
             return InvalidArgument(f"{e.what} would be {e.size} bytes, over the limit of {e.limit}")
-        if entry is not None:
-            entry.loaded = None  # outcome unknown: read it again next time
-        if self.transfer is not None:
-            self.transfer.rescan()  # the write may have landed with its tasks
+        # The outcome is unknown: the write may have landed. Read the state again next time,
+        # and hand its tasks to the queues anyway: once this call returns, the queues may
+        # acknowledge past these ids, so a landed write's tasks would otherwise never run.
+        # Delivering a task whose write did not land is harmless (receivers check state).
+        entry.loaded = None
+        self._queue(step)
         return Unavailable(str(e))
+
+    def _queue(self, step: RunStep) -> None:
+        if self.transfer is not None and step.transfer_tasks:
+            self.transfer.submit(step.transfer_tasks)
+        if self.timers is not None and step.timer_tasks:
+            self.timers.submit(step.timer_tasks)
 
     async def commit(self, entry: Execution, step: RunStep) -> None:
         if not step.changed:
@@ -265,7 +277,7 @@ class ShardContext:
                 entry.loaded = None
                 raise Conflict() from e
             except store.PersistenceError as e:
-                raise self._translate(e, entry) from e
+                raise self._translate(e, entry, step) from e
         self._committed(entry, loaded, step)
 
     async def create(
@@ -292,7 +304,7 @@ class ShardContext:
             except store.ConditionFailed:
                 raise
             except store.PersistenceError as e:
-                raise self._translate(e, entry) from e
+                raise self._translate(e, entry, step) from e
         self._committed(entry, loaded, step)
 
     def _committed(self, entry: Execution, loaded: LoadedExecution, step: RunStep) -> None:
@@ -304,10 +316,7 @@ class ShardContext:
             if scheduled_id not in loaded.state.pending_blocks:
                 del entry.scheduled_events[scheduled_id]
         entry.notify()
-        if self.transfer is not None and step.transfer_tasks:
-            self.transfer.submit(step.transfer_tasks)
-        if self.timers is not None and step.timer_tasks:
-            self.timers.submit(step.timer_tasks)
+        self._queue(step)
 
     async def scheduled_event(
         self, entry: Execution, scheduled_event_id: int

@@ -1,10 +1,10 @@
 """The transfer queue of a shard: outbox tasks that reach other services.
 
-Tasks committed by this host arrive in memory right after their commit and are delivered at
-once; tasks persisted by earlier owners (or by a commit whose outcome was unknown) are read
-from the store. Delivery is at least once: a task is retried until it succeeds, and its
-receiver dedupes. The ack level (every task at or below it delivered) is persisted in the
-shard row, and delivered tasks below it are deleted.
+Tasks committed by this host arrive in memory right after their commit (or after a commit
+whose outcome is unknown) and are delivered at once; tasks persisted by earlier owners are
+read from the store when the shard is acquired. Delivery is at least once: a task is retried
+until it succeeds, and its receiver dedupes. The ack level (every task at or below it
+delivered) is persisted in the shard row, and delivered tasks below it are deleted.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ class TransferQueue:
         self._pending: dict[int, asyncio.Task[None]] = {}
         self._done: set[int] = set()
         self._scanned = False
-        self._rescan = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._rescan.set()  # read what earlier owners left
         self._tasks = [
             asyncio.create_task(self._scan_loop(), name=f"transfer-scan-{self._shard.shard_id}"),
             asyncio.create_task(self._ack_loop(), name=f"transfer-ack-{self._shard.shard_id}"),
@@ -59,9 +57,6 @@ class TransferQueue:
             with contextlib.suppress(Exception):
                 await self._persist_ack()
 
-    def rescan(self) -> None:
-        self._rescan.set()
-
     def submit(self, tasks: list[records_pb2.TransferTask]) -> None:
         for task in tasks:
             if (
@@ -72,28 +67,28 @@ class TransferQueue:
                 self._pending[task.task_id] = asyncio.create_task(self._deliver(task))
 
     async def _scan_loop(self) -> None:
+        """Read what earlier owners left: every task above the ack level, up to this owner's
+        range (what this owner commits reaches `submit` directly)."""
         manager = self._shard.manager
+        cursor = self.ack_level
+        own_range = self._shard.lease.range_id << 20
         while True:
-            await self._rescan.wait()
-            self._rescan.clear()
-            cursor = self.ack_level
-            while True:
-                try:
-                    tasks = await manager.get_transfer_tasks(
-                        self._shard.shard_id,
-                        min_task_id=cursor,
-                        max_task_id=2**62,
-                        limit=self._shard.config.transfer_batch,
-                    )
-                except store.PersistenceError:
-                    log.warning("transfer scan failed", shard_id=self._shard.shard_id)
-                    await asyncio.sleep(1.0)
-                    continue
-                self.submit(tasks)
-                if len(tasks) < self._shard.config.transfer_batch:
-                    break
-                cursor = tasks[-1].task_id
-            self._scanned = True
+            try:
+                tasks = await manager.get_transfer_tasks(
+                    self._shard.shard_id,
+                    min_task_id=cursor,
+                    max_task_id=own_range,
+                    limit=self._shard.config.transfer_batch,
+                )
+            except store.PersistenceError:
+                log.warning("transfer scan failed", shard_id=self._shard.shard_id)
+                await asyncio.sleep(1.0)
+                continue
+            self.submit(tasks)
+            if len(tasks) < self._shard.config.transfer_batch:
+                break
+            cursor = tasks[-1].task_id
+        self._scanned = True
 
     async def _deliver(self, task: records_pb2.TransferTask) -> None:
         backoff = 0.05

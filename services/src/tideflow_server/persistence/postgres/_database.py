@@ -14,6 +14,7 @@ from tideflow_server.persistence.errors import (
     PersistenceError,
     Unavailable,
 )
+from tideflow_server.persistence.postgres._execution import PostgresExecutionStore
 from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.persistence.sql._database import Row
 
@@ -85,6 +86,14 @@ class _Conn:
         except _ERRORS as e:
             _translate(e)
 
+    async def fetchone_native(self, sql: str, *args: object) -> Row | None:
+        """A statement already written with `$n` placeholders (PostgreSQL-only SQL)."""
+        try:
+            found: Row | None = await self._conn.fetchrow(sql, *args)
+            return found
+        except _ERRORS as e:
+            _translate(e)
+
     async def fetchone(self, sql: str, *args: object) -> Row | None:
         try:
             found: Row | None = await self._conn.fetchrow(_numbered(sql), *args)
@@ -152,4 +161,5 @@ async def open_postgres(
         )
     except _ERRORS as e:
         _translate(e)
-    return SqlPersistence(PostgresDatabase(pool))
+    db = PostgresDatabase(pool)
+    return SqlPersistence(db, executions=PostgresExecutionStore(db))

@@ -14,11 +14,11 @@ class SqlPersistence:
     """Every store over one SQL database (a `Persistence`; mypy checks each store against its
     protocol wherever one is passed as the other)."""
 
-    def __init__(self, db: SqlDatabase) -> None:
+    def __init__(self, db: SqlDatabase, *, executions: SqlExecutionStore | None = None) -> None:
         self.db = db
         self.backend = db.name
         self.shards = SqlShardStore(db)
-        self.executions = SqlExecutionStore(db)
+        self.executions = executions or SqlExecutionStore(db)
         self.history = SqlHistoryStore(db)
         self.tasks = SqlTaskStore(db)
         self.metadata = SqlMetadataStore(db)

@@ -1,0 +1,104 @@
+"""PostgreSQL's fast path for a decision: one statement, one round trip.
+
+The shared SQL store commits a decision as a transaction of several statements (fence read,
+conditional update, one insert per table). Here the same steps are one data-modifying CTE in
+one implicit transaction: the shard row is share-locked and checked, the execution updated
+on its db_version, and the history batch and outbox rows inserted only if that update
+happened. Fencing is unchanged: an acquisition (which updates the shard row) waits for this
+statement or makes its fence check fail.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tideflow_server.persistence.errors import ConditionFailed, ShardOwnershipLost
+from tideflow_server.persistence.records import RunState, UpdateExecution
+from tideflow_server.persistence.sql._execution import SqlExecutionStore
+
+if TYPE_CHECKING:
+    from tideflow_server.persistence.postgres._database import PostgresDatabase
+
+_DECIDE = """
+WITH fence AS (
+  SELECT range_id FROM shards WHERE shard_id = $1 FOR SHARE
+), upd AS (
+  UPDATE executions SET next_event_id = $6, db_version = $7, state = $8, data = $9
+  WHERE shard_id = $1 AND namespace_id = $2 AND run_id = $3 AND execution_id = $4
+    AND db_version = $10 AND EXISTS (SELECT 1 FROM fence WHERE range_id = $5)
+  RETURNING 1
+), cur AS (
+  UPDATE current_runs SET state = $11, status = $12, start_request_id = $13
+  WHERE $14 AND shard_id = $1 AND namespace_id = $2 AND run_id = $3 AND execution_id = $4
+    AND EXISTS (SELECT 1 FROM upd)
+  RETURNING 1
+), hist AS (
+  INSERT INTO history_batches
+    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
+  SELECT $1, $2, $3, $4, h.f, h.t, h.c, h.d
+  FROM unnest($15::bigint[], $16::bigint[], $17::int[], $18::bytea[]) AS h(f, t, c, d)
+  WHERE EXISTS (SELECT 1 FROM upd)
+  RETURNING 1
+), transfer AS (
+  INSERT INTO transfer_tasks (shard_id, task_id, data)
+  SELECT $1, x.i, x.d FROM unnest($19::bigint[], $20::bytea[]) AS x(i, d)
+  WHERE EXISTS (SELECT 1 FROM upd)
+  RETURNING 1
+), timer AS (
+  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
+  SELECT $1, x.f, x.i, x.d FROM unnest($21::bigint[], $22::bigint[], $23::bytea[]) AS x(f, i, d)
+  WHERE EXISTS (SELECT 1 FROM upd)
+  RETURNING 1
+)
+SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM upd)
+"""
+
+
+class PostgresExecutionStore(SqlExecutionStore):
+    def __init__(self, db: PostgresDatabase) -> None:
+        super().__init__(db)
+        self._pg = db
+
+    async def update_execution(self, request: UpdateExecution) -> None:
+        ex = request.execution
+        cur = request.current
+        async with self._pg.read() as conn:  # autocommit: the statement is its transaction
+            found = await conn.fetchone_native(
+                _DECIDE,
+                request.shard_id,
+                ex.namespace_id,
+                ex.run_id,
+                ex.execution_id,
+                request.range_id,
+                ex.next_event_id,
+                ex.db_version,
+                int(ex.state),
+                ex.data,
+                request.expected_db_version,
+                int(cur.state if cur else RunState.RUNNING),
+                cur.status if cur else 0,
+                cur.start_request_id if cur else "",
+                cur is not None,
+                [b.first_event_id for b in request.events],
+                [b.txn_id for b in request.events],
+                [b.event_count for b in request.events],
+                [b.data for b in request.events],
+                [t.task_id for t in request.transfer_tasks],
+                [t.data for t in request.transfer_tasks],
+                [t.fire_time_ms for t in request.timer_tasks],
+                [t.task_id for t in request.timer_tasks],
+                [t.data for t in request.timer_tasks],
+            )
+        assert found is not None
+        fenced_at, updated = found[0], found[1]
+        if fenced_at != request.range_id:
+            raise ShardOwnershipLost(
+                shard_id=request.shard_id,
+                expected_range_id=request.range_id,
+                actual_range_id=fenced_at,
+            )
+        if updated != 1:
+            raise ConditionFailed(
+                f"execution {ex.execution_id}: db_version is no longer "
+                f"{request.expected_db_version}"
+            )

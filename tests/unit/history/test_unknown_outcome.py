@@ -1,0 +1,104 @@
+"""A commit whose outcome is unknown (the database took the write, then the connection
+failed) still gets its outbox delivered: the run does not stall on a lost block task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from tideflow.api.v1 import blueprint_pb2, flow_pb2, flow_service_pb2
+from tideflow_server.config import HistoryConfig
+from tideflow_server.history.api import start_run
+from tideflow_server.history.flows import FlowCache
+from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.internal.v1 import history_service_pb2, matching_service_pb2, records_pb2
+from tideflow_server.namespaces import NamespaceCache
+from tideflow_server.persistence import Unavailable, schema
+from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.records import CreateExecution
+from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.persistence.sql._execution import SqlExecutionStore
+from tideflow_server.persistence.sqlite import open_sqlite
+from tideflow_server.rpc.errors import Unavailable as ServiceUnavailable
+
+
+class LandsThenFails(SqlExecutionStore):
+    """Fault injection around the real store: the create commits, then the call fails."""
+
+    async def create_execution(self, request: CreateExecution) -> None:
+        await super().create_execution(request)
+        raise Unavailable("connection lost after the commit")
+
+
+class RecordingMatching:
+    def __init__(self) -> None:
+        self.added: asyncio.Queue[matching_service_pb2.AddBlockTaskRequest] = asyncio.Queue()
+
+    async def add_block_task(
+        self, request: matching_service_pb2.AddBlockTaskRequest
+    ) -> matching_service_pb2.AddBlockTaskResponse:
+        await self.added.put(request)
+        return matching_service_pb2.AddBlockTaskResponse()
+
+
+@pytest.fixture
+async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    opened.executions = LandsThenFails(opened.db)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
+    faulty: SqlPersistence,
+) -> None:
+    manager = PersistenceManager(faulty)
+    namespace = records_pb2.NamespaceRecord()
+    namespace.info.id, namespace.info.name = str(uuid.uuid4()), "docs"
+    await manager.create_namespace(namespace)
+    blueprint = json_format.ParseDict(
+        {
+            "name": "one",
+            "version": 1,
+            "task_queue": "cpu",
+            "blocks": [{"id": "a", "external": {"block": "a@1"}}],
+            "timeouts": {"start_to_close": "5s"},
+        },
+        blueprint_pb2.Blueprint(),
+    )
+    await manager.create_flow(
+        namespace.info.id, flow_pb2.FlowDefinition(name="one", version=1, blueprint=blueprint)
+    )
+    matching = RecordingMatching()
+    shard = ShardContext(
+        lease=await manager.acquire_shard(1, owner="test"),
+        manager=manager,
+        config=HistoryConfig(),
+        flows=FlowCache(manager),
+        namespaces=NamespaceCache(manager),
+        matching=matching,  # type: ignore[arg-type]
+        on_lost=lambda _: None,
+    )
+    await shard.start()
+    try:
+        request = flow_service_pb2.StartRunRequest(run_id="doc-1", request_id="r1")
+        request.flow.name = "one"
+        with pytest.raises(ServiceUnavailable):
+            await start_run.invoke(
+                shard,
+                history_service_pb2.StartRunRequest(
+                    namespace_id=namespace.info.id, request=request
+                ),
+            )
+        added = await asyncio.wait_for(matching.added.get(), 10)
+        assert (added.run.run_id, added.block_id) == ("doc-1", "a")
+    finally:
+        await shard.stop()
