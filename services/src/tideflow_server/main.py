@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config)
             print(asyncio.run(_schema(settings, args.action)))
         elif args.command == "start":
-            configure_logging(json=args.log_json)
+            configure_logging(
+                level=os.environ.get("TIDEFLOW_LOG_LEVEL", "INFO"), json=args.log_json
+            )
             settings = load_settings(args.config)
             roles = [r.strip() for r in args.roles.split(",") if r.strip()]
             asyncio.run(serve_until_signalled(TideflowServer(settings, roles)))

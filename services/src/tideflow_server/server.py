@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import structlog
 
@@ -24,6 +25,7 @@ from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHan
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import schema
+from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.factory import open_persistence
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import ClusterMetadataRow
@@ -38,6 +40,7 @@ from tideflow_server.rpc.clients import (
 from tideflow_server.rpc.server import RoleServer, Service, start_role_server
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 ROLES = ("frontend", "history", "matching")
 FLOW_SERVICE = "tideflow.api.v1.FlowService"
@@ -70,14 +73,20 @@ class TideflowServer:
 
     async def start(self, *, setup_schema: bool = False) -> None:
         settings = self.settings
-        persistence = await open_persistence(settings.persistence)
-        self._persistence = persistence
-        if setup_schema and await schema.current_version(persistence.db) is None:
-            await schema.setup_schema(persistence.db)
-        await schema.check_schema(persistence.db)
-        metadata = await persistence.cluster.init_cluster_metadata(
-            ClusterMetadataRow(settings.cluster.name, settings.cluster.history_shard_count)
+        persistence = await _retrying(
+            "open the database", lambda: open_persistence(settings.persistence)
         )
+        self._persistence = persistence
+
+        async def prepare() -> ClusterMetadataRow:
+            if setup_schema and await schema.current_version(persistence.db) is None:
+                await schema.setup_schema(persistence.db)
+            await schema.check_schema(persistence.db)
+            return await persistence.cluster.init_cluster_metadata(
+                ClusterMetadataRow(settings.cluster.name, settings.cluster.history_shard_count)
+            )
+
+        metadata = await _retrying("read the cluster metadata", prepare)
         shard_count = metadata.history_shard_count
         if shard_count != settings.cluster.history_shard_count:
             log.warning(
@@ -118,7 +127,7 @@ class TideflowServer:
                 ],
             )
             self.servers["matching"] = server
-            await membership.join(MATCHING, server.address)
+            await _retrying("join the cluster", lambda: membership.join(MATCHING, server.address))
 
         if "history" in self.roles:
             controller = ShardController(
@@ -144,7 +153,7 @@ class TideflowServer:
                 ],
             )
             self.servers["history"] = server
-            await membership.join(HISTORY, server.address)
+            await _retrying("join the cluster", lambda: membership.join(HISTORY, server.address))
             await controller.start(server.address)
 
         if "frontend" in self.roles:
@@ -187,7 +196,7 @@ class TideflowServer:
                 ],
             )
             self.servers["frontend"] = server
-            await membership.join("frontend", server.address)
+            await _retrying("join the cluster", lambda: membership.join("frontend", server.address))
 
         membership.start()
         log.info(
@@ -218,6 +227,27 @@ class TideflowServer:
 
     async def wait(self) -> None:
         await asyncio.gather(*(s.server.wait_for_termination() for s in self.servers.values()))
+
+
+STARTUP_RETRY_S = 60.0
+"""How long a starting process keeps retrying a database that is away or busy."""
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a startup step, retrying while the database is unavailable (not up yet, busy,
+    restarting): a process restarted next to busy peers must come up, not exit."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_RETRY_S
+    backoff = 0.1
+    while True:
+        try:
+            return await call()
+        except PersistenceUnavailable as e:
+            if loop.time() + backoff > deadline:
+                raise
+            log.warning("database unavailable while starting; retrying", step=what, error=str(e))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
 
 async def serve_until_signalled(

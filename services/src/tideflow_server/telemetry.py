@@ -11,6 +11,9 @@ import structlog
 def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    # Libraries' debug output (every SQLite call, every gRPC poll) drowns ours.
+    for noisy in ("aiosqlite", "asyncio", "grpc", "grpc._cython.cygrpc"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.INFO))
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

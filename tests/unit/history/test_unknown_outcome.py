@@ -21,7 +21,7 @@ from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import Unavailable, schema
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import CreateExecution
-from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.persistence.sql import SqlDatabase, SqlPersistence
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 from tideflow_server.persistence.sqlite import open_sqlite
 from tideflow_server.rpc.errors import Unavailable as ServiceUnavailable
@@ -46,21 +46,8 @@ class RecordingMatching:
         return matching_service_pb2.AddBlockTaskResponse()
 
 
-@pytest.fixture
-async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
-    opened = await open_sqlite(tmp_path / "t.db")
-    await schema.setup_schema(opened.db)
-    opened.executions = LandsThenFails(opened.db)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
-    faulty: SqlPersistence,
-) -> None:
-    manager = PersistenceManager(faulty)
+async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceManager, str]:
+    manager = PersistenceManager(persistence)
     namespace = records_pb2.NamespaceRecord()
     namespace.info.id, namespace.info.name = str(uuid.uuid4()), "docs"
     await manager.create_namespace(namespace)
@@ -77,7 +64,10 @@ async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
     await manager.create_flow(
         namespace.info.id, flow_pb2.FlowDefinition(name="one", version=1, blueprint=blueprint)
     )
-    matching = RecordingMatching()
+    return manager, namespace.info.id
+
+
+async def _shard(manager: PersistenceManager, matching: RecordingMatching) -> ShardContext:
     shard = ShardContext(
         lease=await manager.acquire_shard(1, owner="test"),
         manager=manager,
@@ -88,17 +78,83 @@ async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
         on_lost=lambda _: None,
     )
     await shard.start()
+    return shard
+
+
+@pytest.fixture
+async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    opened.executions = LandsThenFails(opened.db)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
+    faulty: SqlPersistence,
+) -> None:
+    manager, namespace_id = await _flow_and_namespace(faulty)
+    matching = RecordingMatching()
+    shard = await _shard(manager, matching)
     try:
         request = flow_service_pb2.StartRunRequest(run_id="doc-1", request_id="r1")
         request.flow.name = "one"
         with pytest.raises(ServiceUnavailable):
             await start_run.invoke(
                 shard,
-                history_service_pb2.StartRunRequest(
-                    namespace_id=namespace.info.id, request=request
-                ),
+                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
             )
         added = await asyncio.wait_for(matching.added.get(), 10)
         assert (added.run.run_id, added.block_id) == ("doc-1", "a")
     finally:
         await shard.stop()
+
+
+class LandsThenStalls(SqlExecutionStore):
+    """The create commits, then the call hangs until released (a slow network reply)."""
+
+    def __init__(self, db: SqlDatabase) -> None:
+        super().__init__(db)
+        self.release = asyncio.Event()
+        self.landed = asyncio.Event()
+
+    async def create_execution(self, request: CreateExecution) -> None:
+        await super().create_execution(request)
+        self.landed.set()
+        await self.release.wait()
+
+
+async def test_a_caller_cancelled_mid_commit_still_gets_its_outbox_queued(
+    tmp_path: Path,
+) -> None:
+    """A gRPC client that goes away cancels the handler; the commit it started must still
+    queue its tasks (here: the run's first block task)."""
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    store = LandsThenStalls(opened.db)
+    opened.executions = store
+    try:
+        manager, namespace_id = await _flow_and_namespace(opened)
+        matching = RecordingMatching()
+        shard = await _shard(manager, matching)
+        try:
+            request = flow_service_pb2.StartRunRequest(run_id="doc-2", request_id="r2")
+            request.flow.name = "one"
+            call = asyncio.create_task(
+                start_run.invoke(
+                    shard,
+                    history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+                )
+            )
+            await store.landed.wait()
+            call.cancel()  # the client went away while the commit was in flight
+            await asyncio.gather(call, return_exceptions=True)
+            store.release.set()
+            added = await asyncio.wait_for(matching.added.get(), 10)
+            assert (added.run.run_id, added.block_id) == ("doc-2", "a")
+        finally:
+            await shard.stop()
+    finally:
+        await opened.close()

@@ -3,6 +3,8 @@ attempt that has moved on, a block that closed, or a run that ended does nothing
 
 from __future__ import annotations
 
+import structlog
+
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history import blocks, progress
 from tideflow_server.history.api._respond import continue_run
@@ -10,6 +12,8 @@ from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.rpc.errors import NotFound
+
+log = structlog.get_logger(__name__)
 
 
 async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
@@ -22,6 +26,7 @@ async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
         elif kind == "run_timeout":
             await _run_timeout(shard, timer)
     except NotFound:
+        log.debug("timer for a run that is gone", run_id=timer.run_id, task_id=timer.task_id)
         return  # the run is gone: nothing left to time out
 
 
@@ -31,6 +36,7 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
     async def act(entry: Execution, step: RunStep) -> None:
         pending = step.state.pending_blocks.get(spec.scheduled_event_id)
         if not step.is_open or pending is None or pending.attempt != spec.attempt:
+            log.debug("stale block timeout", run_id=timer.run_id, attempt=spec.attempt)
             return
         started = pending.HasField("started_time")
         kind = spec.timeout_type

@@ -260,8 +260,14 @@ class ShardContext:
             self.timers.submit(step.timer_tasks)
 
     async def commit(self, entry: Execution, step: RunStep) -> None:
+        """Commit the step. Shielded: a caller cancelled mid-commit (a client that went away)
+        must not stop the write halfway, with the database updated but its timers and outbox
+        tasks never queued and the cached state left behind."""
         if not step.changed:
             return
+        await asyncio.shield(self._commit(entry, step))
+
+    async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
         async with self._allocating(step):
             try:
@@ -289,7 +295,20 @@ class ShardContext:
         previous_execution_id: str | None,
     ) -> None:
         """Commit a new execution (its pointer is checked by the store). Raises the store's
-        CurrentRunConditionFailed for the caller to apply the reuse policy."""
+        CurrentRunConditionFailed for the caller to apply the reuse policy. Shielded, like
+        `commit`."""
+        await asyncio.shield(
+            self._create(entry, step, mode=mode, previous_execution_id=previous_execution_id)
+        )
+
+    async def _create(
+        self,
+        entry: Execution,
+        step: RunStep,
+        *,
+        mode: CreateMode,
+        previous_execution_id: str | None,
+    ) -> None:
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(

@@ -67,7 +67,16 @@ class TimerQueue:
         others are found by a later scan."""
         earliest = self._heap[0][0] if self._heap else None
         for timer in timers:
-            if timer.fire_time.ToMilliseconds() < self._read_level_ms:
+            inside = timer.fire_time.ToMilliseconds() < self._read_level_ms
+            log.debug(
+                "timer submitted",
+                shard_id=self._shard.shard_id,
+                inside=inside,
+                key=(timer.fire_time.ToMilliseconds(), timer.task_id),
+                read_level=self._read_level_ms,
+                run_id=timer.run_id,
+            )
+            if inside:
                 self._push(timer)
         if self._heap and (earliest is None or self._heap[0][0] < earliest):
             self._wake.set()
@@ -91,6 +100,17 @@ class TimerQueue:
                 return
 
     async def _loop(self) -> None:
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Never die quietly: a dead loop would leave every timer of the shard unfired.
+                log.exception("timer loop failed; restarting", shard_id=self._shard.shard_id)
+                await asyncio.sleep(1.0)
+
+    async def _run(self) -> None:
         lookahead_ms = int(self._shard.config.timer_lookahead_s * 1000)
         while True:
             now = _now_ms()
@@ -104,6 +124,13 @@ class TimerQueue:
             while self._heap and self._heap[0][0] <= now:
                 key = heapq.heappop(self._heap)
                 timer = self._timers.pop(key)
+                log.debug(
+                    "timer due",
+                    shard_id=self._shard.shard_id,
+                    key=key,
+                    kind=timer.WhichOneof("task"),
+                    run_id=timer.run_id,
+                )
                 self._firing[key] = asyncio.create_task(self._fire(key, timer))
             next_scan_ms = self._read_level_ms - lookahead_ms // 2
             wake_at = min(self._heap[0][0] if self._heap else next_scan_ms, next_scan_ms)

@@ -198,3 +198,5 @@ class TransferQueue:
                 await self._persist_ack()
             except store.PersistenceError:
                 log.info("transfer ack not persisted; will retry", shard_id=self._shard.shard_id)
+            except Exception:
+                log.exception("transfer ack failed", shard_id=self._shard.shard_id)
