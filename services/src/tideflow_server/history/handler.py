@@ -83,8 +83,19 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         except Exception as e:
             await abort(context, service_error(e))
 
-    def _token_run(self, token: bytes) -> str:
-        return parse_token(token).run_id
+    async def _serve_token(
+        self,
+        context: Context,
+        namespace_id: str,
+        task_token: bytes,
+        invoke: Callable[[ShardContext], Awaitable[Resp]],
+    ) -> Resp:
+        """A worker's call: the run (and so the shard) comes from its task token."""
+        try:
+            run_id = parse_token(task_token).run_id
+        except ServiceError as e:
+            await abort(context, e)
+        return await self._serve(context, namespace_id, run_id, invoke)
 
     async def StartRun(self, request: hs.StartRunRequest, context: Context) -> hs.StartRunResponse:
         return await self._serve(
@@ -167,56 +178,40 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def RecordBlockHeartbeat(
         self, request: hs.RecordBlockHeartbeatRequest, context: Context
     ) -> hs.RecordBlockHeartbeatResponse:
-        try:
-            run_id = self._token_run(request.request.task_token)
-        except ServiceError as e:
-            await abort(context, e)
-        return await self._serve(
+        return await self._serve_token(
             context,
             request.namespace_id,
-            run_id,
+            request.request.task_token,
             lambda shard: record_block_heartbeat.invoke(shard, request),
         )
 
     async def RespondBlockCompleted(
         self, request: hs.RespondBlockCompletedRequest, context: Context
     ) -> hs.RespondBlockCompletedResponse:
-        try:
-            run_id = self._token_run(request.request.task_token)
-        except ServiceError as e:
-            await abort(context, e)
-        return await self._serve(
+        return await self._serve_token(
             context,
             request.namespace_id,
-            run_id,
+            request.request.task_token,
             lambda shard: respond_block_completed.invoke(shard, request),
         )
 
     async def RespondBlockFailed(
         self, request: hs.RespondBlockFailedRequest, context: Context
     ) -> hs.RespondBlockFailedResponse:
-        try:
-            run_id = self._token_run(request.request.task_token)
-        except ServiceError as e:
-            await abort(context, e)
-        return await self._serve(
+        return await self._serve_token(
             context,
             request.namespace_id,
-            run_id,
+            request.request.task_token,
             lambda shard: respond_block_failed.invoke(shard, request),
         )
 
     async def RespondBlockCanceled(
         self, request: hs.RespondBlockCanceledRequest, context: Context
     ) -> hs.RespondBlockCanceledResponse:
-        try:
-            run_id = self._token_run(request.request.task_token)
-        except ServiceError as e:
-            await abort(context, e)
-        return await self._serve(
+        return await self._serve_token(
             context,
             request.namespace_id,
-            run_id,
+            request.request.task_token,
             lambda shard: respond_block_canceled.invoke(shard, request),
         )
 
