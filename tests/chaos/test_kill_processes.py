@@ -105,7 +105,7 @@ async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) 
         await asyncio.sleep(1.0)
         await cluster.restart("matching")
 
-        done, pending = await asyncio.wait(closing, timeout=90)
+        _, pending = await asyncio.wait(closing, timeout=90)
         if pending:
             stuck = [r for r, t in zip(run_ids, closing, strict=True) if not t.done()]
             described = [await client.describe(r) for r in stuck[:5]]
