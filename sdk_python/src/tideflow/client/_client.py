@@ -1,0 +1,360 @@
+"""The async client: namespaces, flows and runs over the public FlowService API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from tideflow import errors
+from tideflow._converter import DefaultConverter, PayloadConverter, to_payloads
+from tideflow.api.v1 import (
+    blueprint_pb2,
+    common_pb2,
+    flow_pb2,
+    flow_service_pb2,
+    flow_service_pb2_grpc,
+    namespace_pb2,
+    run_pb2,
+)
+from tideflow.client._handle import RunHandle
+
+logger = logging.getLogger("tideflow.client")
+
+T = TypeVar("T")
+
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+def _stub(channel: grpc.aio.Channel) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
+    # Given an aio channel the generated stub is the async variant, which exists only in the
+    # type stubs.
+    return flow_service_pb2_grpc.FlowServiceStub(channel)
+
+
+def _enum_value(enum: Any, prefix: str, value: str | int) -> Any:
+    # Any: the generated enums type their values as a per-enum NewType of int.
+    if isinstance(value, int):
+        return value
+    name = value.upper()
+    return int(enum.Value(name if name.startswith(prefix) else prefix + name))
+
+
+class Client:
+    """A connection to a Tideflow frontend, bound to one namespace. Create with `connect`."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        namespace: str,
+        api_key: str | None = None,
+        converter: PayloadConverter | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._channel = channel
+        self._stub = _stub(channel)
+        self.namespace = namespace
+        self.converter: PayloadConverter = converter or DefaultConverter()
+        self.timeout_s = timeout_s
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        namespace: str = "default",
+        api_key: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        converter: PayloadConverter | None = None,
+        timeout_s: float = 30.0,
+    ) -> Client:
+        """Open a channel to `address` and wait (up to `timeout_s`) until it is ready.
+
+        `timeout_s` is also the deadline of each call that is not a long poll."""
+        if tls is False:
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            credentials = grpc.ssl_channel_credentials() if tls is True else tls
+            channel = grpc.aio.secure_channel(address, credentials)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout_s)
+        except TimeoutError as e:
+            await channel.close(None)
+            raise errors.UnavailableError(
+                f"could not connect to {address} within {timeout_s}s",
+                code=grpc.StatusCode.UNAVAILABLE,
+            ) from e
+        logger.debug("connected to %s (namespace %s)", address, namespace)
+        return cls(
+            channel,
+            namespace=namespace,
+            api_key=api_key,
+            converter=converter,
+            timeout_s=timeout_s,
+        )
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Any, T],
+        request: Any,
+        *,
+        timeout_s: float | None = None,
+    ) -> T:
+        try:
+            return await method(
+                request,
+                timeout=self.timeout_s if timeout_s is None else timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as e:
+            raise errors.from_grpc(e) from e
+
+    # Namespaces.
+
+    async def register_namespace(
+        self, name: str, *, description: str = "", retention_days: float | None = None
+    ) -> namespace_pb2.NamespaceInfo:
+        """Create namespace `name`; AlreadyExistsError if it exists."""
+        request = flow_service_pb2.RegisterNamespaceRequest(namespace=name, description=description)
+        if retention_days is not None:
+            request.config.retention.FromTimedelta(timedelta(days=retention_days))
+        reply = await self._call(self._stub.RegisterNamespace, request)
+        return reply.info
+
+    async def describe_namespace(
+        self, name: str | None = None
+    ) -> flow_service_pb2.DescribeNamespaceResponse:
+        """Info and config of `name` (default: this client's namespace)."""
+        request = flow_service_pb2.DescribeNamespaceRequest(namespace=name or self.namespace)
+        return await self._call(self._stub.DescribeNamespace, request)
+
+    async def list_namespaces(
+        self, *, page_size: int = 100
+    ) -> AsyncIterator[flow_service_pb2.DescribeNamespaceResponse]:
+        """Every namespace, fetched a page at a time."""
+        token = b""
+        while True:
+            request = flow_service_pb2.ListNamespacesRequest(
+                page_size=page_size, next_page_token=token
+            )
+            reply = await self._call(self._stub.ListNamespaces, request)
+            for namespace in reply.namespaces:
+                yield namespace
+            token = reply.next_page_token
+            if not token:
+                return
+
+    # Flows.
+
+    async def register_flow(
+        self, blueprint: blueprint_pb2.Blueprint | Mapping[str, Any]
+    ) -> flow_pb2.FlowDefinition:
+        """Register a blueprint (a message, or a dict in its JSON form); the stored definition.
+
+        Registering the same definition again is a no-op; InvalidArgumentError lists every
+        problem in `violations`."""
+        if not isinstance(blueprint, blueprint_pb2.Blueprint):
+            blueprint = json_format.ParseDict(dict(blueprint), blueprint_pb2.Blueprint())
+        request = flow_service_pb2.RegisterFlowRequest(
+            namespace=self.namespace, blueprint=blueprint, identity=self.identity
+        )
+        reply = await self._call(self._stub.RegisterFlow, request)
+        return reply.flow
+
+    async def describe_flow(self, name: str, *, version: int = 0) -> flow_pb2.FlowDefinition:
+        """One version of a flow; 0 = the latest."""
+        request = flow_service_pb2.DescribeFlowRequest(
+            namespace=self.namespace, name=name, version=version
+        )
+        reply = await self._call(self._stub.DescribeFlow, request)
+        return reply.flow
+
+    async def list_flows(
+        self, *, name: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[flow_pb2.FlowDefinition]:
+        """Registered flow definitions (only versions of `name` when given)."""
+        token = b""
+        while True:
+            request = flow_service_pb2.ListFlowsRequest(
+                namespace=self.namespace,
+                page_size=page_size,
+                next_page_token=token,
+                name=name or "",
+            )
+            reply = await self._call(self._stub.ListFlows, request)
+            for flow in reply.flows:
+                yield flow
+            token = reply.next_page_token
+            if not token:
+                return
+
+    # Runs.
+
+    def _start_fields(
+        self,
+        flow: str,
+        input: Any,
+        *,
+        run_id: str | None,
+        version: int,
+        task_queue: str | None,
+        request_id: str | None,
+        run_timeout: timedelta | None,
+        reuse_policy: str | int | None,
+        memo: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "namespace": self.namespace,
+            "run_id": run_id or str(uuid.uuid4()),
+            "flow": common_pb2.FlowRef(name=flow, version=version),
+            "input": to_payloads(self.converter, input),
+            "identity": self.identity,
+            # Generated once per call, so the transport's retries of this call are idempotent.
+            "request_id": request_id or str(uuid.uuid4()),
+        }
+        if task_queue:
+            fields["task_queue"] = common_pb2.TaskQueue(name=task_queue)
+        if reuse_policy is not None:
+            fields["run_id_reuse_policy"] = _enum_value(
+                common_pb2.RunIdReusePolicy, "RUN_ID_REUSE_POLICY_", reuse_policy
+            )
+        if memo:
+            fields["memo"] = common_pb2.Memo(
+                fields={k: self.converter.to_payload(v) for k, v in memo.items()}
+            )
+        return fields
+
+    async def start_run(
+        self,
+        flow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        version: int = 0,
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        run_timeout: timedelta | None = None,
+        reuse_policy: str | int | None = None,
+        memo: Mapping[str, Any] | None = None,
+    ) -> RunHandle:
+        """Start a run of `flow` (version 0 = latest); a handle to it.
+
+        `run_id` defaults to a new uuid; a retry with the same `request_id` returns the same
+        execution. `reuse_policy` is a RunIdReusePolicy, e.g. "REJECT_DUPLICATE"."""
+        request = flow_service_pb2.StartRunRequest(
+            **self._start_fields(
+                flow,
+                input,
+                run_id=run_id,
+                version=version,
+                task_queue=task_queue,
+                request_id=request_id,
+                run_timeout=run_timeout,
+                reuse_policy=reuse_policy,
+                memo=memo,
+            )
+        )
+        if run_timeout is not None:
+            request.run_timeout.FromTimedelta(run_timeout)
+        reply = await self._call(self._stub.StartRun, request)
+        return RunHandle(self, request.run_id, reply.execution_id, started=reply.started)
+
+    async def signal_with_start(
+        self,
+        flow: str,
+        input: Any = None,
+        *,
+        signal: str,
+        signal_input: Any = None,
+        run_id: str,
+        version: int = 0,
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        run_timeout: timedelta | None = None,
+        reuse_policy: str | int | None = None,
+        memo: Mapping[str, Any] | None = None,
+    ) -> RunHandle:
+        """Signal the open execution of `run_id`, starting it first if there is none."""
+        request = flow_service_pb2.SignalWithStartRunRequest(
+            **self._start_fields(
+                flow,
+                input,
+                run_id=run_id,
+                version=version,
+                task_queue=task_queue,
+                request_id=request_id,
+                run_timeout=run_timeout,
+                reuse_policy=reuse_policy,
+                memo=memo,
+            ),
+            signal_name=signal,
+            signal_input=to_payloads(self.converter, signal_input),
+        )
+        if run_timeout is not None:
+            request.run_timeout.FromTimedelta(run_timeout)
+        reply = await self._call(self._stub.SignalWithStartRun, request)
+        return RunHandle(self, run_id, reply.execution_id, started=reply.started)
+
+    def get_run(self, run_id: str, *, execution_id: str = "") -> RunHandle:
+        """A handle to an existing run; empty `execution_id` = its latest execution."""
+        return RunHandle(self, run_id, execution_id)
+
+    async def list_runs(
+        self,
+        *,
+        statuses: Iterable[str | int] = (),
+        flow: str | None = None,
+        run_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[run_pb2.RunInfo]:
+        """Runs matching every given filter, newest start first. Statuses are RunStatus values
+        or names ("COMPLETED")."""
+        request = flow_service_pb2.ListRunsRequest(
+            namespace=self.namespace,
+            page_size=page_size,
+            statuses=[_enum_value(common_pb2.RunStatus, "RUN_STATUS_", s) for s in statuses],
+            flow_name=flow or "",
+            run_id=run_id or "",
+        )
+        if started_after is not None:
+            request.start_time_min.FromDatetime(started_after)
+        if started_before is not None:
+            request.start_time_max.FromDatetime(started_before)
+        while True:
+            reply = await self._call(self._stub.ListRuns, request)
+            for info in reply.runs:
+                yield info
+            if not reply.next_page_token:
+                return
+            request.next_page_token = reply.next_page_token

@@ -1,0 +1,508 @@
+"""The block worker: polls a task queue, runs blocks, answers the server."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import logging
+import os
+import random
+import socket
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from tideflow._converter import DefaultConverter, PayloadConverter, from_payloads, to_payloads
+from tideflow.api.v1 import common_pb2, failure_pb2, flow_service_pb2, flow_service_pb2_grpc
+from tideflow.errors import ApplicationError
+from tideflow.worker._block import (
+    BlockCancelled,
+    BlockContext,
+    BlockDefinition,
+    BlockInfo,
+    _set_context,
+    definition_of,
+)
+
+logger = logging.getLogger("tideflow.worker")
+
+T = TypeVar("T")
+
+_POLL_TIMEOUT_S = 90.0  # the server answers an idle long poll after about a minute
+_RPC_TIMEOUT_S = 10.0
+_RESPOND_FOR_S = 60.0  # how long a response keeps retrying while the server is away
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+_DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _stub(channel: grpc.aio.Channel) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
+    # The generated stub is the async variant when given an aio channel; that class exists
+    # only in the type stubs.
+    return flow_service_pb2_grpc.FlowServiceStub(channel)
+
+
+def _backoff(previous: float) -> float:
+    """The next delay: doubled up to the cap, with jitter so workers do not poll in step."""
+    doubled = min(max(previous * 2, _BACKOFF_FIRST_S), _BACKOFF_MAX_S)
+    return doubled * random.uniform(0.8, 1.2)
+
+
+class _Cancellation:
+    """Whether the server asked an attempt to stop, and what to do when it does."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.callbacks: list[Callable[[], Any]] = []
+
+    def request(self) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        for callback in self.callbacks:
+            callback()
+
+
+class _Heartbeater:
+    """Sends one attempt's heartbeats: at most one RPC per interval, the latest details win,
+    and a reply asking to cancel calls `on_cancel`."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        task_token: bytes,
+        interval_s: float,
+        on_cancel: Callable[[], None],
+    ) -> None:
+        self._worker = worker
+        self._token = task_token
+        self._interval_s = interval_s
+        self._on_cancel = on_cancel
+        self._details: Any = None
+        self._dirty = False
+        self._last_sent = float("-inf")
+        self._sender: asyncio.Task[None] | None = None
+        self.has_details = False
+
+    @property
+    def details(self) -> Any:
+        return self._details
+
+    def record(self, details: Any) -> None:
+        self._details, self._dirty, self.has_details = details, True, True
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            wait = self._last_sent + self._interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            details, self._dirty = self._details, False
+            self._last_sent = loop.time()
+            try:
+                payloads = to_payloads(self._worker.converter, details)
+                reply = await self._worker._stub_or_raise().RecordBlockHeartbeat(
+                    flow_service_pb2.RecordBlockHeartbeatRequest(
+                        namespace=self._worker.namespace,
+                        task_token=self._token,
+                        details=payloads,
+                        identity=self._worker.identity,
+                    ),
+                    timeout=_RPC_TIMEOUT_S,
+                    metadata=self._worker._metadata,
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    # The attempt is no longer current (timed out, run closed): stop the block.
+                    logger.info("heartbeat for a stale attempt; cancelling it: %s", e.details())
+                    self._on_cancel()
+                    return
+                logger.warning("heartbeat failed: %s", e.code().name)
+                continue
+            except Exception:
+                logger.exception("heartbeat failed")
+                continue
+            if reply.cancel_requested:
+                self._on_cancel()
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+
+
+class Worker:
+    """Polls `task_queue` for external block tasks and runs the given `@block` functions.
+
+    `await worker.run()` runs until `shutdown()` or cancellation; `async with Worker(...)`
+    runs it in the background and shuts down on exit.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        task_queue: str,
+        blocks: Sequence[Callable[..., Any]],
+        namespace: str = "default",
+        identity: str | None = None,
+        max_concurrent: int = 10,
+        converter: PayloadConverter | None = None,
+        api_key: str | None = None,
+        max_workers_for_sync: int | None = None,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
+        self.address = address
+        self.task_queue = task_queue
+        self.namespace = namespace
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}"
+        self.max_concurrent = max_concurrent
+        self.converter: PayloadConverter = converter or DefaultConverter()
+        self._blocks: dict[str, BlockDefinition] = {}
+        for fn in blocks:
+            definition = definition_of(fn)
+            if definition.block_type in self._blocks:
+                raise ValueError(f"block type {definition.block_type} given twice")
+            self._blocks[definition.block_type] = definition
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self._max_workers_for_sync = max_workers_for_sync or max_concurrent
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: flow_service_pb2_grpc.FlowServiceAsyncStub | None = None
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._pollers: list[asyncio.Task[None]] = []
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._stop: asyncio.Event | None = None
+        self._finished: asyncio.Event | None = None
+        self._grace_s = 0.0
+        self._background: asyncio.Task[None] | None = None
+
+    def _stub_or_raise(self) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
+        if self._stub is None:
+            raise RuntimeError("worker is not running")
+        return self._stub
+
+    async def run(self) -> None:
+        """Poll and run blocks until `shutdown()` is called or this call is cancelled."""
+        if self._stop is not None:
+            raise RuntimeError("worker already started")
+        self._stop, self._finished = asyncio.Event(), asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._stub = _stub(self._channel)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._max_workers_for_sync, thread_name_prefix="tideflow-block"
+        )
+        pollers = min(self.max_concurrent, 5)
+        self._pollers = [asyncio.create_task(self._poll()) for _ in range(pollers)]
+        logger.info(
+            "worker %s polling %s/%s for %s",
+            self.identity,
+            self.namespace,
+            self.task_queue,
+            sorted(self._blocks),
+        )
+        try:
+            await self._stop.wait()
+        except asyncio.CancelledError:
+            self._grace_s = 0.0
+            await asyncio.shield(self._drain())
+            raise
+        await self._drain()
+
+    async def shutdown(self, *, grace_s: float = 10.0) -> None:
+        """Stop polling, give running blocks `grace_s` to finish and answer, then cancel the
+        rest (the server retries their attempts after their timeouts)."""
+        if self._stop is None or self._finished is None:
+            return
+        self._grace_s = grace_s
+        self._stop.set()
+        await self._finished.wait()
+
+    async def __aenter__(self) -> Worker:
+        self._background = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+        if self._background is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+
+    async def _drain(self) -> None:
+        assert self._finished is not None
+        for poller in self._pollers:
+            poller.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        if self._attempts:
+            logger.info("waiting up to %.1fs for %d blocks", self._grace_s, len(self._attempts))
+            _, pending = await asyncio.wait(set(self._attempts), timeout=self._grace_s)
+            for attempt in pending:
+                attempt.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._channel is not None:
+            await self._channel.close(None)
+        self._finished.set()
+        logger.info("worker %s stopped", self.identity)
+
+    async def _poll(self) -> None:
+        request = flow_service_pb2.PollBlockTaskRequest(
+            namespace=self.namespace,
+            task_queue=common_pb2.TaskQueue(name=self.task_queue),
+            identity=self.identity,
+        )
+        delay = 0.0
+        while True:
+            # Take a slot before polling so that a task never arrives with nowhere to run.
+            await self._slots.acquire()
+            try:
+                response = await self._stub_or_raise().PollBlockTask(
+                    request, timeout=_POLL_TIMEOUT_S, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as e:
+                self._slots.release()
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                delay = _backoff(delay)
+                log = logger.info if e.code() == grpc.StatusCode.UNAVAILABLE else logger.warning
+                log("poll failed (%s); again in %.2fs", e.code().name, delay)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            delay = 0.0
+            if not response.task_token:
+                self._slots.release()
+                continue
+            attempt = asyncio.create_task(self._attempt(response))
+            self._attempts.add(attempt)
+            attempt.add_done_callback(self._attempt_done)
+
+    def _attempt_done(self, attempt: asyncio.Task[None]) -> None:
+        self._attempts.discard(attempt)
+        self._slots.release()
+        if not attempt.cancelled() and attempt.exception() is not None:
+            logger.error("block attempt crashed", exc_info=attempt.exception())
+
+    async def _attempt(self, task: flow_service_pb2.PollBlockTaskResponse) -> None:
+        definition = self._blocks.get(task.block_type)
+        heartbeat_timeout = (
+            task.timeouts.heartbeat.ToTimedelta().total_seconds()
+            if task.timeouts.HasField("heartbeat")
+            else 0.0
+        )
+        cancellation = _Cancellation()
+        heartbeater = _Heartbeater(
+            self,
+            task.task_token,
+            0.8 * heartbeat_timeout if heartbeat_timeout > 0 else _DEFAULT_HEARTBEAT_INTERVAL_S,
+            cancellation.request,
+        )
+        ctx: BlockContext | None = None
+        try:
+            if definition is None:
+                raise ApplicationError(
+                    f"no block type {task.block_type!r} on worker {self.identity}",
+                    type="UnknownBlockType",
+                    non_retryable=True,
+                )
+            info = BlockInfo(
+                run_id=task.run.run_id,
+                execution_id=task.run.execution_id,
+                block_id=task.block_id,
+                block_type=task.block_type,
+                attempt=task.attempt,
+                task_queue=self.task_queue,
+                heartbeat_details=from_payloads(self.converter, task.heartbeat_details),
+                heartbeat_timeout_s=heartbeat_timeout or None,
+            )
+            ctx = BlockContext(
+                info=info, loop=asyncio.get_running_loop(), record=heartbeater.record
+            )
+            cancellation.callbacks.append(ctx._set_cancelled)
+            block_input = from_payloads(self.converter, task.input)
+            result = await self._call(definition, ctx, block_input, cancellation)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The worker is stopping: tell a sync block through its flag, and leave the
+                # attempt to its timeout.
+                if ctx is not None:
+                    ctx._set_cancelled()
+                raise
+            await self._canceled(task)
+            return
+        except BlockCancelled as e:
+            if cancellation.requested:
+                await self._canceled(task)
+            else:
+                await self._failed(task, e, heartbeater)
+            return
+        except Exception as e:
+            await self._failed(task, e, heartbeater)
+            return
+        finally:
+            heartbeater.close()
+        if cancellation.requested and not definition.is_async:
+            # A sync block that returned after seeing the flag acknowledges the cancellation.
+            await self._canceled(task)
+            return
+        try:
+            payloads = to_payloads(self.converter, result)
+        except Exception as e:
+            await self._failed(task, e, heartbeater)
+            return
+        await self._respond(
+            "RespondBlockCompleted",
+            task,
+            lambda stub: stub.RespondBlockCompleted(
+                flow_service_pb2.RespondBlockCompletedRequest(
+                    namespace=self.namespace,
+                    task_token=task.task_token,
+                    result=payloads,
+                    identity=self.identity,
+                ),
+                timeout=_RPC_TIMEOUT_S,
+                metadata=self._metadata,
+            ),
+        )
+
+    async def _call(
+        self,
+        definition: BlockDefinition,
+        ctx: BlockContext,
+        block_input: Any,
+        cancellation: _Cancellation,
+    ) -> Any:
+        """Run the block with `ctx` as its context; a cancellation from the server cancels
+        an async block's task, and only sets the flag of a sync one."""
+        copied = contextvars.copy_context()
+        copied.run(_set_context, ctx)
+        if not definition.is_async:
+            assert self._executor is not None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, copied.run, definition.fn, block_input
+            )
+        coro: Awaitable[Any] = definition.fn(block_input)
+        inner: asyncio.Task[Any] = asyncio.create_task(
+            coro,  # type: ignore[arg-type]
+            context=copied,
+        )
+        cancellation.callbacks.append(inner.cancel)
+        return await inner
+
+    def _failure(self, error: BaseException) -> failure_pb2.Failure:
+        failure = failure_pb2.Failure(
+            message=str(error) or type(error).__name__,
+            source="python",
+            stack_trace="".join(traceback.format_exception(error)),
+        )
+        info = failure.application_failure_info
+        if isinstance(error, ApplicationError):
+            failure.message = error.message
+            info.type, info.non_retryable = error.type, error.non_retryable
+        else:
+            info.type = type(error).__name__
+        return failure
+
+    async def _failed(
+        self,
+        task: flow_service_pb2.PollBlockTaskResponse,
+        error: BaseException,
+        heartbeater: _Heartbeater,
+    ) -> None:
+        logger.info(
+            "block %s (%s) attempt %d failed: %r",
+            task.block_id,
+            task.block_type,
+            task.attempt,
+            error,
+        )
+        request = flow_service_pb2.RespondBlockFailedRequest(
+            namespace=self.namespace,
+            task_token=task.task_token,
+            failure=self._failure(error),
+            identity=self.identity,
+        )
+        if heartbeater.has_details:
+            with contextlib.suppress(Exception):
+                request.last_heartbeat_details.CopyFrom(
+                    to_payloads(self.converter, heartbeater.details)
+                )
+        await self._respond(
+            "RespondBlockFailed",
+            task,
+            lambda stub: stub.RespondBlockFailed(
+                request, timeout=_RPC_TIMEOUT_S, metadata=self._metadata
+            ),
+        )
+
+    async def _canceled(self, task: flow_service_pb2.PollBlockTaskResponse) -> None:
+        logger.info("block %s (%s) canceled", task.block_id, task.block_type)
+        await self._respond(
+            "RespondBlockCanceled",
+            task,
+            lambda stub: stub.RespondBlockCanceled(
+                flow_service_pb2.RespondBlockCanceledRequest(
+                    namespace=self.namespace,
+                    task_token=task.task_token,
+                    identity=self.identity,
+                ),
+                timeout=_RPC_TIMEOUT_S,
+                metadata=self._metadata,
+            ),
+        )
+
+    async def _respond(
+        self,
+        what: str,
+        task: flow_service_pb2.PollBlockTaskResponse,
+        call: Callable[[flow_service_pb2_grpc.FlowServiceAsyncStub], Awaitable[T]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RESPOND_FOR_S
+        delay = 0.0
+        while True:
+            try:
+                await call(self._stub_or_raise())
+                return
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.NOT_FOUND:
+                    logger.info(
+                        "%s for block %s of run %s dropped: attempt no longer current",
+                        what,
+                        task.block_id,
+                        task.run.run_id,
+                    )
+                    return
+                if code not in _RETRYABLE or loop.time() >= deadline:
+                    logger.error(
+                        "%s for block %s of run %s failed: %s %s",
+                        what,
+                        task.block_id,
+                        task.run.run_id,
+                        code.name,
+                        e.details(),
+                    )
+                    return
+                delay = _backoff(delay)
+                await asyncio.sleep(delay)
