@@ -16,7 +16,7 @@ setup: $(STAMP) $(BUF)
 $(STAMP): constraints.txt requirements-dev.txt sdk_python/pyproject.toml services/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q --disable-pip-version-check \
-	    -e sdk_python -e services -r requirements-dev.txt
+	    -e 'sdk_python[cli]' -e services -r requirements-dev.txt
 	touch $@
 
 $(BUF): package.json package-lock.json
