@@ -1,0 +1,44 @@
+"""A block worker in its own process, for tests that kill workers.
+
+    python -m tests.support.worker_process ADDRESS NAMESPACE TASK_QUEUE IDENTITY MODE
+
+The block `work@1` prints `started <run_id> <attempt>` and then never finishes: with MODE
+`heartbeat` it heartbeats every 0.2 s, with `silent` it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from tideflow import Worker, block
+from tideflow.worker import context
+
+
+def _work(mode: str) -> Any:
+    @block("work", version=1)
+    async def work(value: Any) -> Any:
+        info = context().info
+        print(f"started {info.run_id} {info.attempt}", flush=True)
+        while True:
+            if mode == "heartbeat":
+                await context().heartbeat({"progress": "working"})
+            await asyncio.sleep(0.2)
+
+    return work
+
+
+async def main(address: str, namespace: str, task_queue: str, identity: str, mode: str) -> None:
+    async with Worker(
+        address,
+        task_queue=task_queue,
+        blocks=[_work(mode)],
+        namespace=namespace,
+        identity=identity,
+    ):
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:6]))
