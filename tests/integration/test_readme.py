@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import sys
 from pathlib import Path
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
+from tideflow import Client as SdkClient
+from tideflow.errors import AlreadyExistsError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -18,3 +23,20 @@ async def test_readme_blueprint_registers(cluster: Cluster, client: Client) -> N
     registered = await client.register(json.loads(blocks[0]))
     assert registered.flow.name == "intake"
     assert [b.id for b in registered.flow.blueprint.blocks] == ["classify", "ocr", "extract"]
+
+
+async def test_readme_sdk_example_runs(cluster: Cluster) -> None:
+    """The Python example runs as written, pointed at this cluster's frontend."""
+
+    async with await SdkClient.connect(cluster.frontend) as client:
+        with contextlib.suppress(AlreadyExistsError):
+            await client.register_namespace("default")
+    examples = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert examples, "README has no SDK example"
+    script = examples[0].replace("127.0.0.1:7233", cluster.frontend)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert out.decode().strip() == "{'label': 'invoice'}"
