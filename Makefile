@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean
+.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev
 
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
 setup: $(STAMP) $(BUF)
@@ -55,3 +55,11 @@ test: setup lint proto-check buf-lint buf-breaking pytest
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+
+## demo: the first-run demo (throwaway server + document workers, one run per sample document)
+demo: setup
+	$(PY) -m demo
+
+## dev: the demo, then keep server (127.0.0.1:7233, .tideflow/demo.db) and workers up until Ctrl-C
+dev: setup
+	$(PY) -m demo --keep

@@ -1,0 +1,1 @@
+"""Reference block workers (see workers/README.md)."""

@@ -1,0 +1,1 @@
+"""Document-processing blocks and their worker process: `python -m workers.documents`."""
