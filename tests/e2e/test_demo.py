@@ -36,11 +36,13 @@ def _processes_mentioning(needle: str) -> list[int]:
     return found
 
 
-def test_python_m_demo() -> None:
+def test_make_demo_the_readmes_first_command() -> None:
     assert len(DOCUMENTS) >= 6
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme.split("```sh", 1)[1].split("```", 1)[0]
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "demo"],
+        ["make", "--no-print-directory", "demo", f"PY={sys.executable}"],
         cwd=ROOT,
         check=False,
         capture_output=True,
