@@ -6,6 +6,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from tests.unit.interpreter.support import done, failed, view
+from tideflow.blueprint._language._errors import LanguageError
+from tideflow.blueprint._language._refs import references
+from tideflow.blueprint._language.templates import Placeholder, split_template
 from tideflow_server.history.interpreter import (
     JSON,
     Env,
@@ -17,9 +20,6 @@ from tideflow_server.history.interpreter import (
     struct_to_json,
     value_to_json,
 )
-from tideflow_server.history.interpreter._refs import references
-from tideflow_server.history.interpreter.templates import Placeholder, split_template
-from tideflow_server.rpc.errors import InvalidArgument
 
 RUN = view(
     {"ocr": done({"text": "hello", "pages": 3}), "lint": failed()},
@@ -123,8 +123,8 @@ def test_runtime_errors_are_typed_with_expression_and_path() -> None:
             render(bad)
 
 
-def test_syntax_errors_raise_invalid_argument_with_paths() -> None:
-    with pytest.raises(InvalidArgument) as raised:
+def test_syntax_errors_raise_language_error_with_paths() -> None:
+    with pytest.raises(LanguageError) as raised:
         Template.compile({"a": "${1 +}", "b": ["${unclosed"]}, path="output")
     fields = [v.field for v in raised.value.violations]
     assert fields == ["output.a", "output.b[0]"]

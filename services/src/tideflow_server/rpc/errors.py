@@ -10,24 +10,17 @@ messages.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, NoReturn, cast
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# One type on both sides: the SDK's blueprint builder reports the violations registration does.
+from tideflow.errors import FieldViolation as FieldViolation  # noqa: PLC0414 (re-export)
+
 DOMAIN = "tideflow.io"
 _DETAILS_KEY = "grpc-status-details-bin"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One problem with one field of a request, as `google.rpc.BadRequest` reports it.
-    `field` is a path: `blueprint.blocks[2].needs[0]`, `input.doc`."""
-
-    field: str
-    description: str
 
 
 class ServiceError(Exception):

@@ -1,13 +1,24 @@
-"""The blueprint interpreter: validation at registration, deterministic decisions at run time."""
+"""The blueprint interpreter: validation at registration, deterministic decisions at run time.
 
-from tideflow_server.history.interpreter._json import (
+The blueprint language itself (validation, templates, CEL, references) lives in the SDK,
+`tideflow.blueprint._language`, so the builder validates with the same rules."""
+
+from tideflow.blueprint._language._json import (
     NotJSON,
     json_to_struct,
     json_to_value,
     struct_to_json,
     value_to_json,
 )
-from tideflow_server.history.interpreter._kinds import ExternalPolicy
+from tideflow.blueprint._language._kinds import ExternalPolicy
+from tideflow.blueprint._language.templates import (
+    Env,
+    Expression,
+    ExpressionError,
+    Template,
+    run_variables,
+)
+from tideflow.blueprint._language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
 from tideflow_server.history.interpreter._model import (
     JSON,
     BlockError,
@@ -21,20 +32,12 @@ from tideflow_server.history.interpreter._model import (
     ScheduleExternal,
     SkipBlock,
 )
-from tideflow_server.history.interpreter.compiled import CompiledBlock, CompiledBlueprint
-from tideflow_server.history.interpreter.decide import decide, initial_vars
-from tideflow_server.history.interpreter.templates import (
-    Env,
-    Expression,
-    ExpressionError,
-    Template,
-    run_variables,
-)
-from tideflow_server.history.interpreter.validate import (
-    DEFAULT_MAX_BLOCKS,
-    validate_blueprint,
+from tideflow_server.history.interpreter.compiled import (
+    CompiledBlock,
+    CompiledBlueprint,
     validate_input,
 )
+from tideflow_server.history.interpreter.decide import decide, initial_vars
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",

@@ -15,49 +15,40 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
+from tideflow.blueprint._language._model import (
+    CANCELED,
+    FAILED,
+    JSON,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    TERMINAL,
+    BlockError,
+    BlockStatus,
+    BlockView,
+    RunView,
+)
 
-JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
-
-BlockStatus: TypeAlias = common_pb2.BlockStatus.ValueType
-RUNNING = common_pb2.BLOCK_STATUS_RUNNING
-SUCCEEDED = common_pb2.BLOCK_STATUS_SUCCEEDED
-FAILED = common_pb2.BLOCK_STATUS_FAILED
-SKIPPED = common_pb2.BLOCK_STATUS_SKIPPED
-CANCELED = common_pb2.BLOCK_STATUS_CANCELED
-TERMINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELED})
-
-
-@dataclass(frozen=True, slots=True)
-class BlockError:
-    """Why a block failed, as `${blocks.<id>.error}` shows it."""
-
-    type: str
-    message: str
-    non_retryable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BlockView:
-    """A block the run has reached. Blocks not yet reached are absent from `RunView.blocks`."""
-
-    status: BlockStatus
-    output: JSON = None
-    error: BlockError | None = None
-    attempt: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RunView:
-    """Everything `decide` may read. `${run.*}` exposes the identity fields."""
-
-    namespace: str
-    run_id: str
-    execution_id: str
-    flow_name: str
-    flow_version: int
-    input: JSON
-    vars: Mapping[str, JSON] = field(default_factory=dict)
-    blocks: Mapping[str, BlockView] = field(default_factory=dict)
+__all__ = [
+    "CANCELED",
+    "FAILED",
+    "JSON",
+    "RUNNING",
+    "SKIPPED",
+    "SUCCEEDED",
+    "TERMINAL",
+    "BlockError",
+    "BlockStatus",
+    "BlockView",
+    "Command",
+    "CompleteRun",
+    "CompleteSystem",
+    "FailBlock",
+    "FailRun",
+    "RunView",
+    "ScheduleExternal",
+    "SkipBlock",
+]
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import jsonschema
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow_server.history.interpreter._json import normalize
-from tideflow_server.history.interpreter._kinds import BlockPlan, ExternalPlan, ExternalPolicy
-from tideflow_server.history.interpreter._model import JSON, RunView
-from tideflow_server.history.interpreter.templates import Env, Expression, Template, run_identity
-from tideflow_server.history.interpreter.validate import (
+from tideflow.blueprint._language._json import normalize
+from tideflow.blueprint._language._kinds import BlockPlan, ExternalPlan, ExternalPolicy
+from tideflow.blueprint._language.templates import Env, Expression, Template, run_identity
+from tideflow.blueprint._language.validate import (
     DEFAULT_MAX_BLOCKS,
     CheckedBlock,
     check_blueprint,
     schema_violations,
 )
+from tideflow_server.history.interpreter._model import JSON, RunView
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
 
@@ -151,3 +151,8 @@ def _validator(schema: dict[str, JSON] | None) -> jsonschema.protocols.Validator
         return None
     validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(schema)
     return validator
+
+
+def validate_input(compiled: CompiledBlueprint, value: JSON) -> list[FieldViolation]:
+    """Where `value` breaks the blueprint's input schema (`input.doc.pages: ...`)."""
+    return compiled.validate_input(value)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tideflow_server.history.interpreter._kinds import StartContext
+from tideflow.blueprint._language.templates import Env, ExpressionError
+from tideflow.blueprint._language.validate import schema_violations
+from tideflow_server.history.interpreter._kinds import StartContext, start
 from tideflow_server.history.interpreter._model import (
     CANCELED,
     FAILED,
@@ -45,8 +47,6 @@ from tideflow_server.history.interpreter._model import (
     SkipBlock,
 )
 from tideflow_server.history.interpreter.compiled import CompiledBlock, CompiledBlueprint
-from tideflow_server.history.interpreter.templates import Env, ExpressionError
-from tideflow_server.history.interpreter.validate import schema_violations
 
 EXPRESSION_ERROR = "ExpressionError"
 OUTPUT_SCHEMA_VIOLATION = "OutputSchemaViolation"
@@ -120,7 +120,7 @@ def _step(
             return SkipBlock(block.id, f"depends is false: {block.depends.source}")
         if block.when is not None and not block.when.evaluate_bool(context.env):
             return SkipBlock(block.id, f"when is false: {block.when.source}")
-        return block.plan.start(block.id, context)
+        return start(block.plan, block.id, context)
     except ExpressionError as e:
         return FailBlock(block.id, BlockError(EXPRESSION_ERROR, str(e), non_retryable=True))
 

@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from tideflow.api.v1 import common_pb2
-from tideflow_server.history.interpreter._cel import (
+from tideflow.blueprint._language._cel import (
     Activation,
     CelEvaluationError,
     CelProgram,
     CelSyntaxError,
     compile_cel,
 )
-from tideflow_server.history.interpreter._json import NotJSON, from_cel, normalize
-from tideflow_server.history.interpreter._model import (
+from tideflow.blueprint._language._errors import LanguageError
+from tideflow.blueprint._language._json import NotJSON, from_cel, normalize
+from tideflow.blueprint._language._model import (
     CANCELED,
     FAILED,
     JSON,
@@ -39,8 +40,8 @@ from tideflow_server.history.interpreter._model import (
     BlockView,
     RunView,
 )
-from tideflow_server.history.interpreter._refs import string_literal
-from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
+from tideflow.blueprint._language._refs import string_literal
+from tideflow.errors import FieldViolation
 
 RUN_VARIABLES = frozenset({"input", "vars", "run", "blocks"})
 """The variables every expression may read. `depends` may also name blocks directly."""
@@ -171,7 +172,7 @@ class Expression:
         try:
             return cls(source, path, compile_cel(source))
         except CelSyntaxError as e:
-            raise InvalidArgument([FieldViolation(path, f"invalid CEL: {e}")]) from None
+            raise LanguageError([FieldViolation(path, f"invalid CEL: {e}")]) from None
 
     def evaluate(self, env: Env) -> JSON:
         try:
@@ -345,19 +346,19 @@ class Template:
     @classmethod
     def compile(cls, value: JSON, *, path: str = "") -> Template:
         """Compile a template with no checks on what it references (registration, through
-        `CompiledBlueprint`, does those). Raises InvalidArgument listing every problem."""
+        `CompiledBlueprint`, does those). Raises LanguageError listing every problem."""
         violations: list[FieldViolation] = []
 
         def expression(source: str, at: str) -> Expression | None:
             try:
                 return Expression.compile(source, path=at)
-            except InvalidArgument as e:
+            except LanguageError as e:
                 violations.extend(e.violations)
                 return None
 
         template = compile_template(value, path, expression, violations.append)
         if violations:
-            raise InvalidArgument(violations)
+            raise LanguageError(violations)
         return template
 
 

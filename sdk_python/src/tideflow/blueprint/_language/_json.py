@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from google.protobuf import struct_pb2
 
-from tideflow_server.history.interpreter._model import JSON
+from tideflow.blueprint._language._model import JSON
 
 _EXACT = 2**53
 

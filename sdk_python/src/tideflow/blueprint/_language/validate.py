@@ -1,10 +1,10 @@
 """Registration checks: a blueprint is whole, or every problem is reported with its path.
 
 `validate_blueprint` walks the blueprint once and, on the way, compiles what the interpreter
-needs (expressions, templates, block plans); `CompiledBlueprint.compile` keeps that work when
-nothing is wrong. Checks run in passes: the blueprint's own fields, then block ids and needs,
-then the dependency graph (so references can be checked against ancestors), then each block's
-expressions and kind, then the variables' defaults and the output.
+needs (expressions, templates, block plans); the server's `CompiledBlueprint.compile` keeps
+that work when nothing is wrong. Checks run in passes: the blueprint's own fields, then block
+ids and needs, then the dependency graph (so references can be checked against ancestors),
+then each block's expressions and kind, then the variables' defaults and the output.
 """
 
 from __future__ import annotations
@@ -12,35 +12,32 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import jsonschema
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow_server.history.interpreter import _policy
-from tideflow_server.history.interpreter._cel import BUILTIN_NAMES, CelProgram, CelSyntaxError
-from tideflow_server.history.interpreter._cel import compile_cel as _compile_cel
-from tideflow_server.history.interpreter._json import (
+from tideflow.blueprint._language import _policy
+from tideflow.blueprint._language._cel import BUILTIN_NAMES, CelProgram, CelSyntaxError
+from tideflow.blueprint._language._cel import compile_cel as _compile_cel
+from tideflow.blueprint._language._json import (
     NotJSON,
     normalize,
     struct_to_json,
     value_to_json,
 )
-from tideflow_server.history.interpreter._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
-from tideflow_server.history.interpreter._model import JSON
-from tideflow_server.history.interpreter._refs import references
-from tideflow_server.history.interpreter.templates import (
+from tideflow.blueprint._language._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
+from tideflow.blueprint._language._model import JSON
+from tideflow.blueprint._language._refs import references
+from tideflow.blueprint._language.templates import (
     RUN_VARIABLES,
     Expression,
     Template,
     compile_template,
     field_path,
 )
-from tideflow_server.rpc.errors import FieldViolation
-
-if TYPE_CHECKING:
-    from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+from tideflow.errors import FieldViolation
 
 DEFAULT_MAX_BLOCKS = 500
 
@@ -95,11 +92,6 @@ def check_blueprint(
     bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
 ) -> Checked:
     return _Checker(bp, max_blocks).run()
-
-
-def validate_input(compiled: CompiledBlueprint, value: JSON) -> list[FieldViolation]:
-    """Where `value` breaks the blueprint's input schema (`input.doc.pages: ...`)."""
-    return compiled.validate_input(value)
 
 
 def schema_violations(

@@ -1,0 +1,56 @@
+"""What blueprint expressions read: JSON values and the view of a run's blocks.
+
+The engine's interpreter (in the server) decides from a `RunView`; expressions see it through
+`templates.run_variables`. The commands it decides are the server's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from tideflow.api.v1 import common_pb2
+
+JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
+
+BlockStatus: TypeAlias = common_pb2.BlockStatus.ValueType
+RUNNING = common_pb2.BLOCK_STATUS_RUNNING
+SUCCEEDED = common_pb2.BLOCK_STATUS_SUCCEEDED
+FAILED = common_pb2.BLOCK_STATUS_FAILED
+SKIPPED = common_pb2.BLOCK_STATUS_SKIPPED
+CANCELED = common_pb2.BLOCK_STATUS_CANCELED
+TERMINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELED})
+
+
+@dataclass(frozen=True, slots=True)
+class BlockError:
+    """Why a block failed, as `${blocks.<id>.error}` shows it."""
+
+    type: str
+    message: str
+    non_retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BlockView:
+    """A block the run has reached. Blocks not yet reached are absent from `RunView.blocks`."""
+
+    status: BlockStatus
+    output: JSON = None
+    error: BlockError | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """Everything `decide` may read. `${run.*}` exposes the identity fields."""
+
+    namespace: str
+    run_id: str
+    execution_id: str
+    flow_name: str
+    flow_version: int
+    input: JSON
+    vars: Mapping[str, JSON] = field(default_factory=dict)
+    blocks: Mapping[str, BlockView] = field(default_factory=dict)

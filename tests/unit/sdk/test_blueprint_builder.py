@@ -1,0 +1,151 @@
+"""The blueprint builder: the messages it builds, and validation shared with the server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from tideflow.api.v1 import blueprint_pb2
+from tideflow.blueprint import JSON, Blueprint, BlueprintError, Retry, Timeouts, validate
+from tideflow_server.history.interpreter import CompiledBlueprint, validate_blueprint
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
+
+DEMO = Path(__file__).parents[3] / "demo" / "intake.yaml"
+
+
+def intake() -> Blueprint:
+    """demo/intake.yaml, written with the builder."""
+    bp = Blueprint(
+        "intake",
+        version=1,
+        task_queue="cpu",
+        start_to_close=timedelta(seconds=10),
+        retry=Retry(initial_interval=timedelta(seconds=0.5), maximum_attempts=3),
+    )
+    text: JSON = {"text": "${blocks.intake.output.text}"}
+    first = bp.external(
+        "intake",
+        block="intake@1",
+        input="${input}",
+        timeouts=Timeouts(start_to_close=timedelta(seconds=10), heartbeat=timedelta(seconds=5)),
+    )
+    classify = bp.external(
+        "classify", block="classify@1", task_queue="ml", needs=[first], input=text
+    )
+    amounts = bp.external(
+        "extract_amounts",
+        block="extract_amounts@1",
+        needs=[classify],
+        when="blocks.classify.output.label in ['invoice', 'receipt']",
+        input=text,
+    )
+    bp.external("extract_dates", block="extract_dates@1", needs=["classify"], input=text)
+    bp.external("extract_parties", block="extract_parties@1", needs=[classify], input=text)
+    bp.external(
+        "validate",
+        block="validate@1",
+        needs=[amounts, "extract_dates", "extract_parties"],
+        input={
+            "classification": "${blocks.classify.output}",
+            "amounts": "${blocks.extract_amounts.output}",
+            "dates": "${blocks.extract_dates.output}",
+            "parties": "${blocks.extract_parties.output}",
+        },
+    )
+    bp.output(
+        {
+            "document": "${input.name}",
+            "pages": "${blocks.intake.output.pages}",
+            "words": "${blocks.intake.output.words}",
+            "label": "${blocks.classify.output.label}",
+            "confidence": "${blocks.classify.output.confidence}",
+            "amounts": "${blocks.extract_amounts.output}",
+            "dates": "${blocks.extract_dates.output.dates}",
+            "parties": "${blocks.extract_parties.output.parties}",
+            "validation": "${blocks.validate.output}",
+        }
+    )
+    return bp
+
+
+def demo_dict() -> dict[str, Any]:
+    message = json_format.ParseDict(yaml.safe_load(DEMO.read_text()), blueprint_pb2.Blueprint())
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def test_builds_the_demo_blueprint() -> None:
+    bp = intake()
+    message = bp.build()
+    assert bp.to_dict() == demo_dict()
+    assert json_format.MessageToDict(message, preserving_proto_field_name=True) == demo_dict()
+    CompiledBlueprint.compile(message)  # the server accepts it
+
+
+def test_round_trip_dict_builder_dict() -> None:
+    data = demo_dict()
+    assert Blueprint.from_dict(data).to_dict() == data
+    again = Blueprint.from_dict(yaml.safe_load(DEMO.read_text()))
+    assert again.to_dict() == data
+    assert Blueprint.from_dict(yaml.safe_load(intake().to_json())).to_dict() == data
+
+
+def test_system_blocks() -> None:
+    bp = Blueprint("kinds", version=1, vars={"seen": False})
+    t = bp.transform("t", output={"n": "${input.n}"})
+    bp.set("mark", vars={"seen": True}, needs=[t])
+    bp.succeed("done", output="${blocks.t.output}", needs=["mark"], when="vars.seen")
+    bp.fail("bad", error_type="Bad", message="no", details={"x": 1}, needs=["mark"])
+    message = bp.build()
+    assert [b.WhichOneof("kind") for b in message.blocks] == [
+        "transform",
+        "set",
+        "succeed",
+        "fail",
+    ]
+    assert validate(message) == []
+
+
+def bad() -> Blueprint:
+    bp = Blueprint(
+        "bad",
+        version=1,
+        task_queue="q",
+        start_to_close=timedelta(seconds=1),
+        input_schema={"type": "no-such-type"},
+    )
+    bp.external("a", block="a@1", needs=["c"])
+    bp.external("b", block="b@1", needs=["a", "nowhere"], when="1 +")
+    bp.external("c", block="c@1", needs=["b"], input="${blocks.zz.output}")
+    return bp
+
+
+def test_build_reports_what_the_server_reports() -> None:
+    bp = bad()
+    with pytest.raises(BlueprintError) as raised:
+        bp.build()
+    server = validate_blueprint(bp.message)
+    assert raised.value.violations == server
+    fields = {v.field for v in server}
+    expected = {"input_schema.type", "blocks[1].needs[1]", "blocks[1].when", "blocks[2].input"}
+    assert expected <= fields
+    assert any("dependency cycle" in v.description for v in server)
+    with pytest.raises(InvalidArgument) as compiled:
+        CompiledBlueprint.compile(bp.message)
+    assert compiled.value.violations == raised.value.violations
+
+
+def test_one_violation_type() -> None:
+    assert FieldViolation("a", "b") == validate(bad().message)[0].__class__("a", "b")
+    assert isinstance(validate(bad().message)[0], FieldViolation)
+
+
+def test_version_zero_is_checked_as_the_next_version() -> None:
+    bp = Blueprint("v0", task_queue="q", start_to_close=timedelta(seconds=1))
+    bp.external("a", block="a@1")
+    assert bp.build().version == 0
+    assert [v.field for v in validate_blueprint(bp.message)] == ["version"]
