@@ -368,10 +368,24 @@ async def test_cancel_closes_a_run_whose_blocks_have_not_started(
     await client.stub.CancelRun(cancel, timeout=10)
     closed = await client.close_event(run_id)
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_CANCELED
-    # The block task left in the queue is stale: a worker never gets it.
+    # The block task left in the queue is stale: matching drops it (RecordBlockStarted
+    # refuses it) and a worker never gets it.
+    describe = flow_service_pb2.DescribeTaskQueueRequest(namespace=client.namespace)
+    describe.task_queue.name = queue
+    for _ in range(200):
+        reply = await client.stub.DescribeTaskQueue(describe, timeout=10)
+        if reply.backlog_count_hint == 1:
+            break
+        await asyncio.sleep(0.05)  # the transfer queue pushes the task right after commit
+    assert reply.backlog_count_hint == 1
     worker = BlockWorker(cluster.frontend, queue, {"a@1": echo})
     async with worker:
-        await asyncio.sleep(0)  # polls go out; RecordBlockStarted rejects the stale task
+        for _ in range(200):
+            reply = await client.stub.DescribeTaskQueue(describe, timeout=10)
+            if reply.pollers and reply.backlog_count_hint == 0:
+                break
+            await asyncio.sleep(0.05)  # no event marks "the stale task was dropped"
+        assert reply.pollers and reply.backlog_count_hint == 0
     assert (run_id, "a") not in worker.attempts
 
 
