@@ -1,0 +1,412 @@
+"""Shards, executions, current-run pointers and the outbox: rows of one shard partition.
+
+A decision is one conditional batch in the shard's partition: the shard row's
+`IF range_id = ?` fences the owner, the execution row's `IF db_version = ?` (or
+`IF NOT EXISTS`) orders decisions, and pointer and outbox rows ride along. History is in its
+own table, so it is appended before the batch and its rows are deleted again when the batch
+is not applied (readers never see them meanwhile: they stop at the committed next_event_id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tideflow_server.persistence.cassandra._database import CassandraDatabase
+from tideflow_server.persistence.cassandra._driver import Params, Result
+from tideflow_server.persistence.cassandra._history import CassandraHistoryStore
+from tideflow_server.persistence.errors import (
+    AlreadyExists,
+    ConditionFailed,
+    CurrentRunConditionFailed,
+    NotFound,
+    PersistenceError,
+    ShardOwnershipLost,
+)
+from tideflow_server.persistence.records import (
+    CreateExecution,
+    CreateMode,
+    CurrentRunRow,
+    ExecutionKey,
+    ExecutionRow,
+    HistoryBatch,
+    RunState,
+    ShardRow,
+    TimerTaskRow,
+    TransferTaskRow,
+    UpdateExecution,
+)
+
+SHARD, EXECUTION, CURRENT, TRANSFER, TIMER = 1, 2, 3, 4, 5
+
+_T = "{ks}.shard_partitions"
+_ROW = (
+    "shard_id = ? AND row_kind = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
+    " AND fire_time_ms = ? AND task_id = ?"
+)
+_KIND = "shard_id = ? AND row_kind = ? AND namespace_id = '' AND run_id = '' AND execution_id = ''"
+
+
+def _shard_key(shard_id: int) -> tuple[object, ...]:
+    return (shard_id, SHARD, "", "", "", 0, 0)
+
+
+def _execution_key(shard_id: int, ns: str, run_id: str, execution_id: str) -> tuple[object, ...]:
+    return (shard_id, EXECUTION, ns, run_id, execution_id, 0, 0)
+
+
+def _current_key(shard_id: int, ns: str, run_id: str) -> tuple[object, ...]:
+    return (shard_id, CURRENT, ns, run_id, "", 0, 0)
+
+
+_FENCE = f"UPDATE {_T} SET range_id = ? WHERE {_ROW} IF range_id = ?"
+_INSERT_EXECUTION = (
+    f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id, fire_time_ms,"
+    " task_id, next_event_id, db_version, state, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " IF NOT EXISTS"
+)
+_UPDATE_EXECUTION = (
+    f"UPDATE {_T} SET next_event_id = ?, db_version = ?, state = ?, data = ? WHERE {_ROW}"
+    " IF db_version = ?"
+)
+_INSERT_CURRENT = (
+    f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id, fire_time_ms,"
+    " task_id, current_execution_id, state, status, start_request_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+)
+_REUSE_CURRENT = (
+    f"UPDATE {_T} SET current_execution_id = ?, state = ?, status = ?, start_request_id = ?"
+    f" WHERE {_ROW} IF current_execution_id = ? AND state = ?"
+)
+_CLOSE_CURRENT = (
+    f"UPDATE {_T} SET state = ?, status = ?, start_request_id = ?"
+    f" WHERE {_ROW} IF current_execution_id = ?"
+)
+_INSERT_TRANSFER = (
+    f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id, fire_time_ms,"
+    " task_id, data) VALUES (?, ?, '', '', '', 0, ?, ?)"
+)
+_INSERT_TIMER = (
+    f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id, fire_time_ms,"
+    " task_id, data) VALUES (?, ?, '', '', '', ?, ?, ?)"
+)
+
+
+def _current_from(ns: str, run_id: str, row: dict[str, Any]) -> CurrentRunRow:
+    return CurrentRunRow(
+        namespace_id=ns,
+        run_id=run_id,
+        execution_id=row["current_execution_id"],
+        state=RunState(row["state"]),
+        status=row["status"],
+        start_request_id=row["start_request_id"],
+    )
+
+
+def _rows_by_kind(result: Result) -> dict[int, dict[str, Any]]:
+    """The current rows a failed conditional batch reports (only rows that exist)."""
+    return {row["row_kind"]: row for row in result.dicts() if row.get("row_kind") is not None}
+
+
+class CassandraShardStore:
+    def __init__(self, db: CassandraDatabase) -> None:
+        self._db = db
+
+    async def create_shard(self, row: ShardRow) -> None:
+        result = await self._db.execute(
+            f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id,"
+            " fire_time_ms, task_id, range_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " IF NOT EXISTS",
+            (*_shard_key(row.shard_id), row.range_id, row.data),
+        )
+        if not result.applied:
+            raise AlreadyExists(f"shard {row.shard_id} already exists")
+
+    async def get_shard(self, shard_id: int) -> ShardRow:
+        found = await self._db.execute(
+            f"SELECT range_id, data FROM {_T} WHERE {_ROW}", _shard_key(shard_id)
+        )
+        if not found.rows:
+            raise NotFound(f"shard {shard_id} does not exist")
+        range_id, data = found.rows[0]
+        return ShardRow(shard_id=shard_id, range_id=range_id, data=bytes(data or b""))
+
+    async def update_shard(self, row: ShardRow, *, previous_range_id: int) -> None:
+        result = await self._db.execute(
+            f"UPDATE {_T} SET range_id = ?, data = ? WHERE {_ROW} IF range_id = ?",
+            (row.range_id, row.data, *_shard_key(row.shard_id), previous_range_id),
+        )
+        if not result.applied:
+            actual = result.dicts()[0].get("range_id") if result.rows else None
+            raise ShardOwnershipLost(
+                shard_id=row.shard_id, expected_range_id=previous_range_id, actual_range_id=actual
+            )
+
+
+class CassandraExecutionStore:
+    def __init__(self, db: CassandraDatabase, history: CassandraHistoryStore) -> None:
+        self._db = db
+        self._history = history
+
+    async def _decide(
+        self,
+        key: ExecutionKey,
+        statements: list[tuple[str, Params]],
+        events: Sequence[HistoryBatch],
+    ) -> Result:
+        """Append the events, run the conditional batch, trim the events if it failed."""
+        if events:
+            await self._history.append_history(key, list(events))
+        try:
+            result = await self._db.batch(statements)
+        except PersistenceError:
+            # Outcome unknown (timeout): the events stay; if the batch did not commit they
+            # are leftovers that readers skip, since next_event_id never covered them.
+            raise
+        if not result.applied and events:
+            await self._history.delete_batches(key, events)
+        return result
+
+    def _fence(self, shard_id: int, range_id: int) -> tuple[str, Params]:
+        return (_FENCE, (range_id, *_shard_key(shard_id), range_id))
+
+    def _outbox(
+        self,
+        shard_id: int,
+        transfer: Sequence[TransferTaskRow],
+        timers: Sequence[TimerTaskRow],
+    ) -> list[tuple[str, Params]]:
+        out: list[tuple[str, Params]] = [
+            (_INSERT_TRANSFER, (shard_id, TRANSFER, t.task_id, t.data)) for t in transfer
+        ]
+        out += [
+            (_INSERT_TIMER, (shard_id, TIMER, t.fire_time_ms, t.task_id, t.data)) for t in timers
+        ]
+        return out
+
+    def _check_fence(self, rows: dict[int, dict[str, Any]], shard_id: int, range_id: int) -> None:
+        shard = rows.get(SHARD)
+        actual = None if shard is None else shard.get("range_id")
+        if actual != range_id:
+            raise ShardOwnershipLost(
+                shard_id=shard_id, expected_range_id=range_id, actual_range_id=actual
+            )
+
+    async def create_execution(self, request: CreateExecution) -> None:
+        ex, cur, shard_id = request.execution, request.current, request.shard_id
+        current_key = _current_key(shard_id, ex.namespace_id, ex.run_id)
+        statements: list[tuple[str, Params]] = [self._fence(shard_id, request.range_id)]
+        if request.mode is CreateMode.BRAND_NEW:
+            statements.append(
+                (
+                    _INSERT_CURRENT,
+                    (*current_key, cur.execution_id, int(cur.state), cur.status,
+                     cur.start_request_id),
+                )
+            )
+        else:
+            statements.append(
+                (
+                    _REUSE_CURRENT,
+                    (
+                        cur.execution_id,
+                        int(cur.state),
+                        cur.status,
+                        cur.start_request_id,
+                        *current_key,
+                        request.previous_execution_id,
+                        int(RunState.CLOSED),
+                    ),
+                )
+            )
+        statements.append(
+            (
+                _INSERT_EXECUTION,
+                (
+                    *_execution_key(shard_id, ex.namespace_id, ex.run_id, ex.execution_id),
+                    ex.next_event_id,
+                    ex.db_version,
+                    int(ex.state),
+                    ex.data,
+                ),
+            )
+        )
+        statements += self._outbox(shard_id, request.transfer_tasks, request.timer_tasks)
+        key = ExecutionKey(shard_id, ex.namespace_id, ex.run_id, ex.execution_id)
+        result = await self._decide(key, statements, request.events)
+        if result.applied:
+            return
+        rows = _rows_by_kind(result)
+        self._check_fence(rows, shard_id, request.range_id)
+        pointer = rows.get(CURRENT)
+        if request.mode is CreateMode.BRAND_NEW:
+            if pointer is not None:
+                raise CurrentRunConditionFailed(
+                    _current_from(ex.namespace_id, ex.run_id, pointer),
+                    f"run_id {ex.run_id!r} already has an execution",
+                )
+        else:
+            if pointer is None:
+                raise ConditionFailed(f"run_id {ex.run_id!r} has no previous execution")
+            existing = _current_from(ex.namespace_id, ex.run_id, pointer)
+            if (
+                existing.execution_id != request.previous_execution_id
+                or existing.state is not RunState.CLOSED
+            ):
+                raise CurrentRunConditionFailed(
+                    existing,
+                    f"run_id {ex.run_id!r}: current execution is "
+                    f"{existing.execution_id} in state {existing.state.name}",
+                )
+        if EXECUTION in rows:
+            raise AlreadyExists(f"execution {ex.execution_id} already exists")
+        raise ConditionFailed(f"run_id {ex.run_id!r} changed concurrently")
+
+    async def update_execution(self, request: UpdateExecution) -> None:
+        ex, shard_id = request.execution, request.shard_id
+        statements: list[tuple[str, Params]] = [
+            self._fence(shard_id, request.range_id),
+            (
+                _UPDATE_EXECUTION,
+                (
+                    ex.next_event_id,
+                    ex.db_version,
+                    int(ex.state),
+                    ex.data,
+                    *_execution_key(shard_id, ex.namespace_id, ex.run_id, ex.execution_id),
+                    request.expected_db_version,
+                ),
+            ),
+        ]
+        close_pointer = False
+        if request.current is not None:
+            # The pointer is only rewritten while it still names this execution. A condition
+            # in the batch would fail the whole decision, so check it first (the pointer of
+            # a run_id only moves away from an execution once that execution is closed, and
+            # a closed execution makes no further decisions that rewrite it).
+            cur = request.current
+            found = await self._db.execute(
+                f"SELECT current_execution_id FROM {_T} WHERE {_ROW}",
+                _current_key(shard_id, cur.namespace_id, cur.run_id),
+                serial_read=True,
+            )
+            close_pointer = bool(found.rows) and found.rows[0][0] == ex.execution_id
+            if close_pointer:
+                statements.append(
+                    (
+                        _CLOSE_CURRENT,
+                        (
+                            int(cur.state),
+                            cur.status,
+                            cur.start_request_id,
+                            *_current_key(shard_id, cur.namespace_id, cur.run_id),
+                            ex.execution_id,
+                        ),
+                    )
+                )
+        statements += self._outbox(shard_id, request.transfer_tasks, request.timer_tasks)
+        key = ExecutionKey(shard_id, ex.namespace_id, ex.run_id, ex.execution_id)
+        result = await self._decide(key, statements, request.events)
+        if result.applied:
+            return
+        rows = _rows_by_kind(result)
+        self._check_fence(rows, shard_id, request.range_id)
+        execution = rows.get(EXECUTION)
+        if execution is None or execution.get("db_version") != request.expected_db_version:
+            raise ConditionFailed(
+                f"execution {ex.execution_id}: db_version is no longer "
+                f"{request.expected_db_version}"
+            )
+        raise ConditionFailed(f"run_id {ex.run_id!r}: current-run pointer changed concurrently")
+
+    async def get_execution(self, key: ExecutionKey) -> ExecutionRow:
+        found = await self._db.execute(
+            f"SELECT next_event_id, db_version, state, data FROM {_T} WHERE {_ROW}",
+            _execution_key(key.shard_id, key.namespace_id, key.run_id, key.execution_id),
+        )
+        if not found.rows or found.rows[0][1] is None:
+            raise NotFound(f"execution {key.execution_id} of run_id {key.run_id!r} not found")
+        next_event_id, db_version, state, data = found.rows[0]
+        return ExecutionRow(
+            namespace_id=key.namespace_id,
+            run_id=key.run_id,
+            execution_id=key.execution_id,
+            next_event_id=next_event_id,
+            db_version=db_version,
+            state=RunState(state),
+            data=bytes(data or b""),
+        )
+
+    async def get_current_run(self, shard_id: int, namespace_id: str, run_id: str) -> CurrentRunRow:
+        found = await self._db.execute(
+            f"SELECT current_execution_id, state, status, start_request_id FROM {_T}"
+            f" WHERE {_ROW}",
+            _current_key(shard_id, namespace_id, run_id),
+        )
+        if not found.rows or found.rows[0][0] is None:
+            raise NotFound(f"run_id {run_id!r} not found")
+        execution_id, state, status, request_id = found.rows[0]
+        return CurrentRunRow(namespace_id, run_id, execution_id, RunState(state), status, request_id)
+
+    async def delete_execution(self, key: ExecutionKey) -> None:
+        await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_ROW}",
+            _execution_key(key.shard_id, key.namespace_id, key.run_id, key.execution_id),
+        )
+        result = await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_ROW} IF current_execution_id = ?",
+            (*_current_key(key.shard_id, key.namespace_id, key.run_id), key.execution_id),
+        )
+        del result  # not applied: the pointer names another execution (or none)
+
+    async def get_transfer_tasks(
+        self, shard_id: int, *, min_task_id: int, max_task_id: int, limit: int
+    ) -> list[TransferTaskRow]:
+        found = await self._db.execute(
+            f"SELECT task_id, data FROM {_T} WHERE {_KIND} AND fire_time_ms = 0"
+            " AND task_id > ? AND task_id <= ? LIMIT ?",
+            (shard_id, TRANSFER, min_task_id, max_task_id, limit),
+        )
+        return [TransferTaskRow(task_id=r[0], data=bytes(r[1] or b"")) for r in found.rows]
+
+    async def complete_transfer_task(self, shard_id: int, task_id: int) -> None:
+        await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_KIND} AND fire_time_ms = 0 AND task_id = ?",
+            (shard_id, TRANSFER, task_id),
+        )
+
+    async def range_complete_transfer_tasks(self, shard_id: int, *, max_task_id: int) -> None:
+        await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_KIND} AND fire_time_ms = 0 AND task_id <= ?",
+            (shard_id, TRANSFER, max_task_id),
+        )
+
+    async def get_timer_tasks(
+        self,
+        shard_id: int,
+        *,
+        after: tuple[int, int],
+        fire_before_ms: int,
+        limit: int,
+    ) -> list[TimerTaskRow]:
+        found = await self._db.execute(
+            f"SELECT fire_time_ms, task_id, data FROM {_T} WHERE {_KIND}"
+            " AND (fire_time_ms, task_id) > (?, ?) AND (fire_time_ms, task_id) < (?, ?) LIMIT ?",
+            (shard_id, TIMER, after[0], after[1], fire_before_ms, -(2**63), limit),
+        )
+        return [
+            TimerTaskRow(fire_time_ms=r[0], task_id=r[1], data=bytes(r[2] or b""))
+            for r in found.rows
+        ]
+
+    async def complete_timer_task(self, shard_id: int, *, fire_time_ms: int, task_id: int) -> None:
+        await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_KIND} AND fire_time_ms = ? AND task_id = ?",
+            (shard_id, TIMER, fire_time_ms, task_id),
+        )
+
+    async def range_complete_timer_tasks(self, shard_id: int, *, fire_before_ms: int) -> None:
+        await self._db.execute(
+            f"DELETE FROM {_T} WHERE {_KIND} AND fire_time_ms < ?",
+            (shard_id, TIMER, fire_before_ms),
+        )
