@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cassandra import launcher
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 from tideflow_server.persistence import schema
+from tideflow_server.persistence.cassandra import CassandraPersistence, open_cassandra
 from tideflow_server.persistence.postgres import open_postgres
 from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.persistence.sqlite import open_sqlite
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "cassandra"]
 
 
 def backend_unavailable(backend: str, reason: str) -> None:
@@ -86,26 +88,72 @@ def postgres_dsn(postgres_server: PostgresServer, postgres_template: str) -> str
     return postgres_server.dsn(name)
 
 
+@pytest.fixture(scope="session")
+def cassandra_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One node for the session (jars fetched with Maven on first use); its native port."""
+    module = launcher()
+    node = module.CassandraNode(tmp_path_factory.mktemp("cassandra"))
+    try:
+        ports = node.start()
+    except (module.CassandraError, OSError, subprocess.SubprocessError) as e:
+        backend_unavailable("cassandra", str(e))
+    try:
+        yield int(ports.native)
+    finally:
+        node.stop()
+
+
+_keyspace_ids = count(1)
+
+
+async def open_cassandra_keyspace(port: int, tmp_path: Path) -> CassandraPersistence:
+    """A fresh keyspace set up by the schema runner, visibility in a per-test SQLite file."""
+    visibility = await open_sqlite(tmp_path / "visibility.db")
+    await schema.setup_schema(visibility.db)
+    opened = await open_cassandra(
+        contact_points=["127.0.0.1"],
+        port=port,
+        keyspace=f"tideflow_test_{os.getpid()}_{next(_keyspace_ids)}",
+        replication={"class": "SimpleStrategy", "replication_factor": 1},
+        visibility=visibility,
+    )
+    try:
+        await schema.setup_schema(opened.db)
+    except BaseException:
+        await opened.close()
+        raise
+    return opened
+
+
 async def open_backend(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> SqlPersistence:
+) -> SqlPersistence | CassandraPersistence:
     if backend == "sqlite":
         persistence = await open_sqlite(tmp_path / "tideflow.db")
         await schema.setup_schema(persistence.db)
         return persistence
+    if backend == "cassandra":
+        return await open_cassandra_keyspace(request.getfixturevalue("cassandra_port"), tmp_path)
     dsn: str = request.getfixturevalue("postgres_dsn")
     return await open_postgres(dsn, min_connections=1, max_connections=10)
+
+
+async def _drop_keyspace(opened: CassandraPersistence) -> None:
+    with contextlib.suppress(Exception):
+        await opened.db.session.simple(f"DROP KEYSPACE IF EXISTS {opened.db.keyspace}")
 
 
 @pytest.fixture(params=BACKENDS)
 async def persistence(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[SqlPersistence]:
+) -> AsyncIterator[SqlPersistence | CassandraPersistence]:
     """Every store of one backend, on a fresh database."""
     opened = await open_backend(request.param, request, tmp_path)
     try:
         yield opened
     finally:
+        if isinstance(opened, CassandraPersistence):
+            await _drop_keyspace(opened)
         await opened.close()
 
 

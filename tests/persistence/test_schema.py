@@ -14,7 +14,7 @@ def _versions(tmp_path: Path, backend: str, scripts: list[str]) -> Path:
     for number, script in enumerate(scripts, start=1):
         folder = tmp_path / "schema" / backend / f"v{number}"
         folder.mkdir(parents=True)
-        (folder / "001.sql").write_text(script)
+        (folder / f"001{schema.script_suffix(backend)}").write_text(script)
     return tmp_path / "schema"
 
 
@@ -37,8 +37,8 @@ async def test_update_applies_newer_versions_in_order(
         db.name,
         [v.script for v in shipped]
         + [
-            "CREATE TABLE extra_a (id INTEGER PRIMARY KEY);",
-            "CREATE TABLE extra_b (id INTEGER PRIMARY KEY);",
+            "CREATE TABLE extra_a (id int PRIMARY KEY);",
+            "CREATE TABLE extra_b (id int PRIMARY KEY);",
         ],
     )
     with pytest.raises(schema.SchemaError, match="needs v3"):
@@ -60,7 +60,7 @@ async def test_a_failing_version_is_not_recorded(
         tmp_path,
         db.name,
         [v.script for v in shipped]
-        + ["CREATE TABLE half_done (id INTEGER PRIMARY KEY); THIS IS NOT SQL;"],
+        + ["CREATE TABLE half_done (id int PRIMARY KEY); THIS IS NOT SQL;"],
     )
     with pytest.raises(Exception):  # noqa: B017 - each database words its syntax error its own way
         await schema.update_schema(db, root=root)

@@ -33,6 +33,32 @@ class PostgresConfig(_Section):
     statement_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class CassandraConfig(_Section):
+    contact_points: list[str] = ["127.0.0.1"]
+    port: int = Field(default=9042, gt=0, le=65535)
+    keyspace: str = Field(default="tideflow", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+    replication: dict[str, str | int] = {"class": "SimpleStrategy", "replication_factor": 1}
+    """Used when `schema setup` creates the keyspace, e.g.
+    {"class": "NetworkTopologyStrategy", "dc1": 3}."""
+    local_dc: str | None = None
+    consistency: Literal["LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "EACH_QUORUM", "ALL"] = (
+        "LOCAL_QUORUM"
+    )
+    serial_consistency: Literal["LOCAL_SERIAL", "SERIAL"] = "LOCAL_SERIAL"
+    username: str | None = None
+    password: str | None = None
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class VisibilityConfig(_Section):
+    """Where visibility lives when the main backend has no SQL (Cassandra)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite: SqliteConfig = SqliteConfig(path=Path(".tideflow/visibility.db"))
+    postgres: PostgresConfig = PostgresConfig()
+
+
 class LimitsConfig(_Section):
     """Size limits the persistence manager enforces before anything is written."""
 
@@ -43,9 +69,12 @@ class LimitsConfig(_Section):
 
 
 class PersistenceConfig(_Section):
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    backend: Literal["sqlite", "postgres", "cassandra"] = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
     postgres: PostgresConfig = PostgresConfig()
+    cassandra: CassandraConfig = CassandraConfig()
+    visibility: VisibilityConfig = VisibilityConfig()
+    """Only read with `backend: cassandra`."""
     limits: LimitsConfig = LimitsConfig()
 
 

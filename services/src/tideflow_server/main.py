@@ -15,7 +15,7 @@ from tideflow_server.config import Settings, load_settings
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import schema
 from tideflow_server.persistence.errors import AlreadyExists, NotFound, PersistenceError
-from tideflow_server.persistence.factory import open_persistence
+from tideflow_server.persistence.factory import open_persistence, schema_databases
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.server import ROLES, TideflowServer, serve_until_signalled
 from tideflow_server.telemetry import configure_logging
@@ -24,20 +24,23 @@ from tideflow_server.telemetry import configure_logging
 async def _schema(settings: Settings, action: str) -> str:
     persistence = await open_persistence(settings.persistence)
     try:
-        db = persistence.db
-        if action == "setup":
-            version = await schema.setup_schema(db)
-            return f"{db.name}: schema set up at v{version}"
-        if action == "update":
-            applied = await schema.update_schema(db)
-            if not applied:
-                return f"{db.name}: schema is current at v{await schema.current_version(db)}"
-            return f"{db.name}: applied schema " + ", ".join(f"v{v}" for v in applied)
-        found = await schema.current_version(db)
-        latest = schema.load_versions(db.name)[-1].version
-        return f"{db.name}: database v{found or 'none'}, server v{latest}"
+        return "\n".join([await _schema_one(db, action) for db in schema_databases(persistence)])
     finally:
         await persistence.close()
+
+
+async def _schema_one(db: schema.SchemaDatabase, action: str) -> str:
+    if action == "setup":
+        version = await schema.setup_schema(db)
+        return f"{db.name}: schema set up at v{version}"
+    if action == "update":
+        applied = await schema.update_schema(db)
+        if not applied:
+            return f"{db.name}: schema is current at v{await schema.current_version(db)}"
+        return f"{db.name}: applied schema " + ", ".join(f"v{v}" for v in applied)
+    found = await schema.current_version(db)
+    latest = schema.load_versions(db.name)[-1].version
+    return f"{db.name}: database v{found or 'none'}, server v{latest}"
 
 
 async def _ensure_namespace(server: TideflowServer, name: str) -> None:

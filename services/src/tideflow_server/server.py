@@ -26,10 +26,9 @@ from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import schema
 from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
-from tideflow_server.persistence.factory import open_persistence
+from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import ClusterMetadataRow
-from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.rpc.clients import (
     HISTORY,
     MATCHING,
@@ -57,14 +56,14 @@ class TideflowServer:
         if unknown or not self.roles:
             raise ValueError(f"roles must be among {', '.join(ROLES)}: got {sorted(roles)}")
         self.servers: dict[str, RoleServer] = {}
-        self._persistence: SqlPersistence | None = None
+        self._persistence: AnyPersistence | None = None
         self._membership: Membership | None = None
         self._channels = ChannelPool()
         self._controller: ShardController | None = None
         self._matching_engine: MatchingEngine | None = None
 
     @property
-    def persistence(self) -> SqlPersistence:
+    def persistence(self) -> AnyPersistence:
         assert self._persistence is not None, "server not started"
         return self._persistence
 
@@ -79,9 +78,10 @@ class TideflowServer:
         self._persistence = persistence
 
         async def prepare() -> ClusterMetadataRow:
-            if setup_schema and await schema.current_version(persistence.db) is None:
-                await schema.setup_schema(persistence.db)
-            await schema.check_schema(persistence.db)
+            for db in schema_databases(persistence):
+                if setup_schema and await schema.current_version(db) is None:
+                    await schema.setup_schema(db)
+                await schema.check_schema(db)
             return await persistence.cluster.init_cluster_metadata(
                 ClusterMetadataRow(settings.cluster.name, settings.cluster.history_shard_count)
             )

@@ -12,9 +12,35 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import tideflow_server
 from tideflow_server.persistence.sql import SqlDatabase
+
+
+@runtime_checkable
+class SchemaTarget(Protocol):
+    """A database that keeps its own schema bookkeeping (Cassandra: no transactional DDL,
+    so applying a version and recording it is the backend's job)."""
+
+    name: str
+    script_suffix: str
+
+    async def table_exists(self, name: str) -> bool: ...
+
+    async def read_schema_version(self) -> int | None: ...
+
+    async def apply_schema_version(
+        self, version: int, script: str, checksum: str, now_ms: int
+    ) -> None: ...
+
+
+SchemaDatabase = SqlDatabase | SchemaTarget
+
+
+def script_suffix(backend: str) -> str:
+    """How the schema files of a backend end."""
+    return ".cql" if backend == "cassandra" else ".sql"
 
 
 class SchemaError(Exception):
@@ -45,7 +71,8 @@ def load_versions(backend: str, root: Path | None = None) -> list[SchemaVersion]
     for path in folder.iterdir() if folder.is_dir() else ():
         match = re.fullmatch(r"v(\d+)", path.name)
         if match and path.is_dir():
-            script = "\n".join(p.read_text() for p in sorted(path.glob("*.sql")))
+            files = sorted(path.glob(f"*{script_suffix(backend)}"))
+            script = "\n".join(p.read_text() for p in files)
             versions.append(SchemaVersion(int(match.group(1)), script))
     versions.sort(key=lambda v: v.version)
     if not versions or [v.version for v in versions] != list(range(1, len(versions) + 1)):
@@ -67,8 +94,10 @@ CREATE TABLE IF NOT EXISTS schema_update_history (
 """
 
 
-async def current_version(db: SqlDatabase) -> int | None:
+async def current_version(db: SchemaDatabase) -> int | None:
     """The recorded version, or None for a database that was never set up."""
+    if isinstance(db, SchemaTarget):
+        return await db.read_schema_version()
     if not await db.table_exists("schema_version"):
         return None
     async with db.read() as conn:
@@ -76,8 +105,11 @@ async def current_version(db: SqlDatabase) -> int | None:
     return None if found is None else int(found[0])
 
 
-async def _apply(db: SqlDatabase, version: SchemaVersion) -> None:
+async def _apply(db: SchemaDatabase, version: SchemaVersion) -> None:
     now = int(time.time() * 1000)
+    if isinstance(db, SchemaTarget):
+        await db.apply_schema_version(version.version, version.script, version.checksum, now)
+        return
     # Values are integers and a hex digest: safe to inline into the script.
     await db.run_script(
         f"{version.script}\n{_BOOKKEEPING}\n"
@@ -89,7 +121,7 @@ async def _apply(db: SqlDatabase, version: SchemaVersion) -> None:
     )
 
 
-async def setup_schema(db: SqlDatabase, *, root: Path | None = None) -> int:
+async def setup_schema(db: SchemaDatabase, *, root: Path | None = None) -> int:
     """Create the schema in an empty database; return the version it is at."""
     found = await current_version(db)
     if found is not None:
@@ -102,7 +134,7 @@ async def setup_schema(db: SqlDatabase, *, root: Path | None = None) -> int:
     return versions[-1].version
 
 
-async def update_schema(db: SqlDatabase, *, root: Path | None = None) -> list[int]:
+async def update_schema(db: SchemaDatabase, *, root: Path | None = None) -> list[int]:
     """Apply the versions above the database's; return the ones applied."""
     found = await current_version(db)
     if found is None:
@@ -119,7 +151,7 @@ async def update_schema(db: SqlDatabase, *, root: Path | None = None) -> list[in
     return applied
 
 
-async def check_schema(db: SqlDatabase, *, root: Path | None = None) -> int:
+async def check_schema(db: SchemaDatabase, *, root: Path | None = None) -> int:
     """Refuse to serve a database whose schema is missing or not this server's latest."""
     found = await current_version(db)
     latest = load_versions(db.name, root)[-1].version

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from tideflow_server.persistence.cassandra._driver import CassandraSession, Params, Result
 
@@ -56,14 +56,15 @@ class CassandraDatabase:
     async def execute_all(self, cql: str, params: Params = ()) -> Result:
         return await self.session.execute_all(self._cql(cql), params)
 
-    async def batch(self, statements: list[tuple[str, Params]]) -> Result:
+    async def batch(self, statements: Sequence[tuple[str, Params]]) -> Result:
         return await self.session.batch([(self._cql(c), p) for c, p in statements])
 
     # -- schema runner hooks (see persistence/schema.py) -----------------------------------
 
     async def table_exists(self, name: str) -> bool:
         found = await self.session.execute(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            "SELECT table_name FROM system_schema.tables"
+            " WHERE keyspace_name = ? AND table_name = ?",
             (self.keyspace, name),
         )
         return bool(found.rows)

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import cassandra  # type: ignore[import-untyped]
-from cassandra import ConsistencyLevel  # type: ignore[import-untyped]
+from cassandra import ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider  # type: ignore[import-untyped]
 from cassandra.cluster import (  # type: ignore[import-untyped]
+    EXEC_PROFILE_DEFAULT,
     Cluster,
+    ExecutionProfile,
     NoHostAvailable,
     Session,
 )
@@ -88,9 +91,13 @@ class CassandraSession:
     async def _prepare(self, cql: str) -> Any:
         found = self._prepared.get(cql)
         if found is None:
+            # The driver only prepares synchronously: do it on a worker thread, once per
+            # statement text.
             loop = asyncio.get_running_loop()
-            future = self._session.prepare_async(cql)
-            found = await _wrap(loop, future, lambda f: f.result())
+            try:
+                found = await loop.run_in_executor(None, self._session.prepare, cql)
+            except Exception as e:
+                raise _translate(e) from e
             found.consistency_level = self._consistency
             found.serial_consistency_level = self._serial
             self._prepared[cql] = found
@@ -149,7 +156,8 @@ class CassandraSession:
             )
         except Exception as e:
             raise _translate(e) from e
-        return await _wrap(loop, future, _page)
+        result: Result = await _wrap(loop, future, _page)
+        return result
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
@@ -177,17 +185,14 @@ async def _wrap(loop: asyncio.AbstractEventLoop, future: Any, extract: Any) -> A
     def on_done(_: object) -> None:
         try:
             value, ok = extract(future), True
-        except BaseException as e:  # noqa: BLE001 - handed to the waiter
+        except BaseException as e:
             value, ok = e, False
         loop.call_soon_threadsafe(settle, ok, value)
 
     def on_error(error: BaseException) -> None:
         loop.call_soon_threadsafe(settle, False, error)
 
-    if hasattr(future, "add_callbacks"):
-        future.add_callbacks(on_done, on_error)
-    else:  # prepare_async returns a plain concurrent future
-        future.add_done_callback(on_done)
+    future.add_callbacks(on_done, on_error)
     return await waiter
 
 
@@ -206,22 +211,23 @@ async def connect(
     """Connect (the driver's blocking connect runs in a worker thread)."""
     auth = None
     if username is not None:
-        from cassandra.auth import PlainTextAuthProvider  # type: ignore[import-untyped]
-
         auth = PlainTextAuthProvider(username=username, password=password or "")
+    profile = ExecutionProfile(
+        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=local_dc),
+        row_factory=tuple_factory,
+        request_timeout=request_timeout_s,
+    )
     cluster = Cluster(
         list(contact_points),
         port=port,
-        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=local_dc),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=connect_timeout_s,
         auth_provider=auth,
         protocol_version=5,
     )
 
     def open_session() -> Any:
-        session = cluster.connect()
-        session.row_factory = tuple_factory
-        return session
+        return cluster.connect()
 
     try:
         session = await asyncio.get_running_loop().run_in_executor(None, open_session)

@@ -200,8 +200,13 @@ class CassandraExecutionStore:
             statements.append(
                 (
                     _INSERT_CURRENT,
-                    (*current_key, cur.execution_id, int(cur.state), cur.status,
-                     cur.start_request_id),
+                    (
+                        *current_key,
+                        cur.execution_id,
+                        int(cur.state),
+                        cur.status,
+                        cur.start_request_id,
+                    ),
                 )
             )
         else:
@@ -339,14 +344,15 @@ class CassandraExecutionStore:
 
     async def get_current_run(self, shard_id: int, namespace_id: str, run_id: str) -> CurrentRunRow:
         found = await self._db.execute(
-            f"SELECT current_execution_id, state, status, start_request_id FROM {_T}"
-            f" WHERE {_ROW}",
+            f"SELECT current_execution_id, state, status, start_request_id FROM {_T} WHERE {_ROW}",
             _current_key(shard_id, namespace_id, run_id),
         )
         if not found.rows or found.rows[0][0] is None:
             raise NotFound(f"run_id {run_id!r} not found")
         execution_id, state, status, request_id = found.rows[0]
-        return CurrentRunRow(namespace_id, run_id, execution_id, RunState(state), status, request_id)
+        return CurrentRunRow(
+            namespace_id, run_id, execution_id, RunState(state), status, request_id
+        )
 
     async def delete_execution(self, key: ExecutionKey) -> None:
         await self._db.execute(

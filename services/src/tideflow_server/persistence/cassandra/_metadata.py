@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tideflow_server.persistence.cassandra._database import CassandraDatabase
-from tideflow_server.persistence.errors import AlreadyExists, NotFound
+from tideflow_server.persistence.errors import AlreadyExists, InvalidPageToken, NotFound
 from tideflow_server.persistence.records import (
     ClusterMetadataRow,
     FlowRow,
@@ -95,7 +95,7 @@ class CassandraMetadataStore:
     @staticmethod
     def _flow(namespace_id: str, r: tuple[object, ...]) -> FlowRow:
         name, version, create_time_ms, data = r
-        return FlowRow(namespace_id, str(name), int(version), int(create_time_ms), bytes(data))  # type: ignore[call-overload, arg-type]
+        return FlowRow(namespace_id, str(name), int(version), int(create_time_ms), bytes(data))  # type: ignore[call-overload]
 
     async def get_flow(self, namespace_id: str, name: str, version: int) -> FlowRow:
         found = await self._db.execute(
@@ -135,7 +135,7 @@ class CassandraMetadataStore:
                 (namespace_id, after_name, after_version, page_size + 1),
             )
         elif page_token is not None and after_name != name:
-            raise _paging.InvalidPageToken("page token is not one this server issued")
+            raise InvalidPageToken("page token is not one this server issued")
         else:
             found = await self._db.execute(
                 f"SELECT {_FLOW_COLUMNS} FROM {{ks}}.flows WHERE namespace_id = ?"
