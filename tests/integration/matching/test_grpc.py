@@ -50,6 +50,7 @@ async def persistence(
     """SQLite only: the unit suite covers the engine on every backend, the wire is the
     subject here."""
     opened = await open_backend("sqlite", request, tmp_path)
+    assert isinstance(opened, SqlPersistence)
     try:
         yield opened
     finally:

@@ -89,7 +89,7 @@ class CassandraSession:
         self._prepared: dict[str, Any] = {}
 
     async def _prepare(self, cql: str) -> Any:
-        found = self._prepared.get(cql)
+        found: Any = self._prepared.get(cql)
         if found is None:
             # The driver only prepares synchronously: do it on a worker thread, once per
             # statement text.
