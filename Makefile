@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-## pytest: the test suites (starts a throwaway PostgreSQL itself)
+## pytest: the test suites (starts a throwaway PostgreSQL and a single-node Cassandra itself)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
