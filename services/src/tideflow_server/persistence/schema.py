@@ -1,8 +1,10 @@
 """Versioned schemas and the small runner that applies them.
 
-Versions live in `services/schema/<backend>/vN/*.sql` (packaged as `tideflow_server/_schema`
-in a wheel). A database records its version in `schema_version` and every applied version in
-`schema_update_history`; each version is applied with its bookkeeping in one transaction.
+Versions live in `services/schema/<backend>/vN/*.sql` (`*.cql` for Cassandra; packaged as
+`tideflow_server/_schema` in a wheel). A database records its version in `schema_version` and
+every applied version in `schema_update_history`; each SQL version is applied with its
+bookkeeping in one transaction (Cassandra, without transactional DDL, undoes a failed
+version's tables itself: see CassandraDatabase.apply_schema_version).
 """
 
 from __future__ import annotations
