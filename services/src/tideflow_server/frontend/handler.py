@@ -39,7 +39,7 @@ from tideflow_server.internal.v1 import (
 from tideflow_server.internal.v1 import (
     matching_service_pb2 as ms,
 )
-from tideflow_server.internal.v1 import records_pb2, task_token_pb2
+from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
@@ -53,6 +53,7 @@ from tideflow_server.rpc.errors import (
     ServiceError,
     abort,
 )
+from tideflow_server.tokens import parse_token
 
 log = structlog.get_logger(__name__)
 Resp = TypeVar("Resp")
@@ -442,70 +443,73 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
 
         return await self._serve(context, request, serve)
 
-    def _token(self, data: bytes) -> task_token_pb2.BlockTaskToken:
-        try:
-            token = task_token_pb2.BlockTaskToken.FromString(data)
-        except Exception as e:
-            raise InvalidArgument("task_token is not a token this server issued") from e
-        if not token.run_id:
-            raise InvalidArgument("task_token is not a token this server issued")
-        return token
+    async def _forward_token(
+        self,
+        context: Context,
+        request: Message,
+        namespace: str,
+        task_token: bytes,
+        call: Callable[[str, str], Awaitable[Resp]],
+    ) -> Resp:
+        """A worker's call: routed to the shard of the run its task token names."""
+
+        async def serve() -> Resp:
+            record = await self._namespace(namespace)
+            return await call(record.info.id, parse_token(task_token).run_id)
+
+        return await self._serve(context, request, serve)
 
     async def RespondBlockCompleted(
         self, request: flow_service_pb2.RespondBlockCompletedRequest, context: Context
     ) -> flow_service_pb2.RespondBlockCompletedResponse:
-        async def serve() -> flow_service_pb2.RespondBlockCompletedResponse:
-            record = await self._namespace(request.namespace)
-            token = self._token(request.task_token)
-            response = await self._history.respond_block_completed(
-                hs.RespondBlockCompletedRequest(namespace_id=record.info.id, request=request),
-                run_id=token.run_id,
-            )
-            return response.response
+        async def call(
+            namespace_id: str, run_id: str
+        ) -> flow_service_pb2.RespondBlockCompletedResponse:
+            wrapped = hs.RespondBlockCompletedRequest(namespace_id=namespace_id, request=request)
+            return (await self._history.respond_block_completed(wrapped, run_id=run_id)).response
 
-        return await self._serve(context, request, serve)
+        return await self._forward_token(
+            context, request, request.namespace, request.task_token, call
+        )
 
     async def RespondBlockFailed(
         self, request: flow_service_pb2.RespondBlockFailedRequest, context: Context
     ) -> flow_service_pb2.RespondBlockFailedResponse:
-        async def serve() -> flow_service_pb2.RespondBlockFailedResponse:
-            record = await self._namespace(request.namespace)
-            token = self._token(request.task_token)
-            response = await self._history.respond_block_failed(
-                hs.RespondBlockFailedRequest(namespace_id=record.info.id, request=request),
-                run_id=token.run_id,
-            )
-            return response.response
+        async def call(
+            namespace_id: str, run_id: str
+        ) -> flow_service_pb2.RespondBlockFailedResponse:
+            wrapped = hs.RespondBlockFailedRequest(namespace_id=namespace_id, request=request)
+            return (await self._history.respond_block_failed(wrapped, run_id=run_id)).response
 
-        return await self._serve(context, request, serve)
+        return await self._forward_token(
+            context, request, request.namespace, request.task_token, call
+        )
 
     async def RespondBlockCanceled(
         self, request: flow_service_pb2.RespondBlockCanceledRequest, context: Context
     ) -> flow_service_pb2.RespondBlockCanceledResponse:
-        async def serve() -> flow_service_pb2.RespondBlockCanceledResponse:
-            record = await self._namespace(request.namespace)
-            token = self._token(request.task_token)
-            response = await self._history.respond_block_canceled(
-                hs.RespondBlockCanceledRequest(namespace_id=record.info.id, request=request),
-                run_id=token.run_id,
-            )
-            return response.response
+        async def call(
+            namespace_id: str, run_id: str
+        ) -> flow_service_pb2.RespondBlockCanceledResponse:
+            wrapped = hs.RespondBlockCanceledRequest(namespace_id=namespace_id, request=request)
+            return (await self._history.respond_block_canceled(wrapped, run_id=run_id)).response
 
-        return await self._serve(context, request, serve)
+        return await self._forward_token(
+            context, request, request.namespace, request.task_token, call
+        )
 
     async def RecordBlockHeartbeat(
         self, request: flow_service_pb2.RecordBlockHeartbeatRequest, context: Context
     ) -> flow_service_pb2.RecordBlockHeartbeatResponse:
-        async def serve() -> flow_service_pb2.RecordBlockHeartbeatResponse:
-            record = await self._namespace(request.namespace)
-            token = self._token(request.task_token)
-            response = await self._history.record_block_heartbeat(
-                hs.RecordBlockHeartbeatRequest(namespace_id=record.info.id, request=request),
-                run_id=token.run_id,
-            )
-            return response.response
+        async def call(
+            namespace_id: str, run_id: str
+        ) -> flow_service_pb2.RecordBlockHeartbeatResponse:
+            wrapped = hs.RecordBlockHeartbeatRequest(namespace_id=namespace_id, request=request)
+            return (await self._history.record_block_heartbeat(wrapped, run_id=run_id)).response
 
-        return await self._serve(context, request, serve)
+        return await self._forward_token(
+            context, request, request.namespace, request.task_token, call
+        )
 
     async def DescribeTaskQueue(
         self, request: flow_service_pb2.DescribeTaskQueueRequest, context: Context

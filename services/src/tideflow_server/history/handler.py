@@ -23,7 +23,6 @@ from tideflow_server.history.api import (
     start_run,
     terminate_run,
 )
-from tideflow_server.history.api._common import parse_token
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.controller import ShardController
 from tideflow_server.internal.v1 import history_service_pb2 as hs
@@ -38,6 +37,7 @@ from tideflow_server.rpc.errors import (
     Unavailable,
     abort,
 )
+from tideflow_server.tokens import parse_token
 
 log = structlog.get_logger(__name__)
 Req = TypeVar("Req")

@@ -3,22 +3,12 @@ from __future__ import annotations
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.internal.v1 import records_pb2, task_token_pb2
-from tideflow_server.rpc.errors import FailedPrecondition, InvalidArgument, NotFound
+from tideflow_server.rpc.errors import FailedPrecondition, NotFound
 
 
 async def execution_id_of(shard: ShardContext, namespace_id: str, run: common_pb2.RunRef) -> str:
     """The execution a request names: its own, or the run_id's current one."""
     return run.execution_id or await shard.current_execution_id(namespace_id, run.run_id)
-
-
-def parse_token(data: bytes) -> task_token_pb2.BlockTaskToken:
-    try:
-        token = task_token_pb2.BlockTaskToken.FromString(data)
-    except Exception as e:
-        raise InvalidArgument("task_token is not a token this server issued") from e
-    if not (token.run_id and token.execution_id and token.scheduled_event_id):
-        raise InvalidArgument("task_token is not a token this server issued")
-    return token
 
 
 def open_run(entry: Execution) -> records_pb2.MutableState:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tideflow_server.history import progress
-from tideflow_server.history.api._common import parse_token, pending_attempt
+from tideflow_server.history.api._common import pending_attempt
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.tokens import parse_token
 
 
 async def respond(

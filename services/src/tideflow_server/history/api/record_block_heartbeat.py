@@ -4,10 +4,11 @@ whether its run wants it to stop."""
 from __future__ import annotations
 
 from tideflow_server.history import blocks
-from tideflow_server.history.api._common import parse_token, pending_attempt
+from tideflow_server.history.api._common import pending_attempt
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
+from tideflow_server.tokens import parse_token
 
 
 async def invoke(
