@@ -159,38 +159,61 @@ async def persistence(
 
 # -- clusters of real server processes ------------------------------------------------------
 # SQLite runs all roles in one process; PostgreSQL runs frontend, history and matching as
-# three processes. Module-scoped: a module's cases share one cluster.
+# three processes; Cassandra too, with visibility in PostgreSQL as deploy/config/cassandra.yaml
+# has it. Module-scoped: a module's cases share one cluster.
+
+CLUSTER_BACKENDS = ["sqlite", "postgres", "cassandra"]
 
 _cluster_databases = count(1)
 
 
 def make_cluster(
-    backend: str, root: Path, postgres_server: PostgresServer | None, template: str | None
+    backend: str, root: Path, request: pytest.FixtureRequest, *, split: bool | None = None
 ) -> Cluster:
+    """A cluster on a fresh database of `backend`, schema set up, not started yet. SQLite runs
+    one process with all roles unless `split`; the others always run three role processes."""
     if backend == "sqlite":
-        return Cluster(root, {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}})
-    assert postgres_server is not None and template is not None
+        cluster = Cluster(
+            root, {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}}, split=bool(split)
+        )
+        cluster.schema_setup()
+        return cluster
+    postgres_server: PostgresServer = request.getfixturevalue("postgres_server")
     name = f"tideflow_cluster_{next(_cluster_databases)}"
-    postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
-    return Cluster(
+    if backend == "postgres":
+        template: str = request.getfixturevalue("postgres_template")
+        postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        return Cluster(
+            root,
+            {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
+            split=True,
+        )
+    port: int = request.getfixturevalue("cassandra_port")
+    postgres_server.psql(f"CREATE DATABASE {name}")
+    cluster = Cluster(
         root,
-        {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
+        {
+            "backend": "cassandra",
+            "cassandra": {
+                "contact_points": ["127.0.0.1"],
+                "port": port,
+                "keyspace": name,
+                "replication": {"class": "SimpleStrategy", "replication_factor": 1},
+            },
+            "visibility": {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
+        },
         split=True,
     )
+    cluster.schema_setup()
+    return cluster
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=CLUSTER_BACKENDS)
 async def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Cluster]:
     root = tmp_path_factory.mktemp(f"cluster-{request.param}")
-    server = template = None
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres_server")
-        template = request.getfixturevalue("postgres_template")
-    started = make_cluster(request.param, root, server, template)
-    if request.param == "sqlite":
-        started.schema_setup()
+    started = make_cluster(request.param, root, request)
     try:
         await started.start()
         yield started

@@ -15,26 +15,17 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.integration.conftest import make_cluster
+from tests.conftest import CLUSTER_BACKENDS, make_cluster
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockWorker, Client, Task, value
-from tests.support.postgres import PostgresServer
 from tideflow.api.v1 import history_pb2
 
 RUNS = 200
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=CLUSTER_BACKENDS)
 async def split_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    server: PostgresServer | None = None
-    template = None
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres_server")
-        template = request.getfixturevalue("postgres_template")
-    cluster = make_cluster(request.param, tmp_path, server, template)
-    if request.param == "sqlite":
-        cluster = Cluster(tmp_path, cluster.persistence, split=True)
-        cluster.schema_setup()
+    cluster = make_cluster(request.param, tmp_path, request, split=True)
     try:
         await cluster.start()
         yield cluster
