@@ -83,7 +83,12 @@ async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) 
         return {"n": task.input["n"] + 1}
 
     run_ids = [f"chaos-{i}-{uuid.uuid4().hex[:6]}" for i in range(RUNS)]
-    async with BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=40):
+    # Two workers: one takes every task through matching, the other asks for eager dispatch
+    # (its next blocks come back with its completions), so kills hit both paths.
+    async with (
+        BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20),
+        BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20, eager=True),
+    ):
         await asyncio.gather(*(_start(client, flow, r, i) for i, r in enumerate(run_ids)))
         closing = [asyncio.create_task(client.close_event(r, timeout_s=180)) for r in run_ids]
 

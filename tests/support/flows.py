@@ -170,6 +170,8 @@ class BlockWorker:
     namespace: str = NAMESPACE
     identity: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:6]}")
     concurrency: int = 20
+    eager: bool = False
+    """Offer each completion's slot for eager dispatch, as the SDK worker does."""
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -236,25 +238,28 @@ class BlockWorker:
                 ),
             )
             return
-        await self._respond(
+        reply = await self._respond(
             self.stub.RespondBlockCompleted,
             flow_service_pb2.RespondBlockCompletedRequest(
                 namespace=self.namespace,
                 task_token=response.task_token,
                 result=payloads(result),
                 identity=self.identity,
+                eager_slots=1 if self.eager else 0,
             ),
         )
+        for next_task in reply.next_tasks if reply is not None else ():
+            await self._run(Task(next_task, self))
 
-    async def _respond(self, method: Any, request: Any) -> None:
+    async def _respond(self, method: Any, request: Any) -> Any:
         for _ in range(50):
             try:
-                await method(request, timeout=10)
-                return
+                return await method(request, timeout=10)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    return  # stale (NOT_FOUND): the server moved on without this attempt
+                    return None  # stale (NOT_FOUND): the server moved on without this attempt
                 await asyncio.sleep(0.2)
+        return None
 
 
 async def echo(task: Task) -> Any:

@@ -109,6 +109,24 @@ def test_oversized_result_reports_size_and_limit() -> None:
     )
 
 
+@pytest.mark.parametrize("slots", [-1, 101])
+def test_eager_slots_must_be_within_bounds(slots: int) -> None:
+    request = flow_service_pb2.RespondBlockCompletedRequest(
+        namespace="docs", task_token=TOKEN, eager_slots=slots
+    )
+    assert description_of(validate_respond_block_completed, request, "eager_slots") == (
+        f"is {slots}, must be between 0 and 100"
+    )
+
+
+def test_eager_slots_up_to_the_limit_are_accepted() -> None:
+    for slots in (0, 1, 100):
+        request = flow_service_pb2.RespondBlockCompletedRequest(
+            namespace="docs", task_token=TOKEN, eager_slots=slots
+        )
+        validate_respond_block_completed(request, LIMITS)
+
+
 def failure(message: str = "ocr engine crashed") -> failure_pb2.Failure:
     return failure_pb2.Failure(
         message=message,

@@ -143,6 +143,10 @@ class Worker:
 
     `await worker.run()` runs until `shutdown()` or cancellation; `async with Worker(...)`
     runs it in the background and shuts down on exit.
+
+    With `eager` (the default) each completion offers its slot for the run's next block on
+    the same task queue, which the server then hands back with the answer instead of through
+    a poll: a chain of blocks on one queue stays on one worker with no matching round trip.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class Worker:
         converter: PayloadConverter | None = None,
         api_key: str | None = None,
         max_workers_for_sync: int | None = None,
+        eager: bool = True,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
@@ -165,6 +170,7 @@ class Worker:
         self.namespace = namespace
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}"
         self.max_concurrent = max_concurrent
+        self.eager = eager
         self.converter: PayloadConverter = converter or DefaultConverter()
         self._blocks: dict[str, BlockDefinition] = {}
         for fn in blocks:
@@ -302,6 +308,19 @@ class Worker:
             logger.error("block attempt crashed", exc_info=attempt.exception())
 
     async def _attempt(self, task: flow_service_pb2.PollBlockTaskResponse) -> None:
+        """Run a polled task and then, in the same slot, the tasks eager dispatch hands back."""
+        tasks = [task]
+        while tasks:
+            tasks.extend(await self._run_attempt(tasks.pop(0)))
+
+    def _eager_slots(self) -> int:
+        """Tasks to ask for with a completion: the slot this attempt frees, unless stopping."""
+        return 1 if self.eager and self._stop is not None and not self._stop.is_set() else 0
+
+    async def _run_attempt(
+        self, task: flow_service_pb2.PollBlockTaskResponse
+    ) -> Sequence[flow_service_pb2.PollBlockTaskResponse]:
+        """Run one attempt and answer for it; returns the next tasks, if eager dispatch gave any."""
         definition = self._blocks.get(task.block_type)
         heartbeat_timeout = (
             task.timeouts.heartbeat.ToTimedelta().total_seconds()
@@ -348,28 +367,28 @@ class Worker:
                     ctx._set_cancelled()
                 raise
             await self._canceled(task)
-            return
+            return ()
         except BlockCancelled as e:
             if cancellation.requested:
                 await self._canceled(task)
             else:
                 await self._failed(task, e, heartbeater)
-            return
+            return ()
         except Exception as e:
             await self._failed(task, e, heartbeater)
-            return
+            return ()
         finally:
             heartbeater.close()
         if cancellation.requested and not definition.is_async:
             # A sync block that returned after seeing the flag acknowledges the cancellation.
             await self._canceled(task)
-            return
+            return ()
         try:
             payloads = to_payloads(self.converter, result)
         except Exception as e:
             await self._failed(task, e, heartbeater)
-            return
-        await self._respond(
+            return ()
+        completed = await self._respond(
             "RespondBlockCompleted",
             task,
             lambda stub: stub.RespondBlockCompleted(
@@ -378,11 +397,13 @@ class Worker:
                     task_token=task.task_token,
                     result=payloads,
                     identity=self.identity,
+                    eager_slots=self._eager_slots(),
                 ),
                 timeout=_RPC_TIMEOUT_S,
                 metadata=self._metadata,
             ),
         )
+        return completed.next_tasks if completed is not None else ()
 
     async def _call(
         self,
@@ -476,14 +497,14 @@ class Worker:
         what: str,
         task: flow_service_pb2.PollBlockTaskResponse,
         call: Callable[[flow_service_pb2_grpc.FlowServiceAsyncStub], Awaitable[T]],
-    ) -> None:
+    ) -> T | None:
+        """The server's answer; None when the answer was dropped (logged)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RESPOND_FOR_S
         delay = 0.0
         while True:
             try:
-                await call(self._stub_or_raise())
-                return
+                return await call(self._stub_or_raise())
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.NOT_FOUND:
@@ -493,7 +514,7 @@ class Worker:
                         task.block_id,
                         task.run.run_id,
                     )
-                    return
+                    return None
                 if code not in _RETRYABLE or loop.time() >= deadline:
                     logger.error(
                         "%s for block %s of run %s failed: %s %s",
@@ -503,6 +524,6 @@ class Worker:
                         code.name,
                         e.details(),
                     )
-                    return
+                    return None
                 delay = _backoff(delay)
                 await asyncio.sleep(delay)

@@ -693,6 +693,11 @@ def validate_poll_block_task(
     check.done()
 
 
+MAX_EAGER_SLOTS = 100
+"""Block tasks one completion may take by eager dispatch (a fan-out wider than this goes
+through matching for the rest)."""
+
+
 def validate_respond_block_completed(
     req: flow_service_pb2.RespondBlockCompletedRequest, limits: RequestLimits
 ) -> None:
@@ -701,6 +706,8 @@ def validate_respond_block_completed(
     check.task_token(req.task_token)
     check.payloads(req.result, "result")
     check.identity(req.identity)
+    if not 0 <= req.eager_slots <= MAX_EAGER_SLOTS:
+        check.add("eager_slots", f"is {req.eager_slots}, must be between 0 and {MAX_EAGER_SLOTS}")
     check.done()
 
 

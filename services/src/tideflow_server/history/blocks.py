@@ -10,6 +10,7 @@ RecordBlockStarted against the pending block's current attempt.
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -140,6 +141,36 @@ def record_started(
         )
     step.info.last_worker_identity = identity
     step.touch()
+
+
+def start_eagerly(
+    step: RunStep, task_queue: common_pb2.TaskQueue, *, identity: str, slots: int
+) -> list[records_pb2.PendingBlock]:
+    """Eager dispatch: start up to `slots` of the blocks this step schedules on
+    `task_queue` for the worker `identity`, in place of their trip through matching. Their
+    transfer tasks are dropped; the attempts are started in this step, so they commit with it
+    and run under the same timeouts as polled ones."""
+    scheduled_now = {
+        e.event_id for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
+    }
+    started: list[records_pb2.PendingBlock] = []
+    kept: list[records_pb2.TransferTask] = []
+    for task in step.transfer_tasks:
+        block_task = task.block_task
+        if (
+            len(started) < slots
+            and task.WhichOneof("task") == "block_task"
+            and block_task.scheduled_event_id in scheduled_now
+            and block_task.task_queue.name == task_queue.name
+            and block_task.task_queue.kind == task_queue.kind
+        ):
+            pending = step.state.pending_blocks[block_task.scheduled_event_id]
+            record_started(step, pending, identity=identity, request_id=f"eager-{uuid.uuid4()}")
+            started.append(pending)
+        else:
+            kept.append(task)
+    step.transfer_tasks[:] = kept
+    return started
 
 
 def record_heartbeat(

@@ -15,7 +15,6 @@ from tideflow_server.internal.v1 import (
     history_service_pb2,
     matching_service_pb2,
     records_pb2,
-    task_token_pb2,
 )
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
@@ -30,6 +29,7 @@ from tideflow_server.rpc.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from tideflow_server.tokens import block_task_response
 
 __all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
 
@@ -51,48 +51,6 @@ def task_queue_key(
 ) -> TaskQueueKey:
     kind = task_queue.kind or common_pb2.TASK_QUEUE_KIND_NORMAL
     return TaskQueueKey(namespace_id, task_queue.name, int(kind), partition)
-
-
-def _poll_response(
-    task: records_pb2.BacklogTask, started: history_service_pb2.RecordBlockStartedResponse
-) -> flow_service_pb2.PollBlockTaskResponse:
-    event = started.scheduled_event
-    scheduled = event.block_scheduled_event_attributes
-    attempt = started.attempt or task.attempt
-    block_id = scheduled.block_id or task.block_id
-    token = task_token_pb2.BlockTaskToken(
-        namespace_id=task.namespace_id,
-        run_id=task.run_id,
-        execution_id=task.execution_id,
-        scheduled_event_id=task.scheduled_event_id,
-        attempt=attempt,
-        block_id=block_id,
-    )
-    response = flow_service_pb2.PollBlockTaskResponse(
-        task_token=token.SerializeToString(),
-        run=common_pb2.RunRef(run_id=task.run_id, execution_id=task.execution_id),
-        block_id=block_id,
-        block_type=scheduled.block_type,
-        attempt=attempt,
-    )
-    # Copy only what is set, so an absent field stays absent for the worker.
-    if started.HasField("flow"):
-        response.flow.CopyFrom(started.flow)
-    if scheduled.HasField("input"):
-        response.input.CopyFrom(scheduled.input)
-    if event.HasField("event_time"):
-        response.scheduled_time.CopyFrom(event.event_time)
-    if started.HasField("current_attempt_scheduled_time"):
-        response.current_attempt_scheduled_time.CopyFrom(started.current_attempt_scheduled_time)
-    if started.HasField("started_time"):
-        response.started_time.CopyFrom(started.started_time)
-    if scheduled.HasField("timeouts"):
-        response.timeouts.CopyFrom(scheduled.timeouts)
-    if started.HasField("heartbeat_details"):
-        response.heartbeat_details.CopyFrom(started.heartbeat_details)
-    if scheduled.HasField("retry_policy"):
-        response.retry_policy.CopyFrom(scheduled.retry_policy)
-    return response
 
 
 class MatchingEngine:
@@ -275,7 +233,14 @@ class MatchingEngine:
             partition.finish(task, consumed=False)
             return _NotStarted.KEPT
         partition.finish(task, consumed=True)
-        return _poll_response(info, started)
+        return block_task_response(
+            namespace_id=info.namespace_id,
+            run=common_pb2.RunRef(run_id=info.run_id, execution_id=info.execution_id),
+            scheduled_event_id=info.scheduled_event_id,
+            started=started,
+            attempt=info.attempt,
+            block_id=info.block_id,
+        )
 
     async def describe_task_queue(
         self, request: matching_service_pb2.DescribeTaskQueueRequest

@@ -1028,9 +1028,16 @@ class RespondBlockCompletedRequest(_message.Message):
     TASK_TOKEN_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
+    EAGER_SLOTS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     task_token: _builtins.bytes
     identity: _builtins.str
+    eager_slots: _builtins.int
+    """Eager dispatch: how many block tasks this worker will take in the response. When the
+    completion schedules blocks of the same run on the same task queue, up to this many are
+    started for this worker in the same commit and returned in next_tasks, without a trip
+    through matching. 0 = none (always the case for a rate-limited worker).
+    """
     @_builtins.property
     def result(self) -> _common_pb2.Payloads: ...
     def __init__(
@@ -1040,10 +1047,11 @@ class RespondBlockCompletedRequest(_message.Message):
         task_token: _builtins.bytes = ...,
         result: _common_pb2.Payloads | None = ...,
         identity: _builtins.str = ...,
+        eager_slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "namespace", b"namespace", "result", b"result", "task_token", b"task_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eager_slots", b"eager_slots", "identity", b"identity", "namespace", b"namespace", "result", b"result", "task_token", b"task_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1053,12 +1061,21 @@ Global___RespondBlockCompletedRequest: _TypeAlias = RespondBlockCompletedRequest
 class RespondBlockCompletedResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    NEXT_TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def next_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PollBlockTaskResponse]:
+        """Block tasks started for this worker by eager dispatch (at most eager_slots). Each is an
+        attempt like one from PollBlockTask: run it and answer with its task token.
+        """
+
     def __init__(
         self,
+        *,
+        next_tasks: _abc.Iterable[Global___PollBlockTaskResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_tasks", b"next_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,11 +4,28 @@ and any other poll is refused, so stale and duplicate tasks never reach a worker
 
 from __future__ import annotations
 
+from tideflow.api.v1 import history_pb2
 from tideflow_server.history import blocks
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.rpc.errors import FailedPrecondition, NotFound
+
+
+def started_response(
+    state: records_pb2.MutableState,
+    pending: records_pb2.PendingBlock,
+    scheduled_event: history_pb2.HistoryEvent,
+) -> history_service_pb2.RecordBlockStartedResponse:
+    """What a worker needs of a started attempt (matching, or eager dispatch, builds its block
+    task from this)."""
+    response = history_service_pb2.RecordBlockStartedResponse(attempt=pending.attempt)
+    response.scheduled_event.CopyFrom(scheduled_event)
+    response.started_time.CopyFrom(pending.started_time)
+    response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
+    response.heartbeat_details.CopyFrom(pending.heartbeat_details)
+    response.flow.CopyFrom(state.execution_info.flow)
+    return response
 
 
 async def invoke(
@@ -41,15 +58,8 @@ async def invoke(
             blocks.record_started(
                 step, pending, identity=request.identity, request_id=request.request_id
             )
-        response = history_service_pb2.RecordBlockStartedResponse(attempt=pending.attempt)
-        response.scheduled_event.CopyFrom(
-            await shard.scheduled_event(entry, pending.scheduled_event_id)
-        )
-        response.started_time.CopyFrom(pending.started_time)
-        response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
-        response.heartbeat_details.CopyFrom(pending.heartbeat_details)
-        response.flow.CopyFrom(state.execution_info.flow)
-        return response
+        scheduled = await shard.scheduled_event(entry, pending.scheduled_event_id)
+        return started_response(state, pending, scheduled)
 
     return await shard.update(
         request.namespace_id, request.run.run_id, request.run.execution_id, act
