@@ -87,3 +87,24 @@ async def test_closed_row_is_not_overwritten_by_a_late_open_one(
     await persistence.visibility.delete_run("ns-1", "exec-001")
     with pytest.raises(NotFound):
         await persistence.visibility.get_run("ns-1", "exec-001")
+
+
+async def test_upsert_runs_writes_a_batch_in_order_and_closed_rows_win(
+    persistence: SqlPersistence,
+) -> None:
+    """One batch with several runs, one run twice (start then close) and one closed run whose
+    start comes after its close: each ends as upsert_run one by one would leave it."""
+    await persistence.visibility.upsert_runs(
+        [
+            _run(1),
+            _run(2),
+            _run(1, status=COMPLETED),
+            _run(3, status=FAILED),
+            _run(3),
+        ]
+    )
+    assert await persistence.visibility.get_run("ns-1", "exec-001") == _run(1, status=COMPLETED)
+    assert await persistence.visibility.get_run("ns-1", "exec-002") == _run(2)
+    assert await persistence.visibility.get_run("ns-1", "exec-003") == _run(3, status=FAILED)
+    await persistence.visibility.upsert_runs([])
+    assert await persistence.visibility.count_runs("ns-1", VisibilityFilter()) == 3

@@ -32,6 +32,11 @@ class FlowCache:
         except StoreNotFound as e:
             shown = f"{name}@{version}" if version else f"{name} (any version)"
             raise NotFound(f"flow {shown} is not registered", reason="FLOW_NOT_FOUND") from e
+        # `version` 0 reads the latest definition each time (a newer one may have been
+        # registered since), but compiles it only once.
+        cached = self._compiled.get((namespace_id, name, flow.version))
+        if cached is not None:
+            return cached
         compiled = CompiledBlueprint.compile(flow.blueprint)
         if len(self._compiled) >= self._max_entries:
             self._compiled.pop(next(iter(self._compiled)))

@@ -15,6 +15,7 @@ Every method raises only the errors in `errors.py`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from tideflow_server.persistence.records import (
@@ -208,6 +209,9 @@ class VisibilityStore(Protocol):
     async def upsert_run(self, row: VisibilityRow) -> None:
         """Insert or replace. Visibility tasks may arrive twice or out of order, so a row that
         is closed is never replaced by one that is open."""
+
+    async def upsert_runs(self, rows: Sequence[VisibilityRow]) -> None:
+        """`upsert_run` for each row, in one write. Rows may name the same run twice."""
 
     async def get_run(self, namespace_id: str, execution_id: str) -> VisibilityRow:
         """NotFound if absent."""

@@ -27,6 +27,7 @@ from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.timer import TimerQueue
 from tideflow_server.history.shard.transfer import TransferQueue
 from tideflow_server.history.state import RunStep
+from tideflow_server.history.visibility import VisibilityWriter
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
@@ -83,6 +84,7 @@ class ShardContext:
         namespaces: NamespaceCache,
         matching: MatchingClient,
         on_lost: Callable[[ShardContext], None],
+        visibility: VisibilityWriter | None = None,
     ) -> None:
         self.lease = lease
         self.manager = manager
@@ -90,6 +92,7 @@ class ShardContext:
         self.flows = flows
         self.namespaces = namespaces
         self.matching = matching
+        self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self._on_lost = on_lost
         self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
         self._inflight: dict[int, tuple[int, int]] = {}

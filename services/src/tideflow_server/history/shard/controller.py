@@ -17,6 +17,7 @@ import structlog
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.visibility import VisibilityWriter
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
@@ -48,6 +49,7 @@ class ShardController:
         self._shard_count = shard_count
         self._host_id = ""
         self._flows = FlowCache(manager)
+        self._visibility = VisibilityWriter(manager.persistence.visibility)
         self._shards: dict[int, ShardContext] = {}
         self._acquiring: dict[int, asyncio.Task[None]] = {}
         self._kick = asyncio.Event()
@@ -103,6 +105,7 @@ class ShardController:
             namespaces=self._namespaces,
             matching=self._matching,
             on_lost=self._lost,
+            visibility=self._visibility,
         )
         await shard.start()
         self._shards[shard_id] = shard

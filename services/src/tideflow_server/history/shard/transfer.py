@@ -157,7 +157,7 @@ class TransferQueue:
         except NotFound:
             return  # deleted since: nothing to show
         try:
-            await self._shard.manager.persistence.visibility.upsert_run(row)
+            await self._shard.visibility.upsert(row)
         except store.PersistenceError as e:
             raise ServiceError(str(e)) from e
 

@@ -142,6 +142,12 @@ class PostgresDatabase:
         await self._pool.close()
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Given to the pool in place of asyncpg's reset on release, a round trip per checkout
+    (`RESET ALL`, `UNLISTEN *`, ...) that undoes session state this store never creates. An
+    open transaction is still rolled back by the pool before this is called."""
+
+
 async def open_postgres(
     dsn: str,
     *,
@@ -158,6 +164,7 @@ async def open_postgres(
             max_size=max_connections,
             timeout=connect_timeout_s,
             command_timeout=statement_timeout_s,
+            reset=_keep_session,
         )
     except _ERRORS as e:
         _translate(e)

@@ -1,4 +1,4 @@
-"""PostgreSQL's fast path for a decision: one statement, one round trip.
+"""PostgreSQL's fast paths for a decision and for a new run: one statement, one round trip.
 
 The shared SQL store commits a decision as a transaction of several statements (fence read,
 conditional update, one insert per table). Here the same steps are one data-modifying CTE in
@@ -6,6 +6,10 @@ one implicit transaction: the shard row is share-locked and checked, the executi
 on its db_version, and the history batch and outbox rows inserted only if that update
 happened. Fencing is unchanged: an acquisition (which updates the shard row) waits for this
 statement or makes its fence check fail.
+
+A brand-new run is one CTE too: the run_id's pointer is inserted if the fence holds and no
+pointer exists, and everything else only if it was. When it was not, nothing was written and
+the shared transactional path runs instead, to report the exact condition that failed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tideflow_server.persistence.errors import ConditionFailed, ShardOwnershipLost
-from tideflow_server.persistence.records import RunState, UpdateExecution
+from tideflow_server.persistence.records import (
+    CreateExecution,
+    CreateMode,
+    RunState,
+    UpdateExecution,
+)
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 
 if TYPE_CHECKING:
@@ -54,10 +63,90 @@ SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM upd)
 """
 
 
+_CREATE = """
+WITH fence AS (
+  SELECT range_id FROM shards WHERE shard_id = $1 FOR SHARE
+), cur AS (
+  INSERT INTO current_runs
+    (shard_id, namespace_id, run_id, execution_id, state, status, start_request_id)
+  SELECT $1, $2, $3, $4, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM fence WHERE range_id = $5)
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+), ex AS (
+  INSERT INTO executions
+    (shard_id, namespace_id, run_id, execution_id, next_event_id, db_version, state, data)
+  SELECT $1, $2, $3, $4, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM cur)
+  RETURNING 1
+), hist AS (
+  INSERT INTO history_batches
+    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
+  SELECT $1, $2, $3, $4, h.f, h.t, h.c, h.d
+  FROM unnest($13::bigint[], $14::bigint[], $15::int[], $16::bytea[]) AS h(f, t, c, d)
+  WHERE EXISTS (SELECT 1 FROM cur)
+  RETURNING 1
+), transfer AS (
+  INSERT INTO transfer_tasks (shard_id, task_id, data)
+  SELECT $1, x.i, x.d FROM unnest($17::bigint[], $18::bytea[]) AS x(i, d)
+  WHERE EXISTS (SELECT 1 FROM cur)
+  RETURNING 1
+), timer AS (
+  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
+  SELECT $1, x.f, x.i, x.d FROM unnest($19::bigint[], $20::bigint[], $21::bytea[]) AS x(f, i, d)
+  WHERE EXISTS (SELECT 1 FROM cur)
+  RETURNING 1
+)
+SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM cur), (SELECT count(*) FROM ex)
+"""
+
+
 class PostgresExecutionStore(SqlExecutionStore):
     def __init__(self, db: PostgresDatabase) -> None:
         super().__init__(db)
         self._pg = db
+
+    async def create_execution(self, request: CreateExecution) -> None:
+        if request.mode is not CreateMode.BRAND_NEW:
+            await super().create_execution(request)
+            return
+        ex = request.execution
+        cur = request.current
+        async with self._pg.read() as conn:  # autocommit: the statement is its transaction
+            found = await conn.fetchone_native(
+                _CREATE,
+                request.shard_id,
+                ex.namespace_id,
+                ex.run_id,
+                ex.execution_id,
+                request.range_id,
+                int(cur.state),
+                cur.status,
+                cur.start_request_id,
+                ex.next_event_id,
+                ex.db_version,
+                int(ex.state),
+                ex.data,
+                [b.first_event_id for b in request.events],
+                [b.txn_id for b in request.events],
+                [b.event_count for b in request.events],
+                [b.data for b in request.events],
+                [t.task_id for t in request.transfer_tasks],
+                [t.data for t in request.transfer_tasks],
+                [t.fire_time_ms for t in request.timer_tasks],
+                [t.task_id for t in request.timer_tasks],
+                [t.data for t in request.timer_tasks],
+            )
+        assert found is not None
+        fenced_at, inserted = found[0], found[1]
+        if fenced_at != request.range_id:
+            raise ShardOwnershipLost(
+                shard_id=request.shard_id,
+                expected_range_id=request.range_id,
+                actual_range_id=fenced_at,
+            )
+        if inserted != 1:
+            # Nothing was written: the transactional path finds and reports the pointer that
+            # is in the way (or, if it went away meanwhile, creates the run).
+            await super().create_execution(request)
 
     async def update_execution(self, request: UpdateExecution) -> None:
         ex = request.execution

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tideflow_server.persistence.errors import NotFound
 from tideflow_server.persistence.records import Page, VisibilityFilter, VisibilityRow
 from tideflow_server.persistence.sql import _paging
@@ -54,26 +56,36 @@ class SqlVisibilityStore:
         self._db = db
 
     async def upsert_run(self, row: VisibilityRow) -> None:
+        await self.upsert_runs([row])
+
+    async def upsert_runs(self, rows: Sequence[VisibilityRow]) -> None:
         # A closed row wins over an open one whatever order the visibility tasks arrive in.
+        if not rows:
+            return
         async with self._db.write() as conn:
-            await conn.execute(
+            await conn.executemany(
                 f"INSERT INTO visibility ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (namespace_id, execution_id) DO UPDATE SET"
                 " status = excluded.status, close_time_ms = excluded.close_time_ms,"
                 " history_length = excluded.history_length, memo = excluded.memo,"
                 " task_queue = excluded.task_queue"
                 " WHERE visibility.close_time_ms IS NULL OR excluded.close_time_ms IS NOT NULL",
-                row.namespace_id,
-                row.run_id,
-                row.execution_id,
-                row.flow_name,
-                row.flow_version,
-                row.task_queue,
-                row.status,
-                row.start_time_ms,
-                row.close_time_ms,
-                row.history_length,
-                row.memo,
+                [
+                    (
+                        row.namespace_id,
+                        row.run_id,
+                        row.execution_id,
+                        row.flow_name,
+                        row.flow_version,
+                        row.task_queue,
+                        row.status,
+                        row.start_time_ms,
+                        row.close_time_ms,
+                        row.history_length,
+                        row.memo,
+                    )
+                    for row in rows
+                ],
             )
 
     async def get_run(self, namespace_id: str, execution_id: str) -> VisibilityRow:
