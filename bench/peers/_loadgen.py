@@ -142,6 +142,8 @@ class _Tally:
                 self.window.failed += 1
                 if self.window.first_error is None:
                     self.window.first_error = f"{type(e).__name__}: {e}"[:500]
+            # A peer that fails at once must not turn a lane into a busy loop.
+            await asyncio.sleep(0.01)
             return
         if measured:
             self.pending.discard(run_id)
@@ -164,9 +166,9 @@ async def sequential(run: RunOnce, count: int, *, tag: str) -> list[float]:
 
 
 async def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.perf_counter()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    # Yields even when already late, so that an open loop catching up still lets the runs
+    # it started make progress.
+    await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
 
 
 async def _measure_cpu(cpu: CpuProbe, window: Window, t_measure: float, t_end: float) -> None:
