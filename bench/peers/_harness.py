@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ async def run_driver(
         cwd=workdir,
     )
     timeout_s = driver_timeout_s(plan)
+    load_before = os.getloadavg()[0]
     try:
         returncode = await asyncio.wait_for(driver.proc.wait(), timeout_s)
     except TimeoutError:
@@ -86,6 +88,11 @@ async def run_driver(
     if returncode != 0 or not result_file.exists():
         raise ChildFailed(f"driver exited with {returncode}:\n{log_tail(driver.log)}")
     out: dict[str, Any] = json.loads(result_file.read_text())
+    # Other work on the machine skews every figure; say how busy it was.
+    out.setdefault("notes", []).append(
+        f"1-minute load average {load_before:.1f} when the driver started, "
+        f"{os.getloadavg()[0]:.1f} when it ended, on {os.cpu_count()} CPUs"
+    )
     return out
 
 
