@@ -54,6 +54,7 @@ async def invoke(
             info = records_pb2.RunExecutionInfo()
             info.CopyFrom(entry.state.execution_info)
             changed = entry.changed
+            last_batch = entry.last_batch
         closed = info.state == records_pb2.RUN_STATE_COMPLETED
         has_new = info.next_event_id > start
         if has_new and (not close_only or closed):
@@ -76,13 +77,22 @@ async def invoke(
     if close_only:
         start = info.next_event_id - 1  # the close event is the last one, in the last batch
     first = info.last_batch_event_id if close_only else start
-    try:
-        page = await shard.manager.read_history(
-            shard.shard_id, info, min_event_id=first, page_size=page_size
-        )
-    except store.PersistenceError as e:
-        raise Unavailable(str(e)) from e
-    events = [e for e in page.events if e.event_id >= start]
+    if (
+        last_batch
+        and last_batch[0].event_id <= first
+        and last_batch[-1].event_id == info.next_event_id - 1
+    ):
+        # Everything asked for is in the batch this host just committed.
+        cached: list[history_pb2.HistoryEvent] = [e for e in last_batch if e.event_id >= first]
+        events = [e for e in cached[:page_size] if e.event_id >= start]
+    else:
+        try:
+            page = await shard.manager.read_history(
+                shard.shard_id, info, min_event_id=first, page_size=page_size
+            )
+        except store.PersistenceError as e:
+            raise Unavailable(str(e)) from e
+        events = [e for e in page.events if e.event_id >= start]
     if close_only:
         events = [e for e in events if e.event_type in _CLOSE_EVENTS]
     out.history.events.extend(events)

@@ -57,6 +57,9 @@ class Execution:
     loaded: LoadedExecution | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     scheduled_events: dict[int, history_pb2.HistoryEvent] = field(default_factory=dict)
+    last_batch: list[history_pb2.HistoryEvent] = field(default_factory=list)
+    """The events of the last batch this host committed (empty after a reload), so a reader
+    waiting for the next events, or the close event, gets them without a history read."""
 
     @property
     def state(self) -> records_pb2.MutableState:
@@ -95,6 +98,9 @@ class ShardContext:
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self._on_lost = on_lost
         self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
+        # run_id -> its current execution. Only this shard's owner moves the pointers, and a
+        # new owner starts with an empty map, so an entry is never stale.
+        self._current: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._inflight: dict[int, tuple[int, int]] = {}
         self._inflight_seq = 0
         self.lost = False
@@ -153,6 +159,11 @@ class ShardContext:
                 del self._cache[key]
 
     async def current_execution_id(self, namespace_id: str, run_id: str) -> str:
+        key = (namespace_id, run_id)
+        known = self._current.get(key)
+        if known is not None:
+            self._current.move_to_end(key)
+            return known
         try:
             current = await self.manager.persistence.executions.get_current_run(
                 self.shard_id, namespace_id, run_id
@@ -161,7 +172,14 @@ class ShardContext:
             raise NotFound(f"run {run_id!r} not found", reason="RUN_NOT_FOUND") from e
         except store.Unavailable as e:
             raise Unavailable(str(e)) from e
+        self._remember_current(namespace_id, run_id, current.execution_id)
         return current.execution_id
+
+    def _remember_current(self, namespace_id: str, run_id: str, execution_id: str) -> None:
+        self._current[(namespace_id, run_id)] = execution_id
+        self._current.move_to_end((namespace_id, run_id))
+        while len(self._current) > self.config.cache_size:
+            self._current.popitem(last=False)
 
     @contextlib.asynccontextmanager
     async def locked(
@@ -172,6 +190,7 @@ class ShardContext:
         entry = self.execution_entry(namespace_id, run_id, execution_id)
         async with entry.lock:
             if entry.loaded is None:
+                entry.last_batch = []
                 try:
                     entry.loaded = await self.manager.get_execution(
                         self.shard_id, namespace_id, run_id, execution_id
@@ -326,11 +345,16 @@ class ShardContext:
             except store.ConditionFailed:
                 raise
             except store.PersistenceError as e:
+                # The pointer may or may not have moved: read it again next time.
+                self._current.pop((entry.namespace_id, entry.run_id), None)
                 raise self._translate(e, entry, step) from e
+        self._remember_current(entry.namespace_id, entry.run_id, entry.execution_id)
         self._committed(entry, loaded, step)
 
     def _committed(self, entry: Execution, loaded: LoadedExecution, step: RunStep) -> None:
         entry.loaded = loaded
+        if step.events:
+            entry.last_batch = step.events
         for event in step.events:
             if event.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED:
                 entry.scheduled_events[event.event_id] = event
