@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from bench.chart import latency_chart
-from bench.harness import PeersUnavailable, Plan, Setup, bench
+from bench.harness import BenchError, PeersUnavailable, Plan, Setup, bench
 from bench.report import Report
 from bench.scenarios import SCENARIOS
 from deploy.local.deployment import BACKENDS, DEFAULT_BACKEND, TOPOLOGIES, Backend, Topology
@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeersUnavailable as e:
         print(f"python -m bench: {e}", file=sys.stderr)
         return 2
+    except BenchError as e:
+        print(f"python -m bench: {e}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@ peer on the same plan, one after another, and build the report."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -70,6 +71,13 @@ class Setup:
     worker_concurrency: int = 200
     max_connections: int = 20
     peers: list[str] = field(default_factory=list)
+
+
+WARMUP_RUN_TIMEOUT_S = 30.0
+
+
+class BenchError(RuntimeError):
+    """The system under test does not work well enough to be measured."""
 
 
 class PeersUnavailable(RuntimeError):
@@ -144,7 +152,17 @@ async def measure_tideflow(
 ) -> tuple[list[float], list[float], list[Window]]:
     """Sequential phase and every window; (sequential ms, their schedule-to-start ms, windows)."""
     tag = uuid.uuid4().hex[:8]
-    await load.sequential(run_once, plan.warmup_runs, prefix=f"{tag}-warmup")
+    for number in range(plan.warmup_runs):
+        key = f"{tag}-warmup-{number}"
+        try:
+            ok = await asyncio.wait_for(run_once(key), WARMUP_RUN_TIMEOUT_S)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            raise BenchError(
+                f"warm-up run {key} did not complete within {WARMUP_RUN_TIMEOUT_S:.0f}s:"
+                " the cluster is not running blocks (its logs are above)"
+            )
     await workers.schedule_to_start([])  # forget the warm-up's samples
     sequential = await load.sequential(run_once, plan.sequential_runs, prefix=f"{tag}-seq")
     sequential_s2s = await workers.schedule_to_start(sequential.completed_keys)
@@ -323,7 +341,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             tideflow = await run_tideflow(plan, setup, deployment, workdir)
         except BaseException:
             if deployment is not None:
-                sys.stderr.write(deployment.logs()[-4000:] + "\n")
+                sys.stderr.write(deployment.logs() + "\n")
             raise
         peers: list[SystemRun] = []
         errors: dict[str, str] = {}

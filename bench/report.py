@@ -310,7 +310,7 @@ def _markdown(report: Report) -> str:
             "p99 ms",
             "sched-to-start p50 / p99 ms",
             "CPU ms/run",
-            "DB commits/run",
+            "PG commits/run",
             "failed / unfinished",
             "start lag p99 ms",
         ],
@@ -331,6 +331,12 @@ def _markdown(report: Report) -> str:
             for w in s.windows
         ],
     )
+    database = {
+        "sqlite": "SQLite has no commit counter here (PG commits: -).",
+        "cassandra": "PG commits count PostgreSQL visibility only; Cassandra writes: n/a.",
+    }.get(report.backend)
+    if database:
+        out += ["", database]
     out += _cpu_table(report.systems)
     if len(report.systems) > 1:
         out += _ratios(report.systems)
