@@ -240,6 +240,12 @@ def _num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _commits(w: WindowSummary) -> str:
+    if w.db_commits_per_run is None:
+        return "-"
+    return f"{_num(w.db_commits_per_run, 2)} ({_num(w.db_write_xacts_per_run, 2)})"
+
+
 def _join(values: Sequence[float] | None) -> str:
     return ", ".join(f"{v:g}" for v in values) if values else "none"
 
@@ -310,7 +316,7 @@ def _markdown(report: Report) -> str:
             "p99 ms",
             "sched-to-start p50 / p99 ms",
             "CPU ms/run",
-            "PG commits/run",
+            "PG commits/run (writes)",
             "failed / unfinished",
             "start lag p99 ms",
         ],
@@ -323,7 +329,7 @@ def _markdown(report: Report) -> str:
                 *_dist(w.latency_ms, "p50", "p95", "p99"),
                 " / ".join(_dist(w.schedule_to_start_ms, "p50", "p99")),
                 _num(w.cpu_ms_per_run.get("total")),
-                _num(w.db_commits_per_run, 2),
+                _commits(w),
                 f"{_num(w.failed, 0)} / {_num(w.unfinished, 0)}",
                 _num(w.start_lag_p99_ms),
             ]
