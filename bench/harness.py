@@ -194,7 +194,7 @@ async def measure_tideflow(
             mode=measured.mode,
             inflight=measured.inflight,
             target_rate=measured.target_rate,
-            completed=measured.completions,
+            completed=len(measured.latencies_ms),
             seconds=measured.window_s,
             latencies_ms=measured.latencies_ms,
             schedule_to_start_ms=await workers.schedule_to_start(measured.completed_keys),
@@ -204,6 +204,7 @@ async def measure_tideflow(
             unfinished=measured.unfinished,
             start_lag_ms=measured.start_lag_ms if mode == "open" else [],
             db=edges.db_delta,
+            closed_in_window=measured.completions,
         )
         logger.info(
             "%s: %.1f runs/s, %d counted runs (%d failed, %d unfinished)",

@@ -11,8 +11,9 @@ Every shape has the same timeline on the event loop's monotonic clock:
   (at most `drain_s`), so the last counted runs see the same load as the first.
 - Then no new run starts and the ones in flight are awaited (at most `quiesce_s`), so the next
   window starts on an idle system.
-- `completions` is every run (counted or not) that closed inside the window: the work done
-  between the two probe readings, and so the numerator of throughput and of CPU per run.
+- `completions` is every run (counted or not) that completed inside the window: the rate the
+  system sustained between the two probe readings, which falls below the counted runs' rate
+  when it falls behind an open loop and the counted runs complete during the drain.
 
 Closed loop: `inflight` lanes each start a run, wait for it to close, start the next.
 Open loop: starts are due at t0 + i / rate on the clock, whatever is in flight; a start that

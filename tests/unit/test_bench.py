@@ -72,6 +72,15 @@ def test_per_run_figures_divide_window_deltas_by_completions() -> None:
     assert summarise(_window()).db_commits_per_run is None
 
 
+def test_a_cluster_that_fell_behind_shows_what_it_sustained() -> None:
+    behind = summarise_system(
+        SystemRun("tideflow", "0", "seq3", [], [_window(closed_in_window=50)])
+    )
+    assert behind.windows[0].closed_in_window_per_s == 5.0
+    report = Report("now", "seq3", "split", "postgres", {}, {}, [behind])
+    assert "| 10.0 (5.0 closed in window) |" in report.markdown()
+
+
 def _peer_result() -> SimpleNamespace:
     window = SimpleNamespace(
         mode="closed",
