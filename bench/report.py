@@ -47,9 +47,10 @@ class Window:
     db: dict[str, int] = field(default_factory=dict)
     """Database counter deltas over the window: "commits", "write_xacts"."""
     closed_in_window: int | None = None
-    """Runs of any start time that completed inside the window: what the cluster sustained.
-    It falls below `completed` when the cluster falls behind an open loop and the window's
-    runs complete during the drain (Tideflow only)."""
+    """Runs of any start time that completed inside the window: what the system sustained,
+    and the runs the window's CPU and commits paid for. It falls below `completed` when the
+    system falls behind an open loop and the window's runs complete during the drain. None
+    when not measured (then per-run costs divide by `completed`)."""
 
     @classmethod
     def from_peer(cls, window: Any) -> Window:
@@ -63,6 +64,7 @@ class Window:
             latencies_ms=[float(v) for v in window.latencies_ms],
             schedule_to_start_ms=[float(v) for v in window.schedule_to_start_ms],
             cpu_s={str(k): float(v) for k, v in dict(window.cpu_s).items()},
+            closed_in_window=getattr(window, "closed_in_window", None),
         )
 
     @property
@@ -161,11 +163,12 @@ def _per_run(amount: float, runs: int) -> float:
 
 def summarise(window: Window) -> WindowSummary:
     rate = window.completed / window.seconds if window.seconds > 0 else 0.0
-    cpu = {
-        name: _per_run(seconds * 1000, window.completed) for name, seconds in window.cpu_s.items()
-    }
+    # Costs read at the window's edges pay for the runs that completed between them; only a
+    # peer that does not count those falls back to the window's own runs (equal when steady).
+    work = window.completed if window.closed_in_window is None else window.closed_in_window
+    cpu = {name: _per_run(seconds * 1000, work) for name, seconds in window.cpu_s.items()}
     if cpu:
-        cpu["total"] = _per_run(sum(window.cpu_s.values()) * 1000, window.completed)
+        cpu["total"] = _per_run(sum(window.cpu_s.values()) * 1000, work)
     lag = distribution(window.start_lag_ms)
     return WindowSummary(
         label=window.label,
@@ -180,12 +183,10 @@ def summarise(window: Window) -> WindowSummary:
         schedule_to_start_ms=distribution(window.schedule_to_start_ms),
         cpu_ms_per_run=cpu,
         db_commits_per_run=(
-            _per_run(window.db["commits"], window.completed) if "commits" in window.db else None
+            _per_run(window.db["commits"], work) if "commits" in window.db else None
         ),
         db_write_xacts_per_run=(
-            _per_run(window.db["write_xacts"], window.completed)
-            if "write_xacts" in window.db
-            else None
+            _per_run(window.db["write_xacts"], work) if "write_xacts" in window.db else None
         ),
         started=window.started,
         failed=window.failed,
@@ -266,8 +267,8 @@ def _commits(w: WindowSummary) -> str:
     return f"{_num(w.db_commits_per_run, 2)} ({_num(w.db_write_xacts_per_run, 2)})"
 
 
-def _join(values: Sequence[float] | None) -> str:
-    return ", ".join(f"{v:g}" for v in values) if values else "none"
+def _join(values: Sequence[float] | None, unit: str) -> str:
+    return ", ".join(f"{v:g}" for v in values) + unit if values else "none"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -298,8 +299,8 @@ def _markdown(report: Report) -> str:
         f" {env.get('loadavg_end', '?')} after",
         "",
         f"Plan: {plan.get('warmup_runs')} warm-up runs, {plan.get('sequential_runs')} sequential"
-        f" runs; closed loop {_join(plan.get('closed_inflight'))} in flight; open loop"
-        f" {_join(plan.get('open_rates'))} runs/s; {plan.get('warmup_s')} s warm-up and"
+        f" runs; closed loop: {_join(plan.get('closed_inflight'), ' in flight')}; open loop:"
+        f" {_join(plan.get('open_rates'), ' runs/s')}; {plan.get('warmup_s')} s warm-up and"
         f" {plan.get('window_s')} s window each. Driver: {plan.get('driver')}; workers:"
         f" {plan.get('worker_processes')} process(es), {plan.get('worker_pollers')} pollers and"
         f" {plan.get('worker_concurrency')} slots each.",
@@ -376,7 +377,7 @@ def _markdown(report: Report) -> str:
         "Definitions (bench/README.md): a run counts in a window when its start fell in the"
         " window; runs/s is counted runs that completed / the window's length; latency is"
         " start-to-complete of those runs; CPU and PG commits per run are the window's deltas /"
-        " those runs; runs/day = runs/s x 86,400.",
+        " the runs that completed inside it; runs/day = runs/s x 86,400.",
         "",
     ]
     return "\n".join(out)

@@ -77,6 +77,9 @@ def test_a_cluster_that_fell_behind_shows_what_it_sustained() -> None:
         SystemRun("tideflow", "0", "seq3", [], [_window(closed_in_window=50)])
     )
     assert behind.windows[0].closed_in_window_per_s == 5.0
+    assert behind.windows[0].runs_per_s == 10.0
+    # The CPU read at the window's edges paid for the 50 runs that completed inside it.
+    assert behind.windows[0].cpu_ms_per_run["history"] == 10.0
     report = Report("now", "seq3", "split", "postgres", {}, {}, [behind])
     assert "| 10.0 (5.0 closed in window) |" in report.markdown()
 
