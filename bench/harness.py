@@ -19,12 +19,12 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench import load
 from bench.probes import CpuProbe, PostgresProbe, Tracked
-from bench.report import Report, SystemRun, Window, summarise_system
+from bench.report import Report, SystemRun, Window, distribution, summarise_system
 from bench.scenarios import SCENARIOS
 from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare
 from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
@@ -166,12 +166,8 @@ async def measure_tideflow(
     await workers.schedule_to_start([])  # forget the warm-up's samples
     sequential = await load.sequential(run_once, plan.sequential_runs, prefix=f"{tag}-seq")
     sequential_s2s = await workers.schedule_to_start(sequential.completed_keys)
-    if sequential.latencies_ms:
-        logger.info(
-            "sequential: %d runs, median %.1f ms",
-            len(sequential.latencies_ms),
-            sorted(sequential.latencies_ms)[len(sequential.latencies_ms) // 2],
-        )
+    if (found := distribution(sequential.latencies_ms)) is not None:
+        logger.info("sequential: %d runs, median %.1f ms", found.count, found.p50)
     shapes: list[tuple[str, float]] = [("closed", n) for n in plan.closed_inflight]
     shapes += [("open", r) for r in plan.open_rates]
     windows = []
@@ -241,7 +237,9 @@ async def run_tideflow(
         ]
         if setup.pg_stats:
             postgres = PostgresProbe(setup.pg_stats, urlsplit(setup.pg_stats).path.lstrip("/"))
-    flow, queue, version = await prepare(address, scenario)
+    flow, queue, info = await prepare(address, scenario)
+    if deployment is None:
+        setup.backend = cast(Backend, info.persistence_backend or setup.backend)
     workers = WorkerProcesses(workdir)
     driver = None
     try:
@@ -268,7 +266,10 @@ async def run_tideflow(
             await postgres.close()
     notes = f"{setup.topology} topology on {setup.backend}"
     if deployment is None:
-        notes = f"existing cluster at {address}"
+        notes = (
+            f"existing cluster at {address} ({info.persistence_backend}, visibility on"
+            f" {info.visibility_backend}, {info.history_shard_count} shards)"
+        )
     elif setup.backend == "cassandra":
         notes += (
             " (histories on Cassandra, commitlog_sync periodic as Cassandra ships it; visibility"
@@ -276,7 +277,7 @@ async def run_tideflow(
         )
     return SystemRun(
         system="tideflow",
-        version=version,
+        version=info.server_version,
         scenario=plan.scenario,
         sequential_ms=sequential,
         windows=windows,

@@ -51,9 +51,11 @@ def _payloads(value: Any) -> common_pb2.Payloads:
     )
 
 
-async def prepare(address: str, scenario: Scenario) -> tuple[str, str, str]:
+async def prepare(
+    address: str, scenario: Scenario
+) -> tuple[str, str, operator_service_pb2.GetClusterInfoResponse]:
     """Namespace (rate limits lifted), a fresh task queue and flow for `scenario`; returns
-    (flow, task queue, server version)."""
+    (flow, task queue, the cluster's info)."""
     async with grpc.aio.insecure_channel(address) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = flow_service_pb2_grpc.FlowServiceStub(channel)
@@ -84,7 +86,7 @@ async def prepare(address: str, scenario: Scenario) -> tuple[str, str, str]:
         info = await operator.GetClusterInfo(
             operator_service_pb2.GetClusterInfoRequest(), timeout=10
         )
-        return flow, queue, info.server_version
+        return flow, queue, info
 
 
 class SdkDriver:
