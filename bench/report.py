@@ -155,6 +155,10 @@ class WindowSummary:
     unfinished: int | None
     start_lag_p99_ms: float | None
     closed_in_window_per_s: float | None
+    closed_in_window: int | None
+    cpu_s: dict[str, float]
+    """The raw deltas the per-run figures come from."""
+    db: dict[str, int]
 
 
 def _per_run(amount: float, runs: int) -> float:
@@ -192,6 +196,9 @@ def summarise(window: Window) -> WindowSummary:
         failed=window.failed,
         unfinished=window.unfinished,
         start_lag_p99_ms=lag.p99 if lag is not None else None,
+        closed_in_window=window.closed_in_window,
+        cpu_s=dict(window.cpu_s),
+        db=dict(window.db),
         closed_in_window_per_s=(
             round(window.closed_in_window / window.seconds, 1)
             if window.closed_in_window is not None and window.seconds > 0
