@@ -90,7 +90,7 @@ class _Tracker:
         self.prefix = prefix
         self.numbers = itertools.count()
         self.samples: list[Sample] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Sample]] = set()
         self.window: tuple[float, float] = (float("inf"), float("inf"))
         self.counted_open = 0
         self.counted_closed = asyncio.Event()
@@ -98,7 +98,7 @@ class _Tracker:
     def counts(self, sample: Sample) -> bool:
         return self.window[0] <= sample.due < self.window[1]
 
-    async def one(self, due: float) -> None:
+    async def one(self, due: float) -> Sample:
         loop = asyncio.get_running_loop()
         sample = Sample(f"{self.prefix}-{next(self.numbers)}", due, loop.time())
         self.samples.append(sample)
@@ -115,8 +115,9 @@ class _Tracker:
                 self.counted_open -= 1
                 if self.counted_open == 0 and sample.closed >= self.window[1]:
                     self.counted_closed.set()
+        return sample
 
-    def spawn(self, due: float) -> asyncio.Task[None]:
+    def spawn(self, due: float) -> asyncio.Task[Sample]:
         task = asyncio.create_task(self.one(due))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -192,7 +193,9 @@ async def closed_loop(
 
     async def lane() -> None:
         while not stopping:
-            await tracker.spawn(loop.time())
+            sample = await tracker.spawn(loop.time())
+            if not sample.ok:
+                await asyncio.sleep(0.01)  # a system that fails at once must not spin a lane
 
     lanes = [asyncio.create_task(lane()) for _ in range(inflight)]
     try:
@@ -235,9 +238,8 @@ async def open_loop(
                 tracker.counted_closed.is_set() or tracker.counted_open == 0 or due >= drain_until
             ):
                 break
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Sleeps even when late (0 s), so runs started while catching up make progress.
+            await asyncio.sleep(max(0.0, due - loop.time()))
             tracker.spawn(due)
         await edges
     finally:
