@@ -324,6 +324,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
     environment = _environment()
     workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
     deployment = None
+    own_postgres: PostgresServer | None = None  # with --address and --peers, for the peers
     if setup.address is None:
         deployment = Deployment(
             setup.topology,
@@ -341,24 +342,26 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             await deployment.start()
         try:
             tideflow = await run_tideflow(plan, setup, deployment, workdir)
-        except BaseException:
+        except Exception:
             if deployment is not None:
                 sys.stderr.write(deployment.logs() + "\n")
             raise
         peers: list[SystemRun] = []
         errors: dict[str, str] = {}
         if setup.peers:
-            if deployment is None:
-                deployment = Deployment("dev", "sqlite", with_postgres=True)
-                deployment.postgres = PostgresServer(durable=True).start()
-            else:
+            if deployment is not None:
                 deployment.stop(keep_postgres=True)  # the peers get the machine to themselves
-            assert deployment.postgres is not None
-            postgres_dsn = deployment.postgres.dsn("postgres")
-            peers, errors = await run_peers(plan, setup.peers, postgres_dsn, workdir)
+                assert deployment.postgres is not None
+                peer_postgres = deployment.postgres
+            else:
+                peer_postgres = own_postgres = PostgresServer(durable=True).start()
+            dsn = peer_postgres.dsn("postgres")
+            peers, errors = await run_peers(plan, setup.peers, dsn, workdir)
     finally:
         if deployment is not None:
             deployment.stop()
+        if own_postgres is not None:
+            own_postgres.remove()
         shutil.rmtree(workdir, ignore_errors=True)
     environment["loadavg_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return Report(
