@@ -4,16 +4,17 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV   := .venv
+BENCH_ARGS ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev
+.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev bench
 
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
 setup: $(STAMP) $(BUF)
 
-$(STAMP): constraints.txt requirements-dev.txt sdk_python/pyproject.toml services/pyproject.toml
+$(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt sdk_python/pyproject.toml services/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q --disable-pip-version-check \
 	    -e 'sdk_python[cli]' -e services -r requirements-dev.txt
@@ -63,3 +64,9 @@ demo: setup
 ## dev: the demo, then keep server (127.0.0.1:7233, .tideflow/demo.db) and workers up until Ctrl-C
 dev: setup
 	$(PY) -m demo --keep
+
+## bench: seq3 on three role processes + a durable PostgreSQL: the sequential phase and a
+## closed-loop window (100 in flight); reports under bench/results/. Options: BENCH_ARGS="..."
+## (e.g. BENCH_ARGS="fanout --rates 50,100,150,200"; see bench/README.md, python -m bench -h)
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)

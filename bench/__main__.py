@@ -1,11 +1,14 @@
-"""Measure a scenario against a cluster this harness starts itself.
+"""Measure Tideflow (and, with --peers, other engines) on one scenario and load plan.
 
-    python -m bench seq3 --backend postgres --topology split --sequential 100 --inflight 100
+    python -m bench seq3                                   # split topology on PostgreSQL
+    python -m bench fanout --inflight 50,100 --window-s 15
+    python -m bench seq3 --rates 50,100,150,200            # open-loop sweep, with a chart
+    python -m bench seq3 --topology cluster --history 2 --matching 2 --backend cassandra
+    python -m bench seq3 --address 127.0.0.1:7233          # a cluster that is already up
+    python -m bench seq3 --peers temporal,dbos
 
-`seq3` is a blueprint of three sequential no-op external blocks. The sequential phase starts
-one run at a time and times start-to-complete; the closed-loop phase keeps `--inflight` runs
-in flight until `--total` have completed and reports completed runs per second. PostgreSQL
-runs durable (fsync and synchronous commit on). Results go to stdout and bench/results/.
+Writes bench/results/<time>-<scenario>-<topology>-<backend>.{json,md,png} and prints the
+markdown summary. bench/README.md defines every figure.
 """
 
 from __future__ import annotations
@@ -13,132 +16,184 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import logging
+import signal
 import sys
-import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, cast
 
-from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, Client, Task
-from tests.support.postgres import PostgresServer
+from bench.chart import latency_chart
+from bench.harness import BenchError, PeersUnavailable, Plan, Setup, bench
+from bench.report import Report
+from bench.scenarios import SCENARIOS
+from deploy.local.deployment import BACKENDS, DEFAULT_BACKEND, TOPOLOGIES, Backend, Topology
 
-SEQ3 = {
-    "version": 1,
-    "timeouts": {"start_to_close": "30s"},
-    "blocks": [
-        {"id": "a", "external": {"block": "noop@1"}},
-        {"id": "b", "needs": ["a"], "external": {"block": "noop@1"}},
-        {"id": "c", "needs": ["b"], "external": {"block": "noop@1"}},
-    ],
-}
+RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
 
 
-async def noop(task: Task) -> Any:
-    return None
+def _list(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
+    def parse_list(text: str) -> list[T]:
+        return [parse(item) for item in text.split(",") if item.strip()]
+
+    return parse_list
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _pid(text: str) -> tuple[str, int]:
+    name, _, pid = text.partition("=")
+    if not name or not pid.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=PID, got {text!r}")
+    return name, int(pid)
 
 
-async def _one(client: Client, flow: str) -> float:
-    started = time.perf_counter()
-    run_id, _ = await client.start(flow, None, run_id=f"bench-{uuid.uuid4().hex}")
-    await client.close_event(run_id, timeout_s=120)
-    return time.perf_counter() - started
-
-
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
-    postgres = None
-    if args.backend == "postgres":
-        postgres = PostgresServer(durable=True).start()
-        postgres.psql("CREATE DATABASE bench")
-        persistence: dict[str, Any] = {
-            "backend": "postgres",
-            "postgres": {"dsn": postgres.dsn("bench"), "max_connections": 20},
-        }
-    else:
-        persistence = {"backend": "sqlite", "sqlite": {"path": str(root / "bench.db")}}
-    cluster = Cluster(root, persistence, split=args.topology == "split", shard_count=args.shards)
-    cluster.schema_setup()
-    await cluster.start()
-    client = Client(cluster.frontend, namespace="bench")
-    try:
-        await client.ensure_namespace()
-        flow = f"seq3_{uuid.uuid4().hex[:6]}"
-        queue = f"bench-{uuid.uuid4().hex[:6]}"
-        await client.register({**SEQ3, "name": flow, "task_queue": queue})
-        async with BlockWorker(
-            cluster.frontend, queue, {"noop@1": noop}, namespace="bench", concurrency=args.pollers
-        ):
-            for _ in range(args.warmup):
-                await _one(client, flow)
-            sequential = [await _one(client, flow) for _ in range(args.sequential)]
-
-            latencies: list[float] = []
-            started = time.perf_counter()
-            remaining = args.total
-
-            async def lane() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    latencies.append(await _one(client, flow))
-
-            await asyncio.gather(*(lane() for _ in range(args.inflight)))
-            elapsed = time.perf_counter() - started
-        return {
-            "scenario": "seq3",
-            "backend": args.backend,
-            "topology": args.topology,
-            "shards": args.shards,
-            "sequential": {
-                "runs": len(sequential),
-                "median_ms": round(statistics.median(sequential) * 1000, 2),
-                "p95_ms": round(_percentile(sequential, 0.95) * 1000, 2),
-            },
-            "closed_loop": {
-                "inflight": args.inflight,
-                "completed": len(latencies),
-                "seconds": round(elapsed, 2),
-                "runs_per_second": round(len(latencies) / elapsed, 1),
-                "median_ms": round(statistics.median(latencies) * 1000, 2),
-                "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
-            },
-        }
-    finally:
-        await client.close()
-        cluster.stop()
-        if postgres is not None:
-            postgres.remove()
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenario", choices=["seq3"])
-    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="postgres")
-    parser.add_argument("--topology", choices=["dev", "split"], default="split")
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--sequential", type=int, default=100)
-    parser.add_argument("--inflight", type=int, default=100)
-    parser.add_argument("--total", type=int, default=1000)
-    parser.add_argument("--pollers", type=int, default=50)
-    args = parser.parse_args()
-    report = asyncio.run(run(args))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (out / f"{stamp}-{args.scenario}-{args.backend}-{args.topology}.json").write_text(
-        json.dumps(report, indent=2)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    json.dump(report, sys.stdout, indent=2)
-    print()
+    p.add_argument("scenario", nargs="?", default="seq3", choices=sorted(SCENARIOS))
+    where = p.add_argument_group("what runs where")
+    where.add_argument("--topology", choices=TOPOLOGIES, default="split")
+    where.add_argument(
+        "--backend", choices=BACKENDS, help="default: sqlite for dev, postgres otherwise"
+    )
+    where.add_argument("--history", type=int, default=1, help="history processes (cluster)")
+    where.add_argument("--matching", type=int, default=1, help="matching processes (cluster)")
+    where.add_argument("--shards", type=int, help="history shards (default: 4 dev, 16 otherwise)")
+    where.add_argument("--max-connections", type=int, default=20, help="DB pool per process")
+    where.add_argument("--address", help="measure the cluster whose frontend is here instead")
+    where.add_argument(
+        "--pid",
+        type=_pid,
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="with --address: a process to measure the CPU of (name 'postgres' adds children)",
+    )
+    where.add_argument(
+        "--pg-stats", metavar="DSN", help="with --address: the cluster's PostgreSQL database"
+    )
+    plan = p.add_argument_group("load plan")
+    plan.add_argument("--warmup-runs", type=int, default=10, help="before the sequential phase")
+    plan.add_argument("--sequential", type=int, default=100, help="runs, one at a time")
+    plan.add_argument(
+        "--inflight",
+        type=_list(int),
+        help="closed-loop windows: runs in flight, comma-separated (default 100 without --rates)",
+    )
+    plan.add_argument(
+        "--rates",
+        type=_list(float),
+        default=[],
+        help="open-loop windows: starts/s, comma-separated",
+    )
+    plan.add_argument("--warmup-s", type=float, default=3.0, help="load before each window")
+    plan.add_argument("--window-s", type=float, default=15.0, help="measured window length")
+    plan.add_argument(
+        "--drain-s", type=float, default=30.0, help="longest wait for a window's runs to close"
+    )
+    drive = p.add_argument_group("driver and workers")
+    drive.add_argument(
+        "--driver",
+        choices=["sdk", "stubs"],
+        default="sdk",
+        help="load driver: the SDK client, or the generated stubs on one channel",
+    )
+    drive.add_argument("--worker-processes", type=int, default=1)
+    drive.add_argument(
+        "--worker-pollers", type=int, default=20, help="long polls per worker process"
+    )
+    drive.add_argument(
+        "--worker-concurrency", type=int, default=200, help="blocks at once per worker process"
+    )
+    p.add_argument("--peers", type=_list(str), default=[], help="e.g. temporal,dbos")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where reports go")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def write(report: Report, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = out / f"{stamp}-{report.scenario}-{report.topology}-{report.backend}"
+    written = [base.with_suffix(".json"), base.with_suffix(".md")]
+    written[0].write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    written[1].write_text(report.markdown())
+    chart = base.with_suffix(".png")
+    title = f"{report.scenario} on {report.topology}/{report.backend}: latency against load"
+    if latency_chart(report.systems, chart, title=title):
+        written.append(chart)
+    return written
+
+
+async def _main(plan: Plan, setup: Setup) -> Report:
+    # SIGTERM unwinds like Ctrl-C, through every cleanup on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await bench(plan, setup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    topology = cast(Topology, args.topology)
+    inflight = args.inflight if args.inflight is not None else ([] if args.rates else [100])
+    plan = Plan(
+        scenario=args.scenario,
+        warmup_runs=args.warmup_runs,
+        sequential_runs=args.sequential,
+        closed_inflight=inflight,
+        open_rates=args.rates,
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        drain_s=args.drain_s,
+    )
+    setup = Setup(
+        topology=topology,
+        backend=cast(Backend, args.backend or DEFAULT_BACKEND[topology]),
+        shards=args.shards or (4 if topology == "dev" else 16),
+        history=args.history,
+        matching=args.matching,
+        address=args.address,
+        pids=dict(args.pid),
+        pg_stats=args.pg_stats,
+        driver=args.driver,
+        worker_processes=args.worker_processes,
+        worker_pollers=args.worker_pollers,
+        worker_concurrency=args.worker_concurrency,
+        max_connections=args.max_connections,
+        peers=args.peers,
+    )
+    if topology != "cluster" and (args.history, args.matching) != (1, 1):
+        print("python -m bench: --history and --matching need --topology cluster", file=sys.stderr)
+        return 2
+    if topology == "cluster" and setup.backend == "sqlite":
+        print(
+            "python -m bench: the cluster topology runs on postgres or cassandra", file=sys.stderr
+        )
+        return 2
+    try:
+        report = asyncio.run(_main(plan, setup))
+    except PeersUnavailable as e:
+        print(f"python -m bench: {e}", file=sys.stderr)
+        return 2
+    except BenchError as e:
+        print(f"python -m bench: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    print(report.markdown())
+    for path in write(report, args.out):
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,379 @@
+"""One bench invocation: start (or reach) Tideflow, measure it on the plan, then each requested
+peer on the same plan, one after another, and build the report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from bench import load
+from bench.probes import CpuProbe, PostgresProbe, Tracked
+from bench.report import Report, SystemRun, Window, distribution, summarise_system
+from bench.scenarios import SCENARIOS
+from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare
+from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
+from deploy.local.postgres import PostgresServer
+
+logger = logging.getLogger("bench")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Plan:
+    """The load plan every system runs (mirrors `bench.peers.PeerPlan`)."""
+
+    scenario: str
+    warmup_runs: int = 10
+    sequential_runs: int = 100
+    closed_inflight: list[int] = field(default_factory=list)
+    open_rates: list[float] = field(default_factory=list)
+    warmup_s: float = 3.0
+    window_s: float = 15.0
+    drain_s: float = 30.0
+    quiesce_s: float = 60.0
+
+
+@dataclass
+class Setup:
+    """Where and how Tideflow runs, and how it is driven."""
+
+    topology: Topology
+    backend: Backend
+    shards: int
+    history: int = 1
+    matching: int = 1
+    address: str | None = None
+    """An existing cluster's frontend: nothing is started."""
+    pids: dict[str, int] = field(default_factory=dict)
+    """With `address`: processes to measure, by name."""
+    pg_stats: str | None = None
+    """With `address`: a DSN of the cluster's PostgreSQL database, for its commit counters."""
+    driver: Driver = "sdk"
+    worker_processes: int = 1
+    worker_pollers: int = 20
+    worker_concurrency: int = 200
+    max_connections: int = 20
+    peers: list[str] = field(default_factory=list)
+
+
+WARMUP_RUN_TIMEOUT_S = 30.0
+
+
+class BenchError(RuntimeError):
+    """The system under test does not work well enough to be measured."""
+
+
+class PeersUnavailable(RuntimeError):
+    """--peers was given but bench/peers/ is not in this checkout."""
+
+
+def load_peers(names: list[str]) -> ModuleType:
+    """`bench.peers`, imported only when peers are asked for, with the names checked."""
+    try:
+        module = importlib.import_module("bench.peers")
+    except ModuleNotFoundError as e:
+        if e.name not in ("bench.peers", "bench"):
+            raise
+        raise PeersUnavailable(
+            "--peers needs bench/peers/ (the peer runners), which this checkout does not have"
+            " yet; run without --peers"
+        ) from e
+    unknown = sorted(set(names) - set(module.PEERS))
+    if unknown:
+        raise PeersUnavailable(f"unknown peers {unknown}: bench/peers knows {list(module.PEERS)}")
+    return module
+
+
+def _environment() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        return ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return {
+        "commit": commit,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_start": ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
+
+
+class _Edges:
+    """Probe readings at the two edges of a window."""
+
+    def __init__(self, cpu: CpuProbe, postgres: PostgresProbe | None) -> None:
+        self.cpu = cpu
+        self.postgres = postgres
+        self.cpu_delta: dict[str, float] = {}
+        self.db_delta: dict[str, int] = {}
+        self._cpu: dict[str, float] = {}
+        self._db: dict[str, int] = {}
+
+    async def start(self) -> None:
+        self._cpu = self.cpu.read()
+        self._db = await self.postgres.read() if self.postgres is not None else {}
+
+    async def end(self) -> None:
+        self.cpu_delta = CpuProbe.delta(self._cpu, self.cpu.read())
+        if self.postgres is not None:
+            self.db_delta = PostgresProbe.delta(self._db, await self.postgres.read())
+
+
+async def measure_tideflow(
+    run_once: load.RunOnce,
+    plan: Plan,
+    workers: WorkerProcesses,
+    cpu: CpuProbe,
+    postgres: PostgresProbe | None,
+) -> tuple[list[float], list[float], list[Window]]:
+    """Sequential phase and every window; (sequential ms, their schedule-to-start ms, windows)."""
+    tag = uuid.uuid4().hex[:8]
+    for number in range(plan.warmup_runs):
+        key = f"{tag}-warmup-{number}"
+        try:
+            ok = await asyncio.wait_for(run_once(key), WARMUP_RUN_TIMEOUT_S)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            raise BenchError(
+                f"warm-up run {key} did not complete within {WARMUP_RUN_TIMEOUT_S:.0f}s:"
+                " the cluster is not running blocks (its logs are above)"
+            )
+    await workers.schedule_to_start([])  # forget the warm-up's samples
+    sequential = await load.sequential(run_once, plan.sequential_runs, prefix=f"{tag}-seq")
+    sequential_s2s = await workers.schedule_to_start(sequential.completed_keys)
+    if (found := distribution(sequential.latencies_ms)) is not None:
+        logger.info("sequential: %d runs, median %.1f ms", found.count, found.p50)
+    shapes: list[tuple[str, float]] = [("closed", n) for n in plan.closed_inflight]
+    shapes += [("open", r) for r in plan.open_rates]
+    windows = []
+    for number, (mode, amount) in enumerate(shapes):
+        edges = _Edges(cpu, postgres)
+        common: dict[str, Any] = {
+            "warmup_s": plan.warmup_s,
+            "window_s": plan.window_s,
+            "drain_s": plan.drain_s,
+            "quiesce_s": plan.quiesce_s,
+            "on_window_start": edges.start,
+            "on_window_end": edges.end,
+            "prefix": f"{tag}-w{number}",
+        }
+        if mode == "closed":
+            measured = await load.closed_loop(run_once, inflight=int(amount), **common)
+        else:
+            measured = await load.open_loop(run_once, rate=amount, **common)
+        window = Window(
+            mode=measured.mode,
+            inflight=measured.inflight,
+            target_rate=measured.target_rate,
+            completed=len(measured.latencies_ms),
+            seconds=measured.window_s,
+            latencies_ms=measured.latencies_ms,
+            schedule_to_start_ms=await workers.schedule_to_start(measured.completed_keys),
+            cpu_s=edges.cpu_delta,
+            started=len(measured.counted),
+            failed=measured.failed,
+            unfinished=measured.unfinished,
+            start_lag_ms=measured.start_lag_ms if mode == "open" else [],
+            db=edges.db_delta,
+            closed_in_window=measured.completions,
+        )
+        logger.info(
+            "%s: %.1f runs/s, %d counted runs (%d failed, %d unfinished)",
+            window.label,
+            window.completed / window.seconds,
+            window.started or 0,
+            window.failed or 0,
+            window.unfinished or 0,
+        )
+        windows.append(window)
+    return sequential.latencies_ms, sequential_s2s, windows
+
+
+async def run_tideflow(
+    plan: Plan, setup: Setup, deployment: Deployment | None, workdir: Path
+) -> SystemRun:
+    scenario = SCENARIOS[plan.scenario]
+    groups: list[Tracked] = []
+    postgres: PostgresProbe | None = None
+    if deployment is not None:
+        address = deployment.frontend
+        for name, pid in deployment.pids().items():
+            if name == "postgres" and setup.backend == "sqlite":
+                continue  # started for the peers only
+            groups.append(Tracked(name, [pid], with_children=name == "postgres"))
+        if deployment.postgres is not None and setup.backend != "sqlite":
+            postgres = PostgresProbe(deployment.postgres.dsn("postgres"), DATABASE)
+    else:
+        assert setup.address is not None
+        address = setup.address
+        groups += [
+            Tracked(name, [pid], with_children=name == "postgres")
+            for name, pid in setup.pids.items()
+        ]
+        if setup.pg_stats:
+            postgres = PostgresProbe(setup.pg_stats, urlsplit(setup.pg_stats).path.lstrip("/"))
+    flow, queue, info = await prepare(address, scenario)
+    if deployment is None:
+        setup.backend = cast(Backend, info.persistence_backend or setup.backend)
+    workers = WorkerProcesses(workdir)
+    driver = None
+    try:
+        await workers.start(
+            address,
+            queue,
+            processes=setup.worker_processes,
+            pollers=setup.worker_pollers,
+            concurrency=setup.worker_concurrency,
+        )
+        groups += [Tracked("worker", workers.pids), Tracked("driver", [os.getpid()])]
+        driver = await connect_driver(setup.driver, address, flow, scenario.run_input())
+        sequential, sequential_s2s, windows = await measure_tideflow(
+            driver.run, plan, workers, CpuProbe(groups), postgres
+        )
+    except BaseException:
+        workers.kill()
+        raise
+    finally:
+        if driver is not None:
+            await driver.close()
+        await workers.stop()
+        if postgres is not None:
+            await postgres.close()
+    notes = f"{setup.topology} topology on {setup.backend}"
+    if deployment is None:
+        notes = (
+            f"existing cluster at {address} ({info.persistence_backend}, visibility on"
+            f" {info.visibility_backend}, {info.history_shard_count} shards)"
+        )
+    elif setup.backend == "cassandra":
+        notes += (
+            " (histories on Cassandra, commitlog_sync periodic as Cassandra ships it; visibility"
+            " on PostgreSQL, whose commits the DB column counts)"
+        )
+    return SystemRun(
+        system="tideflow",
+        version=info.server_version,
+        scenario=plan.scenario,
+        sequential_ms=sequential,
+        windows=windows,
+        notes=notes,
+        sequential_schedule_to_start_ms=sequential_s2s,
+    )
+
+
+async def run_peers(
+    plan: Plan, names: list[str], postgres_dsn: str, workdir: Path
+) -> tuple[list[SystemRun], dict[str, str]]:
+    """Each peer on the same plan, one after another; a peer that fails is reported, not
+    fatal."""
+    module = load_peers(names)
+    runs: list[SystemRun] = []
+    errors: dict[str, str] = {}
+    for name in names:
+        peer_dir = workdir / f"peer-{name}"
+        peer_dir.mkdir(parents=True, exist_ok=True)
+        peer_plan = module.PeerPlan(
+            scenario=plan.scenario,
+            workdir=peer_dir,
+            postgres_dsn=postgres_dsn,
+            warmup_runs=plan.warmup_runs,
+            sequential_runs=plan.sequential_runs,
+            closed_inflight=list(plan.closed_inflight),
+            open_rates=list(plan.open_rates),
+            warmup_s=plan.warmup_s,
+            window_s=plan.window_s,
+        )
+        logger.info("peer %s: running the same plan", name)
+        try:
+            result = await module.run_peer(name, peer_plan)
+            runs.append(SystemRun.from_peer(result))
+        except Exception as e:
+            logger.error("peer %s failed:\n%s", name, traceback.format_exc())
+            errors[name] = f"{type(e).__name__}: {e}"
+    return runs, errors
+
+
+async def bench(plan: Plan, setup: Setup) -> Report:
+    if setup.peers:
+        load_peers(setup.peers)  # fail before starting anything
+    environment = _environment()
+    workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
+    deployment = None
+    own_postgres: PostgresServer | None = None  # with --address and --peers, for the peers
+    if setup.address is None:
+        deployment = Deployment(
+            setup.topology,
+            setup.backend,
+            shard_count=setup.shards,
+            history_processes=setup.history,
+            matching_processes=setup.matching,
+            settings={},  # the server's own defaults, not the tests' fast membership
+            max_connections=setup.max_connections,
+            with_postgres=bool(setup.peers),
+        )
+    try:
+        if deployment is not None:
+            logger.info("starting %s topology on %s", setup.topology, setup.backend)
+            await deployment.start()
+        try:
+            tideflow = await run_tideflow(plan, setup, deployment, workdir)
+        except Exception:
+            if deployment is not None:
+                sys.stderr.write(deployment.logs() + "\n")
+            raise
+        peers: list[SystemRun] = []
+        errors: dict[str, str] = {}
+        if setup.peers:
+            if deployment is not None:
+                deployment.stop(keep_postgres=True)  # the peers get the machine to themselves
+                assert deployment.postgres is not None
+                peer_postgres = deployment.postgres
+            else:
+                peer_postgres = own_postgres = PostgresServer(durable=True).start()
+            dsn = peer_postgres.dsn("postgres")
+            peers, errors = await run_peers(plan, setup.peers, dsn, workdir)
+    finally:
+        if deployment is not None:
+            deployment.stop()
+        if own_postgres is not None:
+            own_postgres.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+    environment["loadavg_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return Report(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        scenario=plan.scenario,
+        topology=setup.topology if setup.address is None else "existing",
+        backend=setup.backend,
+        plan={
+            **asdict(plan),
+            **{k: v for k, v in asdict(setup).items() if k.startswith(("driver", "worker"))},
+        },
+        environment=environment,
+        systems=[summarise_system(tideflow), *(summarise_system(p) for p in peers)],
+        errors=errors,
+    )

@@ -1,0 +1,97 @@
+"""The bench's scenarios: blueprints whose external blocks do no work, so what is measured is
+the engine (persistence, dispatch, the interpreter) and not the blocks.
+
+| scenario | shape | external blocks per run |
+|---|---|---|
+| seq3 | a -> b -> c | 3 |
+| fanout | fan -> 10 parallel blocks -> join | 12 |
+| payload | a -> b -> c, 64 KiB in and out of each | 3 |
+
+Block types, served by the bench worker (bench/worker.py): `noop@1` returns nothing, `echo@1`
+returns its input.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import dataclass
+from typing import Any
+
+PAYLOAD_BYTES = 64 * 1024
+FANOUT_WIDTH = 10
+BLOCK_TIMEOUTS = {"start_to_close": "30s"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    external_blocks: int
+    """External blocks (block tasks) one run executes."""
+
+    def blueprint(self, flow: str, task_queue: str) -> dict[str, Any]:
+        """The blueprint's JSON mapping, registered as `flow` version 1 on `task_queue`."""
+        return {
+            "name": flow,
+            "version": 1,
+            "task_queue": task_queue,
+            "timeouts": BLOCK_TIMEOUTS,
+            "blocks": _blocks(self.name),
+        }
+
+    def run_input(self) -> Any:
+        """The input every run of the scenario starts with."""
+        return {"data": _PAYLOAD} if self.name == "payload" else None
+
+
+def _chain(block_type: str, *, pass_on: bool) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    previous = None
+    for block_id in ("a", "b", "c"):
+        block: dict[str, Any] = {"id": block_id, "external": {"block": block_type}}
+        if previous is not None:
+            block["needs"] = [previous]
+        if pass_on:
+            # Each block's output is the next one's input: 64 KiB in, 64 KiB out, every step.
+            block["input"] = "${input}" if previous is None else f"${{blocks.{previous}.output}}"
+        blocks.append(block)
+        previous = block_id
+    return blocks
+
+
+def _blocks(name: str) -> list[dict[str, Any]]:
+    if name == "seq3":
+        return _chain("noop@1", pass_on=False)
+    if name == "payload":
+        return _chain("echo@1", pass_on=True)
+    if name == "fanout":
+        branches = [f"b{i}" for i in range(FANOUT_WIDTH)]
+        return [
+            {"id": "fan", "external": {"block": "noop@1"}},
+            *({"id": b, "needs": ["fan"], "external": {"block": "noop@1"}} for b in branches),
+            {"id": "join", "needs": branches, "external": {"block": "noop@1"}},
+        ]
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+# Random characters, so nothing along the way can shrink the payload by compressing it.
+_PAYLOAD = base64.b64encode(random.Random(7).randbytes(PAYLOAD_BYTES * 3 // 4)).decode()
+assert len(_PAYLOAD) == PAYLOAD_BYTES
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("seq3", "3 sequential no-op external blocks", 3),
+        Scenario(
+            "fanout",
+            f"1 block fanning out to {FANOUT_WIDTH} parallel blocks and a join",
+            FANOUT_WIDTH + 2,
+        ),
+        Scenario(
+            "payload",
+            f"3 sequential blocks passing {PAYLOAD_BYTES // 1024} KiB on (output -> next input)",
+            3,
+        ),
+    )
+}
