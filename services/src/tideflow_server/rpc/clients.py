@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from tideflow.api.v1 import common_pb2
 from tideflow_server.internal.v1 import (
     history_service_pb2 as hs,
 )
@@ -59,6 +60,10 @@ def shard_key(shard_id: int) -> str:
 
 
 def partition_key(namespace_id: str, task_queue: str, kind: int, partition: int) -> str:
+    """The ownership key of a partition. An unspecified kind is a normal queue, as matching
+    reads it: a worker polling with kind 0 and history adding with NORMAL must reach the same
+    host, or two hosts would take the partition from each other."""
+    kind = kind or common_pb2.TASK_QUEUE_KIND_NORMAL
     return f"tq/{namespace_id}/{task_queue}/{kind}/{partition}"
 
 
