@@ -33,6 +33,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_MAX_REMEMBERED_OWNERS = 100_000
+
+
 class Membership:
     """This process's membership rows (one per role it serves) and the cluster's view.
 
@@ -52,6 +55,8 @@ class Membership:
         self._clock_ms = clock_ms
         self._own: dict[str, MemberRow] = {}
         self._members: dict[str, list[MemberRow]] = {}
+        # (role, key) -> owner, valid while the members of every role stay the same.
+        self._owners: dict[tuple[str, str], MemberRow | None] = {}
         self._listeners: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._session_start = clock_ms()
@@ -83,7 +88,15 @@ class Membership:
         return list(self._members.get(role, []))
 
     def owner(self, role: str, key: str) -> MemberRow | None:
-        return rendezvous_owner(key, self._members.get(role, []))
+        """The member of `role` that owns `key` in the current view (remembered until the
+        members change: every routed call asks)."""
+        if (role, key) in self._owners:
+            return self._owners[(role, key)]
+        owner = rendezvous_owner(key, self._members.get(role, []))
+        if len(self._owners) >= _MAX_REMEMBERED_OWNERS:
+            self._owners.clear()
+        self._owners[(role, key)] = owner
+        return owner
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -98,6 +111,7 @@ class Membership:
         }
         self._members = by_role
         if changed:
+            self._owners.clear()
             log.info("membership changed", members={r: len(m) for r, m in by_role.items()})
             for listener in self._listeners:
                 listener()
