@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
@@ -39,7 +40,9 @@ def backend_unavailable(backend: str, reason: str) -> None:
 def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
     """A throwaway server for the duration of the block (skip or CI failure if it can't)."""
     try:
+        began = time.monotonic()
         server = PostgresServer(durable=durable).start()
+        _startup.setdefault("postgres", time.monotonic() - began)
     except PostgresUnavailable as e:
         backend_unavailable("postgres", str(e))
     try:
@@ -93,8 +96,10 @@ def cassandra_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """One node for the session (jars fetched with Maven on first use); its native port."""
     module = launcher()
     node = module.CassandraNode(tmp_path_factory.mktemp("cassandra"))
+    began = time.monotonic()
     try:
         ports = node.start()
+        _startup["cassandra"] = time.monotonic() - began
     except (module.CassandraError, OSError, subprocess.SubprocessError) as e:
         backend_unavailable("cassandra", str(e))
     try:
@@ -237,6 +242,8 @@ async def client(cluster: Cluster) -> AsyncIterator[Client]:
 # many cases each backend passed, and in CI a skipped case fails the run whatever its reason.
 
 _conformance: dict[str, Counter[str]] = {}
+_startup: dict[str, float] = {}
+"""Seconds from launch until each test database server answered (first start)."""
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -250,6 +257,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _startup:
+        terminalreporter.section("test database servers")
+        for name, seconds in sorted(_startup.items()):
+            terminalreporter.write_line(f"{name}: answering {seconds:.1f} s after launch")
     if not _conformance:
         return
     terminalreporter.section("persistence conformance")
