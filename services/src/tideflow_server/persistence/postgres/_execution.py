@@ -14,7 +14,7 @@ the shared transactional path runs instead, to report the exact condition that f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tideflow_server.persistence.errors import ConditionFailed, ShardOwnershipLost
 from tideflow_server.persistence.records import (
@@ -28,7 +28,48 @@ from tideflow_server.persistence.sql._execution import SqlExecutionStore
 if TYPE_CHECKING:
     from tideflow_server.persistence.postgres._database import PostgresDatabase
 
-_DECIDE = """
+
+def _outputs(guard: str, first: int) -> str:
+    """The CTEs that insert a commit's history batches and outbox tasks, only if the CTE
+    `guard` returned a row; their nine arrays are parameters $first.. (see `_output_args`)."""
+    p = [f"${first + i}" for i in range(9)]
+    return f"""
+), hist AS (
+  INSERT INTO history_batches
+    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
+  SELECT $1, $2, $3, $4, h.f, h.t, h.c, h.d
+  FROM unnest({p[0]}::bigint[], {p[1]}::bigint[], {p[2]}::int[], {p[3]}::bytea[]) AS h(f, t, c, d)
+  WHERE EXISTS (SELECT 1 FROM {guard})
+  RETURNING 1
+), transfer AS (
+  INSERT INTO transfer_tasks (shard_id, task_id, data)
+  SELECT $1, x.i, x.d FROM unnest({p[4]}::bigint[], {p[5]}::bytea[]) AS x(i, d)
+  WHERE EXISTS (SELECT 1 FROM {guard})
+  RETURNING 1
+), timer AS (
+  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
+  SELECT $1, x.f, x.i, x.d
+  FROM unnest({p[6]}::bigint[], {p[7]}::bigint[], {p[8]}::bytea[]) AS x(f, i, d)
+  WHERE EXISTS (SELECT 1 FROM {guard})
+  RETURNING 1
+)"""
+
+
+def _output_args(request: CreateExecution | UpdateExecution) -> list[list[Any]]:
+    return [
+        [b.first_event_id for b in request.events],
+        [b.txn_id for b in request.events],
+        [b.event_count for b in request.events],
+        [b.data for b in request.events],
+        [t.task_id for t in request.transfer_tasks],
+        [t.data for t in request.transfer_tasks],
+        [t.fire_time_ms for t in request.timer_tasks],
+        [t.task_id for t in request.timer_tasks],
+        [t.data for t in request.timer_tasks],
+    ]
+
+
+_DECIDE = f"""
 WITH fence AS (
   SELECT range_id FROM shards WHERE shard_id = $1 FOR SHARE
 ), upd AS (
@@ -40,30 +81,11 @@ WITH fence AS (
   UPDATE current_runs SET state = $11, status = $12, start_request_id = $13
   WHERE $14 AND shard_id = $1 AND namespace_id = $2 AND run_id = $3 AND execution_id = $4
     AND EXISTS (SELECT 1 FROM upd)
-  RETURNING 1
-), hist AS (
-  INSERT INTO history_batches
-    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
-  SELECT $1, $2, $3, $4, h.f, h.t, h.c, h.d
-  FROM unnest($15::bigint[], $16::bigint[], $17::int[], $18::bytea[]) AS h(f, t, c, d)
-  WHERE EXISTS (SELECT 1 FROM upd)
-  RETURNING 1
-), transfer AS (
-  INSERT INTO transfer_tasks (shard_id, task_id, data)
-  SELECT $1, x.i, x.d FROM unnest($19::bigint[], $20::bytea[]) AS x(i, d)
-  WHERE EXISTS (SELECT 1 FROM upd)
-  RETURNING 1
-), timer AS (
-  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
-  SELECT $1, x.f, x.i, x.d FROM unnest($21::bigint[], $22::bigint[], $23::bytea[]) AS x(f, i, d)
-  WHERE EXISTS (SELECT 1 FROM upd)
-  RETURNING 1
-)
+  RETURNING 1{_outputs("upd", 15)}
 SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM upd)
 """
 
-
-_CREATE = """
+_CREATE = f"""
 WITH fence AS (
   SELECT range_id FROM shards WHERE shard_id = $1 FOR SHARE
 ), cur AS (
@@ -76,26 +98,8 @@ WITH fence AS (
   INSERT INTO executions
     (shard_id, namespace_id, run_id, execution_id, next_event_id, db_version, state, data)
   SELECT $1, $2, $3, $4, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM cur)
-  RETURNING 1
-), hist AS (
-  INSERT INTO history_batches
-    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
-  SELECT $1, $2, $3, $4, h.f, h.t, h.c, h.d
-  FROM unnest($13::bigint[], $14::bigint[], $15::int[], $16::bytea[]) AS h(f, t, c, d)
-  WHERE EXISTS (SELECT 1 FROM cur)
-  RETURNING 1
-), transfer AS (
-  INSERT INTO transfer_tasks (shard_id, task_id, data)
-  SELECT $1, x.i, x.d FROM unnest($17::bigint[], $18::bytea[]) AS x(i, d)
-  WHERE EXISTS (SELECT 1 FROM cur)
-  RETURNING 1
-), timer AS (
-  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
-  SELECT $1, x.f, x.i, x.d FROM unnest($19::bigint[], $20::bigint[], $21::bytea[]) AS x(f, i, d)
-  WHERE EXISTS (SELECT 1 FROM cur)
-  RETURNING 1
-)
-SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM cur), (SELECT count(*) FROM ex)
+  RETURNING 1{_outputs("cur", 13)}
+SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM cur)
 """
 
 
@@ -125,15 +129,7 @@ class PostgresExecutionStore(SqlExecutionStore):
                 ex.db_version,
                 int(ex.state),
                 ex.data,
-                [b.first_event_id for b in request.events],
-                [b.txn_id for b in request.events],
-                [b.event_count for b in request.events],
-                [b.data for b in request.events],
-                [t.task_id for t in request.transfer_tasks],
-                [t.data for t in request.transfer_tasks],
-                [t.fire_time_ms for t in request.timer_tasks],
-                [t.task_id for t in request.timer_tasks],
-                [t.data for t in request.timer_tasks],
+                *_output_args(request),
             )
         assert found is not None
         fenced_at, inserted = found[0], found[1]
@@ -168,15 +164,7 @@ class PostgresExecutionStore(SqlExecutionStore):
                 cur.status if cur else 0,
                 cur.start_request_id if cur else "",
                 cur is not None,
-                [b.first_event_id for b in request.events],
-                [b.txn_id for b in request.events],
-                [b.event_count for b in request.events],
-                [b.data for b in request.events],
-                [t.task_id for t in request.transfer_tasks],
-                [t.data for t in request.transfer_tasks],
-                [t.fire_time_ms for t in request.timer_tasks],
-                [t.task_id for t in request.timer_tasks],
-                [t.data for t in request.timer_tasks],
+                *_output_args(request),
             )
         assert found is not None
         fenced_at, updated = found[0], found[1]
