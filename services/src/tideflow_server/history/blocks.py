@@ -145,15 +145,16 @@ def record_started(
 
 def start_eagerly(
     step: RunStep, task_queue: common_pb2.TaskQueue, *, identity: str, slots: int
-) -> list[records_pb2.PendingBlock]:
+) -> list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]]:
     """Eager dispatch: start up to `slots` of the blocks this step schedules on
     `task_queue` for the worker `identity`, in place of their trip through matching. Their
     transfer tasks are dropped; the attempts are started in this step, so they commit with it
-    and run under the same timeouts as polled ones."""
+    and run under the same timeouts as polled ones. Returns each with its BLOCK_SCHEDULED
+    event."""
     scheduled_now = {
-        e.event_id for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
+        e.event_id: e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
     }
-    started: list[records_pb2.PendingBlock] = []
+    started: list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]] = []
     kept: list[records_pb2.TransferTask] = []
     for task in step.transfer_tasks:
         block_task = task.block_task
@@ -166,7 +167,7 @@ def start_eagerly(
         ):
             pending = step.state.pending_blocks[block_task.scheduled_event_id]
             record_started(step, pending, identity=identity, request_id=f"eager-{uuid.uuid4()}")
-            started.append(pending)
+            started.append((pending, scheduled_now[block_task.scheduled_event_id]))
         else:
             kept.append(task)
     step.transfer_tasks[:] = kept

@@ -9,45 +9,45 @@ from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.history import blocks
-from tideflow_server.history.api._common import pending_attempt
-from tideflow_server.history.api._respond import continue_run
+from tideflow_server.history.api._respond import respond
 from tideflow_server.history.api.record_block_started import started_response
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
-from tideflow_server.tokens import block_task_response, parse_token
+from tideflow_server.tokens import block_task_response
 
 
 async def invoke(
     shard: ShardContext, request: history_service_pb2.RespondBlockCompletedRequest
 ) -> history_service_pb2.RespondBlockCompletedResponse:
     given = request.request
-    token = parse_token(given.task_token)
 
-    async def act(entry: Execution, step: RunStep) -> list[flow_service_pb2.PollBlockTaskResponse]:
-        pending = step.state.pending_blocks[pending_attempt(entry, token).scheduled_event_id]
-        task_queue = common_pb2.TaskQueue()
-        task_queue.CopyFrom(pending.task_queue)
-        blocks.complete(step, pending, given.result, given.identity)
-        await continue_run(shard, step)
+    def eager(
+        step: RunStep, task_queue: common_pb2.TaskQueue
+    ) -> list[flow_service_pb2.PollBlockTaskResponse]:
         if given.eager_slots <= 0 or not step.is_open or step.info.cancel_requested:
             return []
         started = blocks.start_eagerly(
             step, task_queue, identity=given.identity, slots=given.eager_slots
         )
-        scheduled = {event.event_id: event for event in step.events}
         run = common_pb2.RunRef(run_id=step.info.run_id, execution_id=step.info.execution_id)
         return [
             block_task_response(
                 namespace_id=step.info.namespace_id,
                 run=run,
-                scheduled_event_id=p.scheduled_event_id,
-                started=started_response(step.state, p, scheduled[p.scheduled_event_id]),
+                scheduled_event_id=pending.scheduled_event_id,
+                started=started_response(step.state, pending, event),
             )
-            for p in started
+            for pending, event in started
         ]
 
-    next_tasks = await shard.update(request.namespace_id, token.run_id, token.execution_id, act)
+    next_tasks = await respond(
+        shard,
+        request.namespace_id,
+        given.task_token,
+        lambda step, pending: blocks.complete(step, pending, given.result, given.identity),
+        eager,
+    )
     response = history_service_pb2.RespondBlockCompletedResponse()
-    response.response.next_tasks.extend(next_tasks)
+    response.response.next_tasks.extend(next_tasks or ())
     return response
