@@ -90,7 +90,7 @@ async def prepare(
 
 
 class SdkDriver:
-    """Runs through the public SDK: `Client.start_run` then `RunHandle.result`."""
+    """Runs through the public SDK: `Client.execute_run`, a start that waits for the close."""
 
     def __init__(self, client: Client, flow: str, run_input: Any) -> None:
         self._client = client
@@ -102,9 +102,10 @@ class SdkDriver:
         return cls(await Client.connect(address, namespace=NAMESPACE), flow, run_input)
 
     async def run(self, key: str) -> bool:
-        handle = await self._client.start_run(self._flow, self._input, run_id=key)
         try:
-            await handle.result(timeout=RUN_TIMEOUT_S)
+            await self._client.execute_run(
+                self._flow, self._input, run_id=key, timeout=RUN_TIMEOUT_S
+            )
         except errors.RunFailedError:
             return False
         return True
@@ -114,8 +115,9 @@ class SdkDriver:
 
 
 class StubDriver:
-    """Runs through the generated stubs on one long-lived channel: StartRun, then one
-    GetRunHistory long poll for the close event. No per-call conversion besides setting ids."""
+    """Runs through the generated stubs on one long-lived channel: StartRun with
+    wait_for_close, and a GetRunHistory long poll for the close event only if the run outlives
+    that wait. No per-call conversion besides setting ids."""
 
     def __init__(self, channel: grpc.aio.Channel, flow: str, run_input: Any) -> None:
         self._channel = channel
@@ -125,6 +127,7 @@ class StubDriver:
             flow=common_pb2.FlowRef(name=flow),
             input=_payloads(run_input),
             identity=f"bench-driver:{os.getpid()}",
+            wait_for_close=True,
         )
 
     @classmethod
@@ -137,7 +140,9 @@ class StubDriver:
         request = flow_service_pb2.StartRunRequest()
         request.CopyFrom(self._start)
         request.run_id = request.request_id = key
-        await self._stub.StartRun(request, timeout=30)
+        started = await self._stub.StartRun(request, timeout=30)
+        if started.HasField("close_event"):
+            return started.close_event.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
         poll = flow_service_pb2.GetRunHistoryRequest(
             namespace=NAMESPACE,
             run=common_pb2.RunRef(run_id=key),

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, echo
+from tests.support.flows import BlockWorker, echo, payloads, value
 from tideflow import Client, RunHandle, SyncClient
-from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, flow_service_pb2_grpc, history_pb2
 from tideflow.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -89,6 +89,70 @@ async def test_start_and_result(cluster: Cluster, sdk: Client, echo_flow: tuple[
     assert described.run_info.status == common_pb2.RUN_STATUS_COMPLETED
     assert described.run_info.run.execution_id == handle.execution_id
     assert "who" in described.run_info.memo.fields
+
+
+async def test_execute_run_starts_and_returns_the_result_in_one_call(
+    cluster: Cluster, sdk: Client, echo_flow: tuple[str, str]
+) -> None:
+    flow, queue = echo_flow
+    run_id, request_id = _name("run"), str(uuid.uuid4())
+    async with BlockWorker(cluster.frontend, queue, {"echo@1": echo}, namespace=sdk.namespace):
+        assert await sdk.execute_run(flow, {"doc": "x"}, run_id=run_id, timeout=60) == {"doc": "x"}
+    described = await sdk.get_run(run_id).describe()
+    assert described.run_info.status == common_pb2.RUN_STATUS_COMPLETED
+
+    # On the wire: one StartRun with wait_for_close answers with the close event, and a
+    # repeat of it (same request_id) waits for the same execution instead of starting one.
+    request = flow_service_pb2.StartRunRequest(
+        namespace=sdk.namespace,
+        run_id=_name("run"),
+        flow=common_pb2.FlowRef(name=flow),
+        input=payloads(7),
+        request_id=request_id,
+        wait_for_close=True,
+    )
+    async with (
+        grpc.aio.insecure_channel(cluster.frontend) as channel,
+        BlockWorker(cluster.frontend, queue, {"echo@1": echo}, namespace=sdk.namespace),
+    ):
+        stub = flow_service_pb2_grpc.FlowServiceStub(channel)
+        first = await stub.StartRun(request, timeout=30)
+        again = await stub.StartRun(request, timeout=30)
+    assert first.started and not again.started
+    assert again.execution_id == first.execution_id
+    for reply in (first, again):
+        assert reply.close_event.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
+        assert value(reply.close_event.run_completed_event_attributes.result) == 7
+
+
+async def test_start_and_wait_answers_within_the_callers_deadline(
+    cluster: Cluster, sdk: Client, echo_flow: tuple[str, str]
+) -> None:
+    flow, _ = echo_flow  # nobody polls the queue: the run stays open
+    request = flow_service_pb2.StartRunRequest(
+        namespace=sdk.namespace,
+        run_id=_name("run"),
+        flow=common_pb2.FlowRef(name=flow),
+        input=payloads(1),
+        request_id=str(uuid.uuid4()),
+        wait_for_close=True,
+    )
+    async with grpc.aio.insecure_channel(cluster.frontend) as channel:
+        stub = flow_service_pb2_grpc.FlowServiceStub(channel)
+        # The wait ends before the deadline with an answer: started, and still open.
+        reply = await stub.StartRun(request, timeout=4)
+    assert reply.started and reply.execution_id
+    assert not reply.HasField("close_event")
+
+    run_id, request_id = request.run_id, request.request_id
+
+    with pytest.raises(TimeoutError):
+        await sdk.execute_run(flow, 1, run_id=run_id, request_id=request_id, timeout=0.5)
+    await sdk.get_run(run_id).terminate(reason="enough")
+    # The same start again reaches the closed execution and reports how it closed.
+    with pytest.raises(RunFailedError) as raised:
+        await sdk.execute_run(flow, 1, run_id=run_id, request_id=request_id, timeout=30)
+    assert raised.value.status == "TERMINATED"
 
 
 async def test_terminated_run_fails_its_result(sdk: Client, echo_flow: tuple[str, str]) -> None:

@@ -33,6 +33,10 @@ logger = logging.getLogger("tideflow.client")
 T = TypeVar("T")
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
+# How long one start-and-wait call may be held open before the wait goes on as a long poll.
+_EXECUTE_WAIT_S = 60.0
+# A pause before repeating a start-and-wait that failed because a server was away.
+_RETRY_PAUSE_S = 0.2
 
 
 def _stub(channel: grpc.aio.Channel) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
@@ -287,6 +291,64 @@ class Client:
             request.run_timeout.FromTimedelta(run_timeout)
         reply = await self._call(self._stub.StartRun, request)
         return RunHandle(self, request.run_id, reply.execution_id, started=reply.started)
+
+    # The timeout parameter is the public contract, as in RunHandle.result.
+    async def execute_run(
+        self,
+        flow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        version: int = 0,
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        run_timeout: timedelta | None = None,
+        reuse_policy: str | int | None = None,
+        memo: Mapping[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
+        """Start a run of `flow` and return its decoded result, as `start_run` then
+        `RunHandle.result`, in one call when the run closes within the server's long poll.
+
+        Raises RunFailedError if the run failed, was canceled, terminated or timed out, and
+        TimeoutError if it is still open after `timeout` seconds."""
+        request = flow_service_pb2.StartRunRequest(
+            **self._start_fields(
+                flow,
+                input,
+                run_id=run_id,
+                version=version,
+                task_queue=task_queue,
+                request_id=request_id,
+                run_timeout=run_timeout,
+                reuse_policy=reuse_policy,
+                memo=memo,
+            ),
+            wait_for_close=True,
+        )
+        if run_timeout is not None:
+            request.run_timeout.FromTimedelta(run_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            wait_s = _EXECUTE_WAIT_S if deadline is None else deadline - loop.time()
+            if wait_s <= 0:
+                raise TimeoutError(f"run {request.run_id} did not close in time")
+            try:
+                # The server answers before this deadline, with or without the close.
+                reply = await self._call(
+                    self._stub.StartRun, request, timeout_s=min(wait_s, _EXECUTE_WAIT_S)
+                )
+                break
+            except (errors.DeadlineExceededError, errors.UnavailableError):
+                # Same request_id: a repeat waits for the execution the first one started.
+                await asyncio.sleep(_RETRY_PAUSE_S)
+        handle = RunHandle(self, request.run_id, reply.execution_id, started=reply.started)
+        if reply.HasField("close_event"):
+            return handle.outcome(reply.close_event)
+        return await handle.result(
+            timeout=None if deadline is None else max(0.0, deadline - loop.time())
+        )
 
     async def signal_with_start(
         self,

@@ -99,10 +99,11 @@ class RunHandle:
         while True:
             reply = await self._poll_history(request, deadline=deadline)
             if reply.history.events:
-                return self._outcome(reply.history.events[-1])
+                return self.outcome(reply.history.events[-1])
             request.next_page_token = reply.next_page_token
 
-    def _outcome(self, event: history_pb2.HistoryEvent) -> Any:
+    def outcome(self, event: history_pb2.HistoryEvent) -> Any:
+        """The decoded result a close event carries, or the error it stands for."""
         kind = event.WhichOneof("attributes")
         converter = self._client.converter
         if kind == "run_completed_event_attributes":

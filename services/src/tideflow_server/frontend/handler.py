@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -296,9 +297,20 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             given.CopyFrom(request)
             if not given.request_id:
                 given.request_id = str(uuid.uuid4())
-            response = await self._history.start_run(
-                hs.StartRunRequest(namespace_id=record.info.id, request=given)
-            )
+            forwarded = hs.StartRunRequest(namespace_id=record.info.id, request=given)
+            timeout = None
+            if given.wait_for_close:
+                # History waits for the close at most this long, then answers without it,
+                # so a caller's deadline ends in an answer rather than DEADLINE_EXCEEDED.
+                wait_s = self._history_long_poll_timeout_s
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    wait_s = min(wait_s, max(0.0, remaining - 2 * POLL_MARGIN_S))
+                forwarded.wait_timeout.FromTimedelta(timedelta(seconds=wait_s))
+                timeout = wait_s + 5.0
+                if remaining is not None:
+                    timeout = min(timeout, max(0.1, remaining - POLL_MARGIN_S))
+            response = await self._history.start_run(forwarded, timeout_s=timeout)
             return response.response
 
         return await self._serve(context, request, serve)

@@ -170,11 +170,13 @@ class HistoryClient(_RoutedClient):
         key = shard_key(self.shard_for(namespace_id, run_id))
         return await self._routed(key, _history_stub, call)
 
-    async def start_run(self, request: hs.StartRunRequest) -> hs.StartRunResponse:
+    async def start_run(
+        self, request: hs.StartRunRequest, *, timeout_s: float | None = None
+    ) -> hs.StartRunResponse:
         return await self._call(
             request.namespace_id,
             request.request.run_id,
-            lambda s: s.StartRun(request, timeout=self._timeout_s),
+            lambda s: s.StartRun(request, timeout=timeout_s or self._timeout_s),
         )
 
     async def signal_run(self, request: hs.SignalRunRequest) -> hs.SignalRunResponse:

@@ -418,6 +418,7 @@ class StartRunRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_REUSE_POLICY_FIELD_NUMBER: _builtins.int
     MEMO_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_CLOSE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     run_id: _builtins.str
     """The caller's business key."""
@@ -425,6 +426,13 @@ class StartRunRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key: a retried start with the same request_id returns the same execution."""
     run_id_reuse_policy: _common_pb2.RunIdReusePolicy.ValueType
+    wait_for_close: _builtins.bool
+    """11-19: kept (run retry policy, cron schedule, start delay, search attributes, header).
+    Start and wait: hold the call until the execution closes, for at most the server's
+    history long-poll timeout and never past the call's deadline. The response then carries
+    the close event; without one the run is still open, and GetRunHistory with CLOSE_EVENT
+    waits on. A retry with the same request_id waits for the same execution.
+    """
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef:
         """version 0 = the latest."""
@@ -440,9 +448,7 @@ class StartRunRequest(_message.Message):
         """Overrides the blueprint's run_timeout."""
 
     @_builtins.property
-    def memo(self) -> _common_pb2.Memo:
-        """11-19: kept (run retry policy, cron schedule, start delay, search attributes, header)."""
-
+    def memo(self) -> _common_pb2.Memo: ...
     def __init__(
         self,
         *,
@@ -456,10 +462,11 @@ class StartRunRequest(_message.Message):
         request_id: _builtins.str = ...,
         run_id_reuse_policy: _common_pb2.RunIdReusePolicy.ValueType = ...,
         memo: _common_pb2.Memo | None = ...,
+        wait_for_close: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "input", b"input", "memo", b"memo", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "identity", b"identity", "input", b"input", "memo", b"memo", "namespace", b"namespace", "request_id", b"request_id", "run_id", b"run_id", "run_id_reuse_policy", b"run_id_reuse_policy", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "identity", b"identity", "input", b"input", "memo", b"memo", "namespace", b"namespace", "request_id", b"request_id", "run_id", b"run_id", "run_id_reuse_policy", b"run_id_reuse_policy", "run_timeout", b"run_timeout", "task_queue", b"task_queue", "wait_for_close", b"wait_for_close"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,18 +478,26 @@ class StartRunResponse(_message.Message):
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
+    CLOSE_EVENT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     started: _builtins.bool
     """False when this request was a duplicate of the one that started the execution."""
+    @_builtins.property
+    def close_event(self) -> _history_pb2.HistoryEvent:
+        """With wait_for_close, the event that closed the execution (RUN_COMPLETED, RUN_FAILED,
+        ...), when it closed within the wait.
+        """
+
     def __init__(
         self,
         *,
         execution_id: _builtins.str = ...,
         started: _builtins.bool = ...,
+        close_event: _history_pb2.HistoryEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_event", b"close_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_event", b"close_event", "execution_id", b"execution_id", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,8 +37,23 @@ def _parse_token(token: bytes, execution_id: str) -> int:
         raise InvalidArgument("next_page_token is not one this run issued") from e
 
 
+async def closing_event(
+    shard: ShardContext, namespace_id: str, run: common_pb2.RunRef, *, timeout_s: float
+) -> history_pb2.HistoryEvent | None:
+    """The event that closed `run`, waiting up to `timeout_s` for it; None while it is open."""
+    request = history_service_pb2.GetRunHistoryRequest(namespace_id=namespace_id)
+    request.request.run.CopyFrom(run)
+    request.request.wait_new_event = timeout_s > 0
+    request.request.history_event_filter_type = history_pb2.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT
+    events = (await invoke(shard, request, timeout_s=timeout_s)).response.history.events
+    return events[-1] if events else None
+
+
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.GetRunHistoryRequest
+    shard: ShardContext,
+    request: history_service_pb2.GetRunHistoryRequest,
+    *,
+    timeout_s: float | None = None,
 ) -> history_service_pb2.GetRunHistoryResponse:
     given = request.request
     execution_id = await execution_id_of(shard, request.namespace_id, given.run)
@@ -47,7 +62,9 @@ async def invoke(
         given.history_event_filter_type == history_pb2.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT
     )
     page_size = given.page_size or DEFAULT_PAGE_SIZE
-    deadline = asyncio.get_running_loop().time() + shard.config.long_poll_timeout_s
+    if timeout_s is None:
+        timeout_s = shard.config.long_poll_timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout_s
 
     while True:
         async with shard.locked(request.namespace_id, given.run.run_id, execution_id) as entry:

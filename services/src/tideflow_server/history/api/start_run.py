@@ -9,6 +9,7 @@ from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.history import payloads, progress
+from tideflow_server.history.api import get_run_history
 from tideflow_server.history.interpreter import JSON, ExpressionError
 from tideflow_server.history.interpreter.compiled import CompiledBlueprint
 from tideflow_server.history.shard.context import ShardContext, utcnow
@@ -131,6 +132,32 @@ async def invoke(
     request: history_service_pb2.StartRunRequest,
     *,
     signal: flow_service_pb2.SignalRunRequest | None = None,
+) -> history_service_pb2.StartRunResponse:
+    response = await _start(shard, request, signal=signal)
+    if request.request.wait_for_close:
+        # Start and wait: the same long poll as GetRunHistory with CLOSE_EVENT, bounded by
+        # what the frontend allowed (its long-poll timeout and the caller's deadline).
+        closed = await get_run_history.closing_event(
+            shard,
+            request.namespace_id,
+            common_pb2.RunRef(
+                run_id=request.request.run_id, execution_id=response.response.execution_id
+            ),
+            timeout_s=min(
+                request.wait_timeout.ToTimedelta().total_seconds(),
+                shard.config.long_poll_timeout_s,
+            ),
+        )
+        if closed is not None:
+            response.response.close_event.CopyFrom(closed)
+    return response
+
+
+async def _start(
+    shard: ShardContext,
+    request: history_service_pb2.StartRunRequest,
+    *,
+    signal: flow_service_pb2.SignalRunRequest | None,
 ) -> history_service_pb2.StartRunResponse:
     start = request.request
     namespace = await shard.namespaces.by_id(request.namespace_id)

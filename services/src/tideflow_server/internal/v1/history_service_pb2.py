@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tideflow.api.v1 import common_pb2 as tideflow_dot_api_dot_v1_dot_common__pb2
 from tideflow.api.v1 import flow_service_pb2 as tideflow_dot_api_dot_v1_dot_flow__service__pb2
@@ -29,69 +30,69 @@ from tideflow.api.v1 import history_pb2 as tideflow_dot_api_dot_v1_dot_history__
 from tideflow_server.internal.v1 import records_pb2 as tideflow__server_dot_internal_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tideflow_server/internal/v1/history_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a\x1dtideflow/api/v1/history.proto\x1a)tideflow_server/internal/v1/records.proto\"Z\n\x0fStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .tideflow.api.v1.StartRunRequest\"G\n\x10StartRunResponse\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.tideflow.api.v1.StartRunResponse\"\\\n\x10SignalRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.SignalRunRequest\"I\n\x11SignalRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.SignalRunResponse\"n\n\x19SignalWithStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.SignalWithStartRunRequest\"[\n\x1aSignalWithStartRunResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.SignalWithStartRunResponse\"\\\n\x10\x43\x61ncelRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.CancelRunRequest\"I\n\x11\x43\x61ncelRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.CancelRunResponse\"b\n\x13TerminateRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.tideflow.api.v1.TerminateRunRequest\"O\n\x14TerminateRunResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.tideflow.api.v1.TerminateRunResponse\"`\n\x12\x44\x65scribeRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x34\n\x07request\x18\x02 \x01(\x0b\x32#.tideflow.api.v1.DescribeRunRequest\"M\n\x13\x44\x65scribeRunResponse\x12\x36\n\x08response\x18\x01 \x01(\x0b\x32$.tideflow.api.v1.DescribeRunResponse\"d\n\x14GetRunHistoryRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.tideflow.api.v1.GetRunHistoryRequest\"Q\n\x15GetRunHistoryResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.GetRunHistoryResponse\"\xda\x01\n\x19RecordBlockStartedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12$\n\x03run\x18\x02 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x1a\n\x12scheduled_event_id\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12.\n\ntask_queue\x18\x07 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\"\xb9\x02\n\x1aRecordBlockStartedResponse\x12\x36\n\x0fscheduled_event\x18\x01 \x01(\x0b\x32\x1d.tideflow.api.v1.HistoryEvent\x12\x30\n\x0cstarted_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x42\n\x1e\x63urrent_attempt_scheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x19.tideflow.api.v1.Payloads\x12&\n\x04\x66low\x18\x06 \x01(\x0b\x32\x18.tideflow.api.v1.FlowRef\"r\n\x1bRecordBlockHeartbeatRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RecordBlockHeartbeatRequest\"_\n\x1cRecordBlockHeartbeatResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RecordBlockHeartbeatResponse\"t\n\x1cRespondBlockCompletedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCompletedRequest\"a\n\x1dRespondBlockCompletedResponse\x12@\n\x08response\x18\x01 \x01(\x0b\x32..tideflow.api.v1.RespondBlockCompletedResponse\"n\n\x19RespondBlockFailedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.RespondBlockFailedRequest\"[\n\x1aRespondBlockFailedResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.RespondBlockFailedResponse\"r\n\x1bRespondBlockCanceledRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RespondBlockCanceledRequest\"_\n\x1cRespondBlockCanceledResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCanceledResponse\"%\n\x11\x43loseShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"\x14\n\x12\x43loseShardResponse\"(\n\x14\x44\x65scribeShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"d\n\x15\x44\x65scribeShardResponse\x12:\n\nshard_info\x18\x01 \x01(\x0b\x32&.tideflow_server.internal.v1.ShardInfo\x12\x0f\n\x07host_id\x18\x02 \x01(\t2\xdc\r\n\x0eHistoryService\x12g\n\x08StartRun\x12,.tideflow_server.internal.v1.StartRunRequest\x1a-.tideflow_server.internal.v1.StartRunResponse\x12j\n\tSignalRun\x12-.tideflow_server.internal.v1.SignalRunRequest\x1a..tideflow_server.internal.v1.SignalRunResponse\x12\x85\x01\n\x12SignalWithStartRun\x12\x36.tideflow_server.internal.v1.SignalWithStartRunRequest\x1a\x37.tideflow_server.internal.v1.SignalWithStartRunResponse\x12j\n\tCancelRun\x12-.tideflow_server.internal.v1.CancelRunRequest\x1a..tideflow_server.internal.v1.CancelRunResponse\x12s\n\x0cTerminateRun\x12\x30.tideflow_server.internal.v1.TerminateRunRequest\x1a\x31.tideflow_server.internal.v1.TerminateRunResponse\x12p\n\x0b\x44\x65scribeRun\x12/.tideflow_server.internal.v1.DescribeRunRequest\x1a\x30.tideflow_server.internal.v1.DescribeRunResponse\x12v\n\rGetRunHistory\x12\x31.tideflow_server.internal.v1.GetRunHistoryRequest\x1a\x32.tideflow_server.internal.v1.GetRunHistoryResponse\x12\x85\x01\n\x12RecordBlockStarted\x12\x36.tideflow_server.internal.v1.RecordBlockStartedRequest\x1a\x37.tideflow_server.internal.v1.RecordBlockStartedResponse\x12\x8b\x01\n\x14RecordBlockHeartbeat\x12\x38.tideflow_server.internal.v1.RecordBlockHeartbeatRequest\x1a\x39.tideflow_server.internal.v1.RecordBlockHeartbeatResponse\x12\x8e\x01\n\x15RespondBlockCompleted\x12\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\x1a:.tideflow_server.internal.v1.RespondBlockCompletedResponse\x12\x85\x01\n\x12RespondBlockFailed\x12\x36.tideflow_server.internal.v1.RespondBlockFailedRequest\x1a\x37.tideflow_server.internal.v1.RespondBlockFailedResponse\x12\x8b\x01\n\x14RespondBlockCanceled\x12\x38.tideflow_server.internal.v1.RespondBlockCanceledRequest\x1a\x39.tideflow_server.internal.v1.RespondBlockCanceledResponse\x12m\n\nCloseShard\x12..tideflow_server.internal.v1.CloseShardRequest\x1a/.tideflow_server.internal.v1.CloseShardResponse\x12v\n\rDescribeShard\x12\x31.tideflow_server.internal.v1.DescribeShardRequest\x1a\x32.tideflow_server.internal.v1.DescribeShardResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tideflow_server/internal/v1/history_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a\x1dtideflow/api/v1/history.proto\x1a)tideflow_server/internal/v1/records.proto\"\x8b\x01\n\x0fStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .tideflow.api.v1.StartRunRequest\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x10StartRunResponse\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.tideflow.api.v1.StartRunResponse\"\\\n\x10SignalRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.SignalRunRequest\"I\n\x11SignalRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.SignalRunResponse\"n\n\x19SignalWithStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.SignalWithStartRunRequest\"[\n\x1aSignalWithStartRunResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.SignalWithStartRunResponse\"\\\n\x10\x43\x61ncelRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.CancelRunRequest\"I\n\x11\x43\x61ncelRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.CancelRunResponse\"b\n\x13TerminateRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.tideflow.api.v1.TerminateRunRequest\"O\n\x14TerminateRunResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.tideflow.api.v1.TerminateRunResponse\"`\n\x12\x44\x65scribeRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x34\n\x07request\x18\x02 \x01(\x0b\x32#.tideflow.api.v1.DescribeRunRequest\"M\n\x13\x44\x65scribeRunResponse\x12\x36\n\x08response\x18\x01 \x01(\x0b\x32$.tideflow.api.v1.DescribeRunResponse\"d\n\x14GetRunHistoryRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.tideflow.api.v1.GetRunHistoryRequest\"Q\n\x15GetRunHistoryResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.GetRunHistoryResponse\"\xda\x01\n\x19RecordBlockStartedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12$\n\x03run\x18\x02 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x1a\n\x12scheduled_event_id\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12.\n\ntask_queue\x18\x07 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\"\xb9\x02\n\x1aRecordBlockStartedResponse\x12\x36\n\x0fscheduled_event\x18\x01 \x01(\x0b\x32\x1d.tideflow.api.v1.HistoryEvent\x12\x30\n\x0cstarted_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x42\n\x1e\x63urrent_attempt_scheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x19.tideflow.api.v1.Payloads\x12&\n\x04\x66low\x18\x06 \x01(\x0b\x32\x18.tideflow.api.v1.FlowRef\"r\n\x1bRecordBlockHeartbeatRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RecordBlockHeartbeatRequest\"_\n\x1cRecordBlockHeartbeatResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RecordBlockHeartbeatResponse\"t\n\x1cRespondBlockCompletedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCompletedRequest\"a\n\x1dRespondBlockCompletedResponse\x12@\n\x08response\x18\x01 \x01(\x0b\x32..tideflow.api.v1.RespondBlockCompletedResponse\"n\n\x19RespondBlockFailedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.RespondBlockFailedRequest\"[\n\x1aRespondBlockFailedResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.RespondBlockFailedResponse\"r\n\x1bRespondBlockCanceledRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RespondBlockCanceledRequest\"_\n\x1cRespondBlockCanceledResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCanceledResponse\"%\n\x11\x43loseShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"\x14\n\x12\x43loseShardResponse\"(\n\x14\x44\x65scribeShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"d\n\x15\x44\x65scribeShardResponse\x12:\n\nshard_info\x18\x01 \x01(\x0b\x32&.tideflow_server.internal.v1.ShardInfo\x12\x0f\n\x07host_id\x18\x02 \x01(\t2\xdc\r\n\x0eHistoryService\x12g\n\x08StartRun\x12,.tideflow_server.internal.v1.StartRunRequest\x1a-.tideflow_server.internal.v1.StartRunResponse\x12j\n\tSignalRun\x12-.tideflow_server.internal.v1.SignalRunRequest\x1a..tideflow_server.internal.v1.SignalRunResponse\x12\x85\x01\n\x12SignalWithStartRun\x12\x36.tideflow_server.internal.v1.SignalWithStartRunRequest\x1a\x37.tideflow_server.internal.v1.SignalWithStartRunResponse\x12j\n\tCancelRun\x12-.tideflow_server.internal.v1.CancelRunRequest\x1a..tideflow_server.internal.v1.CancelRunResponse\x12s\n\x0cTerminateRun\x12\x30.tideflow_server.internal.v1.TerminateRunRequest\x1a\x31.tideflow_server.internal.v1.TerminateRunResponse\x12p\n\x0b\x44\x65scribeRun\x12/.tideflow_server.internal.v1.DescribeRunRequest\x1a\x30.tideflow_server.internal.v1.DescribeRunResponse\x12v\n\rGetRunHistory\x12\x31.tideflow_server.internal.v1.GetRunHistoryRequest\x1a\x32.tideflow_server.internal.v1.GetRunHistoryResponse\x12\x85\x01\n\x12RecordBlockStarted\x12\x36.tideflow_server.internal.v1.RecordBlockStartedRequest\x1a\x37.tideflow_server.internal.v1.RecordBlockStartedResponse\x12\x8b\x01\n\x14RecordBlockHeartbeat\x12\x38.tideflow_server.internal.v1.RecordBlockHeartbeatRequest\x1a\x39.tideflow_server.internal.v1.RecordBlockHeartbeatResponse\x12\x8e\x01\n\x15RespondBlockCompleted\x12\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\x1a:.tideflow_server.internal.v1.RespondBlockCompletedResponse\x12\x85\x01\n\x12RespondBlockFailed\x12\x36.tideflow_server.internal.v1.RespondBlockFailedRequest\x1a\x37.tideflow_server.internal.v1.RespondBlockFailedResponse\x12\x8b\x01\n\x14RespondBlockCanceled\x12\x38.tideflow_server.internal.v1.RespondBlockCanceledRequest\x1a\x39.tideflow_server.internal.v1.RespondBlockCanceledResponse\x12m\n\nCloseShard\x12..tideflow_server.internal.v1.CloseShardRequest\x1a/.tideflow_server.internal.v1.CloseShardResponse\x12v\n\rDescribeShard\x12\x31.tideflow_server.internal.v1.DescribeShardRequest\x1a\x32.tideflow_server.internal.v1.DescribeShardResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow_server.internal.v1.history_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTRUNREQUEST']._serialized_start=255
-  _globals['_STARTRUNREQUEST']._serialized_end=345
-  _globals['_STARTRUNRESPONSE']._serialized_start=347
-  _globals['_STARTRUNRESPONSE']._serialized_end=418
-  _globals['_SIGNALRUNREQUEST']._serialized_start=420
-  _globals['_SIGNALRUNREQUEST']._serialized_end=512
-  _globals['_SIGNALRUNRESPONSE']._serialized_start=514
-  _globals['_SIGNALRUNRESPONSE']._serialized_end=587
-  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_start=589
-  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_end=699
-  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_start=701
-  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_end=792
-  _globals['_CANCELRUNREQUEST']._serialized_start=794
-  _globals['_CANCELRUNREQUEST']._serialized_end=886
-  _globals['_CANCELRUNRESPONSE']._serialized_start=888
-  _globals['_CANCELRUNRESPONSE']._serialized_end=961
-  _globals['_TERMINATERUNREQUEST']._serialized_start=963
-  _globals['_TERMINATERUNREQUEST']._serialized_end=1061
-  _globals['_TERMINATERUNRESPONSE']._serialized_start=1063
-  _globals['_TERMINATERUNRESPONSE']._serialized_end=1142
-  _globals['_DESCRIBERUNREQUEST']._serialized_start=1144
-  _globals['_DESCRIBERUNREQUEST']._serialized_end=1240
-  _globals['_DESCRIBERUNRESPONSE']._serialized_start=1242
-  _globals['_DESCRIBERUNRESPONSE']._serialized_end=1319
-  _globals['_GETRUNHISTORYREQUEST']._serialized_start=1321
-  _globals['_GETRUNHISTORYREQUEST']._serialized_end=1421
-  _globals['_GETRUNHISTORYRESPONSE']._serialized_start=1423
-  _globals['_GETRUNHISTORYRESPONSE']._serialized_end=1504
-  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_start=1507
-  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_end=1725
-  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_start=1728
-  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_end=2041
-  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_start=2043
-  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_end=2157
-  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_start=2159
-  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_end=2254
-  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_start=2256
-  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_end=2372
-  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_start=2374
-  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_end=2471
-  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_start=2473
-  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_end=2583
-  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_start=2585
-  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_end=2676
-  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_start=2678
-  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_end=2792
-  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_start=2794
-  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_end=2889
-  _globals['_CLOSESHARDREQUEST']._serialized_start=2891
-  _globals['_CLOSESHARDREQUEST']._serialized_end=2928
-  _globals['_CLOSESHARDRESPONSE']._serialized_start=2930
-  _globals['_CLOSESHARDRESPONSE']._serialized_end=2950
-  _globals['_DESCRIBESHARDREQUEST']._serialized_start=2952
-  _globals['_DESCRIBESHARDREQUEST']._serialized_end=2992
-  _globals['_DESCRIBESHARDRESPONSE']._serialized_start=2994
-  _globals['_DESCRIBESHARDRESPONSE']._serialized_end=3094
-  _globals['_HISTORYSERVICE']._serialized_start=3097
-  _globals['_HISTORYSERVICE']._serialized_end=4853
+  _globals['_STARTRUNREQUEST']._serialized_start=288
+  _globals['_STARTRUNREQUEST']._serialized_end=427
+  _globals['_STARTRUNRESPONSE']._serialized_start=429
+  _globals['_STARTRUNRESPONSE']._serialized_end=500
+  _globals['_SIGNALRUNREQUEST']._serialized_start=502
+  _globals['_SIGNALRUNREQUEST']._serialized_end=594
+  _globals['_SIGNALRUNRESPONSE']._serialized_start=596
+  _globals['_SIGNALRUNRESPONSE']._serialized_end=669
+  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_start=671
+  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_end=781
+  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_start=783
+  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_end=874
+  _globals['_CANCELRUNREQUEST']._serialized_start=876
+  _globals['_CANCELRUNREQUEST']._serialized_end=968
+  _globals['_CANCELRUNRESPONSE']._serialized_start=970
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1043
+  _globals['_TERMINATERUNREQUEST']._serialized_start=1045
+  _globals['_TERMINATERUNREQUEST']._serialized_end=1143
+  _globals['_TERMINATERUNRESPONSE']._serialized_start=1145
+  _globals['_TERMINATERUNRESPONSE']._serialized_end=1224
+  _globals['_DESCRIBERUNREQUEST']._serialized_start=1226
+  _globals['_DESCRIBERUNREQUEST']._serialized_end=1322
+  _globals['_DESCRIBERUNRESPONSE']._serialized_start=1324
+  _globals['_DESCRIBERUNRESPONSE']._serialized_end=1401
+  _globals['_GETRUNHISTORYREQUEST']._serialized_start=1403
+  _globals['_GETRUNHISTORYREQUEST']._serialized_end=1503
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_start=1505
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_end=1586
+  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_start=1589
+  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_end=1807
+  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_start=1810
+  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_end=2123
+  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_start=2125
+  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_end=2239
+  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_start=2241
+  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_end=2336
+  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_start=2338
+  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_end=2454
+  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_start=2456
+  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_end=2553
+  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_start=2555
+  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_end=2665
+  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_start=2667
+  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_end=2758
+  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_start=2760
+  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_end=2874
+  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_start=2876
+  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_end=2971
+  _globals['_CLOSESHARDREQUEST']._serialized_start=2973
+  _globals['_CLOSESHARDREQUEST']._serialized_end=3010
+  _globals['_CLOSESHARDRESPONSE']._serialized_start=3012
+  _globals['_CLOSESHARDRESPONSE']._serialized_end=3032
+  _globals['_DESCRIBESHARDREQUEST']._serialized_start=3034
+  _globals['_DESCRIBESHARDREQUEST']._serialized_end=3074
+  _globals['_DESCRIBESHARDRESPONSE']._serialized_start=3076
+  _globals['_DESCRIBESHARDRESPONSE']._serialized_end=3176
+  _globals['_HISTORYSERVICE']._serialized_start=3179
+  _globals['_HISTORYSERVICE']._serialized_end=4935
 # @@protoc_insertion_point(module_scope)

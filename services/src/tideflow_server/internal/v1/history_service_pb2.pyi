@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tideflow.api.v1 import common_pb2 as _common_pb2
@@ -27,18 +28,26 @@ class StartRunRequest(_message.Message):
 
     NAMESPACE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     @_builtins.property
     def request(self) -> _flow_service_pb2.StartRunRequest: ...
+    @_builtins.property
+    def wait_timeout(self) -> _duration_pb2.Duration:
+        """With request.wait_for_close: how long history may wait for the close, set by the
+        frontend from its long-poll timeout and the caller's deadline.
+        """
+
     def __init__(
         self,
         *,
         namespace_id: _builtins.str = ...,
         request: _flow_service_pb2.StartRunRequest | None = ...,
+        wait_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
