@@ -258,15 +258,17 @@ async def test_sync_client_from_a_thread(
 ) -> None:
     flow, queue = echo_flow
 
-    def script() -> tuple[Any, str]:
+    def script() -> tuple[Any, str, Any]:
         with SyncClient.connect(cluster.frontend, namespace=namespace) as client:
             handle = client.start_run(flow, {"from": "thread"})
-            return handle.result(timeout=60), handle.run_id
+            executed = client.execute_run(flow, {"executed": True}, timeout=60)
+            return handle.result(timeout=60), handle.run_id, executed
 
     async with BlockWorker(cluster.frontend, queue, {"echo@1": echo}, namespace=namespace):
-        result, run_id = await asyncio.to_thread(script)
+        result, run_id, executed = await asyncio.to_thread(script)
     assert result == {"from": "thread"}
     assert run_id
+    assert executed == {"executed": True}
 
 
 async def test_connect_fails_fast_without_a_server() -> None:

@@ -145,6 +145,36 @@ class SyncClient:
         )
         return SyncRunHandle(handle, self._runner)
 
+    def execute_run(
+        self,
+        flow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        version: int = 0,
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        run_timeout: timedelta | None = None,
+        reuse_policy: str | int | None = None,
+        memo: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Start a run and return its result; see Client.execute_run."""
+        return self._runner.run(
+            self._client.execute_run(
+                flow,
+                input,
+                run_id=run_id,
+                version=version,
+                task_queue=task_queue,
+                request_id=request_id,
+                run_timeout=run_timeout,
+                reuse_policy=reuse_policy,
+                memo=memo,
+                timeout=timeout,
+            )
+        )
+
     def get_run(self, run_id: str, *, execution_id: str = "") -> SyncRunHandle:
         """A handle to an existing run."""
         return SyncRunHandle(self._client.get_run(run_id, execution_id=execution_id), self._runner)
