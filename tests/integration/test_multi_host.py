@@ -33,6 +33,9 @@ async def multi_host(
         split=True,
         history_processes=2,
         matching_processes=2,
+        # With 4 shards, rendezvous hashing gives one host all of them 1 time in 8; with 16,
+        # both hosts own shards (all but 1 time in 32,768), so calls cross hosts.
+        shard_count=16,
     )
     try:
         await cluster.start()
