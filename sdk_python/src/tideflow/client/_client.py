@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 
 from tideflow import errors
 from tideflow._converter import DefaultConverter, PayloadConverter, to_payloads
@@ -247,6 +247,9 @@ class Client:
         }
         if task_queue:
             fields["task_queue"] = common_pb2.TaskQueue(name=task_queue)
+        if run_timeout is not None:
+            fields["run_timeout"] = duration_pb2.Duration()
+            fields["run_timeout"].FromTimedelta(run_timeout)
         if reuse_policy is not None:
             fields["run_id_reuse_policy"] = _enum_value(
                 common_pb2.RunIdReusePolicy, "RUN_ID_REUSE_POLICY_", reuse_policy
@@ -287,8 +290,6 @@ class Client:
                 memo=memo,
             )
         )
-        if run_timeout is not None:
-            request.run_timeout.FromTimedelta(run_timeout)
         reply = await self._call(self._stub.StartRun, request)
         return RunHandle(self, request.run_id, reply.execution_id, started=reply.started)
 
@@ -326,8 +327,6 @@ class Client:
             ),
             wait_for_close=True,
         )
-        if run_timeout is not None:
-            request.run_timeout.FromTimedelta(run_timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -381,8 +380,6 @@ class Client:
             signal_name=signal,
             signal_input=to_payloads(self.converter, signal_input),
         )
-        if run_timeout is not None:
-            request.run_timeout.FromTimedelta(run_timeout)
         reply = await self._call(self._stub.SignalWithStartRun, request)
         return RunHandle(self, run_id, reply.execution_id, started=reply.started)
 
