@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 from google.protobuf import duration_pb2, json_format
@@ -33,6 +33,20 @@ logger = logging.getLogger("tideflow.client")
 T = TypeVar("T")
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+class StartOptions(TypedDict, total=False):
+    """What `Client.start_run` takes besides the flow and its input, for `execute_run`."""
+
+    run_id: str | None
+    version: int
+    task_queue: str | None
+    request_id: str | None
+    run_timeout: timedelta | None
+    reuse_policy: str | int | None
+    memo: Mapping[str, Any] | None
+
+
 # How long one start-and-wait call may be held open before the wait goes on as a long poll.
 _EXECUTE_WAIT_S = 60.0
 # A pause before repeating a start-and-wait that failed because a server was away.
@@ -228,13 +242,13 @@ class Client:
         flow: str,
         input: Any,
         *,
-        run_id: str | None,
-        version: int,
-        task_queue: str | None,
-        request_id: str | None,
-        run_timeout: timedelta | None,
-        reuse_policy: str | int | None,
-        memo: Mapping[str, Any] | None,
+        run_id: str | None = None,
+        version: int = 0,
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        run_timeout: timedelta | None = None,
+        reuse_policy: str | int | None = None,
+        memo: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "namespace": self.namespace,
@@ -299,33 +313,17 @@ class Client:
         flow: str,
         input: Any = None,
         *,
-        run_id: str | None = None,
-        version: int = 0,
-        task_queue: str | None = None,
-        request_id: str | None = None,
-        run_timeout: timedelta | None = None,
-        reuse_policy: str | int | None = None,
-        memo: Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        **options: Unpack[StartOptions],
     ) -> Any:
-        """Start a run of `flow` and return its decoded result, as `start_run` then
-        `RunHandle.result`, in one call when the run closes within the server's long poll.
+        """Start a run of `flow` and return its decoded result, as `start_run` (which takes
+        the same `options`) then `RunHandle.result`, in one call when the run closes within
+        the server's long poll.
 
         Raises RunFailedError if the run failed, was canceled, terminated or timed out, and
         TimeoutError if it is still open after `timeout` seconds."""
         request = flow_service_pb2.StartRunRequest(
-            **self._start_fields(
-                flow,
-                input,
-                run_id=run_id,
-                version=version,
-                task_queue=task_queue,
-                request_id=request_id,
-                run_timeout=run_timeout,
-                reuse_policy=reuse_policy,
-                memo=memo,
-            ),
-            wait_for_close=True,
+            **self._start_fields(flow, input, **options), wait_for_close=True
         )
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -7,13 +7,13 @@ import threading
 from collections.abc import Coroutine, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
 from tideflow._converter import PayloadConverter
 from tideflow.api.v1 import blueprint_pb2, flow_pb2, flow_service_pb2
-from tideflow.client._client import DEFAULT_ADDRESS, Client
+from tideflow.client._client import DEFAULT_ADDRESS, Client, StartOptions
 from tideflow.client._handle import RunHandle
 
 T = TypeVar("T")
@@ -150,30 +150,11 @@ class SyncClient:
         flow: str,
         input: Any = None,
         *,
-        run_id: str | None = None,
-        version: int = 0,
-        task_queue: str | None = None,
-        request_id: str | None = None,
-        run_timeout: timedelta | None = None,
-        reuse_policy: str | int | None = None,
-        memo: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        **options: Unpack[StartOptions],
     ) -> Any:
         """Start a run and return its result; see Client.execute_run."""
-        return self._runner.run(
-            self._client.execute_run(
-                flow,
-                input,
-                run_id=run_id,
-                version=version,
-                task_queue=task_queue,
-                request_id=request_id,
-                run_timeout=run_timeout,
-                reuse_policy=reuse_policy,
-                memo=memo,
-                timeout=timeout,
-            )
-        )
+        return self._runner.run(self._client.execute_run(flow, input, timeout=timeout, **options))
 
     def get_run(self, run_id: str, *, execution_id: str = "") -> SyncRunHandle:
         """A handle to an existing run."""
