@@ -138,6 +138,126 @@ class _Heartbeater:
             self._sender.cancel()
 
 
+_COMPLETION_CALLS = 2
+"""Completion calls a worker keeps in flight; completions that come while all are busy wait
+for one to return and then go together in one batch."""
+_MAX_BATCH = 100  # the server's limit on completions per RespondBlockCompletedBatch
+
+
+def _item_error(status: flow_service_pb2.ItemStatus) -> grpc.aio.AioRpcError:
+    """A batch item's status as the error a single call would have raised."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(), status.message, None
+    )
+
+
+class _Completions:
+    """Sends a worker's completions. One goes at once while fewer than `_COMPLETION_CALLS`
+    calls are in flight, so a lone completion never waits; those that come while all are
+    busy go together in one RespondBlockCompletedBatch when a call returns. Under load a
+    worker so makes a call per batch of completions, not one per completion. Against a server
+    without the batch call, or when a batch is refused as malformed, each goes alone."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._waiting: list[
+            tuple[
+                flow_service_pb2.RespondBlockCompletedRequest,
+                asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse],
+            ]
+        ] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batches = True
+
+    async def send(
+        self, request: flow_service_pb2.RespondBlockCompletedRequest
+    ) -> flow_service_pb2.RespondBlockCompletedResponse:
+        """The server's answer to `request`; raises `grpc.aio.AioRpcError` as the single call
+        would."""
+        future: asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append((request, future))
+        self._pump()
+        return await future
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._in_flight) < _COMPLETION_CALLS:
+            batch, self._waiting = self._waiting[:_MAX_BATCH], self._waiting[_MAX_BATCH:]
+            call = asyncio.create_task(self._call(batch))
+            self._in_flight.add(call)
+            call.add_done_callback(self._call_done)
+
+    def _call_done(self, call: asyncio.Task[None]) -> None:
+        self._in_flight.discard(call)
+        self._pump()
+
+    async def _call(
+        self,
+        batch: list[
+            tuple[
+                flow_service_pb2.RespondBlockCompletedRequest,
+                asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse],
+            ]
+        ],
+    ) -> None:
+        worker = self._worker
+        if len(batch) == 1 or not self._batches:
+            await asyncio.gather(*(self._alone(request, future) for request, future in batch))
+            return
+        try:
+            answer = await worker._stub_or_raise().RespondBlockCompletedBatch(
+                flow_service_pb2.RespondBlockCompletedBatchRequest(
+                    completions=[request for request, _ in batch]
+                ),
+                timeout=_RPC_TIMEOUT_S,
+                metadata=worker._metadata,
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._batches = False
+            if e.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT):
+                # Alone, only a malformed completion fails.
+                await asyncio.gather(*(self._alone(r, f) for r, f in batch))
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        except BaseException:
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), result in zip(batch, answer.results, strict=False):
+            if future.done():
+                continue
+            if result.status.code == grpc.StatusCode.OK.value[0]:
+                future.set_result(result.response)
+            else:
+                future.set_exception(_item_error(result.status))
+        for _, future in batch[len(answer.results) :]:
+            if not future.done():
+                future.set_exception(RuntimeError("the server answered part of a batch"))
+
+    async def _alone(
+        self,
+        request: flow_service_pb2.RespondBlockCompletedRequest,
+        future: asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse],
+    ) -> None:
+        worker = self._worker
+        try:
+            answer = await worker._stub_or_raise().RespondBlockCompleted(
+                request, timeout=_RPC_TIMEOUT_S, metadata=worker._metadata
+            )
+        except Exception as e:
+            if not future.done():
+                future.set_exception(e)
+            return
+        if not future.done():
+            future.set_result(answer)
+
+
 class Worker:
     """Polls `task_queue` for external block tasks and runs the given `@block` functions.
 
@@ -147,6 +267,10 @@ class Worker:
     With `eager` (the default) each completion offers its slot for the run's next block on
     the same task queue, which the server then hands back with the answer instead of through
     a poll: a chain of blocks on one queue stays on one worker with no matching round trip.
+
+    Completions that come while earlier ones are still on the wire go together in one
+    RespondBlockCompletedBatch call. `interceptors` are gRPC client interceptors for every
+    call the worker makes (tracing, metrics, auth).
     """
 
     def __init__(
@@ -162,6 +286,7 @@ class Worker:
         api_key: str | None = None,
         max_workers_for_sync: int | None = None,
         eager: bool = True,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
@@ -171,6 +296,7 @@ class Worker:
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}"
         self.max_concurrent = max_concurrent
         self.eager = eager
+        self._interceptors = list(interceptors)
         self.converter: PayloadConverter = converter or DefaultConverter()
         self._blocks: dict[str, BlockDefinition] = {}
         for fn in blocks:
@@ -192,6 +318,7 @@ class Worker:
         self._finished: asyncio.Event | None = None
         self._grace_s = 0.0
         self._background: asyncio.Task[None] | None = None
+        self._completions = _Completions(self)
 
     def _stub_or_raise(self) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
         if self._stub is None:
@@ -203,7 +330,7 @@ class Worker:
         if self._stop is not None:
             raise RuntimeError("worker already started")
         self._stop, self._finished = asyncio.Event(), asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = grpc.aio.insecure_channel(self.address, interceptors=self._interceptors)
         self._stub = _stub(self._channel)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._max_workers_for_sync, thread_name_prefix="tideflow-block"
@@ -391,16 +518,14 @@ class Worker:
         completed = await self._respond(
             "RespondBlockCompleted",
             task,
-            lambda stub: stub.RespondBlockCompleted(
+            lambda _: self._completions.send(
                 flow_service_pb2.RespondBlockCompletedRequest(
                     namespace=self.namespace,
                     task_token=task.task_token,
                     result=payloads,
                     identity=self.identity,
                     eager_slots=self._eager_slots(),
-                ),
-                timeout=_RPC_TIMEOUT_S,
-                metadata=self._metadata,
+                )
             ),
         )
         return completed.next_tasks if completed is not None else ()

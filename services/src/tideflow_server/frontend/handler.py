@@ -49,10 +49,12 @@ from tideflow_server.persistence.records import VisibilityFilter, VisibilityRow
 from tideflow_server.rpc.clients import HISTORY, HistoryClient, MatchingClient, shard_key
 from tideflow_server.rpc.errors import (
     AlreadyExists,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     ServiceError,
     abort,
+    to_item_status,
 )
 from tideflow_server.tokens import parse_token
 
@@ -483,6 +485,41 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         return await self._forward_token(
             context, request, request.namespace, request.task_token, call
         )
+
+    async def RespondBlockCompletedBatch(
+        self, request: flow_service_pb2.RespondBlockCompletedBatchRequest, context: Context
+    ) -> flow_service_pb2.RespondBlockCompletedBatchResponse:
+        async def serve() -> flow_service_pb2.RespondBlockCompletedBatchResponse:
+            run_ids: list[str] = []
+            bad_tokens: list[FieldViolation] = []
+            for i, item in enumerate(request.completions):
+                try:
+                    run_ids.append(parse_token(item.task_token).run_id)
+                except InvalidArgument as e:
+                    bad_tokens.append(FieldViolation(f"completions[{i}].task_token", e.message))
+            if bad_tokens:
+                raise InvalidArgument(bad_tokens)
+            results = [flow_service_pb2.RespondBlockCompletedResult() for _ in run_ids]
+            forwarded: list[int] = []
+            items: list[tuple[hs.RespondBlockCompletedRequest, str]] = []
+            for i, item in enumerate(request.completions):
+                try:
+                    record = await self._namespace(item.namespace)
+                except Exception as e:
+                    results[i].status.CopyFrom(to_item_status(service_error(e)))
+                    continue
+                forwarded.append(i)
+                wrapped = hs.RespondBlockCompletedRequest(namespace_id=record.info.id, request=item)
+                items.append((wrapped, run_ids[i]))
+            answers = await self._history.respond_block_completed_batch(items)
+            for i, answer in zip(forwarded, answers, strict=True):
+                if isinstance(answer, ServiceError):
+                    results[i].status.CopyFrom(to_item_status(answer))
+                else:
+                    results[i].response.CopyFrom(answer.response)
+            return flow_service_pb2.RespondBlockCompletedBatchResponse(results=results)
+
+        return await self._serve(context, request, serve)
 
     async def RespondBlockFailed(
         self, request: flow_service_pb2.RespondBlockFailedRequest, context: Context

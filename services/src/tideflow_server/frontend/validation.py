@@ -711,6 +711,29 @@ def validate_respond_block_completed(
     check.done()
 
 
+MAX_BATCH_COMPLETIONS = 100
+"""Completions one RespondBlockCompletedBatch call may carry."""
+
+
+def validate_respond_block_completed_batch(
+    req: flow_service_pb2.RespondBlockCompletedBatchRequest, limits: RequestLimits
+) -> None:
+    """Every item as RespondBlockCompleted checks it, its fields named completions[i].…"""
+    check = _Checker(limits)
+    count = len(req.completions)
+    if not 1 <= count <= MAX_BATCH_COMPLETIONS:
+        check.add("completions", f"has {count} items, must have 1 to {MAX_BATCH_COMPLETIONS}")
+    for i, item in enumerate(req.completions):
+        try:
+            validate_respond_block_completed(item, limits)
+        except InvalidArgument as e:
+            for v in e.violations:
+                check.add(
+                    f"completions[{i}].{v.field}" if v.field else f"completions[{i}]", v.description
+                )
+    check.done()
+
+
 def validate_respond_block_failed(
     req: flow_service_pb2.RespondBlockFailedRequest, limits: RequestLimits
 ) -> None:
@@ -790,6 +813,9 @@ _register(flow_service_pb2.GetRunHistoryRequest, validate_get_run_history)
 _register(flow_service_pb2.ListRunsRequest, validate_list_runs)
 _register(flow_service_pb2.PollBlockTaskRequest, validate_poll_block_task)
 _register(flow_service_pb2.RespondBlockCompletedRequest, validate_respond_block_completed)
+_register(
+    flow_service_pb2.RespondBlockCompletedBatchRequest, validate_respond_block_completed_batch
+)
 _register(flow_service_pb2.RespondBlockFailedRequest, validate_respond_block_failed)
 _register(flow_service_pb2.RespondBlockCanceledRequest, validate_respond_block_canceled)
 _register(flow_service_pb2.RecordBlockHeartbeatRequest, validate_record_block_heartbeat)

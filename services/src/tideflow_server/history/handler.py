@@ -3,12 +3,14 @@ use case, and map every error in one place."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 
+from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.history.api import (
     cancel_run,
     describe_run,
@@ -36,6 +38,7 @@ from tideflow_server.rpc.errors import (
     ServiceError,
     Unavailable,
     abort,
+    to_item_status,
 )
 from tideflow_server.tokens import parse_token
 
@@ -194,6 +197,27 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
             request.request.task_token,
             lambda shard: respond_block_completed.invoke(shard, request),
         )
+
+    async def RespondBlockCompletedBatch(
+        self, request: hs.RespondBlockCompletedBatchRequest, context: Context
+    ) -> hs.RespondBlockCompletedBatchResponse:
+        """Each item as RespondBlockCompleted, concurrently; an item's error is its result."""
+
+        async def one(
+            item: hs.RespondBlockCompletedRequest,
+        ) -> flow_service_pb2.RespondBlockCompletedResult:
+            try:
+                run_id = parse_token(item.request.task_token).run_id
+                shard = self._shard(item.namespace_id, run_id)
+                answer = await respond_block_completed.invoke(shard, item)
+            except Exception as e:
+                return flow_service_pb2.RespondBlockCompletedResult(
+                    status=to_item_status(service_error(e))
+                )
+            return flow_service_pb2.RespondBlockCompletedResult(response=answer.response)
+
+        results = await asyncio.gather(*(one(item) for item in request.items))
+        return hs.RespondBlockCompletedBatchResponse(results=results)
 
     async def RespondBlockFailed(
         self, request: hs.RespondBlockFailedRequest, context: Context

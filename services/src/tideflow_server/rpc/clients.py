@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -29,7 +29,13 @@ from tideflow_server.internal.v1 import (
     matching_service_pb2 as ms,
 )
 from tideflow_server.membership import Membership, stable_hash
-from tideflow_server.rpc.errors import ServiceError, Unavailable, from_rpc_error
+from tideflow_server.rpc.errors import (
+    Internal,
+    ServiceError,
+    Unavailable,
+    from_item_status,
+    from_rpc_error,
+)
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -251,6 +257,67 @@ class HistoryClient(_RoutedClient):
             run_id,
             lambda s: s.RespondBlockCompleted(request, timeout=self._timeout_s),
         )
+
+    async def respond_block_completed_batch(
+        self, items: Sequence[tuple[hs.RespondBlockCompletedRequest, str]]
+    ) -> list[hs.RespondBlockCompletedResponse | ServiceError]:
+        """Completions of several runs (each with its run_id): one call to each history host
+        that owns some of their shards, every item answered on its own, in order. An item its
+        host could not take (the shard moved, the host went away, a host without the batch
+        call) goes again alone, with a single call's routing and retries."""
+        results: list[hs.RespondBlockCompletedResponse | ServiceError | None] = [None] * len(items)
+        by_host: dict[str, list[int]] = {}
+        alone: list[int] = []
+        for i, (item, run_id) in enumerate(items):
+            key = shard_key(self.shard_for(item.namespace_id, run_id))
+            owner = self._membership.owner(self._role, key)
+            if owner is None:
+                alone.append(i)
+            else:
+                by_host.setdefault(owner.rpc_address, []).append(i)
+
+        async def batch(address: str, indices: list[int]) -> None:
+            request = hs.RespondBlockCompletedBatchRequest(items=[items[i][0] for i in indices])
+            try:
+                stub = self._stub(address, _history_stub)
+                answer = await stub.RespondBlockCompletedBatch(request, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as e:
+                error = from_rpc_error(e)
+                if isinstance(error, Unavailable) or e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    await asyncio.gather(*(single(i) for i in indices))
+                    return
+                for i in indices:
+                    results[i] = error
+                return
+            if len(answer.results) != len(indices):
+                for i in indices:
+                    results[i] = Internal(
+                        f"history answered {len(answer.results)} of {len(indices)} items"
+                    )
+                return
+            again: list[int] = []
+            for i, result in zip(indices, answer.results, strict=True):
+                item_error = from_item_status(result.status)
+                if item_error is None:
+                    results[i] = hs.RespondBlockCompletedResponse(response=result.response)
+                elif isinstance(item_error, Unavailable):
+                    again.append(i)
+                else:
+                    results[i] = item_error
+            await asyncio.gather(*(single(i) for i in again))
+
+        async def single(i: int) -> None:
+            item, run_id = items[i]
+            try:
+                results[i] = await self.respond_block_completed(item, run_id=run_id)
+            except ServiceError as e:
+                results[i] = e
+
+        await asyncio.gather(
+            *(batch(address, indices) for address, indices in by_host.items()),
+            *(single(i) for i in alone),
+        )
+        return [r if r is not None else Internal("no answer") for r in results]
 
     async def respond_block_failed(
         self, request: hs.RespondBlockFailedRequest, *, run_id: str

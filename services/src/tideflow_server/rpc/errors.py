@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 # One type on both sides: the SDK's blueprint builder reports the violations registration does.
+from tideflow.api.v1 import flow_service_pb2
 from tideflow.errors import FieldViolation as FieldViolation  # noqa: PLC0414 (re-export)
 
 DOMAIN = "tideflow.io"
@@ -178,6 +179,26 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
         transient = code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED)
         cls = Unavailable if transient else Internal
     return cls(message, reason=reason, metadata=metadata)
+
+
+def to_item_status(error: ServiceError) -> flow_service_pb2.ItemStatus:
+    """How one item of a batch call ended, as `error` would have ended a single call."""
+    return flow_service_pb2.ItemStatus(
+        code=error.code.value[0],
+        message=error.message,
+        reason=error.reason,
+        metadata=error.metadata,
+    )
+
+
+def from_item_status(status: flow_service_pb2.ItemStatus) -> ServiceError | None:
+    """The typed error a batch item's status stands for; None for OK."""
+    if status.code == grpc.StatusCode.OK.value[0]:
+        return None
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(code, Internal)
+    message = status.message or code.name
+    return cls(message, reason=status.reason or None, metadata=status.metadata)
 
 
 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

@@ -1097,6 +1097,136 @@ class RespondBlockCompletedResponse(_message.Message):
 Global___RespondBlockCompletedResponse: _TypeAlias = RespondBlockCompletedResponse  # noqa: Y015
 
 @_typing.final
+class RespondBlockCompletedBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def completions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RespondBlockCompletedRequest]:
+        """1 to 100 completions, each as for RespondBlockCompleted (any namespaces)."""
+
+    def __init__(
+        self,
+        *,
+        completions: _abc.Iterable[Global___RespondBlockCompletedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completions", b"completions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedBatchRequest: _TypeAlias = RespondBlockCompletedBatchRequest  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RespondBlockCompletedResult]:
+        """One per completion, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RespondBlockCompletedResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedBatchResponse: _TypeAlias = RespondBlockCompletedBatchResponse  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___ItemStatus:
+        """Code 0 (OK) when the completion was recorded; otherwise the status RespondBlockCompleted
+        would have ended with for it (NOT_FOUND for an attempt that is no longer current,
+        UNAVAILABLE to try again).
+        """
+
+    @_builtins.property
+    def response(self) -> Global___RespondBlockCompletedResponse:
+        """The answer, when status is OK."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ItemStatus | None = ...,
+        response: Global___RespondBlockCompletedResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedResult: _TypeAlias = RespondBlockCompletedResult  # noqa: Y015
+
+@_typing.final
+class ItemStatus(_message.Message):
+    """How one item of a batch call ended: the gRPC status a single call would have ended with,
+    and the google.rpc.ErrorInfo it would have carried.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A gRPC status code; 0 is OK."""
+    message: _builtins.str
+    reason: _builtins.str
+    """ErrorInfo.reason (domain tideflow.io), e.g. BLOCK_TASK_NOT_FOUND."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemStatus: _TypeAlias = ItemStatus  # noqa: Y015
+
+@_typing.final
 class RespondBlockFailedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -122,6 +122,11 @@ class FlowServiceStub:
                 request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedRequest.SerializeToString,
                 response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedResponse.FromString,
                 _registered_method=True)
+        self.RespondBlockCompletedBatch = channel.unary_unary(
+                '/tideflow.api.v1.FlowService/RespondBlockCompletedBatch',
+                request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchResponse.FromString,
+                _registered_method=True)
         self.RespondBlockFailed = channel.unary_unary(
                 '/tideflow.api.v1.FlowService/RespondBlockFailed',
                 request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockFailedRequest.SerializeToString,
@@ -261,6 +266,16 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RespondBlockCompletedBatch(self, request, context):
+        """Several completions in one call, for a worker that finishes tasks faster than a call's
+        round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
+        in order: one stale task does not fail the others. A malformed item fails the whole call
+        with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RespondBlockFailed(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -374,6 +389,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.RespondBlockCompleted,
                     request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedRequest.FromString,
                     response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedResponse.SerializeToString,
+            ),
+            'RespondBlockCompletedBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondBlockCompletedBatch,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchResponse.SerializeToString,
             ),
             'RespondBlockFailed': grpc.unary_unary_rpc_method_handler(
                     servicer.RespondBlockFailed,
@@ -858,6 +878,33 @@ class FlowService:
             '/tideflow.api.v1.FlowService/RespondBlockCompleted',
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedRequest.SerializeToString,
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondBlockCompletedBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.FlowService/RespondBlockCompletedBatch',
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.RespondBlockCompletedBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

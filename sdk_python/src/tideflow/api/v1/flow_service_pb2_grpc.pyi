@@ -64,6 +64,12 @@ class FlowServiceStub:
     Long poll: returns an empty response (no task_token) after about a minute with no task.
     """
     RespondBlockCompleted: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]
+    RespondBlockCompletedBatch: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]
+    """Several completions in one call, for a worker that finishes tasks faster than a call's
+    round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
+    in order: one stale task does not fail the others. A malformed item fails the whole call
+    with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+    """
     RespondBlockFailed: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]
     RespondBlockCanceled: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]
     """Acknowledges a cancellation learned from a heartbeat."""
@@ -107,6 +113,12 @@ class FlowServiceAsyncStub(FlowServiceStub):
     Long poll: returns an empty response (no task_token) after about a minute with no task.
     """
     RespondBlockCompleted: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]  # type: ignore[assignment]
+    RespondBlockCompletedBatch: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]  # type: ignore[assignment]
+    """Several completions in one call, for a worker that finishes tasks faster than a call's
+    round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
+    in order: one stale task does not fail the others. A malformed item fails the whole call
+    with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+    """
     RespondBlockFailed: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]  # type: ignore[assignment]
     RespondBlockCanceled: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]  # type: ignore[assignment]
     """Acknowledges a cancellation learned from a heartbeat."""
@@ -249,6 +261,18 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_service_pb2.RespondBlockCompletedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.RespondBlockCompletedResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockCompletedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RespondBlockCompletedBatch(
+        self,
+        request: _flow_service_pb2.RespondBlockCompletedBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.RespondBlockCompletedBatchResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockCompletedBatchResponse]]:
+        """Several completions in one call, for a worker that finishes tasks faster than a call's
+        round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
+        in order: one stale task does not fail the others. A malformed item fails the whole call
+        with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+        """
 
     @_abc_1.abstractmethod
     def RespondBlockFailed(

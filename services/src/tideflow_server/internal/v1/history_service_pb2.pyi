@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import flow_service_pb2 as _flow_service_pb2
 from tideflow.api.v1 import history_pb2 as _history_pb2
@@ -506,6 +508,46 @@ class RespondBlockCompletedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RespondBlockCompletedResponse: _TypeAlias = RespondBlockCompletedResponse  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RespondBlockCompletedRequest]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RespondBlockCompletedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedBatchRequest: _TypeAlias = RespondBlockCompletedBatchRequest  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_flow_service_pb2.RespondBlockCompletedResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_flow_service_pb2.RespondBlockCompletedResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedBatchResponse: _TypeAlias = RespondBlockCompletedBatchResponse  # noqa: Y015
 
 @_typing.final
 class RespondBlockFailedRequest(_message.Message):

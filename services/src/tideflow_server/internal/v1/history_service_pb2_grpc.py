@@ -89,6 +89,11 @@ class HistoryServiceStub:
                 request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedRequest.SerializeToString,
                 response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedResponse.FromString,
                 _registered_method=True)
+        self.RespondBlockCompletedBatch = channel.unary_unary(
+                '/tideflow_server.internal.v1.HistoryService/RespondBlockCompletedBatch',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchResponse.FromString,
+                _registered_method=True)
         self.RespondBlockFailed = channel.unary_unary(
                 '/tideflow_server.internal.v1.HistoryService/RespondBlockFailed',
                 request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockFailedRequest.SerializeToString,
@@ -181,6 +186,14 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RespondBlockCompletedBatch(self, request, context):
+        """The frontend's batch for one history host: each item as RespondBlockCompleted, answered
+        on its own and in order (UNAVAILABLE for an item whose shard this host does not own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RespondBlockFailed(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -258,6 +271,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.RespondBlockCompleted,
                     request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedRequest.FromString,
                     response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedResponse.SerializeToString,
+            ),
+            'RespondBlockCompletedBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondBlockCompletedBatch,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchResponse.SerializeToString,
             ),
             'RespondBlockFailed': grpc.unary_unary_rpc_method_handler(
                     servicer.RespondBlockFailed,
@@ -555,6 +573,33 @@ class HistoryService:
             '/tideflow_server.internal.v1.HistoryService/RespondBlockCompleted',
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedRequest.SerializeToString,
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondBlockCompletedBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.HistoryService/RespondBlockCompletedBatch',
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RespondBlockCompletedBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class HistoryServiceStub:
     """
     RecordBlockHeartbeat: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RecordBlockHeartbeatRequest, _history_service_pb2.RecordBlockHeartbeatResponse]
     RespondBlockCompleted: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCompletedRequest, _history_service_pb2.RespondBlockCompletedResponse]
+    RespondBlockCompletedBatch: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCompletedBatchRequest, _history_service_pb2.RespondBlockCompletedBatchResponse]
+    """The frontend's batch for one history host: each item as RespondBlockCompleted, answered
+    on its own and in order (UNAVAILABLE for an item whose shard this host does not own).
+    """
     RespondBlockFailed: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockFailedRequest, _history_service_pb2.RespondBlockFailedResponse]
     RespondBlockCanceled: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCanceledRequest, _history_service_pb2.RespondBlockCanceledResponse]
     CloseShard: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.CloseShardRequest, _history_service_pb2.CloseShardResponse]
@@ -80,6 +84,10 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """
     RecordBlockHeartbeat: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RecordBlockHeartbeatRequest, _history_service_pb2.RecordBlockHeartbeatResponse]  # type: ignore[assignment]
     RespondBlockCompleted: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCompletedRequest, _history_service_pb2.RespondBlockCompletedResponse]  # type: ignore[assignment]
+    RespondBlockCompletedBatch: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCompletedBatchRequest, _history_service_pb2.RespondBlockCompletedBatchResponse]  # type: ignore[assignment]
+    """The frontend's batch for one history host: each item as RespondBlockCompleted, answered
+    on its own and in order (UNAVAILABLE for an item whose shard this host does not own).
+    """
     RespondBlockFailed: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockFailedRequest, _history_service_pb2.RespondBlockFailedResponse]  # type: ignore[assignment]
     RespondBlockCanceled: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RespondBlockCanceledRequest, _history_service_pb2.RespondBlockCanceledResponse]  # type: ignore[assignment]
     CloseShard: _aio.UnaryUnaryMultiCallable[_history_service_pb2.CloseShardRequest, _history_service_pb2.CloseShardResponse]  # type: ignore[assignment]
@@ -166,6 +174,16 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _history_service_pb2.RespondBlockCompletedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_history_service_pb2.RespondBlockCompletedResponse, _abc.Awaitable[_history_service_pb2.RespondBlockCompletedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RespondBlockCompletedBatch(
+        self,
+        request: _history_service_pb2.RespondBlockCompletedBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_service_pb2.RespondBlockCompletedBatchResponse, _abc.Awaitable[_history_service_pb2.RespondBlockCompletedBatchResponse]]:
+        """The frontend's batch for one history host: each item as RespondBlockCompleted, answered
+        on its own and in order (UNAVAILABLE for an item whose shard this host does not own).
+        """
 
     @_abc_1.abstractmethod
     def RespondBlockFailed(
