@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     )
     drive.add_argument("--worker-processes", type=int, default=1)
     drive.add_argument(
-        "--worker-pollers", type=int, default=20, help="long polls per worker process"
+        "--worker-pollers", type=int, default=50, help="long polls per worker process"
     )
     drive.add_argument(
         "--worker-concurrency", type=int, default=200, help="blocks at once per worker process"

@@ -67,7 +67,7 @@ class Setup:
     """With `address`: a DSN of the cluster's PostgreSQL database, for its commit counters."""
     driver: Driver = "sdk"
     worker_processes: int = 1
-    worker_pollers: int = 20
+    worker_pollers: int = 50
     worker_concurrency: int = 200
     max_connections: int = 20
     peers: list[str] = field(default_factory=list)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -27,10 +26,6 @@ from typing import Any
 
 from tideflow.api.v1 import flow_service_pb2
 from tideflow.worker import Worker, block
-
-SDK_POLLERS_PER_WORKER = 5
-"""The SDK runs min(max_concurrent, 5) long polls per Worker, so more pollers take more
-Worker instances in this process."""
 
 _samples: defaultdict[str, list[float]] = defaultdict(list)
 
@@ -86,22 +81,16 @@ async def _commands() -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    instances = max(1, -(-args.pollers // SDK_POLLERS_PER_WORKER))
-    per_instance = max(SDK_POLLERS_PER_WORKER, -(-args.concurrency // instances))
-    workers = [
-        TimedWorker(
-            args.address,
-            task_queue=args.task_queue,
-            blocks=[noop, echo],
-            namespace=args.namespace,
-            identity=f"bench-worker-{args.index}-{i}",
-            max_concurrent=per_instance,
-        )
-        for i in range(instances)
-    ]
-    async with contextlib.AsyncExitStack() as stack:
-        for worker in workers:
-            await stack.enter_async_context(worker)
+    worker = TimedWorker(
+        args.address,
+        task_queue=args.task_queue,
+        blocks=[noop, echo],
+        namespace=args.namespace,
+        identity=f"bench-worker-{args.index}",
+        max_concurrent=max(args.concurrency, args.pollers),
+        pollers=args.pollers,
+    )
+    async with worker:
         await _commands()
 
 

@@ -6,8 +6,9 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import grpc
 import pytest
 
 from tests.support.cluster import Cluster
@@ -342,3 +343,53 @@ async def test_graceful_shutdown_lets_a_running_block_finish(
     closed = await client.close_event(run_id, timeout_s=10)
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
     assert value(closed.run_completed_event_attributes.result) == "bye!"
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:  # generic only in the type stubs
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class _OpenPolls(_Interceptor):
+    """Tracks the worker's PollBlockTask calls in flight."""
+
+    def __init__(self, want: int) -> None:
+        self.open = self.most = 0
+        self.want = want
+        self.reached = asyncio.Event()
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else method
+        if not name.endswith("/PollBlockTask"):
+            return await continuation(client_call_details, request)
+        self.open += 1
+        self.most = max(self.most, self.open)
+        if self.open >= self.want:
+            self.reached.set()
+        call = await continuation(client_call_details, request)
+        call.add_done_callback(lambda _: self._closed())
+        return call
+
+    def _closed(self) -> None:
+        self.open -= 1
+
+
+async def test_pollers_sets_the_long_polls_kept_open(cluster: Cluster) -> None:
+    with pytest.raises(ValueError, match="pollers"):
+        _worker(cluster, "q", [], max_concurrent=4, pollers=5)
+    polls = _OpenPolls(want=8)
+    worker = _worker(
+        cluster,
+        _name("q"),
+        [],
+        max_concurrent=20,
+        pollers=8,
+        interceptors=[cast("grpc.aio.ClientInterceptor", polls)],
+    )
+    async with worker:
+        await asyncio.wait_for(polls.reached.wait(), 30)
+    assert polls.most == 8

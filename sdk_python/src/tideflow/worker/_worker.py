@@ -271,6 +271,9 @@ class Worker:
     Completions that come while earlier ones are still on the wire go together in one
     RespondBlockCompletedBatch call. `interceptors` are gRPC client interceptors for every
     call the worker makes (tracing, metrics, auth).
+
+    `pollers` long polls are kept open (default: `max_concurrent`, at most 5); each holds a
+    free slot, so a task never arrives with nowhere to run.
     """
 
     def __init__(
@@ -287,14 +290,18 @@ class Worker:
         max_workers_for_sync: int | None = None,
         eager: bool = True,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        pollers: int | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
+        if pollers is not None and not 1 <= pollers <= max_concurrent:
+            raise ValueError("pollers must be between 1 and max_concurrent")
         self.address = address
         self.task_queue = task_queue
         self.namespace = namespace
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}"
         self.max_concurrent = max_concurrent
+        self.pollers = pollers or min(max_concurrent, 5)
         self.eager = eager
         self._interceptors = list(interceptors)
         self.converter: PayloadConverter = converter or DefaultConverter()
@@ -335,8 +342,7 @@ class Worker:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._max_workers_for_sync, thread_name_prefix="tideflow-block"
         )
-        pollers = min(self.max_concurrent, 5)
-        self._pollers = [asyncio.create_task(self._poll()) for _ in range(pollers)]
+        self._pollers = [asyncio.create_task(self._poll()) for _ in range(self.pollers)]
         logger.info(
             "worker %s polling %s/%s for %s",
             self.identity,
