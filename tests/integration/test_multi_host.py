@@ -59,22 +59,27 @@ async def double(n: int) -> int:
     return 2 * n
 
 
+async def _register_double(client: Client, flow: str, queue: str) -> None:
+    """A flow of one double@1 block on `queue`, its output the run's."""
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "blocks": [{"id": "a", "external": {"block": "double@1"}, "input": "${input}"}],
+            "output": "${blocks.a.output}",
+        }
+    )
+
+
 async def test_runs_on_many_queues_finish_promptly_across_hosts(multi_host: Cluster) -> None:
     client = Client(multi_host.frontend)
     await client.ensure_namespace()
     queues = [f"q{i}-{uuid.uuid4().hex[:6]}" for i in range(QUEUES)]
     flows = [f"f{i}_{uuid.uuid4().hex[:6]}" for i in range(QUEUES)]
     for queue, flow in zip(queues, flows, strict=True):
-        await client.register(
-            {
-                "name": flow,
-                "version": 1,
-                "task_queue": queue,
-                "timeouts": {"start_to_close": "10s"},
-                "blocks": [{"id": "a", "external": {"block": "double@1"}, "input": "${input}"}],
-                "output": "${blocks.a.output}",
-            }
-        )
+        await _register_double(client, flow, queue)
     workers = [
         Worker(multi_host.frontend, task_queue=q, blocks=[double], namespace="tests")
         for q in queues
@@ -107,16 +112,7 @@ async def test_a_completion_batch_spanning_both_history_hosts(multi_host: Cluste
     client = Client(multi_host.frontend)
     await client.ensure_namespace()
     queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"f_{uuid.uuid4().hex[:6]}"
-    await client.register(
-        {
-            "name": flow,
-            "version": 1,
-            "task_queue": queue,
-            "timeouts": {"start_to_close": "10s"},
-            "blocks": [{"id": "a", "external": {"block": "double@1"}, "input": "${input}"}],
-            "output": "${blocks.a.output}",
-        }
-    )
+    await _register_double(client, flow, queue)
     try:
         async with grpc.aio.insecure_channel(multi_host.frontend) as channel:
             stub = flow_service_pb2_grpc.FlowServiceStub(channel)
