@@ -225,7 +225,12 @@ class _Completions:
                 if not future.done():
                     future.set_exception(e)
             return
-        except BaseException:
+        except Exception as e:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        except BaseException:  # cancelled: so are the completions waiting on this call
             for _, future in batch:
                 future.cancel()
             raise
