@@ -238,27 +238,21 @@ class Client:
     # Runs.
 
     def _start_fields(
-        self,
-        flow: str,
-        input: Any,
-        *,
-        run_id: str | None = None,
-        version: int = 0,
-        task_queue: str | None = None,
-        request_id: str | None = None,
-        run_timeout: timedelta | None = None,
-        reuse_policy: str | int | None = None,
-        memo: Mapping[str, Any] | None = None,
+        self, flow: str, input: Any, **options: Unpack[StartOptions]
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "namespace": self.namespace,
-            "run_id": run_id or str(uuid.uuid4()),
-            "flow": common_pb2.FlowRef(name=flow, version=version),
+            "run_id": options.get("run_id") or str(uuid.uuid4()),
+            "flow": common_pb2.FlowRef(name=flow, version=options.get("version", 0)),
             "input": to_payloads(self.converter, input),
             "identity": self.identity,
             # Generated once per call, so the transport's retries of this call are idempotent.
-            "request_id": request_id or str(uuid.uuid4()),
+            "request_id": options.get("request_id") or str(uuid.uuid4()),
         }
+        task_queue = options.get("task_queue")
+        run_timeout = options.get("run_timeout")
+        reuse_policy = options.get("reuse_policy")
+        memo = options.get("memo")
         if task_queue:
             fields["task_queue"] = common_pb2.TaskQueue(name=task_queue)
         if run_timeout is not None:

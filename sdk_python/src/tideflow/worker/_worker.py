@@ -142,6 +142,11 @@ _COMPLETION_CALLS = 2
 """Completion calls a worker keeps in flight; completions that come while all are busy wait
 for one to return and then go together in one batch."""
 _MAX_BATCH = 100  # the server's limit on completions per RespondBlockCompletedBatch
+_Completion = tuple[
+    flow_service_pb2.RespondBlockCompletedRequest,
+    "asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse]",
+]
+"""A completion waiting for the server's answer."""
 
 
 def _item_error(status: flow_service_pb2.ItemStatus) -> grpc.aio.AioRpcError:
@@ -161,12 +166,7 @@ class _Completions:
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
-        self._waiting: list[
-            tuple[
-                flow_service_pb2.RespondBlockCompletedRequest,
-                asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse],
-            ]
-        ] = []
+        self._waiting: list[_Completion] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._batches = True
 
@@ -193,15 +193,13 @@ class _Completions:
         self._in_flight.discard(call)
         self._pump()
 
-    async def _call(
-        self,
-        batch: list[
-            tuple[
-                flow_service_pb2.RespondBlockCompletedRequest,
-                asyncio.Future[flow_service_pb2.RespondBlockCompletedResponse],
-            ]
-        ],
-    ) -> None:
+    @staticmethod
+    def _fail(batch: Sequence[_Completion], error: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _call(self, batch: list[_Completion]) -> None:
         worker = self._worker
         if len(batch) == 1 or not self._batches:
             await asyncio.gather(*(self._alone(request, future) for request, future in batch))
@@ -220,15 +218,11 @@ class _Completions:
             if e.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT):
                 # Alone, only a malformed completion fails.
                 await asyncio.gather(*(self._alone(r, f) for r, f in batch))
-                return
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+            else:
+                self._fail(batch, e)
             return
         except Exception as e:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e)
+            self._fail(batch, e)
             return
         except BaseException:  # cancelled: so are the completions waiting on this call
             for _, future in batch:
@@ -241,9 +235,9 @@ class _Completions:
                 future.set_result(result.response)
             else:
                 future.set_exception(_item_error(result.status))
-        for _, future in batch[len(answer.results) :]:
-            if not future.done():
-                future.set_exception(RuntimeError("the server answered part of a batch"))
+        self._fail(
+            batch[len(answer.results) :], RuntimeError("the server answered part of a batch")
+        )
 
     async def _alone(
         self,

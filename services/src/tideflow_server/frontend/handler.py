@@ -52,7 +52,6 @@ from tideflow_server.rpc.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    ServiceError,
     abort,
     to_item_status,
 )
@@ -499,25 +498,22 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                     bad_tokens.append(FieldViolation(f"completions[{i}].task_token", e.message))
             if bad_tokens:
                 raise InvalidArgument(bad_tokens)
-            results = [flow_service_pb2.RespondBlockCompletedResult() for _ in run_ids]
-            forwarded: list[int] = []
-            items: list[tuple[hs.RespondBlockCompletedRequest, str]] = []
-            for i, item in enumerate(request.completions):
+            response = flow_service_pb2.RespondBlockCompletedBatchResponse()
+            forwarded: list[flow_service_pb2.RespondBlockCompletedResult] = []
+            items: list[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]] = []
+            for item, run_id in zip(request.completions, run_ids, strict=True):
+                result = response.results.add()
                 try:
                     record = await self._namespace(item.namespace)
                 except Exception as e:
-                    results[i].status.CopyFrom(to_item_status(service_error(e)))
+                    result.status.CopyFrom(to_item_status(service_error(e)))
                     continue
-                forwarded.append(i)
-                wrapped = hs.RespondBlockCompletedRequest(namespace_id=record.info.id, request=item)
-                items.append((wrapped, run_ids[i]))
+                forwarded.append(result)
+                items.append((record.info.id, item, run_id))
             answers = await self._history.respond_block_completed_batch(items)
-            for i, answer in zip(forwarded, answers, strict=True):
-                if isinstance(answer, ServiceError):
-                    results[i].status.CopyFrom(to_item_status(answer))
-                else:
-                    results[i].response.CopyFrom(answer.response)
-            return flow_service_pb2.RespondBlockCompletedBatchResponse(results=results)
+            for result, answer in zip(forwarded, answers, strict=True):
+                result.CopyFrom(answer)
+            return response
 
         return await self._serve(context, request, serve)
 
@@ -599,7 +595,7 @@ class OperatorHandler(_Base, operator_service_pb2_grpc.OperatorServiceServicer):
         try:
             return await serve()
         except Exception as e:
-            await abort(context, e if isinstance(e, ServiceError) else service_error(e))
+            await abort(context, service_error(e))
 
     async def GetClusterInfo(
         self, request: operator_service_pb2.GetClusterInfoRequest, context: Context

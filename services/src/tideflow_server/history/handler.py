@@ -86,6 +86,15 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         except Exception as e:
             await abort(context, service_error(e))
 
+    async def _on_token(
+        self,
+        namespace_id: str,
+        task_token: bytes,
+        invoke: Callable[[ShardContext], Awaitable[Resp]],
+    ) -> Resp:
+        """A worker's call: the run (and so the shard) comes from its task token."""
+        return await invoke(self._shard(namespace_id, parse_token(task_token).run_id))
+
     async def _serve_token(
         self,
         context: Context,
@@ -93,12 +102,10 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         task_token: bytes,
         invoke: Callable[[ShardContext], Awaitable[Resp]],
     ) -> Resp:
-        """A worker's call: the run (and so the shard) comes from its task token."""
         try:
-            run_id = parse_token(task_token).run_id
-        except ServiceError as e:
-            await abort(context, e)
-        return await self._serve(context, namespace_id, run_id, invoke)
+            return await self._on_token(namespace_id, task_token, invoke)
+        except Exception as e:
+            await abort(context, service_error(e))
 
     async def StartRun(self, request: hs.StartRunRequest, context: Context) -> hs.StartRunResponse:
         return await self._serve(
@@ -207,9 +214,11 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
             item: hs.RespondBlockCompletedRequest,
         ) -> flow_service_pb2.RespondBlockCompletedResult:
             try:
-                run_id = parse_token(item.request.task_token).run_id
-                shard = self._shard(item.namespace_id, run_id)
-                answer = await respond_block_completed.invoke(shard, item)
+                answer = await self._on_token(
+                    item.namespace_id,
+                    item.request.task_token,
+                    lambda shard: respond_block_completed.invoke(shard, item),
+                )
             except Exception as e:
                 return flow_service_pb2.RespondBlockCompletedResult(
                     status=to_item_status(service_error(e))

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.internal.v1 import (
     history_service_pb2 as hs,
 )
@@ -33,8 +33,8 @@ from tideflow_server.rpc.errors import (
     Internal,
     ServiceError,
     Unavailable,
-    from_item_status,
     from_rpc_error,
+    to_item_status,
 )
 
 T = TypeVar("T")
@@ -259,25 +259,31 @@ class HistoryClient(_RoutedClient):
         )
 
     async def respond_block_completed_batch(
-        self, items: Sequence[tuple[hs.RespondBlockCompletedRequest, str]]
-    ) -> list[hs.RespondBlockCompletedResponse | ServiceError]:
-        """Completions of several runs (each with its run_id): one call to each history host
-        that owns some of their shards, every item answered on its own, in order. An item its
-        host could not take (the shard moved, the host went away, a host without the batch
-        call) goes again alone, with a single call's routing and retries."""
-        results: list[hs.RespondBlockCompletedResponse | ServiceError | None] = [None] * len(items)
+        self, items: Sequence[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]]
+    ) -> list[flow_service_pb2.RespondBlockCompletedResult]:
+        """Completions of several runs, each as (namespace_id, completion, run_id): one call to
+        each history host that owns some of their shards, every item answered on its own, in
+        order. An item its host could not take (the shard moved, the host went away, a host
+        without the batch call) goes again alone, with a single call's routing and retries."""
+        results: list[flow_service_pb2.RespondBlockCompletedResult | None] = [None] * len(items)
         by_host: dict[str, list[int]] = {}
         alone: list[int] = []
-        for i, (item, run_id) in enumerate(items):
-            key = shard_key(self.shard_for(item.namespace_id, run_id))
+        for i, (namespace_id, _, run_id) in enumerate(items):
+            key = shard_key(self.shard_for(namespace_id, run_id))
             owner = self._membership.owner(self._role, key)
             if owner is None:
                 alone.append(i)
             else:
                 by_host.setdefault(owner.rpc_address, []).append(i)
 
+        def failed(error: ServiceError) -> flow_service_pb2.RespondBlockCompletedResult:
+            return flow_service_pb2.RespondBlockCompletedResult(status=to_item_status(error))
+
         async def batch(address: str, indices: list[int]) -> None:
-            request = hs.RespondBlockCompletedBatchRequest(items=[items[i][0] for i in indices])
+            request = hs.RespondBlockCompletedBatchRequest()
+            for i in indices:
+                namespace_id, completion, _ = items[i]
+                request.items.add(namespace_id=namespace_id, request=completion)
             try:
                 stub = self._stub(address, _history_stub)
                 answer = await stub.RespondBlockCompletedBatch(request, timeout=self._timeout_s)
@@ -287,37 +293,36 @@ class HistoryClient(_RoutedClient):
                     await asyncio.gather(*(single(i) for i in indices))
                     return
                 for i in indices:
-                    results[i] = error
+                    results[i] = failed(error)
                 return
             if len(answer.results) != len(indices):
+                error = Internal(f"history answered {len(answer.results)} of {len(indices)} items")
                 for i in indices:
-                    results[i] = Internal(
-                        f"history answered {len(answer.results)} of {len(indices)} items"
-                    )
+                    results[i] = failed(error)
                 return
             again: list[int] = []
             for i, result in zip(indices, answer.results, strict=True):
-                item_error = from_item_status(result.status)
-                if item_error is None:
-                    results[i] = hs.RespondBlockCompletedResponse(response=result.response)
-                elif isinstance(item_error, Unavailable):
+                if result.status.code == grpc.StatusCode.UNAVAILABLE.value[0]:
                     again.append(i)
                 else:
-                    results[i] = item_error
+                    results[i] = result
             await asyncio.gather(*(single(i) for i in again))
 
         async def single(i: int) -> None:
-            item, run_id = items[i]
+            namespace_id, completion, run_id = items[i]
+            request = hs.RespondBlockCompletedRequest(namespace_id=namespace_id, request=completion)
             try:
-                results[i] = await self.respond_block_completed(item, run_id=run_id)
+                answer = await self.respond_block_completed(request, run_id=run_id)
             except ServiceError as e:
-                results[i] = e
+                results[i] = failed(e)
+                return
+            results[i] = flow_service_pb2.RespondBlockCompletedResult(response=answer.response)
 
         await asyncio.gather(
             *(batch(address, indices) for address, indices in by_host.items()),
             *(single(i) for i in alone),
         )
-        return [r if r is not None else Internal("no answer") for r in results]
+        return [r if r is not None else failed(Internal("no answer")) for r in results]
 
     async def respond_block_failed(
         self, request: hs.RespondBlockFailedRequest, *, run_id: str

@@ -191,14 +191,4 @@ def to_item_status(error: ServiceError) -> flow_service_pb2.ItemStatus:
     )
 
 
-def from_item_status(status: flow_service_pb2.ItemStatus) -> ServiceError | None:
-    """The typed error a batch item's status stands for; None for OK."""
-    if status.code == grpc.StatusCode.OK.value[0]:
-        return None
-    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
-    cls = _BY_CODE.get(code, Internal)
-    message = status.message or code.name
-    return cls(message, reason=status.reason or None, metadata=status.metadata)
-
-
 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

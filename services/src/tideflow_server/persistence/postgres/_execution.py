@@ -23,6 +23,7 @@ from tideflow_server.persistence.records import (
     RunState,
     UpdateExecution,
 )
+from tideflow_server.persistence.sql._database import Row
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 
 if TYPE_CHECKING:
@@ -67,6 +68,20 @@ def _output_args(request: CreateExecution | UpdateExecution) -> list[list[Any]]:
         [t.task_id for t in request.timer_tasks],
         [t.data for t in request.timer_tasks],
     ]
+
+
+def _fenced(found: Row | None, request: CreateExecution | UpdateExecution) -> int:
+    """The rows a fast-path statement wrote, once its fence check is known to have held:
+    its result row is (the shard's range_id, the count)."""
+    assert found is not None
+    fenced_at, count = found[0], found[1]
+    if fenced_at != request.range_id:
+        raise ShardOwnershipLost(
+            shard_id=request.shard_id,
+            expected_range_id=request.range_id,
+            actual_range_id=fenced_at,
+        )
+    return int(count)
 
 
 _DECIDE = f"""
@@ -131,15 +146,7 @@ class PostgresExecutionStore(SqlExecutionStore):
                 ex.data,
                 *_output_args(request),
             )
-        assert found is not None
-        fenced_at, inserted = found[0], found[1]
-        if fenced_at != request.range_id:
-            raise ShardOwnershipLost(
-                shard_id=request.shard_id,
-                expected_range_id=request.range_id,
-                actual_range_id=fenced_at,
-            )
-        if inserted != 1:
+        if _fenced(found, request) != 1:
             # Nothing was written: the transactional path finds and reports the pointer that
             # is in the way (or, if it went away meanwhile, creates the run).
             await super().create_execution(request)
@@ -166,15 +173,7 @@ class PostgresExecutionStore(SqlExecutionStore):
                 cur is not None,
                 *_output_args(request),
             )
-        assert found is not None
-        fenced_at, updated = found[0], found[1]
-        if fenced_at != request.range_id:
-            raise ShardOwnershipLost(
-                shard_id=request.shard_id,
-                expected_range_id=request.range_id,
-                actual_range_id=fenced_at,
-            )
-        if updated != 1:
+        if _fenced(found, request) != 1:
             raise ConditionFailed(
                 f"execution {ex.execution_id}: db_version is no longer "
                 f"{request.expected_db_version}"
