@@ -116,6 +116,9 @@ class HistoryConfig(_Section):
     max_pending_blocks: int = Field(default=2_000, gt=0)
     long_poll_timeout_s: float = Field(default=20.0, gt=0)
     """GetRunHistory with wait_new_event waits this long for an event."""
+    direct_dispatch: bool = True
+    """Start a block in the commit that schedules it, so that a poll waiting in matching
+    takes it without RecordBlockStarted (history/shard/direct.py)."""
 
 
 class MatchingRoleConfig(_Section):

@@ -434,3 +434,97 @@ async def test_idle_partition_is_unloaded_with_its_ack_level(
     assert await backlog(persistence) == 0
     _, info = await stored_info(persistence)
     assert info.ack_level > 0
+
+
+def _direct(scheduled_event_id: int, attempt: int = 1) -> flow_service_pb2.PollBlockTaskResponse:
+    """The worker's task history hands matching with a directly started attempt."""
+    task = flow_service_pb2.PollBlockTaskResponse(
+        task_token=f"token-{scheduled_event_id}-{attempt}".encode(),
+        run=RUN,
+        block_id=f"block-{scheduled_event_id}",
+        block_type="ocr@1",
+        attempt=attempt,
+    )
+    task.started_time.FromSeconds(1)
+    return task
+
+
+async def test_a_direct_task_goes_to_a_waiting_poll_without_record_block_started(
+    engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    polling = await waiting_poll(engine)
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+
+    answer = await engine.add_block_task(request)
+    got = await polling
+
+    assert answer.sync_matched
+    assert (got.task_token, got.block_id, got.attempt) == (b"token-7-1", "block-7", 1)
+    assert got.started_time.seconds > 1  # stamped when matching handed it over
+    assert history.calls == []
+    assert await backlog(persistence) == 0
+
+
+async def test_a_direct_task_without_a_waiting_poll_is_persisted_as_a_pointer(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    engine = make_engine()
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+
+    answer = await engine.add_block_task(request)
+
+    assert not answer.sync_matched
+    assert await backlog(persistence) == 1
+    # Polled from the backlog, it is started through history like any other task.
+    got = await poll(engine)
+    assert scheduled_event_id(got) == 7
+    assert history.called_for() == [7]
+
+
+async def test_a_direct_attempt_added_again_is_not_handed_out_twice(
+    engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    """History retried the add, or a new shard owner redelivered its outbox task: the attempt
+    is out already, so the second add is answered as matched and no poll gets it."""
+    first = await waiting_poll(engine)
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+    assert (await engine.add_block_task(request)).sync_matched
+    assert (await first).block_id == "block-7"
+
+    second = await waiting_poll(engine)
+    again = add_request(7)  # a redelivered outbox task carries no worker's task
+    assert (await engine.add_block_task(again)).sync_matched
+    assert (await engine.add_block_task(request)).sync_matched
+    assert await backlog(persistence) == 0
+    assert history.calls == []
+
+    # The next attempt of the same block is a new task.
+    retried = add_request(7)
+    retried.attempt = 2
+    retried.direct_task.CopyFrom(_direct(7, attempt=2))
+    assert (await engine.add_block_task(retried)).sync_matched
+    assert (await second).attempt == 2
+
+
+async def test_a_poll_cancelled_as_it_is_handed_a_direct_task_persists_it(
+    engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    polling = await waiting_poll(engine)
+    partition = await engine.partition(KEY)
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+    adding = asyncio.create_task(engine.add_block_task(request))
+    # One turn of the loop: the add hands the task over; the poll has not run since (as in
+    # test_a_poll_cancelled_as_it_is_handed_a_task_gives_it_back).
+    await asyncio.sleep(0)
+    assert partition.waiting_polls == 0
+    polling.cancel()
+
+    async with asyncio.timeout(5):
+        answer = await adding
+
+    assert not answer.sync_matched
+    assert await backlog(persistence) == 1

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
 from tideflow_server.history import payloads
 from tideflow_server.history.interpreter import ScheduleExternal
 from tideflow_server.history.state import RunStep
-from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.internal.v1 import history_service_pb2, records_pb2
+from tideflow_server.tokens import block_task_response
 
 DEFAULT_INITIAL_INTERVAL = timedelta(seconds=1)
 DEFAULT_BACKOFF = 2.0
@@ -139,7 +141,67 @@ def record_started(
             common_pb2.TIMEOUT_TYPE_HEARTBEAT,
             step.after(as_timedelta(timeouts.heartbeat)),
         )
-    step.info.last_worker_identity = identity
+    if identity:
+        step.info.last_worker_identity = identity
+    pending.direct = False
+    step.touch()
+
+
+def start_directly(
+    step: RunStep, wanted: Callable[[common_pb2.TaskQueue], bool]
+) -> list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]]:
+    """Direct dispatch: start, in this step, the blocks it schedules for dispatch now on
+    `wanted` task queues, so that a poll already waiting in matching can take the task without
+    RecordBlockStarted.
+
+    The transfer tasks stay: matching gets each with its task and either hands it to a waiting
+    poll or persists it, and then history undoes the start (`unstart`). Returns each started
+    block with its BLOCK_SCHEDULED event."""
+    scheduled_now = {
+        e.event_id: e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
+    }
+    started: list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]] = []
+    for task in step.transfer_tasks:
+        if task.WhichOneof("task") != "block_task":
+            continue
+        scheduled_id = task.block_task.scheduled_event_id
+        pending = step.state.pending_blocks.get(scheduled_id)
+        if (
+            scheduled_id not in scheduled_now
+            or pending is None
+            or pending.attempt != task.block_task.attempt
+            or pending.HasField("started_time")
+            or pending.cancel_requested
+            or not wanted(pending.task_queue)
+        ):
+            continue
+        record_started(step, pending, identity="", request_id=f"direct-{uuid.uuid4()}")
+        pending.direct = True
+        started.append((pending, scheduled_now[scheduled_id]))
+    return started
+
+
+def unstart(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    """Undo a direct start that no poll took: the attempt waits in the backlog, and starts
+    when a poll takes it from there. The timers of the undone start find it not started (or
+    started later) and do nothing."""
+    for field in ("started_time", "last_heartbeat_time"):
+        pending.ClearField(field)
+    pending.started_identity = ""
+    pending.request_id = ""
+    pending.direct = False
+    step.touch()
+
+
+def _claim(step: RunStep, pending: records_pb2.PendingBlock, identity: str) -> None:
+    """A worker answered for a directly dispatched attempt: it is the one running it, so no
+    poll may take the attempt over any more."""
+    if not pending.direct:
+        return
+    pending.direct = False
+    if identity:
+        pending.started_identity = identity
+        step.info.last_worker_identity = identity
     step.touch()
 
 
@@ -174,9 +236,41 @@ def start_eagerly(
     return started
 
 
+def started_response(
+    state: records_pb2.MutableState,
+    pending: records_pb2.PendingBlock,
+    scheduled_event: history_pb2.HistoryEvent,
+) -> history_service_pb2.RecordBlockStartedResponse:
+    """What a worker needs of a started attempt (matching builds its block task from this,
+    and so does history for eager and direct dispatch)."""
+    response = history_service_pb2.RecordBlockStartedResponse(attempt=pending.attempt)
+    response.scheduled_event.CopyFrom(scheduled_event)
+    response.started_time.CopyFrom(pending.started_time)
+    response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
+    response.heartbeat_details.CopyFrom(pending.heartbeat_details)
+    response.flow.CopyFrom(state.execution_info.flow)
+    return response
+
+
+def worker_task(
+    step: RunStep, pending: records_pb2.PendingBlock, scheduled: history_pb2.HistoryEvent
+) -> flow_service_pb2.PollBlockTaskResponse:
+    """The task a worker gets for an attempt started in `step` (eager or direct dispatch)."""
+    return block_task_response(
+        namespace_id=step.info.namespace_id,
+        run=common_pb2.RunRef(run_id=step.info.run_id, execution_id=step.info.execution_id),
+        scheduled_event_id=pending.scheduled_event_id,
+        started=started_response(step.state, pending, scheduled),
+    )
+
+
 def record_heartbeat(
-    step: RunStep, pending: records_pb2.PendingBlock, details: common_pb2.Payloads
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    details: common_pb2.Payloads,
+    identity: str = "",
 ) -> None:
+    _claim(step, pending, identity)
     pending.last_heartbeat_time.FromDatetime(step.now)
     if details.payloads:
         pending.heartbeat_details.CopyFrom(details)
@@ -222,6 +316,7 @@ def _close(
 def complete(
     step: RunStep, pending: records_pb2.PendingBlock, result: common_pb2.Payloads, identity: str
 ) -> None:
+    _claim(step, pending, identity)
     started = _started_event(step, pending)
     event, attrs = step.add_event(
         history_pb2.EVENT_TYPE_BLOCK_COMPLETED, "block_completed_event_attributes"
@@ -281,6 +376,7 @@ def fail(
     last_heartbeat_details: common_pb2.Payloads | None = None,
 ) -> bool:
     """Close the attempt with `failure`; retry if the policy allows. True when retrying."""
+    _claim(step, pending, identity)
     if last_heartbeat_details is not None and last_heartbeat_details.payloads:
         pending.heartbeat_details.CopyFrom(last_heartbeat_details)
     retry_state, delay = retry_decision(pending, failure, step.now)
@@ -293,6 +389,7 @@ def fail(
             pending.ClearField(field)
         pending.started_identity = ""
         pending.request_id = ""
+        pending.direct = False
         pending.timer_task_status = 0
         step.state.block_results[pending.block_id].attempt = pending.attempt
         _dispatch_attempt(step, pending, step.now + delay)
@@ -340,6 +437,7 @@ def cancel(
     details: common_pb2.Payloads | None = None,
     identity: str = "",
 ) -> None:
+    _claim(step, pending, identity)
     started = _started_event(step, pending)
     event, attrs = step.add_event(
         history_pb2.EVENT_TYPE_BLOCK_CANCELED, "block_canceled_event_attributes"

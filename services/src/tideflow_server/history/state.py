@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from google.protobuf.message import Message
 
-from tideflow.api.v1 import common_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.internal.v1 import records_pb2
 
 CLOSED_STATUSES = frozenset(
@@ -29,6 +29,9 @@ class RunStep:
         self.events: list[history_pb2.HistoryEvent] = []
         self.transfer_tasks: list[records_pb2.TransferTask] = []
         self.timer_tasks: list[records_pb2.TimerTask] = []
+        # Direct dispatch: the worker's task of each block this step started for it, by
+        # scheduled event id (handed to matching with the block's transfer task).
+        self.direct_tasks: dict[int, flow_service_pb2.PollBlockTaskResponse] = {}
 
     @property
     def info(self) -> records_pb2.RunExecutionInfo:

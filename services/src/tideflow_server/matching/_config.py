@@ -29,6 +29,11 @@ class MatchingConfig:
     """Pause after history answered "try later", and between failed backlog reads."""
     max_record_start_attempts: int = 3
     """RecordBlockStarted failures of an unexpected kind a task survives before it is dropped."""
+    direct_dedupe_s: float = 600.0
+    """How long an attempt handed out by direct dispatch is remembered, so that the same
+    attempt added again (a retried add, a redelivered outbox task) is not handed out twice."""
+    direct_dedupe_max: int = 100_000
+    """Most attempts remembered; the oldest are forgotten first."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
 

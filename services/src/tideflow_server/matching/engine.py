@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
@@ -74,6 +75,10 @@ class MatchingEngine:
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
         self._polls: dict[str, tuple[TaskQueuePartition, Poll]] = {}
+        # Attempts handed to a poll by direct dispatch, with when (monotonic): the same
+        # attempt added again (history retried the add, or a new shard owner redelivered it)
+        # is already out, and must not reach a second worker.
+        self._dispatched: OrderedDict[tuple[str, str, str, int, int], float] = OrderedDict()
         self._stopped = False
 
     # -- partitions ----------------------------------------------------------------------
@@ -132,6 +137,15 @@ class MatchingEngine:
     async def add_block_task(
         self, request: matching_service_pb2.AddBlockTaskRequest
     ) -> matching_service_pb2.AddBlockTaskResponse:
+        attempt = (
+            request.namespace_id,
+            request.run.run_id,
+            request.run.execution_id,
+            request.scheduled_event_id,
+            request.attempt,
+        )
+        if self._was_dispatched(attempt):
+            return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
         partition = await self.partition(key)
         now_ns = int(self._clock() * 1e9)
@@ -148,8 +162,27 @@ class MatchingEngine:
         timeout_ns = request.schedule_to_start_timeout.ToNanoseconds()
         if timeout_ns > 0:
             task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
-        await partition.add(task, preferred_identity=request.preferred_worker_identity)
-        return matching_service_pb2.AddBlockTaskResponse()
+        direct = request.direct_task if request.HasField("direct_task") else None
+        matched = await partition.add(
+            task, preferred_identity=request.preferred_worker_identity, direct=direct
+        )
+        if matched and direct is not None:
+            self._note_dispatched(attempt)
+        return matching_service_pb2.AddBlockTaskResponse(sync_matched=matched)
+
+    def _was_dispatched(self, attempt: tuple[str, str, str, int, int]) -> bool:
+        at = self._dispatched.get(attempt)
+        return at is not None and time.monotonic() - at < self.config.direct_dedupe_s
+
+    def _note_dispatched(self, attempt: tuple[str, str, str, int, int]) -> None:
+        now = time.monotonic()
+        self._dispatched[attempt] = now
+        horizon = now - self.config.direct_dedupe_s
+        while self._dispatched and (
+            len(self._dispatched) > self.config.direct_dedupe_max
+            or next(iter(self._dispatched.values())) < horizon
+        ):
+            self._dispatched.popitem(last=False)
 
     async def poll_block_task(
         self,
@@ -175,6 +208,12 @@ class MatchingEngine:
         self._polls[request.poller_id] = (partition, poll)
         try:
             while (task := await partition.take(poll, end)) is not None:
+                if task.direct is not None:
+                    # Started by history already (direct dispatch): nothing to ask it.
+                    partition.finish(task, consumed=True)
+                    response = matching_service_pb2.PollBlockTaskResponse(response=task.direct)
+                    response.response.started_time.FromNanoseconds(int(self._clock() * 1e9))
+                    return response
                 started = await self._record_started(partition, key, poll, task)
                 if isinstance(started, flow_service_pb2.PollBlockTaskResponse):
                     return matching_service_pb2.PollBlockTaskResponse(response=started)

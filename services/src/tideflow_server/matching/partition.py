@@ -4,10 +4,12 @@ The life of a block task here, in order:
 1. An add hands the task straight to a waiting poll (sync match, nothing written) when the
    backlog has been read to its end, so a new task never overtakes a persisted one. Otherwise
    the writer persists it, grouping concurrent adds into one write fenced on the range_id; the
-   add returns once the row is durable.
+   add returns once the row is durable. A direct task (already started by history) goes to
+   the poll as it is; persisted, it is a pointer like any other.
 2. The reader pulls the backlog after the read level, in task_id order, into a buffer.
 3. A poll takes the buffered task with the highest priority (then the lowest id), or waits.
-4. Once history has recorded the start, or said the task is stale, the task is acked. The ack
+4. Once history has recorded the start (or started it itself, for a direct task), or said
+   the task is stale, the task is acked. The ack
    level is the id at and below which every read task is acked; it is persisted now and then,
    and the rows at or below it are deleted. A crash re-delivers what lies above the persisted
    ack level, and history turns the duplicates away (RecordBlockStarted).
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import structlog
 from google.protobuf import timestamp_pb2
 
-from tideflow.api.v1 import task_queue_pb2
+from tideflow.api.v1 import flow_service_pb2, task_queue_pb2
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.persistence import errors as store_errors
@@ -42,12 +44,15 @@ _LEASE_ATTEMPTS = 3
 @dataclass(eq=False, slots=True)
 class BlockTask:
     """A task on its way to a poll: read from the backlog (`task_id` set) or sync-matched
-    (`sync_outcome` set; the add waits on it and persists the task if it comes back False)."""
+    (`sync_outcome` set; the add waits on it and persists the task if it comes back False).
+    `direct` is the worker's task when history started the attempt already (direct
+    dispatch); only a sync match carries it."""
 
     info: records_pb2.BacklogTask
     task_id: int | None = None
     sync_outcome: asyncio.Future[bool] | None = None
     record_failures: int = 0
+    direct: flow_service_pb2.PollBlockTaskResponse | None = None
 
 
 class Poll:
@@ -496,8 +501,16 @@ class TaskQueuePartition:
                 return
             self._hand_over(poll, task)
 
-    async def add(self, info: records_pb2.BacklogTask, *, preferred_identity: str = "") -> None:
-        """Sync match, else persist; returns once a poll took the task or it is durable."""
+    async def add(
+        self,
+        info: records_pb2.BacklogTask,
+        *,
+        preferred_identity: str = "",
+        direct: flow_service_pb2.PollBlockTaskResponse | None = None,
+    ) -> bool:
+        """Sync match, else persist; returns once a poll took the task (True) or it is
+        durable (False). A `direct` task goes to the poll as it is; persisted, it is only
+        the pointer `info`, like any other."""
         if self.closed:
             raise self._closed_error()
         self._touch()
@@ -505,11 +518,12 @@ class TaskQueuePartition:
             poll = self._next_waiting(preferred_identity)
             if poll is not None:
                 outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                self._hand_over(poll, BlockTask(info, sync_outcome=outcome))
+                self._hand_over(poll, BlockTask(info, sync_outcome=outcome, direct=direct))
                 if await outcome:
-                    return
+                    return True
                 # The poll could not start it (history busy, client gone): keep it durably.
         await self._persist(info)
+        return False
 
     def register_poll(self, poller_id: str, *, identity: str, rate_per_second: float) -> Poll:
         if self.closed:

@@ -20,7 +20,7 @@ async def invoke(
     async def act(entry: Execution, step: RunStep) -> bool:
         pending = pending_attempt(entry, token)
         pending = step.state.pending_blocks[pending.scheduled_event_id]
-        blocks.record_heartbeat(step, pending, given.details)
+        blocks.record_heartbeat(step, pending, given.details, given.identity)
         return pending.cancel_requested
 
     cancel = await shard.update(request.namespace_id, token.run_id, token.execution_id, act)

@@ -1,31 +1,16 @@
 """RecordBlockStarted: matching's handshake before a block task reaches a worker. Only the
 current attempt of a pending block starts, once; a retry of the same poll is answered again
-and any other poll is refused, so stale and duplicate tasks never reach a worker."""
+and any other poll is refused, so stale and duplicate tasks never reach a worker. The one
+exception is an attempt history started itself for direct dispatch that no worker has
+answered for: a poll that took its task from the backlog takes the attempt over."""
 
 from __future__ import annotations
 
-from tideflow.api.v1 import history_pb2
 from tideflow_server.history import blocks
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.rpc.errors import FailedPrecondition, NotFound
-
-
-def started_response(
-    state: records_pb2.MutableState,
-    pending: records_pb2.PendingBlock,
-    scheduled_event: history_pb2.HistoryEvent,
-) -> history_service_pb2.RecordBlockStartedResponse:
-    """What a worker needs of a started attempt (matching, or eager dispatch, builds its block
-    task from this)."""
-    response = history_service_pb2.RecordBlockStartedResponse(attempt=pending.attempt)
-    response.scheduled_event.CopyFrom(scheduled_event)
-    response.started_time.CopyFrom(pending.started_time)
-    response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
-    response.heartbeat_details.CopyFrom(pending.heartbeat_details)
-    response.flow.CopyFrom(state.execution_info.flow)
-    return response
 
 
 async def invoke(
@@ -47,7 +32,7 @@ async def invoke(
             )
         if pending.cancel_requested or state.execution_info.cancel_requested:
             raise NotFound("the block's run is being canceled", reason="BLOCK_TASK_NOT_FOUND")
-        if pending.HasField("started_time"):
+        if pending.HasField("started_time") and not pending.direct:
             if pending.request_id != request.request_id:
                 raise FailedPrecondition(
                     f"block task {request.scheduled_event_id} attempt {request.attempt} was "
@@ -55,11 +40,13 @@ async def invoke(
                     reason="BLOCK_ALREADY_STARTED",
                 )
         else:
+            # Not started, or started for direct dispatch that no poll took (matching
+            # persisted the task before history could undo the start): this poll starts it.
             blocks.record_started(
                 step, pending, identity=request.identity, request_id=request.request_id
             )
         scheduled = await shard.scheduled_event(entry, pending.scheduled_event_id)
-        return started_response(state, pending, scheduled)
+        return blocks.started_response(state, pending, scheduled)
 
     return await shard.update(
         request.namespace_id, request.run.run_id, request.run.execution_id, act

@@ -10,11 +10,9 @@ from __future__ import annotations
 from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.history import blocks
 from tideflow_server.history.api._respond import respond
-from tideflow_server.history.api.record_block_started import started_response
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
-from tideflow_server.tokens import block_task_response
 
 
 async def invoke(
@@ -30,16 +28,7 @@ async def invoke(
         started = blocks.start_eagerly(
             step, task_queue, identity=given.identity, slots=given.eager_slots
         )
-        run = common_pb2.RunRef(run_id=step.info.run_id, execution_id=step.info.execution_id)
-        return [
-            block_task_response(
-                namespace_id=step.info.namespace_id,
-                run=run,
-                scheduled_event_id=pending.scheduled_event_id,
-                started=started_response(step.state, pending, event),
-            )
-            for pending, event in started
-        ]
+        return [blocks.worker_task(step, pending, event) for pending, event in started]
 
     next_tasks = await respond(
         shard,

@@ -15,6 +15,8 @@ from tideflow_server.rpc.errors import NotFound
 
 log = structlog.get_logger(__name__)
 
+_MS = 1_000_000
+
 
 async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
     kind = timer.WhichOneof("task")
@@ -46,6 +48,8 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
         )
         if kind in attempt_running and not started:
             return  # for a started attempt only; this one has not started (again) yet
+        if kind == common_pb2.TIMEOUT_TYPE_START_TO_CLOSE and _armed_before_start(timer, pending):
+            return  # set by an earlier start of this attempt (a direct start undone)
         if kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started:
             return
         if kind == common_pb2.TIMEOUT_TYPE_HEARTBEAT:
@@ -59,6 +63,14 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
         await continue_run(shard, step)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
+
+
+def _armed_before_start(timer: records_pb2.TimerTask, pending: records_pb2.PendingBlock) -> bool:
+    """A start-to-close timer fires at its start plus the timeout; one that fires earlier
+    than the current start allows (by more than rounding) was armed for a start that was
+    undone."""
+    due = pending.started_time.ToNanoseconds() + pending.timeouts.start_to_close.ToNanoseconds()
+    return timer.fire_time.ToNanoseconds() < due - _MS
 
 
 async def _block_retry(shard: ShardContext, timer: records_pb2.TimerTask) -> None:

@@ -23,7 +23,9 @@ import structlog
 
 from tideflow.api.v1 import history_pb2
 from tideflow_server.config import HistoryConfig
+from tideflow_server.history import blocks
 from tideflow_server.history.flows import FlowCache
+from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.shard.timer import TimerQueue
 from tideflow_server.history.shard.transfer import TransferQueue
 from tideflow_server.history.state import RunStep
@@ -88,6 +90,7 @@ class ShardContext:
         matching: MatchingClient,
         on_lost: Callable[[ShardContext], None],
         visibility: VisibilityWriter | None = None,
+        direct: DirectDispatch | None = None,
     ) -> None:
         self.lease = lease
         self.manager = manager
@@ -96,6 +99,7 @@ class ShardContext:
         self.namespaces = namespaces
         self.matching = matching
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
+        self.direct = direct
         self._on_lost = on_lost
         self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
         # run_id -> its current execution. Only this shard's owner moves the pointers, and a
@@ -272,12 +276,13 @@ class ShardContext:
         # acknowledge past these ids, so a landed write's tasks would otherwise never run.
         # Delivering a task whose write did not land is harmless (receivers check state).
         entry.loaded = None
+        step.direct_tasks.clear()  # a landed direct start is taken over by the poll instead
         self._queue(step)
         return Unavailable(str(e))
 
     def _queue(self, step: RunStep) -> None:
         if self.transfer is not None and step.transfer_tasks:
-            self.transfer.submit(step.transfer_tasks)
+            self.transfer.submit(step.transfer_tasks, direct=step.direct_tasks)
         if self.timers is not None and step.timer_tasks:
             self.timers.submit(step.timer_tasks)
 
@@ -289,8 +294,21 @@ class ShardContext:
             return
         await asyncio.shield(self._commit(entry, step))
 
+    def _start_directly(self, step: RunStep) -> None:
+        """Direct dispatch (see shard/direct.py) for the blocks this step schedules now."""
+        direct = self.direct
+        if direct is None or not step.transfer_tasks or not step.is_open:
+            return
+        namespace_id = step.info.namespace_id
+        started = blocks.start_directly(step, lambda tq: direct.wanted(namespace_id, tq))
+        for pending, scheduled in started:
+            step.direct_tasks[pending.scheduled_event_id] = blocks.worker_task(
+                step, pending, scheduled
+            )
+
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
+        self._start_directly(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -331,6 +349,7 @@ class ShardContext:
         mode: CreateMode,
         previous_execution_id: str | None,
     ) -> None:
+        self._start_directly(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(

@@ -17,6 +17,7 @@ import structlog
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.visibility import VisibilityWriter
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
@@ -50,6 +51,7 @@ class ShardController:
         self._host_id = ""
         self._flows = FlowCache(manager)
         self._visibility = VisibilityWriter(manager.persistence.visibility)
+        self._direct = DirectDispatch() if config.direct_dispatch else None
         self._shards: dict[int, ShardContext] = {}
         self._acquiring: dict[int, asyncio.Task[None]] = {}
         self._kick = asyncio.Event()
@@ -106,6 +108,7 @@ class ShardController:
             matching=self._matching,
             on_lost=self._lost,
             visibility=self._visibility,
+            direct=self._direct,
         )
         await shard.start()
         self._shards[shard_id] = shard

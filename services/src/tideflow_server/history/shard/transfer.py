@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import structlog
 
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server.history import blocks, progress
 from tideflow_server.history.blocks import as_datetime
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
@@ -24,7 +26,8 @@ from tideflow_server.persistence.records import VisibilityRow
 from tideflow_server.rpc.errors import NotFound, ServiceError
 
 if TYPE_CHECKING:
-    from tideflow_server.history.shard.context import ShardContext
+    from tideflow_server.history.shard.context import Execution, ShardContext
+    from tideflow_server.history.state import RunStep
 
 log = structlog.get_logger(__name__)
 
@@ -57,14 +60,24 @@ class TransferQueue:
             with contextlib.suppress(Exception):
                 await self._persist_ack()
 
-    def submit(self, tasks: list[records_pb2.TransferTask]) -> None:
+    def submit(
+        self,
+        tasks: list[records_pb2.TransferTask],
+        *,
+        direct: Mapping[int, flow_service_pb2.PollBlockTaskResponse] | None = None,
+    ) -> None:
+        """Deliver `tasks`; `direct` has the worker's task of each block the commit started
+        for direct dispatch, by scheduled event id."""
         for task in tasks:
             if (
                 task.task_id > self.ack_level
                 and task.task_id not in self._pending
                 and (task.task_id not in self._done)
             ):
-                self._pending[task.task_id] = asyncio.create_task(self._deliver(task))
+                direct_task = None
+                if direct and task.WhichOneof("task") == "block_task":
+                    direct_task = direct.get(task.block_task.scheduled_event_id)
+                self._pending[task.task_id] = asyncio.create_task(self._deliver(task, direct_task))
 
     async def _scan_loop(self) -> None:
         """Read what earlier owners left: every task above the ack level, up to this owner's
@@ -90,11 +103,18 @@ class TransferQueue:
             cursor = tasks[-1].task_id
         self._scanned = True
 
-    async def _deliver(self, task: records_pb2.TransferTask) -> None:
+    async def _deliver(
+        self,
+        task: records_pb2.TransferTask,
+        direct_task: flow_service_pb2.PollBlockTaskResponse | None = None,
+    ) -> None:
         backoff = 0.05
         while True:
             try:
-                await self._execute(task)
+                if direct_task is not None:
+                    await self._add_block_task(task, direct_task)
+                else:
+                    await self._execute(task)
                 break
             except asyncio.CancelledError:
                 raise
@@ -116,7 +136,11 @@ class TransferQueue:
         else:
             log.warning("unknown transfer task dropped", task_id=task.task_id, kind=kind)
 
-    async def _add_block_task(self, task: records_pb2.TransferTask) -> None:
+    async def _add_block_task(
+        self,
+        task: records_pb2.TransferTask,
+        direct_task: flow_service_pb2.PollBlockTaskResponse | None = None,
+    ) -> None:
         block = task.block_task
         request = matching_service_pb2.AddBlockTaskRequest(
             namespace_id=task.namespace_id,
@@ -126,10 +150,46 @@ class TransferQueue:
             scheduled_event_id=block.scheduled_event_id,
             attempt=block.attempt,
             source_shard_id=self._shard.shard_id,
+            direct_task=direct_task,
         )
         request.run.run_id = task.run_id
         request.run.execution_id = task.execution_id
-        await self._shard.matching.add_block_task(request)
+        response = await self._shard.matching.add_block_task(request)
+        if self._shard.direct is not None:
+            self._shard.direct.note(
+                task.namespace_id, block.task_queue, matched=response.sync_matched
+            )
+        if direct_task is not None and not response.sync_matched:
+            await self._unstart(task)
+
+    async def _unstart(self, task: records_pb2.TransferTask) -> None:
+        """Undo the direct start of a block whose task matching persisted (no poll waited).
+        Retried here, not by redelivering the task: matching already holds it."""
+        block = task.block_task
+
+        async def act(entry: Execution, step: RunStep) -> None:
+            pending = step.state.pending_blocks.get(block.scheduled_event_id)
+            if pending is None or pending.attempt != block.attempt or not pending.direct:
+                return  # closed, retried, taken over by a poll, or answered for by a worker
+            blocks.unstart(step, pending)
+            if pending.cancel_requested:
+                # Its run is being canceled and no worker has it: cancel it here.
+                blocks.cancel(step, pending)
+                progress.finish_cancel_if_done(step)
+
+        backoff = 0.05
+        while not self._shard.lost:
+            try:
+                await self._shard.update(task.namespace_id, task.run_id, task.execution_id, act)
+                return
+            except NotFound:
+                return  # the run is gone
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("direct start not undone, retrying", task_id=task.task_id, error=str(e))
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _upsert_visibility(self, task: records_pb2.TransferTask) -> None:
         try:

@@ -38,6 +38,7 @@ class AddBlockTaskRequest(_message.Message):
     FORWARDED_FROM_FIELD_NUMBER: _builtins.int
     SOURCE_SHARD_ID_FIELD_NUMBER: _builtins.int
     PREFERRED_WORKER_IDENTITY_FIELD_NUMBER: _builtins.int
+    DIRECT_TASK_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     partition: _builtins.int
     block_id: _builtins.str
@@ -60,6 +61,14 @@ class AddBlockTaskRequest(_message.Message):
     def schedule_to_start_timeout(self) -> _duration_pb2.Duration:
         """Becomes the backlog task's expiry; unset = none."""
 
+    @_builtins.property
+    def direct_task(self) -> _flow_service_pb2.PollBlockTaskResponse:
+        """Direct dispatch: history started this attempt in the commit that scheduled it, and this is
+        the task as a worker gets it. A poll that is waiting takes it as is, without
+        RecordBlockStarted. Without a waiting poll the task is persisted as usual (without this)
+        and the response says so, so that history undoes the start.
+        """
+
     def __init__(
         self,
         *,
@@ -75,10 +84,11 @@ class AddBlockTaskRequest(_message.Message):
         forwarded_from: _builtins.str = ...,
         source_shard_id: _builtins.int = ...,
         preferred_worker_identity: _builtins.str = ...,
+        direct_task: _flow_service_pb2.PollBlockTaskResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_task", b"direct_task", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "forwarded_from", b"forwarded_from", "namespace_id", b"namespace_id", "partition", b"partition", "preferred_worker_identity", b"preferred_worker_identity", "priority", b"priority", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "scheduled_event_id", b"scheduled_event_id", "source_shard_id", b"source_shard_id", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "direct_task", b"direct_task", "forwarded_from", b"forwarded_from", "namespace_id", b"namespace_id", "partition", b"partition", "preferred_worker_identity", b"preferred_worker_identity", "priority", b"priority", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "scheduled_event_id", b"scheduled_event_id", "source_shard_id", b"source_shard_id", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,12 +98,19 @@ Global___AddBlockTaskRequest: _TypeAlias = AddBlockTaskRequest  # noqa: Y015
 class AddBlockTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SYNC_MATCHED_FIELD_NUMBER: _builtins.int
+    sync_matched: _builtins.bool
+    """A waiting poll took the task (and, for an ordinary task, history recorded its start);
+    false when it went to the backlog.
+    """
     def __init__(
         self,
+        *,
+        sync_matched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sync_matched", b"sync_matched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -416,6 +416,7 @@ class PendingBlock(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     AFFINITY_FIELD_NUMBER: _builtins.int
     SCHEDULED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -443,6 +444,11 @@ class PendingBlock(_message.Message):
     scheduled_batch_event_id: _builtins.int
     """First event id of the history batch that holds BLOCK_SCHEDULED: history is read from
     batch boundaries, so RecordBlockStarted reads the scheduled event from here.
+    """
+    direct: _builtins.bool
+    """Started by history itself for direct dispatch (see AddBlockTaskRequest.direct_task), not
+    yet confirmed by a worker: RecordBlockStarted from a poll may take the attempt over, and
+    the worker's identity is filled in when it answers.
     """
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue: ...
@@ -495,10 +501,11 @@ class PendingBlock(_message.Message):
         priority: _builtins.int = ...,
         affinity: _blueprint_pb2.Affinity.ValueType = ...,
         scheduled_batch_event_id: _builtins.int = ...,
+        direct: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
