@@ -13,9 +13,10 @@ from google.protobuf import json_format
 
 from tideflow.api.v1 import blueprint_pb2, flow_pb2, flow_service_pb2
 from tideflow_server.config import HistoryConfig
-from tideflow_server.history.api import start_run
+from tideflow_server.history.api import record_block_started, start_run
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.internal.v1 import history_service_pb2, matching_service_pb2, records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import Unavailable, schema
@@ -24,6 +25,7 @@ from tideflow_server.persistence.records import CreateExecution
 from tideflow_server.persistence.sql import SqlDatabase, SqlPersistence
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 from tideflow_server.persistence.sqlite import open_sqlite
+from tideflow_server.rpc.errors import FailedPrecondition
 from tideflow_server.rpc.errors import Unavailable as ServiceUnavailable
 
 
@@ -67,7 +69,9 @@ async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceM
     return manager, namespace.info.id
 
 
-async def _shard(manager: PersistenceManager, matching: RecordingMatching) -> ShardContext:
+async def _shard(
+    manager: PersistenceManager, matching: RecordingMatching, direct: DirectDispatch | None = None
+) -> ShardContext:
     shard = ShardContext(
         lease=await manager.acquire_shard(1, owner="test"),
         manager=manager,
@@ -76,6 +80,7 @@ async def _shard(manager: PersistenceManager, matching: RecordingMatching) -> Sh
         namespaces=NamespaceCache(manager),
         matching=matching,  # type: ignore[arg-type]
         on_lost=lambda _: None,
+        direct=direct,
     )
     await shard.start()
     return shard
@@ -90,6 +95,54 @@ async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
         yield opened
     finally:
         await opened.close()
+
+
+def _started_by(
+    added: matching_service_pb2.AddBlockTaskRequest, namespace_id: str, poll: str
+) -> history_service_pb2.RecordBlockStartedRequest:
+    return history_service_pb2.RecordBlockStartedRequest(
+        namespace_id=namespace_id,
+        run=added.run,
+        scheduled_event_id=added.scheduled_event_id,
+        attempt=added.attempt,
+        request_id=poll,
+        identity=f"worker-{poll}",
+        task_queue=added.task_queue,
+    )
+
+
+async def test_a_landed_direct_start_is_taken_over_by_the_first_poll(
+    faulty: SqlPersistence,
+) -> None:
+    """With direct dispatch the create also started the block. Its outcome unknown, the task
+    goes to matching as an ordinary one (no worker's task with it), and the poll that takes it
+    starts the attempt through RecordBlockStarted; a second poll is refused as usual."""
+    manager, namespace_id = await _flow_and_namespace(faulty)
+    matching = RecordingMatching()
+    shard = await _shard(manager, matching, DirectDispatch())
+    try:
+        request = flow_service_pb2.StartRunRequest(run_id="doc-3", request_id="r3")
+        request.flow.name = "one"
+        with pytest.raises(ServiceUnavailable):
+            await start_run.invoke(
+                shard,
+                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+            )
+        added = await asyncio.wait_for(matching.added.get(), 10)
+        assert not added.HasField("direct_task")
+        async with shard.locked(namespace_id, "doc-3", added.run.execution_id) as entry:
+            pending = entry.state.pending_blocks[added.scheduled_event_id]
+            assert pending.direct and pending.HasField("started_time")
+
+        await record_block_started.invoke(shard, _started_by(added, namespace_id, "poll-1"))
+        async with shard.locked(namespace_id, "doc-3", added.run.execution_id) as entry:
+            pending = entry.state.pending_blocks[added.scheduled_event_id]
+            assert not pending.direct
+            assert (pending.request_id, pending.started_identity) == ("poll-1", "worker-poll-1")
+        with pytest.raises(FailedPrecondition):
+            await record_block_started.invoke(shard, _started_by(added, namespace_id, "poll-2"))
+    finally:
+        await shard.stop()
 
 
 async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
