@@ -124,6 +124,9 @@ class HistoryConfig(_Section):
 class MatchingRoleConfig(_Section):
     long_poll_timeout_s: float = Field(default=60.0, gt=0)
     max_polls_per_partition: int = Field(default=1_000, gt=0)
+    sync_match_wait_s: float = Field(default=0.2, ge=0)
+    """How long a new task with no poll waiting waits in memory for one before it is
+    persisted to the backlog; 0 persists it at once."""
 
 
 class FrontendConfig(_Section):

@@ -111,6 +111,7 @@ class TideflowServer:
                 config=MatchingConfig(
                     long_poll_timeout=settings.matching.long_poll_timeout_s,
                     max_outstanding_polls=settings.matching.max_polls_per_partition,
+                    sync_match_wait=settings.matching.sync_match_wait_s,
                 ),
             )
             self._matching_engine = engine

@@ -19,6 +19,7 @@ TEST_CONFIG: dict[str, Any] = {
     "retry_backoff": 0.01,
     "ack_persist_interval": 3600.0,
     "idle_unload_after": 3600.0,
+    "sync_match_wait": 0.0,  # an add without a waiting poll persists at once, unless a test waits
 }
 
 

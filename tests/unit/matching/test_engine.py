@@ -528,3 +528,32 @@ async def test_a_poll_cancelled_as_it_is_handed_a_direct_task_persists_it(
 
     assert not answer.sync_matched
     assert await backlog(persistence) == 1
+
+
+async def test_an_add_waits_briefly_for_a_poll_before_it_is_persisted(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    """No poll waits when the task comes (workers are between tasks): the add waits in memory
+    and the next poll takes it as a sync match, with nothing written."""
+    engine = make_engine(sync_match_wait=30.0)
+    partition = await engine.partition(KEY)
+    adding = asyncio.create_task(engine.add_block_task(add_request(4)))
+    async with asyncio.timeout(5):
+        await partition.wait_for_held(held=1)
+
+    got = await poll(engine)
+    answer = await adding
+
+    assert scheduled_event_id(got) == 4
+    assert answer.sync_matched
+    assert await backlog(persistence) == 0
+
+
+async def test_an_add_no_poll_takes_in_time_is_persisted(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    engine = make_engine(sync_match_wait=0.05)
+    answer = await engine.add_block_task(add_request(4))
+    assert not answer.sync_matched
+    assert await backlog(persistence) == 1
+    assert scheduled_event_id(await poll(engine)) == 4

@@ -29,6 +29,9 @@ class MatchingConfig:
     """Pause after history answered "try later", and between failed backlog reads."""
     max_record_start_attempts: int = 3
     """RecordBlockStarted failures of an unexpected kind a task survives before it is dropped."""
+    sync_match_wait: float = 0.2
+    """How long an add with no poll waiting (and no backlog) waits in memory for a poll before
+    it is persisted; 0 persists it at once."""
     direct_dedupe_s: float = 600.0
     """How long an attempt handed out by direct dispatch is remembered, so that the same
     attempt added again (a retried add, a redelivered outbox task) is not handed out twice."""
@@ -44,6 +47,8 @@ class MatchingConfig:
         for name in ("backlog_read_batch", "backlog_write_batch", "max_outstanding_polls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.sync_match_wait < 0:
+            raise ValueError("sync_match_wait must be >= 0")
         if self.retry_backoff < 0 or self.max_record_start_attempts < 1:
             raise ValueError("retry_backoff must be >= 0 and max_record_start_attempts >= 1")
         if not 1 <= self.task_id_bits < 63:

@@ -2,8 +2,9 @@
 
 The life of a block task here, in order:
 1. An add hands the task straight to a waiting poll (sync match, nothing written) when the
-   backlog has been read to its end, so a new task never overtakes a persisted one. Otherwise
-   the writer persists it, grouping concurrent adds into one write fenced on the range_id; the
+   backlog has been read to its end, so a new task never overtakes a persisted one; with no
+   poll waiting, it waits in memory a moment (`sync_match_wait`) for one. Otherwise the
+   writer persists it, grouping concurrent adds into one write fenced on the range_id; the
    add returns once the row is durable. A direct task (already started by history) goes to
    the poll as it is; persisted, it is a pointer like any other.
 2. The reader pulls the backlog after the read level, in task_id order, into a buffer.
@@ -53,6 +54,8 @@ class BlockTask:
     sync_outcome: asyncio.Future[bool] | None = None
     record_failures: int = 0
     direct: flow_service_pb2.PollBlockTaskResponse | None = None
+    held: bool = False
+    """Waiting in memory for a poll to come (see `add`)."""
 
 
 class Poll:
@@ -157,6 +160,8 @@ class TaskQueuePartition:
         self._acked_not_deleted = 0
         self._buffer: list[tuple[int, int, BlockTask]] = []
         self._pending: deque[tuple[records_pb2.BacklogTask, asyncio.Future[None]]] = deque()
+        self._held: deque[BlockTask] = deque()  # adds waiting briefly for a poll, oldest first
+        self._held_changed = asyncio.Event()
         self._writing = 0
 
         self._polls: dict[str, Poll] = {}
@@ -237,6 +242,8 @@ class TaskQueuePartition:
         for poll in list(self._polls.values()):
             poll.cancel()
         self._waiting.clear()
+        while (held := self._pop_held()) is not None:
+            self.finish(held, consumed=False)  # its add persists it, or fails as closed
         self._notify_polls()
         if lost:
             self._fail_pending(self._lost_error())
@@ -281,6 +288,7 @@ class TaskQueuePartition:
         return (
             not self._polls
             and not self._pending
+            and not self._held
             and not self._writing
             and time.monotonic() - self._last_activity >= self._config.idle_unload_after
         )
@@ -514,16 +522,48 @@ class TaskQueuePartition:
         if self.closed:
             raise self._closed_error()
         self._touch()
-        if self._waiting and self._backlog_read_to_end():
-            poll = self._next_waiting(preferred_identity)
+        if self._backlog_read_to_end():
+            outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            task = BlockTask(info, sync_outcome=outcome, direct=direct)
+            poll = self._next_waiting(preferred_identity) if self._waiting else None
             if poll is not None:
-                outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                self._hand_over(poll, BlockTask(info, sync_outcome=outcome, direct=direct))
+                self._hand_over(poll, task)
                 if await outcome:
                     return True
                 # The poll could not start it (history busy, client gone): keep it durably.
+            elif self._config.sync_match_wait > 0 and await self._hold(task):
+                return True
         await self._persist(info)
         return False
+
+    async def _hold(self, task: BlockTask) -> bool:
+        """Keep the task in memory for up to `sync_match_wait` for a poll to come and take
+        it, as from a waiting poll. Polls are out only briefly between tasks, so a burst of
+        adds that finds none waiting would otherwise all go to the backlog, and a backlog,
+        once there, takes every later add until it is read empty. Nothing is lost meanwhile:
+        the add is not answered, so the sender (history's outbox) still holds the task."""
+        assert task.sync_outcome is not None
+        task.held = True
+        self._held.append(task)
+        changed, self._held_changed = self._held_changed, asyncio.Event()
+        changed.set()
+        try:
+            async with asyncio.timeout(self._config.sync_match_wait):
+                return await asyncio.shield(task.sync_outcome)
+        except TimeoutError:
+            if task.held:  # no poll came
+                task.held = False
+                self._held.remove(task)
+                return False
+        return await task.sync_outcome  # a poll took it just now: its outcome decides
+
+    def _pop_held(self) -> BlockTask | None:
+        while self._held:
+            task = self._held.popleft()
+            task.held = False
+            if task.sync_outcome is not None and not task.sync_outcome.done():
+                return task
+        return None
 
     def register_poll(self, poller_id: str, *, identity: str, rate_per_second: float) -> Poll:
         if self.closed:
@@ -562,7 +602,7 @@ class TaskQueuePartition:
         cancelled or the partition closes."""
         if poll.cancelled or self.closed:
             return None
-        task = self._pop_buffered()
+        task = self._pop_buffered() or self._pop_held()
         if task is not None:
             return task
         loop = asyncio.get_running_loop()
@@ -613,6 +653,11 @@ class TaskQueuePartition:
         while len(self._waiting) != waiting:
             await self._polls_changed.wait()
 
+    async def wait_for_held(self, *, held: int) -> None:
+        """Until at least `held` adds wait in memory for a poll (for tests and tools)."""
+        while len(self._held) < held:
+            await self._held_changed.wait()
+
     @property
     def outstanding_polls(self) -> int:
         return len(self._polls)
@@ -634,7 +679,12 @@ class TaskQueuePartition:
             stored = await asyncio.shield(self._store.count_backlog_tasks(self.key))
         except store_errors.PersistenceError as e:
             raise Unavailable(f"cannot count the backlog: {e}") from e
-        backlog = max(0, stored - self._acked_not_deleted) + len(self._pending) + self._writing
+        backlog = (
+            max(0, stored - self._acked_not_deleted)
+            + len(self._pending)
+            + self._writing
+            + len(self._held)
+        )
         self._forget_old_pollers()
         pollers = [
             task_queue_pb2.PollerInfo(
