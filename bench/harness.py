@@ -119,7 +119,22 @@ def _environment() -> dict[str, Any]:
         "system": platform.platform(),
         "python": platform.python_version(),
         "loadavg_start": ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "cpu_probe_ms_start": cpu_probe_ms(),
     }
+
+
+def cpu_probe_ms() -> float:
+    """How fast one core is right now: the best of three timings of a fixed pure-Python
+    loop, in ms (lower is faster). A shared VM can run at half speed for an hour; reports
+    taken at different probe times are not comparable."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i % 7
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
 
 
 class _Edges:
@@ -364,6 +379,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             own_postgres.remove()
         shutil.rmtree(workdir, ignore_errors=True)
     environment["loadavg_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    environment["cpu_probe_ms_end"] = cpu_probe_ms()
     return Report(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         scenario=plan.scenario,

@@ -303,7 +303,8 @@ def _markdown(report: Report) -> str:
         "",
         f"{report.created} · Tideflow {tideflow.version} · commit {env.get('commit', '?')}"
         f" · {env.get('cpus', '?')} CPUs · load average {env.get('loadavg_start', '?')} before,"
-        f" {env.get('loadavg_end', '?')} after",
+        f" {env.get('loadavg_end', '?')} after · CPU probe {env.get('cpu_probe_ms_start', '?')}"
+        f" ms before, {env.get('cpu_probe_ms_end', '?')} ms after (bench/README.md)",
         "",
         f"Plan: {plan.get('warmup_runs')} warm-up runs, {plan.get('sequential_runs')} sequential"
         f" runs; closed loop: {_join(plan.get('closed_inflight'), ' in flight')}; open loop:"
