@@ -97,6 +97,20 @@ async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
         await opened.close()
 
 
+async def _start_landing_unknown(
+    shard: ShardContext, matching: RecordingMatching, namespace_id: str, run_id: str
+) -> matching_service_pb2.AddBlockTaskRequest:
+    """Start a run whose create lands but fails; the block task history sends for it."""
+    request = flow_service_pb2.StartRunRequest(run_id=run_id, request_id=f"r-{run_id}")
+    request.flow.name = "one"
+    with pytest.raises(ServiceUnavailable):
+        await start_run.invoke(
+            shard,
+            history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+        )
+    return await asyncio.wait_for(matching.added.get(), 10)
+
+
 def _started_by(
     added: matching_service_pb2.AddBlockTaskRequest, namespace_id: str, poll: str
 ) -> history_service_pb2.RecordBlockStartedRequest:
@@ -121,14 +135,7 @@ async def test_a_landed_direct_start_is_taken_over_by_the_first_poll(
     matching = RecordingMatching()
     shard = await _shard(manager, matching, DirectDispatch())
     try:
-        request = flow_service_pb2.StartRunRequest(run_id="doc-3", request_id="r3")
-        request.flow.name = "one"
-        with pytest.raises(ServiceUnavailable):
-            await start_run.invoke(
-                shard,
-                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
-            )
-        added = await asyncio.wait_for(matching.added.get(), 10)
+        added = await _start_landing_unknown(shard, matching, namespace_id, "doc-3")
         assert not added.HasField("direct_task")
         async with shard.locked(namespace_id, "doc-3", added.run.execution_id) as entry:
             pending = entry.state.pending_blocks[added.scheduled_event_id]
@@ -152,14 +159,7 @@ async def test_block_task_of_a_landed_but_failed_commit_is_delivered(
     matching = RecordingMatching()
     shard = await _shard(manager, matching)
     try:
-        request = flow_service_pb2.StartRunRequest(run_id="doc-1", request_id="r1")
-        request.flow.name = "one"
-        with pytest.raises(ServiceUnavailable):
-            await start_run.invoke(
-                shard,
-                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
-            )
-        added = await asyncio.wait_for(matching.added.get(), 10)
+        added = await _start_landing_unknown(shard, matching, namespace_id, "doc-1")
         assert (added.run.run_id, added.block_id) == ("doc-1", "a")
     finally:
         await shard.stop()
