@@ -557,3 +557,25 @@ async def test_an_add_no_poll_takes_in_time_is_persisted(
     assert not answer.sync_matched
     assert await backlog(persistence) == 1
     assert scheduled_event_id(await poll(engine)) == 4
+
+
+async def test_the_same_direct_attempt_held_twice_reaches_one_poll(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    """Two adds of one attempt wait for a poll at once (history sent it again): the first
+    poll gets it, and the next drops the copy and goes on waiting."""
+    engine = make_engine(sync_match_wait=30.0)
+    partition = await engine.partition(KEY)
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+    adds = [asyncio.create_task(engine.add_block_task(request)) for _ in range(2)]
+    async with asyncio.timeout(5):
+        await partition.wait_for_held(held=2)
+
+    assert (await poll(engine)).task_token == b"token-7-1"
+    second = await poll(engine, within=0.5)  # drops the copy, then waits out its deadline
+
+    assert not second.task_token
+    assert [(await a).sync_matched for a in adds] == [True, True]
+    assert history.calls == []
+    assert await backlog(persistence) == 0

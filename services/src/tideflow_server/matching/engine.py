@@ -47,6 +47,25 @@ class _NotStarted(enum.Enum):
     KEPT = "kept"
 
 
+_Attempt = tuple[str, str, str, int, int]
+
+
+def _attempt_of(
+    namespace_id: str, run: common_pb2.RunRef, scheduled_event_id: int, attempt: int
+) -> _Attempt:
+    return (namespace_id, run.run_id, run.execution_id, scheduled_event_id, attempt)
+
+
+def _backlog_attempt(info: records_pb2.BacklogTask) -> _Attempt:
+    return (
+        info.namespace_id,
+        info.run_id,
+        info.execution_id,
+        info.scheduled_event_id,
+        info.attempt,
+    )
+
+
 def task_queue_key(
     namespace_id: str, task_queue: common_pb2.TaskQueue, partition: int
 ) -> TaskQueueKey:
@@ -78,7 +97,7 @@ class MatchingEngine:
         # Attempts handed to a poll by direct dispatch, with when (monotonic): the same
         # attempt added again (history retried the add, or a new shard owner redelivered it)
         # is already out, and must not reach a second worker.
-        self._dispatched: OrderedDict[tuple[str, str, str, int, int], float] = OrderedDict()
+        self._dispatched: OrderedDict[_Attempt, float] = OrderedDict()
         self._stopped = False
 
     # -- partitions ----------------------------------------------------------------------
@@ -137,10 +156,9 @@ class MatchingEngine:
     async def add_block_task(
         self, request: matching_service_pb2.AddBlockTaskRequest
     ) -> matching_service_pb2.AddBlockTaskResponse:
-        attempt = (
+        attempt = _attempt_of(
             request.namespace_id,
-            request.run.run_id,
-            request.run.execution_id,
+            request.run,
             request.scheduled_event_id,
             request.attempt,
         )
@@ -166,15 +184,13 @@ class MatchingEngine:
         matched = await partition.add(
             task, preferred_identity=request.preferred_worker_identity, direct=direct
         )
-        if matched and direct is not None:
-            self._note_dispatched(attempt)
         return matching_service_pb2.AddBlockTaskResponse(sync_matched=matched)
 
-    def _was_dispatched(self, attempt: tuple[str, str, str, int, int]) -> bool:
+    def _was_dispatched(self, attempt: _Attempt) -> bool:
         at = self._dispatched.get(attempt)
         return at is not None and time.monotonic() - at < self.config.direct_dedupe_s
 
-    def _note_dispatched(self, attempt: tuple[str, str, str, int, int]) -> None:
+    def _note_dispatched(self, attempt: _Attempt) -> None:
         now = time.monotonic()
         self._dispatched[attempt] = now
         horizon = now - self.config.direct_dedupe_s
@@ -208,8 +224,14 @@ class MatchingEngine:
         self._polls[request.poller_id] = (partition, poll)
         try:
             while (task := await partition.take(poll, end)) is not None:
+                attempt = _backlog_attempt(task.info)
+                if self._was_dispatched(attempt):
+                    # The same attempt, added again, was handed out directly meanwhile.
+                    partition.finish(task, consumed=True)
+                    continue
                 if task.direct is not None:
                     # Started by history already (direct dispatch): nothing to ask it.
+                    self._note_dispatched(attempt)
                     partition.finish(task, consumed=True)
                     response = matching_service_pb2.PollBlockTaskResponse(response=task.direct)
                     response.response.started_time.FromNanoseconds(int(self._clock() * 1e9))
