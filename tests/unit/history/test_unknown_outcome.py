@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from tideflow.api.v1 import blueprint_pb2, flow_pb2, flow_service_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_pb2, flow_service_pb2
 from tideflow_server.config import HistoryConfig
-from tideflow_server.history.api import record_block_started, start_run
+from tideflow_server.history.api import cancel_run, record_block_started, start_run
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.direct import DirectDispatch
@@ -25,7 +25,7 @@ from tideflow_server.persistence.records import CreateExecution
 from tideflow_server.persistence.sql import SqlDatabase, SqlPersistence
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 from tideflow_server.persistence.sqlite import open_sqlite
-from tideflow_server.rpc.errors import FailedPrecondition
+from tideflow_server.rpc.errors import FailedPrecondition, NotFound
 from tideflow_server.rpc.errors import Unavailable as ServiceUnavailable
 
 
@@ -38,14 +38,24 @@ class LandsThenFails(SqlExecutionStore):
 
 
 class RecordingMatching:
-    def __init__(self) -> None:
+    """Records every add; answers that a poll took it (`matched`), after failing the first
+    `failures` adds as a lost connection would."""
+
+    def __init__(self, *, matched: bool = True, failures: int = 0) -> None:
         self.added: asyncio.Queue[matching_service_pb2.AddBlockTaskRequest] = asyncio.Queue()
+        self.matched = matched
+        self.failures = failures
 
     async def add_block_task(
         self, request: matching_service_pb2.AddBlockTaskRequest
     ) -> matching_service_pb2.AddBlockTaskResponse:
-        await self.added.put(request)
-        return matching_service_pb2.AddBlockTaskResponse()
+        copy = matching_service_pb2.AddBlockTaskRequest()
+        copy.CopyFrom(request)
+        await self.added.put(copy)
+        if self.failures > 0:
+            self.failures -= 1
+            raise ServiceUnavailable("connection reset")
+        return matching_service_pb2.AddBlockTaskResponse(sync_matched=self.matched)
 
 
 async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceManager, str]:
@@ -211,3 +221,71 @@ async def test_a_caller_cancelled_mid_commit_still_gets_its_outbox_queued(
             await shard.stop()
     finally:
         await opened.close()
+
+
+async def _pending(
+    shard: ShardContext, namespace_id: str, added: matching_service_pb2.AddBlockTaskRequest
+) -> records_pb2.PendingBlock:
+    async with shard.locked(namespace_id, added.run.run_id, added.run.execution_id) as entry:
+        pending = records_pb2.PendingBlock()
+        pending.CopyFrom(entry.state.pending_blocks[added.scheduled_event_id])
+        return pending
+
+
+async def test_a_retried_direct_add_goes_as_an_ordinary_task_and_is_undone_if_persisted(
+    tmp_path: Path,
+) -> None:
+    """The first add, with the worker's task, fails (it may have reached matching all the
+    same): the retry carries no worker's task, so a poll can only start the attempt through
+    RecordBlockStarted; matching persisting it, history undoes the direct start."""
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    try:
+        manager, namespace_id = await _flow_and_namespace(opened)
+        matching = RecordingMatching(matched=False, failures=1)
+        shard = await _shard(manager, matching, DirectDispatch())
+        try:
+            request = flow_service_pb2.StartRunRequest(run_id="doc-4", request_id="r4")
+            request.flow.name = "one"
+            await start_run.invoke(
+                shard,
+                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+            )
+            first = await asyncio.wait_for(matching.added.get(), 10)
+            retry = await asyncio.wait_for(matching.added.get(), 10)
+            assert first.HasField("direct_task") and not retry.HasField("direct_task")
+            async with asyncio.timeout(10):
+                while (await _pending(shard, namespace_id, retry)).direct:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the undo commits after the add's answer
+            pending = await _pending(shard, namespace_id, retry)
+            assert not pending.HasField("started_time") and not pending.request_id
+        finally:
+            await shard.stop()
+    finally:
+        await opened.close()
+
+
+async def test_a_poll_for_a_direct_start_of_a_canceled_run_cancels_the_block(
+    faulty: SqlPersistence,
+) -> None:
+    """The direct start landed but its outcome was unknown, so no worker got the block; the
+    run is canceled, which waits for a started block's worker. The poll that then takes the
+    task is refused, and the block is canceled there, so the run closes."""
+    manager, namespace_id = await _flow_and_namespace(faulty)
+    matching = RecordingMatching()
+    shard = await _shard(manager, matching, DirectDispatch())
+    try:
+        added = await _start_landing_unknown(shard, matching, namespace_id, "doc-5")
+        cancel = flow_service_pb2.CancelRunRequest(reason="test")
+        cancel.run.run_id = "doc-5"
+        await cancel_run.invoke(
+            shard, history_service_pb2.CancelRunRequest(namespace_id=namespace_id, request=cancel)
+        )
+        assert (await _pending(shard, namespace_id, added)).cancel_requested
+
+        with pytest.raises(NotFound):
+            await record_block_started.invoke(shard, _started_by(added, namespace_id, "poll-1"))
+        async with shard.locked(namespace_id, "doc-5", added.run.execution_id) as entry:
+            assert entry.state.execution_info.status == common_pb2.RUN_STATUS_CANCELED
+    finally:
+        await shard.stop()

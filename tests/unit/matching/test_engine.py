@@ -579,3 +579,25 @@ async def test_the_same_direct_attempt_held_twice_reaches_one_poll(
     assert [(await a).sync_matched for a in adds] == [True, True]
     assert history.calls == []
     assert await backlog(persistence) == 0
+
+
+async def test_an_add_cancelled_while_it_waits_for_a_poll_leaves_nothing_behind(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    """History went away (its shard moved) while its add waited: no later poll may get the
+    task, whose sender will add it again or has given it up."""
+    engine = make_engine(sync_match_wait=30.0)
+    partition = await engine.partition(KEY)
+    request = add_request(7)
+    request.direct_task.CopyFrom(_direct(7))
+    adding = asyncio.create_task(engine.add_block_task(request))
+    async with asyncio.timeout(5):
+        await partition.wait_for_held(held=1)
+
+    adding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+
+    assert partition.held_adds == 0
+    assert not (await poll(engine, within=0.3)).task_token
+    assert await backlog(persistence) == 0

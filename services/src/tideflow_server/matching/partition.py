@@ -551,10 +551,12 @@ class TaskQueuePartition:
             async with asyncio.timeout(self._config.sync_match_wait):
                 return await asyncio.shield(task.sync_outcome)
         except TimeoutError:
-            if task.held:  # no poll came
+            if task.held:
+                return False  # no poll came
+        finally:
+            if task.held:  # timed out, or the add was cancelled (its sender went away)
                 task.held = False
                 self._held.remove(task)
-                return False
         return await task.sync_outcome  # a poll took it just now: its outcome decides
 
     def _pop_held(self) -> BlockTask | None:
@@ -652,6 +654,10 @@ class TaskQueuePartition:
         """Until exactly `waiting` polls wait for a task (for tests and tools)."""
         while len(self._waiting) != waiting:
             await self._polls_changed.wait()
+
+    @property
+    def held_adds(self) -> int:
+        return len(self._held)
 
     async def wait_for_held(self, *, held: int) -> None:
         """Until at least `held` adds wait in memory for a poll (for tests and tools)."""

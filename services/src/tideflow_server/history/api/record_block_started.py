@@ -6,7 +6,7 @@ answered for: a poll that took its task from the backlog takes the attempt over.
 
 from __future__ import annotations
 
-from tideflow_server.history import blocks
+from tideflow_server.history import blocks, progress
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
@@ -18,7 +18,7 @@ async def invoke(
 ) -> history_service_pb2.RecordBlockStartedResponse:
     async def act(
         entry: Execution, step: RunStep
-    ) -> history_service_pb2.RecordBlockStartedResponse:
+    ) -> history_service_pb2.RecordBlockStartedResponse | None:
         state = step.state
         pending = state.pending_blocks.get(request.scheduled_event_id)
         if (
@@ -31,6 +31,13 @@ async def invoke(
                 reason="BLOCK_TASK_NOT_FOUND",
             )
         if pending.cancel_requested or state.execution_info.cancel_requested:
+            if pending.direct:
+                # Started for direct dispatch, but no worker got it (this poll has its
+                # task): nobody else will cancel it, so cancel it here.
+                blocks.unstart(step, pending)
+                blocks.cancel(step, pending)
+                progress.finish_cancel_if_done(step)
+                return None
             raise NotFound("the block's run is being canceled", reason="BLOCK_TASK_NOT_FOUND")
         if pending.HasField("started_time") and not pending.direct:
             if pending.request_id != request.request_id:
@@ -48,6 +55,9 @@ async def invoke(
         scheduled = await shard.scheduled_event(entry, pending.scheduled_event_id)
         return blocks.started_response(state, pending, scheduled)
 
-    return await shard.update(
+    started = await shard.update(
         request.namespace_id, request.run.run_id, request.run.execution_id, act
     )
+    if started is None:
+        raise NotFound("the block's run is being canceled", reason="BLOCK_TASK_NOT_FOUND")
+    return started

@@ -48,7 +48,7 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
         )
         if kind in attempt_running and not started:
             return  # for a started attempt only; this one has not started (again) yet
-        if kind == common_pb2.TIMEOUT_TYPE_START_TO_CLOSE and _armed_before_start(timer, pending):
+        if kind in attempt_running and _armed_before_start(timer, pending):
             return  # set by an earlier start of this attempt (a direct start undone)
         if kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started:
             return
@@ -66,10 +66,16 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
 
 
 def _armed_before_start(timer: records_pb2.TimerTask, pending: records_pb2.PendingBlock) -> bool:
-    """A start-to-close timer fires at its start plus the timeout; one that fires earlier
-    than the current start allows (by more than rounding) was armed for a start that was
-    undone."""
-    due = pending.started_time.ToNanoseconds() + pending.timeouts.start_to_close.ToNanoseconds()
+    """A start-to-close or heartbeat timer fires at the earliest at its start plus the
+    timeout; one that fires earlier than the current start allows (by more than rounding) was
+    armed for a start that was undone."""
+    timeouts = pending.timeouts
+    timeout = (
+        timeouts.heartbeat
+        if timer.block_timeout.timeout_type == common_pb2.TIMEOUT_TYPE_HEARTBEAT
+        else timeouts.start_to_close
+    )
+    due = pending.started_time.ToNanoseconds() + timeout.ToNanoseconds()
     return timer.fire_time.ToNanoseconds() < due - _MS
 
 

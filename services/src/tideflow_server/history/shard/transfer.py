@@ -119,6 +119,9 @@ class TransferQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                # Only the first try carries the worker's task: the first may have reached
+                # matching all the same, so a retry must go through RecordBlockStarted.
+                direct_task = None
                 if self._shard.lost:
                     return
                 log.info("transfer task failed, retrying", task_id=task.task_id, error=str(e))
@@ -159,13 +162,24 @@ class TransferQueue:
             self._shard.direct.note(
                 task.namespace_id, block.task_queue, matched=response.sync_matched
             )
-        if direct_task is not None and not response.sync_matched:
+        if not response.sync_matched:
             await self._unstart(task)
 
     async def _unstart(self, task: records_pb2.TransferTask) -> None:
         """Undo the direct start of a block whose task matching persisted (no poll waited).
-        Retried here, not by redelivering the task: matching already holds it."""
+        Any add may find one: a retried add, a redelivered outbox task, or the add after a
+        commit whose outcome was unknown go as ordinary tasks. Retried here, not by
+        redelivering the task: matching already holds it."""
         block = task.block_task
+        try:
+            async with self._shard.locked(
+                task.namespace_id, task.run_id, task.execution_id
+            ) as entry:
+                pending = entry.state.pending_blocks.get(block.scheduled_event_id)
+                if pending is None or pending.attempt != block.attempt or not pending.direct:
+                    return  # the common case: nothing to undo, and no step to build
+        except NotFound:
+            return
 
         async def act(entry: Execution, step: RunStep) -> None:
             pending = step.state.pending_blocks.get(block.scheduled_event_id)
