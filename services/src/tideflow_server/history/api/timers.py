@@ -32,26 +32,41 @@ async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
         return  # the run is gone: nothing left to time out
 
 
+_ATTEMPT_RUNNING = (common_pb2.TIMEOUT_TYPE_START_TO_CLOSE, common_pb2.TIMEOUT_TYPE_HEARTBEAT)
+
+
+def _stale(state: records_pb2.MutableState, timer: records_pb2.TimerTask) -> bool:
+    """A block timeout that can do nothing to the run as it stands: most of them, since a
+    timer is armed for every start and the block usually closes long before it fires."""
+    spec = timer.block_timeout
+    pending = state.pending_blocks.get(spec.scheduled_event_id)
+    if (
+        state.execution_info.state == records_pb2.RUN_STATE_COMPLETED
+        or pending is None
+        or pending.attempt != spec.attempt
+    ):
+        return True
+    started = pending.HasField("started_time")
+    kind = spec.timeout_type
+    if kind in _ATTEMPT_RUNNING:
+        # For a started attempt only, and not one armed by an earlier, undone start.
+        return not started or _armed_before_start(timer, pending)
+    return kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started
+
+
 async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
     spec = timer.block_timeout
-
-    async def act(entry: Execution, step: RunStep) -> None:
-        pending = step.state.pending_blocks.get(spec.scheduled_event_id)
-        if not step.is_open or pending is None or pending.attempt != spec.attempt:
+    # Looked at first without a step (no copy of the state, nothing to commit).
+    async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
+        if _stale(entry.state, timer):
             log.debug("stale block timeout", run_id=timer.run_id, attempt=spec.attempt)
             return
-        started = pending.HasField("started_time")
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        if _stale(step.state, timer):
+            return  # changed since the look above
+        pending = step.state.pending_blocks[spec.scheduled_event_id]
         kind = spec.timeout_type
-        attempt_running = (
-            common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
-            common_pb2.TIMEOUT_TYPE_HEARTBEAT,
-        )
-        if kind in attempt_running and not started:
-            return  # for a started attempt only; this one has not started (again) yet
-        if kind in attempt_running and _armed_before_start(timer, pending):
-            return  # set by an earlier start of this attempt (a direct start undone)
-        if kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started:
-            return
         if kind == common_pb2.TIMEOUT_TYPE_HEARTBEAT:
             due = blocks.as_datetime(pending.last_heartbeat_time) + blocks.as_timedelta(
                 pending.timeouts.heartbeat

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+_COALESCE_MS = 50
+"""How late a timer may fire so that it fires with others (timeouts are never early)."""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -133,7 +136,10 @@ class TimerQueue:
                 )
                 self._firing[key] = asyncio.create_task(self._fire(key, timer))
             next_scan_ms = self._read_level_ms - lookahead_ms // 2
-            wake_at = min(self._heap[0][0] if self._heap else next_scan_ms, next_scan_ms)
+            # Wake a little after the next timer is due, so that the timers due within that
+            # moment fire together: one wake-up for many, none of them early.
+            next_due_ms = self._heap[0][0] + _COALESCE_MS if self._heap else next_scan_ms
+            wake_at = min(next_due_ms, next_scan_ms)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, (wake_at - _now_ms()) / 1000))
