@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.flows import Client, payloads, value
+from tests.support.flows import Client, payloads, two_step_blueprint, value
 from tideflow.api.v1 import flow_service_pb2, flow_service_pb2_grpc, history_pb2
 from tideflow.worker import Worker, block
 from tideflow_server.rpc.errors import InvalidArgument, from_rpc_error
@@ -25,24 +25,7 @@ def _name(prefix: str) -> str:
 
 
 async def _two_step_flow(client: Client, flow: str, queue: str) -> None:
-    await client.register(
-        {
-            "name": flow,
-            "version": 1,
-            "task_queue": queue,
-            "timeouts": {"start_to_close": "10s"},
-            "blocks": [
-                {"id": "a", "external": {"block": "step@1"}, "input": "${input}"},
-                {
-                    "id": "b",
-                    "needs": ["a"],
-                    "external": {"block": "step@1"},
-                    "input": "${blocks.a.output}",
-                },
-            ],
-            "output": "${blocks.b.output}",
-        }
-    )
+    await client.register(two_step_blueprint(flow, queue))
 
 
 def _completion(

@@ -12,7 +12,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, Client, Task, value
+from tests.support.flows import BlockWorker, Client, Task, two_step_blueprint, value
 from tideflow.api.v1 import history_pb2
 
 
@@ -48,24 +48,7 @@ async def test_graceful_restart_of_history_loses_no_run(tmp_path: Path) -> None:
     try:
         await client.ensure_namespace()
         queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"flow_{uuid.uuid4().hex[:6]}"
-        await client.register(
-            {
-                "name": flow,
-                "version": 1,
-                "task_queue": queue,
-                "timeouts": {"start_to_close": "10s"},
-                "blocks": [
-                    {"id": "a", "external": {"block": "step@1"}, "input": "${input}"},
-                    {
-                        "id": "b",
-                        "needs": ["a"],
-                        "external": {"block": "step@1"},
-                        "input": "${blocks.a.output}",
-                    },
-                ],
-                "output": "${blocks.b.output}",
-            }
-        )
+        await client.register(two_step_blueprint(flow, queue))
         gate = asyncio.Event()
 
         async def step(task: Task) -> Any:

@@ -41,6 +41,27 @@ def value(given: common_pb2.Payloads) -> Any:
     return json.loads(given.payloads[0].data) if given.payloads else None
 
 
+def two_step_blueprint(flow: str, queue: str) -> dict[str, Any]:
+    """`a -> b` on `queue`, both `step@1`: a gets the run's input, b gets a's output, and the
+    run's output is b's."""
+    return {
+        "name": flow,
+        "version": 1,
+        "task_queue": queue,
+        "timeouts": {"start_to_close": "10s"},
+        "blocks": [
+            {"id": "a", "external": {"block": "step@1"}, "input": "${input}"},
+            {
+                "id": "b",
+                "needs": ["a"],
+                "external": {"block": "step@1"},
+                "input": "${blocks.a.output}",
+            },
+        ],
+        "output": "${blocks.b.output}",
+    }
+
+
 class Client:
     def __init__(self, address: str, namespace: str = NAMESPACE) -> None:
         self.channel = grpc.aio.insecure_channel(address)

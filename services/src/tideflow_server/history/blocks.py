@@ -147,6 +147,13 @@ def record_started(
     step.touch()
 
 
+def _scheduled_in(step: RunStep) -> dict[int, history_pb2.HistoryEvent]:
+    """The BLOCK_SCHEDULED events this step appends, by event id."""
+    return {
+        e.event_id: e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
+    }
+
+
 def start_directly(
     step: RunStep, wanted: Callable[[common_pb2.TaskQueue], bool]
 ) -> list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]]:
@@ -157,9 +164,7 @@ def start_directly(
     The transfer tasks stay: matching gets each with its task and either hands it to a waiting
     poll or persists it, and then history undoes the start (`unstart`). Returns each started
     block with its BLOCK_SCHEDULED event."""
-    scheduled_now = {
-        e.event_id: e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
-    }
+    scheduled_now = _scheduled_in(step)
     started: list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]] = []
     for task in step.transfer_tasks:
         if task.WhichOneof("task") != "block_task":
@@ -213,9 +218,7 @@ def start_eagerly(
     transfer tasks are dropped; the attempts are started in this step, so they commit with it
     and run under the same timeouts as polled ones. Returns each with its BLOCK_SCHEDULED
     event."""
-    scheduled_now = {
-        e.event_id: e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
-    }
+    scheduled_now = _scheduled_in(step)
     started: list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]] = []
     kept: list[records_pb2.TransferTask] = []
     for task in step.transfer_tasks:

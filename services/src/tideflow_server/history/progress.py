@@ -217,3 +217,13 @@ def finish_cancel_if_done(step: RunStep) -> None:
     """A run whose cancellation was requested closes as CANCELED once no block is pending."""
     if step.is_open and step.info.cancel_requested and not step.state.pending_blocks:
         close_run(step, common_pb2.RUN_STATUS_CANCELED)
+
+
+def undo_direct_start(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    """No worker got the block history started for direct dispatch: it waits for a poll again,
+    unless its run is being canceled, when nobody else will cancel it, so it is canceled here
+    (and the run closes once nothing else is pending)."""
+    blocks.unstart(step, pending)
+    if pending.cancel_requested or step.info.cancel_requested:
+        blocks.cancel(step, pending)
+        finish_cancel_if_done(step)

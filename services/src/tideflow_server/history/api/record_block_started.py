@@ -32,11 +32,8 @@ async def invoke(
             )
         if pending.cancel_requested or state.execution_info.cancel_requested:
             if pending.direct:
-                # Started for direct dispatch, but no worker got it (this poll has its
-                # task): nobody else will cancel it, so cancel it here.
-                blocks.unstart(step, pending)
-                blocks.cancel(step, pending)
-                progress.finish_cancel_if_done(step)
+                # Started for direct dispatch, but no worker got it (this poll has its task).
+                progress.undo_direct_start(step, pending)
                 return None
             raise NotFound("the block's run is being canceled", reason="BLOCK_TASK_NOT_FOUND")
         if pending.HasField("started_time") and not pending.direct:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
-from tideflow_server.history import blocks, progress
+from tideflow_server.history import progress
 from tideflow_server.history.blocks import as_datetime
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
@@ -185,11 +185,7 @@ class TransferQueue:
             pending = step.state.pending_blocks.get(block.scheduled_event_id)
             if pending is None or pending.attempt != block.attempt or not pending.direct:
                 return  # closed, retried, taken over by a poll, or answered for by a worker
-            blocks.unstart(step, pending)
-            if pending.cancel_requested:
-                # Its run is being canceled and no worker has it: cancel it here.
-                blocks.cancel(step, pending)
-                progress.finish_cancel_if_done(step)
+            progress.undo_direct_start(step, pending)
 
         backoff = 0.05
         while not self._shard.lost:
