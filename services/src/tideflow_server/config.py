@@ -31,6 +31,9 @@ class PostgresConfig(_Section):
     max_connections: int = Field(default=20, ge=1)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     statement_timeout_s: float = Field(default=30.0, gt=0)
+    group_commit_calls: int = Field(default=2, ge=0)
+    """Group commit of a history host's decisions: statements in flight at most, each
+    carrying every decision that came while the others were busy (0: one per decision)."""
 
 
 class CassandraConfig(_Section):

@@ -21,6 +21,7 @@ async def _open_sql(backend: str, sqlite: SqliteConfig, postgres: PostgresConfig
         max_connections=postgres.max_connections,
         connect_timeout_s=postgres.connect_timeout_s,
         statement_timeout_s=postgres.statement_timeout_s,
+        group_commit_calls=postgres.group_commit_calls,
     )
 
 

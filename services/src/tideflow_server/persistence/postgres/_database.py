@@ -155,8 +155,10 @@ async def open_postgres(
     max_connections: int = 20,
     connect_timeout_s: float = 10.0,
     statement_timeout_s: float = 30.0,
+    group_commit_calls: int = 2,
 ) -> SqlPersistence:
-    """Open a connection pool; the schema is set up separately (`tideflow-server schema`)."""
+    """Open a connection pool; the schema is set up separately (`tideflow-server schema`).
+    `group_commit_calls` is PostgresConfig's (0 turns group commit off)."""
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -169,4 +171,6 @@ async def open_postgres(
     except _ERRORS as e:
         _translate(e)
     db = PostgresDatabase(pool)
-    return SqlPersistence(db, executions=PostgresExecutionStore(db))
+    return SqlPersistence(
+        db, executions=PostgresExecutionStore(db, group_commit_calls=group_commit_calls)
+    )

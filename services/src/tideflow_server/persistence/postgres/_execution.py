@@ -7,6 +7,12 @@ on its db_version, and the history batch and outbox rows inserted only if that u
 happened. Fencing is unchanged: an acquisition (which updates the shard row) waits for this
 statement or makes its fence check fail.
 
+Concurrent decisions go together (group commit, see _group.py): one statement of the same
+shape updates many runs, of any of the host's shards, each on its own db_version and behind
+its own shard's fence, and inserts the outputs of those whose update happened; it returns
+the fences it saw and which updates happened, so each decision gets the outcome it would
+have had alone.
+
 A brand-new run is one CTE too: the run_id's pointer is inserted if the fence holds and no
 pointer exists, and everything else only if it was. When it was not, nothing was written and
 the shared transactional path runs instead, to report the exact condition that failed.
@@ -14,9 +20,15 @@ the shared transactional path runs instead, to report the exact condition that f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tideflow_server.persistence.errors import ConditionFailed, ShardOwnershipLost
+from tideflow_server.persistence.errors import (
+    ConditionFailed,
+    PersistenceError,
+    ShardOwnershipLost,
+)
+from tideflow_server.persistence.postgres._group import GroupCommit
 from tideflow_server.persistence.records import (
     CreateExecution,
     CreateMode,
@@ -118,10 +130,146 @@ SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM cur)
 """
 
 
+_DECIDE_MANY = """
+WITH req AS (
+  SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                       $7::bigint[], $8::bigint[], $9::int[], $10::bytea[], $11::bigint[])
+    AS r(i, shard_id, namespace_id, run_id, execution_id, range_id,
+         next_event_id, db_version, state, data, expected)
+), fence AS (
+  SELECT shard_id, range_id FROM shards WHERE shard_id IN (SELECT shard_id FROM req) FOR SHARE
+), upd AS (
+  UPDATE executions e
+  SET next_event_id = r.next_event_id, db_version = r.db_version, state = r.state, data = r.data
+  FROM req r JOIN fence f ON f.shard_id = r.shard_id AND f.range_id = r.range_id
+  WHERE e.shard_id = r.shard_id AND e.namespace_id = r.namespace_id AND e.run_id = r.run_id
+    AND e.execution_id = r.execution_id AND e.db_version = r.expected
+  RETURNING r.i
+), cur AS (
+  UPDATE current_runs c SET state = x.state, status = x.status, start_request_id = x.request_id
+  FROM unnest($12::int[], $13::int[], $14::int[], $15::text[]) AS x(i, state, status, request_id)
+  JOIN req r ON r.i = x.i
+  WHERE c.shard_id = r.shard_id AND c.namespace_id = r.namespace_id AND c.run_id = r.run_id
+    AND c.execution_id = r.execution_id AND x.i IN (SELECT i FROM upd)
+  RETURNING 1
+), hist AS (
+  INSERT INTO history_batches
+    (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id, event_count, data)
+  SELECT r.shard_id, r.namespace_id, r.run_id, r.execution_id, h.f, h.t, h.c, h.d
+  FROM unnest($16::int[], $17::bigint[], $18::bigint[], $19::int[], $20::bytea[])
+    AS h(i, f, t, c, d)
+  JOIN req r ON r.i = h.i WHERE h.i IN (SELECT i FROM upd)
+  RETURNING 1
+), transfer AS (
+  INSERT INTO transfer_tasks (shard_id, task_id, data)
+  SELECT r.shard_id, x.t, x.d FROM unnest($21::int[], $22::bigint[], $23::bytea[]) AS x(i, t, d)
+  JOIN req r ON r.i = x.i WHERE x.i IN (SELECT i FROM upd)
+  RETURNING 1
+), timer AS (
+  INSERT INTO timer_tasks (shard_id, fire_time_ms, task_id, data)
+  SELECT r.shard_id, x.f, x.t, x.d
+  FROM unnest($24::int[], $25::bigint[], $26::bigint[], $27::bytea[]) AS x(i, f, t, d)
+  JOIN req r ON r.i = x.i WHERE x.i IN (SELECT i FROM upd)
+  RETURNING 1
+)
+SELECT (SELECT array_agg(shard_id) FROM fence), (SELECT array_agg(range_id) FROM fence),
+       (SELECT array_agg(i) FROM upd)
+"""
+
+
+def _decide_many_args(requests: Sequence[UpdateExecution]) -> list[list[Any]]:
+    """The 27 arrays of `_DECIDE_MANY`: one row per request (its index `i`), and each output
+    row tagged with the index of its request."""
+    args: list[list[Any]] = [[] for _ in range(27)]
+    for i, request in enumerate(requests):
+        ex = request.execution
+        row = (
+            i,
+            request.shard_id,
+            ex.namespace_id,
+            ex.run_id,
+            ex.execution_id,
+            request.range_id,
+            ex.next_event_id,
+            ex.db_version,
+            int(ex.state),
+            ex.data,
+            request.expected_db_version,
+        )
+        for column, value in enumerate(row):
+            args[column].append(value)
+        if request.current is not None:
+            cur = request.current
+            for column, value in enumerate((i, int(cur.state), cur.status, cur.start_request_id)):
+                args[11 + column].append(value)
+        for b in request.events:
+            for column, value in enumerate((i, b.first_event_id, b.txn_id, b.event_count, b.data)):
+                args[15 + column].append(value)
+        for t in request.transfer_tasks:
+            for column, value in enumerate((i, t.task_id, t.data)):
+                args[20 + column].append(value)
+        for timer in request.timer_tasks:
+            for column, value in enumerate((i, timer.fire_time_ms, timer.task_id, timer.data)):
+                args[23 + column].append(value)
+    return args
+
+
+def _outcomes(
+    found: Row | None, requests: Sequence[UpdateExecution]
+) -> list[PersistenceError | None]:
+    """Each request's outcome from `_DECIDE_MANY`'s row (fenced shards and ranges, updated
+    indexes): what the single statement would have raised for it, or None."""
+    assert found is not None
+    fences = dict(zip(found[0] or (), found[1] or (), strict=True))
+    updated = set(found[2] or ())
+    outcomes: list[PersistenceError | None] = []
+    for i, request in enumerate(requests):
+        fenced_at = fences.get(request.shard_id)
+        if fenced_at != request.range_id:
+            outcomes.append(
+                ShardOwnershipLost(
+                    shard_id=request.shard_id,
+                    expected_range_id=request.range_id,
+                    actual_range_id=fenced_at,
+                )
+            )
+        elif i in updated:
+            outcomes.append(None)
+        else:
+            outcomes.append(_stale(request))
+    return outcomes
+
+
+def _stale(request: UpdateExecution) -> ConditionFailed:
+    return ConditionFailed(
+        f"execution {request.execution.execution_id}: db_version is no longer "
+        f"{request.expected_db_version}"
+    )
+
+
+MAX_GROUP = 64
+"""Decisions in one statement at most."""
+
+
 class PostgresExecutionStore(SqlExecutionStore):
-    def __init__(self, db: PostgresDatabase) -> None:
+    def __init__(self, db: PostgresDatabase, *, group_commit_calls: int = 2) -> None:
         super().__init__(db)
         self._pg = db
+        self._group: GroupCommit[UpdateExecution] | None = (
+            GroupCommit(
+                self._update_one,
+                self._update_many,
+                calls=group_commit_calls,
+                max_group=MAX_GROUP,
+            )
+            if group_commit_calls > 0
+            else None
+        )
+
+    @property
+    def group(self) -> GroupCommit[UpdateExecution] | None:
+        """The group commit of decisions (None when off)."""
+        return self._group
 
     async def create_execution(self, request: CreateExecution) -> None:
         if request.mode is not CreateMode.BRAND_NEW:
@@ -152,6 +300,19 @@ class PostgresExecutionStore(SqlExecutionStore):
             await super().create_execution(request)
 
     async def update_execution(self, request: UpdateExecution) -> None:
+        if self._group is None:
+            await self._update_one(request)
+        else:
+            await self._group.write(request)
+
+    async def _update_many(
+        self, requests: Sequence[UpdateExecution]
+    ) -> list[PersistenceError | None]:
+        async with self._pg.read() as conn:  # autocommit: the statement is its transaction
+            found = await conn.fetchone_native(_DECIDE_MANY, *_decide_many_args(requests))
+        return _outcomes(found, requests)
+
+    async def _update_one(self, request: UpdateExecution) -> None:
         ex = request.execution
         cur = request.current
         async with self._pg.read() as conn:  # autocommit: the statement is its transaction
@@ -174,7 +335,4 @@ class PostgresExecutionStore(SqlExecutionStore):
                 *_output_args(request),
             )
         if _fenced(found, request) != 1:
-            raise ConditionFailed(
-                f"execution {ex.execution_id}: db_version is no longer "
-                f"{request.expected_db_version}"
-            )
+            raise _stale(request)
