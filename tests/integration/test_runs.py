@@ -450,3 +450,33 @@ async def test_version_zero_registers_the_next_version(cluster: Cluster, client:
     again = await client.register({**blueprint, "version": 2})
     assert (first.flow.version, second.flow.version) == (1, 2)
     assert first.created and second.created and not again.created
+
+
+async def test_a_start_of_the_latest_takes_a_version_registered_since(
+    cluster: Cluster, client: Client
+) -> None:
+    """History keeps the latest version it read as a hint; a version registered after it must
+    still be the one the next start of version 0 takes (the store checks the hint)."""
+    flow = _flow()
+
+    def blueprint(version: int, queue: str) -> dict[str, Any]:
+        return {
+            "name": flow,
+            "version": version,
+            "task_queue": queue,
+            "blocks": [
+                {"id": "a", "external": {"block": "a@1", "timeouts": {"start_to_close": "5s"}}}
+            ],
+        }
+
+    async def started_version() -> tuple[int, str]:
+        run_id, _ = await client.start(flow)
+        info = (await client.describe(run_id)).run_info
+        return info.flow.version, info.task_queue.name
+
+    await client.register(blueprint(1, "queue-of-v1"))
+    assert await started_version() == (1, "queue-of-v1")
+    assert await started_version() == (1, "queue-of-v1")  # from the hint, checked
+    await client.register(blueprint(2, "queue-of-v2"))
+    assert await started_version() == (2, "queue-of-v2")
+    assert await started_version() == (2, "queue-of-v2")

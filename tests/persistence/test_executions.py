@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -18,9 +19,17 @@ from tests.persistence.builders import (
 from tideflow_server.persistence import (
     ConditionFailed,
     CurrentRunConditionFailed,
+    FlowChanged,
     NotFound,
 )
-from tideflow_server.persistence.records import CreateMode, RunState, TimerTaskRow, TransferTaskRow
+from tideflow_server.persistence.records import (
+    CreateMode,
+    FlowCheck,
+    FlowRow,
+    RunState,
+    TimerTaskRow,
+    TransferTaskRow,
+)
 from tideflow_server.persistence.sql import SqlPersistence
 
 
@@ -120,6 +129,29 @@ async def test_one_open_execution_per_run_id(persistence: SqlPersistence) -> Non
     assert conflict.value.current == first.current
     with pytest.raises(NotFound):
         await persistence.executions.get_execution(key("invoice-9", second.execution.execution_id))
+
+
+async def test_create_checks_the_flow_version_is_still_the_latest(
+    persistence: SqlPersistence,
+) -> None:
+    """A start that took the latest version from a cache commits only while no newer version
+    is registered; otherwise nothing is written."""
+    r = await acquire(persistence)
+    for version in (1, 2):
+        await persistence.metadata.create_flow(
+            FlowRow(NAMESPACE, "ocr", version, create_time_ms=0, data=b"definition")
+        )
+    stale = replace(new_execution("scan-1", range_id=r), flow_check=FlowCheck("ocr", 1))
+    with pytest.raises(FlowChanged):
+        await persistence.executions.create_execution(stale)
+    with pytest.raises(NotFound):
+        await persistence.executions.get_current_run(1, NAMESPACE, "scan-1")
+    with pytest.raises(NotFound):
+        await persistence.executions.get_execution(key("scan-1", stale.execution.execution_id))
+
+    latest = replace(new_execution("scan-1", range_id=r), flow_check=FlowCheck("ocr", 2))
+    await persistence.executions.create_execution(latest)
+    assert await persistence.executions.get_current_run(1, NAMESPACE, "scan-1") == latest.current
 
 
 async def test_concurrent_brand_new_creates_one_wins(persistence: SqlPersistence) -> None:

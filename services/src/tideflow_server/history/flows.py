@@ -10,7 +10,11 @@ from tideflow_server.rpc.errors import NotFound
 
 
 class FlowCache:
-    """Flow versions are immutable, so a compiled version is cached for good (bounded)."""
+    """Flow versions are immutable, so a compiled version is cached for good (bounded).
+
+    Which version is the latest can change, so it is only a hint here (`latest_known`): a
+    start that uses it has the store check it with the create (`FlowCheck`), and reads the
+    latest again if a newer version was registered meanwhile."""
 
     def __init__(self, manager: PersistenceManager, *, max_entries: int = 1_000) -> None:
         self._manager = manager
@@ -18,6 +22,18 @@ class FlowCache:
         self._compiled: dict[
             tuple[str, str, int], tuple[flow_pb2.FlowDefinition, CompiledBlueprint]
         ] = {}
+        self._latest: dict[tuple[str, str], int] = {}
+
+    def latest_known(
+        self, namespace_id: str, name: str
+    ) -> tuple[flow_pb2.FlowDefinition, CompiledBlueprint] | None:
+        """The version the last read of the latest found, if still cached; it may have been
+        superseded since."""
+        version = self._latest.get((namespace_id, name))
+        return None if version is None else self._compiled.get((namespace_id, name, version))
+
+    def forget_latest(self, namespace_id: str, name: str) -> None:
+        self._latest.pop((namespace_id, name), None)
 
     async def get(
         self, namespace_id: str, name: str, version: int
@@ -34,6 +50,10 @@ class FlowCache:
             raise NotFound(f"flow {shown} is not registered", reason="FLOW_NOT_FOUND") from e
         # `version` 0 reads the latest definition each time (a newer one may have been
         # registered since), but compiles it only once.
+        if version == 0:
+            if len(self._latest) >= self._max_entries:
+                self._latest.pop(next(iter(self._latest)))
+            self._latest[(namespace_id, name)] = flow.version
         cached = self._compiled.get((namespace_id, name, flow.version))
         if cached is not None:
             return cached

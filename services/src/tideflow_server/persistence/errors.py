@@ -39,6 +39,11 @@ class ConditionFailed(PersistenceError):
     task queue, or state of a current-run pointer). Reload and decide again."""
 
 
+class FlowChanged(ConditionFailed):
+    """A create's `flow_check` failed: a newer version of the flow is registered. Nothing was
+    written; read the latest version and start again."""
+
+
 class CurrentRunConditionFailed(ConditionFailed):
     """Creating an execution conflicted with the run_id's current-run pointer.
 

@@ -59,7 +59,8 @@ class ExecutionStore(Protocol):
 
         ShardOwnershipLost if the shard's range_id is not `request.range_id`;
         CurrentRunConditionFailed if the pointer does not allow `request.mode`;
-        AlreadyExists if the execution id is taken.
+        FlowChanged if `request.flow_check` names a version older than the latest
+        registered one; AlreadyExists if the execution id is taken.
         """
 
     async def update_execution(self, request: UpdateExecution) -> None:

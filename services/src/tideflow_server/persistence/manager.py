@@ -25,6 +25,7 @@ from tideflow_server.persistence.records import (
     CurrentRunRow,
     ExecutionKey,
     ExecutionRow,
+    FlowCheck,
     FlowRow,
     HistoryBatch,
     NamespaceRow,
@@ -260,8 +261,10 @@ class PersistenceManager:
         timer_tasks: Sequence[records_pb2.TimerTask] = (),
         mode: CreateMode = CreateMode.BRAND_NEW,
         previous_execution_id: str | None = None,
+        flow_check: FlowCheck | None = None,
     ) -> LoadedExecution:
-        """Commit a new execution with its first events; db_version starts at 1."""
+        """Commit a new execution with its first events; db_version starts at 1. With
+        `flow_check`, only while its version is the flow's latest (FlowChanged otherwise)."""
         data = self._state_blob(state)
         transfer, timers = self._rows(transfer_tasks, timer_tasks)
         batches = await self._batch(lease, state, events)
@@ -276,6 +279,7 @@ class PersistenceManager:
                 events=batches,
                 transfer_tasks=transfer,
                 timer_tasks=timers,
+                flow_check=flow_check,
             )
         )
         return LoadedExecution(state, 1)

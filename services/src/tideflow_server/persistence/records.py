@@ -101,6 +101,15 @@ class TimerTaskRow:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowCheck:
+    """A create that started the latest version of a flow as a cache knew it: it commits only
+    while no newer version of flow `name` is registered (`FlowChanged` otherwise)."""
+
+    name: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class CreateExecution:
     shard_id: int
     range_id: int
@@ -111,6 +120,7 @@ class CreateExecution:
     events: Sequence[HistoryBatch] = ()
     transfer_tasks: Sequence[TransferTaskRow] = ()
     timer_tasks: Sequence[TimerTaskRow] = ()
+    flow_check: FlowCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)

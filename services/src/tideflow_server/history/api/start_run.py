@@ -16,7 +16,7 @@ from tideflow_server.history.shard.context import ShardContext, utcnow
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
-from tideflow_server.persistence.records import CreateMode, CurrentRunRow, RunState
+from tideflow_server.persistence.records import CreateMode, CurrentRunRow, FlowCheck, RunState
 from tideflow_server.rpc.errors import AlreadyExists, FieldViolation, InvalidArgument
 
 _FAILED_STATUSES = {
@@ -161,9 +161,15 @@ async def _start(
 ) -> history_service_pb2.StartRunResponse:
     start = request.request
     namespace = await shard.namespaces.by_id(request.namespace_id)
-    flow, compiled = await shard.flows.get(
-        request.namespace_id, start.flow.name, start.flow.version
-    )
+    flows, name = shard.flows, start.flow.name
+    # The latest version as last read, checked by the store in the create, saves a read per
+    # start; a version registered since makes the create fail with FlowChanged.
+    known = flows.latest_known(request.namespace_id, name) if start.flow.version == 0 else None
+    if known is not None:
+        (flow, compiled), check = known, FlowCheck(name, known[0].version)
+    else:
+        flow, compiled = await flows.get(request.namespace_id, name, start.flow.version)
+        check = None
     mode, previous = CreateMode.BRAND_NEW, None
     for _ in range(3):
         step = first_step(
@@ -179,7 +185,14 @@ async def _start(
         entry = shard.execution_entry(request.namespace_id, start.run_id, info.execution_id)
         async with entry.lock:
             try:
-                await shard.create(entry, step, mode=mode, previous_execution_id=previous)
+                await shard.create(
+                    entry, step, mode=mode, previous_execution_id=previous, flow_check=check
+                )
+            except store.FlowChanged:
+                flows.forget_latest(request.namespace_id, name)
+                flow, compiled = await flows.get(request.namespace_id, name, 0)
+                check = None
+                continue
             except store.CurrentRunConditionFailed as e:
                 current = e.current
                 if current.start_request_id == info.start_request_id:

@@ -34,7 +34,7 @@ from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
-from tideflow_server.persistence.records import CreateMode
+from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import MatchingClient
 from tideflow_server.rpc.errors import InvalidArgument, NotFound, Unavailable
 
@@ -333,12 +333,19 @@ class ShardContext:
         *,
         mode: CreateMode,
         previous_execution_id: str | None,
+        flow_check: FlowCheck | None = None,
     ) -> None:
         """Commit a new execution (its pointer is checked by the store). Raises the store's
-        CurrentRunConditionFailed for the caller to apply the reuse policy. Shielded, like
-        `commit`."""
+        CurrentRunConditionFailed for the caller to apply the reuse policy, and FlowChanged
+        if `flow_check` failed. Shielded, like `commit`."""
         await asyncio.shield(
-            self._create(entry, step, mode=mode, previous_execution_id=previous_execution_id)
+            self._create(
+                entry,
+                step,
+                mode=mode,
+                previous_execution_id=previous_execution_id,
+                flow_check=flow_check,
+            )
         )
 
     async def _create(
@@ -348,6 +355,7 @@ class ShardContext:
         *,
         mode: CreateMode,
         previous_execution_id: str | None,
+        flow_check: FlowCheck | None,
     ) -> None:
         self._start_directly(step)
         async with self._allocating(step):
@@ -360,6 +368,7 @@ class ShardContext:
                     timer_tasks=step.timer_tasks,
                     mode=mode,
                     previous_execution_id=previous_execution_id,
+                    flow_check=flow_check,
                 )
             except store.ConditionFailed:
                 raise

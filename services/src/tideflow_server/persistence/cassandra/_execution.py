@@ -19,6 +19,7 @@ from tideflow_server.persistence.errors import (
     AlreadyExists,
     ConditionFailed,
     CurrentRunConditionFailed,
+    FlowChanged,
     NotFound,
     PersistenceError,
     ShardOwnershipLost,
@@ -60,6 +61,9 @@ def _current_key(shard_id: int, ns: str, run_id: str) -> tuple[object, ...]:
 
 
 _FENCE = f"UPDATE {_T} SET range_id = ? WHERE {_ROW} IF range_id = ?"
+_NEWER_FLOW = (
+    "SELECT version FROM {ks}.flows WHERE namespace_id = ? AND name = ? AND version > ? LIMIT 1"
+)
 _INSERT_EXECUTION = (
     f"INSERT INTO {_T} (shard_id, row_kind, namespace_id, run_id, execution_id, fire_time_ms,"
     " task_id, next_event_id, db_version, state, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -194,6 +198,18 @@ class CassandraExecutionStore:
 
     async def create_execution(self, request: CreateExecution) -> None:
         ex, cur, shard_id = request.execution, request.current, request.shard_id
+        if request.flow_check is not None:
+            # A read before the batch: flows live outside the shard's partition, so a
+            # lightweight transaction cannot check them (a start racing a registration may
+            # take either version, as with a read of the latest).
+            check = request.flow_check
+            newer = await self._db.execute(
+                _NEWER_FLOW, (ex.namespace_id, check.name, check.version)
+            )
+            if newer.rows:
+                raise FlowChanged(
+                    f"flow {check.name!r}: version {newer.rows[0][0]} is newer than {check.version}"
+                )
         current_key = _current_key(shard_id, ex.namespace_id, ex.run_id)
         statements: list[tuple[str, Params]] = [self._fence(shard_id, request.range_id)]
         if request.mode is CreateMode.BRAND_NEW:

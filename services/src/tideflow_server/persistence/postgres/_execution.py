@@ -13,8 +13,9 @@ its own shard's fence, and inserts the outputs of those whose update happened; i
 the fences it saw and which updates happened, so each decision gets the outcome it would
 have had alone.
 
-A brand-new run is one CTE too: the run_id's pointer is inserted if the fence holds and no
-pointer exists, and everything else only if it was. When it was not, nothing was written and
+A brand-new run is one CTE too: the run_id's pointer is inserted if the fence holds, no
+pointer exists and (with a flow check) no newer version of the flow is registered, and
+everything else only if it was. When it was not, nothing was written and
 the shared transactional path runs instead, to report the exact condition that failed.
 """
 
@@ -119,6 +120,8 @@ WITH fence AS (
   INSERT INTO current_runs
     (shard_id, namespace_id, run_id, execution_id, state, status, start_request_id)
   SELECT $1, $2, $3, $4, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM fence WHERE range_id = $5)
+    AND ($22::text IS NULL OR NOT EXISTS (
+      SELECT 1 FROM flows WHERE namespace_id = $2 AND name = $22 AND version > $23))
   ON CONFLICT DO NOTHING
   RETURNING 1
 ), ex AS (
@@ -277,6 +280,7 @@ class PostgresExecutionStore(SqlExecutionStore):
             return
         ex = request.execution
         cur = request.current
+        check = request.flow_check
         async with self._pg.read() as conn:  # autocommit: the statement is its transaction
             found = await conn.fetchone_native(
                 _CREATE,
@@ -293,10 +297,13 @@ class PostgresExecutionStore(SqlExecutionStore):
                 int(ex.state),
                 ex.data,
                 *_output_args(request),
+                check.name if check else None,
+                check.version if check else 0,
             )
         if _fenced(found, request) != 1:
             # Nothing was written: the transactional path finds and reports the pointer that
-            # is in the way (or, if it went away meanwhile, creates the run).
+            # is in the way or the newer flow version (or, if neither is there any more,
+            # creates the run).
             await super().create_execution(request)
 
     async def update_execution(self, request: UpdateExecution) -> None:

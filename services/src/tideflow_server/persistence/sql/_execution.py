@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from tideflow_server.persistence.errors import (
     ConditionFailed,
     CurrentRunConditionFailed,
+    FlowChanged,
     NotFound,
 )
 from tideflow_server.persistence.records import (
@@ -13,6 +14,7 @@ from tideflow_server.persistence.records import (
     CurrentRunRow,
     ExecutionKey,
     ExecutionRow,
+    FlowCheck,
     HistoryBatch,
     RunState,
     TimerTaskRow,
@@ -36,6 +38,18 @@ def _current(namespace_id: str, run_id: str, found: Row) -> CurrentRunRow:
     )
 
 
+async def _check_flow(conn: SqlConn, namespace_id: str, check: FlowCheck) -> None:
+    newer = await conn.fetchone(
+        "SELECT version FROM flows WHERE namespace_id = ? AND name = ? AND version > ?"
+        " ORDER BY version DESC LIMIT 1",
+        namespace_id,
+        check.name,
+        check.version,
+    )
+    if newer is not None:
+        raise FlowChanged(f"flow {check.name!r}: version {newer[0]} is newer than {check.version}")
+
+
 class SqlExecutionStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
@@ -45,6 +59,8 @@ class SqlExecutionStore:
         cur = request.current
         async with self._db.write() as conn:
             await check_range(self._db, conn, request.shard_id, request.range_id)
+            if request.flow_check is not None:
+                await _check_flow(conn, ex.namespace_id, request.flow_check)
             found = await conn.fetchone(
                 f"SELECT {_CURRENT_COLUMNS} FROM current_runs "
                 f"WHERE shard_id = ? AND namespace_id = ? AND run_id = ?{self._db.for_update}",
