@@ -216,6 +216,7 @@ async def measure_tideflow(
             start_lag_ms=measured.start_lag_ms if mode == "open" else [],
             db=edges.db_delta,
             closed_in_window=measured.completions,
+            latency_by_second=[values for _, values in measured.latency_by_second()],
         )
         logger.info(
             "%s: %.1f runs/s, %d counted runs (%d failed, %d unfinished)",

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -60,6 +61,21 @@ class Measured:
     counted: list[Sample] = field(default_factory=list)
     completions: int = 0
     """Runs of any start time that closed successfully inside the window."""
+    window_start: float = 0.0
+    """When the window opened, on the event loop's clock."""
+
+    def latency_by_second(self) -> list[tuple[int, list[float]]]:
+        """The counted runs' latencies grouped by the second of the window their start was
+        due in, for every second of the window (a stall shows as a second of high latencies,
+        or of none)."""
+        if not math.isfinite(self.window_start):
+            return []
+        seconds: list[list[float]] = [[] for _ in range(max(1, math.ceil(self.window_s)))]
+        for s in self.counted:
+            if s.ok and s.closed is not None:
+                second = min(int(s.due - self.window_start), len(seconds) - 1)
+                seconds[max(0, second)].append((s.closed - s.due) * 1000)
+        return list(enumerate(seconds))
 
     @property
     def latencies_ms(self) -> list[float]:
@@ -154,6 +170,7 @@ class _Tracker:
             completions=sum(
                 1 for s in self.samples if s.ok and s.closed is not None and start <= s.closed < end
             ),
+            window_start=start,
         )
 
 

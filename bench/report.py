@@ -51,6 +51,9 @@ class Window:
     and the runs the window's CPU and commits paid for. It falls below `completed` when the
     system falls behind an open loop and the window's runs complete during the drain. None
     when not measured (then per-run costs divide by `completed`)."""
+    latency_by_second: list[list[float]] = field(default_factory=list)
+    """`latencies_ms` grouped by the second of the window the run's start fell in (Tideflow
+    only; empty when not measured)."""
 
     @classmethod
     def from_peer(cls, window: Any) -> Window:
@@ -159,6 +162,39 @@ class WindowSummary:
     cpu_s: dict[str, float]
     """The raw deltas the per-run figures come from."""
     db: dict[str, int]
+    by_second: list[SecondSummary] = field(default_factory=list)
+    """Latency per second of the window (by start): where a p99 comes from, a stall or a
+    steady queue."""
+
+
+@dataclass
+class SecondSummary:
+    second: int
+    runs: int
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+def _seconds(latency_by_second: Sequence[Sequence[float]]) -> list[SecondSummary]:
+    out: list[SecondSummary] = []
+    for second, values in enumerate(latency_by_second):
+        d = distribution(values)
+        out.append(
+            SecondSummary(
+                second,
+                len(values),
+                d.p50 if d else None,
+                d.p99 if d else None,
+                d.max if d else None,
+            )
+        )
+    return out
+
+
+def slowest_second(window: WindowSummary) -> SecondSummary | None:
+    timed = [s for s in window.by_second if s.p99 is not None]
+    return max(timed, key=lambda s: s.p99 or 0.0) if timed else None
 
 
 def _per_run(amount: float, runs: int) -> float:
@@ -204,6 +240,7 @@ def summarise(window: Window) -> WindowSummary:
             if window.closed_in_window is not None and window.seconds > 0
             else None
         ),
+        by_second=_seconds(window.latency_by_second),
     )
 
 
@@ -372,6 +409,7 @@ def _markdown(report: Report) -> str:
     }.get(report.backend)
     if database:
         out += ["", database]
+    out += _slowest_seconds(report.systems)
     out += _cpu_table(report.systems)
     if len(report.systems) > 1:
         out += _ratios(report.systems)
@@ -389,6 +427,20 @@ def _markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _slowest_seconds(systems: Sequence[SystemSummary]) -> list[str]:
+    lines = []
+    for s in systems:
+        for w in s.windows:
+            worst = slowest_second(w)
+            if worst is not None and len(w.by_second) > 1:
+                lines.append(
+                    f"- {s.system}, {w.label}: second {worst.second} of the window,"
+                    f" {worst.runs} runs, p50 {_num(worst.p50)} ms, p99 {_num(worst.p99)} ms"
+                    f" (every second: `by_second` in the JSON)"
+                )
+    return ["", "Slowest second of each window (by start time):", "", *lines] if lines else []
 
 
 def _cpu_table(systems: Sequence[SystemSummary]) -> list[str]:

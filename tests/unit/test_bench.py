@@ -230,3 +230,42 @@ def test_missing_peers_package_is_a_clear_error() -> None:
     else:
         with pytest.raises(PeersUnavailable, match="unknown peers"):
             load_peers(["no-such-engine"])
+
+
+def test_latency_by_second_shows_where_a_stall_was() -> None:
+    """Runs are grouped by the second their start fell in; the summary names the slowest."""
+    start = 100.0
+    samples = [
+        load.Sample(f"r{i}", due=start + i * 0.1, issued=start + i * 0.1, ok=True)
+        for i in range(30)  # three seconds, ten runs each
+    ]
+    for i, s in enumerate(samples):
+        s.closed = s.due + (0.5 if 10 <= i < 20 else 0.02)  # the second second stalled
+    samples[29].ok = False  # a failed run gives no latency
+    measured = load.Measured("open", None, 10.0, 3.0, counted=samples, window_start=start)
+    by_second = measured.latency_by_second()
+    assert [(second, len(values)) for second, values in by_second] == [(0, 10), (1, 10), (2, 9)]
+    summary = summarise(_window(latency_by_second=[values for _, values in by_second]))
+    assert [s.runs for s in summary.by_second] == [10, 10, 9]
+    worst = max(summary.by_second, key=lambda s: s.p99 or 0)
+    assert worst.second == 1 and worst.p50 == pytest.approx(500, rel=0.01)
+    report = Report(
+        "now",
+        "seq3",
+        "split",
+        "postgres",
+        {},
+        {},
+        [
+            summarise_system(
+                SystemRun(
+                    "tideflow",
+                    "0",
+                    "seq3",
+                    [],
+                    [_window(latency_by_second=[values for _, values in by_second])],
+                )
+            )
+        ],
+    )
+    assert "second 1 of the window, 10 runs, p50 500" in report.markdown()
