@@ -13,6 +13,7 @@ import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -74,27 +75,90 @@ def schedule(step: RunStep, cmd: ScheduleExternal) -> records_pb2.PendingBlock:
     result.scheduled_event_id = event.event_id
     result.attempt = 1
 
-    if is_set(cmd.timeouts.schedule_to_close):
-        _timeout_timer(
-            step,
-            pending,
-            common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
-            step.after(as_timedelta(cmd.timeouts.schedule_to_close)),
-        )
     _dispatch_attempt(step, pending, step.now)
     return pending
 
 
-def _timeout_timer(
-    step: RunStep,
-    pending: records_pb2.PendingBlock,
-    timeout_type: common_pb2.TimeoutType.ValueType,
-    fire_at: datetime,
-) -> None:
+# -- timeouts: one timer row per run, for its earliest deadline -------------------------------
+#
+# A block's deadlines follow from its pending state (scheduled, started, last heartbeat), so
+# they are not written as timer rows one by one. When a step commits, `arm_block_timer` arms
+# one row (TimerTask.block_timeouts) for the run's earliest deadline, unless the row already
+# armed (RunExecutionInfo.block_timer) fires no later. When that row fires, every block whose
+# deadline has passed times out, and the commit arms the row for the next deadline. A run of
+# sequential blocks, each starting after the last one closed, so arms one row in all.
+
+_TimeoutType: TypeAlias = common_pb2.TimeoutType.ValueType
+
+
+def deadlines(pending: records_pb2.PendingBlock) -> list[tuple[datetime, _TimeoutType]]:
+    """When each timeout of the block's current attempt falls due, as it stands."""
+    timeouts = pending.timeouts
+    out: list[tuple[datetime, _TimeoutType]] = []
+    if is_set(timeouts.schedule_to_close):
+        out.append(
+            (
+                as_datetime(pending.scheduled_time) + as_timedelta(timeouts.schedule_to_close),
+                common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
+            )
+        )
+    if pending.HasField("started_time"):
+        if is_set(timeouts.start_to_close):
+            out.append(
+                (
+                    as_datetime(pending.started_time) + as_timedelta(timeouts.start_to_close),
+                    common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
+                )
+            )
+        if is_set(timeouts.heartbeat):
+            out.append(
+                (
+                    as_datetime(pending.last_heartbeat_time) + as_timedelta(timeouts.heartbeat),
+                    common_pb2.TIMEOUT_TYPE_HEARTBEAT,
+                )
+            )
+    elif is_set(timeouts.schedule_to_start):
+        out.append(
+            (
+                as_datetime(pending.current_attempt_scheduled_time)
+                + as_timedelta(timeouts.schedule_to_start),
+                common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
+            )
+        )
+    return out
+
+
+def expired(pending: records_pb2.PendingBlock, now: datetime) -> _TimeoutType | None:
+    """The timeout of the block that fell due first, if one has by `now`."""
+    due = [d for d in deadlines(pending) if d[0] <= now]
+    return min(due, key=lambda d: d[0])[1] if due else None
+
+
+def _ceil_ms(at: datetime) -> datetime:
+    """Timer rows fire on whole milliseconds: round up, so a timeout never fires early."""
+    return at + timedelta(microseconds=-at.microsecond % 1000)
+
+
+def arm_block_timer(step: RunStep) -> None:
+    """Before a commit: arm a timer row for the run's earliest block deadline, unless the
+    row already armed fires no later (see the comment above `deadlines`)."""
+    if not step.is_open or not step.state.pending_blocks:
+        return
+    earliest = min(
+        (due for p in step.state.pending_blocks.values() for due, _ in deadlines(p)),
+        default=None,
+    )
+    if earliest is None:
+        return
+    fire_at = _ceil_ms(earliest)
+    armed = step.info.block_timer
+    if armed.HasField("fire_time") and as_datetime(armed.fire_time) <= fire_at:
+        return
     timer = step.add_timer(fire_at)
-    timer.block_timeout.scheduled_event_id = pending.scheduled_event_id
-    timer.block_timeout.attempt = pending.attempt
-    timer.block_timeout.timeout_type = timeout_type
+    timer.block_timeouts.SetInParent()
+    armed.fire_time.FromDatetime(fire_at)
+    armed.task_id = 0  # set when the commit allocates the row's id (RunStep.block_timer)
+    step.block_timer = timer
 
 
 def _dispatch_attempt(step: RunStep, pending: records_pb2.PendingBlock, at: datetime) -> None:
@@ -110,13 +174,6 @@ def _dispatch_attempt(step: RunStep, pending: records_pb2.PendingBlock, at: date
         timer = step.add_timer(at)
         timer.block_retry.scheduled_event_id = pending.scheduled_event_id
         timer.block_retry.attempt = pending.attempt
-    if is_set(pending.timeouts.schedule_to_start):
-        _timeout_timer(
-            step,
-            pending,
-            common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
-            at + as_timedelta(pending.timeouts.schedule_to_start),
-        )
 
 
 def record_started(
@@ -126,21 +183,6 @@ def record_started(
     pending.started_identity = identity
     pending.request_id = request_id
     pending.last_heartbeat_time.FromDatetime(step.now)
-    timeouts = pending.timeouts
-    if is_set(timeouts.start_to_close):
-        _timeout_timer(
-            step,
-            pending,
-            common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
-            step.after(as_timedelta(timeouts.start_to_close)),
-        )
-    if is_set(timeouts.heartbeat):
-        _timeout_timer(
-            step,
-            pending,
-            common_pb2.TIMEOUT_TYPE_HEARTBEAT,
-            step.after(as_timedelta(timeouts.heartbeat)),
-        )
     if identity:
         step.info.last_worker_identity = identity
     pending.direct = False
@@ -188,8 +230,8 @@ def start_directly(
 
 def unstart(step: RunStep, pending: records_pb2.PendingBlock) -> None:
     """Undo a direct start that no poll took: the attempt waits in the backlog, and starts
-    when a poll takes it from there. The timers of the undone start find it not started (or
-    started later) and do nothing."""
+    when a poll takes it from there. Its deadlines are those of an attempt not started (the
+    run's block timer row, if armed for the start-to-close, finds nothing due)."""
     for field in ("started_time", "last_heartbeat_time"):
         pending.ClearField(field)
     pending.started_identity = ""
@@ -278,12 +320,6 @@ def record_heartbeat(
     if details.payloads:
         pending.heartbeat_details.CopyFrom(details)
     step.touch()
-
-
-def rearm_heartbeat(step: RunStep, pending: records_pb2.PendingBlock) -> None:
-    """A heartbeat timer fired but a heartbeat came since: wait from the last one."""
-    fire_at = as_datetime(pending.last_heartbeat_time) + as_timedelta(pending.timeouts.heartbeat)
-    _timeout_timer(step, pending, common_pb2.TIMEOUT_TYPE_HEARTBEAT, fire_at)
 
 
 def _started_event(step: RunStep, pending: records_pb2.PendingBlock) -> int:

@@ -32,6 +32,9 @@ class RunStep:
         # Direct dispatch: the worker's task of each block this step started for it, by
         # scheduled event id (handed to matching with the block's transfer task).
         self.direct_tasks: dict[int, flow_service_pb2.PollBlockTaskResponse] = {}
+        # The run's block timer row this step arms (blocks.arm_block_timer), if any: its task
+        # id goes into the state's `block_timer` when the commit allocates it.
+        self.block_timer: records_pb2.TimerTask | None = None
 
     @property
     def info(self) -> records_pb2.RunExecutionInfo:

@@ -21,7 +21,9 @@ _MS = 1_000_000
 async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
     kind = timer.WhichOneof("task")
     try:
-        if kind == "block_timeout":
+        if kind == "block_timeouts":
+            await _block_timeouts(shard, timer)
+        elif kind == "block_timeout":
             await _block_timeout(shard, timer)
         elif kind == "block_retry":
             await _block_retry(shard, timer)
@@ -54,7 +56,41 @@ def _stale(state: records_pb2.MutableState, timer: records_pb2.TimerTask) -> boo
     return kind == common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START and started
 
 
+def _not_armed(state: records_pb2.MutableState, timer: records_pb2.TimerTask) -> bool:
+    """A block timer row that is not the run's armed one (superseded by an earlier one, or
+    fired already), or whose run has closed: it has nothing to do."""
+    info = state.execution_info
+    return (
+        info.state == records_pb2.RUN_STATE_COMPLETED or info.block_timer.task_id != timer.task_id
+    )
+
+
+async def _block_timeouts(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    """The run's earliest block deadline is due: time out the blocks whose deadlines have
+    passed; the commit arms the row for the next deadline (blocks.arm_block_timer)."""
+    async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
+        if _not_armed(entry.state, timer):
+            return  # nearly always: the run closed long before its block timer fired
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        if _not_armed(step.state, timer):
+            return
+        step.info.ClearField("block_timer")
+        step.touch()
+        timed_out = False
+        for pending in list(step.state.pending_blocks.values()):
+            kind = blocks.expired(pending, step.now)
+            if kind is not None:
+                blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
+                timed_out = True
+        if timed_out:
+            await continue_run(shard, step)
+
+    await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
+
+
 async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+    """A row of one attempt's timeout, as written before `block_timeouts` existed."""
     spec = timer.block_timeout
     # Looked at first without a step (no copy of the state, nothing to commit).
     async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
@@ -72,7 +108,7 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
                 pending.timeouts.heartbeat
             )
             if due > step.now:
-                blocks.rearm_heartbeat(step, pending)
+                step.touch()  # the commit arms the run's block timer for the heartbeat
                 return
         blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
         await continue_run(shard, step)

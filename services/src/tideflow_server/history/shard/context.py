@@ -253,6 +253,8 @@ class ShardContext:
                 for task, task_id in zip(tasks, ids, strict=True):
                     task.task_id = task_id
                 self._inflight[token] = (ids[0], self._inflight[token][1])
+                if step.block_timer is not None:
+                    step.info.block_timer.task_id = step.block_timer.task_id
             yield
         finally:
             del self._inflight[token]
@@ -309,6 +311,7 @@ class ShardContext:
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
         self._start_directly(step)
+        blocks.arm_block_timer(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -358,6 +361,7 @@ class ShardContext:
         flow_check: FlowCheck | None,
     ) -> None:
         self._start_directly(step)
+        blocks.arm_block_timer(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(

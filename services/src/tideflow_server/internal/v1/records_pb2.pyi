@@ -294,6 +294,7 @@ class RunExecutionInfo(_message.Message):
     HISTORY_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     LAST_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
+    BLOCK_TIMER_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
@@ -314,9 +315,7 @@ class RunExecutionInfo(_message.Message):
     history_size_bytes: _builtins.int
     """Serialized size of history so far, for the history size limit."""
     last_batch_event_id: _builtins.int
-    """First event id of the last committed history batch (where the close event is read from).
-    30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
-    """
+    """First event id of the last committed history batch (where the close event is read from)."""
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef:
         """The resolved flow version the execution is pinned to."""
@@ -349,6 +348,13 @@ class RunExecutionInfo(_message.Message):
     def input(self) -> _struct_pb2.Value:
         """The run input as the blueprint reads it (`${input}`); RUN_STARTED keeps the raw payloads."""
 
+    @_builtins.property
+    def block_timer(self) -> Global___TimerRef:
+        """The timer row armed for the earliest block timeout of the run (unset: none armed). One
+        row covers every pending block: a new deadline arms another only if it comes earlier.
+        30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
+        """
+
     def __init__(
         self,
         *,
@@ -377,14 +383,40 @@ class RunExecutionInfo(_message.Message):
         history_size_bytes: _builtins.int = ...,
         input: _struct_pb2.Value | None = ...,
         last_batch_event_id: _builtins.int = ...,
+        block_timer: Global___TimerRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_timer", b"block_timer", "close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunExecutionInfo: _TypeAlias = RunExecutionInfo  # noqa: Y015
+
+@_typing.final
+class TimerRef(_message.Message):
+    """Which timer row: its fire time and task id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRE_TIME_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.int
+    @_builtins.property
+    def fire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        fire_time: _timestamp_pb2.Timestamp | None = ...,
+        task_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimerRef: _TypeAlias = TimerRef  # noqa: Y015
 
 @_typing.final
 class PendingBlock(_message.Message):
@@ -805,8 +837,27 @@ class TimerTask(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
+    class BlockTimeouts(_message.Message):
+        """The run's earliest block deadline is due: time out every pending block whose deadline
+        has passed, and arm the next. Stale unless it is the run's `block_timer`.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class BlockTimeout(_message.Message):
-        """A block timeout; stale (and dropped) unless the block is still at this attempt."""
+        """A block timeout of one attempt (written before block_timeouts; still honoured); stale
+        (and dropped) unless the block is still at this attempt.
+        """
 
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -909,6 +960,7 @@ class TimerTask(_message.Message):
     USER_TIMER_FIELD_NUMBER: _builtins.int
     RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
     DELETE_HISTORY_FIELD_NUMBER: _builtins.int
+    BLOCK_TIMEOUTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
@@ -924,7 +976,9 @@ class TimerTask(_message.Message):
     @_builtins.property
     def run_timeout(self) -> Global___TimerTask.RunTimeout: ...
     @_builtins.property
-    def delete_history(self) -> Global___TimerTask.DeleteHistory:
+    def delete_history(self) -> Global___TimerTask.DeleteHistory: ...
+    @_builtins.property
+    def block_timeouts(self) -> Global___TimerTask.BlockTimeouts:
         """15: kept for a flow task timeout (code flows, sticky schedule-to-start)."""
 
     def __init__(
@@ -940,12 +994,13 @@ class TimerTask(_message.Message):
         user_timer: Global___TimerTask.UserTimer | None = ...,
         run_timeout: Global___TimerTask.RunTimeout | None = ...,
         delete_history: Global___TimerTask.DeleteHistory | None = ...,
+        block_timeouts: Global___TimerTask.BlockTimeouts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["block_retry", b"block_retry", "block_timeout", b"block_timeout", "delete_history", b"delete_history", "fire_time", b"fire_time", "run_timeout", b"run_timeout", "task", b"task", "user_timer", b"user_timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_retry", b"block_retry", "block_timeout", b"block_timeout", "block_timeouts", b"block_timeouts", "delete_history", b"delete_history", "fire_time", b"fire_time", "run_timeout", b"run_timeout", "task", b"task", "user_timer", b"user_timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_retry", b"block_retry", "block_timeout", b"block_timeout", "delete_history", b"delete_history", "execution_id", b"execution_id", "fire_time", b"fire_time", "namespace_id", b"namespace_id", "run_id", b"run_id", "run_timeout", b"run_timeout", "task", b"task", "task_id", b"task_id", "user_timer", b"user_timer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_retry", b"block_retry", "block_timeout", b"block_timeout", "block_timeouts", b"block_timeouts", "delete_history", b"delete_history", "execution_id", b"execution_id", "fire_time", b"fire_time", "namespace_id", b"namespace_id", "run_id", b"run_id", "run_timeout", b"run_timeout", "task", b"task", "task_id", b"task_id", "user_timer", b"user_timer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_timeout", "block_retry", "user_timer", "run_timeout", "delete_history"]  # noqa: Y015
+    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_timeout", "block_retry", "user_timer", "run_timeout", "delete_history", "block_timeouts"]  # noqa: Y015
     _WhichOneofArgType_task: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_task) -> _WhichOneofReturnType_task | None: ...
 
