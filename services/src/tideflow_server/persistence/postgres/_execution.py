@@ -180,26 +180,30 @@ SELECT (SELECT array_agg(shard_id) FROM fence), (SELECT array_agg(range_id) FROM
 """
 
 
+def _decision_params(request: UpdateExecution) -> tuple[Any, ...]:
+    """A decision's execution row and conditions, in the order of `_DECIDE`'s $1..$10 (and of
+    `_DECIDE_MANY`'s columns after the index)."""
+    ex = request.execution
+    return (
+        request.shard_id,
+        ex.namespace_id,
+        ex.run_id,
+        ex.execution_id,
+        request.range_id,
+        ex.next_event_id,
+        ex.db_version,
+        int(ex.state),
+        ex.data,
+        request.expected_db_version,
+    )
+
+
 def _decide_many_args(requests: Sequence[UpdateExecution]) -> list[list[Any]]:
     """The 27 arrays of `_DECIDE_MANY`: one row per request (its index `i`), and each output
     row tagged with the index of its request."""
     args: list[list[Any]] = [[] for _ in range(27)]
     for i, request in enumerate(requests):
-        ex = request.execution
-        row = (
-            i,
-            request.shard_id,
-            ex.namespace_id,
-            ex.run_id,
-            ex.execution_id,
-            request.range_id,
-            ex.next_event_id,
-            ex.db_version,
-            int(ex.state),
-            ex.data,
-            request.expected_db_version,
-        )
-        for column, value in enumerate(row):
+        for column, value in enumerate((i, *_decision_params(request))):
             args[column].append(value)
         if request.current is not None:
             cur = request.current
@@ -320,21 +324,11 @@ class PostgresExecutionStore(SqlExecutionStore):
         return _outcomes(found, requests)
 
     async def _update_one(self, request: UpdateExecution) -> None:
-        ex = request.execution
         cur = request.current
         async with self._pg.read() as conn:  # autocommit: the statement is its transaction
             found = await conn.fetchone_native(
                 _DECIDE,
-                request.shard_id,
-                ex.namespace_id,
-                ex.run_id,
-                ex.execution_id,
-                request.range_id,
-                ex.next_event_id,
-                ex.db_version,
-                int(ex.state),
-                ex.data,
-                request.expected_db_version,
+                *_decision_params(request),
                 int(cur.state if cur else RunState.RUNNING),
                 cur.status if cur else 0,
                 cur.start_request_id if cur else "",
