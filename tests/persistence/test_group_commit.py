@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from tests.persistence.builders import (
@@ -17,7 +18,12 @@ from tests.persistence.builders import (
     new_execution,
     next_step,
 )
-from tideflow_server.persistence import AlreadyExists, ConditionFailed, ShardOwnershipLost
+from tideflow_server.persistence import (
+    AlreadyExists,
+    ConditionFailed,
+    ShardOwnershipLost,
+    Unavailable,
+)
 from tideflow_server.persistence.postgres import open_postgres
 from tideflow_server.persistence.postgres._execution import PostgresExecutionStore
 from tideflow_server.persistence.records import (
@@ -195,3 +201,40 @@ async def test_a_lone_decision_goes_at_once_without_a_group(pg: SqlPersistence) 
     await pg.executions.update_execution(decision)
     assert _statements(pg) - before == 1
     assert await _landed(pg, decision)
+
+
+async def test_a_group_whose_connection_is_lost_leaves_every_decision_unknown(
+    pg: SqlPersistence, postgres_dsn: str
+) -> None:
+    """The group's statement waits on the shard row (an acquisition holds it); its backend is
+    killed. Each decision of the group gets Unavailable (outcome unknown, as for a lone
+    write), and none of them landed."""
+    r = await acquire(pg)
+    creates = await _runs(pg, 3, shard_id=1, range_id=r)
+    decisions = [_decision(c, n) for n, c in enumerate(creates)]
+    holder = await asyncpg.connect(postgres_dsn)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM shards WHERE shard_id = 1 FOR UPDATE")
+        writes = asyncio.gather(
+            *(pg.executions.update_execution(d) for d in decisions), return_exceptions=True
+        )
+        async with asyncio.timeout(10):
+            while True:  # nothing to await: the server says when the statement waits
+                waiting = await holder.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%unnest%' LIMIT 1"
+                )
+                if waiting is not None:
+                    break
+                await asyncio.sleep(0.01)
+        await holder.execute("SELECT pg_terminate_backend($1)", waiting)
+        async with asyncio.timeout(10):  # a retry of the group would wait on the lock
+            results = await writes
+        await held.rollback()
+    finally:
+        await holder.close()
+
+    assert all(isinstance(res, Unavailable) for res in results), results
+    assert [await _landed(pg, d) for d in decisions] == [False] * 3
