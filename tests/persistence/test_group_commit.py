@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -238,3 +239,19 @@ async def test_a_group_whose_connection_is_lost_leaves_every_decision_unknown(
 
     assert all(isinstance(res, Unavailable) for res in results), results
     assert [await _landed(pg, d) for d in decisions] == [False] * 3
+
+
+async def test_large_decisions_go_in_groups_of_bounded_size(pg: SqlPersistence) -> None:
+    """Four decisions of 1.5 MiB of state each: two per statement under the 4 MiB bound."""
+    r = await acquire(pg)
+    creates = await _runs(pg, 4, shard_id=1, range_id=r)
+    decisions = [
+        replace(d, execution=replace(d.execution, data=bytes([n]) * (1536 * 1024)))
+        for n, d in enumerate(_decision(c, n) for n, c in enumerate(creates))
+    ]
+    before = _statements(pg)
+
+    await asyncio.gather(*(pg.executions.update_execution(d) for d in decisions))
+
+    assert _statements(pg) - before == 2
+    assert [await _landed(pg, d) for d in decisions] == [True] * 4

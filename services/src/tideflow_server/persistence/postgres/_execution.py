@@ -256,6 +256,17 @@ def _stale(request: UpdateExecution) -> ConditionFailed:
 
 MAX_GROUP = 64
 """Decisions in one statement at most."""
+MAX_GROUP_BYTES = 4 * 1024 * 1024
+"""Bytes of state, events and tasks in one statement at most (a larger decision goes alone)."""
+
+
+def _decision_bytes(request: UpdateExecution) -> int:
+    return (
+        len(request.execution.data)
+        + sum(len(b.data) for b in request.events)
+        + sum(len(t.data) for t in request.transfer_tasks)
+        + sum(len(t.data) for t in request.timer_tasks)
+    )
 
 
 class PostgresExecutionStore(SqlExecutionStore):
@@ -268,6 +279,8 @@ class PostgresExecutionStore(SqlExecutionStore):
                 self._update_many,
                 calls=group_commit_calls,
                 max_group=MAX_GROUP,
+                size=_decision_bytes,
+                max_bytes=MAX_GROUP_BYTES,
             )
             if group_commit_calls > 0
             else None

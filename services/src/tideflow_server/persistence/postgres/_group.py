@@ -36,11 +36,15 @@ class GroupCommit(Generic[Request]):
         *,
         calls: int,
         max_group: int,
+        size: Callable[[Request], int],
+        max_bytes: int,
     ) -> None:
         self._write_one = write_one
         self._write_many = write_many
         self._calls = calls
         self._max_group = max_group
+        self._size = size
+        self._max_bytes = max_bytes
         self._waiting: list[tuple[Request, asyncio.Future[None]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
@@ -60,8 +64,14 @@ class GroupCommit(Generic[Request]):
     def _pump(self) -> None:
         self._pump_scheduled = False
         while self._waiting and len(self._in_flight) < self._calls:
-            group = self._waiting[: self._max_group]
-            del self._waiting[: self._max_group]
+            taken, total = 0, 0
+            for request, _ in self._waiting[: self._max_group]:
+                total += self._size(request)
+                if taken and total > self._max_bytes:
+                    break  # a group stays a statement of bounded size (the first always goes)
+                taken += 1
+            group = self._waiting[:taken]
+            del self._waiting[:taken]
             call = asyncio.create_task(self._send(group), name="group-commit")
             self._in_flight.add(call)
             call.add_done_callback(self._call_done)
