@@ -15,6 +15,7 @@ from tideflow_server.persistence.errors import (
     Unavailable,
 )
 from tideflow_server.persistence.postgres._execution import PostgresExecutionStore
+from tideflow_server.persistence.postgres._visibility import PostgresVisibilityStore
 from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.persistence.sql._database import Row
 
@@ -172,5 +173,7 @@ async def open_postgres(
         _translate(e)
     db = PostgresDatabase(pool)
     return SqlPersistence(
-        db, executions=PostgresExecutionStore(db, group_commit_calls=group_commit_calls)
+        db,
+        executions=PostgresExecutionStore(db, group_commit_calls=group_commit_calls),
+        visibility=PostgresVisibilityStore(db),
     )

@@ -14,7 +14,13 @@ class SqlPersistence:
     """Every store over one SQL database (a `Persistence`; mypy checks each store against its
     protocol wherever one is passed as the other)."""
 
-    def __init__(self, db: SqlDatabase, *, executions: SqlExecutionStore | None = None) -> None:
+    def __init__(
+        self,
+        db: SqlDatabase,
+        *,
+        executions: SqlExecutionStore | None = None,
+        visibility: SqlVisibilityStore | None = None,
+    ) -> None:
         self.db = db
         self.backend = db.name
         self.shards = SqlShardStore(db)
@@ -22,7 +28,7 @@ class SqlPersistence:
         self.history = SqlHistoryStore(db)
         self.tasks = SqlTaskStore(db)
         self.metadata = SqlMetadataStore(db)
-        self.visibility = SqlVisibilityStore(db)
+        self.visibility = visibility or SqlVisibilityStore(db)
         self.cluster = SqlClusterStore(db)
 
     async def close(self) -> None:

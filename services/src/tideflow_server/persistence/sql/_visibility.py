@@ -51,6 +51,47 @@ def _where(namespace_id: str, f: VisibilityFilter) -> tuple[str, list[object]]:
     return " AND ".join(clauses), args
 
 
+_UPSERT_CONFLICT = (
+    " ON CONFLICT (namespace_id, execution_id) DO UPDATE SET"
+    " status = excluded.status, close_time_ms = excluded.close_time_ms,"
+    " history_length = excluded.history_length, memo = excluded.memo,"
+    " task_queue = excluded.task_queue"
+    " WHERE visibility.close_time_ms IS NULL OR excluded.close_time_ms IS NOT NULL"
+)
+"""A closed row wins over an open one whatever order the visibility tasks arrive in."""
+
+
+def merged(rows: Sequence[VisibilityRow]) -> list[VisibilityRow]:
+    """What upserting `rows` one by one would leave, one row per run: a later row replaces an
+    earlier one, except an open row after a closed one. A run that started and closed within
+    one batch is written once, closed."""
+    out: dict[tuple[str, str], VisibilityRow] = {}
+    for row in rows:
+        key = (row.namespace_id, row.execution_id)
+        before = out.get(key)
+        if before is not None and before.close_time_ms is not None and row.close_time_ms is None:
+            continue
+        out[key] = row
+    return list(out.values())
+
+
+def values(row: VisibilityRow) -> tuple[object, ...]:
+    """A row's values in `_COLUMNS` order."""
+    return (
+        row.namespace_id,
+        row.run_id,
+        row.execution_id,
+        row.flow_name,
+        row.flow_version,
+        row.task_queue,
+        row.status,
+        row.start_time_ms,
+        row.close_time_ms,
+        row.history_length,
+        row.memo,
+    )
+
+
 class SqlVisibilityStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
@@ -59,33 +100,13 @@ class SqlVisibilityStore:
         await self.upsert_runs([row])
 
     async def upsert_runs(self, rows: Sequence[VisibilityRow]) -> None:
-        # A closed row wins over an open one whatever order the visibility tasks arrive in.
         if not rows:
             return
         async with self._db.write() as conn:
             await conn.executemany(
                 f"INSERT INTO visibility ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (namespace_id, execution_id) DO UPDATE SET"
-                " status = excluded.status, close_time_ms = excluded.close_time_ms,"
-                " history_length = excluded.history_length, memo = excluded.memo,"
-                " task_queue = excluded.task_queue"
-                " WHERE visibility.close_time_ms IS NULL OR excluded.close_time_ms IS NOT NULL",
-                [
-                    (
-                        row.namespace_id,
-                        row.run_id,
-                        row.execution_id,
-                        row.flow_name,
-                        row.flow_version,
-                        row.task_queue,
-                        row.status,
-                        row.start_time_ms,
-                        row.close_time_ms,
-                        row.history_length,
-                        row.memo,
-                    )
-                    for row in rows
-                ],
+                + _UPSERT_CONFLICT,
+                [values(row) for row in merged(rows)],
             )
 
     async def get_run(self, namespace_id: str, execution_id: str) -> VisibilityRow:
