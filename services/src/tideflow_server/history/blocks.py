@@ -232,12 +232,17 @@ def unstart(step: RunStep, pending: records_pb2.PendingBlock) -> None:
     """Undo a direct start that no poll took: the attempt waits in the backlog, and starts
     when a poll takes it from there. Its deadlines are those of an attempt not started (the
     run's block timer row, if armed for the start-to-close, finds nothing due)."""
+    _clear_start(pending)
+    step.touch()
+
+
+def _clear_start(pending: records_pb2.PendingBlock) -> None:
+    """The attempt as not started (an undone direct start, or a retry's next attempt)."""
     for field in ("started_time", "last_heartbeat_time"):
         pending.ClearField(field)
     pending.started_identity = ""
     pending.request_id = ""
     pending.direct = False
-    step.touch()
 
 
 def _claim(step: RunStep, pending: records_pb2.PendingBlock, identity: str) -> None:
@@ -424,12 +429,7 @@ def fail(
     if delay is not None:
         pending.attempt += 1
         pending.last_failure.CopyFrom(failure)
-        for field in ("started_time", "last_heartbeat_time"):
-            pending.ClearField(field)
-        pending.started_identity = ""
-        pending.request_id = ""
-        pending.direct = False
-        pending.timer_task_status = 0
+        _clear_start(pending)
         step.state.block_results[pending.block_id].attempt = pending.attempt
         _dispatch_attempt(step, pending, step.now + delay)
         step.touch()

@@ -4,7 +4,7 @@ together) or not at all; nothing here does I/O."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from google.protobuf.message import Message
 
@@ -88,6 +88,3 @@ class RunStep:
         task.fire_time.FromDatetime(fire_at)
         self.timer_tasks.append(task)
         return task
-
-    def after(self, duration: timedelta) -> datetime:
-        return self.now + duration

@@ -38,8 +38,8 @@ _ATTEMPT_RUNNING = (common_pb2.TIMEOUT_TYPE_START_TO_CLOSE, common_pb2.TIMEOUT_T
 
 
 def _stale(state: records_pb2.MutableState, timer: records_pb2.TimerTask) -> bool:
-    """A block timeout that can do nothing to the run as it stands: most of them, since a
-    timer is armed for every start and the block usually closes long before it fires."""
+    """A row of the earlier kind (one per attempt and timeout) that can do nothing to the run
+    as it stands: the block closed, moved to another attempt, or is not in that phase."""
     spec = timer.block_timeout
     pending = state.pending_blocks.get(spec.scheduled_event_id)
     if (

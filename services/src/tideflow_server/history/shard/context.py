@@ -296,6 +296,12 @@ class ShardContext:
             return
         await asyncio.shield(self._commit(entry, step))
 
+    def _before_write(self, step: RunStep) -> None:
+        """What every commit of a step adds last: direct starts, then the block timer row
+        for the deadlines as they now stand."""
+        self._start_directly(step)
+        blocks.arm_block_timer(step)
+
     def _start_directly(self, step: RunStep) -> None:
         """Direct dispatch (see shard/direct.py) for the blocks this step schedules now."""
         direct = self.direct
@@ -310,8 +316,7 @@ class ShardContext:
 
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
-        self._start_directly(step)
-        blocks.arm_block_timer(step)
+        self._before_write(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -360,8 +365,7 @@ class ShardContext:
         previous_execution_id: str | None,
         flow_check: FlowCheck | None,
     ) -> None:
-        self._start_directly(step)
-        blocks.arm_block_timer(step)
+        self._before_write(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(

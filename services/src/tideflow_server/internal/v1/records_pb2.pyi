@@ -466,9 +466,7 @@ class PendingBlock(_message.Message):
     an idempotent retry, with another one a duplicate dispatch to reject.
     """
     timer_task_status: _builtins.int
-    """Bit (1 << TimeoutType) is set once that timeout's timer task exists for the current
-    attempt, so a step never creates it twice.
-    """
+    """Unused: block timeouts are one timer row per run (RunExecutionInfo.block_timer)."""
     cancel_requested: _builtins.bool
     cancel_request_event_id: _builtins.int
     priority: _builtins.int

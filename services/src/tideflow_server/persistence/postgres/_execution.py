@@ -1,4 +1,4 @@
-"""PostgreSQL's fast paths for a decision and for a new run: one statement, one round trip.
+"""PostgreSQL's fast paths for decisions and for a new run: one statement, one round trip.
 
 The shared SQL store commits a decision as a transaction of several statements (fence read,
 conditional update, one insert per table). Here the same steps are one data-modifying CTE in
@@ -7,11 +7,11 @@ on its db_version, and the history batch and outbox rows inserted only if that u
 happened. Fencing is unchanged: an acquisition (which updates the shard row) waits for this
 statement or makes its fence check fail.
 
-Concurrent decisions go together (group commit, see _group.py): one statement of the same
-shape updates many runs, of any of the host's shards, each on its own db_version and behind
-its own shard's fence, and inserts the outputs of those whose update happened; it returns
-the fences it saw and which updates happened, so each decision gets the outcome it would
-have had alone.
+Concurrent decisions go together (group commit, see _group.py), and a lone one is a group
+of one: the statement updates any number of runs, of any of the host's shards, each on its
+own db_version and behind its own shard's fence, and inserts the outputs of those whose
+update happened; it returns the fences it saw and which updates happened, so each decision
+gets the outcome it would have had alone.
 
 A brand-new run is one CTE too: the run_id's pointer is inserted if the fence holds, no
 pointer exists and (with a flow check) no newer version of the flow is registered, and
@@ -33,7 +33,6 @@ from tideflow_server.persistence.postgres._group import GroupCommit
 from tideflow_server.persistence.records import (
     CreateExecution,
     CreateMode,
-    RunState,
     UpdateExecution,
 )
 from tideflow_server.persistence.sql._database import Row
@@ -96,22 +95,6 @@ def _fenced(found: Row | None, request: CreateExecution | UpdateExecution) -> in
         )
     return int(count)
 
-
-_DECIDE = f"""
-WITH fence AS (
-  SELECT range_id FROM shards WHERE shard_id = $1 FOR SHARE
-), upd AS (
-  UPDATE executions SET next_event_id = $6, db_version = $7, state = $8, data = $9
-  WHERE shard_id = $1 AND namespace_id = $2 AND run_id = $3 AND execution_id = $4
-    AND db_version = $10 AND EXISTS (SELECT 1 FROM fence WHERE range_id = $5)
-  RETURNING 1
-), cur AS (
-  UPDATE current_runs SET state = $11, status = $12, start_request_id = $13
-  WHERE $14 AND shard_id = $1 AND namespace_id = $2 AND run_id = $3 AND execution_id = $4
-    AND EXISTS (SELECT 1 FROM upd)
-  RETURNING 1{_outputs("upd", 15)}
-SELECT (SELECT range_id FROM fence), (SELECT count(*) FROM upd)
-"""
 
 _CREATE = f"""
 WITH fence AS (
@@ -180,30 +163,26 @@ SELECT (SELECT array_agg(shard_id) FROM fence), (SELECT array_agg(range_id) FROM
 """
 
 
-def _decision_params(request: UpdateExecution) -> tuple[Any, ...]:
-    """A decision's execution row and conditions, in the order of `_DECIDE`'s $1..$10 (and of
-    `_DECIDE_MANY`'s columns after the index)."""
-    ex = request.execution
-    return (
-        request.shard_id,
-        ex.namespace_id,
-        ex.run_id,
-        ex.execution_id,
-        request.range_id,
-        ex.next_event_id,
-        ex.db_version,
-        int(ex.state),
-        ex.data,
-        request.expected_db_version,
-    )
-
-
 def _decide_many_args(requests: Sequence[UpdateExecution]) -> list[list[Any]]:
     """The 27 arrays of `_DECIDE_MANY`: one row per request (its index `i`), and each output
     row tagged with the index of its request."""
     args: list[list[Any]] = [[] for _ in range(27)]
     for i, request in enumerate(requests):
-        for column, value in enumerate((i, *_decision_params(request))):
+        ex = request.execution
+        row = (
+            i,
+            request.shard_id,
+            ex.namespace_id,
+            ex.run_id,
+            ex.execution_id,
+            request.range_id,
+            ex.next_event_id,
+            ex.db_version,
+            int(ex.state),
+            ex.data,
+            request.expected_db_version,
+        )
+        for column, value in enumerate(row):
             args[column].append(value)
         if request.current is not None:
             cur = request.current
@@ -337,16 +316,7 @@ class PostgresExecutionStore(SqlExecutionStore):
         return _outcomes(found, requests)
 
     async def _update_one(self, request: UpdateExecution) -> None:
-        cur = request.current
-        async with self._pg.read() as conn:  # autocommit: the statement is its transaction
-            found = await conn.fetchone_native(
-                _DECIDE,
-                *_decision_params(request),
-                int(cur.state if cur else RunState.RUNNING),
-                cur.status if cur else 0,
-                cur.start_request_id if cur else "",
-                cur is not None,
-                *_output_args(request),
-            )
-        if _fenced(found, request) != 1:
-            raise _stale(request)
+        """A lone decision: the group's statement with one row."""
+        [outcome] = await self._update_many([request])
+        if outcome is not None:
+            raise outcome
