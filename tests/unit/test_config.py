@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+import uvloop
 from pydantic import ValidationError
 
 from tideflow_server.config import load_settings
+from tideflow_server.main import run_on_loop
 
 
 def test_defaults_are_the_embedded_sqlite() -> None:
@@ -42,3 +45,19 @@ def test_unknown_keys_and_bad_values_are_rejected(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_the_server_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def running_loop() -> type[asyncio.AbstractEventLoop]:
+        return type(asyncio.get_running_loop())
+
+    settings = load_settings()
+    assert settings.services.event_loop == "uvloop"
+    assert run_on_loop(settings, running_loop()) is uvloop.Loop
+    monkeypatch.setenv("TIDEFLOW_SERVICES__EVENT_LOOP", "asyncio")
+    standard = run_on_loop(load_settings(), running_loop())
+    assert not issubclass(standard, uvloop.Loop)
+    assert issubclass(standard, asyncio.BaseEventLoop)
+    monkeypatch.setenv("TIDEFLOW_SERVICES__EVENT_LOOP", "trio")
+    with pytest.raises(ValidationError, match="event_loop"):
+        load_settings()

@@ -100,6 +100,9 @@ class ServicesConfig(_Section):
     frontend: RoleEndpoint = RoleEndpoint(port=7233)
     history: RoleEndpoint = RoleEndpoint(port=7234)
     matching: RoleEndpoint = RoleEndpoint(port=7235)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The server process's event loop: uvloop (libuv, faster callbacks and I/O) or the
+    standard library's. uvloop is the default where it is installed (not on Windows)."""
 
 
 class MembershipConfig(_Section):

@@ -8,7 +8,9 @@ import contextlib
 import os
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tideflow.api.v1 import namespace_pb2
 from tideflow_server.config import Settings, load_settings
@@ -19,6 +21,24 @@ from tideflow_server.persistence.factory import open_persistence, schema_databas
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.server import ROLES, TideflowServer, serve_until_signalled
 from tideflow_server.telemetry import configure_logging
+
+if sys.platform != "win32":
+    import uvloop  # not built for Windows: the standard event loop serves there
+
+T = TypeVar("T")
+
+
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop the settings ask for (the standard one on Windows, which uvloop lacks)."""
+    if settings.services.event_loop == "uvloop" and sys.platform != "win32":
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_on_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(main) on the event loop the settings ask for."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        return runner.run(main)
 
 
 async def _schema(settings: Settings, action: str) -> str:
@@ -106,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schema":
             settings = load_settings(args.config)
-            print(asyncio.run(_schema(settings, args.action)))
+            print(run_on_loop(settings, _schema(settings, args.action)))
         elif args.command == "start":
             configure_logging(
                 level=os.environ.get("TIDEFLOW_LOG_LEVEL", "INFO"), json=args.log_json
             )
             settings = load_settings(args.config)
             roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-            asyncio.run(serve_until_signalled(TideflowServer(settings, roles)))
+            run_on_loop(settings, serve_until_signalled(TideflowServer(settings, roles)))
         else:
             configure_logging()
             settings = load_settings(
@@ -126,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 cluster={"name": "tideflow-dev", "history_shard_count": 4},
             )
-            asyncio.run(_start_dev(settings, args.namespace))
+            run_on_loop(settings, _start_dev(settings, args.namespace))
     except (schema.SchemaError, PersistenceError, FileNotFoundError, ValueError, OSError) as e:
         print(f"tideflow-server: {e}", file=sys.stderr)
         return 1
