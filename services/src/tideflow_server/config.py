@@ -101,8 +101,8 @@ class ServicesConfig(_Section):
     history: RoleEndpoint = RoleEndpoint(port=7234)
     matching: RoleEndpoint = RoleEndpoint(port=7235)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-    """The server process's event loop: uvloop (libuv, faster callbacks and I/O) or the
-    standard library's. uvloop is the default where it is installed (not on Windows)."""
+    """The server process's event loop: uvloop (libuv, cheaper callbacks and I/O) or the
+    standard library's. Windows, where uvloop is not built, always gets the standard one."""
 
 
 class MembershipConfig(_Section):

@@ -95,35 +95,26 @@ def deadlines(pending: records_pb2.PendingBlock) -> list[tuple[datetime, _Timeou
     """When each timeout of the block's current attempt falls due, as it stands."""
     timeouts = pending.timeouts
     out: list[tuple[datetime, _TimeoutType]] = []
-    if is_set(timeouts.schedule_to_close):
-        out.append(
-            (
-                as_datetime(pending.scheduled_time) + as_timedelta(timeouts.schedule_to_close),
-                common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
-            )
-        )
+
+    def due(
+        since: timestamp_pb2.Timestamp, timeout: duration_pb2.Duration, kind: _TimeoutType
+    ) -> None:
+        if is_set(timeout):
+            out.append((as_datetime(since) + as_timedelta(timeout), kind))
+
+    due(
+        pending.scheduled_time,
+        timeouts.schedule_to_close,
+        common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
+    )
     if pending.HasField("started_time"):
-        if is_set(timeouts.start_to_close):
-            out.append(
-                (
-                    as_datetime(pending.started_time) + as_timedelta(timeouts.start_to_close),
-                    common_pb2.TIMEOUT_TYPE_START_TO_CLOSE,
-                )
-            )
-        if is_set(timeouts.heartbeat):
-            out.append(
-                (
-                    as_datetime(pending.last_heartbeat_time) + as_timedelta(timeouts.heartbeat),
-                    common_pb2.TIMEOUT_TYPE_HEARTBEAT,
-                )
-            )
-    elif is_set(timeouts.schedule_to_start):
-        out.append(
-            (
-                as_datetime(pending.current_attempt_scheduled_time)
-                + as_timedelta(timeouts.schedule_to_start),
-                common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
-            )
+        due(pending.started_time, timeouts.start_to_close, common_pb2.TIMEOUT_TYPE_START_TO_CLOSE)
+        due(pending.last_heartbeat_time, timeouts.heartbeat, common_pb2.TIMEOUT_TYPE_HEARTBEAT)
+    else:
+        due(
+            pending.current_attempt_scheduled_time,
+            timeouts.schedule_to_start,
+            common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_START,
         )
     return out
 
