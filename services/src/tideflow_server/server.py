@@ -125,6 +125,7 @@ class TideflowServer:
                         lambda s: matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(
                             handler, s
                         ),
+                        on_stop=handler.streams.close,
                     )
                 ],
             )
@@ -151,6 +152,7 @@ class TideflowServer:
                         lambda s: history_service_pb2_grpc.add_HistoryServiceServicer_to_server(
                             history_handler, s
                         ),
+                        on_stop=history_handler.streams.close,
                     )
                 ],
             )

@@ -53,6 +53,7 @@ from tideflow_server.rpc.errors import (
     InvalidArgument,
     NotFound,
     abort,
+    from_item_status,
     to_item_status,
 )
 from tideflow_server.tokens import parse_token
@@ -478,8 +479,13 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         async def call(
             namespace_id: str, run_id: str
         ) -> flow_service_pb2.RespondBlockCompletedResponse:
-            wrapped = hs.RespondBlockCompletedRequest(namespace_id=namespace_id, request=request)
-            return (await self._history.respond_block_completed(wrapped, run_id=run_id)).response
+            # A batch of one: it travels on the history host's completion stream.
+            (result,) = await self._history.respond_block_completed_batch(
+                [(namespace_id, request, run_id)]
+            )
+            if result.status.code != 0:
+                raise from_item_status(result.status)
+            return result.response
 
         return await self._forward_token(
             context, request, request.namespace, request.task_token, call

@@ -4,7 +4,7 @@ use case, and map every error in one place."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -38,8 +38,10 @@ from tideflow_server.rpc.errors import (
     ServiceError,
     Unavailable,
     abort,
+    to_exchange_status,
     to_item_status,
 )
+from tideflow_server.rpc.streams import StreamServer
 from tideflow_server.tokens import parse_token
 
 log = structlog.get_logger(__name__)
@@ -68,6 +70,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     def __init__(self, controller: ShardController, shard_count: int) -> None:
         self._controller = controller
         self._shard_count = shard_count
+        self.streams = StreamServer()
 
     def _shard(self, namespace_id: str, run_id: str) -> ShardContext:
         if not namespace_id or not run_id:
@@ -207,6 +210,30 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
 
     async def RespondBlockCompletedBatch(
         self, request: hs.RespondBlockCompletedBatchRequest, context: Context
+    ) -> hs.RespondBlockCompletedBatchResponse:
+        return await self._complete(request)
+
+    async def RespondBlockCompletedStream(
+        self,
+        request_iterator: AsyncIterator[hs.RespondBlockCompletedStreamRequest],
+        context: Context,
+    ) -> AsyncIterator[hs.RespondBlockCompletedStreamResponse]:
+        async def answer(
+            message: hs.RespondBlockCompletedStreamRequest,
+        ) -> hs.RespondBlockCompletedStreamResponse:
+            try:
+                completed = await self._complete(message.request)
+            except Exception as e:
+                return hs.RespondBlockCompletedStreamResponse(
+                    id=message.id, status=to_exchange_status(service_error(e))
+                )
+            return hs.RespondBlockCompletedStreamResponse(id=message.id, response=completed)
+
+        async for answered in self.streams.serve(request_iterator, answer):
+            yield answered
+
+    async def _complete(
+        self, request: hs.RespondBlockCompletedBatchRequest
     ) -> hs.RespondBlockCompletedBatchResponse:
         """Each item as RespondBlockCompleted, concurrently; an item's error is its result."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -20,7 +20,9 @@ from tideflow_server.rpc.errors import (
     ServiceError,
     Unavailable,
     abort,
+    to_exchange_status,
 )
+from tideflow_server.rpc.streams import StreamServer
 
 log = structlog.get_logger(__name__)
 
@@ -98,17 +100,22 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
         fifth of the time it has), so the empty reply arrives rather than DEADLINE_EXCEEDED."""
         self._engine = engine
         self._reply_margin = reply_margin
+        self.streams = StreamServer()
+
+    @staticmethod
+    def _service_error(e: Exception) -> ServiceError:
+        if isinstance(e, ServiceError):
+            return e
+        if isinstance(e, PersistenceError):
+            return Unavailable(f"persistence: {e}")
+        log.exception("matching call failed", exc_info=e)
+        return Internal("internal error")
 
     async def _serve(self, context: Context, call: Awaitable[T]) -> T:
         try:
             return await call
-        except ServiceError as e:
-            error: ServiceError = e
-        except PersistenceError as e:
-            error = Unavailable(f"persistence: {e}")
-        except Exception:
-            log.exception("matching call failed")
-            error = Internal("internal error")
+        except Exception as e:
+            error = self._service_error(e)
         await abort(context, error)
 
     async def _validated(self, context: Context, check: Callable[[R], None], request: R) -> None:
@@ -122,6 +129,26 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
     ) -> matching_service_pb2.AddBlockTaskResponse:
         await self._validated(context, validate_add, request)
         return await self._serve(context, self._engine.add_block_task(request))
+
+    async def AddBlockTaskStream(
+        self,
+        request_iterator: AsyncIterator[matching_service_pb2.AddBlockTaskStreamRequest],
+        context: Context,
+    ) -> AsyncIterator[matching_service_pb2.AddBlockTaskStreamResponse]:
+        async def answer(
+            message: matching_service_pb2.AddBlockTaskStreamRequest,
+        ) -> matching_service_pb2.AddBlockTaskStreamResponse:
+            try:
+                validate_add(message.request)
+                added = await self._engine.add_block_task(message.request)
+            except Exception as e:
+                return matching_service_pb2.AddBlockTaskStreamResponse(
+                    id=message.id, status=to_exchange_status(self._service_error(e))
+                )
+            return matching_service_pb2.AddBlockTaskStreamResponse(id=message.id, response=added)
+
+        async for answered in self.streams.serve(request_iterator, answer):
+            yield answered
 
     async def PollBlockTask(
         self, request: matching_service_pb2.PollBlockTaskRequest, context: Context

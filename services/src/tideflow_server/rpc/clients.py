@@ -33,9 +33,11 @@ from tideflow_server.rpc.errors import (
     Internal,
     ServiceError,
     Unavailable,
+    from_exchange_status,
     from_rpc_error,
     to_item_status,
 )
+from tideflow_server.rpc.streams import NotServed, StreamClient
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -54,6 +56,26 @@ def _matching_stub(
     channel: grpc.aio.Channel,
 ) -> matching_service_pb2_grpc.MatchingServiceAsyncStub:
     return matching_service_pb2_grpc.MatchingServiceStub(channel)
+
+
+CompletionStream = StreamClient[
+    hs.RespondBlockCompletedStreamRequest, hs.RespondBlockCompletedStreamResponse
+]
+AddStream = StreamClient[ms.AddBlockTaskStreamRequest, ms.AddBlockTaskStreamResponse]
+
+
+def _history_completions(
+    channel: grpc.aio.Channel,
+) -> tuple[history_service_pb2_grpc.HistoryServiceAsyncStub, CompletionStream]:
+    stub = _history_stub(channel)
+    return stub, StreamClient(stub.RespondBlockCompletedStream, lambda answer: answer.id)
+
+
+def _matching_adds(
+    channel: grpc.aio.Channel,
+) -> tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream]:
+    stub = _matching_stub(channel)
+    return stub, StreamClient(stub.AddBlockTaskStream, lambda answer: answer.id)
 
 
 def shard_for(namespace_id: str, run_id: str, shard_count: int) -> int:
@@ -112,13 +134,14 @@ class _RoutedClient:
         self._channels = channels
         self._role = role
         self._retry_budget_s = retry_budget_s
-        self._stubs: dict[str, Any] = {}
+        self._stubs: dict[tuple[str, Callable[[grpc.aio.Channel], Any]], Any] = {}
 
     def _stub(self, address: str, make_stub: Callable[[grpc.aio.Channel], S]) -> S:
-        """One stub per peer: building one per call costs more than the call's own work."""
-        stub = self._stubs.get(address)
+        """One stub (or stub and streams) per peer: building one per call costs more than the
+        call's own work, and a stream is opened once."""
+        stub = self._stubs.get((address, make_stub))
         if stub is None:
-            stub = self._stubs[address] = make_stub(self._channels.get(address))
+            stub = self._stubs[address, make_stub] = make_stub(self._channels.get(address))
         return stub
 
     async def _routed(
@@ -285,15 +308,13 @@ class HistoryClient(_RoutedClient):
                 namespace_id, completion, _ = items[i]
                 request.items.add(namespace_id=namespace_id, request=completion)
             try:
-                stub = self._stub(address, _history_stub)
-                answer = await stub.RespondBlockCompletedBatch(request, timeout=self._timeout_s)
-            except grpc.aio.AioRpcError as e:
-                error = from_rpc_error(e)
-                if isinstance(error, Unavailable) or e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                answer = await self._complete(address, request)
+            except ServiceError as e:
+                if isinstance(e, Unavailable):
                     await asyncio.gather(*(single(i) for i in indices))
                     return
                 for i in indices:
-                    results[i] = failed(error)
+                    results[i] = failed(e)
                 return
             if len(answer.results) != len(indices):
                 error = Internal(f"history answered {len(answer.results)} of {len(indices)} items")
@@ -323,6 +344,29 @@ class HistoryClient(_RoutedClient):
             *(single(i) for i in alone),
         )
         return [r if r is not None else failed(Internal("no answer")) for r in results]
+
+    async def _complete(
+        self, address: str, request: hs.RespondBlockCompletedBatchRequest
+    ) -> hs.RespondBlockCompletedBatchResponse:
+        """One batch to one history host, on the host's completion stream (or, for a host
+        without it, as a unary call). UNAVAILABLE means the items go again alone; a host without
+        either call answers UNAVAILABLE too."""
+        stub, stream = self._stub(address, _history_completions)
+        try:
+            try:
+                reply = await stream.exchange(
+                    lambda i: hs.RespondBlockCompletedStreamRequest(id=i, request=request),
+                    timeout_s=self._timeout_s,
+                )
+            except NotServed:
+                return await stub.RespondBlockCompletedBatch(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise Unavailable("history has no batch call", reason="NOT_SERVED") from e
+            raise from_rpc_error(e) from e
+        if reply.HasField("status"):
+            raise from_exchange_status(reply.status)
+        return reply.response
 
     async def respond_block_failed(
         self, request: hs.RespondBlockFailedRequest, *, run_id: str
@@ -360,11 +404,28 @@ class MatchingClient(_RoutedClient):
         return partition_key(namespace_id, task_queue, kind, partition)
 
     async def add_block_task(self, request: ms.AddBlockTaskRequest) -> ms.AddBlockTaskResponse:
+        """On the owner's add stream, or as a unary call to a host without it."""
+
+        async def add(
+            peer: tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream],
+        ) -> ms.AddBlockTaskResponse:
+            stub, stream = peer
+            try:
+                reply = await stream.exchange(
+                    lambda i: ms.AddBlockTaskStreamRequest(id=i, request=request),
+                    timeout_s=self._timeout_s,
+                )
+            except NotServed:
+                return await stub.AddBlockTask(request, timeout=self._timeout_s)
+            if reply.HasField("status"):
+                raise from_exchange_status(reply.status)
+            return reply.response
+
         tq = request.task_queue
         return await self._routed(
             self._key(request.namespace_id, tq.name, tq.kind, request.partition),
-            _matching_stub,
-            lambda s: s.AddBlockTask(request, timeout=self._timeout_s),
+            _matching_adds,
+            add,
         )
 
     async def poll_block_task(

@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 # One type on both sides: the SDK's blueprint builder reports the violations registration does.
 from tideflow.api.v1 import flow_service_pb2
 from tideflow.errors import FieldViolation as FieldViolation  # noqa: PLC0414 (re-export)
+from tideflow_server.internal.v1 import exchange_pb2
 
 DOMAIN = "tideflow.io"
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -172,6 +173,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
                 reason, metadata = info.reason, dict(info.metadata)
             elif detail.Unpack(bad):
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return _typed(code, message, reason, metadata, violations)
+
+
+def _typed(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str | None,
+    metadata: Mapping[str, str],
+    violations: Sequence[FieldViolation],
+) -> ServiceError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(violations or message, reason=reason, metadata=metadata)
     cls = _BY_CODE.get(code)
@@ -179,6 +190,41 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
         transient = code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED)
         cls = Unavailable if transient else Internal
     return cls(message, reason=reason, metadata=metadata)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def to_exchange_status(error: ServiceError) -> exchange_pb2.ExchangeStatus:
+    """`error` as one answer on a stream of exchanges: what its unary status would carry."""
+    status = exchange_pb2.ExchangeStatus(
+        code=error.code.value[0], message=error.message, reason=error.reason
+    )
+    status.metadata.update(error.metadata)
+    if isinstance(error, InvalidArgument):
+        for v in error.violations:
+            status.violations.add(field=v.field, description=v.description)
+    return status
+
+
+def from_exchange_status(status: exchange_pb2.ExchangeStatus) -> ServiceError:
+    """The typed error an answer on a stream of exchanges stands for (see from_rpc_error)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _typed(
+        code,
+        status.message or code.name,
+        status.reason or None,
+        dict(status.metadata),
+        [FieldViolation(v.field, v.description) for v in status.violations],
+    )
+
+
+def from_item_status(status: flow_service_pb2.ItemStatus) -> ServiceError:
+    """The typed error a batch item's status stands for (see to_item_status)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _typed(
+        code, status.message or code.name, status.reason or None, dict(status.metadata), []
+    )
 
 
 def to_item_status(error: ServiceError) -> flow_service_pb2.ItemStatus:

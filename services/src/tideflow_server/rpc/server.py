@@ -39,6 +39,9 @@ class Service:
     name: str
     """Full service name, e.g. `tideflow.api.v1.FlowService`, for health and reflection."""
     register: Callable[[grpc.aio.Server], None]
+    on_stop: Callable[[], None] | None = None
+    """Called when the server starts stopping, before in-flight calls get their grace period
+    (a servicer's StreamServer.close, so that long-lived streams end)."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RoleServer:
     address: str
     health: _HealthServicer
     services: list[str] = field(default_factory=list)
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -61,6 +65,8 @@ class RoleServer:
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls, let in-flight ones finish within `grace_s`, then cancel."""
         await self.set_serving(False)
+        for callback in self.on_stop:
+            callback()
         await self.server.stop(grace_s)
 
 
@@ -86,7 +92,14 @@ async def start_role_server(
         raise OSError(f"{role}: cannot listen on {endpoint.host}:{endpoint.port}")
     await server.start()
     address = endpoint.advertise or f"{endpoint.host}:{port}"
-    role_server = RoleServer(role, server, address, health_servicer, names)
+    role_server = RoleServer(
+        role,
+        server,
+        address,
+        health_servicer,
+        names,
+        [s.on_stop for s in services if s.on_stop is not None],
+    )
     await role_server.set_serving(True)
     return role_server
 

@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import flow_service_pb2 as _flow_service_pb2
 from tideflow.api.v1 import history_pb2 as _history_pb2
+from tideflow_server.internal.v1 import exchange_pb2 as _exchange_pb2
 from tideflow_server.internal.v1 import records_pb2 as _records_pb2
 import builtins as _builtins
 import sys
@@ -548,6 +549,59 @@ class RespondBlockCompletedBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RespondBlockCompletedBatchResponse: _TypeAlias = RespondBlockCompletedBatchResponse  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the caller, unique among its requests in flight on the stream."""
+    @_builtins.property
+    def request(self) -> Global___RespondBlockCompletedBatchRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___RespondBlockCompletedBatchRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondBlockCompletedStreamRequest: _TypeAlias = RespondBlockCompletedStreamRequest  # noqa: Y015
+
+@_typing.final
+class RespondBlockCompletedStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___RespondBlockCompletedBatchResponse: ...
+    @_builtins.property
+    def status(self) -> _exchange_pb2.ExchangeStatus: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        response: Global___RespondBlockCompletedBatchResponse | None = ...,
+        status: _exchange_pb2.ExchangeStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "status"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___RespondBlockCompletedStreamResponse: _TypeAlias = RespondBlockCompletedStreamResponse  # noqa: Y015
 
 @_typing.final
 class RespondBlockFailedRequest(_message.Message):

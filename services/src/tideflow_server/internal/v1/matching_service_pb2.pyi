@@ -11,6 +11,7 @@ from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import flow_service_pb2 as _flow_service_pb2
 from tideflow.api.v1 import task_queue_pb2 as _task_queue_pb2
+from tideflow_server.internal.v1 import exchange_pb2 as _exchange_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -115,6 +116,59 @@ class AddBlockTaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddBlockTaskResponse: _TypeAlias = AddBlockTaskResponse  # noqa: Y015
+
+@_typing.final
+class AddBlockTaskStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the caller, unique among its requests in flight on the stream."""
+    @_builtins.property
+    def request(self) -> Global___AddBlockTaskRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___AddBlockTaskRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddBlockTaskStreamRequest: _TypeAlias = AddBlockTaskStreamRequest  # noqa: Y015
+
+@_typing.final
+class AddBlockTaskStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___AddBlockTaskResponse: ...
+    @_builtins.property
+    def status(self) -> _exchange_pb2.ExchangeStatus: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        response: Global___AddBlockTaskResponse | None = ...,
+        status: _exchange_pb2.ExchangeStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "status"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___AddBlockTaskStreamResponse: _TypeAlias = AddBlockTaskStreamResponse  # noqa: Y015
 
 @_typing.final
 class PollBlockTaskRequest(_message.Message):
