@@ -213,11 +213,11 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     ) -> hs.RespondBlockCompletedBatchResponse:
         return await self._complete(request)
 
-    async def RespondBlockCompletedStream(
+    async def RespondBlockCompletedStream(  # type: ignore[override]  # read and written through the context
         self,
         request_iterator: AsyncIterator[hs.RespondBlockCompletedStreamRequest],
         context: Context,
-    ) -> AsyncIterator[hs.RespondBlockCompletedStreamResponse]:
+    ) -> None:
         async def answer(
             message: hs.RespondBlockCompletedStreamRequest,
         ) -> hs.RespondBlockCompletedStreamResponse:
@@ -229,8 +229,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
                 )
             return hs.RespondBlockCompletedStreamResponse(id=message.id, response=completed)
 
-        async for answered in self.streams.serve(request_iterator, answer):
-            yield answered
+        await self.streams.serve(context, answer)
 
     async def _complete(
         self, request: hs.RespondBlockCompletedBatchRequest

@@ -130,11 +130,11 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
         await self._validated(context, validate_add, request)
         return await self._serve(context, self._engine.add_block_task(request))
 
-    async def AddBlockTaskStream(
+    async def AddBlockTaskStream(  # type: ignore[override]  # read and written through the context
         self,
         request_iterator: AsyncIterator[matching_service_pb2.AddBlockTaskStreamRequest],
         context: Context,
-    ) -> AsyncIterator[matching_service_pb2.AddBlockTaskStreamResponse]:
+    ) -> None:
         async def answer(
             message: matching_service_pb2.AddBlockTaskStreamRequest,
         ) -> matching_service_pb2.AddBlockTaskStreamResponse:
@@ -147,8 +147,7 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
                 )
             return matching_service_pb2.AddBlockTaskStreamResponse(id=message.id, response=added)
 
-        async for answered in self.streams.serve(request_iterator, answer):
-            yield answered
+        await self.streams.serve(context, answer)
 
     async def PollBlockTask(
         self, request: matching_service_pb2.PollBlockTaskRequest, context: Context

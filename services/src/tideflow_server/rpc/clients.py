@@ -339,10 +339,15 @@ class HistoryClient(_RoutedClient):
                 return
             results[i] = flow_service_pb2.RespondBlockCompletedResult(response=answer.response)
 
-        await asyncio.gather(
-            *(batch(address, indices) for address, indices in by_host.items()),
-            *(single(i) for i in alone),
-        )
+        if len(by_host) == 1 and not alone:
+            # The common case (and every lone completion): no task to gather one call.
+            ((address, indices),) = by_host.items()
+            await batch(address, indices)
+        else:
+            await asyncio.gather(
+                *(batch(address, indices) for address, indices in by_host.items()),
+                *(single(i) for i in alone),
+            )
         return [r if r is not None else failed(Internal("no answer")) for r in results]
 
     async def _complete(

@@ -22,9 +22,10 @@ read and ends them, so a stream never holds a shutdown up for the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import grpc
 
@@ -38,8 +39,17 @@ R = TypeVar("R")
 OpenStream = Callable[[AsyncIterator[W]], "grpc.aio.StreamStreamCall[W, R]"]
 
 
+# What ServicerContext.read returns once the caller half-closes; the type stubs omit it.
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
 class NotServed(Exception):
     """The peer does not serve this stream: use the unary call."""
+
+
+def _expire(answer: asyncio.Future[R], timeout_s: float) -> None:
+    if not answer.done():
+        answer.set_exception(DeadlineExceeded(f"no answer on the stream within {timeout_s:g} s"))
 
 
 class _Stream(Generic[W, R]):
@@ -65,14 +75,16 @@ class StreamClient(Generic[W, R]):
             raise NotServed
         stream = self._stream or self._open()
         request_id = next(self._ids)
-        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[R] = loop.create_future()
         stream.waiting[request_id] = answer
         stream.outbox.put_nowait(message(request_id))
+        # A timer rather than asyncio.wait_for, which wraps every wait in a future of its own.
+        timer = loop.call_later(timeout_s, _expire, answer, timeout_s)
         try:
-            return await asyncio.wait_for(answer, timeout_s)
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer on the stream within {timeout_s:g} s") from None
+            return await answer
         finally:
+            timer.cancel()
             stream.waiting.pop(request_id, None)
 
     def _open(self) -> _Stream[W, R]:
@@ -131,42 +143,47 @@ class StreamServer:
         self._closed = False
 
     async def serve(
-        self, requests: AsyncIterator[W], answer: Callable[[W], Awaitable[R]]
-    ) -> AsyncIterator[R]:
-        """Yield `answer(message)` for each message of `requests`, as each is ready.
-        `answer` turns every error into an answer of its own."""
-        answers: asyncio.Queue[R | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        reading = True
-
-        def finish(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if not reading and not tasks:
-                answers.put_nowait(None)
-
-        async def one(message: W) -> None:
-            answers.put_nowait(await answer(message))
-
-        async def read() -> None:
-            nonlocal reading
-            try:
-                async for message in requests:
-                    task = asyncio.create_task(one(message))
-                    tasks.add(task)
-                    task.add_done_callback(finish)
-            finally:
-                reading = False
-                if not tasks:
-                    answers.put_nowait(None)
-
+        self,
+        context: grpc.aio.ServicerContext[W, R],
+        answer: Callable[[W], Awaitable[R]],
+    ) -> None:
+        """Read the stream's messages until it ends (or `close`), write `answer(message)` for
+        each as it is ready, then return once every answer is written. `answer` turns every
+        error into an answer of its own."""
         if self._closed:
             return
+        writing = asyncio.Lock()
+        tasks: set[asyncio.Task[None]] = set()
+        idle = asyncio.Event()
+        idle.set()
+
+        async def one(message: W) -> None:
+            ready = await answer(message)
+            async with writing:
+                await context.write(ready)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not tasks:
+                idle.set()
+
+        async def read() -> None:
+            while True:
+                message: object = await context.read()
+                if message is _EOF:
+                    return
+                task = asyncio.create_task(one(cast(W, message)))
+                tasks.add(task)
+                idle.clear()
+                task.add_done_callback(finished)
+
         reader = asyncio.create_task(read())
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         try:
-            while (ready := await answers.get()) is not None:
-                yield ready
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader  # cancelled by `close`
+            await idle.wait()
         finally:
             reader.cancel()
             for task in list(tasks):
