@@ -201,7 +201,7 @@ async def test_cancel_outstanding_poll_and_the_poll_limit(
 
 
 def _add_stream(stub: Stub) -> AddStream:
-    return StreamClient(stub.AddBlockTaskStream, lambda answer: answer.id)
+    return StreamClient(lambda: stub.AddBlockTaskStream(None), lambda answer: answer.id)
 
 
 async def _add(

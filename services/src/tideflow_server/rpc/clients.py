@@ -68,14 +68,16 @@ def _history_completions(
     channel: grpc.aio.Channel,
 ) -> tuple[history_service_pb2_grpc.HistoryServiceAsyncStub, CompletionStream]:
     stub = _history_stub(channel)
-    return stub, StreamClient(stub.RespondBlockCompletedStream, lambda answer: answer.id)
+    return stub, StreamClient(
+        lambda: stub.RespondBlockCompletedStream(None), lambda answer: answer.id
+    )
 
 
 def _matching_adds(
     channel: grpc.aio.Channel,
 ) -> tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream]:
     stub = _matching_stub(channel)
-    return stub, StreamClient(stub.AddBlockTaskStream, lambda answer: answer.id)
+    return stub, StreamClient(lambda: stub.AddBlockTaskStream(None), lambda answer: answer.id)
 
 
 def shard_for(namespace_id: str, run_id: str, shard_count: int) -> int:

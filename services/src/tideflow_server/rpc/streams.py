@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, cast
 
 import grpc
@@ -36,7 +36,7 @@ W = TypeVar("W")
 R = TypeVar("R")
 """What comes back: an answer with its id."""
 
-OpenStream = Callable[[AsyncIterator[W]], "grpc.aio.StreamStreamCall[W, R]"]
+OpenStream = Callable[[], "grpc.aio.StreamStreamCall[W, R]"]
 
 
 # What ServicerContext.read returns once the caller half-closes; the type stubs omit it.
@@ -53,8 +53,9 @@ def _expire(answer: asyncio.Future[R], timeout_s: float) -> None:
 
 
 class _Stream(Generic[W, R]):
-    def __init__(self, outbox: asyncio.Queue[W]) -> None:
-        self.outbox = outbox
+    def __init__(self, call: grpc.aio.StreamStreamCall[W, R]) -> None:
+        self.call = call
+        self.writing = asyncio.Lock()  # one write at a time on a call
         self.waiting: dict[int, asyncio.Future[R]] = {}
         self.reader: asyncio.Task[None] | None = None
 
@@ -70,7 +71,12 @@ class StreamClient(Generic[W, R]):
         self._not_served = False
 
     async def exchange(self, message: Callable[[int], W], *, timeout_s: float) -> R:
-        """Send `message(id)` and wait for the answer with that id."""
+        """Send `message(id)` and wait for the answer with that id.
+
+        The caller writes its own message (a writer task would cost a task switch per
+        message). So a caller cancelled in the middle of its write ends the stream, as gRPC
+        cancels a call whose write is cancelled; the requests waiting then fail with
+        UNAVAILABLE and are retried like any cut-off call."""
         if self._not_served:
             raise NotServed
         stream = self._stream or self._open()
@@ -78,28 +84,27 @@ class StreamClient(Generic[W, R]):
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[R] = loop.create_future()
         stream.waiting[request_id] = answer
-        stream.outbox.put_nowait(message(request_id))
         # A timer rather than asyncio.wait_for, which wraps every wait in a future of its own.
         timer = loop.call_later(timeout_s, _expire, answer, timeout_s)
         try:
+            try:
+                async with stream.writing:
+                    await stream.call.write(message(request_id))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the stream is gone: its reader fails `answer` with the reason
             return await answer
         finally:
             timer.cancel()
             stream.waiting.pop(request_id, None)
 
     def _open(self) -> _Stream[W, R]:
-        stream: _Stream[W, R] = _Stream(asyncio.Queue())
-
-        async def requests() -> AsyncIterator[W]:
-            while True:
-                yield await stream.outbox.get()
-
-        call = self._open_stream(requests())
-        stream.reader = asyncio.create_task(self._read(stream, call))
+        stream: _Stream[W, R] = _Stream(self._open_stream())
+        stream.reader = asyncio.create_task(self._read(stream))
         self._stream = stream
         return stream
 
-    async def _read(self, stream: _Stream[W, R], call: grpc.aio.StreamStreamCall[W, R]) -> None:
+    async def _read(self, stream: _Stream[W, R]) -> None:
+        call = stream.call
         error: Exception = Unavailable("the peer ended the stream", reason="STREAM_ENDED")
         try:
             async for answer in call:
