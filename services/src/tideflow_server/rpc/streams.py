@@ -22,7 +22,6 @@ read and ends them, so a stream never holds a shutdown up for the grace period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, cast
@@ -132,12 +131,6 @@ class StreamClient(Generic[W, R]):
                     waiting.set_exception(error)
             stream.waiting.clear()
 
-    def close(self) -> None:
-        """End the stream; requests still waiting fail with UNAVAILABLE."""
-        stream, self._stream = self._stream, None
-        if stream is not None and stream.reader is not None:
-            stream.reader.cancel()
-
 
 class StreamServer:
     """The peer's end, for one servicer: answers each stream's messages concurrently, and on
@@ -169,6 +162,8 @@ class StreamServer:
 
         def finished(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
+            if not task.cancelled():
+                task.exception()  # a write to a broken stream: the caller learns it there
             if not tasks:
                 idle.set()
 
@@ -186,9 +181,9 @@ class StreamServer:
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader  # cancelled by `close`
-            await idle.wait()
+            await asyncio.wait([reader])
+            if reader.cancelled() or reader.exception() is None:
+                await idle.wait()  # ended by the caller or by `close`: answer what was read
         finally:
             reader.cancel()
             for task in list(tasks):
