@@ -57,7 +57,8 @@ class FlowCache:
         cached = self._compiled.get((namespace_id, name, flow.version))
         if cached is not None:
             return cached
-        compiled = CompiledBlueprint.compile(flow.blueprint)
+        # Registration checked it; later, stricter checks must not stop it from running.
+        compiled = CompiledBlueprint.compile(flow.blueprint, stored=True)
         if len(self._compiled) >= self._max_entries:
             self._compiled.pop(next(iter(self._compiled)))
         entry = (flow, compiled)

@@ -6,6 +6,7 @@ bindings can change (or be replaced) behind this boundary.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import cel
@@ -15,6 +16,67 @@ BUILTIN_NAMES = frozenset(
     {"bool", "bytes", "double", "int", "list", "map", "null_type", "string", "type", "uint"}
     | {"dyn", "optional", "timestamp", "duration"}
 )
+
+_TIME_GETTERS = (
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+)
+FUNCTIONS: Mapping[str, str | None] = {
+    "size": "int",
+    "contains": "bool",
+    "startsWith": "bool",
+    "endsWith": "bool",
+    "matches": "bool",
+    "int": "int",
+    "uint": "uint",
+    "double": "double",
+    "string": "string",
+    "bytes": "bytes",
+    "timestamp": "timestamp",
+    "duration": "duration",
+    "type": "type",
+    "dyn": None,
+    **dict.fromkeys(_TIME_GETTERS, "int"),  # of a timestamp (and a duration's hours to millis)
+    "optional.of": "optional",
+    "optional.none": "optional",
+    "optional.ofNonZeroValue": "optional",
+    "or": "optional",  # the methods of an optional
+    "hasValue": "bool",
+    "value": None,
+    "orValue": None,
+}
+"""Every function an expression may call, with the type it returns (None: it depends on the
+values, known only at run time). These are the bindings' built-in functions: the engine
+evaluates with no functions of its own (`Activation` passes variables only), and functions
+the bindings leave out (`max`, `lowerAscii`, `cel.stdlib`'s extras) fail at run time, so
+registration refuses them."""
+
+CALLED: Mapping[str, str | None] = {
+    name.rpartition(".")[2]: result for name, result in FUNCTIONS.items()
+}
+"""`FUNCTIONS` by the names `CelProgram.functions` gives them: `of` for `optional.of`."""
+
+MACROS: Mapping[str, tuple[str, str]] = {
+    "has": ("bool", "has(x.field)"),
+    "all": ("bool", "list.all(x, <condition on x>)"),
+    "exists": ("bool", "list.exists(x, <condition on x>)"),
+    "exists_one": ("bool", "list.exists_one(x, <condition on x>)"),
+    "existsOne": ("bool", "list.existsOne(x, <condition on x>)"),
+    "map": ("list", "list.map(x, <value of x>)"),
+    "filter": ("list", "list.filter(x, <condition on x>)"),
+}
+"""The parser's macros, with the type each gives and how it is written. The parser expands
+them, so a program never reports them as calls unless written wrongly (`list.exists(x)`)."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class CelSyntaxError(ValueError):
@@ -27,15 +89,20 @@ class CelEvaluationError(Exception):
 
 class CelProgram:
     """A compiled expression. `variables` are the root identifiers it reads, comprehension
-    variables included (CEL's parser cannot tell them apart)."""
+    variables included (CEL's parser cannot tell them apart); `functions` the functions it
+    calls by name, methods included, operators not."""
 
-    __slots__ = ("_program", "source", "variables")
+    __slots__ = ("_program", "functions", "source", "variables")
 
     def __init__(self, source: str, program: cel.Program) -> None:
         self.source = source
         self._program = program
         self.variables = frozenset(
             name.lstrip(".") for name in program.variables() if name not in BUILTIN_NAMES
+        )
+        # Operators come as overload ids (`_+_`, `!_`, `@in`), never as identifiers.
+        self.functions = frozenset(
+            name for name in program.functions() if _IDENTIFIER.fullmatch(name)
         )
 
     def evaluate(self, activation: Activation) -> object:

@@ -29,6 +29,8 @@ class Token:
     """A string token's text is its body between the quotes."""
     plain: bool = True
     """False for a string whose body has escapes, so that its text is not its value."""
+    binary: bool = False
+    """A bytes literal (`b"..."`)."""
 
 
 def string_literal(source: str, i: int) -> tuple[int, int, int, bool] | None:
@@ -64,7 +66,9 @@ def tokenize(source: str) -> list[Token]:
         string = string_literal(source, i)
         if string is not None:
             body_start, body_end, end, escaped = string
-            tokens.append(Token("string", source[body_start:body_end], plain=not escaped))
+            binary = "b" in source[i:body_start].lower()  # the prefix and the quotes
+            body = source[body_start:body_end]
+            tokens.append(Token("string", body, plain=not escaped, binary=binary))
             i = end
             continue
         if match := _IDENT.match(source, i):
@@ -141,3 +145,21 @@ def references(source: str, roots: frozenset[str]) -> References:
                 name, end = key.text, k + 4
         members.append(MemberRef(token.text, name, guarded and punct(end, ")")))
     return References(frozenset(bound), tuple(members))
+
+
+def message_types(source: str) -> list[str]:
+    """The message types `source` builds (`Foo{a: 1}`, `google.protobuf.Timestamp{}`): a name
+    right before `{` can only be one, as a map literal never follows a name but `in`."""
+    tokens = tokenize(source)
+    found: list[str] = []
+    for k in range(len(tokens) - 1):
+        token, after = tokens[k], tokens[k + 1]
+        if token.kind != "ident" or token.text == "in" or after != Token("punct", "{"):
+            continue
+        parts = [token.text]
+        j = k - 1
+        while j >= 1 and tokens[j] == Token("punct", ".") and tokens[j - 1].kind == "ident":
+            parts.append(tokens[j - 1].text)
+            j -= 2
+        found.append(".".join(reversed(parts)))
+    return found

@@ -5,10 +5,17 @@ needs (expressions, templates, block plans); the server's `CompiledBlueprint.com
 that work when nothing is wrong. Checks run in passes: the blueprint's own fields, then block
 ids and needs, then the dependency graph (so references can be checked against ancestors),
 then each block's expressions and kind, then the variables' defaults and the output.
+
+Expressions are checked for what they read (declared variables, blocks that come before),
+what they call (the bindings' functions and macros, no message types) and, for a condition
+(`when`, `depends`), that it can be a bool. The last two came after flows were first
+registered, so a stored version being loaded again (`stored=True`) skips them: a version
+registered without them still runs as it did.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +26,14 @@ from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint._language import _policy
-from tideflow.blueprint._language._cel import BUILTIN_NAMES, CelProgram, CelSyntaxError
+from tideflow.blueprint._language._cel import (
+    BUILTIN_NAMES,
+    CALLED,
+    FUNCTIONS,
+    MACROS,
+    CelProgram,
+    CelSyntaxError,
+)
 from tideflow.blueprint._language._cel import compile_cel as _compile_cel
 from tideflow.blueprint._language._json import (
     NotJSON,
@@ -29,7 +43,8 @@ from tideflow.blueprint._language._json import (
 )
 from tideflow.blueprint._language._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
 from tideflow.blueprint._language._model import JSON
-from tideflow.blueprint._language._refs import references
+from tideflow.blueprint._language._refs import message_types, references
+from tideflow.blueprint._language._types import describe, result_types
 from tideflow.blueprint._language.templates import (
     RUN_VARIABLES,
     Expression,
@@ -89,9 +104,11 @@ def validate_blueprint(
 
 
 def check_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS, stored: bool = False
 ) -> Checked:
-    return _Checker(bp, max_blocks).run()
+    """`stored`: `bp` is a version registered already, perhaps before some checks existed;
+    those are skipped (see the module's docs)."""
+    return _Checker(bp, max_blocks, stored=stored).run()
 
 
 def schema_violations(
@@ -135,9 +152,10 @@ class _Site:
 
 
 class _Checker:
-    def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int) -> None:
+    def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool) -> None:
         self.bp = bp
         self.max_blocks = max_blocks
+        self.stored = stored
         self.violations: list[FieldViolation] = []
         self._programs: dict[str, CelProgram | CelSyntaxError] = {}
         self.index: dict[str, int] = {}
@@ -182,7 +200,31 @@ class _Checker:
                 ok = False
                 reported.add((ref.root, ref.name))
                 self.report(path, f"`{source}`: {ref.root}.{ref.name} {problem}")
+        if not self.stored:
+            self._calls(program, path)
         return Expression(source, path, program) if ok else None
+
+    def _calls(self, program: CelProgram, path: str) -> None:
+        """What the expression calls or builds exists at run time. A problem here leaves the
+        expression compiled, so the checks that use it (the blocks a depends reads) still run."""
+        source = program.source
+        for name in sorted(program.functions - CALLED.keys()):
+            self.report(path, f"`{source}`: {_unknown_function(name)}")
+        for name in dict.fromkeys(message_types(source)):
+            self.report(
+                path,
+                f"`{source}`: {name}{{...}} builds a message, and expressions have no message "
+                'types; build a map instead: {"field": value}',
+            )
+
+    def condition(self, source: str, path: str, scope: _Scope) -> Expression | None:
+        """An expression that decides (`when`, `depends`): it must be able to be a bool."""
+        expression = self.expression(source, path, scope)
+        if expression is not None and not self.stored:
+            types = result_types(source)
+            if types is not None and "bool" not in types:
+                self.report(path, f"`{source}`: must be a bool, but is {describe(types)}")
+        return expression
 
     def _member_problem(self, root: str, name: str, scope: _Scope) -> str | None:
         if root == "vars":
@@ -244,7 +286,7 @@ class _Checker:
             scope = _Scope(RUN_VARIABLES, frozenset(blocks[a].id for a in ancestors[i]))
             when = None
             if block.when:
-                when = self.expression(block.when, f"blocks[{i}].when", scope)
+                when = self.condition(block.when, f"blocks[{i}].when", scope)
             spec, plan = self._kind(i, block, scope)
             checked.append(
                 CheckedBlock(
@@ -354,7 +396,7 @@ class _Checker:
             return None, ()
         path = f"blocks[{i}].depends"
         ids = frozenset(b for b in self.index if b not in RESERVED_BLOCK_IDS)
-        expression = self.expression(block.depends, path, _Scope(RUN_VARIABLES | ids, None))
+        expression = self.condition(block.depends, path, _Scope(RUN_VARIABLES | ids, None))
         if expression is None:
             return None, ()
         refs = references(block.depends, frozenset({"blocks"}))
@@ -418,6 +460,19 @@ class _Checker:
         if not VAR_NAME.fullmatch(name):
             self.report(path, f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
         return self.template(self.bp.vars[name], path, scope)
+
+
+def _unknown_function(name: str) -> str:
+    if name in MACROS:
+        return f"{name}() is a macro, written {MACROS[name][1]}"
+    known = [*FUNCTIONS, *MACROS]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if close:
+        return f"unknown function {name}(); did you mean {close[0]}()?"
+    return (
+        f"unknown function {name}(); the functions are {', '.join(sorted(FUNCTIONS))}, "
+        f"and the macros {', '.join(MACROS)}"
+    )
 
 
 def _ancestors(prerequisites: list[list[int]]) -> list[frozenset[int]]:

@@ -61,12 +61,18 @@ class CompiledBlueprint:
 
     @classmethod
     def compile(
-        cls, bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+        cls,
+        bp: blueprint_pb2.Blueprint,
+        *,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        stored: bool = False,
     ) -> CompiledBlueprint:
-        """Validate and compile; raises InvalidArgument listing every problem."""
+        """Validate and compile; raises InvalidArgument listing every problem. `stored`: `bp`
+        is a version registered already, so the checks added since it may have been registered
+        are skipped (`check_blueprint`)."""
         blueprint = blueprint_pb2.Blueprint()
         blueprint.CopyFrom(bp)
-        checked = check_blueprint(blueprint, max_blocks=max_blocks)
+        checked = check_blueprint(blueprint, max_blocks=max_blocks, stored=stored)
         if checked.violations:
             raise InvalidArgument(checked.violations)
         blocks = [_block(b) for b in checked.blocks]
