@@ -190,3 +190,29 @@ async def test_input_that_breaks_a_variable_default_starts_nothing(
     assert [v.field for v in error.violations] == ["input"]
     missing = await _rejected(client.describe(run_id))
     assert isinstance(missing, NotFound)
+
+
+async def test_expressions_that_cannot_run_are_refused(cluster: Cluster, client: Client) -> None:
+    """Issue 16, bug 3: an unknown function and a `when` that is never a bool registered, and
+    every run then failed the block."""
+    name = _flow()
+    error = await _rejected(
+        client.register(
+            {
+                "name": name,
+                "version": 1,
+                "task_queue": "cpu",
+                "blocks": [
+                    _block("a"),
+                    _block("b", needs=["a"], when="nosuchfn(blocks.a.output)"),
+                    _block("c", needs=["a"], when='"yes"'),
+                ],
+            }
+        )
+    )
+    assert isinstance(error, InvalidArgument)
+    by_field = {v.field: v.description for v in error.violations}
+    assert sorted(by_field) == ["blocks[1].when", "blocks[2].when"]
+    assert "unknown function nosuchfn()" in by_field["blocks[1].when"]
+    assert by_field["blocks[2].when"] == '`"yes"`: must be a bool, but is a string'
+    await _not_registered(client, name)
