@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.interpreter.support import (
     CANCELED,
     FAILED,
@@ -246,11 +248,15 @@ def test_input_rendering_error_fails_the_block() -> None:
     )
 
 
-def test_a_when_that_is_not_a_bool_fails_the_block() -> None:
-    compiled = compile_(external("a", when="input.n"))
+@pytest.mark.parametrize("field", ["when", "depends"])
+def test_a_condition_that_is_not_a_bool_fails_the_block(field: str) -> None:
+    """Registration refuses what can never be a bool; a value that turns out not to be one
+    (a field of the input here) fails the block at run time."""
+    compiled = compile_(external("a", **{field: "input.n"}))
     [command] = decide(compiled, view(input={"n": 1}))
     assert isinstance(command, FailBlock)
-    assert command.error.message == "blocks[0].when: `input.n`: wants a bool, got int"
+    assert command.error.type == "ExpressionError"
+    assert command.error.message == f"blocks[0].{field}: `input.n`: wants a bool, got int"
 
 
 def test_set_transform_and_vars() -> None:
