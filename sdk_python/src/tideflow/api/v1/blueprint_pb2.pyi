@@ -88,8 +88,14 @@ class Blueprint(_message.Message):
     every language gets a typed builder for free. google.protobuf.Value/Struct fields take plain
     JSON; strings inside them may hold `${...}` references (`${input.doc}`,
     `${blocks.classify.output.label}`, `${vars.x}`, `${run.id}`) or CEL. Registration validates a
-    blueprint fully (acyclic, every reference resolves, every CEL expression compiles, schemas are
-    valid) and reports every error with its path.
+    blueprint fully and reports every error with its path: the graph is acyclic, every reference
+    resolves, schemas are valid, and every CEL expression parses, reads only the variables its
+    field may read, builds no messages and calls only the functions and macros the engine
+    evaluates with (CEL's built-ins: `size`, `contains`, `startsWith`, `endsWith`, `matches`, the
+    conversions `int`, `string`, `timestamp`, `duration`..., `has`, `all`, `exists`, `map`,
+    `filter`...; not `max`, `lowerAscii` and other extension functions). A `when` or `depends`
+    that can never be a bool (`"yes"`, `size(x)`, `x + 1`) is refused; one whose value turns out
+    not to be a bool at run time fails its block.
 
     Blueprint is one version of a blueprint flow; immutable once registered.
     """
