@@ -24,6 +24,7 @@ from tideflow_server.history.interpreter import (
     CompleteSystem,
     FailBlock,
     FailRun,
+    RunView,
     ScheduleExternal,
     SkipBlock,
     decide,
@@ -64,6 +65,21 @@ def test_schedule_external_carries_rendered_input_and_policy() -> None:
     command.retry.maximum_attempts = 99
     policy = compiled.blocks["ocr"].policy
     assert policy is not None and policy.retry.maximum_attempts == 0
+
+
+def test_the_runs_task_queue_replaces_the_blueprints_not_a_blocks_own() -> None:
+    compiled = compile_(
+        external("plain"), external("named", external={"block": "ocr@1", "taskQueue": "gpu"})
+    )
+
+    def queues(run: RunView) -> dict[str, str]:
+        commands = decide(compiled, run)
+        assert all(isinstance(c, ScheduleExternal) for c in commands)
+        return {c.block_id: c.task_queue for c in commands if isinstance(c, ScheduleExternal)}
+
+    assert queues(view(task_queue="tenant-7")) == {"plain": "tenant-7", "named": "gpu"}
+    # Without one, each block's policy decides (the blueprint's `cpu` for `plain`).
+    assert queues(view()) == {"plain": "cpu", "named": "gpu"}
 
 
 def test_fan_out_then_join() -> None:

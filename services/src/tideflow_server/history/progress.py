@@ -67,6 +67,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
         input=payloads.from_value(info.input),
         vars={name: payloads.from_value(v) for name, v in info.vars.items()},
         blocks=views,
+        task_queue=info.task_queue.name,
     )
 
 

@@ -345,7 +345,9 @@ class ExternalBlock(_message.Message):
     block: _builtins.str
     """The external block type, "name@version", e.g. "ocr@1"."""
     task_queue: _builtins.str
-    """Empty: the blueprint's (or start request's) task queue."""
+    """Empty: the start request's task queue if it names one, else the blueprint's. Set: this
+    queue, whatever the start request says.
+    """
     affinity: Global___Affinity.ValueType
     priority: _builtins.int
     """Dispatch order within the task queue: higher first; 0 is the default."""

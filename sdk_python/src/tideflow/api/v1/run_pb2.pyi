@@ -50,7 +50,9 @@ class RunInfo(_message.Message):
         """Unset while the run is open."""
 
     @_builtins.property
-    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """The run's task queue: its start request's, else the blueprint's."""
+
     @_builtins.property
     def memo(self) -> _common_pb2.Memo:
         """9-19: kept (parent run, search attributes, history size)."""

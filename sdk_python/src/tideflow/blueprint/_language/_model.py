@@ -54,3 +54,6 @@ class RunView:
     input: JSON
     vars: Mapping[str, JSON] = field(default_factory=dict)
     blocks: Mapping[str, BlockView] = field(default_factory=dict)
+    task_queue: str = ""
+    """The run's task queue: its start's, else the blueprint's. External blocks that name no
+    queue of their own go there. Empty: each block's policy decides."""

@@ -61,7 +61,7 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     if ended is not None:
         return [ended]
     env = Env.for_run(run)
-    context = StartContext(env, compiled.output)
+    context = StartContext(env, compiled.output, run.task_queue)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
     for block in compiled.order:

@@ -321,7 +321,11 @@ class RunExecutionInfo(_message.Message):
         """The resolved flow version the execution is pinned to."""
 
     @_builtins.property
-    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """The start request's task queue, else the blueprint's: external blocks that name no queue
+        of their own are scheduled here for the whole run.
+        """
+
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

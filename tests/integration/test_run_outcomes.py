@@ -1,0 +1,139 @@
+"""What a run reports about itself: the task queue its blocks go to, the blocks it reached (in
+order, with their kinds) and how it failed, against real server processes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.support.cluster import Cluster
+from tests.support.flows import BlockFailure, BlockWorker, Client, Task, echo, payloads, value
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _events(
+    events: list[history_pb2.HistoryEvent], event_type: history_pb2.EventType.ValueType
+) -> list[history_pb2.HistoryEvent]:
+    return [e for e in events if e.event_type == event_type]
+
+
+# -- the start's task queue override ----------------------------------------------------------
+
+
+def _override_blueprint(flow: str, default_queue: str, own_queue: str) -> dict[str, Any]:
+    """`first -> own -> last`: `own` names its own queue, the others take the run's."""
+    return {
+        "name": flow,
+        "version": 1,
+        "task_queue": default_queue,
+        "timeouts": {"start_to_close": "10s"},
+        "retry": {"initial_interval": "0.1s"},
+        "blocks": [
+            {"id": "first", "external": {"block": "flaky@1"}, "input": "${input}"},
+            {
+                "id": "own",
+                "needs": ["first"],
+                "external": {"block": "step@1", "task_queue": own_queue},
+                "input": "${blocks.first.output}",
+            },
+            {
+                "id": "last",
+                "needs": ["own"],
+                "external": {"block": "step@1"},
+                "input": "${blocks.own.output}",
+            },
+        ],
+        "output": "${blocks.last.output}",
+    }
+
+
+async def test_start_task_queue_overrides_the_blueprints_for_the_whole_run(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = _name("flow")
+    default_queue, override, own_queue = _name("default"), _name("override"), _name("own")
+    await client.register(_override_blueprint(flow, default_queue, own_queue))
+
+    async def flaky(task: Task) -> Any:
+        if task.response.attempt == 1:
+            raise BlockFailure("first attempt fails")  # the retry goes to the override too
+        return task.input + 1
+
+    async def step(task: Task) -> Any:
+        return task.input + 1
+
+    # Nothing polls the blueprint's queue: the run completes only if the override is honoured.
+    overridden = BlockWorker(cluster.frontend, override, {"flaky@1": flaky, "step@1": step})
+    named = BlockWorker(cluster.frontend, own_queue, {"step@1": step})
+    async with overridden, named:
+        run_id, _ = await client.start(
+            flow, 1, task_queue=common_pb2.TaskQueue(name=override), request_id="r1"
+        )
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
+    assert value(closed.run_completed_event_attributes.result) == 4
+    assert overridden.attempts[(run_id, "first")] == 2
+    assert named.attempts[(run_id, "own")] == 1
+    assert overridden.attempts[(run_id, "last")] == 1
+    scheduled = _events(await client.history(run_id), history_pb2.EVENT_TYPE_BLOCK_SCHEDULED)
+    queues = {
+        e.block_scheduled_event_attributes.block_id: e.block_scheduled_event_attributes.task_queue
+        for e in scheduled
+    }
+    assert {block: q.name for block, q in queues.items()} == {
+        "first": override,
+        "own": own_queue,
+        "last": override,
+    }
+    described = await client.describe(run_id)
+    assert described.run_info.task_queue.name == override
+
+
+async def test_signal_with_start_task_queue_overrides_the_blueprints(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = _name("flow")
+    default_queue, override, own_queue = _name("default"), _name("override"), _name("own")
+    await client.register(_override_blueprint(flow, default_queue, own_queue))
+    run_id = _name("sws")
+    request = flow_service_pb2.SignalWithStartRunRequest(
+        namespace=client.namespace,
+        run_id=run_id,
+        input=payloads(1),
+        signal_name="go",
+        request_id="r1",
+    )
+    request.flow.name = flow
+    request.task_queue.name = override
+
+    async def step(task: Task) -> Any:
+        return task.input + 1
+
+    overridden = BlockWorker(cluster.frontend, override, {"flaky@1": step, "step@1": step})
+    async with overridden, BlockWorker(cluster.frontend, own_queue, {"step@1": step}):
+        started = await client.stub.SignalWithStartRun(request, timeout=10)
+        assert started.started
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
+    assert value(closed.run_completed_event_attributes.result) == 4
+    assert (run_id, "last") in overridden.attempts
+    assert (await client.describe(run_id)).run_info.task_queue.name == override
+
+
+async def test_without_override_blocks_take_the_blueprints_queue(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = _name("flow")
+    default_queue, own_queue = _name("default"), _name("own")
+    await client.register(_override_blueprint(flow, default_queue, own_queue))
+    default = BlockWorker(cluster.frontend, default_queue, {"flaky@1": echo, "step@1": echo})
+    async with default, BlockWorker(cluster.frontend, own_queue, {"step@1": echo}):
+        run_id, _ = await client.start(flow, 7)
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert value(closed.run_completed_event_attributes.result) == 7
+    assert (run_id, "last") in default.attempts
+    assert (await client.describe(run_id)).run_info.task_queue.name == default_queue

@@ -1,0 +1,69 @@
+"""progress: what a run step records as it applies the interpreter's commands, checked on the
+mutable state and events it leaves (no server, no store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tests.unit.interpreter.support import compile_, external
+from tideflow.api.v1 import common_pb2
+from tideflow_server.history import blocks, progress
+from tideflow_server.history.interpreter import CompiledBlueprint
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _new_run(compiled: CompiledBlueprint, *, task_queue: str = "") -> RunStep:
+    state = records_pb2.MutableState()
+    info = state.execution_info
+    info.run_id, info.execution_id = "order-7", "e-1"
+    info.flow.name, info.flow.version = compiled.name, compiled.version
+    info.state = records_pb2.RUN_STATE_RUNNING
+    info.status = common_pb2.RUN_STATUS_RUNNING
+    info.next_event_id = 2
+    info.task_queue.name = task_queue or compiled.blueprint.task_queue
+    return RunStep(state, now=NOW)
+
+
+def _advance(step: RunStep, compiled: CompiledBlueprint) -> None:
+    progress.advance(step, compiled, namespace="default", max_pending_blocks=100)
+
+
+def _reload(step: RunStep) -> RunStep:
+    """The state as another history host reads it back from the store."""
+    state = records_pb2.MutableState.FromString(step.state.SerializeToString())
+    return RunStep(state, now=NOW)
+
+
+def _pending(step: RunStep, block_id: str) -> records_pb2.PendingBlock:
+    return next(p for p in step.state.pending_blocks.values() if p.block_id == block_id)
+
+
+def _complete(step: RunStep, block_id: str) -> None:
+    pending = _pending(step, block_id)
+    blocks.record_started(step, pending, identity="w-1", request_id="r-1")
+    blocks.complete(step, pending, common_pb2.Payloads(), "w-1")
+
+
+def _queues(step: RunStep) -> dict[str, str]:
+    return {p.block_id: p.task_queue.name for p in step.state.pending_blocks.values()}
+
+
+def test_the_starts_task_queue_holds_for_blocks_scheduled_after_a_reload() -> None:
+    compiled = compile_(
+        external("a"),
+        external("b", "a", external={"block": "ocr@1", "taskQueue": "gpu"}),
+        external("c", "a"),
+    )
+    step = _new_run(compiled, task_queue="tenant-7")
+    _advance(step, compiled)
+    assert _queues(step) == {"a": "tenant-7"}
+
+    step = _reload(step)
+    _complete(step, "a")
+    _advance(step, compiled)
+    assert _queues(step) == {"b": "gpu", "c": "tenant-7"}
+    dispatched = {t.block_task.block_id: t.block_task.task_queue.name for t in step.transfer_tasks}
+    assert dispatched == {"b": "gpu", "c": "tenant-7"}
