@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockFailure, BlockWorker, Client, Task, echo, payloads, value
-from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_service_pb2, history_pb2
 
 
 def _name(prefix: str) -> str:
@@ -137,3 +137,55 @@ async def test_without_override_blocks_take_the_blueprints_queue(
     assert value(closed.run_completed_event_attributes.result) == 7
     assert (run_id, "last") in default.attempts
     assert (await client.describe(run_id)).run_info.task_queue.name == default_queue
+
+
+# -- the blocks a run reached, in order, with their kinds --------------------------------------
+
+
+async def test_describe_lists_blocks_in_the_order_reached_with_their_kinds(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, flow = _name("q"), _name("flow")
+    external = {"block": "step@1"}
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            # Declared in neither the order reached nor the topological one.
+            "blocks": [
+                {"id": "final", "needs": ["p", "q"], "transform": {"output": "${blocks.q.output}"}},
+                {"id": "p", "needs": ["s"], "when": "vars.go", "external": external},
+                {
+                    "id": "bad",
+                    "needs": ["r"],
+                    "external": external,
+                    "input": "${blocks.r.output.missing}",
+                },
+                {"id": "q", "needs": ["r"], "external": external, "input": "${input}"},
+                {"id": "r", "transform": {"output": {"n": 1}}},
+                {"id": "s", "set": {"vars": {"go": False}}},
+            ],
+        }
+    )
+    async with BlockWorker(cluster.frontend, queue, {"step@1": echo}):
+        run_id, _ = await client.start(flow, "doc")
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED  # `bad` failed
+    described = await client.describe(run_id)
+    assert [
+        (
+            b.block_id,
+            blueprint_pb2.BlockKind.Name(b.kind).removeprefix("BLOCK_KIND_"),
+            common_pb2.BlockStatus.Name(b.status).removeprefix("BLOCK_STATUS_"),
+        )
+        for b in described.blocks
+    ] == [
+        ("r", "TRANSFORM", "SUCCEEDED"),
+        ("s", "SET", "SUCCEEDED"),
+        ("p", "EXTERNAL", "SKIPPED"),
+        ("bad", "EXTERNAL", "FAILED"),
+        ("q", "EXTERNAL", "SUCCEEDED"),
+        ("final", "TRANSFORM", "SUCCEEDED"),
+    ]

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.unit.interpreter.support import compile_, external
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow_server.history import blocks, progress
+from tideflow_server.history.api import describe_run
 from tideflow_server.history.interpreter import CompiledBlueprint
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
@@ -67,3 +68,64 @@ def test_the_starts_task_queue_holds_for_blocks_scheduled_after_a_reload() -> No
     assert _queues(step) == {"b": "gpu", "c": "tenant-7"}
     dispatched = {t.block_task.block_id: t.block_task.task_queue.name for t in step.transfer_tasks}
     assert dispatched == {"b": "gpu", "c": "tenant-7"}
+
+
+def _order_blueprint() -> CompiledBlueprint:
+    """Declared `final, p, bad, q, r, s`; reached `r, s` (one decision), then `p` (skipped),
+    `bad` (its input fails) and `q` (scheduled), again one decision, then `final`."""
+    return compile_(
+        {"id": "final", "needs": ["p", "q"], "transform": {"output": "${blocks.q.output}"}},
+        external("p", "s", when="blocks.s.output.go"),
+        external("bad", "r", input="${blocks.r.output.missing}"),
+        external("q", "r"),
+        {"id": "r", "transform": {"output": {"n": 1}}},
+        {"id": "s", "set": {"vars": {"go": False}}},
+    )
+
+
+def _summaries(step: RunStep) -> list[tuple[str, str, str]]:
+    return [
+        (
+            b.block_id,
+            blueprint_pb2.BlockKind.Name(b.kind).removeprefix("BLOCK_KIND_"),
+            common_pb2.BlockStatus.Name(b.status).removeprefix("BLOCK_STATUS_"),
+        )
+        for b in describe_run.block_summaries(step.state)
+    ]
+
+
+def test_blocks_are_described_in_the_order_reached_ties_in_declaration_order() -> None:
+    compiled = _order_blueprint()
+    step = _new_run(compiled)
+    _advance(step, compiled)
+    failed = next(e for e in step.events if e.HasField("system_block_failed_event_attributes"))
+    assert failed.system_block_failed_event_attributes.kind == blueprint_pb2.BLOCK_KIND_EXTERNAL
+    step = _reload(step)
+    _complete(step, "q")
+    _advance(step, compiled)
+    assert _summaries(step) == [
+        ("r", "TRANSFORM", "SUCCEEDED"),
+        ("s", "SET", "SUCCEEDED"),
+        ("p", "EXTERNAL", "SKIPPED"),
+        ("bad", "EXTERNAL", "FAILED"),
+        ("q", "EXTERNAL", "SUCCEEDED"),
+        ("final", "TRANSFORM", "SUCCEEDED"),
+    ]
+    assert [r.reached for _, r in sorted(step.state.block_results.items())] == [4, 6, 3, 5, 1, 2]
+
+
+def test_blocks_reached_before_the_order_was_recorded_come_first_by_event() -> None:
+    state = records_pb2.MutableState()
+    for block_id, scheduled, closed, reached in [
+        ("late", 9, 12, 0),
+        ("early", 3, 5, 0),
+        ("skipped", 0, 0, 0),
+        ("new", 14, 0, 4),
+    ]:
+        state.block_results[block_id].CopyFrom(
+            records_pb2.BlockResult(
+                scheduled_event_id=scheduled, close_event_id=closed, reached=reached
+            )
+        )
+    order = [b.block_id for b in describe_run.block_summaries(state)]
+    assert order == ["early", "late", "skipped", "new"]

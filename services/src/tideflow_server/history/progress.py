@@ -6,7 +6,7 @@ has nothing new. Closing a run (any status) happens here too.
 
 from __future__ import annotations
 
-from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.interpreter import (
     BlockError,
@@ -83,8 +83,9 @@ def advance(
             return
         for command in commands:
             if not step.is_open:
-                return
-            _apply(step, command, max_pending_blocks)
+                break
+            _apply(step, compiled, command, max_pending_blocks)
+        _mark_reached(step, compiled, commands)
     close_run(
         step,
         common_pb2.RUN_STATUS_FAILED,
@@ -92,15 +93,34 @@ def advance(
     )
 
 
-def _system_result(
-    step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueType
-) -> records_pb2.BlockResult:
-    result = step.state.block_results[block_id]
-    result.kind = kind
-    return result
+_REACHING = (ScheduleExternal, CompleteSystem, SkipBlock, FailBlock)
+"""The commands that reach a block (decide gives them only for blocks not reached yet)."""
 
 
-def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
+def _mark_reached(step: RunStep, compiled: CompiledBlueprint, commands: list[Command]) -> None:
+    """Number the blocks one decision reached, after those reached before, in declaration
+    order (they were reached together), and record their kind: a skip has no event, and a
+    block that failed before it started has no other record of it. Describing a run lists
+    its blocks in this order; `block_results`, a map, keeps none."""
+    results = step.state.block_results
+    reached = sorted(
+        (
+            compiled.blocks[c.block_id]
+            for c in commands
+            if isinstance(c, _REACHING) and c.block_id in results
+        ),
+        key=lambda block: block.index,
+    )
+    # Results are never removed, and those of this decision are all new.
+    for number, block in enumerate(reached, start=len(results) - len(reached) + 1):
+        result = results[block.id]
+        result.kind = block.kind
+        result.reached = number
+
+
+def _apply(
+    step: RunStep, compiled: CompiledBlueprint, command: Command, max_pending_blocks: int
+) -> None:
     if isinstance(command, ScheduleExternal):
         if len(step.state.pending_blocks) >= max_pending_blocks:
             error = BlockError(
@@ -128,7 +148,7 @@ def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
             for name, value in command.vars.items():
                 set_attrs.vars[name].CopyFrom(payloads.to_value(value))
                 step.info.vars[name].CopyFrom(payloads.to_value(value))
-        result = _system_result(step, command.block_id, command.kind)
+        result = step.state.block_results[command.block_id]
         result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
         result.output.CopyFrom(attrs.output)
         result.close_event_id = event.event_id
@@ -143,6 +163,7 @@ def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
         )
         assert isinstance(attrs, history_pb2.SystemBlockFailedEventAttributes)
         attrs.block_id = command.block_id
+        attrs.kind = compiled.blocks[command.block_id].kind
         attrs.failure.CopyFrom(failure)
         result = step.state.block_results[command.block_id]
         result.status = common_pb2.BLOCK_STATUS_FAILED

@@ -774,7 +774,9 @@ class DescribeRunResponse(_message.Message):
     def pending_blocks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.PendingBlockInfo]: ...
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.BlockSummary]:
-        """Every block the run has reached, in the order they were reached.
+        """Every block the run has reached, in the order they were reached: first scheduled, skipped,
+        completed or failed, whichever came first. Blocks reached by one decision (ready at the
+        same time) come in declaration order. The same on every server and backend.
         4: kept for pending child runs (subflows).
         """
 

@@ -163,6 +163,7 @@ class BlockSummary(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
+    """Always set, also for a block that was skipped or failed before it started."""
     status: _common_pb2.BlockStatus.ValueType
     attempt: _builtins.int
     """Attempts made (external blocks)."""

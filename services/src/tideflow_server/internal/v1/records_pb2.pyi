@@ -209,7 +209,9 @@ class MutableState(_message.Message):
 
     @_builtins.property
     def block_results(self) -> _containers.MessageMap[_builtins.str, Global___BlockResult]:
-        """Every block the run has reached, keyed by block path; the data wiring reads outputs here."""
+        """Every block the run has reached, keyed by block path; the data wiring reads outputs here.
+        A map has no order: BlockResult.reached keeps the order they were reached in.
+        """
 
     @_builtins.property
     def timers(self) -> _containers.MessageMap[_builtins.str, Global___UserTimer]:
@@ -558,6 +560,7 @@ class BlockResult(_message.Message):
     SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
     CLOSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    REACHED_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -566,6 +569,11 @@ class BlockResult(_message.Message):
     """The event that closed the block; 0 while running."""
     attempt: _builtins.int
     """Attempts made (external blocks)."""
+    reached: _builtins.int
+    """When the run reached the block, counting from 1: the order in which blocks were first
+    scheduled, skipped, completed or failed. Blocks reached by one decision are numbered in
+    declaration order. 0: reached before this was recorded.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """JSON view of the output, what `${blocks.<id>.output}` reads; an external block's result is
@@ -586,10 +594,11 @@ class BlockResult(_message.Message):
         scheduled_event_id: _builtins.int = ...,
         close_event_id: _builtins.int = ...,
         attempt: _builtins.int = ...,
+        reached: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "scheduled_event_id", b"scheduled_event_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "scheduled_event_id", b"scheduled_event_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
