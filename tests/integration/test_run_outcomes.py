@@ -189,3 +189,79 @@ async def test_describe_lists_blocks_in_the_order_reached_with_their_kinds(
         ("q", "EXTERNAL", "SUCCEEDED"),
         ("final", "TRANSFORM", "SUCCEEDED"),
     ]
+
+
+# -- engine-side failures ------------------------------------------------------------------------
+
+
+async def test_run_time_expression_errors_are_server_failures_fail_blocks_application_ones(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, flow = _name("q"), _name("flow")
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "blocks": [
+                {"id": "a", "external": {"block": "step@1"}, "input": "${input}"},
+                {
+                    "id": "missing",
+                    "needs": ["a"],
+                    "external": {"block": "step@1"},
+                    "input": "${blocks.a.output.missing}",
+                },
+                {"id": "not_bool", "needs": ["a"], "when": "input.n", "transform": {}},
+                {
+                    "id": "refused",
+                    "needs": ["a"],
+                    "fail": {"error_type": "Rejected", "message": "document rejected"},
+                },
+            ],
+        }
+    )
+    async with BlockWorker(cluster.frontend, queue, {"step@1": echo}):
+        run_id, _ = await client.start(flow, {"n": 1})
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
+    failed = {
+        e.system_block_failed_event_attributes.block_id: e.system_block_failed_event_attributes
+        for e in _events(await client.history(run_id), history_pb2.EVENT_TYPE_SYSTEM_BLOCK_FAILED)
+    }
+    assert set(failed) == {"missing", "not_bool", "refused"}
+    for block_id in ("missing", "not_bool"):
+        failure = failed[block_id].failure
+        assert failure.source == "tideflow"
+        assert failure.WhichOneof("failure_info") == "server_failure_info", block_id
+        assert failure.server_failure_info.non_retryable
+        assert failure.server_failure_info.type == "ExpressionError"
+    assert "no such key: 'missing'" in failed["missing"].failure.message
+    assert "wants a bool, got int" in failed["not_bool"].failure.message
+    refused = failed["refused"].failure
+    assert refused.WhichOneof("failure_info") == "application_failure_info"
+    assert refused.application_failure_info.type == "Rejected"
+    assert refused.message == "document rejected"
+
+
+async def test_an_output_that_breaks_the_schema_is_a_server_failure(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = _name("flow")
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "output_schema": {"type": "string"},
+            "blocks": [{"id": "shape", "transform": {"output": "${input}"}}],
+            "output": "${blocks.shape.output}",
+        }
+    )
+    run_id, _ = await client.start(flow, 5)
+    closed = await client.close_event(run_id, timeout_s=30)
+    failure = closed.run_failed_event_attributes.failure
+    assert failure.source == "tideflow"
+    assert failure.WhichOneof("failure_info") == "server_failure_info"
+    assert failure.server_failure_info.type == "OutputSchemaViolation"
+    assert failure.server_failure_info.non_retryable
+    assert failure.message == "output: 5 is not of type 'string'"

@@ -236,7 +236,10 @@ def test_output_mapping_and_output_schema() -> None:
     [result] = decide(strict, view(finished))
     assert result == FailRun(
         BlockError(
-            "OutputSchemaViolation", "output.total: 3 is not of type 'string'", non_retryable=True
+            "OutputSchemaViolation",
+            "output.total: 3 is not of type 'string'",
+            non_retryable=True,
+            server=True,
         )
     )
 
@@ -245,7 +248,7 @@ def test_output_rendering_error_fails_the_run() -> None:
     compiled = compile_(external("a"), output="${blocks.a.output.missing}")
     [result] = decide(compiled, view({"a": done({})}))
     assert isinstance(result, FailRun)
-    assert result.error.type == "ExpressionError"
+    assert result.error.type == "ExpressionError" and result.error.server
     assert result.error.message == ("output: `blocks.a.output.missing`: no such key: 'missing'")
 
 
@@ -258,6 +261,7 @@ def test_input_rendering_error_fails_the_block() -> None:
             "ExpressionError",
             "blocks[1].input: `blocks.a.output.x`: no such key: 'x'",
             non_retryable=True,
+            server=True,
         ),
     )
 
@@ -267,6 +271,7 @@ def test_a_when_that_is_not_a_bool_fails_the_block() -> None:
     [command] = decide(compiled, view(input={"n": 1}))
     assert isinstance(command, FailBlock)
     assert command.error.message == "blocks[0].when: `input.n`: wants a bool, got int"
+    assert command.error.server and command.error.non_retryable
 
 
 def test_set_transform_and_vars() -> None:

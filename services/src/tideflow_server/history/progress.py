@@ -30,9 +30,15 @@ MAX_ROUNDS = 10_000
 
 
 def block_error(failure: failure_pb2.Failure) -> BlockError:
+    """A recorded failure as blueprint expressions see it (`${blocks.<id>.error}`)."""
     if failure.HasField("application_failure_info"):
         app = failure.application_failure_info
         return BlockError(app.type or "ApplicationError", failure.message, app.non_retryable)
+    if failure.HasField("server_failure_info"):
+        server = failure.server_failure_info
+        return BlockError(
+            server.type or "ServerError", failure.message, server.non_retryable, server=True
+        )
     if failure.HasField("timeout_failure_info"):
         return BlockError("TimeoutError", failure.message, True)
     if failure.HasField("canceled_failure_info"):
@@ -41,9 +47,16 @@ def block_error(failure: failure_pb2.Failure) -> BlockError:
 
 
 def engine_failure(error: BlockError) -> failure_pb2.Failure:
+    """The failure the engine records for an error it decided: a ServerFailureInfo for its
+    own (an expression that failed at run time), an ApplicationFailureInfo for the
+    blueprint's (a `fail` block)."""
     failure = failure_pb2.Failure(message=error.message, source="tideflow")
-    failure.application_failure_info.type = error.type
-    failure.application_failure_info.non_retryable = error.non_retryable
+    if error.server:
+        failure.server_failure_info.type = error.type
+        failure.server_failure_info.non_retryable = error.non_retryable
+    else:
+        failure.application_failure_info.type = error.type
+        failure.application_failure_info.non_retryable = error.non_retryable
     return failure
 
 
@@ -89,7 +102,9 @@ def advance(
     close_run(
         step,
         common_pb2.RUN_STATUS_FAILED,
-        failure=engine_failure(BlockError("InternalError", "blueprint did not settle", True)),
+        failure=engine_failure(
+            BlockError("InternalError", "blueprint did not settle", True, server=True)
+        ),
     )
 
 
@@ -126,7 +141,8 @@ def _apply(
             error = BlockError(
                 "PendingBlocksLimitExceeded",
                 f"more than {max_pending_blocks} blocks pending at once",
-                True,
+                non_retryable=True,
+                server=True,
             )
             close_run(step, common_pb2.RUN_STATUS_FAILED, failure=engine_failure(error))
             return

@@ -313,7 +313,10 @@ class Catch(_message.Message):
     """
     @_builtins.property
     def error_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """ApplicationFailureInfo.type values that match; empty matches any type."""
+        """ApplicationFailureInfo.type values that match; empty matches any failure. An engine-side
+        failure (ServerFailureInfo, e.g. an expression that failed at run time) has no
+        ApplicationFailureInfo, so only an empty list matches it.
+        """
 
     def __init__(
         self,

@@ -83,7 +83,9 @@ Global___Failure: _TypeAlias = Failure  # noqa: Y015
 
 @_typing.final
 class ApplicationFailureInfo(_message.Message):
-    """ApplicationFailureInfo is an error raised by user code (a worker, or a `fail` block)."""
+    """ApplicationFailureInfo is an error raised by user code (a worker, or a `fail` block, whose
+    error_type is the type).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -175,20 +177,30 @@ Global___TerminatedFailureInfo: _TypeAlias = TerminatedFailureInfo  # noqa: Y015
 
 @_typing.final
 class ServerFailureInfo(_message.Message):
-    """ServerFailureInfo is an engine-side error (e.g. a CEL expression that failed at run time)."""
+    """ServerFailureInfo is an engine-side error: what only fails at run time, such as a CEL
+    expression that fails on the run's data (a missing key, a `when` that is not a bool) or a
+    run result that breaks the blueprint's output_schema. Source "tideflow"; never retried.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     non_retryable: _builtins.bool
+    type: _builtins.str
+    """What went wrong: "ExpressionError", "OutputSchemaViolation", "PendingBlocksLimitExceeded".
+    `${blocks.<id>.error.type}` reads it. Not an ApplicationFailureInfo.type: `catch` error
+    types and non_retryable_error_types do not match it.
+    """
     def __init__(
         self,
         *,
         non_retryable: _builtins.bool = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["non_retryable", b"non_retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["non_retryable", b"non_retryable", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

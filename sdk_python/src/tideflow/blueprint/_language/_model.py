@@ -30,6 +30,10 @@ class BlockError:
     type: str
     message: str
     non_retryable: bool = False
+    server: bool = False
+    """An engine-side error (an expression that failed on the run's data, an output that
+    breaks the schema), recorded as a ServerFailureInfo. Otherwise an application error (a
+    worker's, a `fail` block's), an ApplicationFailureInfo whose type `catch` matches."""
 
 
 @dataclass(frozen=True, slots=True)
