@@ -6,9 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockFailure, BlockWorker, Client, Task, echo, payloads, value
-from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_service_pb2, history_pb2
+from tideflow import Client as SdkClient
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
+from tideflow.errors import ApplicationError, BlockFailedError, RunFailedError
+from tideflow.worker import Worker, block
 
 
 def _name(prefix: str) -> str:
@@ -265,3 +270,132 @@ async def test_an_output_that_breaks_the_schema_is_a_server_failure(
     assert failure.server_failure_info.type == "OutputSchemaViolation"
     assert failure.server_failure_info.non_retryable
     assert failure.message == "output: 5 is not of type 'string'"
+
+
+# -- a run's failure keeps its cause -------------------------------------------------------------
+
+
+async def test_run_failure_wraps_the_workers_failure_with_where_it_happened(
+    cluster: Cluster, client: Client
+) -> None:
+    block_name = _name("boom").replace("-", "_")
+
+    @block(block_name)
+    async def boom(_: Any) -> None:
+        try:
+            raise OSError("sda: read error")
+        except OSError as e:
+            raise ApplicationError("disk on fire", {"disk": "sda"}, 3, type="DiskError") from e
+
+    queue, flow = _name("q"), _name("flow")
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "retry": {"initial_interval": "0.1s", "maximum_attempts": 2},
+            "blocks": [{"id": "boom", "external": {"block": f"{block_name}@1"}}],
+        }
+    )
+    worker = Worker(cluster.frontend, task_queue=queue, blocks=[boom], namespace=client.namespace)
+    async with worker, await SdkClient.connect(cluster.frontend, namespace=client.namespace) as sdk:
+        run = await sdk.start_run(flow)
+        with pytest.raises(RunFailedError) as raised:
+            await run.result(timeout=30)
+    events = await client.history(run.run_id)
+    [scheduled] = _events(events, history_pb2.EVENT_TYPE_BLOCK_SCHEDULED)
+    [started] = _events(events, history_pb2.EVENT_TYPE_BLOCK_STARTED)
+    [block_failed] = _events(events, history_pb2.EVENT_TYPE_BLOCK_FAILED)
+    [run_failed] = _events(events, history_pb2.EVENT_TYPE_RUN_FAILED)
+    sent = block_failed.block_failed_event_attributes.failure  # as the worker sent it
+
+    failure = run_failed.run_failed_event_attributes.failure
+    assert failure.message == "block 'boom' failed"
+    assert failure.source == "tideflow"
+    expected = failure_pb2.BlockFailureInfo(
+        block_id="boom",
+        block_type=f"{block_name}@1",
+        attempt=2,
+        scheduled_event_id=scheduled.event_id,
+        started_event_id=started.event_id,
+        identity=worker.identity,
+        retry_state=common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED,
+    )
+    assert failure.block_failure_info == expected
+    assert failure.cause == sent
+    assert sent.source == "python"
+    assert sent.message == "disk on fire"
+    assert sent.application_failure_info.type == "DiskError"
+    details = sent.application_failure_info.details.payloads
+    assert [value(common_pb2.Payloads(payloads=[p])) for p in details] == [{"disk": "sda"}, 3]
+    assert "OSError" in sent.stack_trace
+    assert sent.cause.message == "sda: read error"
+    assert sent.cause.application_failure_info.type == "OSError"
+    assert sent.cause.source == "python"
+
+    # DescribeRun shows the block's failure in the same shape.
+    [summary] = (await client.describe(run.run_id)).blocks
+    assert summary.failure == failure
+
+    _check_raised_chain(raised.value, failure, f"{block_name}@1", worker.identity)
+
+
+def _check_raised_chain(
+    error: RunFailedError, failure: failure_pb2.Failure, block_type: str, identity: str
+) -> None:
+    """The SDK raises the chain: the run's failure, the block's, the worker's, its cause."""
+    assert error.failure == failure
+    assert str(error) == "block 'boom' failed: disk on fire: sda: read error"
+    assert error.failure_type == "DiskError"
+    block_error = error.__cause__
+    assert isinstance(block_error, BlockFailedError)
+    assert (block_error.block_id, block_error.block_type, block_error.attempt) == (
+        "boom",
+        block_type,
+        2,
+    )
+    assert block_error.identity == identity
+    assert block_error.retry_state == "MAXIMUM_ATTEMPTS_REACHED"
+    application = block_error.__cause__
+    assert isinstance(application, ApplicationError)
+    assert (application.message, application.type, application.source) == (
+        "disk on fire",
+        "DiskError",
+        "python",
+    )
+    assert application.details == ({"disk": "sda"}, 3)
+    assert "OSError" in application.stack_trace
+    assert isinstance(application.__cause__, ApplicationError)
+    assert application.__cause__.type == "OSError"
+
+
+async def test_a_system_blocks_failure_is_wrapped_naming_the_block(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = _name("flow")
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "blocks": [
+                {"id": "check", "transform": {"output": "${input}"}},
+                {
+                    "id": "refused",
+                    "needs": ["check"],
+                    "fail": {"error_type": "Rejected", "message": "document rejected"},
+                },
+            ],
+        }
+    )
+    run_id, _ = await client.start(flow, 1)
+    closed = await client.close_event(run_id, timeout_s=30)
+    failure = closed.run_failed_event_attributes.failure
+    assert failure.message == "block 'refused' failed"
+    assert failure.source == "tideflow"
+    assert failure.block_failure_info == failure_pb2.BlockFailureInfo(block_id="refused")
+    assert failure.cause.message == "document rejected"
+    assert failure.cause.application_failure_info.type == "Rejected"
+    assert failure.cause.application_failure_info.non_retryable
+    summaries = {b.block_id: b for b in (await client.describe(run_id)).blocks}
+    assert summaries["refused"].failure == failure

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.unit.interpreter.support import compile_, external
-from tideflow.api.v1 import blueprint_pb2, common_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2
 from tideflow_server.history import blocks, progress
 from tideflow_server.history.api import describe_run
 from tideflow_server.history.interpreter import BlockError, CompiledBlueprint
@@ -142,3 +142,74 @@ def test_engine_errors_are_server_failures_and_read_back_as_they_were() -> None:
     # `${blocks.<id>.error}` reads the same error back from the recorded failure.
     assert progress.block_error(recorded) == expression
     assert progress.block_error(progress.engine_failure(rejected)) == rejected
+
+
+def _run_failed(step: RunStep) -> failure_pb2.Failure:
+    [closed] = [e for e in step.events if e.HasField("run_failed_event_attributes")]
+    return closed.run_failed_event_attributes.failure
+
+
+def test_a_blocks_failure_is_recorded_where_it_happened_over_the_workers_failure() -> None:
+    compiled = compile_(external("a"))
+    step = _new_run(compiled)
+    _advance(step, compiled)
+    step = _reload(step)
+    pending = _pending(step, "a")
+    scheduled_event_id = pending.scheduled_event_id
+    blocks.record_started(step, pending, identity="w-1", request_id="r-1")
+    sent = failure_pb2.Failure(message="no way", source="go", stack_trace="main.go:7")
+    sent.application_failure_info.type = "Refused"
+    sent.application_failure_info.non_retryable = True
+    sent.cause.message = "underneath"
+    assert not blocks.fail(step, pending, sent, identity="w-1")
+    _advance(step, compiled)
+
+    [started] = [e for e in step.events if e.HasField("block_started_event_attributes")]
+    recorded = step.state.block_results["a"].failure
+    assert recorded.message == "block 'a' failed"
+    assert recorded.source == "tideflow"
+    assert recorded.block_failure_info == failure_pb2.BlockFailureInfo(
+        block_id="a",
+        block_type="work@1",
+        attempt=1,
+        scheduled_event_id=scheduled_event_id,
+        started_event_id=started.event_id,
+        identity="w-1",
+        retry_state=common_pb2.RETRY_STATE_NON_RETRYABLE_FAILURE,
+    )
+    assert recorded.cause == sent
+    assert _run_failed(step) == recorded
+    # Expressions still read the block's own error.
+    assert progress.run_view(step.state, "default").blocks["a"].error == BlockError(
+        "Refused", "no way", True
+    )
+
+
+def test_a_failure_recorded_before_blocks_said_where_is_wrapped_when_the_run_fails() -> None:
+    compiled = compile_(external("a"))
+    step = _new_run(compiled)
+    sent = failure_pb2.Failure(message="no way", source="go")
+    sent.application_failure_info.type = "Refused"
+    result = step.state.block_results["a"]
+    result.kind, result.status = blueprint_pb2.BLOCK_KIND_EXTERNAL, common_pb2.BLOCK_STATUS_FAILED
+    result.failure.CopyFrom(sent)
+    _advance(step, compiled)
+    failure = _run_failed(step)
+    assert failure.message == "block 'a' failed"
+    assert failure.block_failure_info == failure_pb2.BlockFailureInfo(block_id="a")
+    assert failure.cause == sent
+
+
+def test_a_succeed_blocks_output_that_breaks_the_schema_fails_the_run_as_the_engines() -> None:
+    compiled = compile_(
+        {"id": "stop", "succeed": {"output": "${input}"}}, outputSchema={"type": "string"}
+    )
+    step = _new_run(compiled)
+    step.info.input.number_value = 5
+    _advance(step, compiled)
+    failure = _run_failed(step)
+    assert failure.message == "block 'stop': output: 5 is not of type 'string'"
+    assert failure.server_failure_info == failure_pb2.ServerFailureInfo(
+        type="OutputSchemaViolation", non_retryable=True
+    )
+    assert step.state.block_results["stop"].status == common_pb2.BLOCK_STATUS_SUCCEEDED

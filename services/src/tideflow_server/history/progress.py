@@ -30,7 +30,10 @@ MAX_ROUNDS = 10_000
 
 
 def block_error(failure: failure_pb2.Failure) -> BlockError:
-    """A recorded failure as blueprint expressions see it (`${blocks.<id>.error}`)."""
+    """A recorded failure as blueprint expressions see it (`${blocks.<id>.error}`): the
+    block's own, under the BlockFailureInfo that says where it happened."""
+    if failure.HasField("block_failure_info") and failure.HasField("cause"):
+        failure = failure.cause
     if failure.HasField("application_failure_info"):
         app = failure.application_failure_info
         return BlockError(app.type or "ApplicationError", failure.message, app.non_retryable)
@@ -183,17 +186,36 @@ def _apply(
         attrs.failure.CopyFrom(failure)
         result = step.state.block_results[command.block_id]
         result.status = common_pb2.BLOCK_STATUS_FAILED
-        result.failure.CopyFrom(failure)
+        result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
         result.close_event_id = event.event_id
     elif isinstance(command, CompleteRun):
         close_run(
             step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output)
         )
     elif isinstance(command, FailRun):
+        close_run(step, common_pb2.RUN_STATUS_FAILED, failure=_run_failure(step, command))
+
+
+def _run_failure(step: RunStep, command: FailRun) -> failure_pb2.Failure:
+    """RUN_FAILED's failure: the failed block's as recorded when it closed (where, over its
+    own failure as the cause), or the engine's error when no block failed the run."""
+    result = step.state.block_results.get(command.block_id) if command.block_id else None
+    if result is None or result.status not in (
+        common_pb2.BLOCK_STATUS_FAILED,
+        common_pb2.BLOCK_STATUS_CANCELED,
+    ):
         failure = engine_failure(command.error)
-        if command.block_id:
-            failure.message = f"block {command.block_id!r} failed: {failure.message}"
-        close_run(step, common_pb2.RUN_STATUS_FAILED, failure=failure)
+        if command.block_id:  # a `succeed` block whose output breaks the output schema
+            failure.message = f"block {command.block_id!r}: {failure.message}"
+        return failure
+    if result.failure.HasField("block_failure_info"):
+        return result.failure
+    # Canceled, or failed before blocks recorded where they failed: wrap what there is.
+    cause = result.failure if result.HasField("failure") else engine_failure(command.error)
+    failure = blocks.block_failure(command.block_id, cause)
+    if result.status == common_pb2.BLOCK_STATUS_CANCELED:
+        failure.message = f"block {command.block_id!r} was canceled"
+    return failure
 
 
 def close_run(

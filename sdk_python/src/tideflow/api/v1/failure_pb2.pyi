@@ -208,7 +208,15 @@ Global___ServerFailureInfo: _TypeAlias = ServerFailureInfo  # noqa: Y015
 
 @_typing.final
 class BlockFailureInfo(_message.Message):
-    """BlockFailureInfo wraps the failure of an external block (in `cause`) with where it happened."""
+    """BlockFailureInfo wraps the final failure of a block (in `cause`) with where it happened. It is
+    RUN_FAILED's failure when a block failed the run, and DescribeRun's BlockSummary.failure:
+    message "block '<id>' failed", source "tideflow". For an external block every field is set,
+    and the cause is the last attempt's failure exactly as the worker sent it (its source,
+    details, stack trace and own cause chain), or the engine's TimeoutFailureInfo failure. A
+    system block has no attempts or events: only block_id is set, and the cause is a `fail`
+    block's ApplicationFailureInfo or an engine-side ServerFailureInfo (an expression that
+    failed at run time).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -225,8 +233,11 @@ class BlockFailureInfo(_message.Message):
     attempt: _builtins.int
     scheduled_event_id: _builtins.int
     started_event_id: _builtins.int
+    """0 when the last attempt never started (a schedule-to-start or schedule-to-close timeout)."""
     identity: _builtins.str
+    """The worker that ran the last attempt."""
     retry_state: _common_pb2.RetryState.ValueType
+    """Why no further attempt was made."""
     def __init__(
         self,
         *,

@@ -169,7 +169,9 @@ class BlockSummary(_message.Message):
     """Attempts made (external blocks)."""
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
-        """Why it failed, when status is FAILED."""
+        """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
+        the block's own failure, as RUN_FAILED carries it when this block failed the run.
+        """
 
     def __init__(
         self,

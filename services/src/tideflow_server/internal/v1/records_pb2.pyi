@@ -582,7 +582,10 @@ class BlockResult(_message.Message):
 
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
-        """Set when status is FAILED; `${blocks.<id>.error}`."""
+        """Set when status is FAILED: a BlockFailureInfo over the block's own failure (its cause),
+        as DescribeRun and RUN_FAILED show it; `${blocks.<id>.error}` reads the cause. Recorded
+        before BlockFailureInfo was: the block's own failure alone.
+        """
 
     def __init__(
         self,
