@@ -17,10 +17,10 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
    completes in-line, a `fail` block fails.
 
 An expression that fails fails its block (`ExpressionError`, an engine-side error: a
-ServerFailureInfo, never retried). A failed block
-does not fail the run at once: the run ends when nothing runs and nothing is left to start,
-failed by the first failed block in topological order, or completed with the rendered
-`output`. A `succeed` block ends the run as soon as it completes.
+ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
+when nothing runs and nothing is left to start, failed by the first failed block in
+topological order, or completed with the rendered `output`. A `succeed` block ends the run as
+soon as it completes.
 """
 
 from __future__ import annotations
