@@ -297,6 +297,25 @@ async def test_run_list_filters_by_status(env: Env) -> None:
     await env.ctl("run", "terminate", open_id)
 
 
+async def test_a_failed_run_prints_its_failure_chain(env: Env) -> None:
+    refused = env.tmp / "refused.json"
+    flow = _name("refused")
+    blueprint = {
+        "name": flow,
+        "version": 1,
+        "blocks": [{"id": "refused", "fail": {"error_type": "Rejected", "message": "no"}}],
+    }
+    refused.write_text(json.dumps(blueprint))
+    assert (await env.ctl("flow", "register", str(refused))).code == 0
+    text = await env.ctl("run", "start", flow, "--wait")
+    assert "block 'refused' failed: no (FAILED)" in one_line_error(text, 1)
+    as_json = await env.ctl("-o", "json", "run", "start", flow, "--wait")
+    assert as_json.code == 1, as_json
+    failure = as_json.json()["failure"]
+    assert failure["block_failure_info"] == {"block_id": "refused"}
+    assert failure["cause"]["application_failure_info"]["type"] == "Rejected"
+
+
 async def test_terminate_then_result_exits_1(env: Env) -> None:
     started = await env.ctl("-o", "json", "run", "start", env.flow)
     run_id = started.json()["run_id"]

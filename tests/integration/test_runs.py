@@ -180,7 +180,9 @@ async def test_retries_until_exhaustion_record_the_failure(
         closed = await client.close_event(run_id)
 
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
-    assert "disk on fire" in closed.run_failed_event_attributes.failure.message
+    run_failure = closed.run_failed_event_attributes.failure
+    assert run_failure.block_failure_info.block_id == "doomed"
+    assert run_failure.cause.message == "disk on fire"
     assert worker.attempts[(run_id, "doomed")] == 3
     assert (run_id, "after") not in worker.attempts
     failed = next(

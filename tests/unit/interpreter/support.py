@@ -61,6 +61,7 @@ def view(
     *,
     input: JSON = None,
     vars: Mapping[str, JSON] | None = None,
+    task_queue: str = "",
 ) -> RunView:
     return RunView(
         namespace="default",
@@ -71,6 +72,7 @@ def view(
         input=input,
         vars=dict(vars or {}),
         blocks=dict(blocks or {}),
+        task_queue=task_queue,
     )
 
 

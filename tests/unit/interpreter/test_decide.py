@@ -26,6 +26,7 @@ from tideflow_server.history.interpreter import (
     CompleteSystem,
     FailBlock,
     FailRun,
+    RunView,
     ScheduleExternal,
     SkipBlock,
     decide,
@@ -66,6 +67,21 @@ def test_schedule_external_carries_rendered_input_and_policy() -> None:
     command.retry.maximum_attempts = 99
     policy = compiled.blocks["ocr"].policy
     assert policy is not None and policy.retry.maximum_attempts == 0
+
+
+def test_the_runs_task_queue_replaces_the_blueprints_not_a_blocks_own() -> None:
+    compiled = compile_(
+        external("plain"), external("named", external={"block": "ocr@1", "taskQueue": "gpu"})
+    )
+
+    def queues(run: RunView) -> dict[str, str]:
+        commands = decide(compiled, run)
+        assert all(isinstance(c, ScheduleExternal) for c in commands)
+        return {c.block_id: c.task_queue for c in commands if isinstance(c, ScheduleExternal)}
+
+    assert queues(view(task_queue="tenant-7")) == {"plain": "tenant-7", "named": "gpu"}
+    # Without one, each block's policy decides (the blueprint's `cpu` for `plain`).
+    assert queues(view()) == {"plain": "cpu", "named": "gpu"}
 
 
 def test_fan_out_then_join() -> None:
@@ -222,7 +238,10 @@ def test_output_mapping_and_output_schema() -> None:
     [result] = decide(strict, view(finished))
     assert result == FailRun(
         BlockError(
-            "OutputSchemaViolation", "output.total: 3 is not of type 'string'", non_retryable=True
+            "OutputSchemaViolation",
+            "output.total: 3 is not of type 'string'",
+            non_retryable=True,
+            server=True,
         )
     )
 
@@ -231,7 +250,7 @@ def test_output_rendering_error_fails_the_run() -> None:
     compiled = compile_(external("a"), output="${blocks.a.output.missing}")
     [result] = decide(compiled, view({"a": done({})}))
     assert isinstance(result, FailRun)
-    assert result.error.type == "ExpressionError"
+    assert result.error.type == "ExpressionError" and result.error.server
     assert result.error.message == ("output: `blocks.a.output.missing`: no such key: 'missing'")
 
 
@@ -244,6 +263,7 @@ def test_input_rendering_error_fails_the_block() -> None:
             "ExpressionError",
             "blocks[1].input: `blocks.a.output.x`: no such key: 'x'",
             non_retryable=True,
+            server=True,
         ),
     )
 
@@ -257,6 +277,7 @@ def test_a_condition_that_is_not_a_bool_fails_the_block(field: str) -> None:
     assert isinstance(command, FailBlock)
     assert command.error.type == "ExpressionError"
     assert command.error.message == f"blocks[0].{field}: `input.n`: wants a bool, got int"
+    assert command.error.server and command.error.non_retryable
 
 
 def test_set_transform_and_vars() -> None:

@@ -5,7 +5,20 @@ from __future__ import annotations
 import grpc
 from grpc_status import rpc_status
 
-from tideflow.errors import InvalidArgumentError, NotFoundError, RPCError, from_grpc
+from tideflow._converter import DefaultConverter, to_payloads
+from tideflow.api.v1 import common_pb2, failure_pb2
+from tideflow.errors import (
+    ApplicationError,
+    BlockFailedError,
+    FailureError,
+    InvalidArgumentError,
+    NotFoundError,
+    RPCError,
+    ServerFailureError,
+    TimeoutFailureError,
+    from_failure,
+    from_grpc,
+)
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument, NotFound
 
 
@@ -49,3 +62,55 @@ def test_a_status_without_details_is_still_typed() -> None:
     )
     error = from_grpc(bare)
     assert type(error) is RPCError and error.code == grpc.StatusCode.DATA_LOSS
+
+
+def test_a_failure_chain_reads_as_exceptions_chained_by_cause() -> None:
+    converter = DefaultConverter()
+    worker = failure_pb2.Failure(message="disk on fire", source="go", stack_trace="main.go:7")
+    worker.application_failure_info.type = "DiskError"
+    worker.application_failure_info.details.CopyFrom(to_payloads(converter, {"disk": "sda"}, None))
+    worker.application_failure_info.details.payloads.add(metadata={"encoding": b"zstd/x"})
+    worker.cause.message = "late"
+    worker.cause.timeout_failure_info.timeout_type = common_pb2.TIMEOUT_TYPE_HEARTBEAT
+    run = failure_pb2.Failure(message="block 'boom' failed", source="tideflow")
+    run.block_failure_info.block_id = "boom"
+    run.block_failure_info.attempt = 3
+    run.block_failure_info.retry_state = common_pb2.RETRY_STATE_NON_RETRYABLE_FAILURE
+    run.cause.CopyFrom(worker)
+
+    error = from_failure(run)
+    assert isinstance(error, BlockFailedError)
+    assert (error.block_id, error.attempt, error.retry_state) == (
+        "boom",
+        3,
+        "NON_RETRYABLE_FAILURE",
+    )
+    assert (error.source, error.failure) == ("tideflow", run)
+    application = error.__cause__
+    assert isinstance(application, ApplicationError)
+    assert (application.type, application.source, application.stack_trace) == (
+        "DiskError",
+        "go",
+        "main.go:7",
+    )
+    # A payload the converter cannot read stays as it came.
+    assert application.details[:2] == ({"disk": "sda"}, None)
+    assert application.details[2] == worker.application_failure_info.details.payloads[2]
+    timeout = application.__cause__
+    assert isinstance(timeout, TimeoutFailureError) and timeout.timeout_type == "HEARTBEAT"
+    assert timeout.__cause__ is None
+
+
+def test_engine_failures_read_as_server_failure_errors() -> None:
+    failure = failure_pb2.Failure(message="`input.n`: wants a bool", source="tideflow")
+    failure.server_failure_info.type = "ExpressionError"
+    failure.server_failure_info.non_retryable = True
+    error = from_failure(failure)
+    assert isinstance(error, ServerFailureError)
+    assert (error.type, error.non_retryable, str(error)) == (
+        "ExpressionError",
+        True,
+        "`input.n`: wants a bool",
+    )
+    plain = from_failure(failure_pb2.Failure(message="terminated", source="tideflow"))
+    assert type(plain) is FailureError and plain.message == "terminated"

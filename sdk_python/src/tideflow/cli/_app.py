@@ -421,7 +421,10 @@ async def _wait_result(
                 result = await handle.result(timeout=timeout_s)
     except errors.RunFailedError as e:
         if settings.json:
-            emit_json({**shown, "status": e.status, "error": str(e)})
+            failed = {**shown, "status": e.status, "error": str(e)}
+            if e.failure is not None:  # the whole chain: which block, and what it raised
+                failed["failure"] = render.to_dict(e.failure)
+            emit_json(failed)
         fail(EXIT_RUN_FAILED, f"{e} ({e.status})")
     except TimeoutError:
         fail(EXIT_SERVER, f"run '{run_id}' is still open after {timeout_s}s")

@@ -284,7 +284,9 @@ class Client:
         """Start a run of `flow` (version 0 = latest); a handle to it.
 
         `run_id` defaults to a new uuid; a retry with the same `request_id` returns the same
-        execution. `reuse_policy` is a RunIdReusePolicy, e.g. "REJECT_DUPLICATE"."""
+        execution. `task_queue` replaces the blueprint's for the whole run (blocks that name
+        their own queue keep it). `reuse_policy` is a RunIdReusePolicy, e.g.
+        "REJECT_DUPLICATE"."""
         request = flow_service_pb2.StartRunRequest(
             **self._start_fields(
                 flow,

@@ -114,7 +114,8 @@ class RunHandle:
                 _failure_message(failure) or f"run {self.run_id} failed",
                 status="FAILED",
                 failure_type=_failure_type(failure),
-            )
+                failure=failure,
+            ) from errors.from_failure(failure, converter)
         if kind == "run_canceled_event_attributes":
             raise errors.RunFailedError(f"run {self.run_id} was canceled", status="CANCELED")
         if kind == "run_terminated_event_attributes":

@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tideflow._converter import DefaultConverter, PayloadConverter, from_payloads, to_payloads
+from tideflow._converter import (
+    ConversionError,
+    DefaultConverter,
+    PayloadConverter,
+    from_payloads,
+    to_payloads,
+)
 from tideflow.api.v1 import common_pb2, failure_pb2, flow_service_pb2, flow_service_pb2_grpc
 from tideflow.errors import ApplicationError
 from tideflow.worker._block import (
@@ -40,6 +46,7 @@ _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 _DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_MAX_FAILURE_CAUSES = 8  # `raise ... from` links sent with a failure; each has its stack trace
 
 
 def _stub(channel: grpc.aio.Channel) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
@@ -560,7 +567,8 @@ class Worker:
         cancellation.callbacks.append(inner.cancel)
         return await inner
 
-    def _failure(self, error: BaseException) -> failure_pb2.Failure:
+    def _failure(self, error: BaseException, depth: int = 0) -> failure_pb2.Failure:
+        """The Failure for what a block raised, with its `raise ... from` chain as causes."""
         failure = failure_pb2.Failure(
             message=str(error) or type(error).__name__,
             source="python",
@@ -570,8 +578,15 @@ class Worker:
         if isinstance(error, ApplicationError):
             failure.message = error.message
             info.type, info.non_retryable = error.type, error.non_retryable
+            if error.details:
+                try:
+                    info.details.CopyFrom(to_payloads(self.converter, *error.details))
+                except ConversionError as e:
+                    logger.warning("details of %r dropped: %s", error, e)
         else:
             info.type = type(error).__name__
+        if error.__cause__ is not None and depth < _MAX_FAILURE_CAUSES:
+            failure.cause.CopyFrom(self._failure(error.__cause__, depth + 1))
         return failure
 
     async def _failed(

@@ -441,9 +441,34 @@ def fail(
     attrs.retry_state = retry_state
     if isinstance(attrs, history_pb2.BlockFailedEventAttributes):
         attrs.identity = identity
+    where = failure_pb2.BlockFailureInfo(
+        block_type=pending.block_type,
+        attempt=pending.attempt,
+        scheduled_event_id=pending.scheduled_event_id,
+        started_event_id=started,
+        identity=identity or pending.started_identity,
+        retry_state=retry_state,
+    )
     closed = _close(step, pending, common_pb2.BLOCK_STATUS_FAILED, event.event_id)
-    closed.failure.CopyFrom(failure)
+    closed.failure.CopyFrom(block_failure(pending.block_id, failure, where))
     return False
+
+
+def block_failure(
+    block_id: str,
+    cause: failure_pb2.Failure,
+    where: failure_pb2.BlockFailureInfo | None = None,
+) -> failure_pb2.Failure:
+    """A block's final failure as its run reports it (BlockResult.failure, DescribeRun,
+    RUN_FAILED): a BlockFailureInfo saying where it happened, over the failure itself, as the
+    worker sent it (or the timeout, or the engine's error), as its cause. A system block has
+    no attempts or events of its own: only its id is set."""
+    failure = failure_pb2.Failure(message=f"block {block_id!r} failed", source="tideflow")
+    if where is not None:
+        failure.block_failure_info.CopyFrom(where)
+    failure.block_failure_info.block_id = block_id
+    failure.cause.CopyFrom(cause)
+    return failure
 
 
 def timeout_failure(

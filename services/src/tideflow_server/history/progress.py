@@ -6,7 +6,7 @@ has nothing new. Closing a run (any status) happens here too.
 
 from __future__ import annotations
 
-from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.interpreter import (
     BlockError,
@@ -30,9 +30,18 @@ MAX_ROUNDS = 10_000
 
 
 def block_error(failure: failure_pb2.Failure) -> BlockError:
+    """A recorded failure as blueprint expressions see it (`${blocks.<id>.error}`): the
+    block's own, under the BlockFailureInfo that says where it happened."""
+    if failure.HasField("block_failure_info") and failure.HasField("cause"):
+        failure = failure.cause
     if failure.HasField("application_failure_info"):
         app = failure.application_failure_info
         return BlockError(app.type or "ApplicationError", failure.message, app.non_retryable)
+    if failure.HasField("server_failure_info"):
+        server = failure.server_failure_info
+        return BlockError(
+            server.type or "ServerError", failure.message, server.non_retryable, server=True
+        )
     if failure.HasField("timeout_failure_info"):
         return BlockError("TimeoutError", failure.message, True)
     if failure.HasField("canceled_failure_info"):
@@ -41,9 +50,16 @@ def block_error(failure: failure_pb2.Failure) -> BlockError:
 
 
 def engine_failure(error: BlockError) -> failure_pb2.Failure:
+    """The failure the engine records for an error it decided: a ServerFailureInfo for its
+    own (an expression that failed at run time), an ApplicationFailureInfo for the
+    blueprint's (a `fail` block)."""
     failure = failure_pb2.Failure(message=error.message, source="tideflow")
-    failure.application_failure_info.type = error.type
-    failure.application_failure_info.non_retryable = error.non_retryable
+    if error.server:
+        failure.server_failure_info.type = error.type
+        failure.server_failure_info.non_retryable = error.non_retryable
+    else:
+        failure.application_failure_info.type = error.type
+        failure.application_failure_info.non_retryable = error.non_retryable
     return failure
 
 
@@ -67,6 +83,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
         input=payloads.from_value(info.input),
         vars={name: payloads.from_value(v) for name, v in info.vars.items()},
         blocks=views,
+        task_queue=info.task_queue.name,
     )
 
 
@@ -82,30 +99,53 @@ def advance(
             return
         for command in commands:
             if not step.is_open:
-                return
-            _apply(step, command, max_pending_blocks)
+                break
+            _apply(step, compiled, command, max_pending_blocks)
+        _mark_reached(step, compiled, commands)
     close_run(
         step,
         common_pb2.RUN_STATUS_FAILED,
-        failure=engine_failure(BlockError("InternalError", "blueprint did not settle", True)),
+        failure=engine_failure(
+            BlockError("InternalError", "blueprint did not settle", True, server=True)
+        ),
     )
 
 
-def _system_result(
-    step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueType
-) -> records_pb2.BlockResult:
-    result = step.state.block_results[block_id]
-    result.kind = kind
-    return result
+_REACHING = (ScheduleExternal, CompleteSystem, SkipBlock, FailBlock)
+"""The commands that reach a block (decide gives them only for blocks not reached yet)."""
 
 
-def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
+def _mark_reached(step: RunStep, compiled: CompiledBlueprint, commands: list[Command]) -> None:
+    """Number the blocks one decision reached, after those reached before, in declaration
+    order (they were reached together), and record their kind: a skip has no event, and a
+    block that failed before it started has no other record of it. Describing a run lists
+    its blocks in this order; `block_results`, a map, keeps none."""
+    results = step.state.block_results
+    reached = sorted(
+        (
+            compiled.blocks[c.block_id]
+            for c in commands
+            if isinstance(c, _REACHING) and c.block_id in results
+        ),
+        key=lambda block: block.index,
+    )
+    # Results are never removed, and those of this decision are all new.
+    for number, block in enumerate(reached, start=len(results) - len(reached) + 1):
+        result = results[block.id]
+        result.kind = block.kind
+        result.reached = number
+
+
+def _apply(
+    step: RunStep, compiled: CompiledBlueprint, command: Command, max_pending_blocks: int
+) -> None:
     if isinstance(command, ScheduleExternal):
         if len(step.state.pending_blocks) >= max_pending_blocks:
             error = BlockError(
                 "PendingBlocksLimitExceeded",
                 f"more than {max_pending_blocks} blocks pending at once",
-                True,
+                non_retryable=True,
+                server=True,
             )
             close_run(step, common_pb2.RUN_STATUS_FAILED, failure=engine_failure(error))
             return
@@ -127,7 +167,7 @@ def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
             for name, value in command.vars.items():
                 set_attrs.vars[name].CopyFrom(payloads.to_value(value))
                 step.info.vars[name].CopyFrom(payloads.to_value(value))
-        result = _system_result(step, command.block_id, command.kind)
+        result = step.state.block_results[command.block_id]
         result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
         result.output.CopyFrom(attrs.output)
         result.close_event_id = event.event_id
@@ -142,20 +182,40 @@ def _apply(step: RunStep, command: Command, max_pending_blocks: int) -> None:
         )
         assert isinstance(attrs, history_pb2.SystemBlockFailedEventAttributes)
         attrs.block_id = command.block_id
+        attrs.kind = compiled.blocks[command.block_id].kind
         attrs.failure.CopyFrom(failure)
         result = step.state.block_results[command.block_id]
         result.status = common_pb2.BLOCK_STATUS_FAILED
-        result.failure.CopyFrom(failure)
+        result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
         result.close_event_id = event.event_id
     elif isinstance(command, CompleteRun):
         close_run(
             step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output)
         )
     elif isinstance(command, FailRun):
+        close_run(step, common_pb2.RUN_STATUS_FAILED, failure=_run_failure(step, command))
+
+
+def _run_failure(step: RunStep, command: FailRun) -> failure_pb2.Failure:
+    """RUN_FAILED's failure: the failed block's as recorded when it closed (where, over its
+    own failure as the cause), or the engine's error when no block failed the run."""
+    result = step.state.block_results.get(command.block_id) if command.block_id else None
+    if result is None or result.status not in (
+        common_pb2.BLOCK_STATUS_FAILED,
+        common_pb2.BLOCK_STATUS_CANCELED,
+    ):
         failure = engine_failure(command.error)
-        if command.block_id:
-            failure.message = f"block {command.block_id!r} failed: {failure.message}"
-        close_run(step, common_pb2.RUN_STATUS_FAILED, failure=failure)
+        if command.block_id:  # a `succeed` block whose output breaks the output schema
+            failure.message = f"block {command.block_id!r}: {failure.message}"
+        return failure
+    if result.failure.HasField("block_failure_info"):
+        return result.failure
+    # Canceled, or failed before blocks recorded where they failed: wrap what there is.
+    cause = result.failure if result.HasField("failure") else engine_failure(command.error)
+    failure = blocks.block_failure(command.block_id, cause)
+    if result.status == common_pb2.BLOCK_STATUS_CANCELED:
+        failure.message = f"block {command.block_id!r} was canceled"
+    return failure
 
 
 def close_run(

@@ -319,7 +319,10 @@ class Catch(_message.Message):
     """
     @_builtins.property
     def error_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """ApplicationFailureInfo.type values that match; empty matches any type."""
+        """ApplicationFailureInfo.type values that match; empty matches any failure. An engine-side
+        failure (ServerFailureInfo, e.g. an expression that failed at run time) has no
+        ApplicationFailureInfo, so only an empty list matches it.
+        """
 
     def __init__(
         self,
@@ -351,7 +354,9 @@ class ExternalBlock(_message.Message):
     block: _builtins.str
     """The external block type, "name@version", e.g. "ocr@1"."""
     task_queue: _builtins.str
-    """Empty: the blueprint's (or start request's) task queue."""
+    """Empty: the start request's task queue if it names one, else the blueprint's. Set: this
+    queue, whatever the start request says.
+    """
     affinity: Global___Affinity.ValueType
     priority: _builtins.int
     """Dispatch order within the task queue: higher first; 0 is the default."""

@@ -83,7 +83,9 @@ Global___Failure: _TypeAlias = Failure  # noqa: Y015
 
 @_typing.final
 class ApplicationFailureInfo(_message.Message):
-    """ApplicationFailureInfo is an error raised by user code (a worker, or a `fail` block)."""
+    """ApplicationFailureInfo is an error raised by user code (a worker, or a `fail` block, whose
+    error_type is the type).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -175,20 +177,30 @@ Global___TerminatedFailureInfo: _TypeAlias = TerminatedFailureInfo  # noqa: Y015
 
 @_typing.final
 class ServerFailureInfo(_message.Message):
-    """ServerFailureInfo is an engine-side error (e.g. a CEL expression that failed at run time)."""
+    """ServerFailureInfo is an engine-side error: what only fails at run time, such as a CEL
+    expression that fails on the run's data (a missing key, a `when` that is not a bool) or a
+    run result that breaks the blueprint's output_schema. Source "tideflow"; never retried.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     non_retryable: _builtins.bool
+    type: _builtins.str
+    """What went wrong: "ExpressionError", "OutputSchemaViolation", "PendingBlocksLimitExceeded".
+    `${blocks.<id>.error.type}` reads it. Not an ApplicationFailureInfo.type: `catch` error
+    types and non_retryable_error_types do not match it.
+    """
     def __init__(
         self,
         *,
         non_retryable: _builtins.bool = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["non_retryable", b"non_retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["non_retryable", b"non_retryable", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,7 +208,15 @@ Global___ServerFailureInfo: _TypeAlias = ServerFailureInfo  # noqa: Y015
 
 @_typing.final
 class BlockFailureInfo(_message.Message):
-    """BlockFailureInfo wraps the failure of an external block (in `cause`) with where it happened."""
+    """BlockFailureInfo wraps the final failure of a block (in `cause`) with where it happened. It is
+    RUN_FAILED's failure when a block failed the run, and DescribeRun's BlockSummary.failure:
+    message "block '<id>' failed", source "tideflow". For an external block every field is set,
+    and the cause is the last attempt's failure exactly as the worker sent it (its source,
+    details, stack trace and own cause chain), or the engine's TimeoutFailureInfo failure. A
+    system block has no attempts or events: only block_id is set, and the cause is a `fail`
+    block's ApplicationFailureInfo or an engine-side ServerFailureInfo (an expression that
+    failed at run time).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -213,8 +233,11 @@ class BlockFailureInfo(_message.Message):
     attempt: _builtins.int
     scheduled_event_id: _builtins.int
     started_event_id: _builtins.int
+    """0 when the last attempt never started (a schedule-to-start or schedule-to-close timeout)."""
     identity: _builtins.str
+    """The worker that ran the last attempt."""
     retry_state: _common_pb2.RetryState.ValueType
+    """Why no further attempt was made."""
     def __init__(
         self,
         *,

@@ -439,7 +439,10 @@ class StartRunRequest(_message.Message):
 
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue:
-        """Overrides the blueprint's default task queue."""
+        """Overrides the blueprint's task queue for the whole run: every external block that names no
+        task_queue of its own is scheduled here, retries and later blocks included. A block that
+        names its own queue keeps it. RunInfo.task_queue shows the queue in effect.
+        """
 
     @_builtins.property
     def input(self) -> _common_pb2.Payloads: ...
@@ -582,7 +585,9 @@ class SignalWithStartRunRequest(_message.Message):
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef: ...
     @_builtins.property
-    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """As StartRunRequest.task_queue, when this starts a run."""
+
     @_builtins.property
     def input(self) -> _common_pb2.Payloads: ...
     @_builtins.property
@@ -769,7 +774,9 @@ class DescribeRunResponse(_message.Message):
     def pending_blocks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.PendingBlockInfo]: ...
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.BlockSummary]:
-        """Every block the run has reached, in the order they were reached.
+        """Every block the run has reached, in the order they were reached: first scheduled, skipped,
+        completed or failed, whichever came first. Blocks reached by one decision (ready at the
+        same time) come in declaration order. The same on every server and backend.
         4: kept for pending child runs (subflows).
         """
 

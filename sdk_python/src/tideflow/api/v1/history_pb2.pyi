@@ -345,7 +345,14 @@ class RunFailedEventAttributes(_message.Message):
     RETRY_STATE_FIELD_NUMBER: _builtins.int
     retry_state: _common_pb2.RetryState.ValueType
     @_builtins.property
-    def failure(self) -> _failure_pb2.Failure: ...
+    def failure(self) -> _failure_pb2.Failure:
+        """When a block failed the run (the first failed block in topological order): that block's
+        failure as BlockSummary.failure shows it, a BlockFailureInfo naming the block whose cause
+        is the block's own failure (see BlockFailureInfo). Otherwise the engine's own error, a
+        ServerFailureInfo: a run output that failed to render or breaks output_schema, too many
+        pending blocks.
+        """
+
     def __init__(
         self,
         *,
@@ -614,7 +621,9 @@ class BlockFailedEventAttributes(_message.Message):
     """Why no further attempt was made."""
     identity: _builtins.str
     @_builtins.property
-    def failure(self) -> _failure_pb2.Failure: ...
+    def failure(self) -> _failure_pb2.Failure:
+        """As the worker sent it."""
+
     def __init__(
         self,
         *,
@@ -888,9 +897,14 @@ class SystemBlockFailedEventAttributes(_message.Message):
     CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
+    """The block's kind (an external block whose input failed to render is EXTERNAL)."""
     cause_event_id: _builtins.int
     @_builtins.property
-    def failure(self) -> _failure_pb2.Failure: ...
+    def failure(self) -> _failure_pb2.Failure:
+        """The block's own failure: a `fail` block's ApplicationFailureInfo, or a ServerFailureInfo
+        for an expression that failed at run time.
+        """
+
     def __init__(
         self,
         *,

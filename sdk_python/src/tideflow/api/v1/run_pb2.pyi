@@ -50,7 +50,9 @@ class RunInfo(_message.Message):
         """Unset while the run is open."""
 
     @_builtins.property
-    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """The run's task queue: its start request's, else the blueprint's."""
+
     @_builtins.property
     def memo(self) -> _common_pb2.Memo:
         """9-19: kept (parent run, search attributes, history size)."""
@@ -161,12 +163,15 @@ class BlockSummary(_message.Message):
     FAILURE_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
+    """Always set, also for a block that was skipped or failed before it started."""
     status: _common_pb2.BlockStatus.ValueType
     attempt: _builtins.int
     """Attempts made (external blocks)."""
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
-        """Why it failed, when status is FAILED."""
+        """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
+        the block's own failure, as RUN_FAILED carries it when this block failed the run.
+        """
 
     def __init__(
         self,

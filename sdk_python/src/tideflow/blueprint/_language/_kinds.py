@@ -69,10 +69,13 @@ class ExternalPolicy:
 
     block_type: str
     task_queue: str
+    """The block's own task queue, else the blueprint's."""
     retry: common_pb2.RetryPolicy
     timeouts: common_pb2.BlockTimeouts
     priority: int = 0
     affinity: blueprint_pb2.Affinity.ValueType = blueprint_pb2.AFFINITY_UNSPECIFIED
+    own_task_queue: bool = False
+    """The block names its own task queue, which a start's task queue does not override."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ def _check_external(site: Site) -> BlockPlan | None:
         timeouts=timeouts,
         priority=external.priority,
         affinity=external.affinity,
+        own_task_queue=bool(external.task_queue),
     )
     return ExternalPlan(policy, template)
 

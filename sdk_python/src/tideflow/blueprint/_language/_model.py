@@ -30,6 +30,10 @@ class BlockError:
     type: str
     message: str
     non_retryable: bool = False
+    server: bool = False
+    """An engine-side error (an expression that failed on the run's data, an output that
+    breaks the schema), recorded as a ServerFailureInfo. Otherwise an application error (a
+    worker's, a `fail` block's), an ApplicationFailureInfo whose type `catch` matches."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +58,6 @@ class RunView:
     input: JSON
     vars: Mapping[str, JSON] = field(default_factory=dict)
     blocks: Mapping[str, BlockView] = field(default_factory=dict)
+    task_queue: str = ""
+    """The run's task queue: its start's, else the blueprint's. External blocks that name no
+    queue of their own go there. Empty: each block's policy decides."""

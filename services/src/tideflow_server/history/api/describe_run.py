@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tideflow.api.v1 import common_pb2, run_pb2
 from tideflow_server.history.api._common import execution_id_of
 from tideflow_server.history.shard.context import ShardContext
@@ -60,12 +62,25 @@ async def invoke(
         response.response.run_info.CopyFrom(run_info(state))
         for pending in sorted(state.pending_blocks.values(), key=lambda p: p.scheduled_event_id):
             response.response.pending_blocks.append(_pending(pending))
-        for block_id, result in state.block_results.items():
-            summary = response.response.blocks.add()
-            summary.block_id = block_id
-            summary.kind = result.kind
-            summary.status = result.status
-            summary.attempt = result.attempt
-            if result.HasField("failure"):
-                summary.failure.CopyFrom(result.failure)
+        response.response.blocks.extend(block_summaries(state))
     return response
+
+
+def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummary]:
+    """Every block the run has reached, in the order reached (`BlockResult.reached`). Blocks
+    reached before that was recorded come first, by their first event, then by id."""
+
+    def order(item: tuple[str, records_pb2.BlockResult]) -> tuple[int, float, str]:
+        block_id, result = item
+        first_event = result.scheduled_event_id or result.close_event_id or math.inf
+        return result.reached, first_event, block_id
+
+    summaries = []
+    for block_id, result in sorted(state.block_results.items(), key=order):
+        summary = run_pb2.BlockSummary(
+            block_id=block_id, kind=result.kind, status=result.status, attempt=result.attempt
+        )
+        if result.HasField("failure"):
+            summary.failure.CopyFrom(result.failure)
+        summaries.append(summary)
+    return summaries

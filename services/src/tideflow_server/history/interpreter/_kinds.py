@@ -38,6 +38,9 @@ class StartContext:
     env: Env
     run_output: Template | None
     """The blueprint's `output`, for a `succeed` block that sets none."""
+    task_queue: str = ""
+    """The run's task queue (`RunView.task_queue`): where external blocks that name no queue of
+    their own go. Empty: the blueprint's, as compiled into each block's policy."""
 
 
 def start(plan: BlockPlan, block_id: str, context: StartContext) -> Command:
@@ -49,10 +52,12 @@ def start(plan: BlockPlan, block_id: str, context: StartContext) -> Command:
         retry, timeouts = common_pb2.RetryPolicy(), common_pb2.BlockTimeouts()
         retry.CopyFrom(plan.policy.retry)
         timeouts.CopyFrom(plan.policy.timeouts)
+        # A start may override the blueprint's queue, not a queue the block names itself.
+        own = plan.policy.own_task_queue or not context.task_queue
         return ScheduleExternal(
             block_id=block_id,
             block_type=plan.policy.block_type,
-            task_queue=plan.policy.task_queue,
+            task_queue=plan.policy.task_queue if own else context.task_queue,
             input=rendered,
             retry=retry,
             timeouts=timeouts,

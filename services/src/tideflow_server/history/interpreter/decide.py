@@ -16,10 +16,11 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
 4. the block's kind starts it (`_kinds`): an external block is scheduled, a system block
    completes in-line, a `fail` block fails.
 
-An expression that fails fails its block (`ExpressionError`, non-retryable). A failed block
-does not fail the run at once: the run ends when nothing runs and nothing is left to start,
-failed by the first failed block in topological order, or completed with the rendered
-`output`. A `succeed` block ends the run as soon as it completes.
+An expression that fails fails its block (`ExpressionError`, an engine-side error: a
+ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
+when nothing runs and nothing is left to start, failed by the first failed block in
+topological order, or completed with the rendered `output`. A `succeed` block ends the run as
+soon as it completes.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     if ended is not None:
         return [ended]
     env = Env.for_run(run)
-    context = StartContext(env, compiled.output)
+    context = StartContext(env, compiled.output, run.task_queue)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
     for block in compiled.order:
@@ -122,7 +123,7 @@ def _step(
             return SkipBlock(block.id, f"when is false: {block.when.source}")
         return start(block.plan, block.id, context)
     except ExpressionError as e:
-        return FailBlock(block.id, BlockError(EXPRESSION_ERROR, str(e), non_retryable=True))
+        return FailBlock(block.id, _engine_error(EXPRESSION_ERROR, str(e)))
 
 
 def _failure_cause(
@@ -169,14 +170,20 @@ def _finish(compiled: CompiledBlueprint, views: Mapping[str, BlockView], env: En
     try:
         output = None if compiled.output is None else compiled.output.render(env)
     except ExpressionError as e:
-        return FailRun(BlockError(EXPRESSION_ERROR, str(e), non_retryable=True))
+        return FailRun(_engine_error(EXPRESSION_ERROR, str(e)))
     return _result(compiled, output, "")
+
+
+def _engine_error(error_type: str, message: str) -> BlockError:
+    """What only fails at run time is the engine's error, not the application's: never
+    retried, and recorded as a ServerFailureInfo."""
+    return BlockError(error_type, message, non_retryable=True, server=True)
 
 
 def _result(compiled: CompiledBlueprint, output: JSON, block_id: str) -> Command:
     violations = schema_violations(compiled.output_validator, output, "output")
     if violations:
         message = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        error = BlockError(OUTPUT_SCHEMA_VIOLATION, message, non_retryable=True)
+        error = _engine_error(OUTPUT_SCHEMA_VIOLATION, message)
         return FailRun(error=error, block_id=block_id)
     return CompleteRun(output)

@@ -209,7 +209,9 @@ class MutableState(_message.Message):
 
     @_builtins.property
     def block_results(self) -> _containers.MessageMap[_builtins.str, Global___BlockResult]:
-        """Every block the run has reached, keyed by block path; the data wiring reads outputs here."""
+        """Every block the run has reached, keyed by block path; the data wiring reads outputs here.
+        A map has no order: BlockResult.reached keeps the order they were reached in.
+        """
 
     @_builtins.property
     def timers(self) -> _containers.MessageMap[_builtins.str, Global___UserTimer]:
@@ -321,7 +323,11 @@ class RunExecutionInfo(_message.Message):
         """The resolved flow version the execution is pinned to."""
 
     @_builtins.property
-    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """The start request's task queue, else the blueprint's: external blocks that name no queue
+        of their own are scheduled here for the whole run.
+        """
+
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -554,6 +560,7 @@ class BlockResult(_message.Message):
     SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
     CLOSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    REACHED_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -562,6 +569,11 @@ class BlockResult(_message.Message):
     """The event that closed the block; 0 while running."""
     attempt: _builtins.int
     """Attempts made (external blocks)."""
+    reached: _builtins.int
+    """When the run reached the block, counting from 1: the order in which blocks were first
+    scheduled, skipped, completed or failed. Blocks reached by one decision are numbered in
+    declaration order. 0: reached before this was recorded.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """JSON view of the output, what `${blocks.<id>.output}` reads; an external block's result is
@@ -570,7 +582,10 @@ class BlockResult(_message.Message):
 
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
-        """Set when status is FAILED; `${blocks.<id>.error}`."""
+        """Set when status is FAILED: a BlockFailureInfo over the block's own failure (its cause),
+        as DescribeRun and RUN_FAILED show it; `${blocks.<id>.error}` reads the cause. Recorded
+        before BlockFailureInfo was: the block's own failure alone.
+        """
 
     def __init__(
         self,
@@ -582,10 +597,11 @@ class BlockResult(_message.Message):
         scheduled_event_id: _builtins.int = ...,
         close_event_id: _builtins.int = ...,
         attempt: _builtins.int = ...,
+        reached: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "scheduled_event_id", b"scheduled_event_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "scheduled_event_id", b"scheduled_event_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
