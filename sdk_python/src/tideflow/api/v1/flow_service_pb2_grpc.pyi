@@ -28,8 +28,12 @@ GRPC_VERSION: str
 
 class FlowServiceStub:
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     @_typing.overload
@@ -80,8 +84,12 @@ class FlowServiceStub:
 @_typing.type_check_only
 class FlowServiceAsyncStub(FlowServiceStub):
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -128,8 +136,12 @@ class FlowServiceAsyncStub(FlowServiceStub):
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     @_abc_1.abstractmethod
