@@ -197,6 +197,55 @@ async def test_retries_until_exhaustion_record_the_failure(
     assert summaries["doomed"].attempt == 3
 
 
+async def test_a_block_nobody_set_attempts_for_stops_at_the_default_and_describe_shows_it(
+    cluster: Cluster, client: Client
+) -> None:
+    """maximum_attempts unset in block and blueprint: the server's bounded default (10), not
+    unlimited. The blueprint sets only short intervals so the ten attempts take no time."""
+    queue, flow = _queue(), _flow()
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "retry": {"initial_interval": "0.01s", "backoff_coefficient": 1.0},
+            "blocks": [{"id": "flaky", "external": {"block": "flaky@1"}}],
+        }
+    )
+    first_attempt, described = asyncio.Event(), asyncio.Event()
+
+    async def flaky(task: Task) -> Any:
+        if task.response.attempt == 1:
+            first_attempt.set()
+            await described.wait()
+        raise BlockFailure("still broken", type="Flaky")
+
+    worker = BlockWorker(cluster.frontend, queue, {"flaky@1": flaky})
+    async with worker:
+        run_id, _ = await client.start(flow)
+        await first_attempt.wait()
+        [pending] = (await client.describe(run_id)).pending_blocks
+        described.set()
+        closed = await client.close_event(run_id)
+
+    assert pending.maximum_attempts == 10
+    policy = pending.retry_policy
+    assert (policy.maximum_attempts, policy.backoff_coefficient) == (10, 1.0)
+    assert policy.initial_interval.ToMilliseconds() == 10
+    assert policy.maximum_interval.ToMilliseconds() == 1_000  # 100 x initial
+    assert policy.jitter == pytest.approx(0.2)
+    assert pending.timeouts.start_to_close.ToSeconds() == 10
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
+    assert worker.attempts[(run_id, "flaky")] == 10
+    events = await client.history(run_id)
+    scheduled = next(e for e in events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED)
+    assert scheduled.block_scheduled_event_attributes.retry_policy == policy
+    failed = next(e for e in events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_FAILED)
+    attrs = failed.block_failed_event_attributes
+    assert attrs.retry_state == common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED
+
+
 async def test_non_retryable_error_type_is_not_retried(cluster: Cluster, client: Client) -> None:
     queue, flow = _queue(), _flow()
     await client.register(
