@@ -11,7 +11,17 @@ import grpc
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.flows import CANCELED, HANG, BlockFailure, BlockWorker, Client, Task, echo, value
+from tests.support.flows import (
+    CANCELED,
+    HANG,
+    BlockFailure,
+    BlockWorker,
+    Client,
+    Task,
+    echo,
+    two_step_blueprint,
+    value,
+)
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.rpc.errors import from_rpc_error
 
@@ -244,6 +254,24 @@ async def test_a_block_nobody_set_attempts_for_stops_at_the_default_and_describe
     failed = next(e for e in events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_FAILED)
     attrs = failed.block_failed_event_attributes
     assert attrs.retry_state == common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED
+
+
+async def test_a_history_follow_with_a_shorter_deadline_answers_before_it(
+    cluster: Cluster, client: Client
+) -> None:
+    """The server would wait 10 s for a new event; a caller allowing 3 s gets the empty
+    answer, with the position to wait on from, instead of DEADLINE_EXCEEDED."""
+    queue, flow = _queue(), _flow()
+    await client.register(two_step_blueprint(flow, queue))  # nobody polls the queue
+    run_id, _ = await client.start(flow, 1)
+    request = flow_service_pb2.GetRunHistoryRequest(namespace=client.namespace, wait_new_event=True)
+    request.run.run_id = run_id
+    first = await client.stub.GetRunHistory(request, timeout=10)  # at once: events to read
+    assert first.history.events
+    request.next_page_token = first.next_page_token
+    reply = await client.stub.GetRunHistory(request, timeout=3)
+    assert not reply.history.events
+    assert reply.next_page_token == first.next_page_token
 
 
 async def test_non_retryable_error_type_is_not_retried(cluster: Cluster, client: Client) -> None:

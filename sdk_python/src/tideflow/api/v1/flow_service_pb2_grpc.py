@@ -262,7 +262,11 @@ class FlowServiceServicer:
 
     def PollBlockTask(self, request, context):
         """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-        Long poll: returns an empty response (no task_token) after about a minute with no task.
+        Long poll: waits for a task up to the server's poll timeout (setting
+        `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+        task_token). A call whose deadline comes first gets that empty response up to two seconds
+        before its deadline instead, so that it arrives. Poll with a deadline above the server's
+        timeout (or none), and poll again after an empty response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,7 +65,11 @@ class FlowServiceStub:
     ListRuns: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]
     PollBlockTask: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-    Long poll: returns an empty response (no task_token) after about a minute with no task.
+    Long poll: waits for a task up to the server's poll timeout (setting
+    `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+    task_token). A call whose deadline comes first gets that empty response up to two seconds
+    before its deadline instead, so that it arrives. Poll with a deadline above the server's
+    timeout (or none), and poll again after an empty response.
     """
     RespondBlockCompleted: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]
     RespondBlockCompletedBatch: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]
@@ -118,7 +122,11 @@ class FlowServiceAsyncStub(FlowServiceStub):
     ListRuns: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]  # type: ignore[assignment]
     PollBlockTask: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]  # type: ignore[assignment]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-    Long poll: returns an empty response (no task_token) after about a minute with no task.
+    Long poll: waits for a task up to the server's poll timeout (setting
+    `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+    task_token). A call whose deadline comes first gets that empty response up to two seconds
+    before its deadline instead, so that it arrives. Poll with a deadline above the server's
+    timeout (or none), and poll again after an empty response.
     """
     RespondBlockCompleted: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]  # type: ignore[assignment]
     RespondBlockCompletedBatch: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]  # type: ignore[assignment]
@@ -264,7 +272,11 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.PollBlockTaskResponse, _abc.Awaitable[_flow_service_pb2.PollBlockTaskResponse]]:
         """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-        Long poll: returns an empty response (no task_token) after about a minute with no task.
+        Long poll: waits for a task up to the server's poll timeout (setting
+        `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+        task_token). A call whose deadline comes first gets that empty response up to two seconds
+        before its deadline instead, so that it arrives. Poll with a deadline above the server's
+        timeout (or none), and poll again after an empty response.
         """
 
     @_abc_1.abstractmethod
