@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from google.protobuf import json_format
 
 from tests.unit.interpreter.support import blueprint, compile_, external
 from tideflow.api.v1 import blueprint_pb2
@@ -400,3 +404,12 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
     bp.name = "changed"
     assert compiled.name == "docs"
     assert [b.id for b in compiled.order] == ["first", "mid", "late", "other"]
+
+
+def test_the_language_reference_example_is_valid() -> None:
+    """docs/blueprints.md opens with a blueprint; it registers as written."""
+    text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
+    [example] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
+    assert problems(bp) == {}
+    assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]
