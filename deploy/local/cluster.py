@@ -37,7 +37,11 @@ ROLES = ("frontend", "history", "matching")
 
 TEST_SETTINGS: Mapping[str, Any] = {
     "membership": {"heartbeat_interval_s": 0.5, "ttl_s": 5.0},
-    "history": {"ack_interval_s": 0.5, "long_poll_timeout_s": 10.0},
+    "history": {
+        "ack_interval_s": 0.5,
+        "long_poll_timeout_s": 10.0,
+        "wait_for_close_timeout_s": 10.0,
+    },
     "matching": {"long_poll_timeout_s": 5.0},
 }
 """Fast membership and short long polls, so tests notice a killed process quickly."""

@@ -11,7 +11,17 @@ import grpc
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.flows import CANCELED, HANG, BlockFailure, BlockWorker, Client, Task, echo, value
+from tests.support.flows import (
+    CANCELED,
+    HANG,
+    BlockFailure,
+    BlockWorker,
+    Client,
+    Task,
+    echo,
+    two_step_blueprint,
+    value,
+)
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.rpc.errors import from_rpc_error
 
@@ -197,6 +207,73 @@ async def test_retries_until_exhaustion_record_the_failure(
     summaries = {b.block_id: b for b in described.blocks}
     assert summaries["doomed"].status == common_pb2.BLOCK_STATUS_FAILED
     assert summaries["doomed"].attempt == 3
+
+
+async def test_a_block_nobody_set_attempts_for_stops_at_the_default_and_describe_shows_it(
+    cluster: Cluster, client: Client
+) -> None:
+    """maximum_attempts unset in block and blueprint: the server's bounded default (10), not
+    unlimited. The blueprint sets only short intervals so the ten attempts take no time."""
+    queue, flow = _queue(), _flow()
+    await client.register(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "retry": {"initial_interval": "0.01s", "backoff_coefficient": 1.0},
+            "blocks": [{"id": "flaky", "external": {"block": "flaky@1"}}],
+        }
+    )
+    first_attempt, described = asyncio.Event(), asyncio.Event()
+
+    async def flaky(task: Task) -> Any:
+        if task.response.attempt == 1:
+            first_attempt.set()
+            await described.wait()
+        raise BlockFailure("still broken", type="Flaky")
+
+    worker = BlockWorker(cluster.frontend, queue, {"flaky@1": flaky})
+    async with worker:
+        run_id, _ = await client.start(flow)
+        await first_attempt.wait()
+        [pending] = (await client.describe(run_id)).pending_blocks
+        described.set()
+        closed = await client.close_event(run_id)
+
+    assert pending.maximum_attempts == 10
+    policy = pending.retry_policy
+    assert (policy.maximum_attempts, policy.backoff_coefficient) == (10, 1.0)
+    assert policy.initial_interval.ToMilliseconds() == 10
+    assert policy.maximum_interval.ToMilliseconds() == 1_000  # 100 x initial
+    assert policy.jitter == pytest.approx(0.2)
+    assert pending.timeouts.start_to_close.ToSeconds() == 10
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
+    assert worker.attempts[(run_id, "flaky")] == 10
+    events = await client.history(run_id)
+    scheduled = next(e for e in events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED)
+    assert scheduled.block_scheduled_event_attributes.retry_policy == policy
+    failed = next(e for e in events if e.event_type == history_pb2.EVENT_TYPE_BLOCK_FAILED)
+    attrs = failed.block_failed_event_attributes
+    assert attrs.retry_state == common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED
+
+
+async def test_a_history_follow_with_a_shorter_deadline_answers_before_it(
+    cluster: Cluster, client: Client
+) -> None:
+    """The server would wait 10 s for a new event; a caller allowing 3 s gets the empty
+    answer, with the position to wait on from, instead of DEADLINE_EXCEEDED."""
+    queue, flow = _queue(), _flow()
+    await client.register(two_step_blueprint(flow, queue))  # nobody polls the queue
+    run_id, _ = await client.start(flow, 1)
+    request = flow_service_pb2.GetRunHistoryRequest(namespace=client.namespace, wait_new_event=True)
+    request.run.run_id = run_id
+    first = await client.stub.GetRunHistory(request, timeout=10)  # at once: events to read
+    assert first.history.events
+    request.next_page_token = first.next_page_token
+    reply = await client.stub.GetRunHistory(request, timeout=3)
+    assert not reply.history.events
+    assert reply.next_page_token == first.next_page_token
 
 
 async def test_non_retryable_error_type_is_not_retried(cluster: Cluster, client: Client) -> None:

@@ -121,7 +121,14 @@ class HistoryConfig(_Section):
     """How often queue ack levels are persisted and completed tasks deleted."""
     max_pending_blocks: int = Field(default=2_000, gt=0)
     long_poll_timeout_s: float = Field(default=20.0, gt=0)
-    """GetRunHistory with wait_new_event waits this long for an event."""
+    """GetRunHistory with wait_new_event: how long a call waits for a new event (with
+    CLOSE_EVENT, for the close) before it answers without one. Like every long poll, it
+    answers sooner, up to two seconds before the caller's deadline, when that comes first. The
+    frontend reads it too."""
+    wait_for_close_timeout_s: float = Field(default=20.0, gt=0)
+    """StartRun with wait_for_close: how long the call waits for the run to close before it
+    answers without the close event (sooner before the caller's deadline). The frontend reads
+    it too."""
     direct_dispatch: bool = True
     """Start a block in the commit that schedules it, so that a poll waiting in matching
     takes it without RecordBlockStarted (history/shard/direct.py)."""
@@ -129,6 +136,8 @@ class HistoryConfig(_Section):
 
 class MatchingRoleConfig(_Section):
     long_poll_timeout_s: float = Field(default=60.0, gt=0)
+    """PollBlockTask: how long a poll waits for a task before it is answered empty (sooner
+    before the caller's deadline). The frontend reads it too."""
     max_polls_per_partition: int = Field(default=1_000, gt=0)
     sync_match_wait_s: float = Field(default=0.2, ge=0)
     """How long a new task with no poll waiting waits in memory for one before it is

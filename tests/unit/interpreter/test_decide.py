@@ -66,7 +66,7 @@ def test_schedule_external_carries_rendered_input_and_policy() -> None:
     # The command's messages are its own.
     command.retry.maximum_attempts = 99
     policy = compiled.blocks["ocr"].policy
-    assert policy is not None and policy.retry.maximum_attempts == 0
+    assert policy is not None and policy.retry.maximum_attempts == 10
 
 
 def test_the_runs_task_queue_replaces_the_blueprints_not_a_blocks_own() -> None:

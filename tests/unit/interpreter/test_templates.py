@@ -94,6 +94,59 @@ def test_placeholders_in_text_interpolate(template: str, expected: str) -> None:
     assert render(template) == expected
 
 
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        # Spaces inside the braces: still the whole string, so still typed.
+        ("${ input.doc.size }", 2),
+        ("${\tinput.flag\n}", True),
+        # Any text around it, even one space, makes a string.
+        (" ${input.flag}", " true"),
+        ("${input.doc.size} ", "2 "),
+        # Several placeholders and nothing else: a string too.
+        ("${input.doc.size}${input.flag}", "2true"),
+        # Text forms: whole doubles as integers, objects with sorted keys, non-ASCII kept.
+        ("n=${2.0}", "n=2"),
+        ("o=${ {'z': 1, 'a': 'é'} }", 'o={"a":"é","z":1}'),
+        ("at ${timestamp('2024-05-01T10:00:00Z')}", "at 2024-05-01T10:00:00Z"),
+        ("${b'ab'}!", "YWI=!"),
+        # Braces and dollars outside placeholders are ordinary characters.
+        ("{${input.doc.size}}", "{2}"),
+        ("$${}", "${}"),
+        ("$$${input.flag}", "$${input.flag}"),
+    ],
+)
+def test_documented_text_and_whole_rules(template: str, expected: JSON) -> None:
+    """The rules docs/blueprints.md and blueprint.proto state, one case each."""
+    assert render(template) == expected
+
+
+def test_only_strings_are_templates() -> None:
+    """Object keys are taken as they are; so are numbers, booleans and null."""
+    template = Template.compile({"${input.flag}": "${input.flag}", "n": 1, "b": False, "z": None})
+    assert template.render(Env.for_run(RUN)) == {
+        "${input.flag}": True,
+        "n": 1,
+        "b": False,
+        "z": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("${}", "empty placeholder at offset 0"),
+        ("a ${  }", "empty placeholder at offset 2"),
+        ("x ${input", "`${` at offset 2 has no closing `}`"),
+        ("${ {'a': 1 }", "`${` at offset 0 has no closing `}`"),
+    ],
+)
+def test_unclosed_and_empty_placeholders_are_refused(text: str, problem: str) -> None:
+    with pytest.raises(LanguageError) as raised:
+        Template.compile({"v": text}, path="output")
+    assert [(v.field, v.description) for v in raised.value.violations] == [("output.v", problem)]
+
+
 def test_containers_render_recursively_and_constants_are_copies() -> None:
     template = Template.compile(
         {"a": ["${input.tags[0]}", 1, {"b": "${vars.limit}"}], "c": {"d": [1, 2]}}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from google.protobuf import json_format
 
 from tests.unit.interpreter.support import blueprint, compile_, external
 from tideflow.api.v1 import blueprint_pb2
@@ -212,7 +216,9 @@ def test_external_block_settings() -> None:
         "blocks[0].external.retry.backoff_coefficient": [
             "must be >= 1 (0 means the default), got 0.5"
         ],
-        "blocks[0].external.retry.maximum_attempts": ["must be >= 0 (0 means unlimited), got -2"],
+        "blocks[0].external.retry.maximum_attempts": [
+            "must be >= 1, 0 (not set: the default) or -1 (unlimited), got -2"
+        ],
         "blocks[0].external.retry.jitter": ["must be between 0 and 1, got 1.5"],
         "blocks[0].external.timeouts.heartbeat": ["must not be negative, got -3s"],
         "blocks[0].external.timeouts": [
@@ -344,13 +350,47 @@ def test_effective_policies_merge_field_by_field() -> None:
 
 
 def test_engine_defaults_when_nothing_is_set() -> None:
+    """Bounded: a block nobody set a policy for fails its run after ten attempts, about five
+    minutes of backoff, instead of retrying for ever."""
     policy = compile_(external("a")).blocks["a"].policy
     assert policy is not None
     retry = policy.retry
     assert retry.initial_interval.ToSeconds() == 1
     assert retry.maximum_interval.ToSeconds() == 100
-    assert (retry.backoff_coefficient, retry.maximum_attempts) == (2.0, 0)
+    assert (retry.backoff_coefficient, retry.maximum_attempts) == (2.0, 10)
     assert retry.jitter == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("block", "blueprint_default", "effective"),
+    [
+        (0, 0, 10),  # neither sets it: the engine's default
+        (0, 5, 5),  # 0 is "not set": the blueprint's value
+        (0, -1, -1),
+        (-1, 5, -1),  # -1 is unlimited, and overrides like any value
+        (3, -1, 3),
+        (1, 0, 1),
+    ],
+)
+def test_maximum_attempts_zero_inherits_and_minus_one_is_unlimited(
+    block: int, blueprint_default: int, effective: int
+) -> None:
+    bp = blueprint(
+        external("a", external={"block": "work@1", "retry": {"maximumAttempts": block}}),
+        retry={"maximumAttempts": blueprint_default},
+    )
+    assert problems(bp) == {}
+    policy = CompiledBlueprint.compile(bp).blocks["a"].policy
+    assert policy is not None and policy.retry.maximum_attempts == effective
+
+
+def test_maximum_attempts_below_minus_one_is_refused_on_the_blueprint_too() -> None:
+    found = problems(blueprint(external("a"), retry={"maximumAttempts": -5}))
+    assert found == {
+        "retry.maximum_attempts": [
+            "must be >= 1, 0 (not set: the default) or -1 (unlimited), got -5"
+        ]
+    }
 
 
 def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
@@ -364,3 +404,12 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
     bp.name = "changed"
     assert compiled.name == "docs"
     assert [b.id for b in compiled.order] == ["first", "mid", "late", "other"]
+
+
+def test_the_language_reference_example_is_valid() -> None:
+    """docs/blueprints.md opens with a blueprint; it registers as written."""
+    text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
+    [example] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
+    assert problems(bp) == {}
+    assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]

@@ -11,7 +11,15 @@ import yaml
 from google.protobuf import json_format
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint import JSON, Blueprint, BlueprintError, Retry, Timeouts, validate
+from tideflow.blueprint import (
+    JSON,
+    UNLIMITED,
+    Blueprint,
+    BlueprintError,
+    Retry,
+    Timeouts,
+    validate,
+)
 from tideflow_server.history.interpreter import CompiledBlueprint, validate_blueprint
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
@@ -149,3 +157,18 @@ def test_version_zero_is_checked_as_the_next_version() -> None:
     bp.external("a", block="a@1")
     assert bp.build().version == 0
     assert [v.field for v in validate_blueprint(bp.message)] == ["version"]
+
+
+def test_retry_unlimited_and_unset_attempts() -> None:
+    """UNLIMITED (-1) is kept; 0 (the field left alone) takes the blueprint's value, then the
+    server's bounded default."""
+    bp = Blueprint("retries", version=1, task_queue="cpu", start_to_close=timedelta(seconds=5))
+    bp.external("forever", block="a@1", retry=Retry(maximum_attempts=UNLIMITED))
+    bp.external("default", block="a@1", retry=Retry(initial_interval=timedelta(seconds=2)))
+    compiled = CompiledBlueprint.compile(bp.build())
+    attempts = {}
+    for block_id in ("forever", "default"):
+        policy = compiled.blocks[block_id].policy
+        assert policy is not None
+        attempts[block_id] = policy.retry.maximum_attempts
+    assert attempts == {"forever": -1, "default": 10}

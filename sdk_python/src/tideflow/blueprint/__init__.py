@@ -26,11 +26,12 @@ from tideflow.blueprint._language._errors import LanguageError
 from tideflow.blueprint._language._json import json_to_struct, json_to_value
 from tideflow.blueprint._language._model import JSON
 from tideflow.blueprint._language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
-from tideflow.blueprint._policy import Retry, Timeouts, duration
+from tideflow.blueprint._policy import UNLIMITED, Retry, Timeouts, duration
 from tideflow.errors import FieldViolation
 
 __all__ = [
     "JSON",
+    "UNLIMITED",
     "BlockRef",
     "Blueprint",
     "BlueprintError",

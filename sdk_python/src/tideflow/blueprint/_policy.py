@@ -16,14 +16,20 @@ def duration(value: timedelta) -> duration_pb2.Duration:
     return message
 
 
+UNLIMITED = -1
+"""`Retry(maximum_attempts=UNLIMITED)`: retry until schedule_to_close, if set, ends the block."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    """`RetryPolicy`; unset fields take the blueprint's defaults, then the engine's."""
+    """`RetryPolicy`; unset fields take the blueprint's defaults, then the engine's (1 s
+    initial interval, backoff 2.0, maximum interval 100 x initial, 10 attempts, jitter 0.2)."""
 
     initial_interval: timedelta | None = None
     backoff_coefficient: float = 0.0
     maximum_interval: timedelta | None = None
     maximum_attempts: int = 0
+    """Attempts in all, the first included; 0 = not set, `UNLIMITED` (-1) = no limit."""
     jitter: float = 0.0
     non_retryable_error_types: tuple[str, ...] = ()
 

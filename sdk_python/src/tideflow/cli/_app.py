@@ -504,7 +504,7 @@ def run_describe(
                     escape(block.block_id),
                     escape(block.block_type),
                     str(state),
-                    str(block.attempt),
+                    render.attempts(block.attempt, block.maximum_attempts),
                     render.timestamp(block.scheduled_time),
                 )
             stdout.print(pending)

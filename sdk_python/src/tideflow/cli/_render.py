@@ -86,6 +86,11 @@ def run_status(value: int) -> str:
     return common_pb2.RunStatus.Name(value).removeprefix("RUN_STATUS_")  # type: ignore[arg-type]
 
 
+def attempts(attempt: int, maximum: int) -> str:
+    """`2/10`, or `2/unlimited` for a maximum below 1 (-1, or 0 from an older server)."""
+    return f"{attempt}/{maximum if maximum > 0 else 'unlimited'}"
+
+
 def styled_status(status: str) -> str:
     style = STATUS_STYLE.get(status)
     return f"[{style}]{status}[/]" if style else status

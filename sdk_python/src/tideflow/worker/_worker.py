@@ -39,7 +39,9 @@ logger = logging.getLogger("tideflow.worker")
 
 T = TypeVar("T")
 
-_POLL_TIMEOUT_S = 90.0  # the server answers an idle long poll after about a minute
+# The server answers an idle long poll after matching.long_poll_timeout_s (60 s by default),
+# or shortly before this deadline when that setting is longer.
+_POLL_TIMEOUT_S = 90.0
 _RPC_TIMEOUT_S = 10.0
 _RESPOND_FOR_S = 60.0  # how long a response keeps retrying while the server is away
 _BACKOFF_FIRST_S = 0.1

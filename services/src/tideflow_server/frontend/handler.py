@@ -125,13 +125,18 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         matching: MatchingClient,
         long_poll_timeout_s: float,
         history_long_poll_timeout_s: float,
+        wait_for_close_timeout_s: float,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
+        """The timeouts are the three long polls' (settings `matching.long_poll_timeout_s`,
+        `history.long_poll_timeout_s`, `history.wait_for_close_timeout_s`): the frontend sizes
+        its calls to matching and history by them."""
         super().__init__(manager=manager, namespaces=namespaces, limiter=limiter, limits=limits)
         self._history = history
         self._matching = matching
         self._long_poll_timeout_s = long_poll_timeout_s
         self._history_long_poll_timeout_s = history_long_poll_timeout_s
+        self._wait_for_close_timeout_s = wait_for_close_timeout_s
 
     # -- namespaces ----------------------------------------------------------------------
 
@@ -304,7 +309,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             if given.wait_for_close:
                 # History waits for the close at most this long, then answers without it,
                 # so a caller's deadline ends in an answer rather than DEADLINE_EXCEEDED.
-                wait_s = self._history_long_poll_timeout_s
+                wait_s = self._wait_for_close_timeout_s
                 remaining = context.time_remaining()
                 if remaining is not None:
                     wait_s = min(wait_s, max(0.0, remaining - 2 * POLL_MARGIN_S))

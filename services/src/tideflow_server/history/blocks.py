@@ -19,13 +19,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
 from tideflow_server.history import payloads
-from tideflow_server.history.interpreter import ScheduleExternal
+from tideflow_server.history.interpreter import ScheduleExternal, attempts_exhausted, retry_delay
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.tokens import block_task_response
-
-DEFAULT_INITIAL_INTERVAL = timedelta(seconds=1)
-DEFAULT_BACKOFF = 2.0
 
 
 def as_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
@@ -379,18 +376,9 @@ def retry_decision(
         common_pb2.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
     ):
         return common_pb2.RETRY_STATE_TIMEOUT, None
-    if 0 < policy.maximum_attempts <= pending.attempt:
+    if attempts_exhausted(policy, pending.attempt):
         return common_pb2.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED, None
-    initial = (
-        as_timedelta(policy.initial_interval)
-        if is_set(policy.initial_interval)
-        else DEFAULT_INITIAL_INTERVAL
-    )
-    coefficient = policy.backoff_coefficient if policy.backoff_coefficient >= 1 else DEFAULT_BACKOFF
-    maximum = (
-        as_timedelta(policy.maximum_interval) if is_set(policy.maximum_interval) else 100 * initial
-    )
-    delay = min(initial * coefficient ** (pending.attempt - 1), maximum)
+    delay = retry_delay(policy, pending.attempt)
     if policy.jitter > 0:
         # Spread retries of many runs failing together; the chosen time is recorded in state.
         delay *= 1 - min(policy.jitter, 1.0) * random.random()

@@ -45,6 +45,9 @@ from tideflow_server.rpc.streams import StreamServer
 from tideflow_server.tokens import parse_token
 
 log = structlog.get_logger(__name__)
+REPLY_MARGIN_S = 1.0
+"""A long poll answers this long before the caller's deadline (at most a fifth of the time
+left), so that its empty answer arrives instead of DEADLINE_EXCEEDED."""
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -64,6 +67,14 @@ def service_error(e: Exception) -> ServiceError:
         return Unavailable(str(e))
     log.exception("unexpected error", exc_info=e)
     return Internal(f"internal error: {type(e).__name__}")
+
+
+def poll_wait(configured_s: float, remaining_s: float | None) -> float:
+    """How long a long poll may wait: the configured time, cut to end a little before the
+    caller's deadline (the frontend's call carries its caller's, less its own margin)."""
+    if remaining_s is None:
+        return configured_s
+    return max(0.0, min(configured_s, remaining_s - min(REPLY_MARGIN_S, remaining_s / 5)))
 
 
 class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
@@ -171,11 +182,14 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def GetRunHistory(
         self, request: hs.GetRunHistoryRequest, context: Context
     ) -> hs.GetRunHistoryResponse:
+        remaining = context.time_remaining()
         return await self._serve(
             context,
             request.namespace_id,
             request.request.run.run_id,
-            lambda shard: get_run_history.invoke(shard, request),
+            lambda shard: get_run_history.invoke(
+                shard, request, timeout_s=poll_wait(shard.config.long_poll_timeout_s, remaining)
+            ),
         )
 
     async def RecordBlockStarted(

@@ -9,9 +9,9 @@ from typing import Any, Protocol, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from tideflow_server.config import RoleEndpoint
+from tideflow_server.rpc import reflection
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -79,14 +79,7 @@ async def start_role_server(
     for service in services:
         service.register(server)
     names = [s.name for s in services]
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    reflection.enable(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     port = server.add_insecure_port(f"{endpoint.host}:{endpoint.port}")
     if port == 0:
         raise OSError(f"{role}: cannot listen on {endpoint.host}:{endpoint.port}")

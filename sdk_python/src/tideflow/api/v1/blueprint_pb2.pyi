@@ -85,17 +85,34 @@ Global___Affinity: _TypeAlias = Affinity  # noqa: Y015
 @_typing.final
 class Blueprint(_message.Message):
     """A blueprint flow is data. Its YAML/JSON files are the proto JSON mapping of Blueprint, so
-    every language gets a typed builder for free. google.protobuf.Value/Struct fields take plain
-    JSON; strings inside them may hold `${...}` references (`${input.doc}`,
-    `${blocks.classify.output.label}`, `${vars.x}`, `${run.id}`) or CEL. Registration validates a
-    blueprint fully and reports every error with its path: the graph is acyclic, every reference
-    resolves, schemas are valid, and every CEL expression parses, reads only the variables its
-    field may read, builds no messages and calls only the functions and macros the engine
-    evaluates with (CEL's built-ins: `size`, `contains`, `startsWith`, `endsWith`, `matches`, the
-    conversions `int`, `string`, `timestamp`, `duration`..., `has`, `all`, `exists`, `map`,
-    `filter`...; not `max`, `lowerAscii` and other extension functions). A `when` or `depends`
-    that can never be a bool (`"yes"`, `size(x)`, `x + 1`) is refused; one whose value turns out
-    not to be a bool at run time fails its block.
+    every language gets a typed builder for free. Registration validates a blueprint fully and
+    reports every error with its path: the graph is acyclic, every reference resolves, schemas are
+    valid, and every CEL expression parses, reads only the variables its field may read, builds no
+    messages and calls only the functions and macros the engine evaluates with (CEL's built-ins:
+    `size`, `contains`, `startsWith`, `endsWith`, `matches`, the conversions `int`, `string`,
+    `timestamp`, `duration`..., `has`, `all`, `exists`, `map`, `filter`...; not `max`,
+    `lowerAscii` and other extension functions). A `when` or `depends` that can never be a bool
+    (`"yes"`, `size(x)`, `x + 1`) is refused; one whose value turns out not to be a bool at run
+    time fails its block. docs/blueprints.md is the language reference, including which kinds
+    and fields are not implemented yet.
+
+    Templates. The google.protobuf.Value fields (Blueprint.vars and output, Block.input,
+    SetBlock.vars, TransformBlock.output, SucceedBlock.output) take plain JSON whose strings may
+    hold `${...}` placeholders. The inside of a placeholder is a CEL expression over `input`,
+    `vars`, `run` and `blocks`: `${input.doc}`, `${blocks.classify.output.label}`, `${vars.x}`,
+    `${run.id}`, `${vars.n + 1}`.
+    - A string that is exactly one placeholder (spaces inside the braces allowed) becomes the
+      expression's value with its JSON type: object, list, number, bool or null.
+    - Text around a placeholder, or several placeholders, make a string: each placeholder is
+      replaced by its value's text form, a string as it is and anything else as compact JSON
+      (`null`, `true`, `3`, `["x","y"]`, `{"a":1}`: no spaces, keys sorted, non-ASCII kept).
+    - `$${` is a literal `${`; a `$` or a brace elsewhere is an ordinary character. A placeholder
+      ends at the `}` that closes its braces (braces are counted, CEL string literals skipped).
+      An unclosed `${` and an empty `${}` are registration errors.
+    - Only strings are templates: object keys and other values are taken as they are.
+    - A number without a fraction (within +-2^53) reads as an integer; objects come out with
+      their keys sorted; bytes, timestamps and durations take their proto JSON text form.
+    `when` and `depends` are plain CEL, without `${}`.
 
     Blueprint is one version of a blueprint flow; immutable once registered.
     """

@@ -439,7 +439,14 @@ Global___TaskQueue: _TypeAlias = TaskQueue  # noqa: Y015
 @_typing.final
 class RetryPolicy(_message.Message):
     """RetryPolicy says how failed attempts of a block are retried. Unset fields take the blueprint's
-    default policy, then the server's.
+    default policy, then the server's, field by field. A block that sets no retry policy, in a
+    blueprint that sets none, is retried with the server's defaults: initial_interval 1s,
+    backoff_coefficient 2.0, maximum_interval 100 x initial_interval, maximum_attempts 10,
+    jitter 0.2. A failed attempt is retried after initial_interval x
+    backoff_coefficient^(attempt - 1), at most maximum_interval, less jitter, unless the failure
+    is non-retryable or a schedule_to_start or schedule_to_close timeout, the attempts are used up,
+    or schedule_to_close would pass before the retry starts. The policy in effect (every field
+    filled in) is recorded in BlockScheduledEventAttributes.retry_policy and shown by DescribeRun.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -451,23 +458,25 @@ class RetryPolicy(_message.Message):
     JITTER_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_ERROR_TYPES_FIELD_NUMBER: _builtins.int
     backoff_coefficient: _builtins.float
-    """Multiplier applied to the delay after each retry; >= 1."""
+    """Multiplier applied to the delay after each retry; >= 1. 0 = not set."""
     maximum_attempts: _builtins.int
-    """Attempts in total, the first included. 0 = unlimited (then schedule_to_close bounds the
-    block); 1 = never retry.
+    """Attempts in total, the first included: 1 = never retry. 0 = not set: the blueprint's value,
+    else the server's default (10). -1 = unlimited (schedule_to_close then bounds the block);
+    other negative values are invalid. In a recorded policy, 0 (written by servers before the
+    default became bounded) also reads as unlimited.
     """
     jitter: _builtins.float
     """Fraction in [0, 1]: each delay is moved at random by up to this share of itself, so that
     retries of many runs do not align. Drawn by the history service when it schedules the retry,
-    outside the blueprint interpreter, so replay stays deterministic.
+    outside the blueprint interpreter, so replay stays deterministic. 0 = not set (0.2).
     """
     @_builtins.property
     def initial_interval(self) -> _duration_pb2.Duration:
-        """Delay before the first retry."""
+        """Delay before the first retry. Set means present: "0s" retries at once."""
 
     @_builtins.property
     def maximum_interval(self) -> _duration_pb2.Duration:
-        """Upper bound of the delay between attempts."""
+        """Upper bound of the delay between attempts. Not set: 100 x initial_interval."""
 
     @_builtins.property
     def non_retryable_error_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -493,8 +502,9 @@ Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class BlockTimeouts(_message.Message):
-    """BlockTimeouts bound an external block. Unset (zero) fields take the blueprint's defaults, then
-    the server's; at least one of start_to_close and schedule_to_close must end up set.
+    """BlockTimeouts bound an external block. Unset (zero) fields take the blueprint's defaults; the
+    server has none, so a timeout unset in both does not apply. At least one of start_to_close and
+    schedule_to_close must end up set (registration checks it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

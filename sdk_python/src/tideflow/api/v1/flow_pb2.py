@@ -26,13 +26,14 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tideflow.api.v1 import blueprint_pb2 as tideflow_dot_api_dot_v1_dot_blueprint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atideflow/api/v1/flow.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftideflow/api/v1/blueprint.proto\"\xc4\x01\n\x0e\x46lowDefinition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12/\n\tblueprint\x18\x04 \x01(\x0b\x32\x1a.tideflow.api.v1.BlueprintH\x00\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08identity\x18\x07 \x01(\tB\x0c\n\ndefinitionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atideflow/api/v1/flow.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftideflow/api/v1/blueprint.proto\"\xc4\x01\n\x0e\x46lowDefinition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12/\n\tblueprint\x18\x04 \x01(\x0b\x32\x1a.tideflow.api.v1.BlueprintH\x00\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08identity\x18\x07 \x01(\tB\x0c\n\ndefinitionBp\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow.api.v1.flow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022io.tideflow.api.v1P\001ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\252\002\017Tideflow.Api.V1'
   _globals['_FLOWDEFINITION']._serialized_start=114
   _globals['_FLOWDEFINITION']._serialized_end=310
 # @@protoc_insertion_point(module_scope)

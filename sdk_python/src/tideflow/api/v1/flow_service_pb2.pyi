@@ -429,9 +429,10 @@ class StartRunRequest(_message.Message):
     wait_for_close: _builtins.bool
     """11-19: kept (run retry policy, cron schedule, start delay, search attributes, header).
     Start and wait: hold the call until the execution closes, for at most the server's
-    history long-poll timeout and never past the call's deadline. The response then carries
-    the close event; without one the run is still open, and GetRunHistory with CLOSE_EVENT
-    waits on. A retry with the same request_id waits for the same execution.
+    wait-for-close timeout (setting `history.wait_for_close_timeout_s`, default 20 s) and never
+    past the call's deadline (it answers up to two seconds before it). The response then
+    carries the close event; without one the run is still open, and GetRunHistory with
+    CLOSE_EVENT waits on. A retry with the same request_id waits for the same execution.
     """
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef:
@@ -811,7 +812,10 @@ class GetRunHistoryRequest(_message.Message):
     next_page_token: _builtins.bytes
     wait_new_event: _builtins.bool
     """Long poll: when the end of history is reached, wait for the next event (or, with
-    CLOSE_EVENT, for the run to close) instead of returning.
+    CLOSE_EVENT, for the run to close) instead of returning, up to the server's history poll
+    timeout (setting `history.long_poll_timeout_s`, default 20 s) and never past the call's
+    deadline (it answers up to two seconds before it). A wait that ends with nothing new
+    returns no events and a next_page_token to wait on with.
     """
     history_event_filter_type: _history_pb2.HistoryEventFilterType.ValueType
     @_builtins.property

@@ -27,8 +27,12 @@ if _version_not_supported:
 
 class FlowServiceStub:
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     def __init__(self, channel):
@@ -151,8 +155,12 @@ class FlowServiceStub:
 
 class FlowServiceServicer:
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     def RegisterNamespace(self, request, context):
@@ -254,7 +262,11 @@ class FlowServiceServicer:
 
     def PollBlockTask(self, request, context):
         """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-        Long poll: returns an empty response (no task_token) after about a minute with no task.
+        Long poll: waits for a task up to the server's poll timeout (setting
+        `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+        task_token). A call whose deadline comes first gets that empty response up to two seconds
+        before its deadline instead, so that it arrives. Poll with a deadline above the server's
+        timeout (or none), and poll again after an empty response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -425,8 +437,12 @@ def add_FlowServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class FlowService:
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     @staticmethod

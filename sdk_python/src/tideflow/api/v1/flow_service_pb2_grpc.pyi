@@ -28,8 +28,12 @@ GRPC_VERSION: str
 
 class FlowServiceStub:
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     @_typing.overload
@@ -61,7 +65,11 @@ class FlowServiceStub:
     ListRuns: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]
     PollBlockTask: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-    Long poll: returns an empty response (no task_token) after about a minute with no task.
+    Long poll: waits for a task up to the server's poll timeout (setting
+    `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+    task_token). A call whose deadline comes first gets that empty response up to two seconds
+    before its deadline instead, so that it arrives. Poll with a deadline above the server's
+    timeout (or none), and poll again after an empty response.
     """
     RespondBlockCompleted: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]
     RespondBlockCompletedBatch: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]
@@ -80,8 +88,12 @@ class FlowServiceStub:
 @_typing.type_check_only
 class FlowServiceAsyncStub(FlowServiceStub):
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -110,7 +122,11 @@ class FlowServiceAsyncStub(FlowServiceStub):
     ListRuns: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]  # type: ignore[assignment]
     PollBlockTask: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]  # type: ignore[assignment]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-    Long poll: returns an empty response (no task_token) after about a minute with no task.
+    Long poll: waits for a task up to the server's poll timeout (setting
+    `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+    task_token). A call whose deadline comes first gets that empty response up to two seconds
+    before its deadline instead, so that it arrives. Poll with a deadline above the server's
+    timeout (or none), and poll again after an empty response.
     """
     RespondBlockCompleted: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]  # type: ignore[assignment]
     RespondBlockCompletedBatch: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]  # type: ignore[assignment]
@@ -128,8 +144,12 @@ class FlowServiceAsyncStub(FlowServiceStub):
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     """FlowService is the public API that clients and workers call, served by the frontend. Every
-    request names its namespace. Errors are gRPC statuses with google.rpc details:
-    INVALID_ARGUMENT names the field, and a failed call changes nothing.
+    request names its namespace. Errors are gRPC statuses with google.rpc details (a
+    google.rpc.Status in the grpc-status-details-bin trailer): INVALID_ARGUMENT carries a
+    google.rpc.BadRequest with one field violation per problem, naming the field's path, and
+    every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
+    machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
+    v1alpha) resolves the google.rpc types too.
     """
 
     @_abc_1.abstractmethod
@@ -252,7 +272,11 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.PollBlockTaskResponse, _abc.Awaitable[_flow_service_pb2.PollBlockTaskResponse]]:
         """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
-        Long poll: returns an empty response (no task_token) after about a minute with no task.
+        Long poll: waits for a task up to the server's poll timeout (setting
+        `matching.long_poll_timeout_s`, default 60 s), then returns an empty response (no
+        task_token). A call whose deadline comes first gets that empty response up to two seconds
+        before its deadline instead, so that it arrives. Poll with a deadline above the server's
+        timeout (or none), and poll again after an empty response.
         """
 
     @_abc_1.abstractmethod

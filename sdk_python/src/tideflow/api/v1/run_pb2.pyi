@@ -97,13 +97,15 @@ class PendingBlockInfo(_message.Message):
     NEXT_ATTEMPT_SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    TIMEOUTS_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
     state: _common_pb2.PendingBlockState.ValueType
     attempt: _builtins.int
     maximum_attempts: _builtins.int
-    """0 = unlimited."""
+    """From retry_policy: -1 (or 0, recorded by an older server) = unlimited."""
     last_worker_identity: _builtins.str
     scheduled_event_id: _builtins.int
     @_builtins.property
@@ -124,6 +126,15 @@ class PendingBlockInfo(_message.Message):
 
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue: ...
+    @_builtins.property
+    def retry_policy(self) -> _common_pb2.RetryPolicy:
+        """What the block runs under, as recorded when it was scheduled: the retry policy in effect
+        (every field filled in from the block, the blueprint and the server's defaults) and the
+        timeouts (the block's, else the blueprint's; an unset one does not apply).
+        """
+
+    @_builtins.property
+    def timeouts(self) -> _common_pb2.BlockTimeouts: ...
     def __init__(
         self,
         *,
@@ -141,10 +152,12 @@ class PendingBlockInfo(_message.Message):
         next_attempt_schedule_time: _timestamp_pb2.Timestamp | None = ...,
         scheduled_event_id: _builtins.int = ...,
         task_queue: _common_pb2.TaskQueue | None = ...,
+        retry_policy: _common_pb2.RetryPolicy | None = ...,
+        timeouts: _common_pb2.BlockTimeouts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "last_started_time", b"last_started_time", "next_attempt_schedule_time", b"next_attempt_schedule_time", "scheduled_time", b"scheduled_time", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "last_started_time", b"last_started_time", "next_attempt_schedule_time", b"next_attempt_schedule_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "last_started_time", b"last_started_time", "last_worker_identity", b"last_worker_identity", "maximum_attempts", b"maximum_attempts", "next_attempt_schedule_time", b"next_attempt_schedule_time", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "state", b"state", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "last_started_time", b"last_started_time", "last_worker_identity", b"last_worker_identity", "maximum_attempts", b"maximum_attempts", "next_attempt_schedule_time", b"next_attempt_schedule_time", "retry_policy", b"retry_policy", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "state", b"state", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

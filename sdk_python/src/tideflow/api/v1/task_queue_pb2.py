@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tideflow/api/v1/task_queue.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\nPollerInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x10last_access_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\"\xb9\x01\n\x18TaskQueuePartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x1a\n\x12\x62\x61\x63klog_count_hint\x18\x03 \x01(\x03\x12\x12\n\nread_level\x18\x04 \x01(\x03\x12\x11\n\tack_level\x18\x05 \x01(\x03\x12\x16\n\x0etasks_add_rate\x18\x06 \x01(\x01\x12\x1b\n\x13tasks_dispatch_rate\x18\x07 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tideflow/api/v1/task_queue.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\nPollerInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x10last_access_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\"\xb9\x01\n\x18TaskQueuePartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x1a\n\x12\x62\x61\x63klog_count_hint\x18\x03 \x01(\x03\x12\x12\n\nread_level\x18\x04 \x01(\x03\x12\x11\n\tack_level\x18\x05 \x01(\x03\x12\x16\n\x0etasks_add_rate\x18\x06 \x01(\x01\x12\x1b\n\x13tasks_dispatch_rate\x18\x07 \x01(\x01\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow.api.v1.task_queue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022io.tideflow.api.v1P\001ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\252\002\017Tideflow.Api.V1'
   _globals['_POLLERINFO']._serialized_start=86
   _globals['_POLLERINFO']._serialized_end=195
   _globals['_TASKQUEUEPARTITIONSTATUS']._serialized_start=198

@@ -1,4 +1,6 @@
-"""Retry policies and timeouts of external blocks: checks, and effective values.
+"""Retry policies and timeouts of external blocks: checks, effective values, and the delay
+between attempts. This module owns the engine's defaults; the server records the effective
+policy (every field filled in) when it schedules a block, and retries by that record.
 
 A block's own fields override the blueprint's defaults field by field; the engine's defaults
 fill what neither sets. Presence follows the proto: a retry interval counts as set when the
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import timedelta
 
 from google.protobuf import duration_pb2
 
@@ -20,8 +23,13 @@ ENGINE_INITIAL_INTERVAL = duration_pb2.Duration(seconds=1)
 ENGINE_BACKOFF_COEFFICIENT = 2.0
 ENGINE_MAXIMUM_INTERVAL_FACTOR = 100
 """The default maximum interval is this many initial intervals."""
-ENGINE_MAXIMUM_ATTEMPTS = 0
-"""Unlimited: schedule_to_close bounds the block."""
+ENGINE_MAXIMUM_ATTEMPTS = 10
+"""Attempts in all when neither the block nor the blueprint sets maximum_attempts. With the
+other defaults the retries wait 1, 2, 4 ... 64 s, then 100 s twice (less jitter): about five
+minutes, enough to ride out a worker restart or a short outage of what the block calls, while
+a block that can never succeed fails its run in minutes instead of retrying for ever."""
+UNLIMITED_ATTEMPTS = -1
+"""maximum_attempts that retries without limit (then schedule_to_close bounds the block)."""
 ENGINE_JITTER = 0.2
 
 _TIMEOUT_FIELDS = ("schedule_to_start", "start_to_close", "schedule_to_close", "heartbeat")
@@ -73,6 +81,27 @@ def effective_retry(*policies: common_pb2.RetryPolicy | None) -> common_pb2.Retr
     return result
 
 
+def attempts_exhausted(policy: common_pb2.RetryPolicy, attempt: int) -> bool:
+    """Whether `attempt` is the last one an effective policy allows. Any maximum below 1 is
+    unlimited: -1, and the 0 that servers recorded as "unlimited" before the default became
+    bounded (the policy in a pending block is the one in effect when it was scheduled)."""
+    return 0 < policy.maximum_attempts <= attempt
+
+
+def retry_delay(policy: common_pb2.RetryPolicy, attempt: int) -> timedelta:
+    """How long after failed attempt `attempt` (from 1) the next one starts, before jitter:
+    initial_interval x backoff_coefficient^(attempt - 1), at most maximum_interval. `policy`
+    is an effective one; a field an older record lacks takes the engine's default."""
+    effective = effective_retry(policy)
+    initial = nanos(effective.initial_interval)
+    maximum = nanos(effective.maximum_interval)
+    try:
+        grown = initial * effective.backoff_coefficient ** (attempt - 1)
+    except OverflowError:  # thousands of attempts of an unlimited policy
+        grown = math.inf
+    return timedelta(microseconds=min(grown, maximum) / 1_000)
+
+
 def effective_timeouts(*timeouts: common_pb2.BlockTimeouts | None) -> common_pb2.BlockTimeouts:
     given = [t for t in timeouts if t is not None]
     result = common_pb2.BlockTimeouts()
@@ -98,8 +127,12 @@ def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bo
     coefficient = policy.backoff_coefficient
     if coefficient and not (math.isfinite(coefficient) and coefficient >= 1):
         bad("backoff_coefficient", f"must be >= 1 (0 means the default), got {coefficient}")
-    if policy.maximum_attempts < 0:
-        bad("maximum_attempts", f"must be >= 0 (0 means unlimited), got {policy.maximum_attempts}")
+    if policy.maximum_attempts < UNLIMITED_ATTEMPTS:
+        bad(
+            "maximum_attempts",
+            f"must be >= 1, 0 (not set: the default) or {UNLIMITED_ATTEMPTS} (unlimited), "
+            f"got {policy.maximum_attempts}",
+        )
     if not 0 <= policy.jitter <= 1:  # NaN fails too
         bad("jitter", f"must be between 0 and 1, got {policy.jitter}")
     for i, error_type in enumerate(policy.non_retryable_error_types):

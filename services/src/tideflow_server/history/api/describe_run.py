@@ -1,4 +1,5 @@
-"""DescribeRun: status, pending blocks with attempts and last failure, and every block."""
+"""DescribeRun: status, pending blocks with attempts, last failure and the retry policy and
+timeouts in effect, and every block."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def _pending(pending: records_pb2.PendingBlock) -> run_pb2.PendingBlockInfo:
         out.last_failure.CopyFrom(pending.last_failure)
     out.heartbeat_details.CopyFrom(pending.heartbeat_details)
     out.task_queue.CopyFrom(pending.task_queue)
+    out.retry_policy.CopyFrom(pending.retry_policy)
+    out.timeouts.CopyFrom(pending.timeouts)
     return out
 
 

@@ -136,7 +136,7 @@ async def invoke(
     response = await _start(shard, request, signal=signal)
     if request.request.wait_for_close:
         # Start and wait: the same long poll as GetRunHistory with CLOSE_EVENT, bounded by
-        # what the frontend allowed (its long-poll timeout and the caller's deadline).
+        # what the frontend allowed (its wait-for-close timeout and the caller's deadline).
         closed = await get_run_history.closing_event(
             shard,
             request.namespace_id,
@@ -145,7 +145,7 @@ async def invoke(
             ),
             timeout_s=min(
                 request.wait_timeout.ToTimedelta().total_seconds(),
-                shard.config.long_poll_timeout_s,
+                shard.config.wait_for_close_timeout_s,
             ),
         )
         if closed is not None:

@@ -11,6 +11,7 @@ from tideflow.blueprint._language._json import (
     value_to_json,
 )
 from tideflow.blueprint._language._kinds import ExternalPolicy
+from tideflow.blueprint._language._policy import attempts_exhausted, retry_delay
 from tideflow.blueprint._language.templates import (
     Env,
     Expression,
@@ -60,10 +61,12 @@ __all__ = [
     "ScheduleExternal",
     "SkipBlock",
     "Template",
+    "attempts_exhausted",
     "decide",
     "initial_vars",
     "json_to_struct",
     "json_to_value",
+    "retry_delay",
     "run_variables",
     "struct_to_json",
     "validate_blueprint",

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tideflow_server/internal/v1/exchange.proto\x12\x1btideflow_server.internal.v1\"\x81\x02\n\x0e\x45xchangeStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12K\n\x08metadata\x18\x04 \x03(\x0b\x32\x39.tideflow_server.internal.v1.ExchangeStatus.MetadataEntry\x12\x42\n\nviolations\x18\x05 \x03(\x0b\x32..tideflow_server.internal.v1.ExchangeViolation\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x11\x45xchangeViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tideflow_server/internal/v1/exchange.proto\x12\x1btideflow_server.internal.v1\"\x81\x02\n\x0e\x45xchangeStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12K\n\x08metadata\x18\x04 \x03(\x0b\x32\x39.tideflow_server.internal.v1.ExchangeStatus.MetadataEntry\x12\x42\n\nviolations\x18\x05 \x03(\x0b\x32..tideflow_server.internal.v1.ExchangeViolation\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x11\x45xchangeViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow_server.internal.v1.exchange_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\036io.tideflow.server.internal.v1P\001ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\252\002\033Tideflow.Server.Internal.V1'
   _globals['_EXCHANGESTATUS_METADATAENTRY']._loaded_options = None
   _globals['_EXCHANGESTATUS_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EXCHANGESTATUS']._serialized_start=76
