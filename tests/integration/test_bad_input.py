@@ -9,8 +9,14 @@ import grpc
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.flows import Client, payloads
-from tideflow.api.v1 import flow_service_pb2
+from tests.support.flows import NAMESPACE, Client, payloads, value
+from tideflow.api.v1 import (
+    common_pb2,
+    flow_service_pb2,
+    flow_service_pb2_grpc,
+    history_pb2,
+)
+from tideflow.api.v1.common_pb2 import PENDING_BLOCK_STATE_STARTED
 from tideflow_server.rpc.errors import InvalidArgument, NotFound, ServiceError, from_rpc_error
 
 
@@ -190,3 +196,83 @@ async def test_input_that_breaks_a_variable_default_starts_nothing(
     assert [v.field for v in error.violations] == ["input"]
     missing = await _rejected(client.describe(run_id))
     assert isinstance(missing, NotFound)
+
+
+# -- payloads that do not hold what their encoding says ------------------------------------
+
+
+def _raw(data: bytes, encoding: bytes = b"json/plain") -> common_pb2.Payloads:
+    return common_pb2.Payloads(
+        payloads=[common_pb2.Payload(metadata={"encoding": encoding}, data=data)]
+    )
+
+
+async def _poll(stub: flow_service_pb2_grpc.FlowServiceAsyncStub, queue: str) -> Any:
+    request = flow_service_pb2.PollBlockTaskRequest(namespace=NAMESPACE, identity="bad-input")
+    request.task_queue.name = queue
+    while True:
+        task = await stub.PollBlockTask(request, timeout=15)
+        if task.task_token:
+            return task
+
+
+def _completion(task: Any, result: common_pb2.Payloads) -> Any:
+    return flow_service_pb2.RespondBlockCompletedRequest(
+        namespace=NAMESPACE, task_token=task.task_token, result=result, identity="bad-input"
+    )
+
+
+async def test_start_input_that_is_not_json_starts_nothing(
+    cluster: Cluster, client: Client
+) -> None:
+    name = _flow()
+    await client.register(
+        {"name": name, "version": 1, "task_queue": "cpu", "blocks": [_block("a")]}
+    )
+    for data, encoding, field in (
+        (b"{not json", b"json/plain", "input.payloads[0].data"),
+        (b"\x00\x01", b"binary/plain", 'input.payloads[0].metadata["encoding"]'),
+    ):
+        run_id = f"nojson-{uuid.uuid4().hex[:6]}"
+        request = flow_service_pb2.StartRunRequest(
+            namespace=client.namespace, run_id=run_id, input=_raw(data, encoding)
+        )
+        request.flow.name = name
+        error = await _rejected(client.stub.StartRun(request, timeout=30))
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == [field]
+        missing = await _rejected(client.describe(run_id))
+        assert isinstance(missing, NotFound)
+
+
+async def test_completion_that_is_not_json_is_refused_and_the_block_stays_open(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, name = f"q-{uuid.uuid4().hex[:8]}", _flow()
+    await client.register(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": queue,
+            "blocks": [_block("a", input="${input}")],
+            "output": "${blocks.a.output}",
+        }
+    )
+    run_id, _ = await client.start(name, {"n": 1})
+    async with grpc.aio.insecure_channel(cluster.frontend) as channel:
+        stub = flow_service_pb2_grpc.FlowServiceStub(channel)
+        task = await _poll(stub, queue)
+        bad = _completion(task, _raw(b"{not json"))
+        error = await _rejected(stub.RespondBlockCompleted(bad, timeout=10))
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == ["result.payloads[0].data"]
+        batch = flow_service_pb2.RespondBlockCompletedBatchRequest(completions=[bad])
+        error = await _rejected(stub.RespondBlockCompletedBatch(batch, timeout=10))
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == ["completions[0].result.payloads[0].data"]
+        [pending] = (await client.describe(run_id)).pending_blocks
+        assert (pending.block_id, pending.state) == ("a", PENDING_BLOCK_STATE_STARTED)
+        await stub.RespondBlockCompleted(_completion(task, payloads({"ok": True})), timeout=10)
+    closed = await client.close_event(run_id)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
+    assert value(closed.run_completed_event_attributes.result) == {"ok": True}

@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tideflow._converter import DefaultConverter, PayloadConverter, from_payloads, to_payloads
+from tideflow._converter import (
+    DefaultConverter,
+    PayloadConverter,
+    check_engine_readable,
+    from_payloads,
+    to_payloads,
+)
 from tideflow.api.v1 import common_pb2, failure_pb2, flow_service_pb2, flow_service_pb2_grpc
 from tideflow.errors import ApplicationError
 from tideflow.worker._block import (
@@ -517,6 +523,7 @@ class Worker:
             return ()
         try:
             payloads = to_payloads(self.converter, result)
+            check_engine_readable(payloads, "a block's result")
         except Exception as e:
             await self._failed(task, e, heartbeater)
             return ()

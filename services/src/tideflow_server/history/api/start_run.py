@@ -40,7 +40,7 @@ def first_step(
     """The new execution's state and first events: RUN_STARTED, then whatever the blueprint
     starts with (its first blocks, or a whole run of system blocks)."""
     blueprint = compiled.blueprint
-    run_input = payloads.from_payloads(request.input)
+    run_input = payloads.from_payloads(request.input, "input")
     violations = compiled.validate_input(run_input)
     if violations:
         raise InvalidArgument(violations, reason="INPUT_SCHEMA_VIOLATION")
