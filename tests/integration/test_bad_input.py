@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from tests.support.cluster import Cluster
 from tests.support.flows import NAMESPACE, Client, payloads, value
 from tideflow.api.v1 import (
     common_pb2,
+    failure_pb2,
     flow_service_pb2,
     flow_service_pb2_grpc,
     history_pb2,
@@ -276,3 +278,86 @@ async def test_completion_that_is_not_json_is_refused_and_the_block_stays_open(
     closed = await client.close_event(run_id)
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
     assert value(closed.run_completed_event_attributes.result) == {"ok": True}
+
+
+# -- tokens and kindless values name their field -------------------------------------------
+
+
+async def test_garbage_tokens_name_their_field(cluster: Cluster, client: Client) -> None:
+    name = _flow()
+    await client.register(
+        {"name": name, "version": 1, "task_queue": "nobody-polls", "blocks": [_block("a")]}
+    )
+    run_id, _ = await client.start(name, {})
+    garbage, ns, stub = b"\xffnot a token", client.namespace, client.stub
+    history = flow_service_pb2.GetRunHistoryRequest(namespace=ns, next_page_token=garbage)
+    history.run.run_id = run_id
+    failure = failure_pb2.Failure(message="boom")
+    calls: list[tuple[Callable[[], Any], str]] = [
+        (
+            lambda: stub.ListRuns(
+                flow_service_pb2.ListRunsRequest(namespace=ns, next_page_token=garbage), timeout=10
+            ),
+            "next_page_token",
+        ),
+        (
+            lambda: stub.ListFlows(
+                flow_service_pb2.ListFlowsRequest(namespace=ns, next_page_token=garbage), timeout=10
+            ),
+            "next_page_token",
+        ),
+        (
+            lambda: stub.ListNamespaces(
+                flow_service_pb2.ListNamespacesRequest(next_page_token=garbage), timeout=10
+            ),
+            "next_page_token",
+        ),
+        (lambda: stub.GetRunHistory(history, timeout=10), "next_page_token"),
+        (
+            lambda: stub.RespondBlockCompleted(
+                flow_service_pb2.RespondBlockCompletedRequest(namespace=ns, task_token=garbage),
+                timeout=10,
+            ),
+            "task_token",
+        ),
+        (
+            lambda: stub.RespondBlockFailed(
+                flow_service_pb2.RespondBlockFailedRequest(
+                    namespace=ns, task_token=garbage, failure=failure
+                ),
+                timeout=10,
+            ),
+            "task_token",
+        ),
+        (
+            lambda: stub.RespondBlockCanceled(
+                flow_service_pb2.RespondBlockCanceledRequest(namespace=ns, task_token=garbage),
+                timeout=10,
+            ),
+            "task_token",
+        ),
+        (
+            lambda: stub.RecordBlockHeartbeat(
+                flow_service_pb2.RecordBlockHeartbeatRequest(namespace=ns, task_token=garbage),
+                timeout=10,
+            ),
+            "task_token",
+        ),
+        (
+            lambda: stub.RespondBlockCompletedBatch(
+                flow_service_pb2.RespondBlockCompletedBatchRequest(
+                    completions=[
+                        flow_service_pb2.RespondBlockCompletedRequest(
+                            namespace=ns, task_token=garbage
+                        )
+                    ]
+                ),
+                timeout=10,
+            ),
+            "completions[0].task_token",
+        ),
+    ]
+    for call, field in calls:
+        error = await _rejected(call())
+        assert isinstance(error, InvalidArgument), error
+        assert [v.field for v in error.violations] == [field], error.violations
