@@ -8,10 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from tests.support.cluster import Cluster
 from tests.support.flows import NAMESPACE, Client, payloads, value
 from tideflow.api.v1 import (
+    blueprint_pb2,
     common_pb2,
     failure_pb2,
     flow_service_pb2,
@@ -361,3 +363,35 @@ async def test_garbage_tokens_name_their_field(cluster: Cluster, client: Client)
         error = await _rejected(call())
         assert isinstance(error, InvalidArgument), error
         assert [v.field for v in error.violations] == [field], error.violations
+
+
+async def test_value_with_no_kind_is_rejected_at_registration(
+    cluster: Cluster, client: Client
+) -> None:
+    name = _flow()
+    blueprint = json_format.ParseDict(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": "cpu",
+            "blocks": [_block("a"), {"id": "b", "needs": ["a"], "set": {"vars": {"x": 1}}}],
+        },
+        blueprint_pb2.Blueprint(),
+    )
+    # What a client gets by building google.protobuf.Value() and never setting it.
+    blueprint.blocks[0].input.SetInParent()
+    blueprint.blocks[1].set.vars["y"].SetInParent()
+    blueprint.output.struct_value.fields["label"].SetInParent()
+    error = await _rejected(
+        client.stub.RegisterFlow(
+            flow_service_pb2.RegisterFlowRequest(namespace=client.namespace, blueprint=blueprint),
+            timeout=10,
+        )
+    )
+    assert isinstance(error, InvalidArgument)
+    assert [v.field for v in error.violations] == [
+        "blocks[0].input",
+        "blocks[1].set.vars.y",
+        "output.label",
+    ]
+    await _not_registered(client, name)

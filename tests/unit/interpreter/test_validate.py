@@ -364,3 +364,42 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
     bp.name = "changed"
     assert compiled.name == "docs"
     assert [b.id for b in compiled.order] == ["first", "mid", "late", "other"]
+
+
+def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:
+    bp = blueprint(
+        external("a", input={"doc": "${input.doc}", "pages": [1, 2]}),
+        {"id": "s", "needs": ["a"], "set": {"vars": {"n": 1}}},
+        {"id": "t", "needs": ["a"], "transform": {"output": 1}},
+        {"id": "f", "needs": ["t"], "fail": {"errorType": "Bad"}},
+        {"id": "m", "mapBlock": {"items": "${input.list}"}},
+        vars={"n": 0},
+        inputSchema={"type": "object"},
+    )
+    # What a client gets by creating google.protobuf.Value() and never setting it.
+    bp.blocks[0].input.struct_value.fields["extra"].SetInParent()
+    bp.blocks[0].input.struct_value.fields["pages"].list_value.values.add()
+    bp.blocks[1].set.vars["m"].SetInParent()
+    bp.blocks[2].transform.output.Clear()
+    bp.blocks[3].fail.details.SetInParent()
+    bp.blocks[4].map_block.output.SetInParent()
+    bp.vars["later"].SetInParent()
+    bp.input_schema.fields["title"].SetInParent()
+    bp.output.SetInParent()
+    unset = [path for path, said in problems(bp).items() if "no kind set" in said[0]]
+    assert unset == [
+        "input_schema.title",
+        "vars.later",
+        "blocks[0].input.extra",
+        "blocks[0].input.pages[2]",
+        "blocks[1].set.vars.m",
+        "blocks[2].transform.output",
+        "blocks[3].fail.details",
+        "blocks[4].map_block.output",
+        "output",
+    ]
+
+
+def test_null_is_a_value() -> None:
+    bp = blueprint(external("a", input={"x": None}), vars={"n": None}, output=None)
+    assert validate_blueprint(bp) == []

@@ -30,6 +30,7 @@ from tideflow.blueprint._language._json import (
 from tideflow.blueprint._language._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
 from tideflow.blueprint._language._model import JSON
 from tideflow.blueprint._language._refs import references
+from tideflow.blueprint._language._unset import unset_values
 from tideflow.blueprint._language.templates import (
     RUN_VARIABLES,
     Expression,
@@ -53,6 +54,10 @@ RESERVED_BLOCK_IDS = RUN_VARIABLES | CEL_RESERVED | BUILTIN_NAMES
 names every expression already reads."""
 
 _VAR_DEFAULT_VARIABLES = frozenset({"input", "run"})
+_UNSET_VALUE = (
+    "a google.protobuf.Value with no kind set; give it one (null is null_value), or leave the "
+    "field out"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +221,8 @@ class _Checker:
     def run(self) -> Checked:
         bp = self.bp
         self._identity()
+        for path in unset_values(bp):
+            self.report(path, _UNSET_VALUE)
         input_schema = self._schema("input_schema")
         output_schema = self._schema("output_schema")
         self._defaults()
