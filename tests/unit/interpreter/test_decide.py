@@ -220,7 +220,7 @@ def test_output_mapping_and_output_schema() -> None:
     [result] = decide(strict, view(finished))
     assert result == FailRun(
         BlockError(
-            "OutputSchemaViolation", "output.total: 3 is not of type 'string'", non_retryable=True
+            "OutputSchemaViolation", 'output.total: 3 is not of type "string"', non_retryable=True
         )
     )
 
