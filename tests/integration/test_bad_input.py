@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.support.cluster import Cluster
-from tests.support.flows import NAMESPACE, Client, payloads, value
+from tests.support.flows import NAMESPACE, BlockWorker, Client, Task, payloads, value
 from tideflow.api.v1 import (
     blueprint_pb2,
     common_pb2,
@@ -395,3 +395,79 @@ async def test_value_with_no_kind_is_rejected_at_registration(
         "output.label",
     ]
     await _not_registered(client, name)
+
+
+# -- a step's history against the size limits ----------------------------------------------
+
+_BIG = "x" * (1536 * 1024)  # 1.5 MiB: under the 2 MiB payload limit
+_BATCH_SETTING = "persistence.limits.max_history_batch_bytes"
+
+
+async def test_input_under_the_payload_limit_runs_when_the_first_block_takes_it(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, name = f"q-{uuid.uuid4().hex[:8]}", _flow()
+    await client.register(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": queue,
+            "blocks": [_block("a", input="${input}")],
+            "output": "${blocks.a.output}",
+        }
+    )
+
+    async def size(task: Task) -> int:
+        return len(task.input)
+
+    async with BlockWorker(cluster.frontend, queue, {"ocr@1": size}, concurrency=1):
+        run_id, _ = await client.start(name, _BIG)
+        closed = await client.close_event(run_id)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
+    assert value(closed.run_completed_event_attributes.result) == len(_BIG)
+
+
+async def test_a_step_over_the_history_batch_limit_names_the_field_and_the_setting(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, name = f"q-{uuid.uuid4().hex[:8]}", _flow()
+    fan_out = [_block(f"b{i}", needs=["a"], input="${blocks.a.output}") for i in range(4)]
+    await client.register(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": queue,
+            "blocks": [_block("a", input="${input}"), *fan_out],
+        }
+    )
+    # Starting: four blocks, each with its own copy of the input, would not fit one step.
+    wide = _flow()
+    await client.register(
+        {
+            "name": wide,
+            "version": 1,
+            "task_queue": queue,
+            "blocks": [_block(f"b{i}", input="${input}") for i in range(4)],
+        }
+    )
+    run_id = f"wide-{uuid.uuid4().hex[:6]}"
+    error = await _rejected(client.start(wide, _BIG, run_id=run_id))
+    assert isinstance(error, InvalidArgument)
+    assert [v.field for v in error.violations] == ["input"]
+    assert _BATCH_SETTING in error.violations[0].description
+    missing = await _rejected(client.describe(run_id))
+    assert isinstance(missing, NotFound)
+
+    # Completing: the result fans out to four blocks; the worker is told, the block stays open.
+    run_id, _ = await client.start(name, {})
+    async with grpc.aio.insecure_channel(cluster.frontend) as channel:
+        stub = flow_service_pb2_grpc.FlowServiceStub(channel)
+        task = await _poll(stub, queue)
+        error = await _rejected(
+            stub.RespondBlockCompleted(_completion(task, payloads(_BIG)), timeout=30)
+        )
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == ["result"]
+        assert _BATCH_SETTING in error.violations[0].description
+        [pending] = (await client.describe(run_id)).pending_blocks
+        assert (pending.block_id, pending.state) == ("a", PENDING_BLOCK_STATE_STARTED)

@@ -1174,7 +1174,7 @@ Global___RespondBlockCompletedResult: _TypeAlias = RespondBlockCompletedResult  
 @_typing.final
 class ItemStatus(_message.Message):
     """How one item of a batch call ended: the gRPC status a single call would have ended with,
-    and the google.rpc.ErrorInfo it would have carried.
+    and the google.rpc.ErrorInfo and BadRequest it would have carried.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1203,6 +1203,7 @@ class ItemStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """A gRPC status code; 0 is OK."""
     message: _builtins.str
@@ -1210,6 +1211,12 @@ class ItemStatus(_message.Message):
     """ErrorInfo.reason (domain tideflow.io), e.g. BLOCK_TASK_NOT_FOUND."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemFieldViolation]:
+        """For INVALID_ARGUMENT: BadRequest's field violations, with field paths within the item
+        (e.g. `result` for a result that makes its step too big).
+        """
+
     def __init__(
         self,
         *,
@@ -1217,14 +1224,39 @@ class ItemStatus(_message.Message):
         message: _builtins.str = ...,
         reason: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        violations: _abc.Iterable[Global___ItemFieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ItemStatus: _TypeAlias = ItemStatus  # noqa: Y015
+
+@_typing.final
+class ItemFieldViolation(_message.Message):
+    """ItemFieldViolation is a google.rpc.BadRequest.FieldViolation of one batch item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemFieldViolation: _TypeAlias = ItemFieldViolation  # noqa: Y015
 
 @_typing.final
 class RespondBlockFailedRequest(_message.Message):
