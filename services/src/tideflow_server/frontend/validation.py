@@ -5,9 +5,10 @@ them all, so a client fixes its request in one round trip. Field paths use proto
 with indices for repeated fields and quoted keys for maps: `run.run_id`, `flow.name`,
 `input.payloads[0].metadata`, `memo.fields["k"]`, `statuses[1]`.
 
-The frontend checks shape and size only. What needs state (does the flow exist, is the run
-open) or interpretation (blueprint contents, the input against the flow's JSON Schema) is the
-engine's to check.
+The frontend checks shape and size, and that every payload holds what its encoding says (the
+rules, shared with the engine, are history/payloads.py's; what the engine reads must be one
+JSON value). What needs state (does the flow exist, is the run open) or interpretation
+(blueprint contents, the input against the flow's JSON Schema) is the engine's to check.
 """
 
 from __future__ import annotations

@@ -442,7 +442,14 @@ class StartRunRequest(_message.Message):
         """Overrides the blueprint's default task queue."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.Payloads: ...
+    def input(self) -> _common_pb2.Payloads:
+        """The run's input: one JSON value (see Payloads). The run's first step stores it, and each
+        block it schedules stores its own rendered input, in one history batch of at most 6 MiB
+        (server setting persistence.limits.max_history_batch_bytes): a first block that takes an
+        input under the payload limit fits; blocks that each copy a large input may not, and the
+        start is then INVALID_ARGUMENT naming `input` and the setting, with nothing started.
+        """
+
     @_builtins.property
     def run_timeout(self) -> _duration_pb2.Duration:
         """Overrides the blueprint's run_timeout."""
@@ -521,7 +528,9 @@ class SignalRunRequest(_message.Message):
     @_builtins.property
     def run(self) -> _common_pb2.RunRef: ...
     @_builtins.property
-    def input(self) -> _common_pb2.Payloads: ...
+    def input(self) -> _common_pb2.Payloads:
+        """One JSON value (see Payloads)."""
+
     def __init__(
         self,
         *,
@@ -590,7 +599,9 @@ class SignalWithStartRunRequest(_message.Message):
     @_builtins.property
     def memo(self) -> _common_pb2.Memo: ...
     @_builtins.property
-    def signal_input(self) -> _common_pb2.Payloads: ...
+    def signal_input(self) -> _common_pb2.Payloads:
+        """One JSON value (see Payloads), like `input`."""
+
     def __init__(
         self,
         *,
@@ -1054,7 +1065,13 @@ class RespondBlockCompletedRequest(_message.Message):
     through matching. 0 = none (always the case for a rate-limited worker).
     """
     @_builtins.property
-    def result(self) -> _common_pb2.Payloads: ...
+    def result(self) -> _common_pb2.Payloads:
+        """The block's output: one JSON value (see Payloads). The step it causes (this block's
+        completion and the blocks it lets start, each storing its own rendered input) is at most
+        6 MiB of history (persistence.limits.max_history_batch_bytes); past that the completion is
+        INVALID_ARGUMENT naming `result` and the setting, and the block stays open.
+        """
+
     def __init__(
         self,
         *,
