@@ -23,7 +23,10 @@ from tideflow_server.persistence.records import CreateMode, RunState, TaskQueueK
 from tideflow_server.persistence.sql import SqlPersistence
 
 LIMITS = LimitsConfig(
-    max_blob_bytes=64 * 1024, max_mutable_state_bytes=256 * 1024, max_history_events=20
+    max_blob_bytes=64 * 1024,
+    max_history_batch_bytes=96 * 1024,
+    max_mutable_state_bytes=256 * 1024,
+    max_history_events=20,
 )
 
 
@@ -155,14 +158,30 @@ async def test_oversized_event_is_rejected_and_nothing_written(
             lease,
             state=state,
             expected_db_version=1,
-            events=_events(3, 1, payload=b"x" * (LIMITS.max_blob_bytes + 1)),
+            events=_events(3, 1, payload=b"x" * (LIMITS.max_history_batch_bytes + 1)),
         )
-    assert too_big.value.what == "history batch"
+    assert too_big.value.what == "the step's history batch"
+    assert too_big.value.setting == "persistence.limits.max_history_batch_bytes"
     after = await manager.get_execution(1, "ns-1", "big", state.execution_info.execution_id)
     assert after == before
     assert [
         e.event_id for e in (await manager.read_history(1, after.state.execution_info)).events
     ] == [1, 2]
+
+
+async def test_a_step_may_append_more_than_one_blob_of_events(
+    manager: PersistenceManager,
+) -> None:
+    """A step's batch has its own limit: it holds a value once per block that takes it."""
+    lease = await manager.acquire_shard(1, owner="host-a")
+    state = await _started(manager, lease, "wide")
+    state.execution_info.next_event_id = 5
+    events = _events(3, 2, payload=b"x" * (LIMITS.max_blob_bytes // 2 + 1024))
+    assert sum(e.ByteSize() for e in events) > LIMITS.max_blob_bytes
+    await manager.update_execution(lease, state=state, expected_db_version=1, events=events)
+    loaded = await manager.get_execution(1, "ns-1", "wide", state.execution_info.execution_id)
+    history = await manager.read_history(1, loaded.state.execution_info)
+    assert [e.event_id for e in history.events] == [1, 2, 3, 4]
 
 
 async def test_history_length_and_state_size_are_limited(manager: PersistenceManager) -> None:
@@ -176,7 +195,8 @@ async def test_history_length_and_state_size_are_limited(manager: PersistenceMan
             expected_db_version=1,
             events=_events(3, LIMITS.max_history_events - 1),
         )
-    assert too_long.value.what == "history event count"
+    assert too_long.value.what == "history"
+    assert too_long.value.setting == "persistence.limits.max_history_events"
 
     state.execution_info.next_event_id = 3
     for i in range(300):

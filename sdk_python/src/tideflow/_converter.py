@@ -1,8 +1,9 @@
 """Payload conversion: how Python values travel as `Payload`s.
 
-JSON by default (`encoding: json/plain`), bytes passed through (`binary/plain`), `None` as
-`binary/null`. A custom converter implements `PayloadConverter` and is given to the Client or
-Worker.
+JSON by default (`encoding: json/plain`, no NaN or Infinity), bytes passed through
+(`binary/plain`), `None` as `binary/null`. A custom converter implements `PayloadConverter`
+and is given to the Client or Worker. What the engine reads (a run's input, a block's result,
+a signal's input) must be JSON or null: the server refuses other encodings there.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class DefaultConverter:
         if isinstance(value, bytes | bytearray | memoryview):
             return common_pb2.Payload(metadata={ENCODING: BINARY_PLAIN}, data=bytes(value))
         try:
-            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            data = json.dumps(
+                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
         except (TypeError, ValueError) as e:
             raise ConversionError(f"cannot encode {type(value).__name__} as JSON: {e}") from e
         return common_pb2.Payload(metadata={ENCODING: JSON_PLAIN}, data=data)
@@ -62,3 +65,17 @@ def from_payloads(converter: PayloadConverter, payloads: common_pb2.Payloads) ->
     if not payloads.payloads:
         return None
     return converter.from_payload(payloads.payloads[0])
+
+
+def check_engine_readable(payloads: common_pb2.Payloads, what: str) -> None:
+    """Raise ConversionError unless the engine can read `payloads` (one JSON value or null),
+    so that a value the server would refuse fails here, with its reason."""
+    if len(payloads.payloads) > 1:
+        raise ConversionError(f"{what} is one value, got {len(payloads.payloads)}")
+    for payload in payloads.payloads:
+        encoding = payload.metadata.get(ENCODING, b"")
+        if encoding not in (JSON_PLAIN, BINARY_NULL):
+            shown = encoding.decode(errors="replace")
+            raise ConversionError(
+                f"{what} must be JSON or None (the engine reads it), not {shown!r} payload data"
+            )

@@ -4,7 +4,7 @@ with `__`, e.g. `TIDEFLOW_PERSISTENCE__BACKEND=postgres`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -66,9 +66,21 @@ class LimitsConfig(_Section):
     """Size limits the persistence manager enforces before anything is written."""
 
     max_blob_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
-    """One serialized history batch, outbox task, backlog task or definition."""
+    """One serialized outbox task, backlog task or flow definition."""
+    max_history_batch_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    """The events one step appends, serialized (stored as one batch). Blocks copy the values
+    they take into their own events, so a step carries a value more than once: a run's start
+    holds its input, then the input of each block it schedules. The default takes a payload
+    at the frontend's limit (2 MiB) twice with room to spare, so a run whose first block takes
+    the whole input starts; a step over it is refused, naming the request field and this
+    setting."""
     max_mutable_state_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_history_events: int = Field(default=51_200, gt=0)
+
+
+LIMITS_SECTION: Final = "persistence.limits"
+"""Where LimitsConfig sits in the settings (YAML keys; TIDEFLOW_PERSISTENCE__LIMITS__* in the
+environment), for errors that name a limit's setting."""
 
 
 class PersistenceConfig(_Section):

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.internal.v1 import history_service_pb2, task_token_pb2
-from tideflow_server.rpc.errors import InvalidArgument
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
 
-def parse_token(data: bytes) -> task_token_pb2.BlockTaskToken:
-    """The attempt a worker's token names; INVALID_ARGUMENT for anything this server did not
-    issue."""
+def parse_token(data: bytes, field: str = "task_token") -> task_token_pb2.BlockTaskToken:
+    """The attempt a worker's token names; INVALID_ARGUMENT naming `field` (where the token
+    is in the request) for anything this server did not issue."""
     try:
         token = task_token_pb2.BlockTaskToken.FromString(data)
-    except Exception as e:
-        raise InvalidArgument("task_token is not a token this server issued") from e
-    if not (token.run_id and token.execution_id and token.scheduled_event_id):
-        raise InvalidArgument("task_token is not a token this server issued")
+    except Exception:
+        token = None
+    if token is None or not (token.run_id and token.execution_id and token.scheduled_event_id):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    field,
+                    "is not a task token this server issued; echo the task_token of the "
+                    "polled task unchanged",
+                )
+            ]
+        )
     return token
 
 

@@ -28,6 +28,11 @@ def payloads(*data: bytes) -> common_pb2.Payloads:
     return common_pb2.Payloads(payloads=[payload(d) for d in data])
 
 
+def json_text(size: int) -> bytes:
+    """A JSON string of `size` bytes, quotes included."""
+    return b'"' + b"x" * (size - 2) + b'"'
+
+
 def violations_of(
     validator: Validator[M], request: M, limits: RequestLimits = LIMITS
 ) -> list[FieldViolation]:

@@ -12,6 +12,7 @@ from tests.unit.frontend._support import (
     LIMITS,
     description_of,
     fields_of,
+    json_text,
     payload,
     payloads,
     with_fields,
@@ -103,6 +104,7 @@ def test_start_run_reports_every_problem_at_once() -> None:
         "run_id",
         "flow.name",
         "task_queue.name",
+        "input.payloads",
         "input.payloads[1].metadata",
         "run_timeout",
         "identity",
@@ -171,28 +173,32 @@ def test_flow_names_rejected(name: str) -> None:
 
 def test_oversized_input_reports_size_and_limit() -> None:
     limits = RequestLimits(max_payload_bytes=1024)
-    request = start_run(input=payloads(b"x" * 2000))
+    request = start_run(input=payloads(json_text(2000)))
     size = request.input.ByteSize()
     description = description_of(validate_start_run, request, "input", limits)
     assert description == f"is {size} bytes, over the limit of 1024 bytes"
 
 
+def terminate(details: common_pb2.Payloads) -> flow_service_pb2.TerminateRunRequest:
+    return flow_service_pb2.TerminateRunRequest(namespace="docs", run=run_ref(), details=details)
+
+
 def test_payload_limit_is_the_sum_of_the_payloads() -> None:
     limits = RequestLimits(max_payload_bytes=1024)
-    validate_start_run(start_run(input=payloads(b"x" * 400, b"y" * 400)), limits)
-    request = start_run(input=payloads(b"x" * 400, b"y" * 400, b"z" * 400))
-    assert fields_of(validate_start_run, request, limits) == ["input"]
+    validate_terminate_run(terminate(payloads(json_text(400), json_text(400))), limits)
+    request = terminate(payloads(json_text(400), json_text(400), json_text(400)))
+    assert fields_of(validate_terminate_run, request, limits) == ["details"]
 
 
 def test_default_payload_limit_is_two_mebibytes() -> None:
-    validate_start_run(start_run(input=payloads(b"x" * (2 * 1024 * 1024 - 64))), LIMITS)
-    request = start_run(input=payloads(b"x" * (2 * 1024 * 1024)))
+    validate_start_run(start_run(input=payloads(json_text(2 * 1024 * 1024 - 64))), LIMITS)
+    request = start_run(input=payloads(json_text(2 * 1024 * 1024)))
     assert "over the limit of 2097152 bytes" in description_of(validate_start_run, request, "input")
 
 
 def test_payload_without_encoding_is_named_by_index() -> None:
-    request = start_run(input=common_pb2.Payloads(payloads=[payload(), common_pb2.Payload()]))
-    assert fields_of(validate_start_run, request) == ["input.payloads[1].metadata"]
+    request = terminate(common_pb2.Payloads(payloads=[payload(), common_pb2.Payload()]))
+    assert fields_of(validate_terminate_run, request) == ["details.payloads[1].metadata"]
 
 
 def test_oversized_memo_reports_size_and_limit() -> None:
@@ -337,6 +343,7 @@ def test_signal_with_start_checks_start_and_signal_fields() -> None:
     assert fields_of(validate_signal_with_start_run, request) == [
         "run_id",
         "signal_name",
+        "signal_input.payloads",
         "signal_input.payloads[1].metadata",
     ]
 
@@ -348,9 +355,13 @@ def test_signal_with_start_rejects_terminate_if_running() -> None:
 
 def test_signal_with_start_bounds_input_and_signal_input_separately() -> None:
     limits = RequestLimits(max_payload_bytes=200)
-    request = signal_with_start(input=payloads(b"x" * 150), signal_input=payloads(b"y" * 150))
+    request = signal_with_start(
+        input=payloads(json_text(150)), signal_input=payloads(json_text(150))
+    )
     validate_signal_with_start_run(request, limits)
-    request = signal_with_start(input=payloads(b"x" * 250), signal_input=payloads(b"y" * 250))
+    request = signal_with_start(
+        input=payloads(json_text(250)), signal_input=payloads(json_text(250))
+    )
     assert fields_of(validate_signal_with_start_run, request, limits) == ["input", "signal_input"]
 
 

@@ -239,7 +239,7 @@ def test_output_mapping_and_output_schema() -> None:
     assert result == FailRun(
         BlockError(
             "OutputSchemaViolation",
-            "output.total: 3 is not of type 'string'",
+            'output.total: 3 is not of type "string"',
             non_retryable=True,
             server=True,
         )

@@ -268,10 +268,10 @@ def test_schemas_and_variables() -> None:
     )
     assert found == {
         "input_schema.properties.n.minimum": [
-            "not a valid JSON Schema (draft 2020-12): 'three' is not of type 'number'"
+            'not a valid JSON Schema (draft 2020-12): "three" is not of type "number"'
         ],
         "output_schema.required": [
-            "not a valid JSON Schema (draft 2020-12): 'name' is not of type 'array'"
+            'not a valid JSON Schema (draft 2020-12): "name" is not of type "array"'
         ],
         'blocks[0].set.vars["not ok"]': [
             "'not ok' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
@@ -307,9 +307,9 @@ def test_input_is_checked_against_the_schema() -> None:
     # Whole numbers from google.protobuf.Value are doubles: they still count as integers.
     assert validate_input(compiled, {"doc": {"pages": 3.0, "name": "x"}}) == []
     assert validate_input(compiled, {"doc": {"pages": 0}, "tags": ["a", 2]}) == [
-        FieldViolation("input.doc", "'name' is a required property"),
+        FieldViolation("input.doc", '"name" is a required property'),
         FieldViolation("input.doc.pages", "0 is less than the minimum of 1"),
-        FieldViolation("input.tags[1]", "2 is not of type 'string'"),
+        FieldViolation("input.tags[1]", '2 is not of type "string"'),
     ]
     assert compile_(external("a")).validate_input({"anything": True}) == []
 
@@ -413,3 +413,74 @@ def test_the_language_reference_example_is_valid() -> None:
     bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
     assert problems(bp) == {}
     assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]
+
+
+def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:
+    bp = blueprint(
+        external("a", input={"doc": "${input.doc}", "pages": [1, 2]}),
+        {"id": "s", "needs": ["a"], "set": {"vars": {"n": 1}}},
+        {"id": "t", "needs": ["a"], "transform": {"output": 1}},
+        {"id": "f", "needs": ["t"], "fail": {"errorType": "Bad"}},
+        {"id": "m", "mapBlock": {"items": "${input.list}"}},
+        vars={"n": 0},
+        inputSchema={"type": "object"},
+    )
+    # What a client gets by creating google.protobuf.Value() and never setting it.
+    bp.blocks[0].input.struct_value.fields["extra"].SetInParent()
+    bp.blocks[0].input.struct_value.fields["pages"].list_value.values.add()
+    bp.blocks[1].set.vars["m"].SetInParent()
+    bp.blocks[2].transform.output.Clear()
+    bp.blocks[3].fail.details.SetInParent()
+    bp.blocks[4].map_block.output.SetInParent()
+    bp.vars["later"].SetInParent()
+    bp.input_schema.fields["title"].SetInParent()
+    bp.output.SetInParent()
+    unset = [path for path, said in problems(bp).items() if "no kind set" in said[0]]
+    assert unset == [
+        "input_schema.title",
+        "vars.later",
+        "blocks[0].input.extra",
+        "blocks[0].input.pages[2]",
+        "blocks[1].set.vars.m",
+        "blocks[2].transform.output",
+        "blocks[3].fail.details",
+        "blocks[4].map_block.output",
+        "output",
+    ]
+
+
+def test_null_is_a_value() -> None:
+    bp = blueprint(external("a", input={"x": None}), vars={"n": None}, output=None)
+    assert validate_blueprint(bp) == []
+
+
+def test_schema_violations_show_values_as_json() -> None:
+    compiled = compile_(
+        external("a"),
+        inputSchema={
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "kind": {"enum": ["scan", None]},
+                "strict": {"const": True},
+                "meta": {"additionalProperties": False},
+            },
+        },
+    )
+    violations = validate_input(
+        compiled, {"title": None, "kind": False, "strict": None, "meta": {"extra": None}}
+    )
+    assert [(v.field, v.description) for v in violations] == [
+        ("input.kind", 'false is not one of ["scan", null]'),
+        ("input.meta", 'Additional properties are not allowed ("extra" was unexpected)'),
+        ("input.strict", "true was expected"),
+        ("input.title", 'null is not of type "string"'),
+    ]
+
+
+def test_a_long_value_is_cut_short_in_a_violation() -> None:
+    compiled = compile_(external("a"), inputSchema={"type": "array"})
+    [violation] = validate_input(compiled, {"text": "x" * 100_000})
+    assert violation.description.startswith('{"text": "xxx')
+    assert violation.description.endswith('xxx... is not of type "array"')
+    assert len(violation.description) < 200

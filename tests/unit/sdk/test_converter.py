@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tideflow._converter import ConversionError, DefaultConverter, from_payloads, to_payloads
+from tideflow._converter import (
+    ConversionError,
+    DefaultConverter,
+    check_engine_readable,
+    from_payloads,
+    to_payloads,
+)
 from tideflow.api.v1 import common_pb2
 
 
@@ -38,3 +44,20 @@ def test_payloads_helpers_use_the_first_value() -> None:
     assert len(payloads.payloads) == 2
     assert from_payloads(converter, payloads) == {"n": 1}
     assert from_payloads(converter, common_pb2.Payloads()) is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {"x": [float("-inf")]}])
+def test_non_finite_numbers_are_not_json(value: object) -> None:
+    with pytest.raises(ConversionError, match="JSON"):
+        DefaultConverter().to_payload(value)
+
+
+def test_what_the_engine_reads_must_be_json_or_null() -> None:
+    converter = DefaultConverter()
+    for readable in ({"a": 1}, None):
+        check_engine_readable(to_payloads(converter, readable), "a block's result")
+    check_engine_readable(common_pb2.Payloads(), "a block's result")
+    with pytest.raises(ConversionError, match="must be JSON or None"):
+        check_engine_readable(to_payloads(converter, b"\x00"), "a block's result")
+    with pytest.raises(ConversionError, match="one value, got 2"):
+        check_engine_readable(to_payloads(converter, 1, 2), "a block's result")

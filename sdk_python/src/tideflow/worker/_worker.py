@@ -21,6 +21,7 @@ from tideflow._converter import (
     ConversionError,
     DefaultConverter,
     PayloadConverter,
+    check_engine_readable,
     from_payloads,
     to_payloads,
 )
@@ -526,6 +527,7 @@ class Worker:
             return ()
         try:
             payloads = to_payloads(self.converter, result)
+            check_engine_readable(payloads, "a block's result")
         except Exception as e:
             await self._failed(task, e, heartbeater)
             return ()

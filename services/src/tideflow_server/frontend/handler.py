@@ -423,15 +423,12 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                     else None
                 ),
             )
-            try:
-                page = await self._manager.persistence.visibility.list_runs(
-                    record.info.id,
-                    found,
-                    page_size=validation.page_size_or_default(request.page_size, self._limits),
-                    page_token=request.next_page_token or None,
-                )
-            except store.InvalidPageToken as e:
-                raise InvalidArgument("next_page_token is not one this server issued") from e
+            page = await self._manager.persistence.visibility.list_runs(
+                record.info.id,
+                found,
+                page_size=validation.page_size_or_default(request.page_size, self._limits),
+                page_token=request.next_page_token or None,
+            )
             return flow_service_pb2.ListRunsResponse(
                 runs=[_run_info(r) for r in page.items],
                 next_page_token=page.next_page_token or b"",
@@ -504,9 +501,11 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             bad_tokens: list[FieldViolation] = []
             for i, item in enumerate(request.completions):
                 try:
-                    run_ids.append(parse_token(item.task_token).run_id)
+                    run_ids.append(
+                        parse_token(item.task_token, f"completions[{i}].task_token").run_id
+                    )
                 except InvalidArgument as e:
-                    bad_tokens.append(FieldViolation(f"completions[{i}].task_token", e.message))
+                    bad_tokens.extend(e.violations)
             if bad_tokens:
                 raise InvalidArgument(bad_tokens)
             response = flow_service_pb2.RespondBlockCompletedBatchResponse()

@@ -41,6 +41,12 @@ class RequestLimits(BaseModel):
     # Sizes.
     max_payload_bytes: int = Field(default=2 * MIB, gt=0)
     """Sum of the serialized payloads of one Payloads field (input, result, details...)."""
+    max_json_depth: int = Field(default=24, gt=0, le=32)
+    """Nesting of arrays and objects in a JSON payload the engine reads (inputs, results).
+    The engine keeps such values as google.protobuf.Value, up to three message levels per
+    JSON level, and protobuf decoders refuse messages nested more than 100 levels: past 32
+    a run's state could no longer be read back, and the rest leaves room for blueprints
+    that wrap these values in their own objects."""
     max_memo_bytes: int = Field(default=32 * KIB, gt=0)
     max_blueprint_bytes: int = Field(default=1 * MIB, gt=0)
     max_failure_bytes: int = Field(default=2 * MIB, gt=0)

@@ -5,9 +5,10 @@ them all, so a client fixes its request in one round trip. Field paths use proto
 with indices for repeated fields and quoted keys for maps: `run.run_id`, `flow.name`,
 `input.payloads[0].metadata`, `memo.fields["k"]`, `statuses[1]`.
 
-The frontend checks shape and size only. What needs state (does the flow exist, is the run
-open) or interpretation (blueprint contents, the input against the flow's JSON Schema) is the
-engine's to check.
+The frontend checks shape and size, and that every payload holds what its encoding says (the
+rules, shared with the engine, are history/payloads.py's; what the engine reads must be one
+JSON value). What needs state (does the flow exist, is the run open) or interpretation
+(blueprint contents, the input against the flow's JSON Schema) is the engine's to check.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tideflow.api.v1 import (
     namespace_pb2,
 )
 from tideflow_server.frontend.limits import RequestLimits
+from tideflow_server.history.payloads import PayloadError, read_payload
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
 __all__ = [
@@ -71,6 +73,14 @@ _SETTABLE_NAMESPACE_STATES: Final = (
     namespace_pb2.NamespaceState.NAMESPACE_STATE_REGISTERED,
     namespace_pb2.NamespaceState.NAMESPACE_STATE_DEPRECATED,
 )
+
+
+_FAILURE_DETAILS: Final = {
+    "application_failure_info": "details",
+    "timeout_failure_info": "last_heartbeat_details",
+    "canceled_failure_info": "details",
+}
+"""The Payloads field of each Failure.failure_info that has one."""
 
 
 def page_size_or_default(page_size: int, limits: RequestLimits) -> int:
@@ -329,24 +339,42 @@ class _Checker:
                 "returned, unchanged",
             )
 
-    # Payloads.
+    # Payloads (the rules are history/payloads.py's, which the engine applies too).
 
-    def _payload(self, payload: common_pb2.Payload, field: str) -> None:
-        if not payload.metadata.get("encoding"):
-            self.add(
-                f"{field}.metadata",
-                'must set the "encoding" key, e.g. "json/plain", "binary/plain" or "binary/null"',
-            )
+    def _payload(self, payload: common_pb2.Payload, field: str, *, engine_reads: bool) -> None:
+        depth = self.limits.max_json_depth if engine_reads else None
+        try:
+            read_payload(payload, engine_reads=engine_reads, max_depth=depth)
+        except PayloadError as e:
+            self.add(f"{field}.{e.part}", e.description)
 
-    def size(self, message: Message, field: str, maximum: int) -> None:
+    def _each_payload(self, value: common_pb2.Payloads, field: str, *, engine_reads: bool) -> None:
+        for i, payload in enumerate(value.payloads):
+            self._payload(payload, f"{field}.payloads[{i}]", engine_reads=engine_reads)
+
+    def size(self, message: Message, field: str, maximum: int) -> bool:
         size = message.ByteSize()
         if size > maximum:
             self.add(field, f"is {size} bytes, over the limit of {maximum} bytes")
+            return False
+        return True
 
     def payloads(self, value: common_pb2.Payloads, field: str) -> None:
-        for i, payload in enumerate(value.payloads):
-            self._payload(payload, f"{field}.payloads[{i}]")
-        self.size(value, field, self.limits.max_payload_bytes)
+        """Payloads the engine only stores and hands on (details): any well-formed encoding."""
+        # Decoding waits for the size check: an oversized request is refused either way.
+        if self.size(value, field, self.limits.max_payload_bytes):
+            self._each_payload(value, field, engine_reads=False)
+
+    def json_payloads(self, value: common_pb2.Payloads, field: str) -> None:
+        """Payloads the engine reads (inputs, results): one JSON value at most."""
+        if len(value.payloads) > 1:
+            self.add(
+                f"{field}.payloads",
+                f"has {len(value.payloads)} payloads; the engine reads one JSON value here: "
+                "send one payload (json/plain, or binary/null for no value), or none for null",
+            )
+        if self.size(value, field, self.limits.max_payload_bytes):
+            self._each_payload(value, field, engine_reads=True)
 
     def memo(self, value: common_pb2.Memo, field: str = "memo") -> None:
         for key in sorted(value.fields):
@@ -359,14 +387,26 @@ class _Checker:
                     f"key is {len(key)} characters, over the limit of "
                     f"{self.limits.max_map_key_length}",
                 )
-            self._payload(value.fields[key], path)
+            self._payload(value.fields[key], path, engine_reads=False)
         self.size(value, field, self.limits.max_memo_bytes)
 
     def failure(self, value: failure_pb2.Failure, field: str, *, present: bool) -> None:
         if not present:
             self.add(field, "required: what went wrong")
             return
-        self.size(value, field, self.limits.max_failure_bytes)
+        if not self.size(value, field, self.limits.max_failure_bytes):
+            return
+        # The details of each failure in the cause chain.
+        failure, path = value, field
+        while True:
+            info = failure.WhichOneof("failure_info")
+            if info is not None and info in _FAILURE_DETAILS:
+                details = _FAILURE_DETAILS[info]
+                given = getattr(getattr(failure, info), details)
+                self._each_payload(given, f"{path}.{info}.{details}", engine_reads=False)
+            if not failure.HasField("cause"):
+                return
+            failure, path = failure.cause, f"{path}.cause"
 
     # Namespaces.
 
@@ -570,7 +610,7 @@ def _check_start(
     # An empty task_queue message overrides nothing.
     if req.HasField("task_queue") and req.task_queue.ByteSize() > 0:
         check.task_queue(req.task_queue, allow_sticky=False)
-    check.payloads(req.input, "input")
+    check.json_payloads(req.input, "input")
     # 0 means no override, like an unset run_timeout.
     check.duration(req.run_timeout, "run_timeout", maximum=check.limits.max_run_timeout)
     check.identity(req.identity)
@@ -590,7 +630,7 @@ def validate_signal_run(req: flow_service_pb2.SignalRunRequest, limits: RequestL
     check.namespace(req.namespace)
     check.run_ref(req.run)
     check.signal_name(req.signal_name)
-    check.payloads(req.input, "input")
+    check.json_payloads(req.input, "input")
     check.identity(req.identity)
     check.request_id(req.request_id)
     check.done()
@@ -608,7 +648,7 @@ def validate_signal_with_start_run(
             "signals an open execution rather than replacing it",
         )
     check.signal_name(req.signal_name)
-    check.payloads(req.signal_input, "signal_input")
+    check.json_payloads(req.signal_input, "signal_input")
     check.done()
 
 
@@ -704,7 +744,7 @@ def validate_respond_block_completed(
     check = _Checker(limits)
     check.namespace(req.namespace)
     check.task_token(req.task_token)
-    check.payloads(req.result, "result")
+    check.json_payloads(req.result, "result")
     check.identity(req.identity)
     if not 0 <= req.eager_slots <= MAX_EAGER_SLOTS:
         check.add("eager_slots", f"is {req.eager_slots}, must be between 0 and {MAX_EAGER_SLOTS}")

@@ -348,6 +348,7 @@ def _close(
 def complete(
     step: RunStep, pending: records_pb2.PendingBlock, result: common_pb2.Payloads, identity: str
 ) -> None:
+    output = payloads.to_value(payloads.from_payloads(result, "result"))  # before any change
     _claim(step, pending, identity)
     started = _started_event(step, pending)
     event, attrs = step.add_event(
@@ -359,7 +360,7 @@ def complete(
     attrs.result.CopyFrom(result)
     attrs.identity = identity
     closed = _close(step, pending, common_pb2.BLOCK_STATUS_SUCCEEDED, event.event_id)
-    closed.output.CopyFrom(payloads.to_value(payloads.from_payloads(result)))
+    closed.output.CopyFrom(output)
 
 
 def retry_decision(

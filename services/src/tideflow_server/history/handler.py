@@ -32,6 +32,7 @@ from tideflow_server.internal.v1 import history_service_pb2_grpc
 from tideflow_server.persistence import errors as store
 from tideflow_server.rpc.clients import shard_for
 from tideflow_server.rpc.errors import (
+    FieldViolation,
     Internal,
     InvalidArgument,
     NotFound,
@@ -51,6 +52,10 @@ left), so that its empty answer arrives instead of DEADLINE_EXCEEDED."""
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
+_FOREIGN_PAGE_TOKEN = (
+    "is not a page token this server issued for this query; pass the token the previous "
+    "page returned, unchanged"
+)
 
 
 def service_error(e: Exception) -> ServiceError:
@@ -62,7 +67,8 @@ def service_error(e: Exception) -> ServiceError:
     if isinstance(e, store.SizeLimitExceeded):
         return InvalidArgument(str(e), reason="SIZE_LIMIT_EXCEEDED")
     if isinstance(e, store.InvalidPageToken):
-        return InvalidArgument(str(e))
+        # Every paged request carries its token as `next_page_token`.
+        return InvalidArgument([FieldViolation("next_page_token", _FOREIGN_PAGE_TOKEN)])
     if isinstance(e, store.ShardOwnershipLost | store.Unavailable | store.ConditionFailed):
         return Unavailable(str(e))
     log.exception("unexpected error", exc_info=e)

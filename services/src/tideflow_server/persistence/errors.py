@@ -65,13 +65,19 @@ class NotFound(PersistenceError):
 
 
 class SizeLimitExceeded(PersistenceError):
-    """A blob, batch or history would exceed a configured limit; nothing was written."""
+    """A blob, batch or history would exceed a configured limit; nothing was written.
+    `setting` names the configuration key that sets the limit."""
 
-    def __init__(self, *, what: str, size: int, limit: int) -> None:
+    def __init__(
+        self, *, what: str, size: int, limit: int, setting: str, unit: str = " bytes"
+    ) -> None:
         self.what = what
         self.size = size
         self.limit = limit
-        super().__init__(f"{what} is {size}, over the limit of {limit}")
+        self.setting = setting
+        super().__init__(
+            f"{what} would be {size}{unit}, over the limit of {limit}{unit} (setting {setting})"
+        )
 
 
 class InvalidPageToken(PersistenceError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2
-from tideflow_server.config import LimitsConfig
+from tideflow_server.config import LIMITS_SECTION, LimitsConfig
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence.errors import AlreadyExists, NotFound, SizeLimitExceeded
 from tideflow_server.persistence.interfaces import Persistence
@@ -112,21 +112,27 @@ class PersistenceManager:
 
     # -- size limits ---------------------------------------------------------------------
 
-    def _blob(self, what: str, message: Message) -> bytes:
-        data = message.SerializeToString()
-        if len(data) > self.limits.max_blob_bytes:
-            raise SizeLimitExceeded(what=what, size=len(data), limit=self.limits.max_blob_bytes)
+    def _limited(self, what: str, data: bytes, setting: str) -> bytes:
+        limit: int = getattr(self.limits, setting)
+        if len(data) > limit:
+            raise SizeLimitExceeded(
+                what=what, size=len(data), limit=limit, setting=f"{LIMITS_SECTION}.{setting}"
+            )
         return data
 
+    def _blob(self, what: str, message: Message) -> bytes:
+        return self._limited(what, message.SerializeToString(), "max_blob_bytes")
+
     def _state_blob(self, state: records_pb2.MutableState) -> bytes:
-        data = state.SerializeToString()
-        limit = self.limits.max_mutable_state_bytes
-        if len(data) > limit:
-            raise SizeLimitExceeded(what="mutable state", size=len(data), limit=limit)
+        data = self._limited("mutable state", state.SerializeToString(), "max_mutable_state_bytes")
         events = state.execution_info.next_event_id - 1
         if events > self.limits.max_history_events:
             raise SizeLimitExceeded(
-                what="history event count", size=events, limit=self.limits.max_history_events
+                what="history",
+                size=events,
+                limit=self.limits.max_history_events,
+                setting=f"{LIMITS_SECTION}.max_history_events",
+                unit=" events",
             )
         return data
 
@@ -205,7 +211,9 @@ class PersistenceManager:
         if first + len(history.events) != state.execution_info.next_event_id:
             raise ValueError("state.execution_info.next_event_id must follow the last event")
         (txn_id,) = await self.allocate_task_ids(lease, 1)
-        data = self._blob("history batch", history)
+        data = self._limited(
+            "the step's history batch", history.SerializeToString(), "max_history_batch_bytes"
+        )
         return [HistoryBatch(first, len(history.events), txn_id, data)]
 
     def _rows(

@@ -223,18 +223,26 @@ def from_item_status(status: flow_service_pb2.ItemStatus) -> ServiceError:
     """The typed error a batch item's status stands for (see to_item_status)."""
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
     return _typed(
-        code, status.message or code.name, status.reason or None, dict(status.metadata), []
+        code,
+        status.message or code.name,
+        status.reason or None,
+        dict(status.metadata),
+        [FieldViolation(v.field, v.description) for v in status.violations],
     )
 
 
 def to_item_status(error: ServiceError) -> flow_service_pb2.ItemStatus:
     """How one item of a batch call ended, as `error` would have ended a single call."""
-    return flow_service_pb2.ItemStatus(
+    status = flow_service_pb2.ItemStatus(
         code=error.code.value[0],
         message=error.message,
         reason=error.reason,
         metadata=error.metadata,
     )
+    if isinstance(error, InvalidArgument):
+        for v in error.violations:
+            status.violations.add(field=v.field, description=v.description)
+    return status
 
 
 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

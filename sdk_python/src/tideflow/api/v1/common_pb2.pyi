@@ -240,9 +240,9 @@ class Payload(_message.Message):
     features that come later. They are not declared `reserved`, because buf's breaking check
     would then forbid ever using them.
 
-    Payload is an opaque value crossing the engine boundary: run input and result, block input and
-    result, signal input, heartbeat details. The engine never looks inside `data`, except where a
-    blueprint wires a value into an expression, which needs JSON.
+    Payload is one value crossing the engine boundary: run input and result, block input and
+    result, signal input, heartbeat and failure details, memo fields. The engine reads the ones a
+    blueprint uses as JSON (see Payloads) and stores and hands on the rest.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -272,9 +272,18 @@ class Payload(_message.Message):
     data: _builtins.bytes
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
-        """How `data` is encoded. The key "encoding" is always set. Values every SDK understands:
-        "json/plain" (UTF-8 JSON), "binary/plain" (raw bytes), "binary/null" (no value, `data` is
-        empty). Other keys belong to codecs (compression, encryption key ids) and travel untouched.
+        """How `data` is encoded. The key "encoding" is required: a media-type-like name
+        `type/subtype`, each part a letter or digit followed by up to 126 letters, digits or
+        `!#$&^_.+-`. Encodings every SDK understands:
+        - "json/plain": `data` is one JSON value (RFC 8259) in UTF-8, with no NaN or Infinity,
+          numbers that fit a double, and strings of whole Unicode characters (no unpaired
+          surrogate escapes). Empty data is not JSON: "binary/null" means no value.
+        - "binary/null": no value (JSON null); `data` is empty.
+        - "binary/plain": raw bytes.
+        Other encodings (a codec's) travel untouched where the engine does not read the payload.
+        Other keys belong to codecs (compression, encryption key ids) and travel untouched.
+        A payload that breaks these rules is INVALID_ARGUMENT naming it, e.g.
+        `input.payloads[0].data` or `details.payloads[1].metadata["encoding"]`.
         """
 
     def __init__(
@@ -293,8 +302,20 @@ Global___Payload: _TypeAlias = Payload  # noqa: Y015
 
 @_typing.final
 class Payloads(_message.Message):
-    """Payloads is an ordered list of payloads, e.g. positional arguments. Blueprint flows always use
-    exactly one payload holding a JSON value.
+    """Payloads is an ordered list of payloads, at most 2 MiB serialized (a namespace may set less,
+    NamespaceLimits.max_payload_bytes).
+
+    Payloads the engine reads: StartRun and SignalWithStartRun `input`, SignalWithStartRun
+    `signal_input`, SignalRun `input`, RespondBlockCompleted `result` (also as an item of
+    RespondBlockCompletedBatch). Blueprints use them as one JSON value, so they hold at most one
+    payload, "json/plain" or "binary/null" (no payload at all is null too), and JSON in them
+    nests at most 24 levels of arrays and objects. Anything else is INVALID_ARGUMENT naming the
+    field (`result.payloads`, `completions[2].result.payloads[0].metadata["encoding"]`); a
+    refused completion leaves its block open, so the worker can answer again.
+
+    Every other Payloads (heartbeat details, failure details down the cause chain, cancel and
+    terminate details) is stored and handed on: one or more payloads of any well-formed
+    encoding, where "json/plain" data must still be JSON and "binary/null" data empty.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

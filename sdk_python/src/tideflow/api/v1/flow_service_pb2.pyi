@@ -446,7 +446,14 @@ class StartRunRequest(_message.Message):
         """
 
     @_builtins.property
-    def input(self) -> _common_pb2.Payloads: ...
+    def input(self) -> _common_pb2.Payloads:
+        """The run's input: one JSON value (see Payloads). The run's first step stores it, and each
+        block it schedules stores its own rendered input, in one history batch of at most 6 MiB
+        (server setting persistence.limits.max_history_batch_bytes): a first block that takes an
+        input under the payload limit fits; blocks that each copy a large input may not, and the
+        start is then INVALID_ARGUMENT naming `input` and the setting, with nothing started.
+        """
+
     @_builtins.property
     def run_timeout(self) -> _duration_pb2.Duration:
         """Overrides the blueprint's run_timeout."""
@@ -525,7 +532,9 @@ class SignalRunRequest(_message.Message):
     @_builtins.property
     def run(self) -> _common_pb2.RunRef: ...
     @_builtins.property
-    def input(self) -> _common_pb2.Payloads: ...
+    def input(self) -> _common_pb2.Payloads:
+        """One JSON value (see Payloads)."""
+
     def __init__(
         self,
         *,
@@ -596,7 +605,9 @@ class SignalWithStartRunRequest(_message.Message):
     @_builtins.property
     def memo(self) -> _common_pb2.Memo: ...
     @_builtins.property
-    def signal_input(self) -> _common_pb2.Payloads: ...
+    def signal_input(self) -> _common_pb2.Payloads:
+        """One JSON value (see Payloads), like `input`."""
+
     def __init__(
         self,
         *,
@@ -1065,7 +1076,13 @@ class RespondBlockCompletedRequest(_message.Message):
     through matching. 0 = none (always the case for a rate-limited worker).
     """
     @_builtins.property
-    def result(self) -> _common_pb2.Payloads: ...
+    def result(self) -> _common_pb2.Payloads:
+        """The block's output: one JSON value (see Payloads). The step it causes (this block's
+        completion and the blocks it lets start, each storing its own rendered input) is at most
+        6 MiB of history (persistence.limits.max_history_batch_bytes); past that the completion is
+        INVALID_ARGUMENT naming `result` and the setting, and the block stays open.
+        """
+
     def __init__(
         self,
         *,
@@ -1185,7 +1202,7 @@ Global___RespondBlockCompletedResult: _TypeAlias = RespondBlockCompletedResult  
 @_typing.final
 class ItemStatus(_message.Message):
     """How one item of a batch call ended: the gRPC status a single call would have ended with,
-    and the google.rpc.ErrorInfo it would have carried.
+    and the google.rpc.ErrorInfo and BadRequest it would have carried.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1214,6 +1231,7 @@ class ItemStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """A gRPC status code; 0 is OK."""
     message: _builtins.str
@@ -1221,6 +1239,12 @@ class ItemStatus(_message.Message):
     """ErrorInfo.reason (domain tideflow.io), e.g. BLOCK_TASK_NOT_FOUND."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemFieldViolation]:
+        """For INVALID_ARGUMENT: BadRequest's field violations, with field paths within the item
+        (e.g. `result` for a result that makes its step too big).
+        """
+
     def __init__(
         self,
         *,
@@ -1228,14 +1252,39 @@ class ItemStatus(_message.Message):
         message: _builtins.str = ...,
         reason: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        violations: _abc.Iterable[Global___ItemFieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ItemStatus: _TypeAlias = ItemStatus  # noqa: Y015
+
+@_typing.final
+class ItemFieldViolation(_message.Message):
+    """ItemFieldViolation is a google.rpc.BadRequest.FieldViolation of one batch item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemFieldViolation: _TypeAlias = ItemFieldViolation  # noqa: Y015
 
 @_typing.final
 class RespondBlockFailedRequest(_message.Message):

@@ -44,7 +44,9 @@ from tideflow.blueprint._language._json import (
 from tideflow.blueprint._language._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
 from tideflow.blueprint._language._model import JSON
 from tideflow.blueprint._language._refs import message_types, references
+from tideflow.blueprint._language._schema_text import schema_message
 from tideflow.blueprint._language._types import describe, result_types
+from tideflow.blueprint._language._unset import unset_values
 from tideflow.blueprint._language.templates import (
     RUN_VARIABLES,
     Expression,
@@ -68,6 +70,10 @@ RESERVED_BLOCK_IDS = RUN_VARIABLES | CEL_RESERVED | BUILTIN_NAMES
 names every expression already reads."""
 
 _VAR_DEFAULT_VARIABLES = frozenset({"input", "run"})
+_UNSET_VALUE = (
+    "a google.protobuf.Value with no kind set; give it one (null is null_value), or leave the "
+    "field out"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,9 @@ def schema_violations(
     except Exception as e:
         # An unresolvable $ref shows up only when a value reaches it.
         return [FieldViolation(root, f"the schema could not be applied: {e}")]
-    violations = [FieldViolation(_json_path(root, e.absolute_path), e.message) for e in errors]
+    violations = [
+        FieldViolation(_json_path(root, e.absolute_path), schema_message(e)) for e in errors
+    ]
     return sorted(set(violations), key=lambda v: (v.field, v.description))
 
 
@@ -258,6 +266,8 @@ class _Checker:
     def run(self) -> Checked:
         bp = self.bp
         self._identity()
+        for path in unset_values(bp):
+            self.report(path, _UNSET_VALUE)
         input_schema = self._schema("input_schema")
         output_schema = self._schema("output_schema")
         self._defaults()
@@ -334,7 +344,7 @@ class _Checker:
         errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
         for error in errors:
             path = _json_path(name, error.absolute_path)
-            self.report(path, f"not a valid JSON Schema (draft 2020-12): {error.message}")
+            self.report(path, f"not a valid JSON Schema (draft 2020-12): {schema_message(error)}")
         return None if errors else schema
 
     def _defaults(self) -> None:

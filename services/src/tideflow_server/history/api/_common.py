@@ -3,7 +3,8 @@ from __future__ import annotations
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.internal.v1 import records_pb2, task_token_pb2
-from tideflow_server.rpc.errors import FailedPrecondition, NotFound
+from tideflow_server.persistence import errors as store
+from tideflow_server.rpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 
 async def execution_id_of(shard: ShardContext, namespace_id: str, run: common_pb2.RunRef) -> str:
@@ -41,3 +42,12 @@ def pending_attempt(
             reason="BLOCK_TASK_NOT_FOUND",
         )
     return pending
+
+
+def too_big(e: store.SizeLimitExceeded, field: str) -> InvalidArgument:
+    """A step that would break a store limit (nothing was written), blamed on the request
+    field that made it big, with the limit and the setting that sets it."""
+    return InvalidArgument(
+        [FieldViolation(field, f"too big for the step it causes: {e}")],
+        reason="SIZE_LIMIT_EXCEEDED",
+    )

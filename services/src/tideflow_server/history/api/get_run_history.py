@@ -12,7 +12,7 @@ from tideflow_server.history.api._common import execution_id_of
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
-from tideflow_server.rpc.errors import InvalidArgument, Unavailable
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument, Unavailable
 
 _CLOSE_EVENTS = {
     history_pb2.EVENT_TYPE_RUN_COMPLETED,
@@ -31,10 +31,26 @@ def _token(execution_id: str, next_event_id: int) -> bytes:
 def _parse_token(token: bytes, execution_id: str) -> int:
     try:
         parsed = json.loads(token)
-        assert parsed["e"] == execution_id and int(parsed["n"]) >= 1
-        return int(parsed["n"])
-    except Exception as e:
-        raise InvalidArgument("next_page_token is not one this run issued") from e
+    except (ValueError, RecursionError):
+        parsed = None
+    position = parsed.get("n") if isinstance(parsed, dict) else None
+    if (
+        not isinstance(parsed, dict)
+        or parsed.get("e") != execution_id
+        or not isinstance(position, int)
+        or isinstance(position, bool)
+        or position < 1
+    ):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "next_page_token",
+                    "is not a page token of this execution's history; pass the token the "
+                    "previous page returned, unchanged",
+                )
+            ]
+        )
+    return position
 
 
 async def closing_event(

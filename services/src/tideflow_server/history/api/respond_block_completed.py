@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.history import blocks
+from tideflow_server.history.api._common import too_big
 from tideflow_server.history.api._respond import respond
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
+from tideflow_server.persistence import errors as store
 
 
 async def invoke(
@@ -30,13 +32,16 @@ async def invoke(
         )
         return [blocks.worker_task(step, pending, event) for pending, event in started]
 
-    next_tasks = await respond(
-        shard,
-        request.namespace_id,
-        given.task_token,
-        lambda step, pending: blocks.complete(step, pending, given.result, given.identity),
-        eager,
-    )
+    try:
+        next_tasks = await respond(
+            shard,
+            request.namespace_id,
+            given.task_token,
+            lambda step, pending: blocks.complete(step, pending, given.result, given.identity),
+            eager,
+        )
+    except store.SizeLimitExceeded as e:
+        raise too_big(e, "result") from e  # the block stays open; the worker is told
     response = history_service_pb2.RespondBlockCompletedResponse()
     response.response.next_tasks.extend(next_tasks or ())
     return response

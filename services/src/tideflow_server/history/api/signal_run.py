@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from tideflow.api.v1 import flow_service_pb2, history_pb2
-from tideflow_server.history.api._common import execution_id_of, open_run
+from tideflow_server.history.api._common import execution_id_of, open_run, too_big
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
+from tideflow_server.persistence import errors as store
 
 MAX_REMEMBERED_SIGNALS = 100
 
@@ -27,8 +28,9 @@ def record_signal(step: RunStep, signal: flow_service_pb2.SignalRunRequest) -> N
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.SignalRunRequest
+    shard: ShardContext, request: history_service_pb2.SignalRunRequest, *, field: str = "input"
 ) -> history_service_pb2.SignalRunResponse:
+    """`field`: where the signal's input is in the caller's request."""
     signal = request.request
     execution_id = await execution_id_of(shard, request.namespace_id, signal.run)
 
@@ -36,5 +38,8 @@ async def invoke(
         open_run(entry)
         record_signal(step, signal)
 
-    await shard.update(request.namespace_id, signal.run.run_id, execution_id, act)
+    try:
+        await shard.update(request.namespace_id, signal.run.run_id, execution_id, act)
+    except store.SizeLimitExceeded as e:
+        raise too_big(e, field) from e
     return history_service_pb2.SignalRunResponse()

@@ -31,6 +31,7 @@ async def invoke(
                 history_service_pb2.SignalRunRequest(
                     namespace_id=request.namespace_id, request=signal
                 ),
+                field="signal_input",
             )
             response.response.execution_id = execution_id
             response.response.started = False

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.history import payloads, progress
 from tideflow_server.history.api import get_run_history
+from tideflow_server.history.api._common import too_big
 from tideflow_server.history.interpreter import JSON, ExpressionError
 from tideflow_server.history.interpreter.compiled import CompiledBlueprint
 from tideflow_server.history.shard.context import ShardContext, utcnow
@@ -40,7 +41,7 @@ def first_step(
     """The new execution's state and first events: RUN_STARTED, then whatever the blueprint
     starts with (its first blocks, or a whole run of system blocks)."""
     blueprint = compiled.blueprint
-    run_input = payloads.from_payloads(request.input)
+    run_input = payloads.from_payloads(request.input, "input")
     violations = compiled.validate_input(run_input)
     if violations:
         raise InvalidArgument(violations, reason="INPUT_SCHEMA_VIOLATION")
@@ -188,6 +189,8 @@ async def _start(
                 await shard.create(
                     entry, step, mode=mode, previous_execution_id=previous, flow_check=check
                 )
+            except store.SizeLimitExceeded as e:
+                raise too_big(e, "input") from e
             except store.FlowChanged:
                 flows.forget_latest(request.namespace_id, name)
                 flow, compiled = await flows.get(request.namespace_id, name, 0)

@@ -36,7 +36,7 @@ from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import MatchingClient
-from tideflow_server.rpc.errors import InvalidArgument, NotFound, Unavailable
+from tideflow_server.rpc.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -271,8 +271,6 @@ class ShardContext:
             return Unavailable(
                 f"shard {self.shard_id} moved to another host", reason="SHARD_OWNERSHIP_LOST"
             )
-        if isinstance(e, store.SizeLimitExceeded):
-            return InvalidArgument(f"{e.what} would be {e.size} bytes, over the limit of {e.limit}")
         # The outcome is unknown: the write may have landed. Read the state again next time,
         # and hand its tasks to the queues anyway: once this call returns, the queues may
         # acknowledge past these ids, so a landed write's tasks would otherwise never run.
@@ -330,6 +328,8 @@ class ShardContext:
             except store.ConditionFailed as e:
                 entry.loaded = None
                 raise Conflict() from e
+            except store.SizeLimitExceeded:
+                raise  # nothing was written; the caller knows which field made it too big
             except store.PersistenceError as e:
                 raise self._translate(e, entry, step) from e
         self._committed(entry, loaded, step)
@@ -378,7 +378,7 @@ class ShardContext:
                     previous_execution_id=previous_execution_id,
                     flow_check=flow_check,
                 )
-            except store.ConditionFailed:
+            except (store.ConditionFailed, store.SizeLimitExceeded):
                 raise
             except store.PersistenceError as e:
                 # The pointer may or may not have moved: read it again next time.

@@ -55,7 +55,7 @@ class CassandraHistoryStore:
         expected: int | None = None
         start = min_event_id
         if page_token is not None:
-            (start,) = _paging.decode(page_token, 1)
+            (start,) = _paging.decode(page_token, int)
             if not isinstance(start, int):
                 raise InvalidPageToken("page token is not one this server issued")
             expected = start

@@ -73,7 +73,7 @@ class CassandraMetadataStore:
     async def list_namespaces(
         self, *, page_size: int, page_token: bytes | None = None
     ) -> Page[NamespaceRow]:
-        after = "" if page_token is None else str(_paging.decode(page_token, 1)[0])
+        after = "" if page_token is None else str(_paging.decode(page_token, str)[0])
         found = await self._db.execute(
             "SELECT id, name, data FROM {ks}.namespaces WHERE bucket = 0 AND name > ? LIMIT ?",
             (after, page_size + 1),
@@ -127,7 +127,7 @@ class CassandraMetadataStore:
     ) -> Page[FlowRow]:
         after_name, after_version = "", 0
         if page_token is not None:
-            after_name, after_version = _paging.decode(page_token, 2)
+            after_name, after_version = _paging.decode(page_token, str, int)
         if name is None:
             found = await self._db.execute(
                 f"SELECT {_FLOW_COLUMNS} FROM {{ks}}.flows WHERE namespace_id = ?"

@@ -32,7 +32,7 @@ class SqlHistoryStore:
         expected: int | None = None
         start = min_event_id
         if page_token is not None:
-            (start,) = _paging.decode(page_token, 1)
+            (start,) = _paging.decode(page_token, int)
             expected = start
         limit = page_size + 1
         async with self._db.read() as conn:

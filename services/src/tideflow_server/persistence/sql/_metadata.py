@@ -51,7 +51,7 @@ class SqlMetadataStore:
     async def list_namespaces(
         self, *, page_size: int, page_token: bytes | None = None
     ) -> Page[NamespaceRow]:
-        after = "" if page_token is None else str(_paging.decode(page_token, 1)[0])
+        after = "" if page_token is None else str(_paging.decode(page_token, str)[0])
         async with self._db.read() as conn:
             rows = await conn.fetchall(
                 "SELECT id, name, data FROM namespaces WHERE name > ? ORDER BY name LIMIT ?",
@@ -109,7 +109,7 @@ class SqlMetadataStore:
     ) -> Page[FlowRow]:
         after_name, after_version = "", 0
         if page_token is not None:
-            after_name, after_version = _paging.decode(page_token, 2)
+            after_name, after_version = _paging.decode(page_token, str, int)
         where = "namespace_id = ? AND (name, version) > (?, ?)"
         args: list[object] = [namespace_id, after_name, after_version]
         if name is not None:

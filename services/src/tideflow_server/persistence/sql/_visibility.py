@@ -130,7 +130,7 @@ class SqlVisibilityStore:
     ) -> Page[VisibilityRow]:
         where, args = _where(namespace_id, filter)
         if page_token is not None:
-            start_time_ms, execution_id = _paging.decode(page_token, 2)
+            start_time_ms, execution_id = _paging.decode(page_token, int, str)
             where += " AND (start_time_ms, execution_id) < (?, ?)"
             args += [start_time_ms, execution_id]
         async with self._db.read() as conn:
