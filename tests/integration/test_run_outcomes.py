@@ -269,7 +269,7 @@ async def test_an_output_that_breaks_the_schema_is_a_server_failure(
     assert failure.WhichOneof("failure_info") == "server_failure_info"
     assert failure.server_failure_info.type == "OutputSchemaViolation"
     assert failure.server_failure_info.non_retryable
-    assert failure.message == "output: 5 is not of type 'string'"
+    assert failure.message == 'output: 5 is not of type "string"'
 
 
 # -- a run's failure keeps its cause -------------------------------------------------------------

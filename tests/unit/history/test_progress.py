@@ -208,7 +208,7 @@ def test_a_succeed_blocks_output_that_breaks_the_schema_fails_the_run_as_the_eng
     step.info.input.number_value = 5
     _advance(step, compiled)
     failure = _run_failed(step)
-    assert failure.message == "block 'stop': output: 5 is not of type 'string'"
+    assert failure.message == "block 'stop': output: 5 is not of type \"string\""
     assert failure.server_failure_info == failure_pb2.ServerFailureInfo(
         type="OutputSchemaViolation", non_retryable=True
     )
