@@ -241,8 +241,8 @@ async def test_run_time_expression_errors_are_server_failures_fail_blocks_applic
         assert failure.WhichOneof("failure_info") == "server_failure_info", block_id
         assert failure.server_failure_info.non_retryable
         assert failure.server_failure_info.type == "ExpressionError"
-    assert "no such key: 'missing'" in failed["missing"].failure.message
-    assert "wants a bool, got int" in failed["not_bool"].failure.message
+    assert 'no such key: "missing"' in failed["missing"].failure.message
+    assert "wants a bool, got an int" in failed["not_bool"].failure.message
     refused = failed["refused"].failure
     assert refused.WhichOneof("failure_info") == "application_failure_info"
     assert refused.application_failure_info.type == "Rejected"

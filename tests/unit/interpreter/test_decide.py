@@ -251,7 +251,7 @@ def test_output_rendering_error_fails_the_run() -> None:
     [result] = decide(compiled, view({"a": done({})}))
     assert isinstance(result, FailRun)
     assert result.error.type == "ExpressionError" and result.error.server
-    assert result.error.message == ("output: `blocks.a.output.missing`: no such key: 'missing'")
+    assert result.error.message == ('output: `blocks.a.output.missing`: no such key: "missing"')
 
 
 def test_input_rendering_error_fails_the_block() -> None:
@@ -261,7 +261,7 @@ def test_input_rendering_error_fails_the_block() -> None:
         "b",
         BlockError(
             "ExpressionError",
-            "blocks[1].input: `blocks.a.output.x`: no such key: 'x'",
+            'blocks[1].input: `blocks.a.output.x`: no such key: "x"',
             non_retryable=True,
             server=True,
         ),
@@ -276,7 +276,7 @@ def test_a_condition_that_is_not_a_bool_fails_the_block(field: str) -> None:
     [command] = decide(compiled, view(input={"n": 1}))
     assert isinstance(command, FailBlock)
     assert command.error.type == "ExpressionError"
-    assert command.error.message == f"blocks[0].{field}: `input.n`: wants a bool, got int"
+    assert command.error.message == f"blocks[0].{field}: `input.n`: wants a bool, got an int"
     assert command.error.server and command.error.non_retryable
 
 

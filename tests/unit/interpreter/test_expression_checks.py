@@ -153,7 +153,7 @@ def test_a_stored_version_still_loads_and_fails_at_run_time_as_before() -> None:
     assert [c.block_id for c in commands if isinstance(c, FailBlock)] == ["a", "b"]
     a, b = commands
     assert isinstance(a, FailBlock) and isinstance(b, FailBlock)
-    assert a.error.message == 'blocks[0].when: `"yes"`: wants a bool, got str'
+    assert a.error.message == 'blocks[0].when: `"yes"`: wants a bool, got a string'
     assert "max" in b.error.message
 
 

@@ -8,7 +8,7 @@ from google.protobuf import struct_pb2
 from tests.unit.interpreter.support import done, failed, view
 from tideflow.blueprint._language._errors import LanguageError
 from tideflow.blueprint._language._refs import references
-from tideflow.blueprint._language.templates import Placeholder, split_template
+from tideflow.blueprint._language.templates import Expression, Placeholder, split_template
 from tideflow_server.history.interpreter import (
     JSON,
     Env,
@@ -168,8 +168,8 @@ def test_runtime_errors_are_typed_with_expression_and_path() -> None:
     error = raised.value
     assert error.path == "blocks[3].input.doc[0]"
     assert error.expression == "input.doc.missing"
-    assert error.message == "no such key: 'missing'"
-    assert str(error) == "blocks[3].input.doc[0]: `input.doc.missing`: no such key: 'missing'"
+    assert error.message == 'no such key: "missing"'
+    assert str(error) == 'blocks[3].input.doc[0]: `input.doc.missing`: no such key: "missing"'
 
     for bad in ("${1 / 0}", "${input.doc.name + 1}", "${blocks.absent.output}", "${1.0 / 0.0}"):
         with pytest.raises(ExpressionError):
@@ -231,3 +231,21 @@ def test_reference_scanner() -> None:
         (None, False),
     ]
     assert refs.bound == {"v"}
+
+
+@pytest.mark.parametrize(
+    ("source", "named"),
+    [
+        ("input.doc.name", "a string"),
+        ("1.5", "a double"),
+        ("vars.limit", "an int"),
+        ("input.tags", "a list"),
+        ("input.doc", "a map"),
+        ("null", "null"),
+    ],
+)
+def test_a_condition_that_is_not_a_bool_names_the_type_as_cel_does(source: str, named: str) -> None:
+    """Messages name CEL's types (`string`, `null`), not Python's (`str`, `None`)."""
+    with pytest.raises(ExpressionError) as raised:
+        Expression.compile(source).evaluate_bool(Env.for_run(RUN))
+    assert raised.value.message == f"wants a bool, got {named}"

@@ -6,6 +6,7 @@ bindings can change (or be replaced) behind this boundary.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -109,7 +110,7 @@ class CelProgram:
         try:
             return self._program.execute(activation.context())
         except KeyError as e:
-            raise CelEvaluationError(f"no such key: {e.args[0]!r}") from None
+            raise CelEvaluationError(f"no such key: {_shown(e.args[0])}") from None
         except Exception as e:
             raise CelEvaluationError(str(e) or type(e).__name__) from None
 
@@ -149,3 +150,9 @@ class Activation:
         if self._context is None:
             self._context = cel.Context(variables=self._variables)
         return self._context
+
+
+def _shown(key: object) -> str:
+    """A map key as the expression would write it: a string in double quotes (as JSON
+    writes it), anything else as itself."""
+    return json.dumps(key, ensure_ascii=False) if isinstance(key, str) else str(key)

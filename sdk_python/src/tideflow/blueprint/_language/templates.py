@@ -157,6 +157,16 @@ class Env:
 
 # -- expressions -------------------------------------------------------------------------
 
+_TYPE_NAMES: dict[type, str] = {
+    bool: "a bool",
+    int: "an int",
+    float: "a double",
+    str: "a string",
+    list: "a list",
+    dict: "a map",
+}
+"""A JSON value's type as CEL names it, for messages (null is the one value not listed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Expression:
@@ -183,9 +193,10 @@ class Expression:
     def evaluate_bool(self, env: Env) -> bool:
         value = self.evaluate(env)
         if not isinstance(value, bool):
-            kind = "null" if value is None else type(value).__name__
             raise ExpressionError(
-                expression=self.source, path=self.path, message=f"wants a bool, got {kind}"
+                expression=self.source,
+                path=self.path,
+                message=f"wants a bool, got {_TYPE_NAMES.get(type(value), 'null')}",
             )
         return value
 
