@@ -21,7 +21,7 @@ $(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt sdk_python
 	touch $@
 
 $(BUF): package.json package-lock.json
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## proto: regenerate the Python stubs from proto/ (committed)
