@@ -275,9 +275,9 @@ async def test_start_input_that_is_not_json_starts_nothing(
         assert isinstance(missing, NotFound)
 
 
-async def test_completion_that_is_not_json_is_refused_and_the_block_stays_open(
-    cluster: Cluster, client: Client
-) -> None:
+async def _echo_flow(client: Client) -> tuple[str, str]:
+    """A flow of one block `a` on a queue of its own that takes the run's input, and whose
+    output is the run's result: (queue, flow name)."""
     queue, name = f"q-{uuid.uuid4().hex[:8]}", _flow()
     await client.register(
         {
@@ -288,6 +288,13 @@ async def test_completion_that_is_not_json_is_refused_and_the_block_stays_open(
             "output": "${blocks.a.output}",
         }
     )
+    return queue, name
+
+
+async def test_completion_that_is_not_json_is_refused_and_the_block_stays_open(
+    cluster: Cluster, client: Client
+) -> None:
+    queue, name = await _echo_flow(client)
     run_id, _ = await client.start(name, {"n": 1})
     async with grpc.aio.insecure_channel(cluster.frontend) as channel:
         stub = flow_service_pb2_grpc.FlowServiceStub(channel)
@@ -432,16 +439,7 @@ _BATCH_SETTING = "persistence.limits.max_history_batch_bytes"
 async def test_input_under_the_payload_limit_runs_when_the_first_block_takes_it(
     cluster: Cluster, client: Client
 ) -> None:
-    queue, name = f"q-{uuid.uuid4().hex[:8]}", _flow()
-    await client.register(
-        {
-            "name": name,
-            "version": 1,
-            "task_queue": queue,
-            "blocks": [_block("a", input="${input}")],
-            "output": "${blocks.a.output}",
-        }
-    )
+    queue, name = await _echo_flow(client)
 
     async def size(task: Task) -> int:
         return len(task.input)
