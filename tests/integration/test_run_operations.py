@@ -265,18 +265,54 @@ async def test_namespace_rate_limit(cluster: Cluster) -> None:
     register.config.rate_limits.requests_per_second = 0.5
     register.config.rate_limits.burst = 2
     await limited.stub.RegisterNamespace(register, timeout=10)
-    describe = flow_service_pb2.DescribeNamespaceRequest(namespace=limited.namespace)
+    list_flows = flow_service_pb2.ListFlowsRequest(namespace=limited.namespace)
     try:
-        await limited.stub.DescribeNamespace(describe, timeout=10)
-        await limited.stub.DescribeNamespace(describe, timeout=10)
+        await limited.stub.ListFlows(list_flows, timeout=10)
+        await limited.stub.ListFlows(list_flows, timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as limited_out:
-            await limited.stub.DescribeNamespace(describe, timeout=10)
+            await limited.stub.ListFlows(list_flows, timeout=10)
     finally:
         await limited.close()
     error = from_rpc_error(limited_out.value)
     assert isinstance(error, ResourceExhausted)
     assert error.reason == "NAMESPACE_RATE_LIMITED"
     assert int(error.metadata["retry_after_ms"]) > 0
+
+
+async def test_a_namespace_over_its_limit_can_still_be_described_and_fixed(
+    cluster: Cluster,
+) -> None:
+    limited = Client(cluster.frontend, namespace=f"locked-{uuid.uuid4().hex[:6]}")
+    register = flow_service_pb2.RegisterNamespaceRequest(namespace=limited.namespace)
+    register.config.rate_limits.requests_per_second = 0.01  # the slowest allowed
+    register.config.rate_limits.burst = 1
+    list_flows = flow_service_pb2.ListFlowsRequest(namespace=limited.namespace)
+    try:
+        await limited.stub.RegisterNamespace(register, timeout=10)
+        await limited.stub.ListFlows(list_flows, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as limited_out:
+            await limited.stub.ListFlows(list_flows, timeout=10)
+        assert limited_out.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Administration is not charged to the namespace's own bucket.
+        describe = flow_service_pb2.DescribeNamespaceRequest(namespace=limited.namespace)
+        for _ in range(3):
+            await limited.stub.DescribeNamespace(describe, timeout=10)
+        fix = flow_service_pb2.UpdateNamespaceRequest(namespace=limited.namespace)
+        fix.update_mask.paths.append("config.rate_limits")
+        fix.config.rate_limits.requests_per_second = 1000
+        fix.config.rate_limits.burst = 1000
+        updated = await limited.stub.UpdateNamespace(fix, timeout=10)
+        assert updated.config.rate_limits.requests_per_second == 1000
+        # The emptied bucket now refills at the new rate: within the hinted wait, not 100 s.
+        try:
+            await limited.stub.ListFlows(list_flows, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            retry_after_ms = int(from_rpc_error(e).metadata["retry_after_ms"])
+            assert retry_after_ms <= 1
+            await asyncio.sleep(retry_after_ms / 1000)
+            await limited.stub.ListFlows(list_flows, timeout=10)
+    finally:
+        await limited.close()
 
 
 async def test_describe_task_queue_shows_pollers_and_backlog(

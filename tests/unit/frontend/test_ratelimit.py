@@ -214,3 +214,33 @@ def test_constructor_rejects_nonsense() -> None:
         NamespaceRateLimiter(float("nan"), 1)
     with pytest.raises(ValueError, match="max_buckets"):
         NamespaceRateLimiter(1, 1, max_buckets=0)
+    with pytest.raises(ValueError, match="min_rps"):
+        NamespaceRateLimiter(1, 1, min_rps=0)
+
+
+@pytest.mark.parametrize("rps", [1e-320, 1e-300, 5e-324])
+def test_a_stored_rate_too_small_to_wait_for_waits_at_the_minimum(
+    clock: FakeClock, rps: float
+) -> None:
+    # Registration refuses such rates now; records stored before must not break every call.
+    rl = limiter(clock, rps=10, burst=5)
+    rl.check("docs", rps=rps, burst=1)
+    with pytest.raises(ResourceExhausted) as raised:
+        rl.check("docs", rps=rps, burst=1)
+    # One token at the minimum rate of 0.01/s.
+    assert raised.value.metadata["retry_after_ms"] == "100000"
+    assert "0.01 requests per second" in raised.value.message
+
+
+def test_a_default_rate_below_the_minimum_counts_as_the_minimum(clock: FakeClock) -> None:
+    rl = NamespaceRateLimiter(1e-320, 1, clock, min_rps=0.5)
+    assert rl.try_acquire("docs")
+    clock.advance(1.9)
+    assert not rl.try_acquire("docs")
+    clock.advance(0.1)
+    assert rl.try_acquire("docs")
+
+
+def test_a_stored_rate_that_is_not_a_number_means_the_default() -> None:
+    stored = namespace_pb2.RateLimits(requests_per_second=float("nan"), burst=3)
+    assert overrides_from_config(stored) == RateOverride(None, 3)

@@ -98,6 +98,39 @@ def test_rate_limit_must_be_finite(rps: float) -> None:
     ]
 
 
+@pytest.mark.parametrize("rps", [1e-320, 1e-300, 0.009, -1.0, 1_000_001.0])
+def test_rate_limit_is_zero_or_in_the_sane_range(rps: float) -> None:
+    request = register_namespace(
+        config=config(rate_limits=namespace_pb2.RateLimits(requests_per_second=rps))
+    )
+    assert description_of(
+        validate_register_namespace, request, "config.rate_limits.requests_per_second"
+    ) == (f"is {rps:g}, must be 0 (the server default) or 0.01 to 1e+06")
+
+
+@pytest.mark.parametrize("rps", [0.0, 0.01, 1_000_000.0])
+def test_rate_limit_range_bounds_are_accepted(rps: float) -> None:
+    validate_register_namespace(
+        register_namespace(
+            config=config(rate_limits=namespace_pb2.RateLimits(requests_per_second=rps))
+        ),
+        LIMITS,
+    )
+
+
+def test_burst_is_bounded_on_register_and_update() -> None:
+    rate_limits = namespace_pb2.RateLimits(requests_per_second=1, burst=1_000_001)
+    request = register_namespace(config=config(rate_limits=rate_limits))
+    assert description_of(validate_register_namespace, request, "config.rate_limits.burst") == (
+        "is 1000001, over the limit of 1000000 (0 = the server default)"
+    )
+    burst = update("config.rate_limits.burst", config=config(rate_limits=rate_limits))
+    assert fields_of(validate_update_namespace, burst) == ["config.rate_limits.burst"]
+    too_slow = namespace_pb2.RateLimits(requests_per_second=1e-320)
+    rate = update("config.rate_limits", config=config(rate_limits=too_slow))
+    assert fields_of(validate_update_namespace, rate) == ["config.rate_limits.requests_per_second"]
+
+
 def test_retention_is_bounded() -> None:
     request = register_namespace(config=config(retention=duration_pb2.Duration(seconds=10**10)))
     assert "over the limit of 315360000s" in description_of(

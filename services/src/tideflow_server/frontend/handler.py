@@ -64,6 +64,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 SERVER_VERSION = "0.1.0"
 POLL_MARGIN_S = 1.0
 """A poll answers this long before the caller's deadline, so the reply is not lost."""
+ADMIN_COST = 0.0
+"""Namespace administration (Describe and UpdateNamespace; Register and ListNamespaces name
+no existing namespace) is not charged to the namespace's bucket: a limit set too low must
+never block the call that fixes it."""
 
 
 def _run_info(row: VisibilityRow) -> run_pb2.RunInfo:
@@ -171,7 +175,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.DescribeNamespaceRequest, context: Context
     ) -> flow_service_pb2.DescribeNamespaceResponse:
         async def serve() -> flow_service_pb2.DescribeNamespaceResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, cost=ADMIN_COST)
             return flow_service_pb2.DescribeNamespaceResponse(
                 info=record.info, config=record.config
             )
@@ -200,7 +204,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.UpdateNamespaceRequest, context: Context
     ) -> flow_service_pb2.UpdateNamespaceResponse:
         async def serve() -> flow_service_pb2.UpdateNamespaceResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, cost=ADMIN_COST)
             updated = records_pb2.NamespaceRecord()
             updated.CopyFrom(record)
             source = records_pb2.NamespaceRecord(info=request.info, config=request.config)

@@ -72,6 +72,13 @@ class RequestLimits(BaseModel):
     max_run_timeout: timedelta = timedelta(days=3650)
     max_retention: timedelta = timedelta(days=3650)
 
+    # A namespace's own rate limit (`NamespaceConfig.rate_limits`; 0 = the server default).
+    min_namespace_rps: float = Field(default=0.01, gt=0)
+    """The slowest rate a namespace may set: one call every 100 s. Slower rates only lock the
+    namespace out, and their waits overflow the bucket arithmetic."""
+    max_namespace_rps: float = Field(default=1_000_000.0, gt=0)
+    max_namespace_burst: int = Field(default=1_000_000, gt=0)
+
     @field_validator("namespace_pattern", "task_queue_pattern", "flow_name_pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
@@ -85,6 +92,12 @@ class RequestLimits(BaseModel):
     def _default_page_fits(self) -> RequestLimits:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def _rate_range_is_a_range(self) -> RequestLimits:
+        if self.min_namespace_rps > self.max_namespace_rps:
+            raise ValueError("min_namespace_rps must not exceed max_namespace_rps")
         return self
 
     def with_namespace_limits(self, limits: namespace_pb2.NamespaceLimits) -> RequestLimits:

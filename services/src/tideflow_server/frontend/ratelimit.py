@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from tideflow.api.v1 import namespace_pb2
+from tideflow_server.frontend.limits import DEFAULT_LIMITS
 from tideflow_server.rpc.errors import ResourceExhausted
 
 __all__ = ["RATE_LIMITED_REASON", "NamespaceRateLimiter", "RateOverride", "overrides_from_config"]
@@ -37,9 +38,11 @@ class RateOverride(NamedTuple):
 
 
 def overrides_from_config(rate_limits: namespace_pb2.RateLimits) -> RateOverride:
-    """`NamespaceConfig.rate_limits` as overrides: zero there means the server default."""
+    """`NamespaceConfig.rate_limits` as overrides: zero there means the server default, and
+    so does a rate that is not a number (registration refuses it; a record may predate that)."""
+    rps = rate_limits.requests_per_second
     return RateOverride(
-        rps=rate_limits.requests_per_second or None,
+        rps=None if math.isnan(rps) else rps or None,
         burst=rate_limits.burst or None,
     )
 
@@ -55,9 +58,11 @@ class _Bucket:
 class NamespaceRateLimiter:
     """Token bucket per namespace, deterministic under an injected clock.
 
-    `rps <= 0` (by default or by override) means unlimited. A burst of 0 or less means one
-    second's worth of tokens (at least 1). A call costing more than the burst is let through
-    when the bucket is full and leaves it in debt, so a small burst never starves it.
+    `rps <= 0` (by default or by override) means unlimited, and a positive rate below
+    `min_rps` counts as `min_rps`, so a wait is always a number of milliseconds an int holds.
+    A burst of 0 or less means one second's worth of tokens (at least 1). A call costing more
+    than the burst is let through when the bucket is full and leaves it in debt, so a small
+    burst never starves it.
     """
 
     def __init__(
@@ -68,12 +73,16 @@ class NamespaceRateLimiter:
         *,
         idle_seconds: float = 300.0,
         max_buckets: int = 100_000,
+        min_rps: float = DEFAULT_LIMITS.min_namespace_rps,
     ) -> None:
         if math.isnan(default_rps):
             raise ValueError("default_rps must be a number")
         if idle_seconds < 0 or max_buckets < 1:
             raise ValueError("idle_seconds must be >= 0 and max_buckets >= 1")
+        if not 0 < min_rps < math.inf:
+            raise ValueError("min_rps must be a positive number")
         self.default_rps = default_rps
+        self.min_rps = min_rps
         self.default_burst = default_burst
         self._clock = clock
         self._idle_seconds = idle_seconds
@@ -121,7 +130,9 @@ class NamespaceRateLimiter:
         )
 
     def _rate(self, rps: float | None) -> float:
-        return self.default_rps if rps is None else rps
+        rate = self.default_rps if rps is None else rps
+        # A rate of 1e-320 would make a wait of 1e320 seconds: infinity once in milliseconds.
+        return max(rate, self.min_rps) if rate > 0 else rate
 
     def _capacity(self, rate: float, burst: int | None) -> float:
         chosen = self.default_burst if burst is None else burst

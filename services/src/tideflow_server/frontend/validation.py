@@ -445,16 +445,26 @@ class _Checker:
         self.duration(value, field, maximum=self.limits.max_retention)
 
     def requests_per_second(self, value: float, field: str) -> None:
-        if not math.isfinite(value) or value < 0:
-            self.add(field, f"is {value}, must be a finite number >= 0 (0 = the server default)")
+        low, high = self.limits.min_namespace_rps, self.limits.max_namespace_rps
+        if value != 0 and not low <= value <= high:  # NaN fails the range too
+            self.add(field, f"is {value:g}, must be 0 (the server default) or {low:g} to {high:g}")
+
+    def burst(self, value: int, field: str) -> None:
+        if value > self.limits.max_namespace_burst:
+            self.add(
+                field,
+                f"is {value}, over the limit of {self.limits.max_namespace_burst} "
+                "(0 = the server default)",
+            )
 
     def namespace_config(self, config: namespace_pb2.NamespaceConfig, field: str) -> None:
-        # NamespaceLimits and the burst are unsigned: every value is valid, 0 = the default.
+        # NamespaceLimits are unsigned: every value is valid, 0 = the default.
         self.retention(config.retention, f"{field}.retention")
         self.requests_per_second(
             config.rate_limits.requests_per_second,
             f"{field}.rate_limits.requests_per_second",
         )
+        self.burst(config.rate_limits.burst, f"{field}.rate_limits.burst")
 
 
 # Namespaces.
@@ -557,6 +567,8 @@ def validate_update_namespace(
             req.config.rate_limits.requests_per_second,
             "config.rate_limits.requests_per_second",
         )
+    if masked("config.rate_limits.burst"):
+        check.burst(req.config.rate_limits.burst, "config.rate_limits.burst")
     check.done()
 
 

@@ -141,14 +141,23 @@ Global___NamespaceConfig: _TypeAlias = NamespaceConfig  # noqa: Y015
 
 @_typing.final
 class RateLimits(_message.Message):
-    """RateLimits is a token bucket over the namespace's API calls."""
+    """RateLimits is a token bucket over the namespace's API calls, kept by each frontend. A call
+    refused by it fails with RESOURCE_EXHAUSTED, reason NAMESPACE_RATE_LIMITED. Not charged to
+    the bucket: DescribeNamespace and UpdateNamespace (a limit set too low can always be read
+    and fixed), RegisterNamespace and ListNamespaces, and PollBlockTask (matching limits
+    dispatch instead).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
     BURST_FIELD_NUMBER: _builtins.int
     requests_per_second: _builtins.float
+    """0 means the server default (frontend.namespace_rps); otherwise 0.01 to 1,000,000."""
     burst: _builtins.int
+    """Tokens the bucket holds when full, at most 1,000,000. 0 means the server default
+    (frontend.namespace_burst).
+    """
     def __init__(
         self,
         *,
