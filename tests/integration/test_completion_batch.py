@@ -214,3 +214,43 @@ async def test_the_worker_sends_completions_that_pile_up_as_one_batch(
     batches = counter.calls["RespondBlockCompletedBatch"]
     assert batches >= 1, counter.calls
     assert alone + batches < runs_count, counter.calls
+
+
+async def test_a_batch_costs_its_namespace_one_token_not_one_per_item(cluster: Cluster) -> None:
+    queue, flow = _name("q"), _name("flow")
+    limited = Client(cluster.frontend, namespace=f"batch-{uuid.uuid4().hex[:6]}")
+    register = flow_service_pb2.RegisterNamespaceRequest(namespace=limited.namespace)
+    # Five tokens, refilled every 100 s: the flow, three starts and one completion call.
+    register.config.rate_limits.requests_per_second = 0.01
+    register.config.rate_limits.burst = 5
+    try:
+        await limited.stub.RegisterNamespace(register, timeout=10)
+        await limited.register(two_step_blueprint(flow, queue))
+        for n in (1, 2, 3):
+            await limited.start(flow, n)
+        poll = flow_service_pb2.PollBlockTaskRequest(
+            namespace=limited.namespace, identity="batch-test"
+        )
+        poll.task_queue.name = queue
+        tasks: list[flow_service_pb2.PollBlockTaskResponse] = []
+        while len(tasks) < 3:  # polls are not charged
+            if (task := await limited.stub.PollBlockTask(poll, timeout=10)).task_token:
+                tasks.append(task)
+        batch = flow_service_pb2.RespondBlockCompletedBatchRequest(
+            completions=[
+                flow_service_pb2.RespondBlockCompletedRequest(
+                    namespace=limited.namespace, task_token=t.task_token, result=payloads(1)
+                )
+                for t in tasks
+            ]
+        )
+        answer = await limited.stub.RespondBlockCompletedBatch(batch, timeout=10)
+        assert [r.status.code for r in answer.results] == [grpc.StatusCode.OK.value[0]] * 3
+        # The bucket is empty now: the next call is refused, each item with the wait.
+        again = await limited.stub.RespondBlockCompletedBatch(batch, timeout=10)
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert [r.status.code for r in again.results] == [exhausted] * 3
+        assert {r.status.reason for r in again.results} == {"NAMESPACE_RATE_LIMITED"}
+        assert all(int(r.status.metadata["retry_after_ms"]) > 0 for r in again.results)
+    finally:
+        await limited.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 import grpc
@@ -25,7 +26,8 @@ class TideflowError(Exception):
 
 class RPCError(TideflowError):
     """The server answered with an error status. `reason` and `metadata` come from its
-    google.rpc.ErrorInfo, `violations` from its BadRequest."""
+    google.rpc.ErrorInfo, `violations` from its BadRequest, `retry_delay` (how long to wait
+    before trying again, e.g. under a namespace's rate limit) from its RetryInfo."""
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class RPCError(TideflowError):
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
         violations: list[FieldViolation] | None = None,
+        retry_delay: timedelta | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -42,6 +45,7 @@ class RPCError(TideflowError):
         self.reason = reason
         self.metadata = dict(metadata or {})
         self.violations = list(violations or [])
+        self.retry_delay = retry_delay
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -91,15 +95,19 @@ _BY_CODE: dict[grpc.StatusCode, type[RPCError]] = {
 def from_grpc(error: grpc.aio.AioRpcError) -> RPCError:
     """The typed error for a failed call, with the server's details."""
     reason, metadata, violations = "", {}, []
+    retry_delay: timedelta | None = None
     for key, value in cast(Any, error.trailing_metadata() or ()):
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
         for detail in status_pb2.Status.FromString(value).details:
             info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            retry = error_details_pb2.RetryInfo()
             if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
             elif detail.Unpack(bad):
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Unpack(retry):
+                retry_delay = retry.retry_delay.ToTimedelta()
     cls = _BY_CODE.get(error.code(), RPCError)
     return cls(
         error.details() or error.code().name,
@@ -107,6 +115,7 @@ def from_grpc(error: grpc.aio.AioRpcError) -> RPCError:
         reason=reason,
         metadata=metadata,
         violations=violations,
+        retry_delay=retry_delay,
     )
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
+import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tideflow._converter import DefaultConverter, to_payloads
@@ -13,13 +17,21 @@ from tideflow.errors import (
     FailureError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     RPCError,
     ServerFailureError,
     TimeoutFailureError,
     from_failure,
     from_grpc,
 )
-from tideflow_server.rpc.errors import FieldViolation, InvalidArgument, NotFound
+from tideflow_server.frontend.ratelimit import NamespaceRateLimiter
+from tideflow_server.rpc.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    from_rpc_error,
+)
 
 
 def _aio_error(status: grpc.Status) -> grpc.aio.AioRpcError:
@@ -114,3 +126,28 @@ def test_engine_failures_read_as_server_failure_errors() -> None:
     )
     plain = from_failure(failure_pb2.Failure(message="terminated", source="tideflow"))
     assert type(plain) is FailureError and plain.message == "terminated"
+
+
+def test_a_rate_limit_refusal_carries_retry_info_next_to_error_info() -> None:
+    limiter = NamespaceRateLimiter(default_rps=4, default_burst=1, clock=lambda: 0.0)
+    limiter.check("docs")
+    with pytest.raises(ResourceExhausted) as raised:
+        limiter.check("docs")
+    status = raised.value.to_status()
+    retry = error_details_pb2.RetryInfo()
+    info = error_details_pb2.ErrorInfo()
+    assert [d.Unpack(info) for d in status.details] == [True, False]
+    assert [d.Unpack(retry) for d in status.details] == [False, True]
+    assert retry.retry_delay.ToMilliseconds() == 250
+    assert (info.reason, info.metadata["retry_after_ms"]) == ("NAMESPACE_RATE_LIMITED", "250")
+    # The SDK reads it, and so does the server's own client side.
+    error = from_grpc(_aio_error(rpc_status.to_status(status)))
+    assert isinstance(error, ResourceExhaustedError)
+    assert error.retry_delay == timedelta(milliseconds=250)
+    again = from_rpc_error(_aio_error(rpc_status.to_status(status)))
+    assert isinstance(again, ResourceExhausted) and again.retry_after_ms == 250
+
+
+def test_other_errors_carry_no_retry_delay() -> None:
+    server = NotFound("gone", reason="RUN_NOT_FOUND")
+    assert from_grpc(_aio_error(rpc_status.to_status(server.to_status()))).retry_delay is None

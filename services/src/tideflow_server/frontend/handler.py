@@ -52,6 +52,7 @@ from tideflow_server.rpc.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ServiceError,
     abort,
     from_item_status,
     to_item_status,
@@ -512,15 +513,22 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                     bad_tokens.extend(e.violations)
             if bad_tokens:
                 raise InvalidArgument(bad_tokens)
+            # One token per namespace the call names, not per item: the blocks have run, and
+            # refusing their results only wastes the work (see RespondBlockCompletedBatch).
+            namespaces: dict[str, records_pb2.NamespaceRecord | ServiceError] = {}
+            for name in dict.fromkeys(item.namespace for item in request.completions):
+                try:
+                    namespaces[name] = await self._namespace(name)
+                except Exception as e:
+                    namespaces[name] = service_error(e)
             response = flow_service_pb2.RespondBlockCompletedBatchResponse()
             forwarded: list[flow_service_pb2.RespondBlockCompletedResult] = []
             items: list[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]] = []
             for item, run_id in zip(request.completions, run_ids, strict=True):
                 result = response.results.add()
-                try:
-                    record = await self._namespace(item.namespace)
-                except Exception as e:
-                    result.status.CopyFrom(to_item_status(service_error(e)))
+                record = namespaces[item.namespace]
+                if isinstance(record, ServiceError):
+                    result.status.CopyFrom(to_item_status(record))
                     continue
                 forwarded.append(result)
                 items.append((record.info.id, item, run_id))

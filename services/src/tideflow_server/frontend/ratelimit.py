@@ -116,7 +116,7 @@ class NamespaceRateLimiter:
         cost: float = 1.0,
     ) -> None:
         """`try_acquire`, raising `ResourceExhausted` (reason NAMESPACE_RATE_LIMITED, with
-        `namespace` and `retry_after_ms` in its metadata) when refused."""
+        `namespace` and `retry_after_ms` in its metadata, and a RetryInfo) when refused."""
         wait = self._acquire(namespace, rps, burst, cost)
         if wait is None:
             return
@@ -126,7 +126,8 @@ class NamespaceRateLimiter:
             f"namespace {namespace!r} is over its rate limit of {rate:g} requests per second; "
             f"retry after {retry_after_ms} ms",
             reason=RATE_LIMITED_REASON,
-            metadata={"namespace": namespace, "retry_after_ms": str(retry_after_ms)},
+            metadata={"namespace": namespace},
+            retry_after_ms=retry_after_ms,
         )
 
     def _rate(self, rps: float | None) -> float:

@@ -23,6 +23,9 @@ from tideflow_server.internal.v1 import exchange_pb2
 
 DOMAIN = "tideflow.io"
 _DETAILS_KEY = "grpc-status-details-bin"
+RETRY_AFTER_MS = "retry_after_ms"
+"""ErrorInfo metadata key of a ResourceExhausted's wait, mirrored by its RetryInfo."""
+Detail = error_details_pb2.ErrorInfo | error_details_pb2.BadRequest | error_details_pb2.RetryInfo
 
 
 class ServiceError(Exception):
@@ -41,7 +44,7 @@ class ServiceError(Exception):
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
 
-    def details(self) -> list[error_details_pb2.ErrorInfo | error_details_pb2.BadRequest]:
+    def details(self) -> list[Detail]:
         return [
             error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         ]
@@ -75,7 +78,7 @@ class InvalidArgument(ServiceError):
         )
         super().__init__(summary, reason=reason, metadata=metadata)
 
-    def details(self) -> list[error_details_pb2.ErrorInfo | error_details_pb2.BadRequest]:
+    def details(self) -> list[Detail]:
         bad_request = error_details_pb2.BadRequest()
         for v in self.violations:
             bad_request.field_violations.add(field=v.field, description=v.description)
@@ -98,8 +101,37 @@ class FailedPrecondition(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
+    """With `retry_after_ms` (a rate limit's wait), also in the ErrorInfo metadata as before,
+    the status carries the standard `google.rpc.RetryInfo` too, so any gRPC client library
+    can honour it."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        if retry_after_ms is not None:
+            metadata = {**(metadata or {}), RETRY_AFTER_MS: str(retry_after_ms)}
+        super().__init__(message, reason=reason, metadata=metadata)
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        given = self.metadata.get(RETRY_AFTER_MS)
+        return int(given) if given is not None and given.isdigit() else None
+
+    def details(self) -> list[Detail]:
+        details = super().details()
+        if (retry_after_ms := self.retry_after_ms) is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(retry_after_ms)
+            details.append(retry)
+        return details
 
 
 class Unauthenticated(ServiceError):

@@ -34,6 +34,15 @@ class FlowServiceStub:
     every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
     machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
     v1alpha) resolves the google.rpc types too.
+
+    Rate limits: each call is charged one token of its namespace's bucket (NamespaceConfig
+    rate_limits); a refused call fails with RESOURCE_EXHAUSTED, reason NAMESPACE_RATE_LIMITED,
+    and carries a google.rpc.RetryInfo (retry_delay: when a token will be there) next to its
+    ErrorInfo (metadata retry_after_ms, the same wait). Not charged: RegisterNamespace,
+    ListNamespaces, DescribeNamespace and UpdateNamespace (a limit set too low can always be
+    fixed) and PollBlockTask. A worker's answers for tasks it was given (RespondBlock*,
+    RecordBlockHeartbeat) cost one token per call, never per item, since refusing them only
+    wastes finished work.
     """
 
     @_typing.overload
@@ -76,7 +85,9 @@ class FlowServiceStub:
     """Several completions in one call, for a worker that finishes tasks faster than a call's
     round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
     in order: one stale task does not fail the others. A malformed item fails the whole call
-    with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+    with INVALID_ARGUMENT naming completions[i], and nothing is recorded. The call costs each
+    namespace it names one rate-limit token, however many items name it; items of a namespace
+    over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
     """
     RespondBlockFailed: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]
     RespondBlockCanceled: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]
@@ -94,6 +105,15 @@ class FlowServiceAsyncStub(FlowServiceStub):
     every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
     machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
     v1alpha) resolves the google.rpc types too.
+
+    Rate limits: each call is charged one token of its namespace's bucket (NamespaceConfig
+    rate_limits); a refused call fails with RESOURCE_EXHAUSTED, reason NAMESPACE_RATE_LIMITED,
+    and carries a google.rpc.RetryInfo (retry_delay: when a token will be there) next to its
+    ErrorInfo (metadata retry_after_ms, the same wait). Not charged: RegisterNamespace,
+    ListNamespaces, DescribeNamespace and UpdateNamespace (a limit set too low can always be
+    fixed) and PollBlockTask. A worker's answers for tasks it was given (RespondBlock*,
+    RecordBlockHeartbeat) cost one token per call, never per item, since refusing them only
+    wastes finished work.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -133,7 +153,9 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """Several completions in one call, for a worker that finishes tasks faster than a call's
     round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
     in order: one stale task does not fail the others. A malformed item fails the whole call
-    with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+    with INVALID_ARGUMENT naming completions[i], and nothing is recorded. The call costs each
+    namespace it names one rate-limit token, however many items name it; items of a namespace
+    over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
     """
     RespondBlockFailed: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]  # type: ignore[assignment]
     RespondBlockCanceled: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]  # type: ignore[assignment]
@@ -150,6 +172,15 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     every error the server raises carries a google.rpc.ErrorInfo (domain "tideflow.io", `reason`
     machine readable). A failed call changes nothing. Server reflection (grpc.reflection.v1 and
     v1alpha) resolves the google.rpc types too.
+
+    Rate limits: each call is charged one token of its namespace's bucket (NamespaceConfig
+    rate_limits); a refused call fails with RESOURCE_EXHAUSTED, reason NAMESPACE_RATE_LIMITED,
+    and carries a google.rpc.RetryInfo (retry_delay: when a token will be there) next to its
+    ErrorInfo (metadata retry_after_ms, the same wait). Not charged: RegisterNamespace,
+    ListNamespaces, DescribeNamespace and UpdateNamespace (a limit set too low can always be
+    fixed) and PollBlockTask. A worker's answers for tasks it was given (RespondBlock*,
+    RecordBlockHeartbeat) cost one token per call, never per item, since refusing them only
+    wastes finished work.
     """
 
     @_abc_1.abstractmethod
@@ -295,7 +326,9 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Several completions in one call, for a worker that finishes tasks faster than a call's
         round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
         in order: one stale task does not fail the others. A malformed item fails the whole call
-        with INVALID_ARGUMENT naming completions[i], and nothing is recorded.
+        with INVALID_ARGUMENT naming completions[i], and nothing is recorded. The call costs each
+        namespace it names one rate-limit token, however many items name it; items of a namespace
+        over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
         """
 
     @_abc_1.abstractmethod
