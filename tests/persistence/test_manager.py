@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2, namespace_pb2
 from tideflow_server.config import LimitsConfig
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import (
@@ -206,6 +206,46 @@ async def test_history_length_and_state_size_are_limited(manager: PersistenceMan
     assert too_large.value.what == "mutable state"
     loaded = await manager.get_execution(1, "ns-1", "long", state.execution_info.execution_id)
     assert loaded.db_version == 1 and not loaded.state.execution_info.vars
+
+
+async def test_a_namespace_may_tighten_the_history_limits_never_loosen_them(
+    manager: PersistenceManager,
+) -> None:
+    lease = await manager.acquire_shard(1, owner="host-a")
+    state = await _started(manager, lease, "own")
+    first_batch = state.execution_info.history_size_bytes
+    assert first_batch > 0  # counted as the events were serialized
+    events = _events(3, 2)
+    state.execution_info.next_event_id = 5
+    loose = namespace_pb2.NamespaceLimits(max_history_events=LIMITS.max_history_events * 10)
+    tight = namespace_pb2.NamespaceLimits(max_history_events=3)
+    small = namespace_pb2.NamespaceLimits(max_history_bytes=first_batch + 10)
+    for own, setting in (
+        (tight, "namespace config.limits.max_history_events"),
+        (small, "namespace config.limits.max_history_bytes"),
+    ):
+        step = records_pb2.MutableState()
+        step.CopyFrom(state)
+        with pytest.raises(SizeLimitExceeded) as refused:
+            await manager.update_execution(
+                lease, state=step, expected_db_version=1, events=events, namespace_limits=own
+            )
+        assert refused.value.setting == setting
+    await manager.update_execution(
+        lease, state=state, expected_db_version=1, events=events, namespace_limits=loose
+    )
+    loaded = await manager.get_execution(1, "ns-1", "own", state.execution_info.execution_id)
+    assert loaded.state.execution_info.history_size_bytes > first_batch
+    state.execution_info.next_event_id = LIMITS.max_history_events + 2
+    with pytest.raises(SizeLimitExceeded) as server_limit:
+        await manager.update_execution(
+            lease,
+            state=state,
+            expected_db_version=2,
+            events=_events(5, LIMITS.max_history_events - 3),
+            namespace_limits=loose,
+        )
+    assert server_limit.value.setting == "persistence.limits.max_history_events"
 
 
 async def test_closing_a_run_frees_its_run_id(manager: PersistenceManager) -> None:

@@ -10,6 +10,12 @@ from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.rpc.errors import NotFound
 
 
+def tighter(own: int, server: int) -> int:
+    """A namespace's own limit (a `NamespaceConfig.limits` field, 0 = none) under the server's
+    limit: the smaller. A namespace can only tighten a server limit."""
+    return min(own, server) if own else server
+
+
 class NamespaceCache:
     def __init__(self, manager: PersistenceManager, *, ttl_s: float = 10.0) -> None:
         self._manager = manager

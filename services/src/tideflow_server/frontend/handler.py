@@ -112,11 +112,29 @@ class _Base:
         except Exception as e:
             await abort(context, service_error(e))
 
-    async def _namespace(self, name: str, *, cost: float = 1.0) -> records_pb2.NamespaceRecord:
+    async def _namespace(
+        self, name: str, request: Message, *, cost: float = 1.0
+    ) -> records_pb2.NamespaceRecord:
+        """The namespace `request` names, charged `cost` tokens, with `request` checked again
+        under the namespace's own limits."""
+        record = await self._charge(name, cost)
+        self._within_namespace_limits(record, request)
+        return record
+
+    async def _charge(self, name: str, cost: float) -> records_pb2.NamespaceRecord:
         record = await self._namespaces.by_name(name)
         override = overrides_from_config(record.config.rate_limits)
         self._limiter.check(name, rps=override.rps, burst=override.burst, cost=cost)
         return record
+
+    def _within_namespace_limits(
+        self, record: records_pb2.NamespaceRecord, request: Message
+    ) -> None:
+        # The server's limits were checked before the namespace was known; a namespace's own
+        # (NamespaceConfig.limits) can only be tighter, so most namespaces skip this.
+        limits = self._limits.with_namespace_limits(record.config.limits)
+        if limits is not self._limits:
+            validation.validate(request, limits)
 
 
 class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
@@ -176,7 +194,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.DescribeNamespaceRequest, context: Context
     ) -> flow_service_pb2.DescribeNamespaceResponse:
         async def serve() -> flow_service_pb2.DescribeNamespaceResponse:
-            record = await self._namespace(request.namespace, cost=ADMIN_COST)
+            record = await self._namespace(request.namespace, request, cost=ADMIN_COST)
             return flow_service_pb2.DescribeNamespaceResponse(
                 info=record.info, config=record.config
             )
@@ -205,7 +223,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.UpdateNamespaceRequest, context: Context
     ) -> flow_service_pb2.UpdateNamespaceResponse:
         async def serve() -> flow_service_pb2.UpdateNamespaceResponse:
-            record = await self._namespace(request.namespace, cost=ADMIN_COST)
+            record = await self._namespace(request.namespace, request, cost=ADMIN_COST)
             updated = records_pb2.NamespaceRecord()
             updated.CopyFrom(record)
             source = records_pb2.NamespaceRecord(info=request.info, config=request.config)
@@ -226,7 +244,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.RegisterFlowRequest, context: Context
     ) -> flow_service_pb2.RegisterFlowResponse:
         async def serve() -> flow_service_pb2.RegisterFlowResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             for _ in range(3):
                 blueprint = blueprint_pb2.Blueprint()
                 blueprint.CopyFrom(request.blueprint)
@@ -268,7 +286,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.DescribeFlowRequest, context: Context
     ) -> flow_service_pb2.DescribeFlowResponse:
         async def serve() -> flow_service_pb2.DescribeFlowResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             try:
                 flow = await self._manager.get_flow(record.info.id, request.name, request.version)
             except store.NotFound as e:
@@ -282,7 +300,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.ListFlowsRequest, context: Context
     ) -> flow_service_pb2.ListFlowsResponse:
         async def serve() -> flow_service_pb2.ListFlowsResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             page = await self._manager.persistence.metadata.list_flows(
                 record.info.id,
                 name=request.name or None,
@@ -304,7 +322,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.StartRunRequest, context: Context
     ) -> flow_service_pb2.StartRunResponse:
         async def serve() -> flow_service_pb2.StartRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             given = flow_service_pb2.StartRunRequest()
             given.CopyFrom(request)
             if not given.request_id:
@@ -331,7 +349,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.SignalRunRequest, context: Context
     ) -> flow_service_pb2.SignalRunResponse:
         async def serve() -> flow_service_pb2.SignalRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             response = await self._history.signal_run(
                 hs.SignalRunRequest(namespace_id=record.info.id, request=request)
             )
@@ -343,7 +361,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.SignalWithStartRunRequest, context: Context
     ) -> flow_service_pb2.SignalWithStartRunResponse:
         async def serve() -> flow_service_pb2.SignalWithStartRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             given = flow_service_pb2.SignalWithStartRunRequest()
             given.CopyFrom(request)
             if not given.request_id:
@@ -359,7 +377,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.CancelRunRequest, context: Context
     ) -> flow_service_pb2.CancelRunResponse:
         async def serve() -> flow_service_pb2.CancelRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             response = await self._history.cancel_run(
                 hs.CancelRunRequest(namespace_id=record.info.id, request=request)
             )
@@ -371,7 +389,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.TerminateRunRequest, context: Context
     ) -> flow_service_pb2.TerminateRunResponse:
         async def serve() -> flow_service_pb2.TerminateRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             response = await self._history.terminate_run(
                 hs.TerminateRunRequest(namespace_id=record.info.id, request=request)
             )
@@ -383,7 +401,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.DescribeRunRequest, context: Context
     ) -> flow_service_pb2.DescribeRunResponse:
         async def serve() -> flow_service_pb2.DescribeRunResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             response = await self._history.describe_run(
                 hs.DescribeRunRequest(namespace_id=record.info.id, request=request)
             )
@@ -395,7 +413,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.GetRunHistoryRequest, context: Context
     ) -> flow_service_pb2.GetRunHistoryResponse:
         async def serve() -> flow_service_pb2.GetRunHistoryResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             remaining = context.time_remaining()
             timeout = self._history_long_poll_timeout_s + 5.0
             if remaining is not None:
@@ -412,7 +430,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.ListRunsRequest, context: Context
     ) -> flow_service_pb2.ListRunsResponse:
         async def serve() -> flow_service_pb2.ListRunsResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             found = VisibilityFilter(
                 statuses=frozenset(request.statuses),
                 flow_name=request.flow_name or None,
@@ -447,7 +465,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.PollBlockTaskRequest, context: Context
     ) -> flow_service_pb2.PollBlockTaskResponse:
         async def serve() -> flow_service_pb2.PollBlockTaskResponse:
-            record = await self._namespace(request.namespace, cost=0.0)
+            record = await self._namespace(request.namespace, request, cost=0.0)
             remaining = context.time_remaining()
             timeout = self._long_poll_timeout_s + POLL_MARGIN_S
             if remaining is not None:
@@ -475,7 +493,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         """A worker's call: routed to the shard of the run its task token names."""
 
         async def serve() -> Resp:
-            record = await self._namespace(namespace)
+            record = await self._namespace(namespace, request)
             return await call(record.info.id, parse_token(task_token).run_id)
 
         return await self._serve(context, request, serve)
@@ -518,7 +536,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             namespaces: dict[str, records_pb2.NamespaceRecord | ServiceError] = {}
             for name in dict.fromkeys(item.namespace for item in request.completions):
                 try:
-                    namespaces[name] = await self._namespace(name)
+                    namespaces[name] = await self._charge(name, 1.0)
                 except Exception as e:
                     namespaces[name] = service_error(e)
             response = flow_service_pb2.RespondBlockCompletedBatchResponse()
@@ -527,8 +545,13 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             for item, run_id in zip(request.completions, run_ids, strict=True):
                 result = response.results.add()
                 record = namespaces[item.namespace]
-                if isinstance(record, ServiceError):
-                    result.status.CopyFrom(to_item_status(record))
+                try:
+                    if isinstance(record, ServiceError):
+                        raise record
+                    # An item over its namespace's own limits is answered as a single call.
+                    self._within_namespace_limits(record, item)
+                except ServiceError as e:
+                    result.status.CopyFrom(to_item_status(e))
                     continue
                 forwarded.append(result)
                 items.append((record.info.id, item, run_id))
@@ -582,7 +605,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self, request: flow_service_pb2.DescribeTaskQueueRequest, context: Context
     ) -> flow_service_pb2.DescribeTaskQueueResponse:
         async def serve() -> flow_service_pb2.DescribeTaskQueueResponse:
-            record = await self._namespace(request.namespace)
+            record = await self._namespace(request.namespace, request)
             described = await self._matching.describe_task_queue(
                 ms.DescribeTaskQueueRequest(
                     namespace_id=record.info.id, task_queue=request.task_queue, partition=0

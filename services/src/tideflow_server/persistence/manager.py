@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2, namespace_pb2
 from tideflow_server.config import LIMITS_SECTION, LimitsConfig
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence.errors import AlreadyExists, NotFound, SizeLimitExceeded
@@ -94,6 +94,11 @@ class HistoryPage:
     next_page_token: bytes | None
 
 
+NAMESPACE_LIMITS = "namespace config.limits"
+"""Where a namespace's own limits are set (`NamespaceConfig.limits`), for errors that name them."""
+_NO_LIMITS = namespace_pb2.NamespaceLimits()
+
+
 def _key(shard_id: int, info: records_pb2.RunExecutionInfo) -> ExecutionKey:
     return ExecutionKey(shard_id, info.namespace_id, info.run_id, info.execution_id)
 
@@ -123,16 +128,30 @@ class PersistenceManager:
     def _blob(self, what: str, message: Message) -> bytes:
         return self._limited(what, message.SerializeToString(), "max_blob_bytes")
 
-    def _state_blob(self, state: records_pb2.MutableState) -> bytes:
+    def _state_blob(
+        self, state: records_pb2.MutableState, own: namespace_pb2.NamespaceLimits | None
+    ) -> bytes:
+        """The state, serialized, once its run's history is within the server's limits and
+        the tighter ones of its namespace (`own`, 0 = none), each error naming the binding
+        one."""
         data = self._limited("mutable state", state.SerializeToString(), "max_mutable_state_bytes")
-        events = state.execution_info.next_event_id - 1
-        if events > self.limits.max_history_events:
+        own = own or _NO_LIMITS
+        info = state.execution_info
+        events = info.next_event_id - 1
+        limit, setting = self.limits.max_history_events, f"{LIMITS_SECTION}.max_history_events"
+        if 0 < own.max_history_events < limit:
+            limit, setting = own.max_history_events, f"{NAMESPACE_LIMITS}.max_history_events"
+        if events > limit:
+            raise SizeLimitExceeded(
+                what="history", size=events, limit=limit, setting=setting, unit=" events"
+            )
+        # History bytes have no server-wide limit, only a namespace's own.
+        if 0 < own.max_history_bytes < info.history_size_bytes:
             raise SizeLimitExceeded(
                 what="history",
-                size=events,
-                limit=self.limits.max_history_events,
-                setting=f"{LIMITS_SECTION}.max_history_events",
-                unit=" events",
+                size=info.history_size_bytes,
+                limit=own.max_history_bytes,
+                setting=f"{NAMESPACE_LIMITS}.max_history_bytes",
             )
         return data
 
@@ -214,6 +233,8 @@ class PersistenceManager:
         data = self._limited(
             "the step's history batch", history.SerializeToString(), "max_history_batch_bytes"
         )
+        # Counted here, where the events are serialized anyway; the state is written after.
+        state.execution_info.history_size_bytes += len(data)
         return [HistoryBatch(first, len(history.events), txn_id, data)]
 
     def _rows(
@@ -270,12 +291,14 @@ class PersistenceManager:
         mode: CreateMode = CreateMode.BRAND_NEW,
         previous_execution_id: str | None = None,
         flow_check: FlowCheck | None = None,
+        namespace_limits: namespace_pb2.NamespaceLimits | None = None,
     ) -> LoadedExecution:
         """Commit a new execution with its first events; db_version starts at 1. With
-        `flow_check`, only while its version is the flow's latest (FlowChanged otherwise)."""
-        data = self._state_blob(state)
+        `flow_check`, only while its version is the flow's latest (FlowChanged otherwise).
+        `namespace_limits` (the run's namespace's own) may tighten the history limits."""
         transfer, timers = self._rows(transfer_tasks, timer_tasks)
         batches = await self._batch(lease, state, events)
+        data = self._state_blob(state, namespace_limits)
         await self.persistence.executions.create_execution(
             CreateExecution(
                 shard_id=lease.shard_id,
@@ -301,12 +324,14 @@ class PersistenceManager:
         events: Sequence[history_pb2.HistoryEvent] = (),
         transfer_tasks: Sequence[records_pb2.TransferTask] = (),
         timer_tasks: Sequence[records_pb2.TimerTask] = (),
+        namespace_limits: namespace_pb2.NamespaceLimits | None = None,
     ) -> LoadedExecution:
         """Commit one decision. Closing the run (state COMPLETED) also closes the run_id's
-        current-run pointer, so a later start may reuse the run_id."""
-        data = self._state_blob(state)
+        current-run pointer, so a later start may reuse the run_id. `namespace_limits` as for
+        create_execution."""
         transfer, timers = self._rows(transfer_tasks, timer_tasks)
         batches = await self._batch(lease, state, events)
+        data = self._state_blob(state, namespace_limits)
         closed = state.execution_info.state == records_pb2.RUN_STATE_COMPLETED
         await self.persistence.executions.update_execution(
             UpdateExecution(

@@ -174,7 +174,11 @@ Global___RateLimits: _TypeAlias = RateLimits  # noqa: Y015
 
 @_typing.final
 class NamespaceLimits(_message.Message):
-    """NamespaceLimits bound what one run can grow to; requests beyond them fail with a clear error."""
+    """NamespaceLimits bound what one run of the namespace can grow to. Each is applied where the
+    server applies its own limit of the same kind, and only tightens it: 0 means the server's
+    limit, and a value above the server's leaves the server's. Errors name the limit (the
+    setting "namespace config.limits.<field>" when the namespace's is the one that binds).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -184,11 +188,25 @@ class NamespaceLimits(_message.Message):
     MAX_PENDING_BLOCKS_FIELD_NUMBER: _builtins.int
     MAX_MAP_ITEMS_FIELD_NUMBER: _builtins.int
     max_payload_bytes: _builtins.int
+    """Every Payloads field of a request (inputs, results, details), as the frontend's
+    max_payload_bytes: over it, INVALID_ARGUMENT naming the field (in a
+    RespondBlockCompletedBatch, that item's status).
+    """
     max_history_events: _builtins.int
+    """Events in one run's history, as persistence.limits.max_history_events: a step that would
+    pass it is refused with INVALID_ARGUMENT naming the request field that caused it, and
+    nothing is written.
+    """
     max_history_bytes: _builtins.int
+    """Serialized bytes of one run's history. The server has no such limit of its own; a step
+    that would pass it is refused as for max_history_events.
+    """
     max_pending_blocks: _builtins.int
+    """Blocks of one run pending at once, as history.max_pending_blocks: a run that would
+    schedule more fails (PendingBlocksLimitExceeded).
+    """
     max_map_items: _builtins.int
-    """Items of one map block."""
+    """Items of one map block. Must be 0 until map blocks are supported (INVALID_ARGUMENT)."""
     def __init__(
         self,
         *,

@@ -11,6 +11,7 @@ from tideflow_server.history.api._common import pending_attempt
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.namespaces import tighter
 from tideflow_server.tokens import parse_token
 
 T = TypeVar("T")
@@ -53,5 +54,7 @@ async def continue_run(shard: ShardContext, step: RunStep) -> None:
         step,
         compiled,
         namespace=namespace.info.name,
-        max_pending_blocks=shard.config.max_pending_blocks,
+        max_pending_blocks=tighter(
+            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
+        ),
     )

@@ -16,6 +16,7 @@ from tideflow_server.history.interpreter.compiled import CompiledBlueprint
 from tideflow_server.history.shard.context import ShardContext, utcnow
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
+from tideflow_server.namespaces import tighter
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.records import CreateMode, CurrentRunRow, FlowCheck, RunState
 from tideflow_server.rpc.errors import AlreadyExists, FieldViolation, InvalidArgument
@@ -32,7 +33,7 @@ def first_step(
     shard: ShardContext,
     *,
     namespace_id: str,
-    namespace: str,
+    namespace: records_pb2.NamespaceRecord,
     request: flow_service_pb2.StartRunRequest,
     flow_version: int,
     compiled: CompiledBlueprint,
@@ -94,8 +95,10 @@ def first_step(
     progress.advance(
         step,
         compiled,
-        namespace=namespace,
-        max_pending_blocks=shard.config.max_pending_blocks,
+        namespace=namespace.info.name,
+        max_pending_blocks=tighter(
+            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
+        ),
     )
     return step
 
@@ -176,7 +179,7 @@ async def _start(
         step = first_step(
             shard,
             namespace_id=request.namespace_id,
-            namespace=namespace.info.name,
+            namespace=namespace,
             request=start,
             flow_version=flow.version,
             compiled=compiled,

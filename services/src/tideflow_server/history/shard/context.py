@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import structlog
 
-from tideflow.api.v1 import history_pb2
+from tideflow.api.v1 import history_pb2, namespace_pb2
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history import blocks
 from tideflow_server.history.flows import FlowCache
@@ -312,9 +312,15 @@ class ShardContext:
                 step, pending, scheduled
             )
 
+    async def _namespace_limits(self, step: RunStep) -> namespace_pb2.NamespaceLimits:
+        """The run's namespace's own limits, which the manager applies under the server's
+        (the namespace cache answers from memory but once every few seconds)."""
+        return (await self.namespaces.by_id(step.info.namespace_id)).config.limits
+
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
         self._before_write(step)
+        own_limits = await self._namespace_limits(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -324,6 +330,7 @@ class ShardContext:
                     events=step.events,
                     transfer_tasks=step.transfer_tasks,
                     timer_tasks=step.timer_tasks,
+                    namespace_limits=own_limits,
                 )
             except store.ConditionFailed as e:
                 entry.loaded = None
@@ -366,6 +373,7 @@ class ShardContext:
         flow_check: FlowCheck | None,
     ) -> None:
         self._before_write(step)
+        own_limits = await self._namespace_limits(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(
@@ -377,6 +385,7 @@ class ShardContext:
                     mode=mode,
                     previous_execution_id=previous_execution_id,
                     flow_check=flow_check,
+                    namespace_limits=own_limits,
                 )
             except (store.ConditionFailed, store.SizeLimitExceeded):
                 raise
