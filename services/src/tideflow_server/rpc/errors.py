@@ -30,8 +30,9 @@ _DETAILS_KEY = "grpc-status-details-bin"
 # well under that, whatever the request held.
 MAX_MESSAGE_BYTES: Final = 1024
 """A status message, UTF-8 bytes (up to three times as many once percent-encoded)."""
-MAX_VIOLATION_FIELD_BYTES: Final = 256
-MAX_VIOLATION_DESCRIPTION_BYTES: Final = 512
+MAX_VIOLATION_FIELD_BYTES: Final = 1024
+"""Room for a map key at its length limit (255 characters) inside its path."""
+MAX_VIOLATION_DESCRIPTION_BYTES: Final = 1024
 MAX_VIOLATIONS_BYTES: Final = 3 * 1024
 """Field paths and descriptions of one status's violations together; past it the rest are
 counted in one last violation."""
