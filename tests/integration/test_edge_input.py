@@ -33,3 +33,60 @@ async def test_a_huge_namespace_data_key_is_not_echoed_whole(
     assert violation.field.startswith('data["kkkk')
     assert violation.field.endswith("characters)")
     assert "over the limit of 255" in violation.description
+
+
+_GARBAGE = b"\xff\xff\xff\xff\x0f\x00garbage"  # a field tag past the largest field number
+
+_METHODS = [
+    ("frontend", "/tideflow.api.v1.FlowService/StartRun", "tideflow.api.v1.StartRunRequest"),
+    (
+        "frontend",
+        "/tideflow.api.v1.FlowService/RespondBlockCompleted",
+        "tideflow.api.v1.RespondBlockCompletedRequest",
+    ),
+    (
+        "frontend",
+        "/tideflow.api.v1.OperatorService/ListShards",
+        "tideflow.api.v1.ListShardsRequest",
+    ),
+    (
+        "history",
+        "/tideflow_server.internal.v1.HistoryService/SignalRun",
+        "tideflow_server.internal.v1.SignalRunRequest",
+    ),
+    (
+        "matching",
+        "/tideflow_server.internal.v1.MatchingService/PollBlockTask",
+        "tideflow_server.internal.v1.PollBlockTaskRequest",
+    ),
+]
+
+
+@pytest.mark.parametrize(("role", "method", "message"), _METHODS)
+async def test_bytes_that_are_no_request_are_invalid_argument(
+    cluster: Cluster, role: str, method: str, message: str
+) -> None:
+    """Item 7: gRPC answers a request it cannot decode with UNKNOWN; every service of every
+    role answers INVALID_ARGUMENT naming the message it expected."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.ports[role]}") as channel:
+        call = channel.unary_unary(method, None, None)
+        error = await _rejected(call(_GARBAGE, timeout=10))
+    assert isinstance(error, InvalidArgument), error
+    assert error.reason == "UNDECODABLE_REQUEST"
+    [violation] = error.violations
+    assert f"is not a valid {message} message" in violation.description
+
+
+async def test_bytes_that_are_no_request_on_a_stream_are_invalid_argument(
+    cluster: Cluster,
+) -> None:
+    """Item 7, streams: the internal completion stream reads through its context."""
+    method = "/tideflow_server.internal.v1.HistoryService/RespondBlockCompletedStream"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.ports['history']}") as channel:
+        call = channel.stream_stream(method, None, None)(iter([_GARBAGE]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in call:
+                pass
+    error = from_rpc_error(raised.value)
+    assert isinstance(error, InvalidArgument), error
+    assert error.reason == "UNDECODABLE_REQUEST"
