@@ -3,15 +3,17 @@ INVALID_ARGUMENT naming its field (or another precise status), and changes nothi
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
-from tideflow.api.v1 import flow_service_pb2
-from tideflow_server.rpc.errors import InvalidArgument, ServiceError, from_rpc_error
+from tideflow.api.v1 import blueprint_pb2, flow_service_pb2
+from tideflow_server.rpc.errors import InvalidArgument, NotFound, ServiceError, from_rpc_error
 
 
 async def _rejected(call: Any) -> ServiceError:
@@ -90,3 +92,36 @@ async def test_bytes_that_are_no_request_on_a_stream_are_invalid_argument(
     error = from_rpc_error(raised.value)
     assert isinstance(error, InvalidArgument), error
     assert error.reason == "UNDECODABLE_REQUEST"
+
+
+async def test_durations_out_of_range_or_absurd_are_refused_at_registration(
+    cluster: Cluster, client: Client
+) -> None:
+    """Item 4: these registered, and every StartRun of the flow then answered INTERNAL."""
+    name = f"flow_{uuid.uuid4().hex[:8]}"
+    blueprint = json_format.ParseDict(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": "cpu",
+            "blocks": [{"id": "a", "external": {"block": "ocr@1"}}],
+        },
+        blueprint_pb2.Blueprint(),
+    )
+    blueprint.run_timeout.seconds = 4_600_000_000_000_000_000
+    blueprint.retry.initial_interval.seconds = -4_600_000_000_000_000_000
+    blueprint.blocks[0].external.timeouts.start_to_close.seconds = 8000 * 365 * 86_400
+    request = flow_service_pb2.RegisterFlowRequest(namespace=client.namespace, blueprint=blueprint)
+    error = await _rejected(client.stub.RegisterFlow(request, timeout=10))
+    assert isinstance(error, InvalidArgument), error
+    assert sorted(v.field for v in error.violations) == [
+        "blocks[0].external.timeouts.start_to_close",
+        "retry.initial_interval",
+        "run_timeout",
+    ]
+    missing = await _rejected(
+        client.stub.DescribeFlow(
+            flow_service_pb2.DescribeFlowRequest(namespace=client.namespace, name=name), timeout=10
+        )
+    )
+    assert isinstance(missing, NotFound)

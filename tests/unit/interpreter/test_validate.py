@@ -237,6 +237,40 @@ def test_external_block_settings() -> None:
     }
 
 
+def test_every_duration_is_a_valid_one_under_its_documented_maximum() -> None:
+    """Issue 17, item 4: durations out of protobuf's range or absurd were registered, and
+    every start of the flow then answered INTERNAL (ValueError, OverflowError)."""
+    bp = blueprint(external("a"), external("b"))
+    bp.run_timeout.seconds = 4_600_000_000_000_000_000  # 4.6e18 s
+    bp.retry.initial_interval.seconds = -4_600_000_000_000_000_000
+    bp.timeouts.schedule_to_close.seconds = 400 * 86_400 * 3650  # 4,000 years
+    own = bp.blocks[0].external
+    own.timeouts.start_to_close.seconds = 8000 * 365 * 86_400  # 8,000 years
+    own.retry.maximum_interval.seconds = 366 * 86_400
+    bp.blocks[1].external.retry.initial_interval.nanos = -1
+    found = problems(bp)
+    out_of_range = "is not a valid duration (seconds="
+    assert found["run_timeout"][0].startswith(out_of_range)
+    assert found["retry.initial_interval"][0].startswith(out_of_range)
+    assert found["timeouts.schedule_to_close"] == ["is 126144000000s, over the limit of 315360000s"]
+    assert found["blocks[0].external.timeouts.start_to_close"] == [
+        "is 252288000000s, over the limit of 315360000s"
+    ]
+    assert found["blocks[0].external.retry.maximum_interval"] == [
+        "is 31622400s, over the limit of 31536000s"
+    ]
+    assert found["blocks[1].external.retry.initial_interval"] == [
+        "must not be negative, got -0.000000001s"
+    ]
+
+
+def test_durations_at_their_maximum_register() -> None:
+    bp = blueprint(external("a"))
+    bp.run_timeout.seconds = bp.timeouts.schedule_to_close.seconds = 3650 * 86_400
+    bp.retry.initial_interval.seconds = bp.retry.maximum_interval.seconds = 365 * 86_400
+    assert problems(bp) == {}
+
+
 def test_catch_compensate_and_missing_kind() -> None:
     found = problems(
         blueprint(

@@ -354,8 +354,8 @@ class _Checker:
             _policy.check_interval_order(bp.retry, effective, "retry", self.report)
         if bp.HasField("timeouts"):
             _policy.check_timeouts(bp.timeouts, "timeouts", self.report)
-        if bp.HasField("run_timeout") and (bp.run_timeout.seconds < 0 or bp.run_timeout.nanos < 0):
-            self.report("run_timeout", "must not be negative")
+        if bp.HasField("run_timeout"):
+            _policy.check_run_timeout(bp.run_timeout, "run_timeout", self.report)
 
     def _ids(self, blocks: list[blueprint_pb2.Block]) -> None:
         for i, block in enumerate(blocks):
