@@ -3,8 +3,10 @@ INVALID_ARGUMENT naming its field (or another precise status), and changes nothi
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -12,8 +14,18 @@ from google.protobuf import json_format
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
-from tideflow.api.v1 import blueprint_pb2, flow_service_pb2
-from tideflow_server.rpc.errors import InvalidArgument, NotFound, ServiceError, from_rpc_error
+from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_service_pb2, history_pb2
+from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.persistence.records import ExecutionKey, UpdateExecution
+from tideflow_server.persistence.sqlite import open_sqlite
+from tideflow_server.rpc.clients import shard_for
+from tideflow_server.rpc.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    from_rpc_error,
+)
 
 
 async def _rejected(call: Any) -> ServiceError:
@@ -125,3 +137,90 @@ async def test_durations_out_of_range_or_absurd_are_refused_at_registration(
         )
     )
     assert isinstance(missing, NotFound)
+
+
+def _too_deep(state: records_pb2.MutableState) -> bytes:
+    """`state` with a variable nested past what protobuf decoders read (100 levels), as a
+    value accepted before any depth bound existed could leave it."""
+    deep = state.execution_info.vars["deep"]
+    for _ in range(60):
+        deep = deep.list_value.values.add()
+    deep.number_value = 1
+    return state.SerializeToString()
+
+
+async def _write_unreadable_state(cluster: Cluster, namespace_id: str, run_id: str) -> None:
+    """Through the persistence layer, with the server down: the run's state stops parsing."""
+    path = cast(dict[str, str], cluster.persistence["sqlite"])["path"]
+    persistence = await open_sqlite(Path(path))
+    try:
+        shard_id = shard_for(namespace_id, run_id, cluster.shard_count)
+        current = await persistence.executions.get_current_run(shard_id, namespace_id, run_id)
+        key = ExecutionKey(shard_id, namespace_id, run_id, current.execution_id)
+        row = await persistence.executions.get_execution(key)
+        shard = await persistence.shards.get_shard(shard_id)
+        data = _too_deep(records_pb2.MutableState.FromString(row.data))
+        await persistence.executions.update_execution(
+            UpdateExecution(
+                shard_id=shard_id,
+                range_id=shard.range_id,
+                execution=dataclasses.replace(row, db_version=row.db_version + 1, data=data),
+                expected_db_version=row.db_version,
+            )
+        )
+    finally:
+        await persistence.close()
+
+
+async def test_a_run_whose_state_no_longer_parses_can_still_be_terminated(
+    cluster: Cluster, client: Client
+) -> None:
+    """Item 2: such a run answered INTERNAL to every call and could never be ended. Every
+    call but TerminateRun answers FAILED_PRECONDITION saying why; TerminateRun closes it."""
+    if cluster.persistence["backend"] != "sqlite":
+        pytest.skip("writes the state through the SQLite store of a one-process cluster")
+    name = f"flow_{uuid.uuid4().hex[:8]}"
+    await client.register(
+        {
+            "name": name,
+            "version": 1,
+            "task_queue": "nobody-polls",
+            "blocks": [
+                {"id": "a", "external": {"block": "ocr@1", "timeouts": {"start_to_close": "60s"}}}
+            ],
+        }
+    )
+    run_id, _ = await client.start(name, {"n": 1})
+    namespace = await client.stub.DescribeNamespace(
+        flow_service_pb2.DescribeNamespaceRequest(namespace=client.namespace), timeout=10
+    )
+    [server] = cluster.processes.values()
+    server.kill()
+    await _write_unreadable_state(cluster, namespace.info.id, run_id)
+    server.start()
+    await server.wait_serving()
+
+    signal = flow_service_pb2.SignalRunRequest(namespace=client.namespace, signal_name="go")
+    signal.run.run_id = run_id
+    history = flow_service_pb2.GetRunHistoryRequest(namespace=client.namespace)
+    history.run.run_id = run_id
+    for call in (
+        client.describe(run_id),
+        client.stub.SignalRun(signal, timeout=10),
+        client.stub.GetRunHistory(history, timeout=10),
+    ):
+        error = await _rejected(call)
+        assert isinstance(error, FailedPrecondition), error
+        assert error.reason == "RUN_STATE_UNREADABLE"
+        assert "TerminateRun can still close it" in error.message
+
+    terminate = flow_service_pb2.TerminateRunRequest(
+        namespace=client.namespace, reason="state lost", identity="operator"
+    )
+    terminate.run.run_id = run_id
+    await client.stub.TerminateRun(terminate, timeout=10)
+    described = await client.describe(run_id)
+    assert described.run_info.status == common_pb2.RUN_STATUS_TERMINATED
+    closed = await client.close_event(run_id)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_TERMINATED
+    assert closed.run_terminated_event_attributes.reason == "state lost"
