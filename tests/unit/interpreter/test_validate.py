@@ -271,6 +271,48 @@ def test_durations_at_their_maximum_register() -> None:
     assert problems(bp) == {}
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_values_nested_too_deep_are_refused_at_registration() -> None:
+    """Issue 17, item 2: a blueprint value nested deep enough that the stored flow, or the
+    state of its runs, would not parse back."""
+    bp = blueprint(
+        external("a", input={"doc": _nested(24)}),  # 25 levels: the input's own object too
+        {"id": "s", "needs": ["a"], "set": {"vars": {"x": [_nested(24)]}}},
+        vars={"v": _nested(25), "ok": _nested(24)},
+        inputSchema={"properties": {"doc": _nested(23)}},
+        output=_nested(25),
+    )
+    found = problems(bp)
+    too_deep = ["nests arrays and objects more than 24 levels deep"]
+    # Each is named at its 25th level.
+    assert found == {
+        "blocks[0].input.doc" + ".a" * 23: too_deep,
+        "blocks[1].set.vars.x[0]" + ".a" * 23: too_deep,
+        "vars.v" + ".a" * 24: too_deep,
+        "input_schema.properties.doc" + ".a" * 22: too_deep,
+        "output" + ".a" * 24: too_deep,
+    }
+
+
+def test_a_stored_version_loads_without_the_later_bounds() -> None:
+    """A version registered before the duration maxima and the depth bound still loads."""
+    bp = blueprint(external("a"), vars={"v": _nested(30)})
+    bp.timeouts.start_to_close.seconds = 3651 * 86_400
+    bp.retry.initial_interval.seconds = 400 * 86_400
+    assert set(problems(bp)) == {
+        "timeouts.start_to_close",
+        "retry.initial_interval",
+        "vars.v" + ".a" * 24,
+    }
+    CompiledBlueprint.compile(bp, stored=True)
+
+
 def test_catch_compensate_and_missing_kind() -> None:
     found = problems(
         blueprint(

@@ -53,7 +53,7 @@ _MAX_PROTO_SECONDS = 315_576_000_000
 """google.protobuf.Duration's range: about 10,000 years either way."""
 
 
-def _duration_problem(duration: duration_pb2.Duration, maximum: timedelta) -> str | None:
+def _duration_problem(duration: duration_pb2.Duration, maximum: timedelta | None) -> str | None:
     seconds, nanos_part = duration.seconds, duration.nanos
     if (
         abs(seconds) > _MAX_PROTO_SECONDS
@@ -66,14 +66,17 @@ def _duration_problem(duration: duration_pb2.Duration, maximum: timedelta) -> st
         )
     if seconds < 0 or nanos_part < 0:
         return f"must not be negative, got {duration_text(nanos(duration))}"
-    limit = maximum // timedelta(microseconds=1) * 1_000
-    if nanos(duration) > limit:
+    limit = None if maximum is None else maximum // timedelta(microseconds=1) * 1_000
+    if limit is not None and nanos(duration) > limit:
         return f"is {duration_text(nanos(duration))}, over the limit of {duration_text(limit)}"
     return None
 
 
-def check_run_timeout(duration: duration_pb2.Duration, path: str, report: Report) -> None:
-    if problem := _duration_problem(duration, MAX_TIMEOUT):
+def check_run_timeout(
+    duration: duration_pb2.Duration, path: str, report: Report, *, bounded: bool = True
+) -> None:
+    """`bounded`: check the maximum too (see check_retry)."""
+    if problem := _duration_problem(duration, MAX_TIMEOUT if bounded else None):
         report(path, problem)
 
 
@@ -140,8 +143,12 @@ def effective_timeouts(*timeouts: common_pb2.BlockTimeouts | None) -> common_pb2
     return result
 
 
-def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bool:
-    """Report what is wrong with one policy on its own; True when nothing is."""
+def check_retry(
+    policy: common_pb2.RetryPolicy, path: str, report: Report, *, bounded: bool = True
+) -> bool:
+    """Report what is wrong with one policy on its own; True when nothing is. `bounded`:
+    check the maxima too, which came after flows were first registered (a stored version
+    is loaded again without them)."""
     ok = True
 
     def bad(field: str, description: str) -> None:
@@ -151,7 +158,9 @@ def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bo
 
     for field in ("initial_interval", "maximum_interval"):
         if policy.HasField(field) and (
-            problem := _duration_problem(getattr(policy, field), MAX_RETRY_INTERVAL)
+            problem := _duration_problem(
+                getattr(policy, field), MAX_RETRY_INTERVAL if bounded else None
+            )
         ):
             bad(field, problem)
     coefficient = policy.backoff_coefficient
@@ -192,9 +201,12 @@ def check_interval_order(
     )
 
 
-def check_timeouts(timeouts: common_pb2.BlockTimeouts, path: str, report: Report) -> None:
+def check_timeouts(
+    timeouts: common_pb2.BlockTimeouts, path: str, report: Report, *, bounded: bool = True
+) -> None:
+    """`bounded`: check the maximum too (see check_retry)."""
     for name in _TIMEOUT_FIELDS:
-        if problem := _duration_problem(getattr(timeouts, name), MAX_TIMEOUT):
+        if problem := _duration_problem(getattr(timeouts, name), MAX_TIMEOUT if bounded else None):
             report(f"{path}.{name}", problem)
 
 
