@@ -224,3 +224,50 @@ async def test_a_run_whose_state_no_longer_parses_can_still_be_terminated(
     closed = await client.close_event(run_id)
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_TERMINATED
     assert closed.run_terminated_event_attributes.reason == "state lost"
+
+
+def _wrapped(levels: int, inner: Any) -> Any:
+    for _ in range(levels):
+        inner = {"a": inner}
+    return inner
+
+
+async def test_a_blueprint_that_wraps_a_deep_value_deeper_still_keeps_the_run_readable(
+    cluster: Cluster, client: Client
+) -> None:
+    """Item 2, the wrapping the engine adds: an input at the depth limit, wrapped by the
+    blueprint in ten more levels, would no longer parse back once stored. A variable default
+    refuses the start; a transform block fails, and the run with it, readably."""
+    deep_input = _wrapped(24, 1)
+    wraps_in_vars = f"flow_{uuid.uuid4().hex[:8]}"
+    await client.register(
+        {
+            "name": wraps_in_vars,
+            "version": 1,
+            "vars": {"v": _wrapped(10, "${input}")},
+            "blocks": [{"id": "t", "transform": {"output": 1}}],
+        }
+    )
+    run_id = f"deep-{uuid.uuid4().hex[:6]}"
+    error = await _rejected(client.start(wraps_in_vars, deep_input, run_id=run_id))
+    assert isinstance(error, InvalidArgument), error
+    [violation] = error.violations
+    assert violation.field == "input"
+    assert violation.description.startswith("vars.v: with this input, the default nests")
+    assert isinstance(await _rejected(client.describe(run_id)), NotFound)
+
+    wraps_in_a_block = f"flow_{uuid.uuid4().hex[:8]}"
+    await client.register(
+        {
+            "name": wraps_in_a_block,
+            "version": 1,
+            "blocks": [{"id": "t", "transform": {"output": _wrapped(10, "${input}")}}],
+        }
+    )
+    run_id, _ = await client.start(wraps_in_a_block, deep_input)
+    closed = await client.close_event(run_id)
+    assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
+    cause = closed.run_failed_event_attributes.failure.cause
+    assert cause.server_failure_info.type == "ValueTooDeep"
+    described = await client.describe(run_id)
+    assert described.run_info.status == common_pb2.RUN_STATUS_FAILED
