@@ -195,7 +195,7 @@ def from_payloads(payloads: common_pb2.Payloads, field: str) -> JSON:
             [FieldViolation(f"{field}.payloads", "the engine reads one JSON value here")]
         )
     try:
-        return read_payload(payloads.payloads[0], engine_reads=True)
+        return read_payload(payloads.payloads[0], engine_reads=True, max_depth=MAX_STATE_DEPTH)
     except PayloadError as e:
         raise InvalidArgument(
             [FieldViolation(f"{field}.payloads[0].{e.part}", e.description)]
