@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
-from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_service_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence.records import ExecutionKey, UpdateExecution
 from tideflow_server.persistence.sqlite import open_sqlite
@@ -271,3 +271,27 @@ async def test_a_blueprint_that_wraps_a_deep_value_deeper_still_keeps_the_run_re
     assert cause.server_failure_info.type == "ValueTooDeep"
     described = await client.describe(run_id)
     assert described.run_info.status == common_pb2.RUN_STATUS_FAILED
+
+
+def _chain(causes: int) -> failure_pb2.Failure:
+    outer = inner = failure_pb2.Failure(message="0")
+    for i in range(causes):
+        inner = inner.cause
+        inner.message = str(i + 1)
+    return outer
+
+
+async def test_a_long_cause_chain_is_refused_at_the_edge(cluster: Cluster, client: Client) -> None:
+    """Item 6: 50-99 causes answered INTERNAL (the internal hop could not parse them), more
+    UNKNOWN (the frontend could not)."""
+    request = flow_service_pb2.RespondBlockFailedRequest(
+        namespace=client.namespace, task_token=b"\x0a\x05token", failure=_chain(60)
+    )
+    error = await _rejected(client.stub.RespondBlockFailed(request, timeout=10))
+    assert isinstance(error, InvalidArgument), error
+    assert "failure" + ".cause" * 17 in [v.field for v in error.violations]
+
+    request.failure.CopyFrom(_chain(150))
+    error = await _rejected(client.stub.RespondBlockFailed(request, timeout=10))
+    assert isinstance(error, InvalidArgument), error
+    assert error.reason == "UNDECODABLE_REQUEST"
