@@ -158,6 +158,33 @@ def test_respond_failed_requires_a_failure_and_bounds_it() -> None:
     )
 
 
+def chain(causes: int) -> failure_pb2.Failure:
+    """A failure with `causes` failures under it, one inside the other."""
+    outer = inner = failure_pb2.Failure(message="0")
+    for i in range(causes):
+        inner = inner.cause
+        inner.message = str(i + 1)
+    return outer
+
+
+def test_respond_failed_bounds_the_cause_chain() -> None:
+    """Issue 17, item 6: 50 to 99 causes were accepted here and could not be parsed on the
+    internal hop (INTERNAL). The default bound is 16 causes under the failure."""
+    request = flow_service_pb2.RespondBlockFailedRequest(namespace="docs", task_token=TOKEN)
+    request.failure.CopyFrom(chain(16))
+    validate_respond_block_failed(request, LIMITS)
+    for causes in (17, 60, 95):
+        request.failure.CopyFrom(chain(causes))
+        assert "over the limit of 16 causes" in description_of(
+            validate_respond_block_failed, request, "failure" + ".cause" * 17
+        )
+    limits = RequestLimits(max_failure_causes=2)
+    request.failure.CopyFrom(chain(3))
+    assert fields_of(validate_respond_block_failed, request, limits) == [
+        "failure.cause.cause.cause"
+    ]
+
+
 def test_respond_failed_reports_every_problem() -> None:
     request = flow_service_pb2.RespondBlockFailedRequest(
         namespace="", last_heartbeat_details=common_pb2.Payloads(payloads=[common_pb2.Payload()])

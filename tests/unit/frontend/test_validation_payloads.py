@@ -3,6 +3,9 @@ what its encoding says."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from tests.unit.frontend._support import LIMITS, TOKEN, description_of, fields_of, payload
@@ -197,3 +200,89 @@ def test_failure_details_are_checked_down_the_cause_chain() -> None:
         'failure.cause.timeout_failure_info.last_heartbeat_details.payloads[0].metadata["encoding"]',
         "failure.cause.cause.cause.application_failure_info.details.payloads[0].metadata",
     ]
+
+
+# Issue 17, item 3: exactly the list the issue gave, in every field the engine reads.
+
+_NOT_JSON_PLAIN = {
+    "Infinity": b"Infinity",
+    "NaN": b"NaN",
+    "1e999": b"1e999",
+    "minus": b"-",
+    "lone surrogate": b'"\\ud800"',
+    "invalid UTF-8": b'"\xff\xfe"',
+    "5000 digits": b"1" * 5000,
+    "nesting 50": b"[" * 50 + b"]" * 50,
+    "nesting 3000": b"[" * 3000 + b"]" * 3000,
+}
+
+
+def _start(bad: common_pb2.Payloads) -> flow_service_pb2.StartRunRequest:
+    request = flow_service_pb2.StartRunRequest(namespace="docs", run_id="r", input=bad)
+    request.flow.name = "intake"
+    return request
+
+
+def _signal(bad: common_pb2.Payloads) -> flow_service_pb2.SignalRunRequest:
+    request = flow_service_pb2.SignalRunRequest(namespace="docs", signal_name="go", input=bad)
+    request.run.run_id = "r"
+    return request
+
+
+def _signal_with_start(
+    bad: common_pb2.Payloads, field: str
+) -> flow_service_pb2.SignalWithStartRunRequest:
+    request = flow_service_pb2.SignalWithStartRunRequest(
+        namespace="docs", run_id="r", signal_name="go"
+    )
+    request.flow.name = "intake"
+    getattr(request, field).CopyFrom(bad)
+    return request
+
+
+_ENGINE_READ_FIELDS: dict[str, tuple[Callable[..., None], Callable[[common_pb2.Payloads], Any]]] = {
+    "input": (validate_start_run, _start),
+    "signal input": (validate_signal_run, _signal),
+    "signal-with-start input": (
+        validate_signal_with_start_run,
+        lambda bad: _signal_with_start(bad, "input"),
+    ),
+    "signal-with-start signal_input": (
+        validate_signal_with_start_run,
+        lambda bad: _signal_with_start(bad, "signal_input"),
+    ),
+    "result": (
+        validate_respond_block_completed,
+        lambda bad: flow_service_pb2.RespondBlockCompletedRequest(
+            namespace="docs", task_token=TOKEN, result=bad
+        ),
+    ),
+    "batch result": (
+        validate_respond_block_completed_batch,
+        lambda bad: flow_service_pb2.RespondBlockCompletedBatchRequest(
+            completions=[
+                flow_service_pb2.RespondBlockCompletedRequest(
+                    namespace="docs", task_token=TOKEN, result=bad
+                )
+            ]
+        ),
+    ),
+}
+_FIELD_PATHS = {
+    "input": "input",
+    "signal input": "input",
+    "signal-with-start input": "input",
+    "signal-with-start signal_input": "signal_input",
+    "result": "result",
+    "batch result": "completions[0].result",
+}
+
+
+@pytest.mark.parametrize("data", _NOT_JSON_PLAIN.values(), ids=_NOT_JSON_PLAIN.keys())
+@pytest.mark.parametrize("where", _ENGINE_READ_FIELDS)
+def test_data_that_is_not_json_plain_is_refused_in_every_field_the_engine_reads(
+    where: str, data: bytes
+) -> None:
+    validator, request = _ENGINE_READ_FIELDS[where]
+    bad = common_pb2.Payloads(payloads=[payload(data)])
+    assert fields_of(validator, request(bad)) == [f"{_FIELD_PATHS[where]}.payloads[0].data"]

@@ -237,6 +237,82 @@ def test_external_block_settings() -> None:
     }
 
 
+def test_every_duration_is_a_valid_one_under_its_documented_maximum() -> None:
+    """Issue 17, item 4: durations out of protobuf's range or absurd were registered, and
+    every start of the flow then answered INTERNAL (ValueError, OverflowError)."""
+    bp = blueprint(external("a"), external("b"))
+    bp.run_timeout.seconds = 4_600_000_000_000_000_000  # 4.6e18 s
+    bp.retry.initial_interval.seconds = -4_600_000_000_000_000_000
+    bp.timeouts.schedule_to_close.seconds = 400 * 86_400 * 3650  # 4,000 years
+    own = bp.blocks[0].external
+    own.timeouts.start_to_close.seconds = 8000 * 365 * 86_400  # 8,000 years
+    own.retry.maximum_interval.seconds = 366 * 86_400
+    bp.blocks[1].external.retry.initial_interval.nanos = -1
+    found = problems(bp)
+    out_of_range = "is not a valid duration (seconds="
+    assert found["run_timeout"][0].startswith(out_of_range)
+    assert found["retry.initial_interval"][0].startswith(out_of_range)
+    assert found["timeouts.schedule_to_close"] == ["is 126144000000s, over the limit of 315360000s"]
+    assert found["blocks[0].external.timeouts.start_to_close"] == [
+        "is 252288000000s, over the limit of 315360000s"
+    ]
+    assert found["blocks[0].external.retry.maximum_interval"] == [
+        "is 31622400s, over the limit of 31536000s"
+    ]
+    assert found["blocks[1].external.retry.initial_interval"] == [
+        "must not be negative, got -0.000000001s"
+    ]
+
+
+def test_durations_at_their_maximum_register() -> None:
+    bp = blueprint(external("a"))
+    bp.run_timeout.seconds = bp.timeouts.schedule_to_close.seconds = 3650 * 86_400
+    bp.retry.initial_interval.seconds = bp.retry.maximum_interval.seconds = 365 * 86_400
+    assert problems(bp) == {}
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_values_nested_too_deep_are_refused_at_registration() -> None:
+    """Issue 17, item 2: a blueprint value nested deep enough that the stored flow, or the
+    state of its runs, would not parse back."""
+    bp = blueprint(
+        external("a", input={"doc": _nested(24)}),  # 25 levels: the input's own object too
+        {"id": "s", "needs": ["a"], "set": {"vars": {"x": [_nested(24)]}}},
+        vars={"v": _nested(25), "ok": _nested(24)},
+        inputSchema={"properties": {"doc": _nested(23)}},
+        output=_nested(25),
+    )
+    found = problems(bp)
+    too_deep = ["nests arrays and objects more than 24 levels deep"]
+    # Each is named at its 25th level.
+    assert found == {
+        "blocks[0].input.doc" + ".a" * 23: too_deep,
+        "blocks[1].set.vars.x[0]" + ".a" * 23: too_deep,
+        "vars.v" + ".a" * 24: too_deep,
+        "input_schema.properties.doc" + ".a" * 22: too_deep,
+        "output" + ".a" * 24: too_deep,
+    }
+
+
+def test_a_stored_version_loads_without_the_later_bounds() -> None:
+    """A version registered before the duration maxima and the depth bound still loads."""
+    bp = blueprint(external("a"), vars={"v": _nested(30)})
+    bp.timeouts.start_to_close.seconds = 3651 * 86_400
+    bp.retry.initial_interval.seconds = 400 * 86_400
+    assert set(problems(bp)) == {
+        "timeouts.start_to_close",
+        "retry.initial_interval",
+        "vars.v" + ".a" * 24,
+    }
+    CompiledBlueprint.compile(bp, stored=True)
+
+
 def test_catch_compensate_and_missing_kind() -> None:
     found = problems(
         blueprint(

@@ -51,6 +51,11 @@ class RequestLimits(BaseModel):
     max_blueprint_bytes: int = Field(default=1 * MIB, gt=0)
     max_failure_bytes: int = Field(default=2 * MIB, gt=0)
     """A worker's Failure, message, stack trace, cause chain and details included."""
+    max_failure_causes: int = Field(default=16, gt=0, le=64)
+    """Failures a worker's Failure may wrap through `cause`, one under the other. The engine
+    stores the Failure under its own wrapper inside events and run state, and protobuf
+    decoders refuse messages nested more than 100 levels: a longer chain could be accepted
+    here and never read back."""
     max_task_token_bytes: int = Field(default=4 * KIB, gt=0)
     max_page_token_bytes: int = Field(default=4 * KIB, gt=0)
 

@@ -396,8 +396,9 @@ class _Checker:
             return
         if not self.size(value, field, self.limits.max_failure_bytes):
             return
-        # The details of each failure in the cause chain.
-        failure, path = value, field
+        # The details of each failure in the cause chain. The chain is bounded: each cause is
+        # one more level of nesting wherever the engine keeps the failure.
+        failure, path, causes = value, field, 0
         while True:
             info = failure.WhichOneof("failure_info")
             if info is not None and info in _FAILURE_DETAILS:
@@ -406,7 +407,15 @@ class _Checker:
                 self._each_payload(given, f"{path}.{info}.{details}", engine_reads=False)
             if not failure.HasField("cause"):
                 return
+            causes += 1
             failure, path = failure.cause, f"{path}.cause"
+            if causes > self.limits.max_failure_causes:
+                self.add(
+                    path,
+                    f"is cause number {causes} of the chain, over the limit of "
+                    f"{self.limits.max_failure_causes} causes under a failure",
+                )
+                return
 
     # Namespaces.
 

@@ -109,10 +109,25 @@ def decode_json(data: bytes) -> JSON:
     return value
 
 
+MAX_STATE_DEPTH: Final = 30
+"""Levels of arrays and objects in a value the engine keeps as google.protobuf.Value (run
+input, block outputs, variables). The run's state holds such a value four messages down and
+each level costs up to three more, so 30 levels stay under the 100 that protobuf decoders
+read back; inputs and results are bounded lower (`max_json_depth`), leaving room for what
+blueprints wrap around them."""
+
+
 def nesting_exceeds(data: bytes, value: JSON, limit: int) -> bool:
     """Whether `value` (decoded from `data`) nests arrays and objects deeper than `limit`."""
-    if not isinstance(value, list | dict) or data.count(b"[") + data.count(b"{") <= limit:
+    if data.count(b"[") + data.count(b"{") <= limit:
         return False  # too few brackets to get there: nothing to walk
+    return value_nesting_exceeds(value, limit)
+
+
+def value_nesting_exceeds(value: JSON, limit: int) -> bool:
+    """Whether `value` nests arrays and objects deeper than `limit`."""
+    if not isinstance(value, list | dict):
+        return False
     pending: list[tuple[list[JSON] | dict[str, JSON], int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
@@ -180,7 +195,7 @@ def from_payloads(payloads: common_pb2.Payloads, field: str) -> JSON:
             [FieldViolation(f"{field}.payloads", "the engine reads one JSON value here")]
         )
     try:
-        return read_payload(payloads.payloads[0], engine_reads=True)
+        return read_payload(payloads.payloads[0], engine_reads=True, max_depth=MAX_STATE_DEPTH)
     except PayloadError as e:
         raise InvalidArgument(
             [FieldViolation(f"{field}.payloads[0].{e.part}", e.description)]

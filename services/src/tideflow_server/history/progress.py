@@ -136,9 +136,26 @@ def _mark_reached(step: RunStep, compiled: CompiledBlueprint, commands: list[Com
         result.reached = number
 
 
+def _too_deep(command: CompleteSystem) -> FailBlock | None:
+    """A system block whose output or variables nest too deep to keep (a blueprint that
+    wraps a deep value in more levels): it fails, for the run's state must stay readable."""
+    values = {"output": command.output, **{f"vars.{k}": v for k, v in command.vars.items()}}
+    for name, value in values.items():
+        if payloads.value_nesting_exceeds(value, payloads.MAX_STATE_DEPTH):
+            message = (
+                f"the block's {name} nests arrays and objects more than "
+                f"{payloads.MAX_STATE_DEPTH} levels deep"
+            )
+            error = BlockError("ValueTooDeep", message, non_retryable=True, server=True)
+            return FailBlock(block_id=command.block_id, error=error)
+    return None
+
+
 def _apply(
     step: RunStep, compiled: CompiledBlueprint, command: Command, max_pending_blocks: int
 ) -> None:
+    if isinstance(command, CompleteSystem) and (failed := _too_deep(command)) is not None:
+        command = failed
     if isinstance(command, ScheduleExternal):
         if len(step.state.pending_blocks) >= max_pending_blocks:
             error = BlockError(

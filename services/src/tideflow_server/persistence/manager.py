@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from tideflow.api.v1 import common_pb2, flow_pb2, history_pb2, namespace_pb2
 from tideflow_server.config import LIMITS_SECTION, LimitsConfig
@@ -38,6 +38,7 @@ from tideflow_server.persistence.records import (
     TransferTaskRow,
     UpdateExecution,
 )
+from tideflow_server.persistence.salvage import salvage
 
 TASK_ID_BITS = 20
 """Outbox task ids are `range_id << TASK_ID_BITS | seq`: a new owner's range is higher, so its
@@ -82,6 +83,9 @@ class ShardLease:
 class LoadedExecution:
     state: records_pb2.MutableState
     db_version: int
+    unreadable: str = ""
+    """Why the stored state did not parse, when it did not: `state` then holds only what
+    could be salvaged (persistence/salvage.py), enough to close the run and nothing more."""
 
     @property
     def next_event_id(self) -> int:
@@ -353,7 +357,12 @@ class PersistenceManager:
         row = await self.persistence.executions.get_execution(
             ExecutionKey(shard_id, namespace_id, run_id, execution_id)
         )
-        return LoadedExecution(records_pb2.MutableState.FromString(row.data), row.db_version)
+        try:
+            return LoadedExecution(records_pb2.MutableState.FromString(row.data), row.db_version)
+        except DecodeError as e:
+            state, dropped = salvage(records_pb2.MutableState, row.data)
+            why = f"{e}; unreadable: {', '.join(dropped) or 'nothing'}"
+            return LoadedExecution(state, row.db_version, unreadable=why)
 
     async def read_history(
         self,

@@ -10,7 +10,7 @@ messages.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar, NoReturn, cast
+from typing import ClassVar, Final, NoReturn, cast
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -27,6 +27,45 @@ RETRY_AFTER_MS = "retry_after_ms"
 """ErrorInfo metadata key of a ResourceExhausted's wait, mirrored by its RetryInfo."""
 Detail = error_details_pb2.ErrorInfo | error_details_pb2.BadRequest | error_details_pb2.RetryInfo
 
+# A status travels in trailing metadata (the message percent-encoded, the details base64), and
+# clients refuse metadata over 8 KiB by default: an error that echoes unbounded input would
+# reach the caller as RESOURCE_EXHAUSTED instead of itself. These bounds keep every status
+# well under that, whatever the request held.
+MAX_MESSAGE_BYTES: Final = 1024
+"""A status message, UTF-8 bytes (up to three times as many once percent-encoded)."""
+MAX_VIOLATION_FIELD_BYTES: Final = 1024
+"""Room for a map key at its length limit (255 characters) inside its path."""
+MAX_VIOLATION_DESCRIPTION_BYTES: Final = 1024
+MAX_VIOLATIONS_BYTES: Final = 3 * 1024
+"""Field paths and descriptions of one status's violations together; past it the rest are
+counted in one last violation."""
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """`text`, cut to at most `max_bytes` UTF-8 bytes, saying how long it was."""
+    encoded = text.encode("utf-8", "surrogatepass")  # a lone surrogate still has a size
+    if len(encoded) <= max_bytes:
+        return text
+    note = f"...({len(text)} characters)"
+    kept = encoded[: max(0, max_bytes - len(note))].decode("utf-8", "ignore")
+    return kept + note
+
+
+def _bounded(violations: Sequence[FieldViolation]) -> list[FieldViolation]:
+    kept: list[FieldViolation] = []
+    total = 0
+    for i, v in enumerate(violations):
+        clipped = FieldViolation(
+            clip(v.field, MAX_VIOLATION_FIELD_BYTES),
+            clip(v.description, MAX_VIOLATION_DESCRIPTION_BYTES),
+        )
+        total += len(f"{clipped.field}{clipped.description}".encode("utf-8", "surrogatepass"))
+        if total > MAX_VIOLATIONS_BYTES:
+            kept.append(FieldViolation("", f"and {len(violations) - i} more violations"))
+            break
+        kept.append(clipped)
+    return kept
+
 
 class ServiceError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
@@ -39,6 +78,7 @@ class ServiceError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
@@ -72,7 +112,7 @@ class InvalidArgument(ServiceError):
     ) -> None:
         if isinstance(violations, str):
             violations = [FieldViolation("", violations)]
-        self.violations = list(violations)
+        self.violations = _bounded(violations)
         summary = "; ".join(
             f"{v.field}: {v.description}" if v.field else v.description for v in self.violations
         )

@@ -180,7 +180,9 @@ class Blueprint(_message.Message):
 
     @_builtins.property
     def run_timeout(self) -> _duration_pb2.Duration:
-        """Longest life of a run; unset = no limit beyond the server's."""
+        """Longest life of a run; unset = no limit beyond the server's. At most 10 years (3650 days);
+        registration refuses a negative one, and one out of Duration's range, naming this field.
+        """
 
     @_builtins.property
     def retry(self) -> _common_pb2.RetryPolicy:

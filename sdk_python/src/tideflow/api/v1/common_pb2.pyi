@@ -493,7 +493,9 @@ class RetryPolicy(_message.Message):
     """
     @_builtins.property
     def initial_interval(self) -> _duration_pb2.Duration:
-        """Delay before the first retry. Set means present: "0s" retries at once."""
+        """Delay before the first retry. Set means present: "0s" retries at once. Both intervals are
+        at most 365 days; registration refuses a negative one, or one out of Duration's range.
+        """
 
     @_builtins.property
     def maximum_interval(self) -> _duration_pb2.Duration:
@@ -525,7 +527,8 @@ Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 class BlockTimeouts(_message.Message):
     """BlockTimeouts bound an external block. Unset (zero) fields take the blueprint's defaults; the
     server has none, so a timeout unset in both does not apply. At least one of start_to_close and
-    schedule_to_close must end up set (registration checks it).
+    schedule_to_close must end up set (registration checks it). Each is at most 10 years (3650
+    days); registration refuses a negative one, or one out of Duration's range.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

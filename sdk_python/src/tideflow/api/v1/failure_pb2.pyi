@@ -20,7 +20,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Failure(_message.Message):
     """Failure is the language-neutral form of an error, as recorded in history and returned to
-    clients. Workers in any language build it; `cause` chains wrap one another.
+    clients. Workers in any language build it; `cause` chains wrap one another. A worker's
+    failure (RespondBlockFailed) has at most 16 causes under it (the server's
+    `max_failure_causes`): a deeper chain is INVALID_ARGUMENT naming the first cause past it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

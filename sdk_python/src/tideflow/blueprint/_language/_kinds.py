@@ -37,6 +37,10 @@ class Site(Protocol):
 
     @property
     def blueprint(self) -> blueprint_pb2.Blueprint: ...
+    @property
+    def stored(self) -> bool:
+        """A version registered already, loaded again: checks added since are skipped."""
+
     def report(self, path: str, description: str) -> None: ...
     def template(self, value: struct_pb2.Value, path: str) -> Template:
         """Compile a template in this block's scope, reporting its problems."""
@@ -101,12 +105,15 @@ def _check_external(site: Site) -> BlockPlan | None:
     own_retry = external.retry if external.HasField("retry") else None
     default_retry = blueprint.retry if blueprint.HasField("retry") else None
     retry = _policy.effective_retry(own_retry, default_retry)
-    if own_retry is not None and _policy.check_retry(own_retry, f"{path}.retry", site.report):
+    bounded = not site.stored
+    if own_retry is not None and _policy.check_retry(
+        own_retry, f"{path}.retry", site.report, bounded=bounded
+    ):
         _policy.check_interval_order(own_retry, retry, f"{path}.retry", site.report)
     own_timeouts = external.timeouts if external.HasField("timeouts") else None
     timeouts = _policy.effective_timeouts(own_timeouts, blueprint.timeouts)
     if own_timeouts is not None:
-        _policy.check_timeouts(own_timeouts, f"{path}.timeouts", site.report)
+        _policy.check_timeouts(own_timeouts, f"{path}.timeouts", site.report, bounded=bounded)
     if not _policy.bounds_the_block(timeouts):
         site.report(
             f"{path}.timeouts",

@@ -42,14 +42,42 @@ def nanos(duration: duration_pb2.Duration) -> int:
     return duration.seconds * 1_000_000_000 + duration.nanos
 
 
-def _duration_problem(duration: duration_pb2.Duration) -> str | None:
-    if abs(duration.nanos) >= 1_000_000_000 or (
-        duration.seconds * duration.nanos < 0  # seconds and nanos must agree in sign
+MAX_TIMEOUT = timedelta(days=3650)
+"""The longest timeout a blueprint may set (a block's, and `run_timeout`): ten years, as a
+start request's own run_timeout. Every deadline must stay a date the engine can write."""
+MAX_RETRY_INTERVAL = timedelta(days=365)
+"""The longest retry interval (initial and maximum). The default maximum interval is 100
+initial intervals, so a retry is never due more than a century ahead."""
+
+_MAX_PROTO_SECONDS = 315_576_000_000
+"""google.protobuf.Duration's range: about 10,000 years either way."""
+
+
+def _duration_problem(duration: duration_pb2.Duration, maximum: timedelta | None) -> str | None:
+    seconds, nanos_part = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > _MAX_PROTO_SECONDS
+        or abs(nanos_part) >= 1_000_000_000
+        or seconds * nanos_part < 0  # seconds and nanos must agree in sign
     ):
-        return "is not a valid duration"
-    if duration.seconds < 0 or duration.nanos < 0:
+        return (
+            f"is not a valid duration (seconds={seconds}, nanos={nanos_part}): seconds within "
+            f"±{_MAX_PROTO_SECONDS}, nanos within ±999999999 and of the same sign"
+        )
+    if seconds < 0 or nanos_part < 0:
         return f"must not be negative, got {duration_text(nanos(duration))}"
+    limit = None if maximum is None else maximum // timedelta(microseconds=1) * 1_000
+    if limit is not None and nanos(duration) > limit:
+        return f"is {duration_text(nanos(duration))}, over the limit of {duration_text(limit)}"
     return None
+
+
+def check_run_timeout(
+    duration: duration_pb2.Duration, path: str, report: Report, *, bounded: bool = True
+) -> None:
+    """`bounded`: check the maximum too (see check_retry)."""
+    if problem := _duration_problem(duration, MAX_TIMEOUT if bounded else None):
+        report(path, problem)
 
 
 def effective_retry(*policies: common_pb2.RetryPolicy | None) -> common_pb2.RetryPolicy:
@@ -64,7 +92,10 @@ def effective_retry(*policies: common_pb2.RetryPolicy | None) -> common_pb2.Retr
     result.initial_interval.CopyFrom(initial)
     maximum = next((p.maximum_interval for p in given if p.HasField("maximum_interval")), None)
     if maximum is None:
-        result.maximum_interval.FromNanoseconds(nanos(initial) * ENGINE_MAXIMUM_INTERVAL_FACTOR)
+        # Kept within Duration's range: an invalid initial interval is check_retry's to
+        # report, and must not break the registration that reports it.
+        default = max(nanos(initial), 0) * ENGINE_MAXIMUM_INTERVAL_FACTOR
+        result.maximum_interval.FromNanoseconds(min(default, _MAX_PROTO_SECONDS * 1_000_000_000))
     else:
         result.maximum_interval.CopyFrom(maximum)
     result.backoff_coefficient = next(
@@ -112,8 +143,12 @@ def effective_timeouts(*timeouts: common_pb2.BlockTimeouts | None) -> common_pb2
     return result
 
 
-def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bool:
-    """Report what is wrong with one policy on its own; True when nothing is."""
+def check_retry(
+    policy: common_pb2.RetryPolicy, path: str, report: Report, *, bounded: bool = True
+) -> bool:
+    """Report what is wrong with one policy on its own; True when nothing is. `bounded`:
+    check the maxima too, which came after flows were first registered (a stored version
+    is loaded again without them)."""
     ok = True
 
     def bad(field: str, description: str) -> None:
@@ -122,7 +157,11 @@ def check_retry(policy: common_pb2.RetryPolicy, path: str, report: Report) -> bo
         report(f"{path}.{field}", description)
 
     for field in ("initial_interval", "maximum_interval"):
-        if policy.HasField(field) and (problem := _duration_problem(getattr(policy, field))):
+        if policy.HasField(field) and (
+            problem := _duration_problem(
+                getattr(policy, field), MAX_RETRY_INTERVAL if bounded else None
+            )
+        ):
             bad(field, problem)
     coefficient = policy.backoff_coefficient
     if coefficient and not (math.isfinite(coefficient) and coefficient >= 1):
@@ -162,9 +201,12 @@ def check_interval_order(
     )
 
 
-def check_timeouts(timeouts: common_pb2.BlockTimeouts, path: str, report: Report) -> None:
+def check_timeouts(
+    timeouts: common_pb2.BlockTimeouts, path: str, report: Report, *, bounded: bool = True
+) -> None:
+    """`bounded`: check the maximum too (see check_retry)."""
     for name in _TIMEOUT_FIELDS:
-        if problem := _duration_problem(getattr(timeouts, name)):
+        if problem := _duration_problem(getattr(timeouts, name), MAX_TIMEOUT if bounded else None):
             report(f"{path}.{name}", problem)
 
 

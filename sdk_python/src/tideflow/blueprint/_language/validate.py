@@ -10,7 +10,8 @@ Expressions are checked for what they read (declared variables, blocks that come
 what they call (the bindings' functions and macros, no message types) and, for a condition
 (`when`, `depends`), that it can be a bool. The last two came after flows were first
 registered, so a stored version being loaded again (`stored=True`) skips them: a version
-registered without them still runs as it did.
+registered without them still runs as it did. So do the maxima of durations and the nesting
+bound of values.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from tideflow.blueprint._language._model import JSON
 from tideflow.blueprint._language._refs import message_types, references
 from tideflow.blueprint._language._schema_text import schema_message
 from tideflow.blueprint._language._types import describe, result_types
-from tideflow.blueprint._language._unset import unset_values
+from tideflow.blueprint._language._unset import TOO_DEEP, value_problems
 from tideflow.blueprint._language.templates import (
     RUN_VARIABLES,
     Expression,
@@ -70,10 +71,6 @@ RESERVED_BLOCK_IDS = RUN_VARIABLES | CEL_RESERVED | BUILTIN_NAMES
 names every expression already reads."""
 
 _VAR_DEFAULT_VARIABLES = frozenset({"input", "run"})
-_UNSET_VALUE = (
-    "a google.protobuf.Value with no kind set; give it one (null is null_value), or leave the "
-    "field out"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +148,10 @@ class _Site:
     blueprint: blueprint_pb2.Blueprint
     scope: _Scope
     checker: _Checker
+
+    @property
+    def stored(self) -> bool:
+        return self.checker.stored
 
     def report(self, path: str, description: str) -> None:
         self.checker.report(path, description)
@@ -266,8 +267,9 @@ class _Checker:
     def run(self) -> Checked:
         bp = self.bp
         self._identity()
-        for path in unset_values(bp):
-            self.report(path, _UNSET_VALUE)
+        for path, problem in value_problems(bp):
+            if problem != TOO_DEEP or not self.stored:  # the depth bound came later
+                self.report(path, problem)
         input_schema = self._schema("input_schema")
         output_schema = self._schema("output_schema")
         self._defaults()
@@ -349,13 +351,16 @@ class _Checker:
 
     def _defaults(self) -> None:
         bp = self.bp
-        if bp.HasField("retry") and _policy.check_retry(bp.retry, "retry", self.report):
+        bounded = not self.stored
+        if bp.HasField("retry") and _policy.check_retry(
+            bp.retry, "retry", self.report, bounded=bounded
+        ):
             effective = _policy.effective_retry(bp.retry)
             _policy.check_interval_order(bp.retry, effective, "retry", self.report)
         if bp.HasField("timeouts"):
-            _policy.check_timeouts(bp.timeouts, "timeouts", self.report)
-        if bp.HasField("run_timeout") and (bp.run_timeout.seconds < 0 or bp.run_timeout.nanos < 0):
-            self.report("run_timeout", "must not be negative")
+            _policy.check_timeouts(bp.timeouts, "timeouts", self.report, bounded=bounded)
+        if bp.HasField("run_timeout"):
+            _policy.check_run_timeout(bp.run_timeout, "run_timeout", self.report, bounded=bounded)
 
     def _ids(self, blocks: list[blueprint_pb2.Block]) -> None:
         for i, block in enumerate(blocks):

@@ -12,8 +12,10 @@ async def execution_id_of(shard: ShardContext, namespace_id: str, run: common_pb
     return run.execution_id or await shard.current_execution_id(namespace_id, run.run_id)
 
 
-def open_run(entry: Execution) -> records_pb2.MutableState:
-    state = entry.state
+def open_run(entry: Execution, *, salvaged: bool = False) -> records_pb2.MutableState:
+    """The state of an open run (`salvaged`: what could be read of it, see
+    ShardContext.update); FAILED_PRECONDITION when the run is closed."""
+    state = entry.salvaged.state if salvaged else entry.state
     if state.execution_info.state == records_pb2.RUN_STATE_COMPLETED:
         raise FailedPrecondition(
             f"run {entry.run_id!r} is already closed", reason="RUN_ALREADY_CLOSED"

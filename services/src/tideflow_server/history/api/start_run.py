@@ -112,6 +112,17 @@ def _initial_vars(compiled: CompiledBlueprint, run_input: JSON) -> dict[str, str
             [FieldViolation("input", f"{e.path}: `{e.expression}`: {e.message}")],
             reason="INPUT_EVALUATION_FAILED",
         ) from e
+    deep = [
+        FieldViolation(
+            "input",
+            f"vars.{name}: with this input, the default nests arrays and objects more than "
+            f"{payloads.MAX_STATE_DEPTH} levels deep",
+        )
+        for name, value in initial.items()
+        if payloads.value_nesting_exceeds(value, payloads.MAX_STATE_DEPTH)
+    ]
+    if deep:
+        raise InvalidArgument(deep, reason="INPUT_EVALUATION_FAILED")
     return {name: payloads.to_value(value) for name, value in initial.items()}
 
 

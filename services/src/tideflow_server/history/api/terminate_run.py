@@ -21,7 +21,7 @@ async def terminate(
     details: common_pb2.Payloads | None = None,
 ) -> None:
     async def act(entry: Execution, step: RunStep) -> None:
-        open_run(entry)
+        open_run(entry, salvaged=True)
         progress.close_run(
             step,
             common_pb2.RUN_STATUS_TERMINATED,
@@ -30,7 +30,9 @@ async def terminate(
             details=details,
         )
 
-    await shard.update(namespace_id, run_id, execution_id, act)
+    # An operator can always end a run: even one whose stored state no longer parses is
+    # closed, from what could be read of it (its execution info, pending blocks, timers).
+    await shard.update(namespace_id, run_id, execution_id, act, salvaged=True)
 
 
 async def invoke(

@@ -36,7 +36,7 @@ from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import MatchingClient
-from tideflow_server.rpc.errors import NotFound, Unavailable
+from tideflow_server.rpc.errors import FailedPrecondition, NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -65,8 +65,23 @@ class Execution:
 
     @property
     def state(self) -> records_pb2.MutableState:
+        """The run's state; FAILED_PRECONDITION when the stored state does not parse, for
+        nothing can be decided on part of a state (only TerminateRun goes on, see
+        `salvaged_state`)."""
+        loaded = self.salvaged
+        if loaded.unreadable:
+            raise FailedPrecondition(
+                f"run {self.run_id!r} execution {self.execution_id}: its stored state cannot be "
+                f"read ({loaded.unreadable}); TerminateRun can still close it",
+                reason="RUN_STATE_UNREADABLE",
+            )
+        return loaded.state
+
+    @property
+    def salvaged(self) -> LoadedExecution:
+        """What was loaded, readable or not (`LoadedExecution.unreadable`)."""
         assert self.loaded is not None, "execution used outside ShardContext.locked"
-        return self.loaded.state
+        return self.loaded
 
     def notify(self) -> None:
         """Wake readers waiting for new events, and arm a fresh event for the next ones."""
@@ -214,12 +229,15 @@ class ShardContext:
         run_id: str,
         execution_id: str,
         action: Callable[[Execution, RunStep], Awaitable[T]],
+        *,
+        salvaged: bool = False,
     ) -> T:
         """Run `action` on a fresh step of the execution and commit what it did; on a
-        db_version conflict, reload and run it again."""
+        db_version conflict, reload and run it again. `salvaged`: even on what could be read
+        of a state that does not parse (an action that only closes the run)."""
         for _ in range(MAX_CONFLICT_RETRIES):
             async with self.locked(namespace_id, run_id, execution_id) as entry:
-                step = self.new_step(entry)
+                step = self.new_step(entry, salvaged=salvaged)
                 result = await action(entry, step)
                 try:
                     await self.commit(entry, step)
@@ -228,9 +246,9 @@ class ShardContext:
                 return result
         raise Unavailable(f"run {run_id!r} is changing too fast; try again", reason="CONFLICT")
 
-    def new_step(self, entry: Execution) -> RunStep:
+    def new_step(self, entry: Execution, *, salvaged: bool = False) -> RunStep:
         state = records_pb2.MutableState()
-        state.CopyFrom(entry.state)
+        state.CopyFrom(entry.salvaged.state if salvaged else entry.state)
         return RunStep(state, now=utcnow())
 
     # -- commits -------------------------------------------------------------------------
