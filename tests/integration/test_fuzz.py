@@ -7,8 +7,9 @@ a refused request changes nothing, as a fingerprint of what a request could reac
 namespaces, the fuzzed namespace's flows, the test's own open run, and the run the request
 names).
 
-Half the requests are a valid request of the RPC (BASES) with some fields replaced by fuzzed
-ones, so they get past the first check to the ones behind it; the others are fuzzed whole.
+Two thirds of the requests are a valid request of the RPC (BASES) with some fields replaced
+by fuzzed ones, so they get past the first check to the ones behind it; the others are fuzzed
+whole.
 
 Examples per RPC: TIDEFLOW_FUZZ_EXAMPLES (default 25, in CI 200). Derandomized, so a run is
 repeatable; a failure prints the request that caused it.
@@ -70,7 +71,10 @@ BLUEPRINT = {
     "name": FLOW,
     "version": 1,
     "task_queue": "fuzz-queue",
+    # Nothing happens to a run by itself while it is fuzzed (no timeout, no retry timer), so
+    # its state changes only with an accepted request.
     "timeouts": {"start_to_close": "3600s"},
+    "retry": {"maximum_attempts": 1},
     "blocks": [{"id": "a", "external": {"block": "step@1"}, "input": "${input}"}],
     "output": "${blocks.a.output}",
 }
@@ -272,6 +276,7 @@ def _target(channel: grpc.Channel, method: Method, kind: str) -> Target:
     run_id = queue = f"fuzz-{kind}-{method.name.lower()}"
     start = flow_service_pb2.StartRunRequest(namespace=NAMESPACE, run_id=run_id)
     start.flow.name = FLOW
+    start.flow.version = 1  # not a fuzzed version registered since
     start.task_queue.name = queue
     start.input.CopyFrom(payloads({"n": 1}))
     channel.unary_unary(
@@ -318,7 +323,8 @@ def _requests(method: Method, target: Target) -> Strategy:
     base = _base(method, target)
     if base is None:
         return fuzzed
-    return st.one_of(fuzzed, fuzzed.map(lambda f: _overlay(base, f)))
+    overlaid = fuzzed.map(lambda f: _overlay(base, f))
+    return st.one_of(fuzzed, overlaid, overlaid)
 
 
 def _hints(method: Method, target: Target) -> dict[str, Strategy]:
@@ -334,7 +340,9 @@ def _hints(method: Method, target: Target) -> dict[str, Strategy]:
         "requests_per_second": st.one_of(st.sampled_from(FLOAT_EDGES), st.floats()),
         "task_token": st.one_of(st.just(target.task_token), BYTES),
         "blueprint": st.one_of(
-            _mutated(blueprint), message_strategy(blueprint_pb2.Blueprint.DESCRIPTOR, depth=1)
+            _mutated(blueprint),
+            _mutated(blueprint),
+            message_strategy(blueprint_pb2.Blueprint.DESCRIPTOR, depth=1),
         ),
     }
 
