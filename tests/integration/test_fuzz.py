@@ -287,9 +287,12 @@ def _target(channel: grpc.Channel, method: Method, kind: str) -> Target:
     target = Target(channel, run_id, b"")
     poll = flow_service_pb2.PollBlockTaskRequest(namespace=NAMESPACE, identity="fuzz")
     poll.task_queue.name = queue
-    task = target.ask("PollBlockTask", poll, flow_service_pb2.PollBlockTaskResponse)
-    assert isinstance(task, flow_service_pb2.PollBlockTaskResponse) and task.task_token
-    return Target(channel, run_id, task.task_token)
+    for _ in range(int(30 / POLL_S)):  # polls answer empty after POLL_S: poll until it comes
+        task = target.ask("PollBlockTask", poll, flow_service_pb2.PollBlockTaskResponse)
+        assert isinstance(task, flow_service_pb2.PollBlockTaskResponse), task
+        if task.task_token:
+            return Target(channel, run_id, task.task_token)
+    raise AssertionError(f"the block of {run_id} never reached a poll")
 
 
 def _base(method: Method, target: Target) -> Message | None:
