@@ -83,6 +83,16 @@ LIMITS_SECTION: Final = "persistence.limits"
 environment), for errors that name a limit's setting."""
 
 
+class FaultsConfig(_Section):
+    """Faults injected into the stores (persistence/faults.py), for tests. Empty by default,
+    and then the stores are not wrapped at all."""
+
+    lose_create_reply_run_ids: tuple[str, ...] = ()
+    """Run id prefixes: an execution create of such a run commits, then fails as if the
+    database's reply were lost (outcome unknown), as a history host that dies right after
+    the commit would look to the frontend."""
+
+
 class PersistenceConfig(_Section):
     backend: Literal["sqlite", "postgres", "cassandra"] = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
@@ -91,6 +101,7 @@ class PersistenceConfig(_Section):
     visibility: VisibilityConfig = VisibilityConfig()
     """Only read with `backend: cassandra`."""
     limits: LimitsConfig = LimitsConfig()
+    faults: FaultsConfig = FaultsConfig()
 
 
 class ClusterConfig(_Section):

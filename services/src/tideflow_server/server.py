@@ -25,7 +25,7 @@ from tideflow_server.internal.v1 import history_service_pb2_grpc, matching_servi
 from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHandler
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
-from tideflow_server.persistence import schema
+from tideflow_server.persistence import faults, schema
 from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
 from tideflow_server.persistence.manager import PersistenceManager
@@ -95,7 +95,9 @@ class TideflowServer:
                 configured=settings.cluster.history_shard_count,
                 using=shard_count,
             )
-        manager = PersistenceManager(persistence, settings.persistence.limits)
+        manager = PersistenceManager(
+            faults.inject(persistence, settings.persistence.faults), settings.persistence.limits
+        )
         membership = Membership(persistence.cluster, settings.membership)
         self._membership = membership
         history = HistoryClient(membership, self._channels, shard_count)

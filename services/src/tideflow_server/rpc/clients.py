@@ -204,11 +204,23 @@ class HistoryClient(_RoutedClient):
     async def start_run(
         self, request: hs.StartRunRequest, *, timeout_s: float | None = None
     ) -> hs.StartRunResponse:
-        return await self._call(
-            request.namespace_id,
-            request.request.run_id,
-            lambda s: s.StartRun(request, timeout=timeout_s or self._timeout_s),
-        )
+        """A start, retried like every call. History answers a retry whose request_id matches
+        the execution's starter with started=false; when an earlier attempt of this call
+        reached history and its outcome stayed unknown (the host died or the reply was lost
+        after the commit), that starter was this call, so the answer is started=true."""
+        sent = False
+
+        async def attempt(
+            stub: history_service_pb2_grpc.HistoryServiceAsyncStub,
+        ) -> hs.StartRunResponse:
+            nonlocal sent
+            retry, sent = sent, True
+            response = await stub.StartRun(request, timeout=timeout_s or self._timeout_s)
+            if retry and not response.response.started:
+                response.response.started = True
+            return response
+
+        return await self._call(request.namespace_id, request.request.run_id, attempt)
 
     async def signal_run(self, request: hs.SignalRunRequest) -> hs.SignalRunResponse:
         return await self._call(

@@ -492,7 +492,14 @@ class StartRunResponse(_message.Message):
     CLOSE_EVENT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     started: _builtins.bool
-    """False when this request was a duplicate of the one that started the execution."""
+    """True when this call started the execution; false when another call with the same
+    request_id had started it (a duplicate). The frontend retries its call to history when a
+    host dies or a reply is lost, and an attempt whose outcome was unknown may have started
+    the execution; a retry that then finds it started by this request_id answers true. The
+    frontend gives a request without request_id one of its own, so for those the answer is
+    exact; with a caller's request_id, a duplicate whose own first attempt to history also
+    failed midway can answer true as well.
+    """
     @_builtins.property
     def close_event(self) -> _history_pb2.HistoryEvent:
         """With wait_for_close, the event that closed the execution (RUN_COMPLETED, RUN_FAILED,
