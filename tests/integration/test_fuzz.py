@@ -13,10 +13,6 @@ whole.
 
 Examples per RPC: TIDEFLOW_FUZZ_EXAMPLES (default 25, in CI 200). Derandomized, so a run is
 repeatable; a failure prints the request that caused it.
-
-A failure whose cause another item of issue 17 is fixing now matches an entry of
-KNOWN_ELSEWHERE and makes its test an expected failure (not strict) naming the item; every
-other failure still fails. Remove an entry when its fix is merged.
 """
 
 from __future__ import annotations
@@ -401,91 +397,11 @@ def _mutated(valid: blueprint_pb2.Blueprint) -> Strategy:
     )
 
 
-@dataclass(frozen=True)
-class Known:
-    item: str
-    applies: Callable[[str, Message | None, grpc.StatusCode, str], bool]
-    """(RPC, the request if it parses, status, its message) -> whether this failure is the
-    item's."""
-
-
-TEN_YEARS_S = 10 * 365 * 24 * 3600
-
-
-def _absurd_duration(message: Message | None) -> bool:
-    """Whether `message` holds a Duration outside 0..10 years, at any depth."""
-    if message is None:
-        return False
-    if isinstance(message, duration_pb2.Duration):
-        return not 0 <= message.seconds <= TEN_YEARS_S or not 0 <= message.nanos < 10**9
-    for field, held in message.ListFields():
-        if field.message_type is None:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            continue  # no map of the API holds a Duration
-        items = list(held) if field.is_repeated else [held]
-        if any(_absurd_duration(item) for item in items):
-            return True
-    return False
-
-
-KNOWN_ELSEWHERE: list[Known] = [
-    Known(
-        "issue 17 items 6, 7: a request the server cannot parse (garbage, a cause chain too "
-        "deep) is UNKNOWN, not INVALID_ARGUMENT",
-        lambda _, __, code, details: (
-            code is grpc.StatusCode.UNKNOWN and "DecodeError" in details and "Request'" in details
-        ),
-    ),
-    Known(
-        "issue 17 item 6: a cause chain the frontend accepts is too deep for the internal hop",
-        lambda _, __, code, details: (
-            code is grpc.StatusCode.INTERNAL and "internal.v1." in details and "MaxDepth" in details
-        ),
-    ),
-    Known(
-        "issue 17 item 4: durations out of range at registration are INTERNAL",
-        lambda name, request, code, _: (
-            name == "RegisterFlow"
-            and code is grpc.StatusCode.INTERNAL
-            and _absurd_duration(request)
-        ),
-    ),
-    Known(
-        "issue 17 item 4: a start of a flow registered with absurd durations is INTERNAL",
-        lambda name, _, code, details: (
-            name in {"StartRun", "SignalWithStartRun"}
-            and code is grpc.StatusCode.INTERNAL
-            and ("OverflowError" in details or "ValueError" in details)
-        ),
-    ),
-    Known(
-        "issue 17 item 5: a namespace's rate limit can be set so small that its bucket overflows",
-        lambda name, _, code, details: (
-            name.endswith("Namespace")
-            and code is grpc.StatusCode.INTERNAL
-            and "OverflowError" in details
-        ),
-    ),
-    Known(
-        "issue 17 item 8: echoed input makes status details too big for the client",
-        lambda _, __, code, details: (
-            details.startswith(NOT_FROM_THE_SERVER) and "metadata size exceeds" in details
-        ),
-    ),
-]
-"""Failures that other issue 17 items fix; remove each entry with its fix."""
-
-
 def _answer_is_clean(
-    target: Target, method: Method, request: bytes, parsed: Message | None, known: set[str]
+    target: Target, method: Method, request: bytes, parsed: Message | None
 ) -> None:
     before = target.fingerprint(parsed)
     code, details = target.call(method, request)
-    for entry in KNOWN_ELSEWHERE:
-        if entry.applies(method.name, parsed, code, details):
-            known.add(entry.item)
-            return
     assert code not in NEVER, f"{method.name} answered {code.name}: {details}"
     assert not details.startswith(NOT_FROM_THE_SERVER), f"{method.name}: {details}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -495,7 +411,7 @@ def _answer_is_clean(
         assert after == before, f"{method.name} was refused ({code.name}) but changed state"
 
 
-def _fuzz(check: Callable[[Any], None], strategy: Strategy, known: set[str], examples: int) -> None:
+def _fuzz(check: Callable[[Any], None], strategy: Strategy, examples: int) -> None:
     settings(
         max_examples=examples,
         deadline=None,
@@ -503,27 +419,23 @@ def _fuzz(check: Callable[[Any], None], strategy: Strategy, known: set[str], exa
         database=None,
         suppress_health_check=list(HealthCheck),
     )(given(strategy)(check))()
-    if known:
-        pytest.xfail("; ".join(sorted(known)))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 def test_fuzzed_requests_are_answered_cleanly(channel: grpc.Channel, method: Method) -> None:
     target = _target(channel, method, "requests")
-    known: set[str] = set()
 
     def check(request: Message) -> None:
-        _answer_is_clean(target, method, request.SerializeToString(), request, known)
+        _answer_is_clean(target, method, request.SerializeToString(), request)
 
-    _fuzz(check, _requests(method, target), known, EXAMPLES)
+    _fuzz(check, _requests(method, target), EXAMPLES)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 def test_random_bytes_are_answered_cleanly(channel: grpc.Channel, method: Method) -> None:
     target = _target(channel, method, "bytes")
-    known: set[str] = set()
 
     def check(request: bytes) -> None:
-        _answer_is_clean(target, method, request, None, known)
+        _answer_is_clean(target, method, request, None)
 
-    _fuzz(check, BYTES, known, max(1, EXAMPLES // 4))
+    _fuzz(check, BYTES, max(1, EXAMPLES // 4))
