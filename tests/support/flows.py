@@ -193,6 +193,9 @@ class BlockWorker:
     concurrency: int = 20
     eager: bool = False
     """Offer each completion's slot for eager dispatch, as the SDK worker does."""
+    detached: bool = False
+    """Poll again as soon as the handler returns, sending its answer in the background (a
+    worker that queues its answers): it keeps polling while the server cannot record them."""
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -224,15 +227,29 @@ class BlockWorker:
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.2)  # the server is away: poll again shortly
                 continue
-            if response.task_token:
+            if not response.task_token:
+                continue
+            if not self.detached:
                 await self._run(Task(response, self))
+                continue
+            handled = asyncio.Event()
+            running = asyncio.create_task(self._run(Task(response, self), handled))
+            self._running.add(running)
+            running.add_done_callback(self._running.discard)
+            waiting = asyncio.create_task(handled.wait())
+            await asyncio.wait((running, waiting), return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
 
-    async def _run(self, task: Task) -> None:
+    async def _run(self, task: Task, handled: asyncio.Event | None = None) -> None:
         response = task.response
         self.attempts[(response.run.run_id, response.block_id)] += 1
         handler = self.handlers[response.block_type]
         try:
-            result = await handler(task)
+            try:
+                result = await handler(task)
+            finally:
+                if handled is not None:
+                    handled.set()
         except BlockFailure as e:
             failure = failure_pb2.Failure(message=str(e), source="test-worker")
             failure.application_failure_info.type = e.type

@@ -155,6 +155,14 @@ class HistoryConfig(_Section):
     direct_dispatch: bool = True
     """Start a block in the commit that schedules it, so that a poll waiting in matching
     takes it without RecordBlockStarted (history/shard/direct.py)."""
+    redispatch_after_s: float = Field(default=60.0, gt=0)
+    """A block attempt that no poll has started this long after it became dispatchable has
+    its task sent to matching again, by the run's block timer (history/blocks.py), so that a
+    task lost on the way (whatever the bug) cannot strand the run. The wait doubles after
+    each resend, up to `redispatch_max_interval_s`: a block waiting in a long backlog gets a
+    few duplicate pointers, which RecordBlockStarted drops, not one per interval."""
+    redispatch_max_interval_s: float = Field(default=600.0, gt=0)
+    """The longest wait between two resends of one attempt's task."""
 
 
 class MatchingRoleConfig(_Section):

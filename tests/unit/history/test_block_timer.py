@@ -4,15 +4,18 @@ real SQLite store, with the blocks driven as a worker would (direct and eager di
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 
-from tests.unit.history.test_unknown_outcome import RecordingMatching, _shard
+from tests.unit.history.test_unknown_outcome import RecordingMatching, _shard, _started_by
 from tideflow.api.v1 import (
     blueprint_pb2,
     common_pb2,
@@ -20,9 +23,12 @@ from tideflow.api.v1 import (
     flow_service_pb2,
     history_pb2,
 )
+from tideflow_server.config import HistoryConfig
+from tideflow_server.history import blocks
 from tideflow_server.history.api import (
     get_run_history,
     record_block_heartbeat,
+    record_block_started,
     respond_block_completed,
     start_run,
 )
@@ -32,6 +38,7 @@ from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.persistence import schema
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.sqlite import open_sqlite
+from tideflow_server.rpc.errors import FailedPrecondition
 from tideflow_server.tokens import parse_token
 
 NEVER_MS = 2**62
@@ -115,21 +122,40 @@ class Harness:
         return closed
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def _harness(
+    tmp_path: Path, matching: RecordingMatching, config: HistoryConfig | None = None
+) -> AsyncIterator[Harness]:
     opened = await open_sqlite(tmp_path / "t.db")
     await schema.setup_schema(opened.db)
     manager = PersistenceManager(opened)
     namespace = records_pb2.NamespaceRecord()
     namespace.info.id, namespace.info.name = str(uuid.uuid4()), "docs"
     await manager.create_namespace(namespace)
-    matching = RecordingMatching()
-    shard = await _shard(manager, matching, DirectDispatch())
+    shard = await _shard(manager, matching, DirectDispatch(), config)
     try:
         yield Harness(shard, matching, namespace.info.id)
     finally:
         await shard.stop()
         await opened.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with _harness(tmp_path, RecordingMatching()) as made:
+        yield made
+
+
+REDISPATCH_S = 0.3
+
+
+@pytest.fixture
+async def no_poll(tmp_path: Path) -> AsyncIterator[Harness]:
+    """Matching persists every task (no poll waits), and history resends a task no poll has
+    started after REDISPATCH_S."""
+    config = HistoryConfig(redispatch_after_s=REDISPATCH_S, redispatch_max_interval_s=30)
+    async with _harness(tmp_path, RecordingMatching(matched=False), config) as made:
+        yield made
 
 
 def _block(block_id: str, needs: list[str], **timeouts: str) -> dict[str, Any]:
@@ -212,3 +238,61 @@ async def test_heartbeats_move_the_deadline_until_they_stop(harness: Harness) ->
 
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_FAILED
     assert await harness.timed_out(run_id) == common_pb2.TIMEOUT_TYPE_HEARTBEAT
+
+
+async def test_a_task_no_poll_starts_is_sent_again_until_one_does(no_poll: Harness) -> None:
+    """A task lost after matching took it (issue 17: dropped on a database restart) must not
+    strand the run: the block timer sends the same attempt again, and stops once it starts."""
+    await no_poll.register("lost", [_block("a", [], start_to_close="30s")])
+    run_id, _ = await no_poll.start("lost")  # no poll waited: the direct start is undone
+    sent = time.monotonic()
+
+    again = await asyncio.wait_for(no_poll.matching.added.get(), 10)
+    assert time.monotonic() - sent >= REDISPATCH_S - 0.05
+    assert not again.HasField("direct_task")
+    assert (again.run.run_id, again.attempt) == (run_id, 1)
+    third = await asyncio.wait_for(no_poll.matching.added.get(), 10)
+    assert (third.scheduled_event_id, third.attempt) == (again.scheduled_event_id, 1)
+
+    # A poll takes one of the copies: no more are sent, and the others are refused as stale.
+    await record_block_started.invoke(
+        no_poll.shard, _started_by(again, no_poll.namespace_id, "poll-1")
+    )
+
+    async def armed_for_start_to_close() -> None:
+        while True:
+            async with no_poll.shard.locked(
+                no_poll.namespace_id, run_id, again.run.execution_id
+            ) as entry:
+                fire_ms = entry.state.execution_info.block_timer.fire_time.ToMilliseconds()
+            if fire_ms > time.time() * 1000 + 20_000:
+                return
+            await asyncio.sleep(0.05)
+
+    # The row armed for the next resend fires as a no-op and arms the start-to-close.
+    await asyncio.wait_for(armed_for_start_to_close(), 10)
+    with contextlib.suppress(asyncio.QueueEmpty):
+        no_poll.matching.added.get_nowait()  # one resend may have crossed the start
+    assert no_poll.matching.added.empty()
+    with pytest.raises(FailedPrecondition):
+        await record_block_started.invoke(
+            no_poll.shard, _started_by(third, no_poll.namespace_id, "poll-2")
+        )
+
+
+def test_the_wait_between_resends_doubles_up_to_its_bound() -> None:
+    policy = blocks.Redispatch(after=timedelta(seconds=60), max_interval=timedelta(seconds=300))
+    pending = records_pb2.PendingBlock()
+    ready = datetime(2026, 1, 1, tzinfo=UTC)
+    pending.current_attempt_scheduled_time.FromDatetime(ready)
+
+    resends = []
+    for _ in range(6):
+        due = blocks.redispatch_due(pending, policy)
+        assert due is not None
+        resends.append(int((due - ready).total_seconds()))
+        pending.redispatched_time.FromDatetime(due)
+
+    assert resends == [60, 120, 240, 480, 780, 1080]
+    pending.started_time.FromDatetime(ready)
+    assert blocks.redispatch_due(pending, policy) is None

@@ -80,12 +80,15 @@ async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceM
 
 
 async def _shard(
-    manager: PersistenceManager, matching: RecordingMatching, direct: DirectDispatch | None = None
+    manager: PersistenceManager,
+    matching: RecordingMatching,
+    direct: DirectDispatch | None = None,
+    config: HistoryConfig | None = None,
 ) -> ShardContext:
     shard = ShardContext(
         lease=await manager.acquire_shard(1, owner="test"),
         manager=manager,
-        config=HistoryConfig(),
+        config=config or HistoryConfig(),
         flows=FlowCache(manager),
         namespaces=NamespaceCache(manager),
         matching=matching,  # type: ignore[arg-type]

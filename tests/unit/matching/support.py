@@ -43,12 +43,12 @@ class FakeHistory:
 
     def __init__(self) -> None:
         self.calls: list[history_service_pb2.RecordBlockStartedRequest] = []
-        self.errors: dict[int, list[ServiceError]] = {}
+        self.errors: dict[int, list[Exception]] = {}
         self.down: ServiceError | None = None
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
-    def fail(self, scheduled_event_id: int, *errors: ServiceError) -> None:
+    def fail(self, scheduled_event_id: int, *errors: Exception) -> None:
         self.errors.setdefault(scheduled_event_id, []).extend(errors)
 
     def called_for(self) -> list[int]:

@@ -21,6 +21,7 @@ from tests.unit.matching.support import (
 from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.internal.v1 import records_pb2, task_token_pb2
 from tideflow_server.matching import MatchingConfig, MatchingEngine
+from tideflow_server.persistence import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.persistence.sql import SqlPersistence
@@ -197,16 +198,28 @@ async def test_stale_tasks_are_dropped_and_the_next_is_delivered(
     assert await backlog(persistence) == 0
 
 
-async def test_unexpected_history_errors_drop_a_task_after_a_few_tries(
-    make_engine: EngineFactory, history: FakeHistory
+async def test_unexpected_history_errors_never_drop_a_task(
+    engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
 ) -> None:
-    engine = make_engine(max_record_start_attempts=3)
+    """Only history's "stale" consumes a task: history keeps the block scheduled, so a task
+    dropped on any other failure would strand its run (issue 17). Here a routed call leaked
+    the persistence layer's Unavailable (the database restarting), then history had a bug."""
     await engine.add_block_task(add_request(1))
     await engine.add_block_task(add_request(2))
-    history.fail(1, Internal("bug"), Internal("bug"), Internal("bug"))
+    history.fail(
+        1,
+        PersistenceUnavailable("not yet accepting connections"),
+        PersistenceUnavailable("not yet accepting connections"),
+        Internal("bug"),
+        Internal("bug"),
+    )
 
+    assert scheduled_event_id(await poll(engine)) == 1
+    assert history.called_for()[-1] == 1
+    assert history.called_for().count(1) == 5
     assert scheduled_event_id(await poll(engine)) == 2
-    assert history.called_for() == [1, 1, 1, 2]
+    await engine.stop()
+    assert await backlog(persistence) == 0
 
 
 async def test_unavailable_history_keeps_the_task(

@@ -12,12 +12,14 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
+from tideflow_server.config import HistoryConfig
 from tideflow_server.history import payloads
 from tideflow_server.history.interpreter import ScheduleExternal, attempts_exhausted, retry_delay
 from tideflow_server.history.state import RunStep
@@ -127,13 +129,61 @@ def _ceil_ms(at: datetime) -> datetime:
     return at + timedelta(microseconds=-at.microsecond % 1000)
 
 
-def arm_block_timer(step: RunStep) -> None:
-    """Before a commit: arm a timer row for the run's earliest block deadline, unless the
-    row already armed fires no later (see the comment above `deadlines`)."""
+# -- re-dispatch: a task lost on the way cannot strand a run ----------------------------------
+#
+# History keeps a block scheduled until a poll starts it, and only its transfer task reaches
+# matching; if that task is lost after delivery (a matching bug, a fault nobody foresaw), the
+# run would wait forever. So an attempt not started `after` its dispatch has its task sent
+# again, by the same block timer row (one more deadline of the not-started attempt, no row of
+# its own). The copies are of the same attempt: RecordBlockStarted lets one poll start it and
+# drops the others as stale. The wait doubles after each resend (up to `max_interval`), so a
+# block legitimately waiting behind a long backlog adds a few copies, not one per interval.
+
+
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    after: timedelta
+    max_interval: timedelta
+
+    @classmethod
+    def of(cls, config: HistoryConfig) -> Redispatch:
+        return cls(
+            timedelta(seconds=config.redispatch_after_s),
+            timedelta(seconds=config.redispatch_max_interval_s),
+        )
+
+
+def redispatch_due(pending: records_pb2.PendingBlock, policy: Redispatch) -> datetime | None:
+    """When the current attempt's task goes to matching again unless a poll starts it first;
+    None while it is started."""
+    if pending.HasField("started_time"):
+        return None
+    since = as_datetime(pending.current_attempt_scheduled_time)
+    if not pending.HasField("redispatched_time"):
+        return since + policy.after
+    last = as_datetime(pending.redispatched_time)
+    return last + min(max(last - since, policy.after), policy.max_interval)
+
+
+def redispatch(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    """Send the current attempt's task to matching again (same attempt, same pointer)."""
+    pending.redispatched_time.FromDatetime(step.now)
+    _add_block_task(step, pending)
+
+
+def arm_block_timer(step: RunStep, policy: Redispatch) -> None:
+    """Before a commit: arm a timer row for the run's earliest block deadline (a timeout or a
+    re-dispatch), unless the row already armed fires no later (see the comments above
+    `deadlines` and `Redispatch`)."""
     if not step.is_open or not step.state.pending_blocks:
         return
     earliest = min(
-        (due for p in step.state.pending_blocks.values() for due, _ in deadlines(p)),
+        (
+            due
+            for p in step.state.pending_blocks.values()
+            for due in (*(d for d, _ in deadlines(p)), redispatch_due(p, policy))
+            if due is not None
+        ),
         default=None,
     )
     if earliest is None:
@@ -152,16 +202,21 @@ def arm_block_timer(step: RunStep) -> None:
 def _dispatch_attempt(step: RunStep, pending: records_pb2.PendingBlock, at: datetime) -> None:
     """Make the current attempt dispatchable at `at`: a block task now, or a retry timer."""
     pending.current_attempt_scheduled_time.FromDatetime(at)
+    pending.ClearField("redispatched_time")
     if at <= step.now:
-        task = step.add_transfer()
-        task.block_task.task_queue.CopyFrom(pending.task_queue)
-        task.block_task.scheduled_event_id = pending.scheduled_event_id
-        task.block_task.attempt = pending.attempt
-        task.block_task.block_id = pending.block_id
+        _add_block_task(step, pending)
     else:
         timer = step.add_timer(at)
         timer.block_retry.scheduled_event_id = pending.scheduled_event_id
         timer.block_retry.attempt = pending.attempt
+
+
+def _add_block_task(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    task = step.add_transfer()
+    task.block_task.task_queue.CopyFrom(pending.task_queue)
+    task.block_task.scheduled_event_id = pending.scheduled_event_id
+    task.block_task.attempt = pending.attempt
+    task.block_task.block_id = pending.block_id
 
 
 def record_started(

@@ -26,9 +26,8 @@ class MatchingConfig:
     poller_expiry: float = 300.0
     """Describe lists the pollers seen within this window."""
     retry_backoff: float = 0.2
-    """Pause after history answered "try later", and between failed backlog reads."""
-    max_record_start_attempts: int = 3
-    """RecordBlockStarted failures of an unexpected kind a task survives before it is dropped."""
+    """Pause after RecordBlockStarted failed with anything but "stale" (the task is kept), and
+    between failed backlog reads."""
     sync_match_wait: float = 0.2
     """How long an add with no poll waiting (and no backlog) waits in memory for a poll before
     it is persisted; 0 persists it at once."""
@@ -49,8 +48,8 @@ class MatchingConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.sync_match_wait < 0:
             raise ValueError("sync_match_wait must be >= 0")
-        if self.retry_backoff < 0 or self.max_record_start_attempts < 1:
-            raise ValueError("retry_backoff must be >= 0 and max_record_start_attempts >= 1")
+        if self.retry_backoff < 0:
+            raise ValueError("retry_backoff must be >= 0")
         if not 1 <= self.task_id_bits < 63:
             raise ValueError("task_id_bits must be in [1, 63)")
         if self.backlog_write_batch >= 1 << self.task_id_bits:

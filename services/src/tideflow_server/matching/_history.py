@@ -16,6 +16,7 @@ class HistoryClient(Protocol):
 
         Raises `tideflow_server.rpc.errors` types: NotFound (run or pending block gone, or
         already completed), FailedPrecondition or AlreadyExists (started by another poll) mean
-        the task is stale; Unavailable means try again later.
+        the task is stale, and only these drop it; anything else (Unavailable, a deadline, a
+        failure of any other kind or layer) keeps the task for a later try.
         """
         ...

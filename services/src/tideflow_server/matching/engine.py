@@ -36,9 +36,9 @@ __all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
 
 log = structlog.get_logger(__name__)
 
-# RecordBlockStarted answers that make a task stale: drop it.
+# RecordBlockStarted answers that make a task stale: drop it. Nothing else drops a task.
 _STALE = (NotFound, FailedPrecondition, AlreadyExists)
-# Answers that say "not now": keep the task.
+# Answers that say "not now": keep the task (as is any other failure).
 _TRY_LATER = (Unavailable, DeadlineExceeded, ResourceExhausted)
 
 
@@ -285,12 +285,10 @@ class MatchingEngine:
             partition.finish(task, consumed=False)
             return _NotStarted.KEPT
         except Exception as e:
-            task.record_failures += 1
-            if task.record_failures >= self.config.max_record_start_attempts:
-                log.error("block task dropped after failures", error=repr(e), **fields)
-                partition.finish(task, consumed=True)
-                return _NotStarted.DROPPED
-            log.warning("RecordBlockStarted failed", error=repr(e), **fields)
+            # Not an answer about the task (a bug, a failure of some other layer): only
+            # history's "stale" may consume a task, since history keeps the block scheduled
+            # and waits for it. Kept, it is tried again after the back-off, like "not now".
+            log.warning("RecordBlockStarted failed, block task kept", error=repr(e), **fields)
             partition.finish(task, consumed=False)
             return _NotStarted.KEPT
         partition.finish(task, consumed=True)

@@ -52,7 +52,6 @@ class BlockTask:
     info: records_pb2.BacklogTask
     task_id: int | None = None
     sync_outcome: asyncio.Future[bool] | None = None
-    record_failures: int = 0
     direct: flow_service_pb2.PollBlockTaskResponse | None = None
     held: bool = False
     """Waiting in memory for a poll to come (see `add`)."""

@@ -3,7 +3,9 @@
 History calls go to the host that owns the run's shard, matching calls to the host that owns
 the task queue partition; both ask membership who that is. A host that no longer owns what
 it was asked about answers UNAVAILABLE, as does a host that is down, and the call is retried
-with backoff against a refreshed view until its deadline.
+with backoff against a refreshed view until its deadline. A view that cannot be refreshed
+(the database is away) is one more UNAVAILABLE: every failure a retry can cure is the RPC
+layer's `Unavailable`, whichever layer it came from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tideflow_server.internal.v1 import (
     matching_service_pb2 as ms,
 )
 from tideflow_server.membership import Membership, stable_hash
+from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.rpc.errors import (
     Internal,
     ServiceError,
@@ -158,9 +161,12 @@ class _RoutedClient:
             self._retry_budget_s if retry_budget_s is None else retry_budget_s
         )
         backoff = 0.02
+        refresh = False
         while True:
-            owner = self._membership.owner(self._role, key)
             try:
+                if refresh:
+                    await self._refresh()
+                owner = self._membership.owner(self._role, key)
                 if owner is None:
                     raise Unavailable(f"no {self._role} host is available", reason="NO_HOST")
                 try:
@@ -172,7 +178,19 @@ class _RoutedClient:
                     raise
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 1.0)
+            refresh = True
+
+    async def _refresh(self) -> None:
+        """Re-read membership before a retry. The view lives in the database, so while the
+        database is away (restarting) the read fails with the persistence layer's Unavailable:
+        that is the same "try again" as a host answering UNAVAILABLE, so it is raised as the
+        RPC layer's, which the retry loop and every caller treat as retryable. Escaping as the
+        persistence error, it would read as an unexpected failure (matching once dropped
+        tasks on it)."""
+        try:
             await self._membership.refresh()
+        except PersistenceUnavailable as e:
+            raise Unavailable(f"membership not refreshed: {e}", reason="NO_MEMBERSHIP") from e
 
 
 class HistoryClient(_RoutedClient):

@@ -67,7 +67,8 @@ def _not_armed(state: records_pb2.MutableState, timer: records_pb2.TimerTask) ->
 
 async def _block_timeouts(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
     """The run's earliest block deadline is due: time out the blocks whose deadlines have
-    passed; the commit arms the row for the next deadline (blocks.arm_block_timer)."""
+    passed, send again the tasks of attempts no poll has started in time (blocks.Redispatch);
+    the commit arms the row for the next deadline (blocks.arm_block_timer)."""
     async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
         if _not_armed(entry.state, timer):
             return  # nearly always: the run closed long before its block timer fired
@@ -83,6 +84,10 @@ async def _block_timeouts(shard: ShardContext, timer: records_pb2.TimerTask) -> 
             if kind is not None:
                 blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
                 timed_out = True
+                continue
+            due = blocks.redispatch_due(pending, shard.redispatch)
+            if due is not None and due <= step.now:
+                blocks.redispatch(step, pending)
         if timed_out:
             await continue_run(shard, step)
 

@@ -110,6 +110,7 @@ class ShardContext:
         self.lease = lease
         self.manager = manager
         self.config = config
+        self.redispatch = blocks.Redispatch.of(config)
         self.flows = flows
         self.namespaces = namespaces
         self.matching = matching
@@ -316,7 +317,7 @@ class ShardContext:
         """What every commit of a step adds last: direct starts, then the block timer row
         for the deadlines as they now stand."""
         self._start_directly(step)
-        blocks.arm_block_timer(step)
+        blocks.arm_block_timer(step, self.redispatch)
 
     def _start_directly(self, step: RunStep) -> None:
         """Direct dispatch (see shard/direct.py) for the blocks this step schedules now."""

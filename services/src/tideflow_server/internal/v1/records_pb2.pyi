@@ -455,6 +455,7 @@ class PendingBlock(_message.Message):
     AFFINITY_FIELD_NUMBER: _builtins.int
     SCHEDULED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
     DIRECT_FIELD_NUMBER: _builtins.int
+    REDISPATCHED_TIME_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -512,6 +513,13 @@ class PendingBlock(_message.Message):
     def heartbeat_details(self) -> _common_pb2.Payloads: ...
     @_builtins.property
     def last_failure(self) -> _failure_pb2.Failure: ...
+    @_builtins.property
+    def redispatched_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run's block timer last sent the current attempt's task to matching again because
+        no poll had started it (history.redispatch_after_s); unset until then, and for each new
+        attempt.
+        """
+
     def __init__(
         self,
         *,
@@ -538,10 +546,11 @@ class PendingBlock(_message.Message):
         affinity: _blueprint_pb2.Affinity.ValueType = ...,
         scheduled_batch_event_id: _builtins.int = ...,
         direct: _builtins.bool = ...,
+        redispatched_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "redispatched_time", b"redispatched_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
