@@ -129,3 +129,29 @@ async def test_an_outage_past_the_budget_is_the_rpc_layers_unavailable(
 
         assert raised.value.reason == "NO_MEMBERSHIP"
         assert store.failed >= 1
+
+
+async def test_a_view_older_than_the_first_host_is_read_again_before_refusing(
+    persistence: SqlPersistence,
+) -> None:
+    """A process whose view was read before any host of the role joined (a frontend started
+    before matching) reads it again once, even for a call with no retry budget (a poll)."""
+    history = OutageHistory(failures=0)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((history.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    config = MembershipConfig(heartbeat_interval_s=60, ttl_s=60)
+    caller = Membership(persistence.cluster, config)
+    await caller.join("frontend", "127.0.0.1:1")  # its view: no history host yet
+    await Membership(persistence.cluster, config).join("history", f"127.0.0.1:{port}")
+    channels = ChannelPool()
+    try:
+        client = HistoryClient(caller, channels, 1, retry_budget_s=0.0)
+        answer = await client.record_block_started(_request())
+    finally:
+        await channels.close()
+        await server.stop(None)
+
+    assert answer.attempt == 2
+    assert [m.role for m in caller.members("history")] == ["history"]

@@ -167,6 +167,12 @@ class _RoutedClient:
                 if refresh:
                     await self._refresh()
                 owner = self._membership.owner(self._role, key)
+                if owner is None and not refresh:
+                    # The view may predate the first host of the role (this process started
+                    # before it): read it again once before refusing, whatever the budget.
+                    refresh = True
+                    await self._refresh()
+                    owner = self._membership.owner(self._role, key)
                 if owner is None:
                     raise Unavailable(f"no {self._role} host is available", reason="NO_HOST")
                 try:
