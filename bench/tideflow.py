@@ -36,7 +36,7 @@ logger = logging.getLogger("bench.tideflow")
 NAMESPACE = "bench"
 RUN_TIMEOUT_S = 60.0
 # The bench measures the engine, not the frontend's per-namespace limiter: lift it.
-_RATE_LIMITS = namespace_pb2.RateLimits(requests_per_second=1_000_000, burst=2_000_000)
+_RATE_LIMITS = namespace_pb2.RateLimits(requests_per_second=1_000_000, burst=1_000_000)
 
 Driver = Literal["sdk", "stubs"]
 
