@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from hdrh.histogram import HdrHistogram
 
 from bench import load
+from bench import tideflow as bench_tideflow
 from bench.chart import latency_chart
 from bench.harness import PeersUnavailable, load_peers
 from bench.probes import CpuProbe, Tracked
@@ -27,8 +28,10 @@ from bench.report import (
     summarise_system,
 )
 from bench.scenarios import PAYLOAD_BYTES, SCENARIOS
-from tideflow.api.v1 import blueprint_pb2
+from tideflow.api.v1 import blueprint_pb2, flow_service_pb2, namespace_pb2
 from tideflow.blueprint import validate
+from tideflow_server.frontend.limits import DEFAULT_LIMITS
+from tideflow_server.frontend.validation import validate_register_namespace
 
 
 def test_distribution_percentiles_come_from_hdrhistogram() -> None:
@@ -269,3 +272,12 @@ def test_latency_by_second_shows_where_a_stall_was() -> None:
         ],
     )
     assert "second 1 of the window, 10 runs, p50 500" in report.markdown()
+
+
+def test_the_bench_namespace_config_is_one_the_frontend_accepts() -> None:
+    """The harness lifts its namespace's rate limit; the lifted values stay within what the
+    frontend lets a namespace set (a burst over the bound once stopped every bench run)."""
+    config = namespace_pb2.NamespaceConfig(rate_limits=bench_tideflow._RATE_LIMITS)
+    request = flow_service_pb2.RegisterNamespaceRequest(namespace="bench", config=config)
+    validate_register_namespace(request, DEFAULT_LIMITS)  # raises InvalidArgument if not
+    assert config.rate_limits.requests_per_second == DEFAULT_LIMITS.max_namespace_rps
