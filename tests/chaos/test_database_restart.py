@@ -22,7 +22,7 @@ import pytest
 from tests.chaos.test_kill_processes import _start
 from tests.conftest import running_postgres
 from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, Client, Task, value
+from tests.support.flows import BlockWorker, Client, Task, three_increments_blueprint, value
 from tests.support.postgres import PostgresServer
 from tideflow.api.v1 import history_pb2
 
@@ -82,29 +82,6 @@ async def restartable(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Database]]
                 process.kill()
 
 
-FLOW: dict[str, Any] = {
-    "version": 1,
-    "timeouts": {"start_to_close": "5s"},
-    "retry": {"initial_interval": "0.2s", "maximum_interval": "1s"},
-    "blocks": [
-        {"id": "a", "external": {"block": "inc@1"}, "input": {"n": "${input.n}"}},
-        {
-            "id": "b",
-            "needs": ["a"],
-            "external": {"block": "inc@1"},
-            "input": {"n": "${blocks.a.output.n}"},
-        },
-        {
-            "id": "c",
-            "needs": ["b"],
-            "external": {"block": "inc@1"},
-            "input": {"n": "${blocks.b.output.n}"},
-        },
-    ],
-    "output": "${blocks.c.output.n}",
-}
-
-
 async def test_a_database_restart_strands_no_run(
     restartable: tuple[Cluster, Database],
 ) -> None:
@@ -112,7 +89,7 @@ async def test_a_database_restart_strands_no_run(
     client = Client(cluster.frontend)
     await client.ensure_namespace()
     queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"restart_{uuid.uuid4().hex[:6]}"
-    await client.register({**FLOW, "name": flow, "task_queue": queue})
+    await client.register(three_increments_blueprint(flow, queue))
     rng = random.Random(17)
 
     async def inc(task: Task) -> Any:

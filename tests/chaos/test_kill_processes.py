@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import CLUSTER_BACKENDS, make_cluster
 from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, Client, Task, value
+from tests.support.flows import BlockWorker, Client, Task, three_increments_blueprint, value
 from tideflow.api.v1 import history_pb2
 
 RUNS = 200
@@ -51,31 +51,7 @@ async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) 
     client = Client(cluster.frontend)
     await client.ensure_namespace()
     queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"chaos_{uuid.uuid4().hex[:6]}"
-    await client.register(
-        {
-            "name": flow,
-            "version": 1,
-            "task_queue": queue,
-            "timeouts": {"start_to_close": "5s"},
-            "retry": {"initial_interval": "0.2s", "maximum_interval": "1s"},
-            "blocks": [
-                {"id": "a", "external": {"block": "inc@1"}, "input": {"n": "${input.n}"}},
-                {
-                    "id": "b",
-                    "needs": ["a"],
-                    "external": {"block": "inc@1"},
-                    "input": {"n": "${blocks.a.output.n}"},
-                },
-                {
-                    "id": "c",
-                    "needs": ["b"],
-                    "external": {"block": "inc@1"},
-                    "input": {"n": "${blocks.b.output.n}"},
-                },
-            ],
-            "output": "${blocks.c.output.n}",
-        }
-    )
+    await client.register(three_increments_blueprint(flow, queue))
     rng = random.Random(7)
 
     async def inc(task: Task) -> Any:

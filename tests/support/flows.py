@@ -62,6 +62,34 @@ def two_step_blueprint(flow: str, queue: str) -> dict[str, Any]:
     }
 
 
+def three_increments_blueprint(flow: str, queue: str) -> dict[str, Any]:
+    """`a -> b -> c` on `queue`, each `inc@1` on `{"n": ...}`, short timeouts and retries (for
+    chaos tests): the run's output is the input's `n` after three increments."""
+    return {
+        "name": flow,
+        "version": 1,
+        "task_queue": queue,
+        "timeouts": {"start_to_close": "5s"},
+        "retry": {"initial_interval": "0.2s", "maximum_interval": "1s"},
+        "blocks": [
+            {"id": "a", "external": {"block": "inc@1"}, "input": {"n": "${input.n}"}},
+            {
+                "id": "b",
+                "needs": ["a"],
+                "external": {"block": "inc@1"},
+                "input": {"n": "${blocks.a.output.n}"},
+            },
+            {
+                "id": "c",
+                "needs": ["b"],
+                "external": {"block": "inc@1"},
+                "input": {"n": "${blocks.b.output.n}"},
+            },
+        ],
+        "output": "${blocks.c.output.n}",
+    }
+
+
 class Client:
     def __init__(self, address: str, namespace: str = NAMESPACE) -> None:
         self.channel = grpc.aio.insecure_channel(address)
