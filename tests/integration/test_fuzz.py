@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.local.cluster import TEST_SETTINGS
-from tests.support.cluster import Cluster
+from tests.support.cluster import running_sqlite_cluster
 from tests.support.flows import Client, payloads
 from tests.support.fuzz import BYTES, FLOAT_EDGES, STRINGS, Strategy, message_strategy
 from tideflow.api.v1 import blueprint_pb2, flow_service_pb2, operator_service_pb2
@@ -235,21 +235,15 @@ def _run_id(request: Message) -> str | None:
 async def frontend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A cluster with both namespaces and the flow."""
     root = tmp_path_factory.mktemp("fuzz")
-    cluster = Cluster(
-        root, {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}}, settings=SETTINGS
-    )
-    cluster.schema_setup()
-    await cluster.start()
-    client = Client(cluster.frontend, NAMESPACE)
-    try:
-        await client.ensure_namespace()
-        await Client(cluster.frontend, ADMIN_NAMESPACE).ensure_namespace()
-        await client.register(BLUEPRINT)
-        yield cluster.frontend
-    finally:
-        await client.close()
-        for process in cluster.processes.values():
-            process.kill()
+    async with running_sqlite_cluster(root, settings=SETTINGS) as cluster:
+        client = Client(cluster.frontend, NAMESPACE)
+        try:
+            await client.ensure_namespace()
+            await Client(cluster.frontend, ADMIN_NAMESPACE).ensure_namespace()
+            await client.register(BLUEPRINT)
+            yield cluster.frontend
+        finally:
+            await client.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from deploy.local.cluster import TEST_SETTINGS
-from tests.support.cluster import Cluster
+from tests.support.cluster import running_sqlite_cluster
 from tests.support.flows import Client, two_step_blueprint
 from tideflow.api.v1 import flow_service_pb2, history_pb2
 
@@ -37,19 +37,13 @@ CALL_DEADLINE_S = 30.0
 @pytest.fixture(scope="module")
 async def short_polls(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
     root = tmp_path_factory.mktemp("short-polls")
-    cluster = Cluster(
-        root, {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}}, settings=SETTINGS
-    )
-    cluster.schema_setup()
-    await cluster.start()
-    client = Client(cluster.frontend)
-    try:
-        await client.ensure_namespace()
-        yield client
-    finally:
-        await client.close()
-        for process in cluster.processes.values():
-            process.kill()
+    async with running_sqlite_cluster(root, settings=SETTINGS) as cluster:
+        client = Client(cluster.frontend)
+        try:
+            await client.ensure_namespace()
+            yield client
+        finally:
+            await client.close()
 
 
 async def timed(call: Awaitable[T]) -> tuple[T, float]:

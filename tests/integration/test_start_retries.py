@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import running_sqlite_cluster
 from tests.support.flows import Client, two_step_blueprint
 
 LOST = "lost-reply-"
@@ -19,24 +19,14 @@ LOST = "lost-reply-"
 @pytest.fixture(scope="module")
 async def lossy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
     root = tmp_path_factory.mktemp("lost-start-replies")
-    cluster = Cluster(
-        root,
-        {
-            "backend": "sqlite",
-            "sqlite": {"path": str(root / "t.db")},
-            "faults": {"lose_create_reply_run_ids": [LOST]},
-        },
-    )
-    cluster.schema_setup()
-    await cluster.start()
-    client = Client(cluster.frontend)
-    try:
-        await client.ensure_namespace()
-        yield client
-    finally:
-        await client.close()
-        for process in cluster.processes.values():
-            process.kill()
+    faults = {"faults": {"lose_create_reply_run_ids": [LOST]}}
+    async with running_sqlite_cluster(root, persistence=faults) as cluster:
+        client = Client(cluster.frontend)
+        try:
+            await client.ensure_namespace()
+            yield client
+        finally:
+            await client.close()
 
 
 async def _idle_flow(client: Client) -> str:

@@ -1,5 +1,36 @@
-"""The local multi-process cluster lives in deploy/local/; re-exported for the tests."""
+"""The local multi-process cluster lives in deploy/local/; re-exported for the tests, with a
+one-process SQLite cluster for modules that need settings of their own."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
 
 from deploy.local.cluster import SERVER, Cluster, ServerProcess
 
-__all__ = ["SERVER", "Cluster", "ServerProcess"]
+__all__ = ["SERVER", "Cluster", "ServerProcess", "running_sqlite_cluster"]
+
+
+@contextlib.asynccontextmanager
+async def running_sqlite_cluster(
+    root: Path,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    persistence: Mapping[str, Any] | None = None,
+) -> AsyncIterator[Cluster]:
+    """A started one-process cluster on a fresh SQLite database under `root` (more
+    `persistence` settings layered over it), killed on exit."""
+    cluster = Cluster(
+        root,
+        {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}, **(persistence or {})},
+        settings=settings,
+    )
+    cluster.schema_setup()
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        for process in cluster.processes.values():
+            process.kill()
