@@ -111,14 +111,17 @@ class PostgresServer:
                 f"-c full_page_writes={'on' if self.durable else 'off'}",
             ]
         )
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D", str(self.data_dir),
-            "-l", str(self.log_file),
-            "-o", options,
-            "-w", "-t", "60",
-            "start",
-        )  # fmt: skip
+        try:
+            self._run(
+                str(self.bin_dir / "pg_ctl"),
+                "-D", str(self.data_dir),
+                "-l", str(self.log_file),
+                "-o", options,
+                "-w", "-t", "60",
+                "start",
+            )  # fmt: skip
+        except PostgresUnavailable as e:
+            raise PostgresUnavailable(f"{e}\nserver log:\n{self.logs()}") from e
         self._wait_ready()
         return self
 

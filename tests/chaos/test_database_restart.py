@@ -23,7 +23,7 @@ from tests.chaos.test_kill_processes import _start
 from tests.conftest import running_postgres
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockWorker, Client, Task, three_increments_blueprint, value
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, PostgresUnavailable
 from tideflow.api.v1 import history_pb2
 
 RUNS = 240
@@ -46,7 +46,17 @@ class Database:
         await asyncio.to_thread(_wait_gone, pid)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.server.start)
+        """Start it again. A start right after the crash can be refused while the old
+        server's last processes still exit (its shared memory still in use): try again."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await asyncio.to_thread(self.server.start)
+                return
+            except PostgresUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
 
 
 def _wait_gone(pid: int) -> None:

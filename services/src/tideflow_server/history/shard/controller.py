@@ -87,6 +87,12 @@ class ShardController:
                 log.warning("shard rebalance failed", exc_info=True)
 
     async def _rebalance(self) -> None:
+        if not any(m.host_id == self._host_id for m in self._membership.members(HISTORY)):
+            # A view without this host, which is running: its own row expired because its
+            # heartbeats could not be written (the database was away). That is no reason to
+            # give shards up; the next heartbeat puts the row back, and if another host takes
+            # a shard meanwhile, the fence fails this host's next write and it drops it.
+            return
         assigned = self._assigned()
         for shard_id in sorted(set(self._shards) - assigned):
             await self._release(shard_id)
