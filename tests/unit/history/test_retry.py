@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from tideflow.api.v1 import common_pb2, failure_pb2
-from tideflow.blueprint._language._policy import effective_retry
+from tideflow.blueprint.language.policy import effective_retry
 from tideflow_server.history.blocks import retry_decision
 from tideflow_server.internal.v1 import records_pb2
 

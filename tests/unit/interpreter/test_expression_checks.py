@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.unit.interpreter.support import blueprint, external, view
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint import Blueprint, BlueprintError
-from tideflow.blueprint._language._cel import (
+from tideflow.blueprint.language.cel import (
     FUNCTIONS,
     MACROS,
     Activation,
@@ -20,7 +20,7 @@ from tideflow.blueprint._language._cel import (
     CelSyntaxError,
     compile_cel,
 )
-from tideflow.blueprint._language._types import result_types
+from tideflow.blueprint.language.inference import result_types
 from tideflow_server.history.interpreter import (
     CompiledBlueprint,
     FailBlock,

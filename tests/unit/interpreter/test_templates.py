@@ -6,9 +6,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from tests.unit.interpreter.support import done, failed, view
-from tideflow.blueprint._language._errors import LanguageError
-from tideflow.blueprint._language._refs import references
-from tideflow.blueprint._language.templates import Expression, Placeholder, split_template
+from tideflow.blueprint.language.errors import LanguageError
+from tideflow.blueprint.language.refs import references
+from tideflow.blueprint.language.templates import Expression, Placeholder, split_template
 from tideflow_server.history.interpreter import (
     JSON,
     Env,

@@ -22,11 +22,11 @@ from typing import Any
 from google.protobuf import json_format
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint._language._errors import LanguageError
-from tideflow.blueprint._language._json import json_to_struct, json_to_value
-from tideflow.blueprint._language._model import JSON
-from tideflow.blueprint._language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
 from tideflow.blueprint._policy import UNLIMITED, Retry, Timeouts, duration
+from tideflow.blueprint.language.errors import LanguageError
+from tideflow.blueprint.language.model import JSON
+from tideflow.blueprint.language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
+from tideflow.blueprint.language.values import json_to_struct, json_to_value
 from tideflow.errors import FieldViolation
 
 __all__ = [

@@ -1,25 +1,25 @@
 """The blueprint interpreter: validation at registration, deterministic decisions at run time.
 
 The blueprint language itself (validation, templates, CEL, references) lives in the SDK,
-`tideflow.blueprint._language`, so the builder validates with the same rules."""
+`tideflow.blueprint.language`, so the builder validates with the same rules."""
 
-from tideflow.blueprint._language._json import (
-    NotJSON,
-    json_to_struct,
-    json_to_value,
-    struct_to_json,
-    value_to_json,
-)
-from tideflow.blueprint._language._kinds import ExternalPolicy
-from tideflow.blueprint._language._policy import attempts_exhausted, retry_delay
-from tideflow.blueprint._language.templates import (
+from tideflow.blueprint.language.kinds import ExternalPolicy
+from tideflow.blueprint.language.policy import attempts_exhausted, retry_delay
+from tideflow.blueprint.language.templates import (
     Env,
     Expression,
     ExpressionError,
     Template,
     run_variables,
 )
-from tideflow.blueprint._language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
+from tideflow.blueprint.language.validate import DEFAULT_MAX_BLOCKS, validate_blueprint
+from tideflow.blueprint.language.values import (
+    NotJSON,
+    json_to_struct,
+    json_to_value,
+    struct_to_json,
+    value_to_json,
+)
 from tideflow_server.history.interpreter._model import (
     JSON,
     BlockError,

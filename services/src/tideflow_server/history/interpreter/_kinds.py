@@ -1,7 +1,7 @@
 """Block kinds at run time: what a ready block does.
 
 The check half (registration) is the blueprint language's, in
-`tideflow.blueprint._language._kinds`, shared with the SDK's builder; it compiles each block to
+`tideflow.blueprint.language.kinds`, shared with the SDK's builder; it compiles each block to
 a plan. `start` turns a ready block's plan into the command that starts (or, for system
 blocks, completes) it.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint._language._kinds import (
+from tideflow.blueprint.language.kinds import (
     KINDS,
     BlockPlan,
     ExternalPlan,
@@ -21,7 +21,7 @@ from tideflow.blueprint._language._kinds import (
     SucceedPlan,
     TransformPlan,
 )
-from tideflow.blueprint._language.templates import Env, Template
+from tideflow.blueprint.language.templates import Env, Template
 from tideflow_server.history.interpreter._model import (
     JSON,
     Command,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint._language._model import (
+from tideflow.blueprint.language.model import (
     CANCELED,
     FAILED,
     JSON,

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import jsonschema
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint._language._json import normalize
-from tideflow.blueprint._language._kinds import BlockPlan, ExternalPlan, ExternalPolicy
-from tideflow.blueprint._language.templates import Env, Expression, Template, run_identity
-from tideflow.blueprint._language.validate import (
+from tideflow.blueprint.language.kinds import BlockPlan, ExternalPlan, ExternalPolicy
+from tideflow.blueprint.language.templates import Env, Expression, Template, run_identity
+from tideflow.blueprint.language.validate import (
     DEFAULT_MAX_BLOCKS,
     CheckedBlock,
     check_blueprint,
     schema_violations,
 )
+from tideflow.blueprint.language.values import normalize
 from tideflow_server.history.interpreter._model import JSON, RunView
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 

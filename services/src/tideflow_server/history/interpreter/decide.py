@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tideflow.blueprint._language.templates import Env, ExpressionError
-from tideflow.blueprint._language.validate import schema_violations
+from tideflow.blueprint.language.templates import Env, ExpressionError
+from tideflow.blueprint.language.validate import schema_violations
 from tideflow_server.history.interpreter._kinds import StartContext, start
 from tideflow_server.history.interpreter._model import (
     CANCELED,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from tideflow.blueprint._language.templates import field_path
+from tideflow.blueprint.language.templates import field_path
 
 MAX_VALUE_DEPTH = 24
 """Levels of arrays and objects in one Value of a blueprint (vars, inputs, outputs, schemas),

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from google.protobuf import struct_pb2
 
-from tideflow.blueprint._language._model import JSON
+from tideflow.blueprint.language.model import JSON
 
 _EXACT = 2**53
 

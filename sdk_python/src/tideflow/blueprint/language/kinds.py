@@ -16,9 +16,9 @@ from typing import Protocol
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint._language import _policy
-from tideflow.blueprint._language._model import BlockError
-from tideflow.blueprint._language.templates import Template, field_path
+from tideflow.blueprint.language import policy as _policy
+from tideflow.blueprint.language.model import BlockError
+from tideflow.blueprint.language.templates import Template, field_path
 
 BLOCK_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*@[1-9][0-9]*")
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeAlias
 
-from tideflow.blueprint._language._cel import CALLED, MACROS
-from tideflow.blueprint._language._refs import Token, tokenize
+from tideflow.blueprint.language.cel import CALLED, MACROS
+from tideflow.blueprint.language.refs import Token, tokenize
 
 Types: TypeAlias = frozenset[str] | None
 """The CEL types a value may have (`{"int", "double"}`); None: any."""

@@ -17,7 +17,7 @@ from datetime import timedelta
 from google.protobuf import duration_pb2
 
 from tideflow.api.v1 import common_pb2
-from tideflow.blueprint._language._json import duration_text
+from tideflow.blueprint.language.values import duration_text
 
 ENGINE_INITIAL_INTERVAL = duration_pb2.Duration(seconds=1)
 ENGINE_BACKOFF_COEFFICIENT = 2.0

@@ -26,8 +26,8 @@ import jsonschema
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint._language import _policy
-from tideflow.blueprint._language._cel import (
+from tideflow.blueprint.language import policy as _policy
+from tideflow.blueprint.language.cel import (
     BUILTIN_NAMES,
     CALLED,
     FUNCTIONS,
@@ -35,25 +35,25 @@ from tideflow.blueprint._language._cel import (
     CelProgram,
     CelSyntaxError,
 )
-from tideflow.blueprint._language._cel import compile_cel as _compile_cel
-from tideflow.blueprint._language._json import (
-    NotJSON,
-    normalize,
-    struct_to_json,
-    value_to_json,
-)
-from tideflow.blueprint._language._kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
-from tideflow.blueprint._language._model import JSON
-from tideflow.blueprint._language._refs import message_types, references
-from tideflow.blueprint._language._schema_text import schema_message
-from tideflow.blueprint._language._types import describe, result_types
-from tideflow.blueprint._language._unset import TOO_DEEP, value_problems
-from tideflow.blueprint._language.templates import (
+from tideflow.blueprint.language.cel import compile_cel as _compile_cel
+from tideflow.blueprint.language.inference import describe, result_types
+from tideflow.blueprint.language.kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
+from tideflow.blueprint.language.model import JSON
+from tideflow.blueprint.language.refs import message_types, references
+from tideflow.blueprint.language.schema_text import schema_message
+from tideflow.blueprint.language.templates import (
     RUN_VARIABLES,
     Expression,
     Template,
     compile_template,
     field_path,
+)
+from tideflow.blueprint.language.unset import TOO_DEEP, value_problems
+from tideflow.blueprint.language.values import (
+    NotJSON,
+    normalize,
+    struct_to_json,
+    value_to_json,
 )
 from tideflow.errors import FieldViolation
 

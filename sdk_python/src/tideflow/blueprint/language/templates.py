@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from tideflow.api.v1 import common_pb2
-from tideflow.blueprint._language._cel import (
+from tideflow.blueprint.language.cel import (
     Activation,
     CelEvaluationError,
     CelProgram,
     CelSyntaxError,
     compile_cel,
 )
-from tideflow.blueprint._language._errors import LanguageError
-from tideflow.blueprint._language._json import NotJSON, from_cel, normalize
-from tideflow.blueprint._language._model import (
+from tideflow.blueprint.language.errors import LanguageError
+from tideflow.blueprint.language.model import (
     CANCELED,
     FAILED,
     JSON,
@@ -40,7 +39,8 @@ from tideflow.blueprint._language._model import (
     BlockView,
     RunView,
 )
-from tideflow.blueprint._language._refs import string_literal
+from tideflow.blueprint.language.refs import string_literal
+from tideflow.blueprint.language.values import NotJSON, from_cel, normalize
 from tideflow.errors import FieldViolation
 
 RUN_VARIABLES = frozenset({"input", "vars", "run", "blocks"})
