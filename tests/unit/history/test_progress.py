@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from tests.unit.interpreter.support import compile_, external
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2
-from tideflow_server.history import blocks, progress
+from tideflow_server.history import blocks, closing, progress
 from tideflow_server.history.api import describe_run
 from tideflow_server.history.interpreter import BlockError, CompiledBlueprint
 from tideflow_server.history.state import RunStep
@@ -134,14 +134,14 @@ def test_blocks_reached_before_the_order_was_recorded_come_first_by_event() -> N
 def test_engine_errors_are_server_failures_and_read_back_as_they_were() -> None:
     expression = BlockError("ExpressionError", "`input.n`: wants a bool", True, server=True)
     rejected = BlockError("Rejected", "document rejected", True)
-    recorded = progress.engine_failure(expression)
+    recorded = closing.engine_failure(expression)
     assert recorded.source == "tideflow"
     assert recorded.WhichOneof("failure_info") == "server_failure_info"
     assert recorded.server_failure_info.type == "ExpressionError"
-    assert progress.engine_failure(rejected).application_failure_info.type == "Rejected"
+    assert closing.engine_failure(rejected).application_failure_info.type == "Rejected"
     # `${blocks.<id>.error}` reads the same error back from the recorded failure.
     assert progress.block_error(recorded) == expression
-    assert progress.block_error(progress.engine_failure(rejected)) == rejected
+    assert progress.block_error(closing.engine_failure(rejected)) == rejected
 
 
 def _run_failed(step: RunStep) -> failure_pb2.Failure:

@@ -15,13 +15,14 @@ from tideflow_server.history.interpreter import (
     BlockView,
     Command,
     CompiledBlueprint,
+    CompleteBlock,
     CompleteRun,
-    CompleteSystem,
     FailBlock,
     FailRun,
     RunView,
     ScheduleExternal,
     SkipBlock,
+    compile_blueprint,
     decide,
     initial_vars,
 )
@@ -53,7 +54,7 @@ def external(block_id: str, *needs: str, **fields: Any) -> dict[str, Any]:
 
 
 def compile_(*blocks: Mapping[str, Any], **fields: Any) -> CompiledBlueprint:
-    return CompiledBlueprint.compile(blueprint(*blocks, **fields))
+    return compile_blueprint(blueprint(*blocks, **fields))
 
 
 def view(
@@ -135,7 +136,7 @@ class Engine:
     def apply(self, command: Command) -> None:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
-        elif isinstance(command, CompleteSystem):
+        elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(SUCCEEDED, output=command.output)
             self.vars.update(command.vars)
         elif isinstance(command, SkipBlock):

@@ -22,8 +22,8 @@ from tideflow.api.v1 import blueprint_pb2
 from tideflow_server.history.interpreter import (
     BlockError,
     BlockView,
+    CompleteBlock,
     CompleteRun,
-    CompleteSystem,
     FailBlock,
     FailRun,
     RunView,
@@ -296,7 +296,7 @@ def test_set_transform_and_vars() -> None:
     )
     assert engine.vars == {"n": 41, "seen": None}
     assert engine.step() == [
-        CompleteSystem(
+        CompleteBlock(
             "count",
             blueprint_pb2.BLOCK_KIND_SET,
             output={"n": 42, "seen": "ana"},
@@ -304,7 +304,7 @@ def test_set_transform_and_vars() -> None:
         )
     ]
     assert engine.step() == [
-        CompleteSystem("shape", blueprint_pb2.BLOCK_KIND_TRANSFORM, {"n": 42, "who": "hi ana"})
+        CompleteBlock("shape", blueprint_pb2.BLOCK_KIND_TRANSFORM, {"n": 42, "who": "hi ana"})
     ]
     assert engine.step() == [CompleteRun({"n": 42, "who": "hi ana"})]
 
@@ -318,7 +318,7 @@ def test_succeed_completes_the_run_at_once() -> None:
     )
     blocks: dict[str, BlockView] = {"slow": BlockView(RUNNING), "check": done("ok")}
     assert decide(compiled, view(blocks)) == [
-        CompleteSystem("early", blueprint_pb2.BLOCK_KIND_SUCCEED, "ok"),
+        CompleteBlock("early", blueprint_pb2.BLOCK_KIND_SUCCEED, "ok"),
         CompleteRun("ok"),
     ]
     # Once it has completed, the run's result is settled whatever else the view holds.
@@ -339,7 +339,7 @@ def test_succeed_without_output_uses_the_blueprint_output_and_schema() -> None:
     )
     assert decide(compiled, view({"a": done(5)}))[1] == CompleteRun({"a": 5})
     [complete, result] = decide(compiled, view({"a": done("five")}))
-    assert complete == CompleteSystem("stop", blueprint_pb2.BLOCK_KIND_SUCCEED, {"a": "five"})
+    assert complete == CompleteBlock("stop", blueprint_pb2.BLOCK_KIND_SUCCEED, {"a": "five"})
     assert isinstance(result, FailRun) and result.block_id == "stop"
     assert result.error.type == "OutputSchemaViolation"
 
@@ -377,7 +377,7 @@ def test_all_ready_blocks_at_once_never_a_block_twice() -> None:
         external("b", "a", when="false"),
     )
     first = decide(compiled, view())
-    assert [type(c) for c in first] == [ScheduleExternal, CompleteSystem]
+    assert [type(c) for c in first] == [ScheduleExternal, CompleteBlock]
     running = {"a": BlockView(RUNNING), "s": done({"x": 1})}
     assert decide(compiled, view(running)) == []
     assert decide(compiled, view({**running, "a": done()})) == [

@@ -22,8 +22,8 @@ from tideflow.blueprint.language.cel import (
 )
 from tideflow.blueprint.language.inference import result_types
 from tideflow_server.history.interpreter import (
-    CompiledBlueprint,
     FailBlock,
+    compile_blueprint,
     decide,
     validate_blueprint,
 )
@@ -61,7 +61,7 @@ def test_the_builder_refuses_them_as_the_server_does() -> None:
         bp.build()
     assert [v.field for v in raised.value.violations] == ["blocks[1].when", "blocks[2].when"]
     with pytest.raises(InvalidArgument) as compiled:
-        CompiledBlueprint.compile(bp.message)
+        compile_blueprint(bp.message)
     assert compiled.value.violations == raised.value.violations
 
 
@@ -147,8 +147,8 @@ def test_a_stored_version_still_loads_and_fails_at_run_time_as_before() -> None:
     """Versions registered before these checks existed must keep running."""
     bp = blueprint(external("a", when='"yes"'), external("b", input="${max(1, 2)}"))
     with pytest.raises(InvalidArgument):
-        CompiledBlueprint.compile(bp)
-    compiled = CompiledBlueprint.compile(bp, stored=True)
+        compile_blueprint(bp)
+    compiled = compile_blueprint(bp, stored=True)
     commands = decide(compiled, view())
     assert [c.block_id for c in commands if isinstance(c, FailBlock)] == ["a", "b"]
     a, b = commands

@@ -18,8 +18,8 @@ from tests.unit.interpreter.support import (
 from tideflow.api.v1 import blueprint_pb2
 from tideflow_server.history.interpreter import (
     CompiledBlueprint,
+    CompleteBlock,
     CompleteRun,
-    CompleteSystem,
     FailRun,
     ScheduleExternal,
 )
@@ -87,11 +87,11 @@ def test_every_run_ends_exactly_once(compiled: CompiledBlueprint, data: st.DataO
             engine.fail(block_id)
     assert len(ends) == 1, f"the run did not end exactly once: {ends}"
 
-    started = [c.block_id for c in engine.log if isinstance(c, ScheduleExternal | CompleteSystem)]
+    started = [c.block_id for c in engine.log if isinstance(c, ScheduleExternal | CompleteBlock)]
     assert len(started) == len(set(started))
     [end] = ends
     succeeded_early = any(
-        isinstance(c, CompleteSystem) and c.kind == blueprint_pb2.BLOCK_KIND_SUCCEED
+        isinstance(c, CompleteBlock) and c.kind == blueprint_pb2.BLOCK_KIND_SUCCEED
         for c in engine.log
     )
     if isinstance(end, FailRun):

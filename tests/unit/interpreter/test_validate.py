@@ -13,9 +13,8 @@ from google.protobuf import json_format
 from tests.unit.interpreter.support import blueprint, compile_, external
 from tideflow.api.v1 import blueprint_pb2
 from tideflow_server.history.interpreter import (
-    CompiledBlueprint,
+    compile_blueprint,
     validate_blueprint,
-    validate_input,
 )
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
@@ -310,7 +309,7 @@ def test_a_stored_version_loads_without_the_later_bounds() -> None:
         "retry.initial_interval",
         "vars.v" + ".a" * 24,
     }
-    CompiledBlueprint.compile(bp, stored=True)
+    compile_blueprint(bp, stored=True)
 
 
 def test_catch_compensate_and_missing_kind() -> None:
@@ -360,7 +359,7 @@ def test_schemas_and_variables() -> None:
 def test_compile_raises_invalid_argument_with_every_violation() -> None:
     bp = blueprint(external("a", "zz"), external("b", when="1 +"))
     with pytest.raises(InvalidArgument) as raised:
-        CompiledBlueprint.compile(bp)
+        compile_blueprint(bp)
     assert [v.field for v in raised.value.violations] == ["blocks[0].needs[0]", "blocks[1].when"]
 
 
@@ -379,10 +378,10 @@ def test_input_is_checked_against_the_schema() -> None:
             },
         },
     )
-    assert validate_input(compiled, {"doc": {"pages": 3, "name": "x"}, "tags": []}) == []
+    assert compiled.validate_input({"doc": {"pages": 3, "name": "x"}, "tags": []}) == []
     # Whole numbers from google.protobuf.Value are doubles: they still count as integers.
-    assert validate_input(compiled, {"doc": {"pages": 3.0, "name": "x"}}) == []
-    assert validate_input(compiled, {"doc": {"pages": 0}, "tags": ["a", 2]}) == [
+    assert compiled.validate_input({"doc": {"pages": 3.0, "name": "x"}}) == []
+    assert compiled.validate_input({"doc": {"pages": 0}, "tags": ["a", 2]}) == [
         FieldViolation("input.doc", '"name" is a required property'),
         FieldViolation("input.doc.pages", "0 is less than the minimum of 1"),
         FieldViolation("input.tags[1]", '2 is not of type "string"'),
@@ -456,7 +455,7 @@ def test_maximum_attempts_zero_inherits_and_minus_one_is_unlimited(
         retry={"maximumAttempts": blueprint_default},
     )
     assert problems(bp) == {}
-    policy = CompiledBlueprint.compile(bp).blocks["a"].policy
+    policy = compile_blueprint(bp).blocks["a"].policy
     assert policy is not None and policy.retry.maximum_attempts == effective
 
 
@@ -476,7 +475,7 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
         external("mid", "first"),
         external("other"),
     )
-    compiled = CompiledBlueprint.compile(bp)
+    compiled = compile_blueprint(bp)
     bp.name = "changed"
     assert compiled.name == "docs"
     assert [b.id for b in compiled.order] == ["first", "mid", "late", "other"]
@@ -543,8 +542,8 @@ def test_schema_violations_show_values_as_json() -> None:
             },
         },
     )
-    violations = validate_input(
-        compiled, {"title": None, "kind": False, "strict": None, "meta": {"extra": None}}
+    violations = compiled.validate_input(
+        {"title": None, "kind": False, "strict": None, "meta": {"extra": None}}
     )
     assert [(v.field, v.description) for v in violations] == [
         ("input.kind", 'false is not one of ["scan", null]'),
@@ -556,7 +555,7 @@ def test_schema_violations_show_values_as_json() -> None:
 
 def test_a_long_value_is_cut_short_in_a_violation() -> None:
     compiled = compile_(external("a"), inputSchema={"type": "array"})
-    [violation] = validate_input(compiled, {"text": "x" * 100_000})
+    [violation] = compiled.validate_input({"text": "x" * 100_000})
     assert violation.description.startswith('{"text": "xxx')
     assert violation.description.endswith('xxx... is not of type "array"')
     assert len(violation.description) < 200

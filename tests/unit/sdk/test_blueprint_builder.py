@@ -20,7 +20,7 @@ from tideflow.blueprint import (
     Timeouts,
     validate,
 )
-from tideflow_server.history.interpreter import CompiledBlueprint, validate_blueprint
+from tideflow_server.history.interpreter import compile_blueprint, validate_blueprint
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
 DEMO = Path(__file__).parents[3] / "demo" / "intake.yaml"
@@ -91,7 +91,7 @@ def test_builds_the_demo_blueprint() -> None:
     message = bp.build()
     assert bp.to_dict() == demo_dict()
     assert json_format.MessageToDict(message, preserving_proto_field_name=True) == demo_dict()
-    CompiledBlueprint.compile(message)  # the server accepts it
+    compile_blueprint(message)  # the server accepts it
 
 
 def test_round_trip_dict_builder_dict() -> None:
@@ -143,7 +143,7 @@ def test_build_reports_what_the_server_reports() -> None:
     assert expected <= fields
     assert any("dependency cycle" in v.description for v in server)
     with pytest.raises(InvalidArgument) as compiled:
-        CompiledBlueprint.compile(bp.message)
+        compile_blueprint(bp.message)
     assert compiled.value.violations == raised.value.violations
 
 
@@ -165,7 +165,7 @@ def test_retry_unlimited_and_unset_attempts() -> None:
     bp = Blueprint("retries", version=1, task_queue="cpu", start_to_close=timedelta(seconds=5))
     bp.external("forever", block="a@1", retry=Retry(maximum_attempts=UNLIMITED))
     bp.external("default", block="a@1", retry=Retry(initial_interval=timedelta(seconds=2)))
-    compiled = CompiledBlueprint.compile(bp.build())
+    compiled = compile_blueprint(bp.build())
     attempts = {}
     for block_id in ("forever", "default"):
         policy = compiled.blocks[block_id].policy

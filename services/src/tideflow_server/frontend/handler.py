@@ -33,7 +33,7 @@ from tideflow_server.frontend import validation
 from tideflow_server.frontend.limits import DEFAULT_LIMITS, RequestLimits
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter, overrides_from_config
 from tideflow_server.history.handler import service_error
-from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+from tideflow_server.history.interpreter import compile_blueprint
 from tideflow_server.internal.v1 import (
     history_service_pb2 as hs,
 )
@@ -255,7 +255,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                         blueprint.version = latest.version + 1
                     except store.NotFound:
                         blueprint.version = 1
-                CompiledBlueprint.compile(blueprint)  # every error, with its path
+                compile_blueprint(blueprint)  # every error, with its path
                 flow = flow_pb2.FlowDefinition(
                     namespace=request.namespace,
                     name=blueprint.name,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tideflow.api.v1 import flow_pb2
-from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+from tideflow_server.history.interpreter import CompiledBlueprint, compile_blueprint
 from tideflow_server.persistence import NotFound as StoreNotFound
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.rpc.errors import NotFound
@@ -58,7 +58,7 @@ class FlowCache:
         if cached is not None:
             return cached
         # Registration checked it; later, stricter checks must not stop it from running.
-        compiled = CompiledBlueprint.compile(flow.blueprint, stored=True)
+        compiled = compile_blueprint(flow.blueprint, stored=True)
         if len(self._compiled) >= self._max_entries:
             self._compiled.pop(next(iter(self._compiled)))
         entry = (flow, compiled)

@@ -37,7 +37,8 @@ from tideflow.blueprint.language.cel import (
 )
 from tideflow.blueprint.language.cel import compile_cel as _compile_cel
 from tideflow.blueprint.language.inference import describe, result_types
-from tideflow.blueprint.language.kinds import KINDS, VAR_NAME, BlockPlan, KindSpec
+from tideflow.blueprint.language.kinds import KINDS, Kind, Plan
+from tideflow.blueprint.language.kinds.set import VAR_NAME
 from tideflow.blueprint.language.model import JSON
 from tideflow.blueprint.language.refs import message_types, references
 from tideflow.blueprint.language.schema_text import schema_message
@@ -79,13 +80,13 @@ class CheckedBlock:
 
     index: int
     id: str
-    spec: KindSpec | None
+    spec: Kind | None
     needs: tuple[str, ...]
     depends: Expression | None
     depends_on: tuple[str, ...]
     """The blocks `depends` reads, by name or through `blocks.<id>`."""
     when: Expression | None
-    plan: BlockPlan | None
+    plan: Plan | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +454,7 @@ class _Checker:
 
     def _kind(
         self, i: int, block: blueprint_pb2.Block, scope: _Scope
-    ) -> tuple[KindSpec | None, BlockPlan | None]:
+    ) -> tuple[Kind | None, Plan | None]:
         path = f"blocks[{i}]"
         if block.catch:
             self.report(f"{path}.catch", "catch is not supported yet")

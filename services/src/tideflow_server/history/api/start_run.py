@@ -11,8 +11,7 @@ from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow_server.history import payloads, progress
 from tideflow_server.history.api import get_run_history
 from tideflow_server.history.api._common import too_big
-from tideflow_server.history.interpreter import JSON, ExpressionError
-from tideflow_server.history.interpreter.compiled import CompiledBlueprint
+from tideflow_server.history.interpreter import JSON, CompiledBlueprint, ExpressionError
 from tideflow_server.history.shard.context import ShardContext, utcnow
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2
-from tideflow_server.history import progress
+from tideflow_server.history import closing
 from tideflow_server.history.api._common import execution_id_of, open_run
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
@@ -22,7 +22,7 @@ async def terminate(
 ) -> None:
     async def act(entry: Execution, step: RunStep) -> None:
         open_run(entry, salvaged=True)
-        progress.close_run(
+        closing.close_run(
             step,
             common_pb2.RUN_STATUS_TERMINATED,
             reason=reason,

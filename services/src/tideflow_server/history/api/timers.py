@@ -6,7 +6,7 @@ from __future__ import annotations
 import structlog
 
 from tideflow.api.v1 import common_pb2
-from tideflow_server.history import blocks, progress
+from tideflow_server.history import blocks, closing
 from tideflow_server.history.api._respond import continue_run
 from tideflow_server.history.shard.context import Execution, ShardContext
 from tideflow_server.history.state import RunStep
@@ -160,6 +160,6 @@ async def _block_retry(shard: ShardContext, timer: records_pb2.TimerTask) -> Non
 async def _run_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
     async def act(entry: Execution, step: RunStep) -> None:
         if step.is_open:
-            progress.close_run(step, common_pb2.RUN_STATUS_TIMED_OUT)
+            closing.close_run(step, common_pb2.RUN_STATUS_TIMED_OUT)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)

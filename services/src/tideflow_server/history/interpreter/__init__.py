@@ -1,9 +1,27 @@
-"""The blueprint interpreter: validation at registration, deterministic decisions at run time.
+"""The blueprint interpreter as history runs it.
 
-The blueprint language itself (validation, templates, CEL, references) lives in the SDK,
-`tideflow.blueprint.language`, so the builder validates with the same rules."""
+The language (checks, plans, block kinds, `decide`) is public and owned by the SDK,
+`tideflow.blueprint.language`, which the server pins exactly: the builder checks with the
+same rules, and a run decides the same on every host. This package adds what is the
+server's: compiling a blueprint into InvalidArgument at registration (`compile_blueprint`),
+and applying commands to a run's state (`appliers`).
+"""
 
+from tideflow.api.v1 import blueprint_pb2
+from tideflow.blueprint.language.commands import (
+    Command,
+    CompleteBlock,
+    CompleteRun,
+    FailBlock,
+    FailRun,
+    ScheduleExternal,
+    SkipBlock,
+)
+from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
+from tideflow.blueprint.language.decide import decide, deliver, initial_vars
+from tideflow.blueprint.language.errors import LanguageError
 from tideflow.blueprint.language.kinds import ExternalPolicy
+from tideflow.blueprint.language.model import JSON, BlockError, BlockView, RunView
 from tideflow.blueprint.language.policy import attempts_exhausted, retry_delay
 from tideflow.blueprint.language.templates import (
     Env,
@@ -20,25 +38,7 @@ from tideflow.blueprint.language.values import (
     struct_to_json,
     value_to_json,
 )
-from tideflow_server.history.interpreter._model import (
-    JSON,
-    BlockError,
-    BlockView,
-    Command,
-    CompleteRun,
-    CompleteSystem,
-    FailBlock,
-    FailRun,
-    RunView,
-    ScheduleExternal,
-    SkipBlock,
-)
-from tideflow_server.history.interpreter.compiled import (
-    CompiledBlock,
-    CompiledBlueprint,
-    validate_input,
-)
-from tideflow_server.history.interpreter.decide import decide, initial_vars
+from tideflow_server.rpc.errors import InvalidArgument
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
@@ -48,8 +48,8 @@ __all__ = [
     "Command",
     "CompiledBlock",
     "CompiledBlueprint",
+    "CompleteBlock",
     "CompleteRun",
-    "CompleteSystem",
     "Env",
     "Expression",
     "ExpressionError",
@@ -62,7 +62,9 @@ __all__ = [
     "SkipBlock",
     "Template",
     "attempts_exhausted",
+    "compile_blueprint",
     "decide",
+    "deliver",
     "initial_vars",
     "json_to_struct",
     "json_to_value",
@@ -70,6 +72,16 @@ __all__ = [
     "run_variables",
     "struct_to_json",
     "validate_blueprint",
-    "validate_input",
     "value_to_json",
 ]
+
+
+def compile_blueprint(
+    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS, stored: bool = False
+) -> CompiledBlueprint:
+    """Check and compile `bp`; INVALID_ARGUMENT listing every problem with its path.
+    `stored`: a version registered already (see `CompiledBlueprint.compile`)."""
+    try:
+        return CompiledBlueprint.compile(bp, max_blocks=max_blocks, stored=stored)
+    except LanguageError as e:
+        raise InvalidArgument(e.violations) from e

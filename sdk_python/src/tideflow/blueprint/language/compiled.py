@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import jsonschema
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint.language.kinds import BlockPlan, ExternalPlan, ExternalPolicy
+from tideflow.blueprint.language.errors import LanguageError
+from tideflow.blueprint.language.kinds import ExternalPlan, ExternalPolicy, Kind, Plan
+from tideflow.blueprint.language.model import JSON, RunView
 from tideflow.blueprint.language.templates import Env, Expression, Template, run_identity
 from tideflow.blueprint.language.validate import (
     DEFAULT_MAX_BLOCKS,
@@ -18,8 +20,7 @@ from tideflow.blueprint.language.validate import (
     schema_violations,
 )
 from tideflow.blueprint.language.values import normalize
-from tideflow_server.history.interpreter._model import JSON, RunView
-from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
+from tideflow.errors import FieldViolation
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,9 @@ class CompiledBlock:
     depends_on: tuple[str, ...]
     """The blocks `depends` reads; they must be done before it is evaluated."""
     when: Expression | None
-    plan: BlockPlan
+    spec: Kind
+    """Its kind, which starts it and takes its events."""
+    plan: Plan
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -67,14 +70,14 @@ class CompiledBlueprint:
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         stored: bool = False,
     ) -> CompiledBlueprint:
-        """Validate and compile; raises InvalidArgument listing every problem. `stored`: `bp`
+        """Validate and compile; raises LanguageError listing every problem. `stored`: `bp`
         is a version registered already, so the checks added since it may have been registered
         are skipped (`check_blueprint`)."""
         blueprint = blueprint_pb2.Blueprint()
         blueprint.CopyFrom(bp)
         checked = check_blueprint(blueprint, max_blocks=max_blocks, stored=stored)
         if checked.violations:
-            raise InvalidArgument(checked.violations)
+            raise LanguageError(checked.violations)
         blocks = [_block(b) for b in checked.blocks]
         return cls(
             blueprint=blueprint,
@@ -127,6 +130,7 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         depends=checked.depends,
         depends_on=checked.depends_on,
         when=checked.when,
+        spec=checked.spec,
         plan=checked.plan,
     )
 
@@ -157,8 +161,3 @@ def _validator(schema: dict[str, JSON] | None) -> jsonschema.protocols.Validator
         return None
     validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(schema)
     return validator
-
-
-def validate_input(compiled: CompiledBlueprint, value: JSON) -> list[FieldViolation]:
-    """Where `value` breaks the blueprint's input schema (`input.doc.pages: ...`)."""
-    return compiled.validate_input(value)

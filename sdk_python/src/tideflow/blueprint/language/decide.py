@@ -13,8 +13,11 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
    skipped by its `when` counts as satisfied;
 2. with `depends`: it replaces that rule; false skips the block;
 3. `when` false skips the block;
-4. the block's kind starts it (`_kinds`): an external block is scheduled, a system block
-   completes in-line, a `fail` block fails.
+4. the block's kind starts it (`kinds.<kind>.start`): an external block is scheduled, a
+   `set` or `transform` block completes in-line, a `fail` block fails.
+
+Something that reaches a block already started (a timer, a signal, a child run's close) goes
+to its kind's `on_event` through `deliver`.
 
 An expression that fails fails its block (`ExpressionError`, an engine-side error: a
 ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
@@ -25,12 +28,19 @@ soon as it completes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from tideflow.blueprint.language.templates import Env, ExpressionError
-from tideflow.blueprint.language.validate import schema_violations
-from tideflow_server.history.interpreter._kinds import StartContext, start
-from tideflow_server.history.interpreter._model import (
+from tideflow.blueprint.language.commands import (
+    Command,
+    CompleteBlock,
+    CompleteRun,
+    FailBlock,
+    FailRun,
+    SkipBlock,
+)
+from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
+from tideflow.blueprint.language.kinds import BlockContext
+from tideflow.blueprint.language.model import (
     CANCELED,
     FAILED,
     JSON,
@@ -39,15 +49,10 @@ from tideflow_server.history.interpreter._model import (
     TERMINAL,
     BlockError,
     BlockView,
-    Command,
-    CompleteRun,
-    CompleteSystem,
-    FailBlock,
-    FailRun,
     RunView,
-    SkipBlock,
 )
-from tideflow_server.history.interpreter.compiled import CompiledBlock, CompiledBlueprint
+from tideflow.blueprint.language.templates import Env, ExpressionError
+from tideflow.blueprint.language.validate import schema_violations
 
 EXPRESSION_ERROR = "ExpressionError"
 OUTPUT_SCHEMA_VIOLATION = "OutputSchemaViolation"
@@ -62,22 +67,43 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     if ended is not None:
         return [ended]
     env = Env.for_run(run)
-    context = StartContext(env, compiled.output, run.task_queue)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
     for block in compiled.order:
         if block.id in views:
             continue
+        context = BlockContext(block.id, env, compiled.output, run.task_queue)
         step = _step(compiled, block, views, context, causes)
-        if step is None:
-            continue
-        if block.plan.ends_run and isinstance(step, CompleteSystem):
+        if block.plan.ends_run and (done := _completion(step, block.id)) is not None:
             # The run ends here: what the other ready blocks would do no longer matters.
-            return [step, _result(compiled, step.output, block.id)]
-        commands.append(step)
+            return [*step, _result(compiled, done.output, block.id)]
+        commands += step
     if commands or any(view.status not in TERMINAL for view in views.values()):
         return commands
     return [_finish(compiled, views, env)]
+
+
+def deliver(
+    compiled: CompiledBlueprint, run: RunView, block_id: str, event: object
+) -> list[Command]:
+    """The commands when `event` reaches the started block `block_id` (its kind's
+    `on_event`); an expression that fails there fails the block. The engine applies them and
+    then asks `decide` for what follows."""
+    block = compiled.blocks[block_id]
+    context = BlockContext(
+        block_id, Env.for_run(run), compiled.output, run.task_queue, run.blocks.get(block_id)
+    )
+    try:
+        return list(block.spec.on_event(block.plan, context, event))
+    except ExpressionError as e:
+        return [FailBlock(block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
+
+
+def _completion(step: Sequence[Command], block_id: str) -> CompleteBlock | None:
+    for command in step:
+        if isinstance(command, CompleteBlock) and command.block_id == block_id:
+            return command
+    return None
 
 
 def initial_vars(
@@ -100,30 +126,30 @@ def _step(
     compiled: CompiledBlueprint,
     block: CompiledBlock,
     views: Mapping[str, BlockView],
-    context: StartContext,
+    context: BlockContext,
     causes: dict[str, str | None],
-) -> Command | None:
-    """What to do with a block not reached yet; None while it is not ready."""
+) -> Sequence[Command]:
+    """What to do with a block not reached yet; nothing while it is not ready."""
     for prerequisite in block.prerequisites:
         view = views.get(prerequisite)
         if view is None or view.status not in TERMINAL:
-            return None
+            return ()
     try:
         if block.depends is None:
             for need in block.needs:
                 cause = _failure_cause(compiled, need, views, causes)
                 if cause == need:
                     word = "canceled" if views[need].status == CANCELED else "failed"
-                    return SkipBlock(block.id, f"needs {need}, which {word}")
+                    return [SkipBlock(block.id, f"needs {need}, which {word}")]
                 if cause is not None:
-                    return SkipBlock(block.id, f"needs {need}, skipped because {cause} failed")
+                    return [SkipBlock(block.id, f"needs {need}, skipped because {cause} failed")]
         elif not block.depends.evaluate_bool(context.env):
-            return SkipBlock(block.id, f"depends is false: {block.depends.source}")
+            return [SkipBlock(block.id, f"depends is false: {block.depends.source}")]
         if block.when is not None and not block.when.evaluate_bool(context.env):
-            return SkipBlock(block.id, f"when is false: {block.when.source}")
-        return start(block.plan, block.id, context)
+            return [SkipBlock(block.id, f"when is false: {block.when.source}")]
+        return block.spec.start(block.plan, context)
     except ExpressionError as e:
-        return FailBlock(block.id, _engine_error(EXPRESSION_ERROR, str(e)))
+        return [FailBlock(block.id, _engine_error(EXPRESSION_ERROR, str(e)))]
 
 
 def _failure_cause(

@@ -1,0 +1,98 @@
+"""What every block kind is made of, and what it may use.
+
+A kind is one module under `kinds/` with four parts, registered in `kinds.KINDS`:
+- `check(site)`: the kind's own registration problems, reported with their paths, and the
+  block's compiled `Plan` (plain, frozen data);
+- `start(plan, block)`: the commands for a block whose prerequisites are done and whose
+  guards hold;
+- `on_event(plan, block, event)`: the commands when something reaches a block that is waiting
+  (a timer fires, a signal or event arrives, a child run closes, an item or iteration ends);
+- the example in docs/blueprints.md.
+
+A kind never touches the run's state: it returns commands (`language.commands`), and the
+engine applies each with the one applier of its type. So a new kind is a new module and a
+registry line, never a branch elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.protobuf import struct_pb2
+
+from tideflow.api.v1 import blueprint_pb2
+from tideflow.blueprint.language.commands import Command
+from tideflow.blueprint.language.model import BlockView
+from tideflow.blueprint.language.templates import Env, Template
+
+
+class Site(Protocol):
+    """What a kind's check may use: the block, where it is, and the registration's tools."""
+
+    @property
+    def block(self) -> blueprint_pb2.Block: ...
+    @property
+    def path(self) -> str:
+        """`blocks[<index>]`"""
+
+    @property
+    def blueprint(self) -> blueprint_pb2.Blueprint: ...
+    @property
+    def stored(self) -> bool:
+        """A version registered already, loaded again: checks added since are skipped."""
+
+    def report(self, path: str, description: str) -> None: ...
+    def template(self, value: struct_pb2.Value, path: str) -> Template:
+        """Compile a template in this block's scope, reporting its problems."""
+
+
+class Plan(Protocol):
+    """A block's compiled form, one frozen dataclass per kind."""
+
+    @property
+    def ends_run(self) -> bool:
+        """Once it succeeds the run is over, with its output as the result."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockContext:
+    """What `start` and `on_event` read: the block, and the run as the decision sees it."""
+
+    block_id: str
+    env: Env
+    """The run's variables (`input`, `vars`, `run`, `blocks`) for templates and CEL."""
+    run_output: Template | None = None
+    """The blueprint's `output`, for a `succeed` block that sets none."""
+    task_queue: str = ""
+    """The run's task queue (`RunView.task_queue`): where external blocks that name no queue
+    of their own go. Empty: the blueprint's, as compiled into each block's plan."""
+    view: BlockView | None = None
+    """The block as the run has it; None before it starts."""
+
+
+Check = Callable[[Site], Any]
+Start = Callable[[Any, BlockContext], Sequence[Command]]
+OnEvent = Callable[[Any, BlockContext, Any], Sequence[Command]]
+"""(plan, block, event): the event is one of the kind's own event types."""
+
+
+def waits_for_nothing(plan: object, block: BlockContext, event: object) -> Sequence[Command]:
+    """`on_event` of a kind that finishes when it starts (or whose work the engine tracks,
+    like an external block's attempts): nothing reaches it."""
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    """As users write it: `switch`, `map`."""
+    field: str
+    """The `Block.kind` oneof field that holds it: `switch_block`."""
+    kind: blueprint_pb2.BlockKind.ValueType
+    check: Check
+    start: Start
+    on_event: OnEvent = waits_for_nothing
+    takes_input: bool = False
+    """Reads `Block.input`."""

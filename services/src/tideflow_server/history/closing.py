@@ -1,0 +1,78 @@
+"""Closing a run, whatever closes it (its blueprint, a timeout, a cancel, a terminate), and
+the failures the engine records for errors it decided itself."""
+
+from __future__ import annotations
+
+from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
+from tideflow_server.history.interpreter import BlockError
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
+
+
+def engine_failure(error: BlockError) -> failure_pb2.Failure:
+    """The failure the engine records for an error it decided: a ServerFailureInfo for its
+    own (an expression that failed at run time), an ApplicationFailureInfo for the
+    blueprint's (a `fail` block)."""
+    failure = failure_pb2.Failure(message=error.message, source="tideflow")
+    if error.server:
+        failure.server_failure_info.type = error.type
+        failure.server_failure_info.non_retryable = error.non_retryable
+    else:
+        failure.application_failure_info.type = error.type
+        failure.application_failure_info.non_retryable = error.non_retryable
+    return failure
+
+
+def close_run(
+    step: RunStep,
+    status: common_pb2.RunStatus.ValueType,
+    *,
+    result: common_pb2.Payloads | None = None,
+    failure: failure_pb2.Failure | None = None,
+    reason: str = "",
+    identity: str = "",
+    details: common_pb2.Payloads | None = None,
+) -> None:
+    """Write the close event, abandon what is still pending, and schedule the close work."""
+    if not step.is_open:
+        return
+    if status == common_pb2.RUN_STATUS_COMPLETED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_COMPLETED, "run_completed_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunCompletedEventAttributes)
+        if result is not None:
+            attrs.result.CopyFrom(result)
+    elif status == common_pb2.RUN_STATUS_FAILED:
+        _, attrs = step.add_event(history_pb2.EVENT_TYPE_RUN_FAILED, "run_failed_event_attributes")
+        assert isinstance(attrs, history_pb2.RunFailedEventAttributes)
+        if failure is not None:
+            attrs.failure.CopyFrom(failure)
+    elif status == common_pb2.RUN_STATUS_TIMED_OUT:
+        step.add_event(history_pb2.EVENT_TYPE_RUN_TIMED_OUT, "run_timed_out_event_attributes")
+    elif status == common_pb2.RUN_STATUS_CANCELED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_CANCELED, "run_canceled_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunCanceledEventAttributes)
+        if details is not None:
+            attrs.details.CopyFrom(details)
+    elif status == common_pb2.RUN_STATUS_TERMINATED:
+        _, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_RUN_TERMINATED, "run_terminated_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.RunTerminatedEventAttributes)
+        attrs.reason = reason
+        attrs.identity = identity
+        if details is not None:
+            attrs.details.CopyFrom(details)
+    # Block tasks still out there are pointers to nothing now: RecordBlockStarted rejects them.
+    for pending in step.state.pending_blocks.values():
+        abandoned = step.state.block_results[pending.block_id]
+        abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
+    step.state.pending_blocks.clear()
+    info = step.info
+    info.state = records_pb2.RUN_STATE_COMPLETED
+    info.status = status
+    info.close_time.FromDatetime(step.now)
+    step.add_transfer().close_execution.SetInParent()
