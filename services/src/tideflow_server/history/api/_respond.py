@@ -8,7 +8,8 @@ from typing import TypeVar
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history import progress
 from tideflow_server.history.api._common import pending_attempt
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import tighter
@@ -18,7 +19,7 @@ T = TypeVar("T")
 
 
 async def respond(
-    shard: ShardContext,
+    shard: Shard,
     namespace_id: str,
     task_token: bytes,
     close: Callable[[RunStep, records_pb2.PendingBlock], None],
@@ -40,7 +41,7 @@ async def respond(
     return await shard.update(namespace_id, token.run_id, token.execution_id, act)
 
 
-async def continue_run(shard: ShardContext, step: RunStep) -> None:
+async def continue_run(shard: Shard, step: RunStep) -> None:
     """After a block closed: finish a requested cancellation, or let the blueprint go on."""
     if not step.is_open:
         return

@@ -26,7 +26,8 @@ from tideflow_server.persistence.records import VisibilityRow
 from tideflow_server.rpc.errors import NotFound, ServiceError
 
 if TYPE_CHECKING:
-    from tideflow_server.history.shard.context import Execution, ShardContext
+    from tideflow_server.history.shard.context import ShardContext
+    from tideflow_server.history.shard.execution import Execution
     from tideflow_server.history.state import RunStep
 
 log = structlog.get_logger(__name__)
