@@ -25,6 +25,7 @@ from tideflow_server.history import blocks
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import TimerExecutor, TransferExecutor
 from tideflow_server.history.shard.timer import TimerQueue
 from tideflow_server.history.shard.transfer import TransferQueue
 from tideflow_server.history.state import RunStep, utcnow
@@ -58,6 +59,8 @@ class ShardContext:
         namespaces: NamespaceCache,
         matching: MatchingClient,
         on_lost: Callable[[ShardContext], None],
+        timer_executor: TimerExecutor,
+        transfer_executor: TransferExecutor,
         visibility: VisibilityWriter | None = None,
         direct: DirectDispatch | None = None,
     ) -> None:
@@ -71,6 +74,8 @@ class ShardContext:
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self.direct = direct
         self._on_lost = on_lost
+        self._timer_executor = timer_executor
+        self._transfer_executor = transfer_executor
         self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
         # run_id -> its current execution. Only this shard's owner moves the pointers, and a
         # new owner starts with an empty map, so an entry is never stale.
@@ -88,8 +93,10 @@ class ShardContext:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.transfer = TransferQueue(self)
-        self.timers = TimerQueue(self)
+        self.transfer = TransferQueue(
+            self, lambda task, direct_task: self._transfer_executor(self, task, direct_task)
+        )
+        self.timers = TimerQueue(self, lambda timer: self._timer_executor(self, timer))
         self.transfer.start()
         self.timers.start()
 

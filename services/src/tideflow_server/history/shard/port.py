@@ -1,17 +1,19 @@
 """The shard as the code that runs on it sees it.
 
-Use cases (`api/<rpc>.py`) and what fired timers do type their `shard` against `Shard`: the
-members they use, and nothing of how a shard keeps its cache, fences its writes or runs its
-queues (`context.py:ShardContext` is the one implementation).
+Use cases (`api/<rpc>.py`), task executors (`tasks/`) and `progress.continue_run` type their
+`shard` against `Shard`, and a shard's queues type theirs against `QueueOwner`: the members
+they use, and nothing of how a shard keeps its cache, fences its writes or runs its queues
+(`context.py:ShardContext` is the one implementation). So shard/ runs the executors without
+importing them: server.py hands them to the ShardController, which gives them to each shard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
-from tideflow.api.v1 import history_pb2
+from tideflow.api.v1 import flow_service_pb2, history_pb2
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history.blocks import Redispatch
 from tideflow_server.history.flows import FlowCache
@@ -19,8 +21,9 @@ from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.state import RunStep
 from tideflow_server.history.visibility import VisibilityWriter
+from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
-from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.manager import PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import MatchingClient
 
@@ -88,3 +91,33 @@ class Shard(Protocol):
     ) -> history_pb2.HistoryEvent:
         """The BLOCK_SCHEDULED event of a pending block."""
         ...
+
+
+class QueueOwner(Protocol):
+    """What a shard's transfer and timer queues use of it: its lease and store, its settings,
+    and the bounds of its in-flight commits (which their ack levels must not pass)."""
+
+    lease: ShardLease
+    manager: PersistenceManager
+    config: HistoryConfig
+    lost: bool
+
+    @property
+    def shard_id(self) -> int: ...
+
+    def mark_lost(self) -> None: ...
+
+    def min_inflight_task_id(self) -> int | None: ...
+
+    def min_inflight_time_ms(self) -> int | None: ...
+
+
+TimerExecutor: TypeAlias = Callable[[Shard, records_pb2.TimerTask], Awaitable[None]]
+"""What a fired timer does (tasks/timer.py:fire)."""
+
+TransferExecutor: TypeAlias = Callable[
+    [Shard, records_pb2.TransferTask, flow_service_pb2.PollBlockTaskResponse | None],
+    Awaitable[None],
+]
+"""What delivering an outbox task does (tasks/transfer.py:execute); the third argument is the
+worker's task of a block started for direct dispatch, on its first try only."""

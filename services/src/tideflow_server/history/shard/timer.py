@@ -14,15 +14,13 @@ import contextlib
 import heapq
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import structlog
 
+from tideflow_server.history.shard.port import QueueOwner
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import errors as store
-
-if TYPE_CHECKING:
-    from tideflow_server.history.shard.context import ShardContext
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +33,13 @@ def _now_ms() -> int:
 
 
 class TimerQueue:
-    def __init__(self, shard: ShardContext) -> None:
+    def __init__(
+        self, shard: QueueOwner, fire: Callable[[records_pb2.TimerTask], Awaitable[None]]
+    ) -> None:
+        """`fire` is what a due timer does (tasks/timer.py): the queue runs it until it
+        returns, or until the shard is lost."""
         self._shard = shard
+        self._fire_timer = fire
         self._heap: list[tuple[int, int]] = []
         self._timers: dict[tuple[int, int], records_pb2.TimerTask] = {}
         self._firing: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -145,13 +148,11 @@ class TimerQueue:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, (wake_at - _now_ms()) / 1000))
 
     async def _fire(self, key: tuple[int, int], timer: records_pb2.TimerTask) -> None:
-        from tideflow_server.history.api.timers import fire  # noqa: PLC0415 - import cycle
-
         backoff = 0.05
         try:
             while True:
                 try:
-                    await fire(self._shard, timer)
+                    await self._fire_timer(timer)
                     return
                 except asyncio.CancelledError:
                     raise

@@ -7,7 +7,6 @@ import structlog
 
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history import blocks, progress
-from tideflow_server.history.api._respond import continue_run
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
@@ -90,7 +89,7 @@ async def _block_timeouts(shard: Shard, timer: records_pb2.TimerTask) -> None:
             if due is not None and due <= step.now:
                 blocks.redispatch(step, pending)
         if timed_out:
-            await continue_run(shard, step)
+            await progress.continue_run(shard, step)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
 
@@ -117,7 +116,7 @@ async def _block_timeout(shard: Shard, timer: records_pb2.TimerTask) -> None:
                 step.touch()  # the commit arms the run's block timer for the heartbeat
                 return
         blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
-        await continue_run(shard, step)
+        await progress.continue_run(shard, step)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
 
