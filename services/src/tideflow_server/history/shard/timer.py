@@ -2,9 +2,10 @@
 
 Timers that fire within the look-ahead window are held in a heap: those committed by this
 host are pushed right after their commit, and the store is scanned ahead of the clock for the
-rest (earlier owners', or later ones entering the window). A fired timer's handler checks the
-run's current state, so a stale or repeated timer does nothing. Fired timers are deleted in
-ranges below the earliest timer that may still fire.
+rest (earlier owners', or later ones entering the window). What a due timer does is the
+executor the shard gives the queue (tasks/timer.py); it checks the run's current state, so a
+stale or repeated timer does nothing. Fired timers are deleted in ranges below the earliest
+timer that may still fire.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Tasks committed by this host arrive in memory right after their commit (or after a commit
 whose outcome is unknown) and are delivered at once; tasks persisted by earlier owners are
 read from the store when the shard is acquired. Delivery is at least once: a task is retried
-until it succeeds, and its receiver dedupes. The ack level (every task at or below it
+until it succeeds, and its receiver dedupes; what delivering one does is the executor the
+shard gives the queue (tasks/transfer.py). The ack level (every task at or below it
 delivered) is persisted in the shard row, and delivered tasks below it are deleted.
 """
 
