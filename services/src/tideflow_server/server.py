@@ -21,6 +21,7 @@ from tideflow_server.frontend.handler import FlowHandler, OperatorHandler
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter
 from tideflow_server.history.handler import HistoryHandler
 from tideflow_server.history.shard.controller import ShardController
+from tideflow_server.history.tasks import timer, transfer
 from tideflow_server.internal.v1 import history_service_pb2_grpc, matching_service_pb2_grpc
 from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHandler
 from tideflow_server.membership import Membership
@@ -142,6 +143,8 @@ class TideflowServer:
                 namespaces=namespaces,
                 config=settings.history,
                 shard_count=shard_count,
+                timer_executor=timer.fire,
+                transfer_executor=transfer.execute,
             )
             self._controller = controller
             history_handler = HistoryHandler(controller, shard_count)

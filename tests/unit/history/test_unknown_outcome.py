@@ -17,6 +17,7 @@ from tideflow_server.history.api import cancel_run, record_block_started, start_
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.direct import DirectDispatch
+from tideflow_server.history.tasks import timer, transfer
 from tideflow_server.internal.v1 import history_service_pb2, matching_service_pb2, records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import Unavailable, schema
@@ -93,6 +94,8 @@ async def _shard(
         namespaces=NamespaceCache(manager),
         matching=matching,  # type: ignore[arg-type]
         on_lost=lambda _: None,
+        timer_executor=timer.fire,
+        transfer_executor=transfer.execute,
         direct=direct,
     )
     await shard.start()

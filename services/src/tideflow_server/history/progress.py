@@ -19,8 +19,10 @@ from tideflow_server.history.interpreter import (
     decide,
 )
 from tideflow_server.history.interpreter.appliers import Applying, apply
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
+from tideflow_server.namespaces import tighter
 
 MAX_ROUNDS = 10_000
 """A blueprint settles in at most one round per block; more means an interpreter bug."""
@@ -124,3 +126,23 @@ def undo_direct_start(step: RunStep, pending: records_pb2.PendingBlock) -> None:
     if pending.cancel_requested or step.info.cancel_requested:
         blocks.cancel(step, pending)
         finish_cancel_if_done(step)
+
+
+async def continue_run(shard: Shard, step: RunStep) -> None:
+    """After a block closed: finish a requested cancellation, or let the blueprint go on."""
+    if not step.is_open:
+        return
+    if step.info.cancel_requested:
+        finish_cancel_if_done(step)
+        return
+    info = step.info
+    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    namespace = await shard.namespaces.by_id(info.namespace_id)
+    advance(
+        step,
+        compiled,
+        namespace=namespace.info.name,
+        max_pending_blocks=tighter(
+            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
+        ),
+    )

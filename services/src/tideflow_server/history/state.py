@@ -4,7 +4,7 @@ together) or not at all; nothing here does I/O."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 
@@ -88,3 +88,8 @@ class RunStep:
         task.fire_time.FromDatetime(fire_at)
         self.timer_tasks.append(task)
         return task
+
+
+def utcnow() -> datetime:
+    """The time a new step is taken at (its `now`)."""
+    return datetime.now(UTC)

@@ -1,20 +1,21 @@
 from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.internal.v1 import records_pb2, task_token_pb2
 from tideflow_server.persistence import errors as store
 from tideflow_server.rpc.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 
-async def execution_id_of(shard: ShardContext, namespace_id: str, run: common_pb2.RunRef) -> str:
+async def execution_id_of(shard: Shard, namespace_id: str, run: common_pb2.RunRef) -> str:
     """The execution a request names: its own, or the run_id's current one."""
     return run.execution_id or await shard.current_execution_id(namespace_id, run.run_id)
 
 
 def open_run(entry: Execution, *, salvaged: bool = False) -> records_pb2.MutableState:
     """The state of an open run (`salvaged`: what could be read of it, see
-    ShardContext.update); FAILED_PRECONDITION when the run is closed."""
+    Shard.update); FAILED_PRECONDITION when the run is closed."""
     state = entry.salvaged.state if salvaged else entry.state
     if state.execution_info.state == records_pb2.RUN_STATE_COMPLETED:
         raise FailedPrecondition(

@@ -8,17 +8,17 @@ from typing import TypeVar
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history import progress
 from tideflow_server.history.api._common import pending_attempt
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
-from tideflow_server.namespaces import tighter
 from tideflow_server.tokens import parse_token
 
 T = TypeVar("T")
 
 
 async def respond(
-    shard: ShardContext,
+    shard: Shard,
     namespace_id: str,
     task_token: bytes,
     close: Callable[[RunStep, records_pb2.PendingBlock], None],
@@ -34,27 +34,7 @@ async def respond(
         task_queue = common_pb2.TaskQueue()
         task_queue.CopyFrom(pending.task_queue)  # the pending block goes with `close`
         close(step, pending)
-        await continue_run(shard, step)
+        await progress.continue_run(shard, step)
         return then(step, task_queue) if then is not None else None
 
     return await shard.update(namespace_id, token.run_id, token.execution_id, act)
-
-
-async def continue_run(shard: ShardContext, step: RunStep) -> None:
-    """After a block closed: finish a requested cancellation, or let the blueprint go on."""
-    if not step.is_open:
-        return
-    if step.info.cancel_requested:
-        progress.finish_cancel_if_done(step)
-        return
-    info = step.info
-    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
-    namespace = await shard.namespaces.by_id(info.namespace_id)
-    progress.advance(
-        step,
-        compiled,
-        namespace=namespace.info.name,
-        max_pending_blocks=tighter(
-            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
-        ),
-    )

@@ -6,13 +6,14 @@ from __future__ import annotations
 from tideflow.api.v1 import history_pb2
 from tideflow_server.history import blocks, progress
 from tideflow_server.history.api._common import execution_id_of, open_run
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.CancelRunRequest
+    shard: Shard, request: history_service_pb2.CancelRunRequest
 ) -> history_service_pb2.CancelRunResponse:
     cancel = request.request
     execution_id = await execution_id_of(shard, request.namespace_id, cancel.run)

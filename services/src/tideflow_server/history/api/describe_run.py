@@ -7,7 +7,7 @@ import math
 
 from tideflow.api.v1 import common_pb2, run_pb2
 from tideflow_server.history.api._common import execution_id_of
-from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 
 
@@ -55,7 +55,7 @@ def _pending(pending: records_pb2.PendingBlock) -> run_pb2.PendingBlockInfo:
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.DescribeRunRequest
+    shard: Shard, request: history_service_pb2.DescribeRunRequest
 ) -> history_service_pb2.DescribeRunResponse:
     given = request.request
     execution_id = await execution_id_of(shard, request.namespace_id, given.run)

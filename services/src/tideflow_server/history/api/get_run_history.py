@@ -9,7 +9,7 @@ import json
 
 from tideflow.api.v1 import common_pb2, history_pb2
 from tideflow_server.history.api._common import execution_id_of
-from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument, Unavailable
@@ -54,7 +54,7 @@ def _parse_token(token: bytes, execution_id: str) -> int:
 
 
 async def closing_event(
-    shard: ShardContext, namespace_id: str, run: common_pb2.RunRef, *, timeout_s: float
+    shard: Shard, namespace_id: str, run: common_pb2.RunRef, *, timeout_s: float
 ) -> history_pb2.HistoryEvent | None:
     """The event that closed `run`, waiting up to `timeout_s` for it; None while it is open."""
     request = history_service_pb2.GetRunHistoryRequest(namespace_id=namespace_id)
@@ -66,7 +66,7 @@ async def closing_event(
 
 
 async def invoke(
-    shard: ShardContext,
+    shard: Shard,
     request: history_service_pb2.GetRunHistoryRequest,
     *,
     timeout_s: float | None = None,

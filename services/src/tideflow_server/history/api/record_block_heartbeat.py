@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from tideflow_server.history import blocks
 from tideflow_server.history.api._common import pending_attempt
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
 from tideflow_server.tokens import parse_token
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.RecordBlockHeartbeatRequest
+    shard: Shard, request: history_service_pb2.RecordBlockHeartbeatRequest
 ) -> history_service_pb2.RecordBlockHeartbeatResponse:
     given = request.request
     token = parse_token(given.task_token)

@@ -7,14 +7,15 @@ answered for: a poll that took its task from the backlog takes the attempt over.
 from __future__ import annotations
 
 from tideflow_server.history import blocks, progress
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.rpc.errors import FailedPrecondition, NotFound
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.RecordBlockStartedRequest
+    shard: Shard, request: history_service_pb2.RecordBlockStartedRequest
 ) -> history_service_pb2.RecordBlockStartedResponse:
     async def act(
         entry: Execution, step: RunStep

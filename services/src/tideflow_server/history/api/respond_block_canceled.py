@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from tideflow_server.history import blocks
 from tideflow_server.history.api._respond import respond
-from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.rpc.errors import FailedPrecondition
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.RespondBlockCanceledRequest
+    shard: Shard, request: history_service_pb2.RespondBlockCanceledRequest
 ) -> history_service_pb2.RespondBlockCanceledResponse:
     given = request.request
 

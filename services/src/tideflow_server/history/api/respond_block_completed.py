@@ -11,14 +11,14 @@ from tideflow.api.v1 import common_pb2, flow_service_pb2
 from tideflow_server.history import blocks
 from tideflow_server.history.api._common import too_big
 from tideflow_server.history.api._respond import respond
-from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
 from tideflow_server.persistence import errors as store
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.RespondBlockCompletedRequest
+    shard: Shard, request: history_service_pb2.RespondBlockCompletedRequest
 ) -> history_service_pb2.RespondBlockCompletedResponse:
     given = request.request
 

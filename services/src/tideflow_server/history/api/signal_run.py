@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tideflow.api.v1 import flow_service_pb2, history_pb2
 from tideflow_server.history.api._common import execution_id_of, open_run, too_big
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
 from tideflow_server.persistence import errors as store
@@ -28,7 +29,7 @@ def record_signal(step: RunStep, signal: flow_service_pb2.SignalRunRequest) -> N
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.SignalRunRequest, *, field: str = "input"
+    shard: Shard, request: history_service_pb2.SignalRunRequest, *, field: str = "input"
 ) -> history_service_pb2.SignalRunResponse:
     """`field`: where the signal's input is in the caller's request."""
     signal = request.request

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.history.api import signal_run, start_run
-from tideflow_server.history.shard.context import ShardContext
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.internal.v1 import history_service_pb2
 from tideflow_server.rpc.errors import FailedPrecondition, NotFound
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.SignalWithStartRunRequest
+    shard: Shard, request: history_service_pb2.SignalWithStartRunRequest
 ) -> history_service_pb2.SignalWithStartRunResponse:
     given = request.request
     signal = flow_service_pb2.SignalRunRequest(

@@ -12,8 +12,8 @@ from tideflow_server.history import payloads, progress
 from tideflow_server.history.api import get_run_history
 from tideflow_server.history.api._common import too_big
 from tideflow_server.history.interpreter import JSON, CompiledBlueprint, ExpressionError
-from tideflow_server.history.shard.context import ShardContext, utcnow
-from tideflow_server.history.state import RunStep
+from tideflow_server.history.shard.port import Shard
+from tideflow_server.history.state import RunStep, utcnow
 from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.namespaces import tighter
 from tideflow_server.persistence import errors as store
@@ -29,7 +29,7 @@ _FAILED_STATUSES = {
 
 
 def first_step(
-    shard: ShardContext,
+    shard: Shard,
     *,
     namespace_id: str,
     namespace: records_pb2.NamespaceRecord,
@@ -142,7 +142,7 @@ def _reuse(
 
 
 async def invoke(
-    shard: ShardContext,
+    shard: Shard,
     request: history_service_pb2.StartRunRequest,
     *,
     signal: flow_service_pb2.SignalRunRequest | None = None,
@@ -168,7 +168,7 @@ async def invoke(
 
 
 async def _start(
-    shard: ShardContext,
+    shard: Shard,
     request: history_service_pb2.StartRunRequest,
     *,
     signal: flow_service_pb2.SignalRunRequest | None,

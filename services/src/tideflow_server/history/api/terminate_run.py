@@ -5,13 +5,14 @@ from __future__ import annotations
 from tideflow.api.v1 import common_pb2
 from tideflow_server.history import closing
 from tideflow_server.history.api._common import execution_id_of, open_run
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import history_service_pb2
 
 
 async def terminate(
-    shard: ShardContext,
+    shard: Shard,
     namespace_id: str,
     run_id: str,
     execution_id: str,
@@ -36,7 +37,7 @@ async def terminate(
 
 
 async def invoke(
-    shard: ShardContext, request: history_service_pb2.TerminateRunRequest
+    shard: Shard, request: history_service_pb2.TerminateRunRequest
 ) -> history_service_pb2.TerminateRunResponse:
     given = request.request
     execution_id = await execution_id_of(shard, request.namespace_id, given.run)

@@ -1,1 +1,2 @@
-"""Shards: ownership, the per-shard execution cache, and the outbox queues."""
+"""Shards: ownership, the per-shard execution cache, the outbox queues, and the port through
+which use cases and task executors see a shard (port.py)."""

@@ -15,8 +15,6 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -26,9 +24,11 @@ from tideflow_server.config import HistoryConfig
 from tideflow_server.history import blocks
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.direct import DirectDispatch
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import TimerExecutor, TransferExecutor
 from tideflow_server.history.shard.timer import TimerQueue
 from tideflow_server.history.shard.transfer import TransferQueue
-from tideflow_server.history.state import RunStep
+from tideflow_server.history.state import RunStep, utcnow
 from tideflow_server.history.visibility import VisibilityWriter
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
@@ -36,7 +36,7 @@ from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import MatchingClient
-from tideflow_server.rpc.errors import FailedPrecondition, NotFound, Unavailable
+from tideflow_server.rpc.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -46,51 +46,6 @@ MAX_CONFLICT_RETRIES = 3
 
 class Conflict(Exception):
     """The execution changed under us (db_version): reload and decide again."""
-
-
-@dataclass(eq=False)
-class Execution:
-    """A cached execution. `loaded` is None until read, and again after a failed commit."""
-
-    namespace_id: str
-    run_id: str
-    execution_id: str
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    loaded: LoadedExecution | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    scheduled_events: dict[int, history_pb2.HistoryEvent] = field(default_factory=dict)
-    last_batch: list[history_pb2.HistoryEvent] = field(default_factory=list)
-    """The events of the last batch this host committed (empty after a reload), so a reader
-    waiting for the next events, or the close event, gets them without a history read."""
-
-    @property
-    def state(self) -> records_pb2.MutableState:
-        """The run's state; FAILED_PRECONDITION when the stored state does not parse, for
-        nothing can be decided on part of a state (only TerminateRun goes on, see
-        `salvaged_state`)."""
-        loaded = self.salvaged
-        if loaded.unreadable:
-            raise FailedPrecondition(
-                f"run {self.run_id!r} execution {self.execution_id}: its stored state cannot be "
-                f"read ({loaded.unreadable}); TerminateRun can still close it",
-                reason="RUN_STATE_UNREADABLE",
-            )
-        return loaded.state
-
-    @property
-    def salvaged(self) -> LoadedExecution:
-        """What was loaded, readable or not (`LoadedExecution.unreadable`)."""
-        assert self.loaded is not None, "execution used outside ShardContext.locked"
-        return self.loaded
-
-    def notify(self) -> None:
-        """Wake readers waiting for new events, and arm a fresh event for the next ones."""
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class ShardContext:
@@ -104,6 +59,8 @@ class ShardContext:
         namespaces: NamespaceCache,
         matching: MatchingClient,
         on_lost: Callable[[ShardContext], None],
+        timer_executor: TimerExecutor,
+        transfer_executor: TransferExecutor,
         visibility: VisibilityWriter | None = None,
         direct: DirectDispatch | None = None,
     ) -> None:
@@ -117,6 +74,8 @@ class ShardContext:
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self.direct = direct
         self._on_lost = on_lost
+        self._timer_executor = timer_executor
+        self._transfer_executor = transfer_executor
         self._cache: OrderedDict[tuple[str, str, str], Execution] = OrderedDict()
         # run_id -> its current execution. Only this shard's owner moves the pointers, and a
         # new owner starts with an empty map, so an entry is never stale.
@@ -134,8 +93,10 @@ class ShardContext:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.transfer = TransferQueue(self)
-        self.timers = TimerQueue(self)
+        self.transfer = TransferQueue(
+            self, lambda task, direct_task: self._transfer_executor(self, task, direct_task)
+        )
+        self.timers = TimerQueue(self, lambda timer: self._timer_executor(self, timer))
         self.transfer.start()
         self.timers.start()
 

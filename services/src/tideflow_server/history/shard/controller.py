@@ -18,6 +18,7 @@ from tideflow_server.config import HistoryConfig
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.direct import DirectDispatch
+from tideflow_server.history.shard.port import TimerExecutor, TransferExecutor
 from tideflow_server.history.visibility import VisibilityWriter
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
@@ -41,13 +42,19 @@ class ShardController:
         namespaces: NamespaceCache,
         config: HistoryConfig,
         shard_count: int,
+        timer_executor: TimerExecutor,
+        transfer_executor: TransferExecutor,
     ) -> None:
+        """`timer_executor` and `transfer_executor` are what each shard's queues run
+        (history/tasks/), handed in so that shard/ does not import them."""
         self._manager = manager
         self._membership = membership
         self._matching = matching
         self._namespaces = namespaces
         self._config = config
         self._shard_count = shard_count
+        self._timer_executor = timer_executor
+        self._transfer_executor = transfer_executor
         self._host_id = ""
         self._flows = FlowCache(manager)
         self._visibility = VisibilityWriter(manager.persistence.visibility)
@@ -113,6 +120,8 @@ class ShardController:
             namespaces=self._namespaces,
             matching=self._matching,
             on_lost=self._lost,
+            timer_executor=self._timer_executor,
+            transfer_executor=self._transfer_executor,
             visibility=self._visibility,
             direct=self._direct,
         )

@@ -2,9 +2,10 @@
 
 Timers that fire within the look-ahead window are held in a heap: those committed by this
 host are pushed right after their commit, and the store is scanned ahead of the clock for the
-rest (earlier owners', or later ones entering the window). A fired timer's handler checks the
-run's current state, so a stale or repeated timer does nothing. Fired timers are deleted in
-ranges below the earliest timer that may still fire.
+rest (earlier owners', or later ones entering the window). What a due timer does is the
+executor the shard gives the queue (tasks/timer.py); it checks the run's current state, so a
+stale or repeated timer does nothing. Fired timers are deleted in ranges below the earliest
+timer that may still fire.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import contextlib
 import heapq
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import structlog
 
+from tideflow_server.history.shard.port import QueueOwner
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import errors as store
-
-if TYPE_CHECKING:
-    from tideflow_server.history.shard.context import ShardContext
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +34,13 @@ def _now_ms() -> int:
 
 
 class TimerQueue:
-    def __init__(self, shard: ShardContext) -> None:
+    def __init__(
+        self, shard: QueueOwner, fire: Callable[[records_pb2.TimerTask], Awaitable[None]]
+    ) -> None:
+        """`fire` is what a due timer does (tasks/timer.py): the queue runs it until it
+        returns, or until the shard is lost."""
         self._shard = shard
+        self._fire_timer = fire
         self._heap: list[tuple[int, int]] = []
         self._timers: dict[tuple[int, int], records_pb2.TimerTask] = {}
         self._firing: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -145,13 +149,11 @@ class TimerQueue:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, (wake_at - _now_ms()) / 1000))
 
     async def _fire(self, key: tuple[int, int], timer: records_pb2.TimerTask) -> None:
-        from tideflow_server.history.api.timers import fire  # noqa: PLC0415 - import cycle
-
         backoff = 0.05
         try:
             while True:
                 try:
-                    await fire(self._shard, timer)
+                    await self._fire_timer(timer)
                     return
                 except asyncio.CancelledError:
                     raise

@@ -6,9 +6,9 @@ from __future__ import annotations
 import structlog
 
 from tideflow.api.v1 import common_pb2
-from tideflow_server.history import blocks, closing
-from tideflow_server.history.api._respond import continue_run
-from tideflow_server.history.shard.context import Execution, ShardContext
+from tideflow_server.history import blocks, closing, progress
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.rpc.errors import NotFound
@@ -18,7 +18,7 @@ log = structlog.get_logger(__name__)
 _MS = 1_000_000
 
 
-async def fire(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+async def fire(shard: Shard, timer: records_pb2.TimerTask) -> None:
     kind = timer.WhichOneof("task")
     try:
         if kind == "block_timeouts":
@@ -65,7 +65,7 @@ def _not_armed(state: records_pb2.MutableState, timer: records_pb2.TimerTask) ->
     )
 
 
-async def _block_timeouts(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+async def _block_timeouts(shard: Shard, timer: records_pb2.TimerTask) -> None:
     """The run's earliest block deadline is due: time out the blocks whose deadlines have
     passed, send again the tasks of attempts no poll has started in time (blocks.Redispatch);
     the commit arms the row for the next deadline (blocks.arm_block_timer)."""
@@ -89,12 +89,12 @@ async def _block_timeouts(shard: ShardContext, timer: records_pb2.TimerTask) -> 
             if due is not None and due <= step.now:
                 blocks.redispatch(step, pending)
         if timed_out:
-            await continue_run(shard, step)
+            await progress.continue_run(shard, step)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
 
 
-async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+async def _block_timeout(shard: Shard, timer: records_pb2.TimerTask) -> None:
     """A row of one attempt's timeout, as written before `block_timeouts` existed."""
     spec = timer.block_timeout
     # Looked at first without a step (no copy of the state, nothing to commit).
@@ -116,7 +116,7 @@ async def _block_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> N
                 step.touch()  # the commit arms the run's block timer for the heartbeat
                 return
         blocks.fail(step, pending, blocks.timeout_failure(pending, kind))
-        await continue_run(shard, step)
+        await progress.continue_run(shard, step)
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
 
@@ -135,7 +135,7 @@ def _armed_before_start(timer: records_pb2.TimerTask, pending: records_pb2.Pendi
     return timer.fire_time.ToNanoseconds() < due - _MS
 
 
-async def _block_retry(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+async def _block_retry(shard: Shard, timer: records_pb2.TimerTask) -> None:
     spec = timer.block_retry
     async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
         pending = entry.state.pending_blocks.get(spec.scheduled_event_id)
@@ -157,7 +157,7 @@ async def _block_retry(shard: ShardContext, timer: records_pb2.TimerTask) -> Non
     await shard.matching.add_block_task(request)
 
 
-async def _run_timeout(shard: ShardContext, timer: records_pb2.TimerTask) -> None:
+async def _run_timeout(shard: Shard, timer: records_pb2.TimerTask) -> None:
     async def act(entry: Execution, step: RunStep) -> None:
         if step.is_open:
             closing.close_run(step, common_pb2.RUN_STATUS_TIMED_OUT)

@@ -1,0 +1,131 @@
+"""What delivering an outbox task does: a block task goes to matching (and a direct start
+that no poll took is undone), a run's start or close reaches visibility. The transfer queue
+(shard/transfer.py) calls `execute` until it returns, so each part may run more than once,
+and each checks the run's current state first."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import structlog
+
+from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server.history import progress
+from tideflow_server.history.blocks import as_datetime
+from tideflow_server.history.shard.execution import Execution
+from tideflow_server.history.shard.port import Shard
+from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
+from tideflow_server.persistence import errors as store
+from tideflow_server.persistence.records import VisibilityRow
+from tideflow_server.rpc.errors import NotFound, ServiceError
+
+log = structlog.get_logger(__name__)
+
+_MAX_BACKOFF_S = 5.0
+
+
+async def execute(
+    shard: Shard,
+    task: records_pb2.TransferTask,
+    direct_task: flow_service_pb2.PollBlockTaskResponse | None = None,
+) -> None:
+    """Deliver one outbox task; `direct_task` is the worker's task of a block the commit
+    started for direct dispatch (first try only)."""
+    kind = task.WhichOneof("task")
+    if kind == "block_task":
+        await _add_block_task(shard, task, direct_task)
+    elif kind in ("upsert_visibility", "close_execution"):
+        await _upsert_visibility(shard, task)
+    else:
+        log.warning("unknown transfer task dropped", task_id=task.task_id, kind=kind)
+
+
+async def _add_block_task(
+    shard: Shard,
+    task: records_pb2.TransferTask,
+    direct_task: flow_service_pb2.PollBlockTaskResponse | None,
+) -> None:
+    block = task.block_task
+    request = matching_service_pb2.AddBlockTaskRequest(
+        namespace_id=task.namespace_id,
+        task_queue=block.task_queue,
+        partition=0,
+        block_id=block.block_id,
+        scheduled_event_id=block.scheduled_event_id,
+        attempt=block.attempt,
+        source_shard_id=shard.shard_id,
+        direct_task=direct_task,
+    )
+    request.run.run_id = task.run_id
+    request.run.execution_id = task.execution_id
+    response = await shard.matching.add_block_task(request)
+    if shard.direct is not None:
+        shard.direct.note(task.namespace_id, block.task_queue, matched=response.sync_matched)
+    if not response.sync_matched:
+        await _unstart(shard, task)
+
+
+async def _unstart(shard: Shard, task: records_pb2.TransferTask) -> None:
+    """Undo the direct start of a block whose task matching persisted (no poll waited).
+    Any add may find one: a retried add, a redelivered outbox task, or the add after a
+    commit whose outcome was unknown go as ordinary tasks. Retried here, not by
+    redelivering the task: matching already holds it."""
+    block = task.block_task
+    try:
+        async with shard.locked(task.namespace_id, task.run_id, task.execution_id) as entry:
+            pending = entry.state.pending_blocks.get(block.scheduled_event_id)
+            if pending is None or pending.attempt != block.attempt or not pending.direct:
+                return  # the common case: nothing to undo, and no step to build
+    except NotFound:
+        return
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        pending = step.state.pending_blocks.get(block.scheduled_event_id)
+        if pending is None or pending.attempt != block.attempt or not pending.direct:
+            return  # closed, retried, taken over by a poll, or answered for by a worker
+        progress.undo_direct_start(step, pending)
+
+    backoff = 0.05
+    while not shard.lost:
+        try:
+            await shard.update(task.namespace_id, task.run_id, task.execution_id, act)
+            return
+        except NotFound:
+            return  # the run is gone
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("direct start not undone, retrying", task_id=task.task_id, error=str(e))
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+
+async def _upsert_visibility(shard: Shard, task: records_pb2.TransferTask) -> None:
+    try:
+        async with shard.locked(task.namespace_id, task.run_id, task.execution_id) as entry:
+            info = entry.state.execution_info
+            row = VisibilityRow(
+                namespace_id=info.namespace_id,
+                run_id=info.run_id,
+                execution_id=info.execution_id,
+                flow_name=info.flow.name,
+                flow_version=info.flow.version,
+                task_queue=info.task_queue.name,
+                status=info.status,
+                start_time_ms=int(as_datetime(info.start_time).timestamp() * 1000),
+                close_time_ms=(
+                    int(as_datetime(info.close_time).timestamp() * 1000)
+                    if info.status != common_pb2.RUN_STATUS_RUNNING
+                    else None
+                ),
+                history_length=info.next_event_id - 1,
+                memo=info.memo.SerializeToString(),
+            )
+    except NotFound:
+        return  # deleted since: nothing to show
+    try:
+        await shard.visibility.upsert(row)
+    except store.PersistenceError as e:
+        raise ServiceError(str(e)) from e
