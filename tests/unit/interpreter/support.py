@@ -137,12 +137,16 @@ class Engine:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
         elif isinstance(command, CompleteBlock):
-            self.blocks[command.block_id] = BlockView(SUCCEEDED, output=command.output)
+            self.blocks[command.block_id] = BlockView(
+                SUCCEEDED, output=command.output, route=command.route
+            )
             self.vars.update(command.vars)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
-            self.blocks[command.block_id] = BlockView(FAILED, error=command.error)
+            self.blocks[command.block_id] = BlockView(
+                FAILED, error=command.error, route=command.route
+            )
         else:
             self.result = command
             for block_id, block in self.blocks.items():

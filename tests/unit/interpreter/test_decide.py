@@ -421,3 +421,30 @@ def test_initial_vars_render_defaults_against_input_and_run() -> None:
         "n": 3,
         "prefix": "docs/order-7/x",
     }
+
+
+def test_a_failure_that_routed_runs_its_route_skips_its_other_dependents_and_is_handled() -> None:
+    compiled = compile_(
+        external("x"),
+        external("r", "x"),
+        external("d", "x"),
+        external("e", "d"),
+    )
+    routed = BlockView(FAILED, error=BlockError("Boom", "x broke"), attempt=1, route="r")
+    commands = decide(compiled, view({"x": routed}))
+    assert scheduled(commands) == ["r"]
+    assert [c for c in commands if isinstance(c, SkipBlock)] == [
+        SkipBlock("d", "needs x, which routed to r")
+    ]
+    # d was skipped by a route, not for a failure: what needs d runs, and the run completes.
+    blocks = {"x": routed, "r": done(), "d": BlockView(SKIPPED)}
+    assert scheduled(decide(compiled, view(blocks))) == ["e"]
+    assert decide(compiled, view({**blocks, "e": done()})) == [CompleteRun(None)]
+
+
+def test_a_failure_that_did_not_route_still_fails_the_run() -> None:
+    compiled = compile_(external("x"), external("d", "x"))
+    commands = decide(compiled, view({"x": failed()}))
+    assert commands == [SkipBlock("d", "needs x, which failed")]
+    [result] = decide(compiled, view({"x": failed(), "d": BlockView(SKIPPED)}))
+    assert isinstance(result, FailRun) and result.block_id == "x"

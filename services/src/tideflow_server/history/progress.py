@@ -56,6 +56,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             output=payloads.from_value(result.output),
             error=block_error(result.failure) if result.HasField("failure") else None,
             attempt=result.attempt,
+            route=result.route if result.routed else None,
         )
         for block_id, result in state.block_results.items()
     }

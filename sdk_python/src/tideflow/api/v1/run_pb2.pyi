@@ -174,12 +174,28 @@ class BlockSummary(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    SKIP_REASON_FIELD_NUMBER: _builtins.int
+    ROUTED_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
     status: _common_pb2.BlockStatus.ValueType
     attempt: _builtins.int
     """Attempts made (external blocks)."""
+    skip_reason: _builtins.str
+    """Why it was SKIPPED: "when is false: ...", "needs a, which failed", "needs s, which routed
+    to b".
+    """
+    routed: _builtins.bool
+    """Where it routed the run when it ended (a switch's case, a catch's goto, a signal's
+    on_timeout); empty when it did not route. `routed` with an empty route: none of its
+    targets runs.
+    """
+    route: _builtins.str
+    """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
+    items, iterations).
+    """
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
         """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
@@ -194,10 +210,13 @@ class BlockSummary(_message.Message):
         status: _common_pb2.BlockStatus.ValueType = ...,
         attempt: _builtins.int = ...,
         failure: _failure_pb2.Failure | None = ...,
+        skip_reason: _builtins.str = ...,
+        routed: _builtins.bool = ...,
+        route: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

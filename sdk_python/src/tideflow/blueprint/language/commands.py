@@ -40,6 +40,8 @@ class CompleteBlock:
     kind: blueprint_pb2.BlockKind.ValueType
     output: JSON = None
     vars: Mapping[str, JSON] = field(default_factory=dict)
+    route: str | None = None
+    """The dependent it routes to (`BlockView.route`); None: no routing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class FailBlock:
 
     block_id: str
     error: BlockError
+    route: str | None = None
+    """The dependent the failure routes to, which handles it (`BlockView.route`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ class CompiledBlock:
     spec: Kind
     """Its kind, which starts it and takes its events."""
     plan: Plan
+    targets: tuple[str, ...] = ()
+    """The dependents it may route the run to (`BlockView.route`)."""
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -132,6 +134,7 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         when=checked.when,
         spec=checked.spec,
         plan=checked.plan,
+        targets=checked.targets,
     )
 
 

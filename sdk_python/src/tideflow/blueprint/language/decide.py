@@ -8,9 +8,11 @@ done; it does not cascade, because the engine applies the commands and calls aga
 A block is *ready* when every block it `needs` and every block its `depends` reads is done
 (SUCCEEDED, FAILED, SKIPPED or CANCELED). Then, in order:
 
-1. without `depends`: a need that FAILED or was CANCELED skips the block, and so does a need
-   that was skipped for that reason, so a failure skips everything downstream of it. A need
-   skipped by its `when` counts as satisfied;
+1. without `depends`: a need that routed the run elsewhere (`BlockView.route`: a switch's
+   other case, a handled failure's other dependents) skips the block; a need that FAILED or
+   was CANCELED skips it, and so does a need that was skipped for that reason, so a failure
+   skips everything downstream of it. A need skipped by its `when` or by a route counts as
+   satisfied, and a failure that routed counts as handled;
 2. with `depends`: it replaces that rule; false skips the block;
 3. `when` false skips the block;
 4. the block's kind starts it (`kinds.<kind>.start`): an external block is scheduled, a
@@ -137,6 +139,9 @@ def _step(
     try:
         if block.depends is None:
             for need in block.needs:
+                routed = _routed_away(compiled, need, views[need], block.id)
+                if routed is not None:
+                    return [SkipBlock(block.id, routed)]
                 cause = _failure_cause(compiled, need, views, causes)
                 if cause == need:
                     word = "canceled" if views[need].status == CANCELED else "failed"
@@ -150,6 +155,20 @@ def _step(
         return block.spec.start(block.plan, context)
     except ExpressionError as e:
         return [FailBlock(block.id, _engine_error(EXPRESSION_ERROR, str(e)))]
+
+
+def _routed_away(
+    compiled: CompiledBlueprint, need: str, view: BlockView, block_id: str
+) -> str | None:
+    """Why `block_id` is skipped because its need `need` routed the run elsewhere: `need` is
+    a target not taken, or a failure that routed (every dependent but its route is skipped).
+    None when the need did not route, or routed here."""
+    if view.route is None or view.route == block_id:
+        return None
+    if view.status == SUCCEEDED and block_id not in compiled.blocks[need].targets:
+        return None  # not one of its routes: an ordinary dependent
+    where = f"routed to {view.route}" if view.route else "routed to none of its targets"
+    return f"needs {need}, which {where}"
 
 
 def _failure_cause(
@@ -167,7 +186,7 @@ def _failure_cause(
     view = views.get(block_id)
     block = compiled.blocks.get(block_id)
     if view is not None and view.status in (FAILED, CANCELED):
-        cause = block_id
+        cause = None if view.route is not None else block_id  # a routed failure is handled
     elif (
         view is not None and view.status == SKIPPED and block is not None and block.depends is None
     ):
@@ -183,7 +202,7 @@ def _failure_cause(
 def _finish(compiled: CompiledBlueprint, views: Mapping[str, BlockView], env: Env) -> Command:
     for block in compiled.order:
         view = views.get(block.id)
-        if view is None or view.status not in (FAILED, CANCELED):
+        if view is None or view.status not in (FAILED, CANCELED) or view.route is not None:
             continue
         error = view.error
         if error is None:

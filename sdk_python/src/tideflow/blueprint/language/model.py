@@ -44,6 +44,10 @@ class BlockView:
     output: JSON = None
     error: BlockError | None = None
     attempt: int = 0
+    route: str | None = None
+    """Where the block routed the run when it ended (a switch's case, a catch's goto, a
+    signal's on_timeout): that dependent runs, its other route targets are skipped, and a
+    failure that routed counts as handled. "" routes to none of them; None: no routing."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import jsonschema
@@ -87,6 +87,8 @@ class CheckedBlock:
     """The blocks `depends` reads, by name or through `blocks.<id>`."""
     when: Expression | None
     plan: Plan | None
+    targets: tuple[str, ...] = ()
+    """Where it may route the run (`Site.goto`), in declaration order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,9 @@ class _Site:
     def template(self, value: struct_pb2.Value, path: str) -> Template:
         return self.checker.template(value, path, self.scope)
 
+    def goto(self, target: str, path: str) -> None:
+        self.checker.gotos.append((self.block.id, target, path))
+
 
 class _Checker:
     def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool) -> None:
@@ -170,6 +175,8 @@ class _Checker:
         self._programs: dict[str, CelProgram | CelSyntaxError] = {}
         self.index: dict[str, int] = {}
         self.var_names: frozenset[str] = frozenset()
+        self.gotos: list[tuple[str, str, str]] = []
+        """(block id, target, path) of every route a kind declared (`Site.goto`)."""
 
     def report(self, path: str, description: str) -> None:
         self.violations.append(FieldViolation(path, description))
@@ -313,6 +320,8 @@ class _Checker:
                     plan=plan,
                 )
             )
+        targets = self._targets(needs)
+        checked = [replace(c, targets=targets.get(c.id, ())) for c in checked]
         var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
         defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
         output = None
@@ -470,6 +479,27 @@ class _Checker:
             self.report(f"{path}.input", f"{spec.name} blocks take no input")
         site = _Site(block, path, self.bp, scope, self)
         return spec, spec.check(site)
+
+    def _targets(self, needs: list[list[tuple[int, str]]]) -> dict[str, tuple[str, ...]]:
+        """Each block's route targets, once each; a target must be a direct dependent."""
+        needed_by: dict[str, set[str]] = {}
+        for i, found in enumerate(needs):
+            for _, need in found:
+                needed_by.setdefault(need, set()).add(self.bp.blocks[i].id)
+        targets: dict[str, dict[str, None]] = {}
+        for block_id, target, path in self.gotos:
+            if not target:
+                self.report(path, "the block id to go to is required")
+            elif target not in self.index:
+                self.report(path, f"no block {target!r}")
+            elif target not in needed_by.get(block_id, set()):
+                self.report(
+                    path,
+                    f"{target!r} must need {block_id!r}: a route goes to a direct dependent",
+                )
+            else:
+                targets.setdefault(block_id, {})[target] = None
+        return {block_id: tuple(found) for block_id, found in targets.items()}
 
     def _var_default(self, name: str, scope: _Scope) -> Template:
         path = field_path("vars", name)

@@ -81,7 +81,13 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
     summaries = []
     for block_id, result in sorted(state.block_results.items(), key=order):
         summary = run_pb2.BlockSummary(
-            block_id=block_id, kind=result.kind, status=result.status, attempt=result.attempt
+            block_id=block_id,
+            kind=result.kind,
+            status=result.status,
+            attempt=result.attempt,
+            skip_reason=result.skip_reason,
+            routed=result.routed,
+            route=result.route,
         )
         if result.HasField("failure"):
             summary.failure.CopyFrom(result.failure)

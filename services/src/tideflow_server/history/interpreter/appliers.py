@@ -27,6 +27,7 @@ from tideflow_server.history.interpreter import (
     SkipBlock,
 )
 from tideflow_server.history.state import RunStep
+from tideflow_server.internal.v1 import records_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,13 @@ def _complete_block(step: RunStep, command: CompleteBlock, context: Applying) ->
     result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
     result.output.CopyFrom(attrs.output)
     result.close_event_id = event.event_id
+    _record_route(result, command.route)
+
+
+def _record_route(result: records_pb2.BlockResult, route: str | None) -> None:
+    if route is not None:
+        result.routed = True
+        result.route = route
 
 
 def _too_deep(command: CompleteBlock) -> FailBlock | None:
@@ -94,9 +102,11 @@ def _too_deep(command: CompleteBlock) -> FailBlock | None:
 
 
 def _skip_block(step: RunStep, command: SkipBlock, context: Applying) -> None:
-    # No event: a skip follows from the events before it, decided again on replay.
+    # No event: a skip follows from the events before it, decided again on replay; the
+    # reason is kept for operators.
     result = step.state.block_results[command.block_id]
     result.status = common_pb2.BLOCK_STATUS_SKIPPED
+    result.skip_reason = command.reason
 
 
 def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
@@ -112,6 +122,7 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     result.status = common_pb2.BLOCK_STATUS_FAILED
     result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
     result.close_event_id = event.event_id
+    _record_route(result, command.route)
 
 
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:

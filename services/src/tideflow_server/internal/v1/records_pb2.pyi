@@ -570,6 +570,9 @@ class BlockResult(_message.Message):
     CLOSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REACHED_FIELD_NUMBER: _builtins.int
+    ROUTED_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    SKIP_REASON_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -582,6 +585,16 @@ class BlockResult(_message.Message):
     """When the run reached the block, counting from 1: the order in which blocks were first
     scheduled, skipped, completed or failed. Blocks reached by one decision are numbered in
     declaration order. 0: reached before this was recorded.
+    """
+    routed: _builtins.bool
+    """The block routed the run when it ended (a switch's case, a catch's goto, a signal's
+    on_timeout): `route` runs, the block's other route targets are skipped, and a failure that
+    routed is handled. An empty `route` routes to none of them.
+    """
+    route: _builtins.str
+    skip_reason: _builtins.str
+    """Why the block was SKIPPED (a guard, a failed need, a route not taken).
+    12-19: kept for the block kinds' own progress (iterations, items, waits).
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
@@ -607,10 +620,13 @@ class BlockResult(_message.Message):
         close_event_id: _builtins.int = ...,
         attempt: _builtins.int = ...,
         reached: _builtins.int = ...,
+        routed: _builtins.bool = ...,
+        route: _builtins.str = ...,
+        skip_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "scheduled_event_id", b"scheduled_event_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,11 @@ class Site(Protocol):
     def template(self, value: struct_pb2.Value, path: str) -> Template:
         """Compile a template in this block's scope, reporting its problems."""
 
+    def goto(self, target: str, path: str) -> None:
+        """`target` (at `path`) is where the block may route the run: registration checks it
+        is a direct dependent (it needs this block), and decisions skip the targets not
+        taken (`BlockView.route`)."""
+
 
 class Plan(Protocol):
     """A block's compiled form, one frozen dataclass per kind."""
