@@ -162,6 +162,21 @@ class _Site:
     def template(self, value: struct_pb2.Value, path: str) -> Template:
         return self.checker.template(value, path, self.scope)
 
+    def expression(
+        self, source: str, path: str, *, reads: frozenset[str] = frozenset()
+    ) -> Expression | None:
+        return self.checker.expression(source, path, self._with(reads))
+
+    def condition(
+        self, source: str, path: str, *, reads: frozenset[str] = frozenset()
+    ) -> Expression | None:
+        return self.checker.condition(source, path, self._with(reads))
+
+    def _with(self, reads: frozenset[str]) -> _Scope:
+        if not reads:
+            return self.scope
+        return _Scope(self.scope.variables | reads, self.scope.blocks)
+
     def goto(self, target: str, path: str) -> None:
         self.checker.gotos.append((self.block.id, target, path))
 

@@ -25,7 +25,7 @@ from google.protobuf import struct_pb2
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
 from tideflow.blueprint.language.model import BlockView
-from tideflow.blueprint.language.templates import Env, Template
+from tideflow.blueprint.language.templates import Env, Expression, Template
 
 
 class Site(Protocol):
@@ -46,6 +46,18 @@ class Site(Protocol):
     def report(self, path: str, description: str) -> None: ...
     def template(self, value: struct_pb2.Value, path: str) -> Template:
         """Compile a template in this block's scope, reporting its problems."""
+
+    def expression(
+        self, source: str, path: str, *, reads: frozenset[str] = frozenset()
+    ) -> Expression | None:
+        """Compile a CEL expression in this block's scope (plus the variables `reads`, e.g.
+        `signal` for a filter over a signal's payload), reporting its problems; None when it
+        has one."""
+
+    def condition(
+        self, source: str, path: str, *, reads: frozenset[str] = frozenset()
+    ) -> Expression | None:
+        """`expression`, for one that decides: it must be able to be a bool."""
 
     def goto(self, target: str, path: str) -> None:
         """`target` (at `path`) is where the block may route the run: registration checks it
