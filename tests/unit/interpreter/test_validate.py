@@ -323,7 +323,6 @@ def test_catch_compensate_and_missing_kind() -> None:
     assert found == {
         "blocks[0].catch": ["catch is not supported yet"],
         "blocks[0].compensate": ["compensate is not supported yet"],
-        "blocks[1]": ["subflow blocks are not supported yet"],
         "blocks[2]": [
             "a block needs a kind, one of: external, switch, map, wait, signal, set, transform, "
             "subflow, succeed, fail"
