@@ -5,7 +5,10 @@ close terminates an open child; describe links parent and child both ways."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.support.cluster import Cluster
@@ -15,6 +18,18 @@ from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _tidectl_describe(address: str, namespace: str, run_id: str) -> str:
+    """`tidectl run describe`'s text, as an operator sees it."""
+    tidectl = str(Path(sys.executable).with_name("tidectl"))
+    args = ("--address", address, "-n", namespace, "run", "describe", run_id)
+    process = await asyncio.create_subprocess_exec(
+        tidectl, *args, stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "400"}
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    return out.decode()
 
 
 def _child(flow: str, queue: str) -> dict[str, Any]:
@@ -79,6 +94,10 @@ async def test_a_subflow_completes_with_its_childs_output_and_both_link(
     assert child_view.run_info.parent.run.run_id == run_id
     assert child_view.run_info.parent.run.execution_id == started.execution_id
     assert child_view.run_info.parent.block_id == "sub"
+
+    shown = await _tidectl_describe(cluster.frontend, client.namespace, child_run)
+    assert f"{run_id} ({started.execution_id}), block sub" in shown
+    assert child_run in await _tidectl_describe(cluster.frontend, client.namespace, run_id)
 
     types = [e.event_type for e in await client.history(run_id)]
     assert [t for t in types if 60 <= t < 70] == [

@@ -954,7 +954,7 @@ class TransferTask(_message.Message):
     @_typing.final
     class CloseExecution(_message.Message):
         """The run closed: write the closed visibility record, schedule history deletion after the
-        namespace retention (and, later, notify a parent run).
+        namespace retention. A child run's parent is told by its own task (ChildClosed).
         """
 
         DESCRIPTOR: _descriptor.Descriptor
