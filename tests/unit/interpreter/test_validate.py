@@ -483,10 +483,14 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
 def test_the_language_reference_example_is_valid() -> None:
     """docs/blueprints.md opens with a blueprint; it registers as written."""
     text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
-    [example] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    example, *kinds = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
     assert problems(bp) == {}
     assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]
+    # The block kinds' examples are lists of blocks, as a blueprint's `blocks` holds them.
+    for blocks in kinds:
+        for block in yaml.safe_load(blocks):
+            json_format.ParseDict(block, blueprint_pb2.Block())
 
 
 def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:
