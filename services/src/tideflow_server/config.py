@@ -143,6 +143,9 @@ class HistoryConfig(_Section):
     ack_interval_s: float = Field(default=1.0, gt=0)
     """How often queue ack levels are persisted and completed tasks deleted."""
     max_pending_blocks: int = Field(default=2_000, gt=0)
+    max_pending_children: int = Field(default=1_000, gt=0)
+    """Child runs of subflow blocks open at once per run; a subflow block that would start
+    one more fails (PendingChildrenLimitExceeded, catchable) instead."""
     long_poll_timeout_s: float = Field(default=20.0, gt=0)
     """GetRunHistory with wait_new_event: how long a call waits for a new event (with
     CLOSE_EVENT, for the close) before it answers without one. Like every long poll, it

@@ -140,6 +140,7 @@ class TideflowServer:
                 manager=manager,
                 membership=membership,
                 matching=matching,
+                history=history,
                 namespaces=namespaces,
                 config=settings.history,
                 shard_count=shard_count,

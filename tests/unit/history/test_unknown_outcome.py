@@ -93,6 +93,7 @@ async def _shard(
         flows=FlowCache(manager),
         namespaces=NamespaceCache(manager),
         matching=matching,  # type: ignore[arg-type]
+        history=None,  # type: ignore[arg-type]  # no child runs here
         on_lost=lambda _: None,
         timer_executor=timer.fire,
         transfer_executor=transfer.execute,

@@ -22,6 +22,7 @@ from tideflow_server.history.interpreter import (
     RunView,
     ScheduleExternal,
     SkipBlock,
+    StartChild,
     compile_blueprint,
     decide,
     initial_vars,
@@ -136,6 +137,8 @@ class Engine:
     def apply(self, command: Command) -> None:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
+        elif isinstance(command, StartChild):
+            self.blocks[command.block_id] = BlockView(RUNNING)
         elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(
                 SUCCEEDED, output=command.output, route=command.route

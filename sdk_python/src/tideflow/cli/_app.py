@@ -495,6 +495,12 @@ def run_describe(
         table.add_row("started", render.timestamp(info.start_time))
         table.add_row("closed", render.timestamp(info.close_time))
         table.add_row("events", str(info.history_length))
+        if info.HasField("parent"):  # a subflow block's child run
+            parent = info.parent
+            table.add_row(
+                "parent",
+                escape(f"{parent.run.run_id} ({parent.run.execution_id}), block {parent.block_id}"),
+            )
         stdout.print(table)
         if reply.pending_blocks:
             pending = Table("block", "type", "state", "attempt", "scheduled", title="pending")

@@ -3,10 +3,12 @@ the failures the engine records for errors it decided itself."""
 
 from __future__ import annotations
 
-from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history.interpreter import BlockError
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
+
+ABANDON = blueprint_pb2.PARENT_CLOSE_POLICY_ABANDON
 
 
 def engine_failure(error: BlockError) -> failure_pb2.Failure:
@@ -71,8 +73,25 @@ def close_run(
         abandoned = step.state.block_results[pending.block_id]
         abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
     step.state.pending_blocks.clear()
+    _close_children(step)
     info = step.info
     info.state = records_pb2.RUN_STATE_COMPLETED
     info.status = status
     info.close_time.FromDatetime(step.now)
     step.add_transfer().close_execution.SetInParent()
+    if info.HasField("parent"):
+        step.add_transfer().child_closed.SetInParent()
+
+
+def _close_children(step: RunStep) -> None:
+    """The run closes with child runs open: their blocks are canceled, and each started child
+    gets its parent close policy. A child whose start is not recorded yet gets it from the
+    task that starts it, which finds the parent closed (tasks/transfer.py)."""
+    for child in step.state.pending_children.values():
+        step.state.block_results[child.block_id].status = common_pb2.BLOCK_STATUS_CANCELED
+        if child.execution_id and child.parent_close_policy != ABANDON:
+            closed = step.add_transfer().parent_closed
+            closed.child_run_id = child.run_id
+            closed.child_execution_id = child.execution_id
+            closed.policy = child.parent_close_policy
+    step.state.pending_children.clear()

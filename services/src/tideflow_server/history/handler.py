@@ -17,6 +17,7 @@ from tideflow_server.history.api import (
     get_run_history,
     record_block_heartbeat,
     record_block_started,
+    record_child_run_closed,
     respond_block_canceled,
     respond_block_completed,
     respond_block_failed,
@@ -183,6 +184,16 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: describe_run.invoke(shard, request),
+        )
+
+    async def RecordChildRunClosed(
+        self, request: hs.RecordChildRunClosedRequest, context: Context
+    ) -> hs.RecordChildRunClosedResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.parent.run_id,
+            lambda shard: record_child_run_closed.invoke(shard, request),
         )
 
     async def GetRunHistory(

@@ -17,6 +17,7 @@ from tideflow_server.history.interpreter import (
     CompiledBlueprint,
     RunView,
     decide,
+    deliver,
 )
 from tideflow_server.history.interpreter.appliers import Applying, apply
 from tideflow_server.history.shard.port import Shard
@@ -74,10 +75,15 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
 
 
 def advance(
-    step: RunStep, compiled: CompiledBlueprint, *, namespace: str, max_pending_blocks: int
+    step: RunStep,
+    compiled: CompiledBlueprint,
+    *,
+    namespace: str,
+    max_pending_blocks: int,
+    max_pending_children: int = 1_000,
 ) -> None:
     """Apply the interpreter's commands until it has none (or the run closed)."""
-    context = Applying(compiled, max_pending_blocks)
+    context = Applying(compiled, max_pending_blocks, max_pending_children)
     for _ in range(MAX_ROUNDS):
         if not step.is_open or step.info.cancel_requested:
             return
@@ -136,14 +142,35 @@ async def continue_run(shard: Shard, step: RunStep) -> None:
     if step.info.cancel_requested:
         finish_cancel_if_done(step)
         return
-    info = step.info
-    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
-    namespace = await shard.namespaces.by_id(info.namespace_id)
+    compiled, namespace, context = await _applying(shard, step)
     advance(
         step,
         compiled,
-        namespace=namespace.info.name,
-        max_pending_blocks=tighter(
-            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
-        ),
+        namespace=namespace,
+        max_pending_blocks=context.max_pending_blocks,
+        max_pending_children=context.max_pending_children,
     )
+
+
+async def deliver_event(shard: Shard, step: RunStep, block_id: str, event: object) -> None:
+    """Something reached the started block `block_id` (a child run's close): apply what its
+    kind does with it (`decide.deliver`), then let the blueprint go on."""
+    if not step.is_open or step.info.cancel_requested:
+        return
+    compiled, namespace, context = await _applying(shard, step)
+    for command in deliver(compiled, run_view(step.state, namespace), block_id, event):
+        if step.is_open:
+            apply(step, command, context)
+    await continue_run(shard, step)
+
+
+async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str, Applying]:
+    """The run's blueprint, its namespace's name, and the limits its commands apply under."""
+    info = step.info
+    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    namespace = await shard.namespaces.by_id(info.namespace_id)
+    max_pending_blocks = tighter(
+        namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
+    )
+    context = Applying(compiled, max_pending_blocks, shard.config.max_pending_children)
+    return compiled, namespace.info.name, context

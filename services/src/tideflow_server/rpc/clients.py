@@ -292,6 +292,16 @@ class HistoryClient(_RoutedClient):
             lambda s: s.GetRunHistory(request, timeout=timeout_s or self._timeout_s),
         )
 
+    async def record_child_run_closed(
+        self, request: hs.RecordChildRunClosedRequest
+    ) -> hs.RecordChildRunClosedResponse:
+        """Routed by the parent run's shard."""
+        return await self._call(
+            request.namespace_id,
+            request.parent.run_id,
+            lambda s: s.RecordChildRunClosed(request, timeout=self._timeout_s),
+        )
+
     async def record_block_started(
         self, request: hs.RecordBlockStartedRequest
     ) -> hs.RecordBlockStartedResponse:

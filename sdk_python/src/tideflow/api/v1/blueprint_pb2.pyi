@@ -82,6 +82,34 @@ falls back to any worker of the queue.
 """
 Global___Affinity: _TypeAlias = Affinity  # noqa: Y015
 
+class _ParentClosePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParentClosePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParentClosePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARENT_CLOSE_POLICY_UNSPECIFIED: _ParentClosePolicy.ValueType  # 0
+    """As TERMINATE."""
+    PARENT_CLOSE_POLICY_TERMINATE: _ParentClosePolicy.ValueType  # 1
+    """Terminate the child, with the reason naming the parent."""
+    PARENT_CLOSE_POLICY_REQUEST_CANCEL: _ParentClosePolicy.ValueType  # 2
+    """Request the child's cancellation (as CancelRun does)."""
+    PARENT_CLOSE_POLICY_ABANDON: _ParentClosePolicy.ValueType  # 3
+    """Leave the child running; its close is then reported to no one."""
+
+class ParentClosePolicy(_ParentClosePolicy, metaclass=_ParentClosePolicyEnumTypeWrapper):
+    """ParentClosePolicy: what a parent's close does to its open child runs."""
+
+PARENT_CLOSE_POLICY_UNSPECIFIED: ParentClosePolicy.ValueType  # 0
+"""As TERMINATE."""
+PARENT_CLOSE_POLICY_TERMINATE: ParentClosePolicy.ValueType  # 1
+"""Terminate the child, with the reason naming the parent."""
+PARENT_CLOSE_POLICY_REQUEST_CANCEL: ParentClosePolicy.ValueType  # 2
+"""Request the child's cancellation (as CancelRun does)."""
+PARENT_CLOSE_POLICY_ABANDON: ParentClosePolicy.ValueType  # 3
+"""Leave the child running; its close is then reported to no one."""
+Global___ParentClosePolicy: _TypeAlias = ParentClosePolicy  # noqa: Y015
+
 @_typing.final
 class Blueprint(_message.Message):
     """A blueprint flow is data. Its YAML/JSON files are the proto JSON mapping of Blueprint, so
@@ -631,8 +659,10 @@ Global___TransformBlock: _TypeAlias = TransformBlock  # noqa: Y015
 
 @_typing.final
 class SubflowBlock(_message.Message):
-    """SubflowBlock starts another flow as a child run and completes with its result. Its input is
-    the Block's `input`.
+    """SubflowBlock starts another flow as a child run in the same namespace, waits for it to close
+    and completes with its result (the child's run result as JSON). Its input is the Block's
+    `input`. A child that fails, times out, is canceled or terminated fails the block with the
+    error type ChildRunFailed, ChildRunTimedOut, ChildRunCanceled or ChildRunTerminated.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -641,14 +671,25 @@ class SubflowBlock(_message.Message):
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
     flow: _builtins.str
     """"name@version"; a bare name means the latest version, resolved when the child starts."""
     task_queue: _builtins.str
-    """Empty: the child flow's own default."""
+    """The child's task queue. Empty: the child flow's own default."""
     run_id: _builtins.str
-    """Reference or CEL for the child's run_id. Empty: derived from the parent run and block id."""
+    """The child's run_id, a template (e.g. "${run.id}-report"; a whole `${...}` must give a
+    string). Empty: "<parent run_id>/<block id>". A start whose run_id an open run of the
+    namespace holds fails the block (ChildRunStartFailed).
+    """
+    parent_close_policy: Global___ParentClosePolicy.ValueType
+    """What happens to the child when the parent closes while the child is still open.
+    Unspecified: terminate it.
+    6-8: kept for subflow options.
+    """
     @_builtins.property
-    def run_timeout(self) -> _duration_pb2.Duration: ...
+    def run_timeout(self) -> _duration_pb2.Duration:
+        """The child's run timeout. Unset: the child flow's own."""
+
     def __init__(
         self,
         *,
@@ -656,10 +697,11 @@ class SubflowBlock(_message.Message):
         task_queue: _builtins.str = ...,
         run_timeout: _duration_pb2.Duration | None = ...,
         run_id: _builtins.str = ...,
+        parent_close_policy: Global___ParentClosePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run_timeout", b"run_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "run_id", b"run_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctideflow/api/v1/common.proto\x12\x0ftideflow.api.v1\x1a\x1egoogle/protobuf/duration.proto\"\x82\x01\n\x07Payload\x12\x38\n\x08metadata\x18\x01 \x03(\x0b\x32&.tideflow.api.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"6\n\x08Payloads\x12*\n\x08payloads\x18\x01 \x03(\x0b\x32\x18.tideflow.api.v1.Payload\"\x82\x01\n\x04Memo\x12\x31\n\x06\x66ields\x18\x01 \x03(\x0b\x32!.tideflow.api.v1.Memo.FieldsEntry\x1aG\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tideflow.api.v1.Payload:\x02\x38\x01\"(\n\x07\x46lowRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\".\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"G\n\tTaskQueue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.tideflow.api.v1.TaskQueueKind\"\xe1\x01\n\x0bRetryPolicy\x12\x33\n\x10initial_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x02 \x01(\x01\x12\x33\n\x10maximum_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10maximum_attempts\x18\x04 \x01(\x05\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12!\n\x19non_retryable_error_types\x18\x06 \x03(\t\"\xdc\x01\n\rBlockTimeouts\x12\x34\n\x11schedule_to_start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0estart_to_close\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11schedule_to_close\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration*h\n\rTaskQueueKind\x12\x1f\n\x1bTASK_QUEUE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_QUEUE_KIND_NORMAL\x10\x01\x12\x1a\n\x16TASK_QUEUE_KIND_STICKY\x10\x02*\xbe\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x04\x12\x19\n\x15RUN_STATUS_TERMINATED\x10\x05\x12\x18\n\x14RUN_STATUS_TIMED_OUT\x10\x06*\xc6\x01\n\x0bTimeoutType\x12\x1c\n\x18TIMEOUT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eTIMEOUT_TYPE_SCHEDULE_TO_START\x10\x01\x12\x1f\n\x1bTIMEOUT_TYPE_START_TO_CLOSE\x10\x02\x12\"\n\x1eTIMEOUT_TYPE_SCHEDULE_TO_CLOSE\x10\x03\x12\x1a\n\x16TIMEOUT_TYPE_HEARTBEAT\x10\x04\x12\x14\n\x10TIMEOUT_TYPE_RUN\x10\x05*\xed\x01\n\x10RunIdReusePolicy\x12#\n\x1fRUN_ID_REUSE_POLICY_UNSPECIFIED\x10\x00\x12\'\n#RUN_ID_REUSE_POLICY_ALLOW_DUPLICATE\x10\x01\x12\x33\n/RUN_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY\x10\x02\x12(\n$RUN_ID_REUSE_POLICY_REJECT_DUPLICATE\x10\x03\x12,\n(RUN_ID_REUSE_POLICY_TERMINATE_IF_RUNNING\x10\x04*\x9f\x02\n\nRetryState\x12\x1b\n\x17RETRY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17RETRY_STATE_IN_PROGRESS\x10\x01\x12%\n!RETRY_STATE_NON_RETRYABLE_FAILURE\x10\x02\x12\x17\n\x13RETRY_STATE_TIMEOUT\x10\x03\x12(\n$RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED\x10\x04\x12$\n RETRY_STATE_RETRY_POLICY_NOT_SET\x10\x05\x12%\n!RETRY_STATE_INTERNAL_SERVER_ERROR\x10\x06\x12 \n\x1cRETRY_STATE_CANCEL_REQUESTED\x10\x07*\xa6\x01\n\x11PendingBlockState\x12#\n\x1fPENDING_BLOCK_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dPENDING_BLOCK_STATE_SCHEDULED\x10\x01\x12\x1f\n\x1bPENDING_BLOCK_STATE_STARTED\x10\x02\x12(\n$PENDING_BLOCK_STATE_CANCEL_REQUESTED\x10\x03*\xcd\x01\n\x0b\x42lockStatus\x12\x1c\n\x18\x42LOCK_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42LOCK_STATUS_RUNNING\x10\x01\x12\x1a\n\x16\x42LOCK_STATUS_SUCCEEDED\x10\x02\x12\x17\n\x13\x42LOCK_STATUS_FAILED\x10\x03\x12\x18\n\x14\x42LOCK_STATUS_SKIPPED\x10\x04\x12\x19\n\x15\x42LOCK_STATUS_CANCELED\x10\x05\x12\x1c\n\x18\x42LOCK_STATUS_COMPENSATED\x10\x06\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctideflow/api/v1/common.proto\x12\x0ftideflow.api.v1\x1a\x1egoogle/protobuf/duration.proto\"\x82\x01\n\x07Payload\x12\x38\n\x08metadata\x18\x01 \x03(\x0b\x32&.tideflow.api.v1.Payload.MetadataEntry\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"6\n\x08Payloads\x12*\n\x08payloads\x18\x01 \x03(\x0b\x32\x18.tideflow.api.v1.Payload\"\x82\x01\n\x04Memo\x12\x31\n\x06\x66ields\x18\x01 \x03(\x0b\x32!.tideflow.api.v1.Memo.FieldsEntry\x1aG\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tideflow.api.v1.Payload:\x02\x38\x01\"(\n\x07\x46lowRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\".\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"G\n\rParentRunInfo\x12$\n\x03run\x18\x01 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x10\n\x08\x62lock_id\x18\x02 \x01(\t\"G\n\tTaskQueue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.tideflow.api.v1.TaskQueueKind\"\xe1\x01\n\x0bRetryPolicy\x12\x33\n\x10initial_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x02 \x01(\x01\x12\x33\n\x10maximum_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10maximum_attempts\x18\x04 \x01(\x05\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12!\n\x19non_retryable_error_types\x18\x06 \x03(\t\"\xdc\x01\n\rBlockTimeouts\x12\x34\n\x11schedule_to_start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0estart_to_close\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11schedule_to_close\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration*h\n\rTaskQueueKind\x12\x1f\n\x1bTASK_QUEUE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_QUEUE_KIND_NORMAL\x10\x01\x12\x1a\n\x16TASK_QUEUE_KIND_STICKY\x10\x02*\xbe\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x04\x12\x19\n\x15RUN_STATUS_TERMINATED\x10\x05\x12\x18\n\x14RUN_STATUS_TIMED_OUT\x10\x06*\xc6\x01\n\x0bTimeoutType\x12\x1c\n\x18TIMEOUT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1eTIMEOUT_TYPE_SCHEDULE_TO_START\x10\x01\x12\x1f\n\x1bTIMEOUT_TYPE_START_TO_CLOSE\x10\x02\x12\"\n\x1eTIMEOUT_TYPE_SCHEDULE_TO_CLOSE\x10\x03\x12\x1a\n\x16TIMEOUT_TYPE_HEARTBEAT\x10\x04\x12\x14\n\x10TIMEOUT_TYPE_RUN\x10\x05*\xed\x01\n\x10RunIdReusePolicy\x12#\n\x1fRUN_ID_REUSE_POLICY_UNSPECIFIED\x10\x00\x12\'\n#RUN_ID_REUSE_POLICY_ALLOW_DUPLICATE\x10\x01\x12\x33\n/RUN_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY\x10\x02\x12(\n$RUN_ID_REUSE_POLICY_REJECT_DUPLICATE\x10\x03\x12,\n(RUN_ID_REUSE_POLICY_TERMINATE_IF_RUNNING\x10\x04*\x9f\x02\n\nRetryState\x12\x1b\n\x17RETRY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17RETRY_STATE_IN_PROGRESS\x10\x01\x12%\n!RETRY_STATE_NON_RETRYABLE_FAILURE\x10\x02\x12\x17\n\x13RETRY_STATE_TIMEOUT\x10\x03\x12(\n$RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED\x10\x04\x12$\n RETRY_STATE_RETRY_POLICY_NOT_SET\x10\x05\x12%\n!RETRY_STATE_INTERNAL_SERVER_ERROR\x10\x06\x12 \n\x1cRETRY_STATE_CANCEL_REQUESTED\x10\x07*\xa6\x01\n\x11PendingBlockState\x12#\n\x1fPENDING_BLOCK_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dPENDING_BLOCK_STATE_SCHEDULED\x10\x01\x12\x1f\n\x1bPENDING_BLOCK_STATE_STARTED\x10\x02\x12(\n$PENDING_BLOCK_STATE_CANCEL_REQUESTED\x10\x03*\xcd\x01\n\x0b\x42lockStatus\x12\x1c\n\x18\x42LOCK_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42LOCK_STATUS_RUNNING\x10\x01\x12\x1a\n\x16\x42LOCK_STATUS_SUCCEEDED\x10\x02\x12\x17\n\x13\x42LOCK_STATUS_FAILED\x10\x03\x12\x18\n\x14\x42LOCK_STATUS_SKIPPED\x10\x04\x12\x19\n\x15\x42LOCK_STATUS_CANCELED\x10\x05\x12\x1c\n\x18\x42LOCK_STATUS_COMPENSATED\x10\x06\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYLOAD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MEMO_FIELDSENTRY']._loaded_options = None
   _globals['_MEMO_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKQUEUEKIND']._serialized_start=1017
-  _globals['_TASKQUEUEKIND']._serialized_end=1121
-  _globals['_RUNSTATUS']._serialized_start=1124
-  _globals['_RUNSTATUS']._serialized_end=1314
-  _globals['_TIMEOUTTYPE']._serialized_start=1317
-  _globals['_TIMEOUTTYPE']._serialized_end=1515
-  _globals['_RUNIDREUSEPOLICY']._serialized_start=1518
-  _globals['_RUNIDREUSEPOLICY']._serialized_end=1755
-  _globals['_RETRYSTATE']._serialized_start=1758
-  _globals['_RETRYSTATE']._serialized_end=2045
-  _globals['_PENDINGBLOCKSTATE']._serialized_start=2048
-  _globals['_PENDINGBLOCKSTATE']._serialized_end=2214
-  _globals['_BLOCKSTATUS']._serialized_start=2217
-  _globals['_BLOCKSTATUS']._serialized_end=2422
+  _globals['_TASKQUEUEKIND']._serialized_start=1090
+  _globals['_TASKQUEUEKIND']._serialized_end=1194
+  _globals['_RUNSTATUS']._serialized_start=1197
+  _globals['_RUNSTATUS']._serialized_end=1387
+  _globals['_TIMEOUTTYPE']._serialized_start=1390
+  _globals['_TIMEOUTTYPE']._serialized_end=1588
+  _globals['_RUNIDREUSEPOLICY']._serialized_start=1591
+  _globals['_RUNIDREUSEPOLICY']._serialized_end=1828
+  _globals['_RETRYSTATE']._serialized_start=1831
+  _globals['_RETRYSTATE']._serialized_end=2118
+  _globals['_PENDINGBLOCKSTATE']._serialized_start=2121
+  _globals['_PENDINGBLOCKSTATE']._serialized_end=2287
+  _globals['_BLOCKSTATUS']._serialized_start=2290
+  _globals['_BLOCKSTATUS']._serialized_end=2495
   _globals['_PAYLOAD']._serialized_start=82
   _globals['_PAYLOAD']._serialized_end=212
   _globals['_PAYLOAD_METADATAENTRY']._serialized_start=165
@@ -65,10 +65,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOWREF']._serialized_end=443
   _globals['_RUNREF']._serialized_start=445
   _globals['_RUNREF']._serialized_end=491
-  _globals['_TASKQUEUE']._serialized_start=493
-  _globals['_TASKQUEUE']._serialized_end=564
-  _globals['_RETRYPOLICY']._serialized_start=567
-  _globals['_RETRYPOLICY']._serialized_end=792
-  _globals['_BLOCKTIMEOUTS']._serialized_start=795
-  _globals['_BLOCKTIMEOUTS']._serialized_end=1015
+  _globals['_PARENTRUNINFO']._serialized_start=493
+  _globals['_PARENTRUNINFO']._serialized_end=564
+  _globals['_TASKQUEUE']._serialized_start=566
+  _globals['_TASKQUEUE']._serialized_end=637
+  _globals['_RETRYPOLICY']._serialized_start=640
+  _globals['_RETRYPOLICY']._serialized_end=865
+  _globals['_BLOCKTIMEOUTS']._serialized_start=868
+  _globals['_BLOCKTIMEOUTS']._serialized_end=1088
 # @@protoc_insertion_point(module_scope)

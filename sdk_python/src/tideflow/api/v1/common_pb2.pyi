@@ -433,6 +433,31 @@ class RunRef(_message.Message):
 Global___RunRef: _TypeAlias = RunRef  # noqa: Y015
 
 @_typing.final
+class ParentRunInfo(_message.Message):
+    """ParentRunInfo names the parent run (and its subflow block) that started a child run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    @_builtins.property
+    def run(self) -> Global___RunRef: ...
+    def __init__(
+        self,
+        *,
+        run: Global___RunRef | None = ...,
+        block_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParentRunInfo: _TypeAlias = ParentRunInfo  # noqa: Y015
+
+@_typing.final
 class TaskQueue(_message.Message):
     """TaskQueue names a queue that workers poll, within a namespace."""
 

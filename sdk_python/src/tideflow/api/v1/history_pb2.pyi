@@ -59,6 +59,19 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: _EventType.ValueType  # 41
     EVENT_TYPE_SYSTEM_BLOCK_FAILED: _EventType.ValueType  # 42
     """43-49: kept for system block events."""
+    EVENT_TYPE_CHILD_RUN_INITIATED: _EventType.ValueType  # 60
+    """50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
+           FAILED, TIMED_OUT).
+    Child runs of subflow blocks.
+    """
+    EVENT_TYPE_CHILD_RUN_START_FAILED: _EventType.ValueType  # 61
+    EVENT_TYPE_CHILD_RUN_STARTED: _EventType.ValueType  # 62
+    EVENT_TYPE_CHILD_RUN_CLOSED: _EventType.ValueType  # 63
+    """The child closed, whatever its status (the attributes say which).
+    64-69: kept for child run events.
+    70:    kept for MARKER_RECORDED (code flow side effects); 71-79 for signaling or canceling
+           other runs.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType numbers are grouped by subject; free numbers in a group are kept for that group."""
@@ -91,6 +104,19 @@ EVENT_TYPE_VARS_SET: EventType.ValueType  # 40
 EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: EventType.ValueType  # 41
 EVENT_TYPE_SYSTEM_BLOCK_FAILED: EventType.ValueType  # 42
 """43-49: kept for system block events."""
+EVENT_TYPE_CHILD_RUN_INITIATED: EventType.ValueType  # 60
+"""50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
+       FAILED, TIMED_OUT).
+Child runs of subflow blocks.
+"""
+EVENT_TYPE_CHILD_RUN_START_FAILED: EventType.ValueType  # 61
+EVENT_TYPE_CHILD_RUN_STARTED: EventType.ValueType  # 62
+EVENT_TYPE_CHILD_RUN_CLOSED: EventType.ValueType  # 63
+"""The child closed, whatever its status (the attributes say which).
+64-69: kept for child run events.
+70:    kept for MARKER_RECORDED (code flow side effects); 71-79 for signaling or canceling
+       other runs.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _HistoryEventFilterType:
@@ -177,6 +203,10 @@ class HistoryEvent(_message.Message):
     VARS_SET_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_COMPLETED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_INITIATED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_START_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_CLOSED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Position in the execution's history, from 1, without gaps."""
     event_type: Global___EventType.ValueType
@@ -227,6 +257,14 @@ class HistoryEvent(_message.Message):
     def system_block_completed_event_attributes(self) -> Global___SystemBlockCompletedEventAttributes: ...
     @_builtins.property
     def system_block_failed_event_attributes(self) -> Global___SystemBlockFailedEventAttributes: ...
+    @_builtins.property
+    def child_run_initiated_event_attributes(self) -> Global___ChildRunInitiatedEventAttributes: ...
+    @_builtins.property
+    def child_run_start_failed_event_attributes(self) -> Global___ChildRunStartFailedEventAttributes: ...
+    @_builtins.property
+    def child_run_started_event_attributes(self) -> Global___ChildRunStartedEventAttributes: ...
+    @_builtins.property
+    def child_run_closed_event_attributes(self) -> Global___ChildRunClosedEventAttributes: ...
     def __init__(
         self,
         *,
@@ -255,12 +293,16 @@ class HistoryEvent(_message.Message):
         vars_set_event_attributes: Global___VarsSetEventAttributes | None = ...,
         system_block_completed_event_attributes: Global___SystemBlockCompletedEventAttributes | None = ...,
         system_block_failed_event_attributes: Global___SystemBlockFailedEventAttributes | None = ...,
+        child_run_initiated_event_attributes: Global___ChildRunInitiatedEventAttributes | None = ...,
+        child_run_start_failed_event_attributes: Global___ChildRunStartFailedEventAttributes | None = ...,
+        child_run_started_event_attributes: Global___ChildRunStartedEventAttributes | None = ...,
+        child_run_closed_event_attributes: Global___ChildRunClosedEventAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes"]  # noqa: Y015
+    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
     _WhichOneofArgType_attributes: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_attributes) -> _WhichOneofReturnType_attributes | None: ...
 
@@ -278,6 +320,7 @@ class RunStartedEventAttributes(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MEMO_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The start request's idempotency key."""
     identity: _builtins.str
@@ -294,8 +337,12 @@ class RunStartedEventAttributes(_message.Message):
     @_builtins.property
     def run_timeout(self) -> _duration_pb2.Duration: ...
     @_builtins.property
-    def memo(self) -> _common_pb2.Memo:
-        """9-19: kept for the parent run (subflows), the execution continued from, and run retry/cron."""
+    def memo(self) -> _common_pb2.Memo: ...
+    @_builtins.property
+    def parent(self) -> _common_pb2.ParentRunInfo:
+        """The parent run that started this one from a subflow block; unset for a client's start.
+        10-19: kept for the execution continued from, and run retry/cron.
+        """
 
     def __init__(
         self,
@@ -308,10 +355,11 @@ class RunStartedEventAttributes(_message.Message):
         identity: _builtins.str = ...,
         attempt: _builtins.int = ...,
         memo: _common_pb2.Memo | None = ...,
+        parent: _common_pb2.ParentRunInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "input", b"input", "memo", b"memo", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "input", b"input", "memo", b"memo", "parent", b"parent", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "flow", b"flow", "identity", b"identity", "input", b"input", "memo", b"memo", "request_id", b"request_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "flow", b"flow", "identity", b"identity", "input", b"input", "memo", b"memo", "parent", b"parent", "request_id", b"request_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -920,3 +968,160 @@ class SystemBlockFailedEventAttributes(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SystemBlockFailedEventAttributes: _TypeAlias = SystemBlockFailedEventAttributes  # noqa: Y015
+
+@_typing.final
+class ChildRunInitiatedEventAttributes(_message.Message):
+    """ChildRunInitiatedEventAttributes: a subflow block asks for its child run; the outbox starts
+    it (idempotently, with `request_id`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    FLOW_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    flow: _builtins.str
+    """As the block names it: "name@version", or a bare name for the latest version."""
+    run_id: _builtins.str
+    parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType
+    request_id: _builtins.str
+    """The child's start request id: "<parent execution_id>/<this event id>"."""
+    @_builtins.property
+    def input(self) -> _common_pb2.Payloads: ...
+    @_builtins.property
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """Empty: the child flow's own."""
+
+    @_builtins.property
+    def run_timeout(self) -> _duration_pb2.Duration:
+        """Unset: the child flow's own."""
+
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        flow: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        input: _common_pb2.Payloads | None = ...,
+        task_queue: _common_pb2.TaskQueue | None = ...,
+        run_timeout: _duration_pb2.Duration | None = ...,
+        parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "flow", b"flow", "input", b"input", "parent_close_policy", b"parent_close_policy", "request_id", b"request_id", "run_id", b"run_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunInitiatedEventAttributes: _TypeAlias = ChildRunInitiatedEventAttributes  # noqa: Y015
+
+@_typing.final
+class ChildRunStartFailedEventAttributes(_message.Message):
+    """ChildRunStartFailedEventAttributes: the child could not be started (its flow does not
+    exist, its input breaks the flow's input schema, its run_id is held by an open run...).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    initiated_event_id: _builtins.int
+    run_id: _builtins.str
+    @_builtins.property
+    def failure(self) -> _failure_pb2.Failure: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        initiated_event_id: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        failure: _failure_pb2.Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "failure", b"failure", "initiated_event_id", b"initiated_event_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunStartFailedEventAttributes: _TypeAlias = ChildRunStartFailedEventAttributes  # noqa: Y015
+
+@_typing.final
+class ChildRunStartedEventAttributes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    initiated_event_id: _builtins.int
+    @_builtins.property
+    def run(self) -> _common_pb2.RunRef:
+        """The child's run_id and execution_id."""
+
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        initiated_event_id: _builtins.int = ...,
+        run: _common_pb2.RunRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "initiated_event_id", b"initiated_event_id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunStartedEventAttributes: _TypeAlias = ChildRunStartedEventAttributes  # noqa: Y015
+
+@_typing.final
+class ChildRunClosedEventAttributes(_message.Message):
+    """ChildRunClosedEventAttributes: the child closed; its block completes with `result` or fails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    initiated_event_id: _builtins.int
+    status: _common_pb2.RunStatus.ValueType
+    @_builtins.property
+    def run(self) -> _common_pb2.RunRef: ...
+    @_builtins.property
+    def result(self) -> _common_pb2.Payloads:
+        """COMPLETED: the child's result."""
+
+    @_builtins.property
+    def failure(self) -> _failure_pb2.Failure:
+        """FAILED: the child's RUN_FAILED failure."""
+
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        initiated_event_id: _builtins.int = ...,
+        run: _common_pb2.RunRef | None = ...,
+        status: _common_pb2.RunStatus.ValueType = ...,
+        result: _common_pb2.Payloads | None = ...,
+        failure: _failure_pb2.Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "result", b"result", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "failure", b"failure", "initiated_event_id", b"initiated_event_id", "result", b"result", "run", b"run", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunClosedEventAttributes: _TypeAlias = ChildRunClosedEventAttributes  # noqa: Y015

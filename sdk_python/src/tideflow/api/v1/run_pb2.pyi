@@ -34,6 +34,7 @@ class RunInfo(_message.Message):
     HISTORY_LENGTH_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     MEMO_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     status: _common_pb2.RunStatus.ValueType
     history_length: _builtins.int
     """Events in history so far."""
@@ -54,8 +55,13 @@ class RunInfo(_message.Message):
         """The run's task queue: its start request's, else the blueprint's."""
 
     @_builtins.property
-    def memo(self) -> _common_pb2.Memo:
-        """9-19: kept (parent run, search attributes, history size)."""
+    def memo(self) -> _common_pb2.Memo: ...
+    @_builtins.property
+    def parent(self) -> _common_pb2.ParentRunInfo:
+        """The parent run that started this one from a subflow block; unset for a client's start.
+        A parent's children are named by its subflow blocks (BlockSummary.child_run).
+        10-19: kept (search attributes, history size).
+        """
 
     def __init__(
         self,
@@ -68,10 +74,11 @@ class RunInfo(_message.Message):
         history_length: _builtins.int = ...,
         task_queue: _common_pb2.TaskQueue | None = ...,
         memo: _common_pb2.Memo | None = ...,
+        parent: _common_pb2.ParentRunInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "memo", b"memo", "run", b"run", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "memo", b"memo", "parent", b"parent", "run", b"run", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "history_length", b"history_length", "memo", b"memo", "run", b"run", "start_time", b"start_time", "status", b"status", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "flow", b"flow", "history_length", b"history_length", "memo", b"memo", "parent", b"parent", "run", b"run", "start_time", b"start_time", "status", b"status", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,6 +184,7 @@ class BlockSummary(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
@@ -193,13 +201,18 @@ class BlockSummary(_message.Message):
     targets runs.
     """
     route: _builtins.str
-    """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
-    items, iterations).
-    """
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
         """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
         the block's own failure, as RUN_FAILED carries it when this block failed the run.
+        """
+
+    @_builtins.property
+    def child_run(self) -> _common_pb2.RunRef:
+        """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
+        items, iterations).
+        A subflow block's child run: its run_id once the block started, its execution_id once the
+        child started.
         """
 
     def __init__(
@@ -213,10 +226,11 @@ class BlockSummary(_message.Message):
         skip_reason: _builtins.str = ...,
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
+        child_run: _common_pb2.RunRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_run", b"child_run", "failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "child_run", b"child_run", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

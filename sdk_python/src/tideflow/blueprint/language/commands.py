@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from google.protobuf import duration_pb2
+
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow.blueprint.language.model import JSON, BlockError
 
@@ -64,6 +66,25 @@ class FailBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class StartChild:
+    """Start a child run of another flow (a subflow block) and wait for its close, which the
+    engine delivers to the block (`kinds.subflow.ChildClosed`)."""
+
+    block_id: str
+    flow: str
+    """"name@version", or a bare name: the latest version when the child starts."""
+    run_id: str
+    input: JSON = None
+    task_queue: str = ""
+    """Empty: the child flow's own."""
+    run_timeout: duration_pb2.Duration | None = None
+    """None: the child flow's own."""
+    parent_close_policy: blueprint_pb2.ParentClosePolicy.ValueType = (
+        blueprint_pb2.PARENT_CLOSE_POLICY_TERMINATE
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     output: JSON
 
@@ -76,5 +97,5 @@ class FailRun:
 
 
 Command: TypeAlias = (
-    ScheduleExternal | CompleteBlock | SkipBlock | FailBlock | CompleteRun | FailRun
+    ScheduleExternal | CompleteBlock | SkipBlock | FailBlock | StartChild | CompleteRun | FailRun
 )

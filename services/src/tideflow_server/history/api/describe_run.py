@@ -22,6 +22,10 @@ def run_info(state: records_pb2.MutableState) -> run_pb2.RunInfo:
         out.close_time.CopyFrom(info.close_time)
     out.task_queue.CopyFrom(info.task_queue)
     out.memo.CopyFrom(info.memo)
+    if info.HasField("parent"):
+        out.parent.run.run_id = info.parent.run_id
+        out.parent.run.execution_id = info.parent.execution_id
+        out.parent.block_id = info.parent.block_id
     return out
 
 
@@ -91,5 +95,7 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
         )
         if result.HasField("failure"):
             summary.failure.CopyFrom(result.failure)
+        if result.HasField("child_run"):
+            summary.child_run.CopyFrom(result.child_run)
         summaries.append(summary)
     return summaries

@@ -37,9 +37,11 @@ def first_step(
     flow_version: int,
     compiled: CompiledBlueprint,
     signal: flow_service_pb2.SignalRunRequest | None = None,
+    parent: records_pb2.ParentLink | None = None,
 ) -> RunStep:
     """The new execution's state and first events: RUN_STARTED, then whatever the blueprint
-    starts with (its first blocks, or a whole run of system blocks)."""
+    starts with (its first blocks, or a whole run of system blocks). `parent`: the run is a
+    subflow block's child."""
     blueprint = compiled.blueprint
     run_input = payloads.from_payloads(request.input, "input")
     violations = compiled.validate_input(run_input)
@@ -85,6 +87,8 @@ def first_step(
     attrs.identity = request.identity
     attrs.attempt = 1
     attrs.memo.CopyFrom(request.memo)
+    if parent is not None:
+        _link_parent(info, attrs, parent)
     step.add_transfer().upsert_visibility.SetInParent()
     if signal is not None:
         from tideflow_server.history.api.signal_run import record_signal  # noqa: PLC0415
@@ -98,8 +102,22 @@ def first_step(
         max_pending_blocks=tighter(
             namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
         ),
+        max_pending_children=shard.config.max_pending_children,
     )
     return step
+
+
+def _link_parent(
+    info: records_pb2.RunExecutionInfo,
+    started: history_pb2.RunStartedEventAttributes,
+    parent: records_pb2.ParentLink,
+) -> None:
+    """A subflow block's child: its state keeps the link (its close is reported there), and
+    RUN_STARTED names the parent run and block."""
+    info.parent.CopyFrom(parent)
+    started.parent.run.run_id = parent.run_id
+    started.parent.run.execution_id = parent.execution_id
+    started.parent.block_id = parent.block_id
 
 
 def _initial_vars(compiled: CompiledBlueprint, run_input: JSON) -> dict[str, struct_pb2.Value]:
@@ -194,6 +212,7 @@ async def _start(
             flow_version=flow.version,
             compiled=compiled,
             signal=signal,
+            parent=request.parent if request.HasField("parent") else None,
         )
         info = step.info
         entry = shard.execution_entry(request.namespace_id, start.run_id, info.execution_id)

@@ -16,6 +16,7 @@ from tideflow.blueprint.language.commands import (
     FailRun,
     ScheduleExternal,
     SkipBlock,
+    StartChild,
 )
 from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
 from tideflow.blueprint.language.decide import decide, deliver, initial_vars
@@ -60,6 +61,7 @@ __all__ = [
     "RunView",
     "ScheduleExternal",
     "SkipBlock",
+    "StartChild",
     "Template",
     "attempts_exhausted",
     "compile_blueprint",

@@ -25,6 +25,7 @@ from tideflow_server.history.interpreter import (
     FailRun,
     ScheduleExternal,
     SkipBlock,
+    StartChild,
 )
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
@@ -36,6 +37,8 @@ class Applying:
 
     compiled: CompiledBlueprint
     max_pending_blocks: int
+    max_pending_children: int = 1_000
+    """`history.max_pending_children`."""
 
 
 def apply(step: RunStep, command: Command, context: Applying) -> None:
@@ -125,6 +128,44 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     _record_route(result, command.route)
 
 
+def _start_child(step: RunStep, command: StartChild, context: Applying) -> None:
+    """CHILD_RUN_INITIATED, a pending child, and the outbox task that starts it; the block
+    runs until the child's close (or a start that failed) is delivered to it."""
+    if len(step.state.pending_children) >= context.max_pending_children:
+        error = BlockError(
+            "PendingChildrenLimitExceeded",
+            f"more than {context.max_pending_children} child runs open at once "
+            "(history.max_pending_children)",
+            non_retryable=True,
+        )
+        _fail_block(step, FailBlock(command.block_id, error), context)
+        return
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_CHILD_RUN_INITIATED, "child_run_initiated_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.ChildRunInitiatedEventAttributes)
+    attrs.block_id = command.block_id
+    attrs.flow = command.flow
+    attrs.run_id = command.run_id
+    attrs.input.CopyFrom(payloads.to_payloads(command.input))
+    attrs.task_queue.name = command.task_queue
+    if command.run_timeout is not None:
+        attrs.run_timeout.CopyFrom(command.run_timeout)
+    attrs.parent_close_policy = command.parent_close_policy
+    # Unique to this block's start: a redelivered start task is answered with the same child.
+    attrs.request_id = f"{step.info.execution_id}/{event.event_id}"
+    pending = step.state.pending_children[event.event_id]
+    pending.block_id = command.block_id
+    pending.initiated_event_id = event.event_id
+    pending.run_id = command.run_id
+    pending.parent_close_policy = command.parent_close_policy
+    pending.initiated_batch_event_id = step.events[0].event_id
+    result = step.state.block_results[command.block_id]
+    result.status = common_pb2.BLOCK_STATUS_RUNNING
+    result.child_run.run_id = command.run_id
+    step.add_transfer().start_child_run.initiated_event_id = event.event_id
+
+
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:
     close_run(step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output))
 
@@ -162,6 +203,7 @@ APPLIERS: Mapping[type, Applier] = {
     CompleteBlock: _complete_block,
     SkipBlock: _skip_block,
     FailBlock: _fail_block,
+    StartChild: _start_child,
     CompleteRun: _complete_run,
     FailRun: _fail_run,
 }

@@ -35,7 +35,7 @@ from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
-from tideflow_server.rpc.clients import MatchingClient
+from tideflow_server.rpc.clients import HistoryClient, MatchingClient
 from tideflow_server.rpc.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -58,6 +58,7 @@ class ShardContext:
         flows: FlowCache,
         namespaces: NamespaceCache,
         matching: MatchingClient,
+        history: HistoryClient,
         on_lost: Callable[[ShardContext], None],
         timer_executor: TimerExecutor,
         transfer_executor: TransferExecutor,
@@ -71,6 +72,7 @@ class ShardContext:
         self.flows = flows
         self.namespaces = namespaces
         self.matching = matching
+        self.history = history
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self.direct = direct
         self._on_lost = on_lost

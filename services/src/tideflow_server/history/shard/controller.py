@@ -24,7 +24,7 @@ from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import PersistenceManager
-from tideflow_server.rpc.clients import HISTORY, MatchingClient, shard_key
+from tideflow_server.rpc.clients import HISTORY, HistoryClient, MatchingClient, shard_key
 from tideflow_server.rpc.errors import Unavailable
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,7 @@ class ShardController:
         manager: PersistenceManager,
         membership: Membership,
         matching: MatchingClient,
+        history: HistoryClient,
         namespaces: NamespaceCache,
         config: HistoryConfig,
         shard_count: int,
@@ -50,6 +51,7 @@ class ShardController:
         self._manager = manager
         self._membership = membership
         self._matching = matching
+        self._history = history
         self._namespaces = namespaces
         self._config = config
         self._shard_count = shard_count
@@ -119,6 +121,7 @@ class ShardController:
             flows=self._flows,
             namespaces=self._namespaces,
             matching=self._matching,
+            history=self._history,
             on_lost=self._lost,
             timer_executor=self._timer_executor,
             transfer_executor=self._transfer_executor,

@@ -25,7 +25,7 @@ from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence.manager import PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
-from tideflow_server.rpc.clients import MatchingClient
+from tideflow_server.rpc.clients import HistoryClient, MatchingClient
 
 T = TypeVar("T")
 
@@ -37,6 +37,9 @@ class Shard(Protocol):
     flows: FlowCache
     namespaces: NamespaceCache
     matching: MatchingClient
+    history: HistoryClient
+    """Routed to the shard that owns a run: starting a child run, reporting a child's close
+    to its parent, applying a parent close policy."""
     manager: PersistenceManager
     redispatch: Redispatch
     visibility: VisibilityWriter

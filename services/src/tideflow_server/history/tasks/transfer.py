@@ -1,5 +1,7 @@
 """What delivering an outbox task does: a block task goes to matching (and a direct start
-that no poll took is undone), a run's start or close reaches visibility. The transfer queue
+that no poll took is undone), a run's start or close reaches visibility, a child run is
+started, reported closed to its parent or given its parent close policy (`children`). The
+transfer queue
 (shard/transfer.py) calls `execute` until it returns, so each part may run more than once,
 and each checks the run's current state first."""
 
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -16,6 +19,7 @@ from tideflow_server.history.blocks import as_datetime
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
+from tideflow_server.history.tasks import children
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.records import VisibilityRow
@@ -33,11 +37,11 @@ async def execute(
 ) -> None:
     """Deliver one outbox task; `direct_task` is the worker's task of a block the commit
     started for direct dispatch (first try only)."""
-    kind = task.WhichOneof("task")
+    kind = task.WhichOneof("task") or ""
     if kind == "block_task":
         await _add_block_task(shard, task, direct_task)
-    elif kind in ("upsert_visibility", "close_execution"):
-        await _upsert_visibility(shard, task)
+    elif kind in _EXECUTORS:
+        await _EXECUTORS[kind](shard, task)
     else:
         log.warning("unknown transfer task dropped", task_id=task.task_id, kind=kind)
 
@@ -129,3 +133,13 @@ async def _upsert_visibility(shard: Shard, task: records_pb2.TransferTask) -> No
         await shard.visibility.upsert(row)
     except store.PersistenceError as e:
         raise ServiceError(str(e)) from e
+
+
+_EXECUTORS: Mapping[str, Callable[[Shard, records_pb2.TransferTask], Awaitable[None]]] = {
+    "upsert_visibility": _upsert_visibility,
+    "close_execution": _upsert_visibility,
+    "start_child_run": children.start_child,
+    "child_closed": children.report_close,
+    "parent_closed": children.apply_parent_close_policy,
+}
+"""By the TransferTask `task` field; a block task also gets its direct start."""

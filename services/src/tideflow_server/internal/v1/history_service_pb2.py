@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tideflow.api.v1 import common_pb2 as tideflow_dot_api_dot_v1_dot_common__pb2
+from tideflow.api.v1 import failure_pb2 as tideflow_dot_api_dot_v1_dot_failure__pb2
 from tideflow.api.v1 import flow_service_pb2 as tideflow_dot_api_dot_v1_dot_flow__service__pb2
 from tideflow.api.v1 import history_pb2 as tideflow_dot_api_dot_v1_dot_history__pb2
 from tideflow_server.internal.v1 import exchange_pb2 as tideflow__server_dot_internal_dot_v1_dot_exchange__pb2
 from tideflow_server.internal.v1 import records_pb2 as tideflow__server_dot_internal_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tideflow_server/internal/v1/history_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a\x1dtideflow/api/v1/history.proto\x1a*tideflow_server/internal/v1/exchange.proto\x1a)tideflow_server/internal/v1/records.proto\"\x8b\x01\n\x0fStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .tideflow.api.v1.StartRunRequest\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x10StartRunResponse\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.tideflow.api.v1.StartRunResponse\"\\\n\x10SignalRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.SignalRunRequest\"I\n\x11SignalRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.SignalRunResponse\"n\n\x19SignalWithStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.SignalWithStartRunRequest\"[\n\x1aSignalWithStartRunResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.SignalWithStartRunResponse\"\\\n\x10\x43\x61ncelRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.CancelRunRequest\"I\n\x11\x43\x61ncelRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.CancelRunResponse\"b\n\x13TerminateRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.tideflow.api.v1.TerminateRunRequest\"O\n\x14TerminateRunResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.tideflow.api.v1.TerminateRunResponse\"`\n\x12\x44\x65scribeRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x34\n\x07request\x18\x02 \x01(\x0b\x32#.tideflow.api.v1.DescribeRunRequest\"M\n\x13\x44\x65scribeRunResponse\x12\x36\n\x08response\x18\x01 \x01(\x0b\x32$.tideflow.api.v1.DescribeRunResponse\"d\n\x14GetRunHistoryRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.tideflow.api.v1.GetRunHistoryRequest\"Q\n\x15GetRunHistoryResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.GetRunHistoryResponse\"\xda\x01\n\x19RecordBlockStartedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12$\n\x03run\x18\x02 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x1a\n\x12scheduled_event_id\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12.\n\ntask_queue\x18\x07 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\"\xb9\x02\n\x1aRecordBlockStartedResponse\x12\x36\n\x0fscheduled_event\x18\x01 \x01(\x0b\x32\x1d.tideflow.api.v1.HistoryEvent\x12\x30\n\x0cstarted_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x42\n\x1e\x63urrent_attempt_scheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x19.tideflow.api.v1.Payloads\x12&\n\x04\x66low\x18\x06 \x01(\x0b\x32\x18.tideflow.api.v1.FlowRef\"r\n\x1bRecordBlockHeartbeatRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RecordBlockHeartbeatRequest\"_\n\x1cRecordBlockHeartbeatResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RecordBlockHeartbeatResponse\"t\n\x1cRespondBlockCompletedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCompletedRequest\"a\n\x1dRespondBlockCompletedResponse\x12@\n\x08response\x18\x01 \x01(\x0b\x32..tideflow.api.v1.RespondBlockCompletedResponse\"m\n!RespondBlockCompletedBatchRequest\x12H\n\x05items\x18\x01 \x03(\x0b\x32\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\"c\n\"RespondBlockCompletedBatchResponse\x12=\n\x07results\x18\x01 \x03(\x0b\x32,.tideflow.api.v1.RespondBlockCompletedResult\"\x81\x01\n\"RespondBlockCompletedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12O\n\x07request\x18\x02 \x01(\x0b\x32>.tideflow_server.internal.v1.RespondBlockCompletedBatchRequest\"\xcf\x01\n#RespondBlockCompletedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12S\n\x08response\x18\x02 \x01(\x0b\x32?.tideflow_server.internal.v1.RespondBlockCompletedBatchResponseH\x00\x12=\n\x06status\x18\x03 \x01(\x0b\x32+.tideflow_server.internal.v1.ExchangeStatusH\x00\x42\x08\n\x06result\"n\n\x19RespondBlockFailedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.RespondBlockFailedRequest\"[\n\x1aRespondBlockFailedResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.RespondBlockFailedResponse\"r\n\x1bRespondBlockCanceledRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RespondBlockCanceledRequest\"_\n\x1cRespondBlockCanceledResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCanceledResponse\"%\n\x11\x43loseShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"\x14\n\x12\x43loseShardResponse\"(\n\x14\x44\x65scribeShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"d\n\x15\x44\x65scribeShardResponse\x12:\n\nshard_info\x18\x01 \x01(\x0b\x32&.tideflow_server.internal.v1.ShardInfo\x12\x0f\n\x07host_id\x18\x02 \x01(\t2\xa3\x10\n\x0eHistoryService\x12g\n\x08StartRun\x12,.tideflow_server.internal.v1.StartRunRequest\x1a-.tideflow_server.internal.v1.StartRunResponse\x12j\n\tSignalRun\x12-.tideflow_server.internal.v1.SignalRunRequest\x1a..tideflow_server.internal.v1.SignalRunResponse\x12\x85\x01\n\x12SignalWithStartRun\x12\x36.tideflow_server.internal.v1.SignalWithStartRunRequest\x1a\x37.tideflow_server.internal.v1.SignalWithStartRunResponse\x12j\n\tCancelRun\x12-.tideflow_server.internal.v1.CancelRunRequest\x1a..tideflow_server.internal.v1.CancelRunResponse\x12s\n\x0cTerminateRun\x12\x30.tideflow_server.internal.v1.TerminateRunRequest\x1a\x31.tideflow_server.internal.v1.TerminateRunResponse\x12p\n\x0b\x44\x65scribeRun\x12/.tideflow_server.internal.v1.DescribeRunRequest\x1a\x30.tideflow_server.internal.v1.DescribeRunResponse\x12v\n\rGetRunHistory\x12\x31.tideflow_server.internal.v1.GetRunHistoryRequest\x1a\x32.tideflow_server.internal.v1.GetRunHistoryResponse\x12\x85\x01\n\x12RecordBlockStarted\x12\x36.tideflow_server.internal.v1.RecordBlockStartedRequest\x1a\x37.tideflow_server.internal.v1.RecordBlockStartedResponse\x12\x8b\x01\n\x14RecordBlockHeartbeat\x12\x38.tideflow_server.internal.v1.RecordBlockHeartbeatRequest\x1a\x39.tideflow_server.internal.v1.RecordBlockHeartbeatResponse\x12\x8e\x01\n\x15RespondBlockCompleted\x12\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\x1a:.tideflow_server.internal.v1.RespondBlockCompletedResponse\x12\x9d\x01\n\x1aRespondBlockCompletedBatch\x12>.tideflow_server.internal.v1.RespondBlockCompletedBatchRequest\x1a?.tideflow_server.internal.v1.RespondBlockCompletedBatchResponse\x12\xa4\x01\n\x1bRespondBlockCompletedStream\x12?.tideflow_server.internal.v1.RespondBlockCompletedStreamRequest\x1a@.tideflow_server.internal.v1.RespondBlockCompletedStreamResponse(\x01\x30\x01\x12\x85\x01\n\x12RespondBlockFailed\x12\x36.tideflow_server.internal.v1.RespondBlockFailedRequest\x1a\x37.tideflow_server.internal.v1.RespondBlockFailedResponse\x12\x8b\x01\n\x14RespondBlockCanceled\x12\x38.tideflow_server.internal.v1.RespondBlockCanceledRequest\x1a\x39.tideflow_server.internal.v1.RespondBlockCanceledResponse\x12m\n\nCloseShard\x12..tideflow_server.internal.v1.CloseShardRequest\x1a/.tideflow_server.internal.v1.CloseShardResponse\x12v\n\rDescribeShard\x12\x31.tideflow_server.internal.v1.DescribeShardRequest\x1a\x32.tideflow_server.internal.v1.DescribeShardResponseB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tideflow_server/internal/v1/history_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\x1dtideflow/api/v1/failure.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a\x1dtideflow/api/v1/history.proto\x1a*tideflow_server/internal/v1/exchange.proto\x1a)tideflow_server/internal/v1/records.proto\"\xc4\x01\n\x0fStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .tideflow.api.v1.StartRunRequest\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x06parent\x18\x04 \x01(\x0b\x32\'.tideflow_server.internal.v1.ParentLink\"G\n\x10StartRunResponse\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.tideflow.api.v1.StartRunResponse\"\\\n\x10SignalRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.SignalRunRequest\"I\n\x11SignalRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.SignalRunResponse\"n\n\x19SignalWithStartRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.SignalWithStartRunRequest\"[\n\x1aSignalWithStartRunResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.SignalWithStartRunResponse\"\\\n\x10\x43\x61ncelRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.tideflow.api.v1.CancelRunRequest\"I\n\x11\x43\x61ncelRunResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".tideflow.api.v1.CancelRunResponse\"b\n\x13TerminateRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.tideflow.api.v1.TerminateRunRequest\"O\n\x14TerminateRunResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.tideflow.api.v1.TerminateRunResponse\"`\n\x12\x44\x65scribeRunRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x34\n\x07request\x18\x02 \x01(\x0b\x32#.tideflow.api.v1.DescribeRunRequest\"M\n\x13\x44\x65scribeRunResponse\x12\x36\n\x08response\x18\x01 \x01(\x0b\x32$.tideflow.api.v1.DescribeRunResponse\"d\n\x14GetRunHistoryRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.tideflow.api.v1.GetRunHistoryRequest\"Q\n\x15GetRunHistoryResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.GetRunHistoryResponse\"\xda\x01\n\x19RecordBlockStartedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12$\n\x03run\x18\x02 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x1a\n\x12scheduled_event_id\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12.\n\ntask_queue\x18\x07 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\"\xb9\x02\n\x1aRecordBlockStartedResponse\x12\x36\n\x0fscheduled_event\x18\x01 \x01(\x0b\x32\x1d.tideflow.api.v1.HistoryEvent\x12\x30\n\x0cstarted_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x42\n\x1e\x63urrent_attempt_scheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_details\x18\x05 \x01(\x0b\x32\x19.tideflow.api.v1.Payloads\x12&\n\x04\x66low\x18\x06 \x01(\x0b\x32\x18.tideflow.api.v1.FlowRef\"r\n\x1bRecordBlockHeartbeatRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RecordBlockHeartbeatRequest\"_\n\x1cRecordBlockHeartbeatResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RecordBlockHeartbeatResponse\"t\n\x1cRespondBlockCompletedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCompletedRequest\"a\n\x1dRespondBlockCompletedResponse\x12@\n\x08response\x18\x01 \x01(\x0b\x32..tideflow.api.v1.RespondBlockCompletedResponse\"m\n!RespondBlockCompletedBatchRequest\x12H\n\x05items\x18\x01 \x03(\x0b\x32\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\"c\n\"RespondBlockCompletedBatchResponse\x12=\n\x07results\x18\x01 \x03(\x0b\x32,.tideflow.api.v1.RespondBlockCompletedResult\"\x81\x01\n\"RespondBlockCompletedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12O\n\x07request\x18\x02 \x01(\x0b\x32>.tideflow_server.internal.v1.RespondBlockCompletedBatchRequest\"\xcf\x01\n#RespondBlockCompletedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12S\n\x08response\x18\x02 \x01(\x0b\x32?.tideflow_server.internal.v1.RespondBlockCompletedBatchResponseH\x00\x12=\n\x06status\x18\x03 \x01(\x0b\x32+.tideflow_server.internal.v1.ExchangeStatusH\x00\x42\x08\n\x06result\"n\n\x19RespondBlockFailedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12;\n\x07request\x18\x02 \x01(\x0b\x32*.tideflow.api.v1.RespondBlockFailedRequest\"[\n\x1aRespondBlockFailedResponse\x12=\n\x08response\x18\x01 \x01(\x0b\x32+.tideflow.api.v1.RespondBlockFailedResponse\"r\n\x1bRespondBlockCanceledRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12=\n\x07request\x18\x02 \x01(\x0b\x32,.tideflow.api.v1.RespondBlockCanceledRequest\"_\n\x1cRespondBlockCanceledResponse\x12?\n\x08response\x18\x01 \x01(\x0b\x32-.tideflow.api.v1.RespondBlockCanceledResponse\"%\n\x11\x43loseShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"\x14\n\x12\x43loseShardResponse\"(\n\x14\x44\x65scribeShardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\"d\n\x15\x44\x65scribeShardResponse\x12:\n\nshard_info\x18\x01 \x01(\x0b\x32&.tideflow_server.internal.v1.ShardInfo\x12\x0f\n\x07host_id\x18\x02 \x01(\t\"\xa2\x02\n\x1bRecordChildRunClosedRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\'\n\x06parent\x18\x02 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x1a\n\x12initiated_event_id\x18\x03 \x01(\x03\x12&\n\x05\x63hild\x18\x04 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.tideflow.api.v1.RunStatus\x12)\n\x06result\x18\x06 \x01(\x0b\x32\x19.tideflow.api.v1.Payloads\x12)\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x18.tideflow.api.v1.Failure\"\x1e\n\x1cRecordChildRunClosedResponse2\xb1\x11\n\x0eHistoryService\x12g\n\x08StartRun\x12,.tideflow_server.internal.v1.StartRunRequest\x1a-.tideflow_server.internal.v1.StartRunResponse\x12j\n\tSignalRun\x12-.tideflow_server.internal.v1.SignalRunRequest\x1a..tideflow_server.internal.v1.SignalRunResponse\x12\x85\x01\n\x12SignalWithStartRun\x12\x36.tideflow_server.internal.v1.SignalWithStartRunRequest\x1a\x37.tideflow_server.internal.v1.SignalWithStartRunResponse\x12j\n\tCancelRun\x12-.tideflow_server.internal.v1.CancelRunRequest\x1a..tideflow_server.internal.v1.CancelRunResponse\x12s\n\x0cTerminateRun\x12\x30.tideflow_server.internal.v1.TerminateRunRequest\x1a\x31.tideflow_server.internal.v1.TerminateRunResponse\x12p\n\x0b\x44\x65scribeRun\x12/.tideflow_server.internal.v1.DescribeRunRequest\x1a\x30.tideflow_server.internal.v1.DescribeRunResponse\x12v\n\rGetRunHistory\x12\x31.tideflow_server.internal.v1.GetRunHistoryRequest\x1a\x32.tideflow_server.internal.v1.GetRunHistoryResponse\x12\x85\x01\n\x12RecordBlockStarted\x12\x36.tideflow_server.internal.v1.RecordBlockStartedRequest\x1a\x37.tideflow_server.internal.v1.RecordBlockStartedResponse\x12\x8b\x01\n\x14RecordBlockHeartbeat\x12\x38.tideflow_server.internal.v1.RecordBlockHeartbeatRequest\x1a\x39.tideflow_server.internal.v1.RecordBlockHeartbeatResponse\x12\x8e\x01\n\x15RespondBlockCompleted\x12\x39.tideflow_server.internal.v1.RespondBlockCompletedRequest\x1a:.tideflow_server.internal.v1.RespondBlockCompletedResponse\x12\x9d\x01\n\x1aRespondBlockCompletedBatch\x12>.tideflow_server.internal.v1.RespondBlockCompletedBatchRequest\x1a?.tideflow_server.internal.v1.RespondBlockCompletedBatchResponse\x12\xa4\x01\n\x1bRespondBlockCompletedStream\x12?.tideflow_server.internal.v1.RespondBlockCompletedStreamRequest\x1a@.tideflow_server.internal.v1.RespondBlockCompletedStreamResponse(\x01\x30\x01\x12\x85\x01\n\x12RespondBlockFailed\x12\x36.tideflow_server.internal.v1.RespondBlockFailedRequest\x1a\x37.tideflow_server.internal.v1.RespondBlockFailedResponse\x12\x8b\x01\n\x14RespondBlockCanceled\x12\x38.tideflow_server.internal.v1.RespondBlockCanceledRequest\x1a\x39.tideflow_server.internal.v1.RespondBlockCanceledResponse\x12m\n\nCloseShard\x12..tideflow_server.internal.v1.CloseShardRequest\x1a/.tideflow_server.internal.v1.CloseShardResponse\x12v\n\rDescribeShard\x12\x31.tideflow_server.internal.v1.DescribeShardRequest\x1a\x32.tideflow_server.internal.v1.DescribeShardResponse\x12\x8b\x01\n\x14RecordChildRunClosed\x12\x38.tideflow_server.internal.v1.RecordChildRunClosedRequest\x1a\x39.tideflow_server.internal.v1.RecordChildRunClosedResponseB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,70 +40,74 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow_server.internal.v1
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\036io.tideflow.server.internal.v1P\001ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\252\002\033Tideflow.Server.Internal.V1'
-  _globals['_STARTRUNREQUEST']._serialized_start=332
-  _globals['_STARTRUNREQUEST']._serialized_end=471
-  _globals['_STARTRUNRESPONSE']._serialized_start=473
-  _globals['_STARTRUNRESPONSE']._serialized_end=544
-  _globals['_SIGNALRUNREQUEST']._serialized_start=546
-  _globals['_SIGNALRUNREQUEST']._serialized_end=638
-  _globals['_SIGNALRUNRESPONSE']._serialized_start=640
-  _globals['_SIGNALRUNRESPONSE']._serialized_end=713
-  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_start=715
-  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_end=825
-  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_start=827
-  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_end=918
-  _globals['_CANCELRUNREQUEST']._serialized_start=920
-  _globals['_CANCELRUNREQUEST']._serialized_end=1012
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1014
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1087
-  _globals['_TERMINATERUNREQUEST']._serialized_start=1089
-  _globals['_TERMINATERUNREQUEST']._serialized_end=1187
-  _globals['_TERMINATERUNRESPONSE']._serialized_start=1189
-  _globals['_TERMINATERUNRESPONSE']._serialized_end=1268
-  _globals['_DESCRIBERUNREQUEST']._serialized_start=1270
-  _globals['_DESCRIBERUNREQUEST']._serialized_end=1366
-  _globals['_DESCRIBERUNRESPONSE']._serialized_start=1368
-  _globals['_DESCRIBERUNRESPONSE']._serialized_end=1445
-  _globals['_GETRUNHISTORYREQUEST']._serialized_start=1447
-  _globals['_GETRUNHISTORYREQUEST']._serialized_end=1547
-  _globals['_GETRUNHISTORYRESPONSE']._serialized_start=1549
-  _globals['_GETRUNHISTORYRESPONSE']._serialized_end=1630
-  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_start=1633
-  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_end=1851
-  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_start=1854
-  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_end=2167
-  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_start=2169
-  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_end=2283
-  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_start=2285
-  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_end=2380
-  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_start=2382
-  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_end=2498
-  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_start=2500
-  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_end=2597
-  _globals['_RESPONDBLOCKCOMPLETEDBATCHREQUEST']._serialized_start=2599
-  _globals['_RESPONDBLOCKCOMPLETEDBATCHREQUEST']._serialized_end=2708
-  _globals['_RESPONDBLOCKCOMPLETEDBATCHRESPONSE']._serialized_start=2710
-  _globals['_RESPONDBLOCKCOMPLETEDBATCHRESPONSE']._serialized_end=2809
-  _globals['_RESPONDBLOCKCOMPLETEDSTREAMREQUEST']._serialized_start=2812
-  _globals['_RESPONDBLOCKCOMPLETEDSTREAMREQUEST']._serialized_end=2941
-  _globals['_RESPONDBLOCKCOMPLETEDSTREAMRESPONSE']._serialized_start=2944
-  _globals['_RESPONDBLOCKCOMPLETEDSTREAMRESPONSE']._serialized_end=3151
-  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_start=3153
-  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_end=3263
-  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_start=3265
-  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_end=3356
-  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_start=3358
-  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_end=3472
-  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_start=3474
-  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_end=3569
-  _globals['_CLOSESHARDREQUEST']._serialized_start=3571
-  _globals['_CLOSESHARDREQUEST']._serialized_end=3608
-  _globals['_CLOSESHARDRESPONSE']._serialized_start=3610
-  _globals['_CLOSESHARDRESPONSE']._serialized_end=3630
-  _globals['_DESCRIBESHARDREQUEST']._serialized_start=3632
-  _globals['_DESCRIBESHARDREQUEST']._serialized_end=3672
-  _globals['_DESCRIBESHARDRESPONSE']._serialized_start=3674
-  _globals['_DESCRIBESHARDRESPONSE']._serialized_end=3774
-  _globals['_HISTORYSERVICE']._serialized_start=3777
-  _globals['_HISTORYSERVICE']._serialized_end=5860
+  _globals['_STARTRUNREQUEST']._serialized_start=363
+  _globals['_STARTRUNREQUEST']._serialized_end=559
+  _globals['_STARTRUNRESPONSE']._serialized_start=561
+  _globals['_STARTRUNRESPONSE']._serialized_end=632
+  _globals['_SIGNALRUNREQUEST']._serialized_start=634
+  _globals['_SIGNALRUNREQUEST']._serialized_end=726
+  _globals['_SIGNALRUNRESPONSE']._serialized_start=728
+  _globals['_SIGNALRUNRESPONSE']._serialized_end=801
+  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_start=803
+  _globals['_SIGNALWITHSTARTRUNREQUEST']._serialized_end=913
+  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_start=915
+  _globals['_SIGNALWITHSTARTRUNRESPONSE']._serialized_end=1006
+  _globals['_CANCELRUNREQUEST']._serialized_start=1008
+  _globals['_CANCELRUNREQUEST']._serialized_end=1100
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1102
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1175
+  _globals['_TERMINATERUNREQUEST']._serialized_start=1177
+  _globals['_TERMINATERUNREQUEST']._serialized_end=1275
+  _globals['_TERMINATERUNRESPONSE']._serialized_start=1277
+  _globals['_TERMINATERUNRESPONSE']._serialized_end=1356
+  _globals['_DESCRIBERUNREQUEST']._serialized_start=1358
+  _globals['_DESCRIBERUNREQUEST']._serialized_end=1454
+  _globals['_DESCRIBERUNRESPONSE']._serialized_start=1456
+  _globals['_DESCRIBERUNRESPONSE']._serialized_end=1533
+  _globals['_GETRUNHISTORYREQUEST']._serialized_start=1535
+  _globals['_GETRUNHISTORYREQUEST']._serialized_end=1635
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_start=1637
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_end=1718
+  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_start=1721
+  _globals['_RECORDBLOCKSTARTEDREQUEST']._serialized_end=1939
+  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_start=1942
+  _globals['_RECORDBLOCKSTARTEDRESPONSE']._serialized_end=2255
+  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_start=2257
+  _globals['_RECORDBLOCKHEARTBEATREQUEST']._serialized_end=2371
+  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_start=2373
+  _globals['_RECORDBLOCKHEARTBEATRESPONSE']._serialized_end=2468
+  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_start=2470
+  _globals['_RESPONDBLOCKCOMPLETEDREQUEST']._serialized_end=2586
+  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_start=2588
+  _globals['_RESPONDBLOCKCOMPLETEDRESPONSE']._serialized_end=2685
+  _globals['_RESPONDBLOCKCOMPLETEDBATCHREQUEST']._serialized_start=2687
+  _globals['_RESPONDBLOCKCOMPLETEDBATCHREQUEST']._serialized_end=2796
+  _globals['_RESPONDBLOCKCOMPLETEDBATCHRESPONSE']._serialized_start=2798
+  _globals['_RESPONDBLOCKCOMPLETEDBATCHRESPONSE']._serialized_end=2897
+  _globals['_RESPONDBLOCKCOMPLETEDSTREAMREQUEST']._serialized_start=2900
+  _globals['_RESPONDBLOCKCOMPLETEDSTREAMREQUEST']._serialized_end=3029
+  _globals['_RESPONDBLOCKCOMPLETEDSTREAMRESPONSE']._serialized_start=3032
+  _globals['_RESPONDBLOCKCOMPLETEDSTREAMRESPONSE']._serialized_end=3239
+  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_start=3241
+  _globals['_RESPONDBLOCKFAILEDREQUEST']._serialized_end=3351
+  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_start=3353
+  _globals['_RESPONDBLOCKFAILEDRESPONSE']._serialized_end=3444
+  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_start=3446
+  _globals['_RESPONDBLOCKCANCELEDREQUEST']._serialized_end=3560
+  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_start=3562
+  _globals['_RESPONDBLOCKCANCELEDRESPONSE']._serialized_end=3657
+  _globals['_CLOSESHARDREQUEST']._serialized_start=3659
+  _globals['_CLOSESHARDREQUEST']._serialized_end=3696
+  _globals['_CLOSESHARDRESPONSE']._serialized_start=3698
+  _globals['_CLOSESHARDRESPONSE']._serialized_end=3718
+  _globals['_DESCRIBESHARDREQUEST']._serialized_start=3720
+  _globals['_DESCRIBESHARDREQUEST']._serialized_end=3760
+  _globals['_DESCRIBESHARDRESPONSE']._serialized_start=3762
+  _globals['_DESCRIBESHARDRESPONSE']._serialized_end=3862
+  _globals['_RECORDCHILDRUNCLOSEDREQUEST']._serialized_start=3865
+  _globals['_RECORDCHILDRUNCLOSEDREQUEST']._serialized_end=4155
+  _globals['_RECORDCHILDRUNCLOSEDRESPONSE']._serialized_start=4157
+  _globals['_RECORDCHILDRUNCLOSEDRESPONSE']._serialized_end=4187
+  _globals['_HISTORYSERVICE']._serialized_start=4190
+  _globals['_HISTORYSERVICE']._serialized_end=6415
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import common_pb2 as _common_pb2
+from tideflow.api.v1 import failure_pb2 as _failure_pb2
 from tideflow.api.v1 import flow_service_pb2 as _flow_service_pb2
 from tideflow.api.v1 import history_pb2 as _history_pb2
 from tideflow_server.internal.v1 import exchange_pb2 as _exchange_pb2
@@ -32,6 +33,7 @@ class StartRunRequest(_message.Message):
     NAMESPACE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     @_builtins.property
     def request(self) -> _flow_service_pb2.StartRunRequest: ...
@@ -41,16 +43,21 @@ class StartRunRequest(_message.Message):
         frontend from its long-poll timeout and the caller's deadline.
         """
 
+    @_builtins.property
+    def parent(self) -> _records_pb2.ParentLink:
+        """Set by a parent's history (a subflow block's child): the child's link to its parent."""
+
     def __init__(
         self,
         *,
         namespace_id: _builtins.str = ...,
         request: _flow_service_pb2.StartRunRequest | None = ...,
         wait_timeout: _duration_pb2.Duration | None = ...,
+        parent: _records_pb2.ParentLink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "parent", b"parent", "request", b"request", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,3 +776,60 @@ class DescribeShardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeShardResponse: _TypeAlias = DescribeShardResponse  # noqa: Y015
+
+@_typing.final
+class RecordChildRunClosedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    CHILD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    """The parent's namespace and run, and the child's close, as the parent records it."""
+    initiated_event_id: _builtins.int
+    status: _common_pb2.RunStatus.ValueType
+    @_builtins.property
+    def parent(self) -> _common_pb2.RunRef: ...
+    @_builtins.property
+    def child(self) -> _common_pb2.RunRef: ...
+    @_builtins.property
+    def result(self) -> _common_pb2.Payloads: ...
+    @_builtins.property
+    def failure(self) -> _failure_pb2.Failure: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        parent: _common_pb2.RunRef | None = ...,
+        initiated_event_id: _builtins.int = ...,
+        child: _common_pb2.RunRef | None = ...,
+        status: _common_pb2.RunStatus.ValueType = ...,
+        result: _common_pb2.Payloads | None = ...,
+        failure: _failure_pb2.Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "failure", b"failure", "parent", b"parent", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "failure", b"failure", "initiated_event_id", b"initiated_event_id", "namespace_id", b"namespace_id", "parent", b"parent", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordChildRunClosedRequest: _TypeAlias = RecordChildRunClosedRequest  # noqa: Y015
+
+@_typing.final
+class RecordChildRunClosedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordChildRunClosedResponse: _TypeAlias = RecordChildRunClosedResponse  # noqa: Y015

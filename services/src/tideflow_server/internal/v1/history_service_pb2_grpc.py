@@ -119,6 +119,11 @@ class HistoryServiceStub:
                 request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardRequest.SerializeToString,
                 response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardResponse.FromString,
                 _registered_method=True)
+        self.RecordChildRunClosed = channel.unary_unary(
+                '/tideflow_server.internal.v1.HistoryService/RecordChildRunClosed',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -233,6 +238,15 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordChildRunClosed(self, request, context):
+        """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
+        parent and moves the parent's subflow block on. At least once: a close the parent has
+        recorded already, or a parent that closed, is answered OK and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +329,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.DescribeShard,
                     request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardRequest.FromString,
                     response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardResponse.SerializeToString,
+            ),
+            'RecordChildRunClosed': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordChildRunClosed,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -754,6 +773,33 @@ class HistoryService:
             '/tideflow_server.internal.v1.HistoryService/DescribeShard',
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardRequest.SerializeToString,
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DescribeShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordChildRunClosed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.HistoryService/RecordChildRunClosed',
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,11 @@ class HistoryServiceStub:
     CloseShard: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.CloseShardRequest, _history_service_pb2.CloseShardResponse]
     """Operations on shards."""
     DescribeShard: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.DescribeShardRequest, _history_service_pb2.DescribeShardResponse]
+    RecordChildRunClosed: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.RecordChildRunClosedRequest, _history_service_pb2.RecordChildRunClosedResponse]
+    """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
+    parent and moves the parent's subflow block on. At least once: a close the parent has
+    recorded already, or a parent that closed, is answered OK and changes nothing.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -103,6 +108,11 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     CloseShard: _aio.UnaryUnaryMultiCallable[_history_service_pb2.CloseShardRequest, _history_service_pb2.CloseShardResponse]  # type: ignore[assignment]
     """Operations on shards."""
     DescribeShard: _aio.UnaryUnaryMultiCallable[_history_service_pb2.DescribeShardRequest, _history_service_pb2.DescribeShardResponse]  # type: ignore[assignment]
+    RecordChildRunClosed: _aio.UnaryUnaryMultiCallable[_history_service_pb2.RecordChildRunClosedRequest, _history_service_pb2.RecordChildRunClosedResponse]  # type: ignore[assignment]
+    """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
+    parent and moves the parent's subflow block on. At least once: a close the parent has
+    recorded already, or a parent that closed, is answered OK and changes nothing.
+    """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """HistoryService is served by history hosts and called by the frontend and matching. Run
@@ -234,5 +244,16 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _history_service_pb2.DescribeShardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_history_service_pb2.DescribeShardResponse, _abc.Awaitable[_history_service_pb2.DescribeShardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordChildRunClosed(
+        self,
+        request: _history_service_pb2.RecordChildRunClosedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_service_pb2.RecordChildRunClosedResponse, _abc.Awaitable[_history_service_pb2.RecordChildRunClosedResponse]]:
+        """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
+        parent and moves the parent's subflow block on. At least once: a close the parent has
+        recorded already, or a parent that closed, is answered OK and changes nothing.
+        """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -195,12 +195,34 @@ class MutableState(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PendingChildrenEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        @_builtins.property
+        def value(self) -> Global___PendingChild: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: Global___PendingChild | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EXECUTION_INFO_FIELD_NUMBER: _builtins.int
     PENDING_BLOCKS_FIELD_NUMBER: _builtins.int
     BLOCK_RESULTS_FIELD_NUMBER: _builtins.int
     TIMERS_FIELD_NUMBER: _builtins.int
     BUFFERED_SIGNALS_FIELD_NUMBER: _builtins.int
     MAP_BLOCKS_FIELD_NUMBER: _builtins.int
+    PENDING_CHILDREN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def execution_info(self) -> Global___RunExecutionInfo: ...
     @_builtins.property
@@ -223,9 +245,14 @@ class MutableState(_message.Message):
 
     @_builtins.property
     def map_blocks(self) -> _containers.MessageMap[_builtins.str, Global___MapBlockState]:
-        """Open map blocks, keyed by block path.
-        10-19: kept for code flows (pending flow task, sticky task queue and its timeout).
-        20-29: kept for subflows (pending child runs keyed by initiated event id).
+        """Open map blocks, keyed by block path."""
+
+    @_builtins.property
+    def pending_children(self) -> _containers.MessageMap[_builtins.int, Global___PendingChild]:
+        """10-19: kept for code flows (pending flow task, sticky task queue and its timeout).
+        Open child runs of subflow blocks, keyed by their CHILD_RUN_INITIATED event id: started
+        or being started, and not yet reported closed.
+        21-29: kept for subflows.
         """
 
     def __init__(
@@ -237,14 +264,92 @@ class MutableState(_message.Message):
         timers: _abc.Mapping[_builtins.str, Global___UserTimer] | None = ...,
         buffered_signals: _abc.Iterable[Global___BufferedSignal] | None = ...,
         map_blocks: _abc.Mapping[_builtins.str, Global___MapBlockState] | None = ...,
+        pending_children: _abc.Mapping[_builtins.int, Global___PendingChild] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_info", b"execution_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_results", b"block_results", "buffered_signals", b"buffered_signals", "execution_info", b"execution_info", "map_blocks", b"map_blocks", "pending_blocks", b"pending_blocks", "timers", b"timers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_results", b"block_results", "buffered_signals", b"buffered_signals", "execution_info", b"execution_info", "map_blocks", b"map_blocks", "pending_blocks", b"pending_blocks", "pending_children", b"pending_children", "timers", b"timers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MutableState: _TypeAlias = MutableState  # noqa: Y015
+
+@_typing.final
+class PendingChild(_message.Message):
+    """PendingChild is a child run a subflow block started (or is starting) and waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    STARTED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
+    INITIATED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    initiated_event_id: _builtins.int
+    run_id: _builtins.str
+    """The child's run_id, fixed when initiated; its execution_id once CHILD_RUN_STARTED."""
+    execution_id: _builtins.str
+    started_event_id: _builtins.int
+    parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType
+    initiated_batch_event_id: _builtins.int
+    """First event id of the history batch that holds CHILD_RUN_INITIATED (history is read from
+    batch boundaries): where the outbox reads what to start.
+    """
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        initiated_event_id: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        started_event_id: _builtins.int = ...,
+        parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
+        initiated_batch_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_batch_event_id", b"initiated_batch_event_id", "initiated_event_id", b"initiated_event_id", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "started_event_id", b"started_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingChild: _TypeAlias = PendingChild  # noqa: Y015
+
+@_typing.final
+class ParentLink(_message.Message):
+    """ParentLink is a child run's link to the parent run (and block) that started it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    run_id: _builtins.str
+    execution_id: _builtins.str
+    block_id: _builtins.str
+    initiated_event_id: _builtins.int
+    """The parent's CHILD_RUN_INITIATED event: what the child's close is reported against."""
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        block_id: _builtins.str = ...,
+        initiated_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_event_id", b"initiated_event_id", "namespace_id", b"namespace_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParentLink: _TypeAlias = ParentLink  # noqa: Y015
 
 @_typing.final
 class RunExecutionInfo(_message.Message):
@@ -297,6 +402,7 @@ class RunExecutionInfo(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     LAST_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
     BLOCK_TIMER_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
@@ -358,7 +464,13 @@ class RunExecutionInfo(_message.Message):
     def block_timer(self) -> Global___TimerRef:
         """The timer row armed for the earliest block timeout of the run (unset: none armed). One
         row covers every pending block: a new deadline arms another only if it comes earlier.
-        30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
+        """
+
+    @_builtins.property
+    def parent(self) -> Global___ParentLink:
+        """30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
+        The parent run that started this one as a child (a subflow block); unset for a run
+        started by a client. Its close is reported to the parent (TransferTask.child_closed).
         """
 
     def __init__(
@@ -390,10 +502,11 @@ class RunExecutionInfo(_message.Message):
         input: _struct_pb2.Value | None = ...,
         last_batch_event_id: _builtins.int = ...,
         block_timer: Global___TimerRef | None = ...,
+        parent: Global___ParentLink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["block_timer", b"block_timer", "close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_timer", b"block_timer", "close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "parent", b"parent", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "parent", b"parent", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,6 +686,7 @@ class BlockResult(_message.Message):
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SKIP_REASON_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -593,9 +707,7 @@ class BlockResult(_message.Message):
     """
     route: _builtins.str
     skip_reason: _builtins.str
-    """Why the block was SKIPPED (a guard, a failed need, a route not taken).
-    12-19: kept for the block kinds' own progress (iterations, items, waits).
-    """
+    """Why the block was SKIPPED (a guard, a failed need, a route not taken)."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """JSON view of the output, what `${blocks.<id>.output}` reads; an external block's result is
@@ -607,6 +719,12 @@ class BlockResult(_message.Message):
         """Set when status is FAILED: a BlockFailureInfo over the block's own failure (its cause),
         as DescribeRun and RUN_FAILED show it; `${blocks.<id>.error}` reads the cause. Recorded
         before BlockFailureInfo was: the block's own failure alone.
+        """
+
+    @_builtins.property
+    def child_run(self) -> _common_pb2.RunRef:
+        """12-19: kept for the block kinds' own progress (iterations, items, waits).
+        A subflow block's child run: its run_id from the start, its execution_id once started.
         """
 
     def __init__(
@@ -623,10 +741,11 @@ class BlockResult(_message.Message):
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
         skip_reason: _builtins.str = ...,
+        child_run: _common_pb2.RunRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child_run", b"child_run", "failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run", b"child_run", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,6 +860,69 @@ class TransferTask(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
+    class StartChildRun(_message.Message):
+        """Start the child run of a subflow block (its CHILD_RUN_INITIATED holds what to start),
+        then record CHILD_RUN_STARTED, or CHILD_RUN_START_FAILED and fail the block.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+        initiated_event_id: _builtins.int
+        def __init__(
+            self,
+            *,
+            initiated_event_id: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["initiated_event_id", b"initiated_event_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ChildClosed(_message.Message):
+        """This run, a child, closed: report its close event to its parent
+        (RunExecutionInfo.parent) through history's RecordChildRunClosed.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ParentClosed(_message.Message):
+        """This run closed while a child of it was open: apply the child's parent close policy."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+        CHILD_EXECUTION_ID_FIELD_NUMBER: _builtins.int
+        POLICY_FIELD_NUMBER: _builtins.int
+        child_run_id: _builtins.str
+        child_execution_id: _builtins.str
+        policy: _blueprint_pb2.ParentClosePolicy.ValueType
+        def __init__(
+            self,
+            *,
+            child_run_id: _builtins.str = ...,
+            child_execution_id: _builtins.str = ...,
+            policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["child_execution_id", b"child_execution_id", "child_run_id", b"child_run_id", "policy", b"policy"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class BlockTask(_message.Message):
         """Push one attempt of an external block to matching (AddBlockTask)."""
 
@@ -772,7 +954,7 @@ class TransferTask(_message.Message):
     @_typing.final
     class CloseExecution(_message.Message):
         """The run closed: write the closed visibility record, schedule history deletion after the
-        namespace retention (and, later, notify a parent run).
+        namespace retention. A child run's parent is told by its own task (ChildClosed).
         """
 
         DESCRIPTOR: _descriptor.Descriptor
@@ -825,6 +1007,9 @@ class TransferTask(_message.Message):
     CLOSE_EXECUTION_FIELD_NUMBER: _builtins.int
     UPSERT_VISIBILITY_FIELD_NUMBER: _builtins.int
     DELETE_EXECUTION_FIELD_NUMBER: _builtins.int
+    START_CHILD_RUN_FIELD_NUMBER: _builtins.int
+    CHILD_CLOSED_FIELD_NUMBER: _builtins.int
+    PARENT_CLOSED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """`range_id << 20 | seq`, so a new shard owner always allocates above the old one."""
     namespace_id: _builtins.str
@@ -841,8 +1026,14 @@ class TransferTask(_message.Message):
     @_builtins.property
     def upsert_visibility(self) -> Global___TransferTask.UpsertVisibility: ...
     @_builtins.property
-    def delete_execution(self) -> Global___TransferTask.DeleteExecution:
-        """14-29: kept for FlowTask (code flows), StartChildRun, SignalExternalRun, CancelExternalRun."""
+    def delete_execution(self) -> Global___TransferTask.DeleteExecution: ...
+    @_builtins.property
+    def start_child_run(self) -> Global___TransferTask.StartChildRun: ...
+    @_builtins.property
+    def child_closed(self) -> Global___TransferTask.ChildClosed: ...
+    @_builtins.property
+    def parent_closed(self) -> Global___TransferTask.ParentClosed:
+        """17-29: kept for FlowTask (code flows), SignalExternalRun, CancelExternalRun."""
 
     def __init__(
         self,
@@ -856,12 +1047,15 @@ class TransferTask(_message.Message):
         close_execution: Global___TransferTask.CloseExecution | None = ...,
         upsert_visibility: Global___TransferTask.UpsertVisibility | None = ...,
         delete_execution: Global___TransferTask.DeleteExecution | None = ...,
+        start_child_run: Global___TransferTask.StartChildRun | None = ...,
+        child_closed: Global___TransferTask.ChildClosed | None = ...,
+        parent_closed: Global___TransferTask.ParentClosed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "parent_closed", b"parent_closed", "start_child_run", b"start_child_run", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "run_id", b"run_id", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "parent_closed", b"parent_closed", "run_id", b"run_id", "start_child_run", b"start_child_run", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution"]  # noqa: Y015
+    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution", "start_child_run", "child_closed", "parent_closed"]  # noqa: Y015
     _WhichOneofArgType_task: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_task) -> _WhichOneofReturnType_task | None: ...
 

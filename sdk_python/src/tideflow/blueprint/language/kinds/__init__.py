@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
-from tideflow.blueprint.language.kinds import external, fail, succeed, transform
+from tideflow.blueprint.language.kinds import external, fail, subflow, succeed, transform
 from tideflow.blueprint.language.kinds import set as set_
 from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Plan, Site
 from tideflow.blueprint.language.kinds.external import ExternalPlan, ExternalPolicy
@@ -53,7 +53,7 @@ KINDS: Mapping[str, Kind] = {
         _not_yet("signal", "signal", blueprint_pb2.BLOCK_KIND_SIGNAL),
         set_.KIND,
         transform.KIND,
-        _not_yet("subflow", "subflow", blueprint_pb2.BLOCK_KIND_SUBFLOW, takes_input=True),
+        subflow.KIND,
         succeed.KIND,
         fail.KIND,
     )
