@@ -59,7 +59,9 @@ def test_reports_every_problem_with_its_path() -> None:
     assert found["blocks[2].when"][0].startswith("invalid CEL `blocks.a.output.ok &&`: 1:")
     assert "Syntax error" in found["blocks[2].when"][0]
     assert found["blocks[3].id"] == ["'input' is reserved"]
-    assert found["blocks[4]"] == ["switch blocks are not supported yet"]
+    assert found["blocks[4].switch_block.cases[0].goto"] == [
+        "'c' must need 's': a route goes to a direct dependent"
+    ]
     assert found["blocks[5]"] == ["map blocks are not supported yet"]
     assert found["blocks[6]"] == ["wait blocks are not supported yet"]
     assert "not a valid JSON Schema" in found["input_schema.type"][0]

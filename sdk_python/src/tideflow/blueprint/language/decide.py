@@ -167,8 +167,9 @@ def _routed_away(
         return None
     if view.status == SUCCEEDED and block_id not in compiled.blocks[need].targets:
         return None  # not one of its routes: an ordinary dependent
-    where = f"routed to {view.route}" if view.route else "routed to none of its targets"
-    return f"needs {need}, which {where}"
+    verb = compiled.blocks[need].spec.routes_as
+    where = view.route or "none of its targets"
+    return f"needs {need}, which {verb} {where}"
 
 
 def _failure_cause(
