@@ -58,7 +58,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """System blocks run inside the engine and record only their outcome."""
     EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: _EventType.ValueType  # 41
     EVENT_TYPE_SYSTEM_BLOCK_FAILED: _EventType.ValueType  # 42
-    """43-49: kept for system block events."""
+    EVENT_TYPE_BLOCK_CAUGHT: _EventType.ValueType  # 43
+    """A failed block's catch clauses were judged (BlockCaughtEventAttributes).
+    44-49: kept for system block events.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType numbers are grouped by subject; free numbers in a group are kept for that group."""
@@ -90,7 +93,10 @@ EVENT_TYPE_VARS_SET: EventType.ValueType  # 40
 """System blocks run inside the engine and record only their outcome."""
 EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: EventType.ValueType  # 41
 EVENT_TYPE_SYSTEM_BLOCK_FAILED: EventType.ValueType  # 42
-"""43-49: kept for system block events."""
+EVENT_TYPE_BLOCK_CAUGHT: EventType.ValueType  # 43
+"""A failed block's catch clauses were judged (BlockCaughtEventAttributes).
+44-49: kept for system block events.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _HistoryEventFilterType:
@@ -177,6 +183,7 @@ class HistoryEvent(_message.Message):
     VARS_SET_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_COMPLETED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    BLOCK_CAUGHT_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Position in the execution's history, from 1, without gaps."""
     event_type: Global___EventType.ValueType
@@ -227,6 +234,8 @@ class HistoryEvent(_message.Message):
     def system_block_completed_event_attributes(self) -> Global___SystemBlockCompletedEventAttributes: ...
     @_builtins.property
     def system_block_failed_event_attributes(self) -> Global___SystemBlockFailedEventAttributes: ...
+    @_builtins.property
+    def block_caught_event_attributes(self) -> Global___BlockCaughtEventAttributes: ...
     def __init__(
         self,
         *,
@@ -255,12 +264,13 @@ class HistoryEvent(_message.Message):
         vars_set_event_attributes: Global___VarsSetEventAttributes | None = ...,
         system_block_completed_event_attributes: Global___SystemBlockCompletedEventAttributes | None = ...,
         system_block_failed_event_attributes: Global___SystemBlockFailedEventAttributes | None = ...,
+        block_caught_event_attributes: Global___BlockCaughtEventAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes"]  # noqa: Y015
+    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes"]  # noqa: Y015
     _WhichOneofArgType_attributes: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_attributes) -> _WhichOneofReturnType_attributes | None: ...
 
@@ -884,11 +894,35 @@ class SystemBlockCompletedEventAttributes(_message.Message):
 Global___SystemBlockCompletedEventAttributes: _TypeAlias = SystemBlockCompletedEventAttributes  # noqa: Y015
 
 @_typing.final
-class SystemBlockFailedEventAttributes(_message.Message):
+class BlockCaughtEventAttributes(_message.Message):
     """SystemBlockFailedEventAttributes records a system block that failed: a `fail` block, a map
     beyond its tolerated failures, a signal timeout with no escalation, a CEL runtime error.
+    BlockCaughtEventAttributes: what a failed block's catch did with its failure.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    @_builtins.property
+    def outcome(self) -> _blueprint_pb2.CatchOutcome: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        outcome: _blueprint_pb2.CatchOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockCaughtEventAttributes: _TypeAlias = BlockCaughtEventAttributes  # noqa: Y015
+
+@_typing.final
+class SystemBlockFailedEventAttributes(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOCK_ID_FIELD_NUMBER: _builtins.int

@@ -177,6 +177,8 @@ class BlockSummary(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    COMPENSATES_FIELD_NUMBER: _builtins.int
+    CAUGHT_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
@@ -193,13 +195,20 @@ class BlockSummary(_message.Message):
     targets runs.
     """
     route: _builtins.str
-    """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
-    items, iterations).
-    """
+    compensates: _builtins.str
+    """For a compensation block that ran (saga): the block it undoes."""
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
         """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
         the block's own failure, as RUN_FAILED carries it when this block failed the run.
+        """
+
+    @_builtins.property
+    def caught(self) -> _blueprint_pb2.CatchOutcome:
+        """What the block's catch did with its failure (clause, action, goto); unset when it has no
+        catch or did not fail. A CONTINUE block is SUCCEEDED and keeps its `failure`.
+        9-12, 15-19: kept for what a block waits for and its progress (signal, event, timer,
+        child run, items, iterations).
         """
 
     def __init__(
@@ -213,10 +222,12 @@ class BlockSummary(_message.Message):
         skip_reason: _builtins.str = ...,
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
+        compensates: _builtins.str = ...,
+        caught: _blueprint_pb2.CatchOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,8 +88,11 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
             skip_reason=result.skip_reason,
             routed=result.routed,
             route=result.route,
+            compensates=result.compensates,
         )
         if result.HasField("failure"):
             summary.failure.CopyFrom(result.failure)
+        if result.HasField("caught"):
+            summary.caught.CopyFrom(result.caught)
         summaries.append(summary)
     return summaries

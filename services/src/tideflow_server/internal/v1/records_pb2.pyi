@@ -573,6 +573,8 @@ class BlockResult(_message.Message):
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SKIP_REASON_FIELD_NUMBER: _builtins.int
+    CAUGHT_FIELD_NUMBER: _builtins.int
+    COMPENSATES_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -593,8 +595,10 @@ class BlockResult(_message.Message):
     """
     route: _builtins.str
     skip_reason: _builtins.str
-    """Why the block was SKIPPED (a guard, a failed need, a route not taken).
-    12-19: kept for the block kinds' own progress (iterations, items, waits).
+    """Why the block was SKIPPED (a guard, a failed need, a route not taken)."""
+    compensates: _builtins.str
+    """For a compensation block (Block.compensate names it): the block it undoes.
+    14-19: kept for the block kinds' own progress (iterations, items, waits).
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
@@ -607,6 +611,12 @@ class BlockResult(_message.Message):
         """Set when status is FAILED: a BlockFailureInfo over the block's own failure (its cause),
         as DescribeRun and RUN_FAILED show it; `${blocks.<id>.error}` reads the cause. Recorded
         before BlockFailureInfo was: the block's own failure alone.
+        """
+
+    @_builtins.property
+    def caught(self) -> _blueprint_pb2.CatchOutcome:
+        """Set once a FAILED block's catch was judged (BLOCK_CAUGHT); a CONTINUE leaves the block
+        SUCCEEDED with `failure` kept.
         """
 
     def __init__(
@@ -623,10 +633,12 @@ class BlockResult(_message.Message):
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
         skip_reason: _builtins.str = ...,
+        caught: _blueprint_pb2.CatchOutcome | None = ...,
+        compensates: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caught", b"caught", "close_event_id", b"close_event_id", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
