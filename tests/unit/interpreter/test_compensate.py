@@ -3,7 +3,12 @@ in what order, and what registration refuses."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+import yaml
+from google.protobuf import json_format
 
 from tests.unit.interpreter.support import (
     FAILED,
@@ -14,6 +19,7 @@ from tests.unit.interpreter.support import (
     external,
     scheduled,
 )
+from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.validate import validate_blueprint
 from tideflow_server.history.interpreter import (
     BlockError,
@@ -174,3 +180,23 @@ def test_registration_reports_every_problem_with_its_path() -> None:
     assert validate_blueprint(blueprint(external("a"), onFailure="nobody"))[0].field == (
         "on_failure"
     )
+
+
+def test_the_docs_examples_of_switch_catch_and_compensate_register() -> None:
+    text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
+    examples = [
+        yaml.safe_load(example)
+        for example in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+        if re.search(r"switch_block:|catch:|on_failure:", example)
+    ]
+    assert len(examples) == 3
+    for example in examples:
+        fields = example if isinstance(example, dict) else {"blocks": example}
+        bp = json_format.ParseDict(
+            {"name": "docs", "version": 1, "task_queue": "cpu", **fields},
+            blueprint_pb2.Blueprint(),
+        )
+        bp.timeouts.start_to_close.FromSeconds(60)
+        found = validate_blueprint(bp)
+        # The fragments name blocks defined around them in a real blueprint.
+        assert all("no block" in v.description for v in found), found
