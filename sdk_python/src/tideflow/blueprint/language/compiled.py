@@ -77,16 +77,13 @@ class CompiledBlueprint:
     output_validator: jsonschema.protocols.Validator | None
     on_failure: str = ""
     """The block that runs when the run is about to fail."""
+    catching: tuple[CompiledBlock, ...] = ()
+    """The blocks with catch clauses, in topological order: every decision looks at them."""
 
     @property
     def compensates(self) -> dict[str, str]:
         """Each compensation block, and the block it undoes."""
         return {b.compensate: b.id for b in self.order if b.compensate}
-
-    @property
-    def catching(self) -> tuple[CompiledBlock, ...]:
-        """The blocks with catch clauses, in topological order."""
-        return tuple(block for block in self.order if block.catches)
 
     @classmethod
     def compile(
@@ -105,10 +102,11 @@ class CompiledBlueprint:
         if checked.violations:
             raise LanguageError(checked.violations)
         blocks = [_block(b) for b in checked.blocks]
+        order = _topological(blocks)
         return cls(
             blueprint=blueprint,
             blocks={b.id: b for b in blocks},
-            order=_topological(blocks),
+            order=order,
             vars=checked.vars,
             output=checked.output,
             input_schema=checked.input_schema,
@@ -116,6 +114,7 @@ class CompiledBlueprint:
             input_validator=_validator(checked.input_schema),
             output_validator=_validator(checked.output_schema),
             on_failure=checked.on_failure,
+            catching=tuple(block for block in order if block.catches),
         )
 
     @property

@@ -21,10 +21,18 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
 Something that reaches a block already started (a timer, a signal, a child run's close) goes
 to its kind's `on_event` through `deliver`.
 
+Before any of that, a block that failed and has `catch` clauses gets them judged, once
+(`CatchFailure`, recorded): a `goto` routes the failure (rule 1 then handles it), a continue
+makes the block SUCCEEDED, a `compensate` stops the run from starting blocks. A catch's
+`goto` targets run only when the failure routes to them. Compensation blocks and the
+`on_failure` block are dormant: readiness never starts them.
+
 An expression that fails fails its block (`ExpressionError`, an engine-side error: a
 ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
-when nothing runs and nothing is left to start, failed by the first failed block in
-topological order, or completed with the rendered `output`. A `succeed` block ends the run as
+when nothing runs and nothing is left to start, completed with the rendered `output`, or, when
+a failure stands, it first unwinds (the `on_failure` block, then the compensations of the
+blocks that succeeded, last completed first, one per decision) and then fails by the first
+failed block in topological order, listing what was compensated. A `succeed` block ends the run as
 soon as it completes.
 """
 
