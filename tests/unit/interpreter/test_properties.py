@@ -69,7 +69,7 @@ def dags(draw: st.DrawFn) -> CompiledBlueprint:
 
 
 def _catch(choice: str) -> list[dict[str, Any]]:
-    clauses = {
+    clauses: dict[str, list[dict[str, Any]]] = {
         "none": [],
         "continue": [{}],
         "typed": [{"errorTypes": ["Rejected"]}],
