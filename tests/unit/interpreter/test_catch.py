@@ -23,6 +23,7 @@ from tideflow_server.history.interpreter import (
     CatchFailure,
     CompleteRun,
     FailRun,
+    SkipBlock,
     decide,
 )
 
@@ -77,12 +78,18 @@ def test_a_handler_does_not_run_when_the_block_succeeds() -> None:
 
 
 def test_no_match_is_recorded_once_and_the_failure_stands() -> None:
-    compiled = compile_(*_charge({"errorTypes": ["Declined"]}, {"when": "error.message > 3"}))
+    compiled = compile_(
+        *_charge({"errorTypes": ["Declined"], "goto": "ask_again"}, {"when": "error.message > 3"})
+    )
     engine = Engine(compiled)
     # The type does not match; the second clause's `when` fails at run time: no match either.
     assert _failed(engine, BlockError("Timeout", "slow")) == [CatchFailure("charge", -1, NONE)]
     engine.settle()
     assert isinstance(engine.result, FailRun) and engine.result.block_id == "charge"
+    assert engine.log[-3:-1] == [
+        SkipBlock("ask_again", "needs charge, which failed"),
+        SkipBlock("ship", "needs charge, which failed"),
+    ]
     # Judged once: a view that carries the outcome is not judged again.
     judged = BlockView(FAILED, error=BlockError("Timeout", "slow"), caught=-1)
     assert not any(isinstance(c, CatchFailure) for c in decide(compiled, view({"charge": judged})))

@@ -178,7 +178,8 @@ def _routed_away(
     A catch's handler (`goto`) runs only when the failure routes to it. None when the need did
     not route, or routed here."""
     if view.route is None:
-        if block_id in compiled.blocks[need].handlers:
+        # A failure that stands skips it as any failure does (`_failure_cause`).
+        if view.status == SUCCEEDED and block_id in compiled.blocks[need].handlers:
             return f"needs {need}, which did not route to it"
         return None
     if view.route == block_id:
