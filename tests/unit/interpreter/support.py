@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -13,6 +13,7 @@ from tideflow_server.history.interpreter import (
     JSON,
     BlockError,
     BlockView,
+    CatchFailure,
     Command,
     CompiledBlueprint,
     CompleteBlock,
@@ -97,6 +98,8 @@ class Engine:
     vars: dict[str, JSON] = field(default_factory=dict)
     result: CompleteRun | FailRun | None = None
     log: list[Command] = field(default_factory=list)
+    closes: int = 0
+    """Blocks closed so far: the next one's `BlockView.closed` is one more."""
 
     def __post_init__(self) -> None:
         self.vars = initial_vars(self.compiled, self.input)
@@ -110,7 +113,12 @@ class Engine:
         assert decide(self.compiled, current) == commands, "decide is not deterministic"
         ids = [_block_id(c) for c in commands if _block_id(c)]
         assert len(ids) == len(set(ids)), f"two commands for one block: {commands}"
-        assert not set(ids) & set(self.blocks), f"a command for a block already reached: {commands}"
+        starts = {i for c in commands if (i := _block_id(c)) and not isinstance(c, CatchFailure)}
+        assert not starts & set(self.blocks), f"a command for a block already reached: {commands}"
+        for command in commands:
+            if isinstance(command, CatchFailure):
+                caught = self.blocks[command.block_id]
+                assert caught.status == FAILED and caught.caught is None, "caught twice"
         return commands
 
     def step(self) -> list[Command]:
@@ -125,7 +133,8 @@ class Engine:
     def settle(self) -> list[Command]:
         """Decide and apply until decide has nothing more (or the run closed)."""
         applied: list[Command] = []
-        for _ in range(len(self.compiled.blocks) + 2):
+        # One round per block, one more for a block whose catch is judged.
+        for _ in range(2 * len(self.compiled.blocks) + 2):
             if self.result is not None:
                 return applied
             commands = self.step()
@@ -141,29 +150,47 @@ class Engine:
             self.blocks[command.block_id] = BlockView(RUNNING)
         elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(
-                SUCCEEDED, output=command.output, route=command.route
+                SUCCEEDED, output=command.output, route=command.route, closed=self._close()
             )
             self.vars.update(command.vars)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
             self.blocks[command.block_id] = BlockView(
-                FAILED, error=command.error, route=command.route
+                FAILED, error=command.error, route=command.route, closed=self._close()
             )
+        elif isinstance(command, CatchFailure):
+            self.catch(command)
         else:
             self.result = command
             for block_id, block in self.blocks.items():
                 if block.status == RUNNING:
                     self.blocks[block_id] = BlockView(CANCELED)
 
+    def catch(self, command: CatchFailure) -> None:
+        """As history's applier: the outcome is kept, a goto routes, a continue succeeds."""
+        caught = replace(self.blocks[command.block_id], caught=command.clause)
+        if command.goto:
+            caught = replace(caught, route=command.goto)
+        elif command.action == blueprint_pb2.CATCH_ACTION_CONTINUE:
+            caught = replace(caught, status=SUCCEEDED, output=command.output)
+        self.blocks[command.block_id] = caught
+
+    def _close(self) -> int:
+        self.closes += 1
+        return self.closes
+
     def complete(self, block_id: str, output: JSON = None) -> None:
         assert self.blocks[block_id].status == RUNNING
-        self.blocks[block_id] = BlockView(SUCCEEDED, output=output, attempt=1)
+        self.blocks[block_id] = BlockView(SUCCEEDED, output=output, attempt=1, closed=self._close())
 
     def fail(self, block_id: str, error: BlockError | None = None) -> None:
         assert self.blocks[block_id].status == RUNNING
         self.blocks[block_id] = BlockView(
-            FAILED, error=error or BlockError("Boom", f"{block_id} broke"), attempt=1
+            FAILED,
+            error=error or BlockError("Boom", f"{block_id} broke"),
+            attempt=1,
+            closed=self._close(),
         )
 
     def running(self) -> list[str]:

@@ -24,7 +24,8 @@ from tideflow_server.history.interpreter import (
     ScheduleExternal,
 )
 
-KINDS = ["external", "external", "external", "set", "transform", "fail", "succeed"]
+KINDS = ["external", "external", "external", "set", "transform", "fail", "succeed", "switch"]
+CATCHES = ["none", "none", "continue", "typed", "goto", "compensate"]
 
 
 @st.composite
@@ -46,8 +47,12 @@ def dags(draw: st.DrawFn) -> CompiledBlueprint:
             block["transform"] = {"output": [f"${{blocks.{n}.status}}" for n in needs]}
         elif kind == "fail":
             block["fail"] = {"errorType": "Rejected"}
-        else:
+        elif kind == "succeed":
             block["succeed"] = {"output": block_id}
+        else:
+            block["switchBlock"] = {}  # its cases go to its dependents, known at the end
+        if kind in ("external", "fail"):
+            block["catch"] = _catch(draw(st.sampled_from(CATCHES)))
         guard = draw(st.sampled_from(["none", "true", "false", "need"]))
         if guard in ("true", "false"):
             block["when"] = guard
@@ -58,7 +63,41 @@ def dags(draw: st.DrawFn) -> CompiledBlueprint:
             x, y = draw(st.sampled_from(earlier)), draw(st.sampled_from(earlier))
             block["depends"] = f"{x}.succeeded || {y}.failed || {y}.skipped"
         blocks.append(block)
+    for block in blocks:
+        _route_to_dependents(block, blocks, draw)
     return compile_(*blocks)
+
+
+def _catch(choice: str) -> list[dict[str, Any]]:
+    clauses: dict[str, list[dict[str, Any]]] = {
+        "none": [],
+        "continue": [{}],
+        "typed": [{"errorTypes": ["Rejected"]}],
+        "goto": [{"errorTypes": ["Boom"], "goto": ""}],  # the target is set at the end
+        "compensate": [{"compensate": True}],
+    }
+    return clauses[choice]
+
+
+def _route_to_dependents(block: dict[str, Any], blocks: list[dict[str, Any]], draw: Any) -> None:
+    """Point a switch's cases and a catch's goto at direct dependents; without any, a switch
+    becomes a transform and the goto a continue."""
+    dependents = [b["id"] for b in blocks if block["id"] in b["needs"]]
+    if "switchBlock" in block:
+        if not dependents:
+            del block["switchBlock"]
+            block["transform"] = {}
+            return
+        block["switchBlock"] = {
+            "cases": [{"when": "input.doc == 'b.pdf'", "goto": dependents[0]}],
+            "default": draw(st.sampled_from(["", *dependents])),
+        }
+    for clause in block.get("catch", []):
+        if "goto" in clause:
+            if dependents:
+                clause["goto"] = draw(st.sampled_from(dependents))
+            else:
+                del clause["goto"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,7 +136,10 @@ def test_every_run_ends_exactly_once(compiled: CompiledBlueprint, data: st.DataO
     if isinstance(end, FailRun):
         assert engine.blocks[end.block_id].status in (FAILED, CANCELED)
     elif not succeeded_early:
-        # A run completes normally only when every block is done and none failed.
+        # A run completes normally only when every block is done and no failure stands.
         assert set(engine.blocks) == set(compiled.blocks)
-        assert all(v.status in TERMINAL - {FAILED, CANCELED} for v in engine.blocks.values())
+        assert all(
+            v.status in TERMINAL - {FAILED, CANCELED} or v.route is not None
+            for v in engine.blocks.values()
+        )
     assert RUNNING not in {v.status for v in engine.blocks.values()}

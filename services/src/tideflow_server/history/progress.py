@@ -58,6 +58,8 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             error=block_error(result.failure) if result.HasField("failure") else None,
             attempt=result.attempt,
             route=result.route if result.routed else None,
+            caught=result.caught.clause if result.HasField("caught") else None,
+            closed=result.close_event_id,
         )
         for block_id, result in state.block_results.items()
     }
@@ -117,6 +119,8 @@ def _mark_reached(step: RunStep, compiled: CompiledBlueprint, new: Iterable[str]
         result = results[block.id]
         result.kind = block.kind
         result.reached = number
+        if block.dormant:  # an on_failure block compensates nothing
+            result.compensates = compiled.compensates.get(block.id, "")
 
 
 def finish_cancel_if_done(step: RunStep) -> None:

@@ -57,6 +57,30 @@ BLOCK_KIND_SUCCEED: BlockKind.ValueType  # 9
 BLOCK_KIND_FAIL: BlockKind.ValueType  # 10
 Global___BlockKind: _TypeAlias = BlockKind  # noqa: Y015
 
+class _CatchAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CatchActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CatchAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CATCH_ACTION_UNSPECIFIED: _CatchAction.ValueType  # 0
+    CATCH_ACTION_NONE: _CatchAction.ValueType  # 1
+    """No clause matched: the failure stands."""
+    CATCH_ACTION_GOTO: _CatchAction.ValueType  # 2
+    CATCH_ACTION_CONTINUE: _CatchAction.ValueType  # 3
+    CATCH_ACTION_COMPENSATE: _CatchAction.ValueType  # 4
+
+class CatchAction(_CatchAction, metaclass=_CatchActionEnumTypeWrapper):
+    """CatchAction is what a block's catch did with its failure."""
+
+CATCH_ACTION_UNSPECIFIED: CatchAction.ValueType  # 0
+CATCH_ACTION_NONE: CatchAction.ValueType  # 1
+"""No clause matched: the failure stands."""
+CATCH_ACTION_GOTO: CatchAction.ValueType  # 2
+CATCH_ACTION_CONTINUE: CatchAction.ValueType  # 3
+CATCH_ACTION_COMPENSATE: CatchAction.ValueType  # 4
+Global___CatchAction: _TypeAlias = CatchAction  # noqa: Y015
+
 class _Affinity:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -180,12 +204,21 @@ class Blueprint(_message.Message):
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     TIMEOUTS_FIELD_NUMBER: _builtins.int
+    ON_FAILURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0 at registration asks the engine to assign the next version."""
     description: _builtins.str
     task_queue: _builtins.str
     """Task queue for external blocks that name none; a start request may override it."""
+    on_failure: _builtins.str
+    """The block that runs when the run is about to fail (a failed block that no catch handled),
+    before the compensations; it is never started by readiness, may read any block
+    (`${blocks.<id>.error}`), and may not be needed by any block. The run then fails with the
+    original failure, whatever this block did; a `succeed` block here completes the run instead
+    (and no compensation runs).
+    14-19: kept (run-level retry, compensation policy).
+    """
     @_builtins.property
     def input_schema(self) -> _struct_pb2.Struct:
         """JSON Schema of the run input; the input is validated against it at start."""
@@ -217,9 +250,7 @@ class Blueprint(_message.Message):
         """Defaults for external blocks that leave them unset."""
 
     @_builtins.property
-    def timeouts(self) -> _common_pb2.BlockTimeouts:
-        """13-19: kept (run-level retry, failure hooks, compensation policy)."""
-
+    def timeouts(self) -> _common_pb2.BlockTimeouts: ...
     def __init__(
         self,
         *,
@@ -235,10 +266,11 @@ class Blueprint(_message.Message):
         task_queue: _builtins.str = ...,
         retry: _common_pb2.RetryPolicy | None = ...,
         timeouts: _common_pb2.BlockTimeouts | None = ...,
+        on_failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema", "output", b"output", "output_schema", b"output_schema", "retry", b"retry", "run_timeout", b"run_timeout", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "description", b"description", "input_schema", b"input_schema", "name", b"name", "output", b"output", "output_schema", b"output_schema", "retry", b"retry", "run_timeout", b"run_timeout", "task_queue", b"task_queue", "timeouts", b"timeouts", "vars", b"vars", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "description", b"description", "input_schema", b"input_schema", "name", b"name", "on_failure", b"on_failure", "output", b"output", "output_schema", b"output_schema", "retry", b"retry", "run_timeout", b"run_timeout", "task_queue", b"task_queue", "timeouts", b"timeouts", "vars", b"vars", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,8 +312,11 @@ class Block(_message.Message):
     when: _builtins.str
     """CEL guard evaluated once the dependencies are met; false skips the block."""
     compensate: _builtins.str
-    """The block that undoes this one. When a run fails, the compensations of the blocks that
-    succeeded run in reverse order of completion (saga).
+    """The block that undoes this one (saga). A compensation block is never started by readiness:
+    when the run is about to fail (after `on_failure`), the compensations of the blocks that
+    succeeded run one at a time, in reverse order of completion, each an ordinary block with
+    its own retry policy; one that fails is recorded and the others still run. It may read any
+    block, takes no `when`/`depends`, and no block may need it.
     """
     @_builtins.property
     def needs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -358,11 +393,20 @@ class Catch(_message.Message):
     ERROR_TYPES_FIELD_NUMBER: _builtins.int
     WHEN_FIELD_NUMBER: _builtins.int
     GOTO_FIELD_NUMBER: _builtins.int
+    COMPENSATE_FIELD_NUMBER: _builtins.int
     when: _builtins.str
-    """Optional CEL over `error` (the Failure) that must also hold."""
+    """Optional CEL that must also hold; it reads the block's scope and `error` (`{type,
+    message}`, as `${blocks.<id>.error}` shows it). One that fails at run time does not match.
+    """
     goto: _builtins.str
-    """Block to run next instead of failing the run. Empty: continue, the failure counts as handled
-    and the downstream blocks run, reading it as `${blocks.<id>.error}`.
+    """Block to run next instead of failing the run: a direct dependent of this block (it needs
+    it); the block's other dependents are skipped. Empty: continue, the block counts as
+    SUCCEEDED with the error `{type, message}` as its output, and the downstream blocks run
+    (`${blocks.<id>.error}` still reads it).
+    """
+    compensate: _builtins.bool
+    """Instead of goto or continue: the failure stands, the run starts no new block, and once the
+    running ones are done it unwinds (on_failure, then the compensations) and fails.
     """
     @_builtins.property
     def error_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -377,14 +421,46 @@ class Catch(_message.Message):
         error_types: _abc.Iterable[_builtins.str] | None = ...,
         when: _builtins.str = ...,
         goto: _builtins.str = ...,
+        compensate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_types", b"error_types", "goto", b"goto", "when", b"when"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensate", b"compensate", "error_types", b"error_types", "goto", b"goto", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Catch: _TypeAlias = Catch  # noqa: Y015
+
+@_typing.final
+class CatchOutcome(_message.Message):
+    """CatchOutcome is how a block's catch clauses judged its failure: decided once, when the
+    failure was seen (a clause's `when` reads the run's data), and recorded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAUSE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    GOTO_FIELD_NUMBER: _builtins.int
+    clause: _builtins.int
+    """The index of the clause that matched in Block.catch; -1 when none did."""
+    action: Global___CatchAction.ValueType
+    goto: _builtins.str
+    """Where the failure routed (action GOTO)."""
+    def __init__(
+        self,
+        *,
+        clause: _builtins.int = ...,
+        action: Global___CatchAction.ValueType = ...,
+        goto: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clause", b"clause", "goto", b"goto"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatchOutcome: _TypeAlias = CatchOutcome  # noqa: Y015
 
 @_typing.final
 class ExternalBlock(_message.Message):

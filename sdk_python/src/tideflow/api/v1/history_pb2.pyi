@@ -58,7 +58,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """System blocks run inside the engine and record only their outcome."""
     EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: _EventType.ValueType  # 41
     EVENT_TYPE_SYSTEM_BLOCK_FAILED: _EventType.ValueType  # 42
-    """43-49: kept for system block events."""
+    EVENT_TYPE_BLOCK_CAUGHT: _EventType.ValueType  # 43
+    """A failed block's catch clauses were judged (BlockCaughtEventAttributes).
+    44-49: kept for system block events.
+    """
     EVENT_TYPE_CHILD_RUN_INITIATED: _EventType.ValueType  # 60
     """50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
            FAILED, TIMED_OUT).
@@ -103,7 +106,10 @@ EVENT_TYPE_VARS_SET: EventType.ValueType  # 40
 """System blocks run inside the engine and record only their outcome."""
 EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: EventType.ValueType  # 41
 EVENT_TYPE_SYSTEM_BLOCK_FAILED: EventType.ValueType  # 42
-"""43-49: kept for system block events."""
+EVENT_TYPE_BLOCK_CAUGHT: EventType.ValueType  # 43
+"""A failed block's catch clauses were judged (BlockCaughtEventAttributes).
+44-49: kept for system block events.
+"""
 EVENT_TYPE_CHILD_RUN_INITIATED: EventType.ValueType  # 60
 """50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
        FAILED, TIMED_OUT).
@@ -203,6 +209,7 @@ class HistoryEvent(_message.Message):
     VARS_SET_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_COMPLETED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    BLOCK_CAUGHT_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_INITIATED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_START_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
@@ -258,6 +265,8 @@ class HistoryEvent(_message.Message):
     @_builtins.property
     def system_block_failed_event_attributes(self) -> Global___SystemBlockFailedEventAttributes: ...
     @_builtins.property
+    def block_caught_event_attributes(self) -> Global___BlockCaughtEventAttributes: ...
+    @_builtins.property
     def child_run_initiated_event_attributes(self) -> Global___ChildRunInitiatedEventAttributes: ...
     @_builtins.property
     def child_run_start_failed_event_attributes(self) -> Global___ChildRunStartFailedEventAttributes: ...
@@ -293,16 +302,17 @@ class HistoryEvent(_message.Message):
         vars_set_event_attributes: Global___VarsSetEventAttributes | None = ...,
         system_block_completed_event_attributes: Global___SystemBlockCompletedEventAttributes | None = ...,
         system_block_failed_event_attributes: Global___SystemBlockFailedEventAttributes | None = ...,
+        block_caught_event_attributes: Global___BlockCaughtEventAttributes | None = ...,
         child_run_initiated_event_attributes: Global___ChildRunInitiatedEventAttributes | None = ...,
         child_run_start_failed_event_attributes: Global___ChildRunStartFailedEventAttributes | None = ...,
         child_run_started_event_attributes: Global___ChildRunStartedEventAttributes | None = ...,
         child_run_closed_event_attributes: Global___ChildRunClosedEventAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
+    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
     _WhichOneofArgType_attributes: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_attributes) -> _WhichOneofReturnType_attributes | None: ...
 
@@ -932,11 +942,35 @@ class SystemBlockCompletedEventAttributes(_message.Message):
 Global___SystemBlockCompletedEventAttributes: _TypeAlias = SystemBlockCompletedEventAttributes  # noqa: Y015
 
 @_typing.final
-class SystemBlockFailedEventAttributes(_message.Message):
+class BlockCaughtEventAttributes(_message.Message):
     """SystemBlockFailedEventAttributes records a system block that failed: a `fail` block, a map
     beyond its tolerated failures, a signal timeout with no escalation, a CEL runtime error.
+    BlockCaughtEventAttributes: what a failed block's catch did with its failure.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    @_builtins.property
+    def outcome(self) -> _blueprint_pb2.CatchOutcome: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        outcome: _blueprint_pb2.CatchOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockCaughtEventAttributes: _TypeAlias = BlockCaughtEventAttributes  # noqa: Y015
+
+@_typing.final
+class SystemBlockFailedEventAttributes(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOCK_ID_FIELD_NUMBER: _builtins.int

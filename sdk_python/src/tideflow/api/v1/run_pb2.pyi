@@ -184,6 +184,8 @@ class BlockSummary(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    COMPENSATES_FIELD_NUMBER: _builtins.int
+    CAUGHT_FIELD_NUMBER: _builtins.int
     CHILD_RUN_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
@@ -201,6 +203,8 @@ class BlockSummary(_message.Message):
     targets runs.
     """
     route: _builtins.str
+    compensates: _builtins.str
+    """For a compensation block that ran (saga): the block it undoes."""
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
         """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
@@ -208,11 +212,17 @@ class BlockSummary(_message.Message):
         """
 
     @_builtins.property
+    def caught(self) -> _blueprint_pb2.CatchOutcome:
+        """What the block's catch did with its failure (clause, action, goto); unset when it has no
+        catch or did not fail. A CONTINUE block is SUCCEEDED and keeps its `failure`.
+        """
+
+    @_builtins.property
     def child_run(self) -> _common_pb2.RunRef:
-        """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
-        items, iterations).
-        A subflow block's child run: its run_id once the block started, its execution_id once the
+        """A subflow block's child run: its run_id once the block started, its execution_id once the
         child started.
+        9-12, 16-19: kept for what a block waits for and its progress (signal, event, timer,
+        items, iterations).
         """
 
     def __init__(
@@ -226,11 +236,13 @@ class BlockSummary(_message.Message):
         skip_reason: _builtins.str = ...,
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
+        compensates: _builtins.str = ...,
+        caught: _blueprint_pb2.CatchOutcome | None = ...,
         child_run: _common_pb2.RunRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_run", b"child_run", "failure", b"failure"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "child_run", b"child_run", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "child_run", b"child_run", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,6 +85,30 @@ class StartChild:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchFailure:
+    """A failed block's catch clauses were judged (once: a `when` reads the run's data): the
+    outcome is recorded and acted on. GOTO routes the failure (`BlockView.route`), CONTINUE
+    makes the block SUCCEEDED with `output` (the error), NONE and COMPENSATE leave the failure
+    standing (COMPENSATE also stops the run from starting blocks, `decide`)."""
+
+    block_id: str
+    clause: int
+    """Index in `Block.catch`; -1: none matched."""
+    action: blueprint_pb2.CatchAction.ValueType
+    goto: str = ""
+    output: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class Compensation:
+    """A compensation the run ran before it failed: `by` undid `block_id`, ending `status`."""
+
+    block_id: str
+    by: str
+    status: common_pb2.BlockStatus.ValueType
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     output: JSON
 
@@ -94,8 +118,17 @@ class FailRun:
     error: BlockError
     block_id: str = ""
     """The block whose failure failed the run, if one did."""
+    compensated: tuple[Compensation, ...] = ()
+    """The compensations that ran first, in the order they ran."""
 
 
 Command: TypeAlias = (
-    ScheduleExternal | CompleteBlock | SkipBlock | FailBlock | StartChild | CompleteRun | FailRun
+    ScheduleExternal
+    | CompleteBlock
+    | SkipBlock
+    | FailBlock
+    | StartChild
+    | CatchFailure
+    | CompleteRun
+    | FailRun
 )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jsonschema
 
 from tideflow.api.v1 import blueprint_pb2
+from tideflow.blueprint.language.catch import CatchClause
 from tideflow.blueprint.language.errors import LanguageError
 from tideflow.blueprint.language.kinds import ExternalPlan, ExternalPolicy, Kind, Plan
 from tideflow.blueprint.language.model import JSON, RunView
@@ -39,10 +40,21 @@ class CompiledBlock:
     plan: Plan
     targets: tuple[str, ...] = ()
     """The dependents it may route the run to (`BlockView.route`)."""
+    catches: tuple[CatchClause, ...] = ()
+    compensate: str = ""
+    """The block that undoes it (saga)."""
+    dormant: bool = False
+    """A compensation block or the on_failure block: readiness never starts it, only the
+    run's unwinding does (`decide`)."""
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.needs, *self.depends_on)))
+
+    @property
+    def handlers(self) -> frozenset[str]:
+        """Its catch's `goto` blocks: they run only when its failure routes to them."""
+        return frozenset(clause.goto for clause in self.catches if clause.goto)
 
     @property
     def policy(self) -> ExternalPolicy | None:
@@ -63,6 +75,15 @@ class CompiledBlueprint:
     output_schema: dict[str, JSON] | None
     input_validator: jsonschema.protocols.Validator | None
     output_validator: jsonschema.protocols.Validator | None
+    on_failure: str = ""
+    """The block that runs when the run is about to fail."""
+    catching: tuple[CompiledBlock, ...] = ()
+    """The blocks with catch clauses, in topological order: every decision looks at them."""
+
+    @property
+    def compensates(self) -> dict[str, str]:
+        """Each compensation block, and the block it undoes."""
+        return {b.compensate: b.id for b in self.order if b.compensate}
 
     @classmethod
     def compile(
@@ -81,16 +102,19 @@ class CompiledBlueprint:
         if checked.violations:
             raise LanguageError(checked.violations)
         blocks = [_block(b) for b in checked.blocks]
+        order = _topological(blocks)
         return cls(
             blueprint=blueprint,
             blocks={b.id: b for b in blocks},
-            order=_topological(blocks),
+            order=order,
             vars=checked.vars,
             output=checked.output,
             input_schema=checked.input_schema,
             output_schema=checked.output_schema,
             input_validator=_validator(checked.input_schema),
             output_validator=_validator(checked.output_schema),
+            on_failure=checked.on_failure,
+            catching=tuple(block for block in order if block.catches),
         )
 
     @property
@@ -135,6 +159,9 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         spec=checked.spec,
         plan=checked.plan,
         targets=checked.targets,
+        catches=checked.catches,
+        compensate=checked.compensate,
+        dormant=checked.dormant,
     )
 
 

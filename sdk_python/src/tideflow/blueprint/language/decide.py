@@ -21,10 +21,18 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
 Something that reaches a block already started (a timer, a signal, a child run's close) goes
 to its kind's `on_event` through `deliver`.
 
+Before any of that, a block that failed and has `catch` clauses gets them judged, once
+(`CatchFailure`, recorded): a `goto` routes the failure (rule 1 then handles it), a continue
+makes the block SUCCEEDED, a `compensate` stops the run from starting blocks. A catch's
+`goto` targets run only when the failure routes to them. Compensation blocks and the
+`on_failure` block are dormant: readiness never starts them.
+
 An expression that fails fails its block (`ExpressionError`, an engine-side error: a
 ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
-when nothing runs and nothing is left to start, failed by the first failed block in
-topological order, or completed with the rendered `output`. A `succeed` block ends the run as
+when nothing runs and nothing is left to start, completed with the rendered `output`, or, when
+a failure stands, it first unwinds (the `on_failure` block, then the compensations of the
+blocks that succeeded, last completed first, one per decision) and then fails by the first
+failed block in topological order, listing what was compensated. A `succeed` block ends the run as
 soon as it completes.
 """
 
@@ -32,8 +40,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from tideflow.blueprint.language import catch as _catch
 from tideflow.blueprint.language.commands import (
     Command,
+    Compensation,
     CompleteBlock,
     CompleteRun,
     FailBlock,
@@ -53,7 +63,7 @@ from tideflow.blueprint.language.model import (
     BlockView,
     RunView,
 )
-from tideflow.blueprint.language.templates import Env, ExpressionError
+from tideflow.blueprint.language.templates import Env, ExpressionError, run_variables
 from tideflow.blueprint.language.validate import schema_violations
 
 EXPRESSION_ERROR = "ExpressionError"
@@ -68,11 +78,14 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     ended = _ended(compiled, views)
     if ended is not None:
         return [ended]
+    caught = _judge_failures(compiled, run)
+    if caught:
+        return caught
     env = Env.for_run(run)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
-    for block in compiled.order:
-        if block.id in views:
+    for block in () if _stopping(compiled, views) else compiled.order:
+        if block.id in views or block.dormant:
             continue
         context = BlockContext(block.id, env, compiled.output, run.task_queue)
         step = _step(compiled, block, views, context, causes)
@@ -82,7 +95,7 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
         commands += step
     if commands or any(view.status not in TERMINAL for view in views.values()):
         return commands
-    return [_finish(compiled, views, env)]
+    return _finish(compiled, run, env)
 
 
 def deliver(
@@ -162,13 +175,20 @@ def _routed_away(
 ) -> str | None:
     """Why `block_id` is skipped because its need `need` routed the run elsewhere: `need` is
     a target not taken, or a failure that routed (every dependent but its route is skipped).
-    None when the need did not route, or routed here."""
-    if view.route is None or view.route == block_id:
+    A catch's handler (`goto`) runs only when the failure routes to it. None when the need did
+    not route, or routed here."""
+    if view.route is None:
+        # A failure that stands skips it as any failure does (`_failure_cause`).
+        if view.status == SUCCEEDED and block_id in compiled.blocks[need].handlers:
+            return f"needs {need}, which did not route to it"
+        return None
+    if view.route == block_id:
         return None
     if view.status == SUCCEEDED and block_id not in compiled.blocks[need].targets:
         return None  # not one of its routes: an ordinary dependent
-    where = f"routed to {view.route}" if view.route else "routed to none of its targets"
-    return f"needs {need}, which {where}"
+    verb = compiled.blocks[need].spec.routes_as
+    where = view.route or "none of its targets"
+    return f"needs {need}, which {verb} {where}"
 
 
 def _failure_cause(
@@ -199,11 +219,53 @@ def _failure_cause(
     return cause
 
 
-def _finish(compiled: CompiledBlueprint, views: Mapping[str, BlockView], env: Env) -> Command:
+def _judge_failures(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
+    """Judge the catch of each block that failed since the last decision, once: its outcome
+    is recorded (`CatchFailure`), and the next decision acts on it."""
+    commands: list[Command] = []
+    for block in compiled.catching:
+        view = run.blocks.get(block.id)
+        if view is None or view.status != FAILED or view.caught is not None:
+            continue
+        if view.route is not None or view.error is None:
+            continue  # routed when it failed (a kind's own route): nothing left to catch
+        commands.append(
+            _catch.judge(block.id, block.catches, view.error, _catch_env(run, view.error))
+        )
+    return commands
+
+
+def _catch_env(run: RunView, error: BlockError) -> Env:
+    """The run's variables and `error`, as `${blocks.<id>.error}` shows it."""
+    value = {"type": error.type, "message": error.message}
+    return Env(lambda: {**run_variables(run), _catch.ERROR_VARIABLE: value})
+
+
+def _stopping(compiled: CompiledBlueprint, views: Mapping[str, BlockView]) -> bool:
+    """A catch said `compensate`: the run starts nothing new and unwinds once the running
+    blocks are done."""
+    for block in compiled.catching:
+        view = views.get(block.id)
+        caught = None if view is None else view.caught
+        if caught is not None and caught >= 0 and block.catches[caught].action == _catch.COMPENSATE:
+            return True
+    return False
+
+
+def _finish(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command]:
+    """Nothing runs and nothing is left to start: the run completes, or, when a failure that
+    nothing handled stands, it unwinds (the on_failure block, then the compensations, one
+    decision at a time) and then fails."""
+    views = run.blocks
     for block in compiled.order:
         view = views.get(block.id)
-        if view is None or view.status not in (FAILED, CANCELED) or view.route is not None:
+        if block.dormant or view is None or view.status not in (FAILED, CANCELED):
             continue
+        if view.route is not None:
+            continue
+        unwinding = _unwind(compiled, run, env)
+        if unwinding:
+            return unwinding
         error = view.error
         if error is None:
             failed = view.status == FAILED
@@ -211,12 +273,56 @@ def _finish(compiled: CompiledBlueprint, views: Mapping[str, BlockView], env: En
                 BLOCK_FAILED if failed else BLOCK_CANCELED,
                 f"block {block.id} {'failed' if failed else 'was canceled'}",
             )
-        return FailRun(error=error, block_id=block.id)
+        return [FailRun(error=error, block_id=block.id, compensated=_compensated(compiled, views))]
     try:
         output = None if compiled.output is None else compiled.output.render(env)
     except ExpressionError as e:
-        return FailRun(_engine_error(EXPRESSION_ERROR, str(e)))
-    return _result(compiled, output, "")
+        return [FailRun(_engine_error(EXPRESSION_ERROR, str(e)))]
+    return [_result(compiled, output, "")]
+
+
+def _compensations(
+    compiled: CompiledBlueprint, views: Mapping[str, BlockView]
+) -> list[tuple[str, str]]:
+    """(block, its compensation) for each block that succeeded and names one, the last to
+    complete first. A block that continued past a caught failure did not succeed."""
+    done = [
+        (view.closed, block.id, block.compensate)
+        for block in compiled.order
+        if block.compensate
+        and (view := views.get(block.id)) is not None
+        and view.status == SUCCEEDED
+        and view.caught is None
+    ]
+    return [(block_id, by) for _, block_id, by in sorted(done, reverse=True)]
+
+
+def _unwind(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command]:
+    """Start the next block of the unwinding not started yet (the on_failure block first,
+    then each compensation); empty when every one has run. One at a time: a decision while
+    one runs waits for it."""
+    due = [compiled.on_failure] if compiled.on_failure else []
+    due += [by for _, by in _compensations(compiled, run.blocks)]
+    for block_id in due:
+        if block_id in run.blocks:
+            continue
+        block = compiled.blocks[block_id]
+        context = BlockContext(block_id, env, compiled.output, run.task_queue)
+        try:
+            return list(block.spec.start(block.plan, context))
+        except ExpressionError as e:
+            return [FailBlock(block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
+    return []
+
+
+def _compensated(
+    compiled: CompiledBlueprint, views: Mapping[str, BlockView]
+) -> tuple[Compensation, ...]:
+    return tuple(
+        Compensation(block_id, by, views[by].status)
+        for block_id, by in _compensations(compiled, views)
+        if by in views
+    )
 
 
 def _engine_error(error_type: str, message: str) -> BlockError:

@@ -48,6 +48,12 @@ class BlockView:
     """Where the block routed the run when it ended (a switch's case, a catch's goto, a
     signal's on_timeout): that dependent runs, its other route targets are skipped, and a
     failure that routed counts as handled. "" routes to none of them; None: no routing."""
+    caught: int | None = None
+    """The failed block's catch was judged: the index of the clause that matched, -1 when none
+    did (`catch.judge`). None: not judged (no catch, or it did not fail)."""
+    closed: int = 0
+    """When it closed, as an increasing number (its close event's id): completions are
+    compensated in reverse of this order. 0 while running."""
 
 
 @dataclass(frozen=True, slots=True)

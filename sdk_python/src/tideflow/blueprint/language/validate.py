@@ -26,6 +26,7 @@ import jsonschema
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
+from tideflow.blueprint.language import catch as _catch
 from tideflow.blueprint.language import policy as _policy
 from tideflow.blueprint.language.cel import (
     BUILTIN_NAMES,
@@ -89,6 +90,11 @@ class CheckedBlock:
     plan: Plan | None
     targets: tuple[str, ...] = ()
     """Where it may route the run (`Site.goto`), in declaration order."""
+    catches: tuple[_catch.CatchClause, ...] = ()
+    compensate: str = ""
+    """The block that undoes it."""
+    dormant: bool = False
+    """A compensation block or the on_failure block: only the run's unwinding starts it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,7 @@ class Checked:
     output: Template | None
     input_schema: dict[str, JSON] | None
     output_schema: dict[str, JSON] | None
+    on_failure: str = ""
 
 
 def validate_blueprint(
@@ -192,6 +199,9 @@ class _Checker:
         self.var_names: frozenset[str] = frozenset()
         self.gotos: list[tuple[str, str, str]] = []
         """(block id, target, path) of every route a kind declared (`Site.goto`)."""
+        self.dormant: dict[str, str] = {}
+        """Blocks only the run's unwinding starts, and what they are ("the on_failure block",
+        "the compensation of a")."""
 
     def report(self, path: str, description: str) -> None:
         self.violations.append(FieldViolation(path, description))
@@ -307,8 +317,10 @@ class _Checker:
             name for block in blocks if block.WhichOneof("kind") == "set" for name in block.set.vars
         }
         self._ids(blocks)
+        self._dormant(blocks)
         needs = [self._needs(i, block) for i, block in enumerate(blocks)]
         depends = [self._depends(i, block) for i, block in enumerate(blocks)]
+        self._wakes_dormant(blocks, needs, depends)
         edges = [
             [(need, f"blocks[{i}].needs[{j}]") for j, need in needs[i]]
             + [(dep, f"blocks[{i}].depends") for dep in depends[i][1]]
@@ -318,11 +330,16 @@ class _Checker:
         ancestors = _ancestors([[self.index[dep] for dep, _ in e] for e in edges])
         checked = []
         for i, block in enumerate(blocks):
-            scope = _Scope(RUN_VARIABLES, frozenset(blocks[a].id for a in ancestors[i]))
+            # A dormant block runs once the run has settled, so it may read any block.
+            seen = (
+                None if block.id in self.dormant else frozenset(blocks[a].id for a in ancestors[i])
+            )
+            scope = _Scope(RUN_VARIABLES, seen)
             when = None
             if block.when:
                 when = self.condition(block.when, f"blocks[{i}].when", scope)
-            spec, plan = self._kind(i, block, scope)
+            site = _Site(block, f"blocks[{i}]", self.bp, scope, self)
+            spec, plan = self._kind(i, block, site)
             checked.append(
                 CheckedBlock(
                     index=i,
@@ -333,6 +350,9 @@ class _Checker:
                     depends_on=depends[i][1],
                     when=when,
                     plan=plan,
+                    catches=_catch.check(site),
+                    compensate=block.compensate if block.compensate in self.index else "",
+                    dormant=block.id in self.dormant,
                 )
             )
         targets = self._targets(needs)
@@ -342,8 +362,15 @@ class _Checker:
         output = None
         if bp.HasField("output"):
             output = self.template(bp.output, "output", _Scope(RUN_VARIABLES, None))
+        on_failure = bp.on_failure if bp.on_failure in self.index else ""
         return Checked(
-            self.violations, tuple(checked), defaults, output, input_schema, output_schema
+            self.violations,
+            tuple(checked),
+            defaults,
+            output,
+            input_schema,
+            output_schema,
+            on_failure,
         )
 
     def _identity(self) -> None:
@@ -476,14 +503,66 @@ class _Checker:
                     ids = " -> ".join(blocks[n].id for n in cycle)
                     self.report(step[1], f"dependency cycle: {ids}")
 
+    def _dormant(self, blocks: list[blueprint_pb2.Block]) -> None:
+        """The blocks only the run's unwinding starts (`on_failure`, the compensations), each
+        named at most once, none of them compensated or waiting on a guard."""
+        named: dict[str, str] = {}
+        if self.bp.on_failure:
+            if self.bp.on_failure not in self.index:
+                self.report("on_failure", f"no block {self.bp.on_failure!r}")
+            else:
+                named[self.bp.on_failure] = "the on_failure block"
+        for i, block in enumerate(blocks):
+            target, path = block.compensate, f"blocks[{i}].compensate"
+            if not target:
+                continue
+            if target not in self.index:
+                self.report(path, f"no block {target!r}")
+            elif target == block.id:
+                self.report(path, "a block cannot compensate itself")
+            elif target in named:
+                self.report(path, f"{target!r} is already {named[target]}")
+            else:
+                named[target] = f"the compensation of {block.id}"
+        self.dormant = named
+        for i, block in enumerate(blocks):
+            what = named.get(block.id)
+            if what is None:
+                continue
+            path = f"blocks[{i}]"
+            if block.compensate:
+                self.report(f"{path}.compensate", f"{block.id!r} is {what}: it compensates nothing")
+            for field in ("when", "depends"):
+                if getattr(block, field):
+                    self.report(
+                        f"{path}.{field}",
+                        f"{block.id!r} is {what}: the run's unwinding starts it, with no {field}",
+                    )
+
+    def _wakes_dormant(
+        self,
+        blocks: list[blueprint_pb2.Block],
+        needs: list[list[tuple[int, str]]],
+        depends: list[tuple[Expression | None, tuple[str, ...]]],
+    ) -> None:
+        """Nothing may wait on a dormant block: it runs only when the run fails."""
+        for i, block in enumerate(blocks):
+            if block.id in self.dormant:
+                continue  # it may read (and need) what it undoes
+            waits = [(f"blocks[{i}].needs[{j}]", need) for j, need in needs[i]]
+            waits += [(f"blocks[{i}].depends", dep) for dep in depends[i][1]]
+            for path, other in waits:
+                if other in self.dormant:
+                    self.report(
+                        path,
+                        f"{other!r} is {self.dormant[other]}, which runs only when the run "
+                        "fails: no block may wait for it",
+                    )
+
     def _kind(
-        self, i: int, block: blueprint_pb2.Block, scope: _Scope
+        self, i: int, block: blueprint_pb2.Block, site: _Site
     ) -> tuple[Kind | None, Plan | None]:
         path = f"blocks[{i}]"
-        if block.catch:
-            self.report(f"{path}.catch", "catch is not supported yet")
-        if block.compensate:
-            self.report(f"{path}.compensate", "compensate is not supported yet")
         field = block.WhichOneof("kind")
         if field is None:
             kinds = ", ".join(spec.name for spec in KINDS.values())
@@ -492,7 +571,6 @@ class _Checker:
         spec = KINDS[field]
         if block.HasField("input") and not spec.takes_input:
             self.report(f"{path}.input", f"{spec.name} blocks take no input")
-        site = _Site(block, path, self.bp, scope, self)
         return spec, spec.check(site)
 
     def _targets(self, needs: list[list[tuple[int, str]]]) -> dict[str, tuple[str, ...]]:
@@ -507,6 +585,8 @@ class _Checker:
                 self.report(path, "the block id to go to is required")
             elif target not in self.index:
                 self.report(path, f"no block {target!r}")
+            elif target in self.dormant:
+                self.report(path, f"{target!r} is {self.dormant[target]}: a route cannot go to it")
             elif target not in needed_by.get(block_id, set()):
                 self.report(
                     path,

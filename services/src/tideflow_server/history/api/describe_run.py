@@ -92,10 +92,13 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
             skip_reason=result.skip_reason,
             routed=result.routed,
             route=result.route,
+            compensates=result.compensates,
         )
         if result.HasField("failure"):
             summary.failure.CopyFrom(result.failure)
         if result.HasField("child_run"):
             summary.child_run.CopyFrom(result.child_run)
+        if result.HasField("caught"):
+            summary.caught.CopyFrom(result.caught)
         summaries.append(summary)
     return summaries

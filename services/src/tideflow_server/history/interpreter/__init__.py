@@ -9,7 +9,9 @@ and applying commands to a run's state (`appliers`).
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import (
+    CatchFailure,
     Command,
+    Compensation,
     CompleteBlock,
     CompleteRun,
     FailBlock,
@@ -46,7 +48,9 @@ __all__ = [
     "JSON",
     "BlockError",
     "BlockView",
+    "CatchFailure",
     "Command",
+    "Compensation",
     "CompiledBlock",
     "CompiledBlueprint",
     "CompleteBlock",

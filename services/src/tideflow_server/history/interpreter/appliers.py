@@ -12,11 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
     BlockError,
+    CatchFailure,
     Command,
     CompiledBlueprint,
     CompleteBlock,
@@ -166,12 +167,39 @@ def _start_child(step: RunStep, command: StartChild, context: Applying) -> None:
     step.add_transfer().start_child_run.initiated_event_id = event.event_id
 
 
+def _catch_failure(step: RunStep, command: CatchFailure, context: Applying) -> None:
+    # Recorded whatever the outcome, so the clauses are never judged again on other data.
+    _, attrs = step.add_event(history_pb2.EVENT_TYPE_BLOCK_CAUGHT, "block_caught_event_attributes")
+    assert isinstance(attrs, history_pb2.BlockCaughtEventAttributes)
+    attrs.block_id = command.block_id
+    attrs.outcome.clause = command.clause
+    attrs.outcome.action = command.action
+    attrs.outcome.goto = command.goto
+    result = step.state.block_results[command.block_id]
+    result.caught.CopyFrom(attrs.outcome)
+    if command.action == blueprint_pb2.CATCH_ACTION_GOTO:
+        _record_route(result, command.goto)
+    elif command.action == blueprint_pb2.CATCH_ACTION_CONTINUE:
+        # The failure is kept (`${blocks.<id>.error}`, DescribeRun); the error is the output.
+        result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
+        result.output.CopyFrom(payloads.to_value(command.output))
+
+
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:
     close_run(step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output))
 
 
 def _fail_run(step: RunStep, command: FailRun, context: Applying) -> None:
-    close_run(step, common_pb2.RUN_STATUS_FAILED, failure=_run_failure(step, command))
+    failure = failure_pb2.Failure()
+    failure.CopyFrom(_run_failure(step, command))
+    if command.compensated:
+        # The saga's account, in the order the compensations ran; DescribeRun shows each
+        # compensation block too (`BlockSummary.compensates`).
+        ran = ", ".join(
+            f"{c.block_id} by {c.by} ({_status(c.status)})" for c in command.compensated
+        )
+        failure.message = f"{failure.message}; compensated: {ran}"
+    close_run(step, common_pb2.RUN_STATUS_FAILED, failure=failure)
 
 
 def _run_failure(step: RunStep, command: FailRun) -> failure_pb2.Failure:
@@ -196,6 +224,10 @@ def _run_failure(step: RunStep, command: FailRun) -> failure_pb2.Failure:
     return failure
 
 
+def _status(status: common_pb2.BlockStatus.ValueType) -> str:
+    return common_pb2.BlockStatus.Name(status).removeprefix("BLOCK_STATUS_").lower()
+
+
 Applier = Callable[[RunStep, Any, Applying], None]
 
 APPLIERS: Mapping[type, Applier] = {
@@ -204,6 +236,7 @@ APPLIERS: Mapping[type, Applier] = {
     SkipBlock: _skip_block,
     FailBlock: _fail_block,
     StartChild: _start_child,
+    CatchFailure: _catch_failure,
     CompleteRun: _complete_run,
     FailRun: _fail_run,
 }

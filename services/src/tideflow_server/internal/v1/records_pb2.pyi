@@ -686,6 +686,8 @@ class BlockResult(_message.Message):
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SKIP_REASON_FIELD_NUMBER: _builtins.int
+    CAUGHT_FIELD_NUMBER: _builtins.int
+    COMPENSATES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
@@ -708,6 +710,8 @@ class BlockResult(_message.Message):
     route: _builtins.str
     skip_reason: _builtins.str
     """Why the block was SKIPPED (a guard, a failed need, a route not taken)."""
+    compensates: _builtins.str
+    """For a compensation block (Block.compensate names it): the block it undoes."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """JSON view of the output, what `${blocks.<id>.output}` reads; an external block's result is
@@ -722,9 +726,15 @@ class BlockResult(_message.Message):
         """
 
     @_builtins.property
+    def caught(self) -> _blueprint_pb2.CatchOutcome:
+        """Set once a FAILED block's catch was judged (BLOCK_CAUGHT); a CONTINUE leaves the block
+        SUCCEEDED with `failure` kept.
+        """
+
+    @_builtins.property
     def child_run(self) -> _common_pb2.RunRef:
-        """12-19: kept for the block kinds' own progress (iterations, items, waits).
-        A subflow block's child run: its run_id from the start, its execution_id once started.
+        """A subflow block's child run: its run_id from the start, its execution_id once started.
+        14-17, 19: kept for the block kinds' own progress (iterations, items, waits).
         """
 
     def __init__(
@@ -741,11 +751,13 @@ class BlockResult(_message.Message):
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
         skip_reason: _builtins.str = ...,
+        caught: _blueprint_pb2.CatchOutcome | None = ...,
+        compensates: _builtins.str = ...,
         child_run: _common_pb2.RunRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["child_run", b"child_run", "failure", b"failure", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run", b"child_run", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -113,3 +113,5 @@ class Kind:
     on_event: OnEvent = waits_for_nothing
     takes_input: bool = False
     """Reads `Block.input`."""
+    routes_as: str = "routed to"
+    """How a skip reason says where the block routed: "needs s, which chose b"."""
