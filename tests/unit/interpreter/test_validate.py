@@ -47,7 +47,7 @@ def test_reports_every_problem_with_its_path() -> None:
         {"id": "input", "set": {"vars": {"x": 1}}},  # reserved id
         {"id": "s", "switchBlock": {"cases": [{"when": "true", "goto": "c"}]}},
         {"id": "m", "mapBlock": {"items": "${input.list}"}},
-        {"id": "w", "wait": {"duration": "5s"}},
+        {"id": "w", "wait": {}},
         inputSchema={"type": "objekt"},
         output="${blocks.nobody.output}",
     )
@@ -61,7 +61,7 @@ def test_reports_every_problem_with_its_path() -> None:
     assert found["blocks[3].id"] == ["'input' is reserved"]
     assert found["blocks[4]"] == ["switch blocks are not supported yet"]
     assert found["blocks[5]"] == ["map blocks are not supported yet"]
-    assert found["blocks[6]"] == ["wait blocks are not supported yet"]
+    assert found["blocks[6].wait"] == ["set duration, until or until_expr"]
     assert "not a valid JSON Schema" in found["input_schema.type"][0]
     assert found["output"] == ["`blocks.nobody.output`: blocks.nobody names no block"]
     assert len(found) == 11

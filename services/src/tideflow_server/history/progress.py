@@ -16,7 +16,9 @@ from tideflow_server.history.interpreter import (
     BlockView,
     CompiledBlueprint,
     RunView,
+    Signal,
     decide,
+    deliver,
 )
 from tideflow_server.history.interpreter.appliers import Applying, apply
 from tideflow_server.history.shard.port import Shard
@@ -57,9 +59,14 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             error=block_error(result.failure) if result.HasField("failure") else None,
             attempt=result.attempt,
             route=result.route if result.routed else None,
+            escalated=tuple(result.escalated),
         )
         for block_id, result in state.block_results.items()
     }
+    signals = tuple(
+        Signal(s.event_id, s.signal_name, payloads.from_payloads(s.input, "input"))
+        for s in state.buffered_signals
+    )
     return RunView(
         namespace=namespace,
         run_id=info.run_id,
@@ -70,6 +77,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
         vars={name: payloads.from_value(v) for name, v in info.vars.items()},
         blocks=views,
         task_queue=info.task_queue.name,
+        signals=signals,
     )
 
 
@@ -136,14 +144,37 @@ async def continue_run(shard: Shard, step: RunStep) -> None:
     if step.info.cancel_requested:
         finish_cancel_if_done(step)
         return
+    compiled, namespace, max_pending = await _run_context(shard, step)
+    advance(step, compiled, namespace=namespace, max_pending_blocks=max_pending)
+
+
+async def deliver_event(shard: Shard, step: RunStep, block_id: str, event: object) -> bool:
+    """`event` (a timer that fired, a signal) reaches the started block `block_id`: apply
+    what its kind makes of it, then let the blueprint go on. False when the block took
+    nothing from it (it no longer waits, or it ignores the event), and nothing changed."""
+    result = step.state.block_results.get(block_id)
+    if not step.is_open or step.info.cancel_requested or result is None:
+        return False
+    if result.status != common_pb2.BLOCK_STATUS_RUNNING:
+        return False
+    compiled, namespace, max_pending = await _run_context(shard, step)
+    commands = deliver(compiled, run_view(step.state, namespace), block_id, event)
+    if not commands:
+        return False
+    context = Applying(compiled, max_pending)
+    for command in commands:
+        if step.is_open:
+            apply(step, command, context)
+    advance(step, compiled, namespace=namespace, max_pending_blocks=max_pending)
+    return True
+
+
+async def _run_context(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str, int]:
+    """The run's compiled blueprint, its namespace's name and its pending-blocks limit."""
     info = step.info
     _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
     namespace = await shard.namespaces.by_id(info.namespace_id)
-    advance(
-        step,
-        compiled,
-        namespace=namespace.info.name,
-        max_pending_blocks=tighter(
-            namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
-        ),
+    max_pending = tighter(
+        namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
     )
+    return compiled, namespace.info.name, max_pending

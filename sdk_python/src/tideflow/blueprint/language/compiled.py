@@ -39,6 +39,8 @@ class CompiledBlock:
     plan: Plan
     targets: tuple[str, ...] = ()
     """The dependents it may route the run to (`BlockView.route`)."""
+    triggered_by: tuple[str, ...] = ()
+    """The blocks whose escalation starts it (`commands.Escalate`); empty: readiness does."""
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -135,6 +137,7 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         spec=checked.spec,
         plan=checked.plan,
         targets=checked.targets,
+        triggered_by=checked.triggered_by,
     )
 
 

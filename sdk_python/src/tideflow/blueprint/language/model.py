@@ -48,6 +48,18 @@ class BlockView:
     """Where the block routed the run when it ended (a switch's case, a catch's goto, a
     signal's on_timeout): that dependent runs, its other route targets are skipped, and a
     failure that routed counts as handled. "" routes to none of them; None: no routing."""
+    escalated: tuple[str, ...] = ()
+    """A signal block: the escalation targets it has started (`commands.Escalate`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal the run received that no block has taken yet (`RunView.signals`)."""
+
+    event_id: int
+    """Its RUN_SIGNALED event."""
+    name: str
+    input: JSON = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +77,6 @@ class RunView:
     task_queue: str = ""
     """The run's task queue: its start's, else the blueprint's. External blocks that name no
     queue of their own go there. Empty: each block's policy decides."""
+    signals: tuple[Signal, ...] = ()
+    """Signals received and not taken yet, oldest first: a signal block that starts takes the
+    first that matches."""

@@ -573,6 +573,8 @@ class BlockResult(_message.Message):
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SKIP_REASON_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    AWAITING_SIGNAL_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -593,8 +595,10 @@ class BlockResult(_message.Message):
     """
     route: _builtins.str
     skip_reason: _builtins.str
-    """Why the block was SKIPPED (a guard, a failed need, a route not taken).
-    12-19: kept for the block kinds' own progress (iterations, items, waits).
+    """Why the block was SKIPPED (a guard, a failed need, a route not taken)."""
+    awaiting_signal: _builtins.str
+    """A signal block while it waits (RUNNING): the signal's name. SignalRun offers a signal to
+    the RUNNING blocks waiting for its name, in the order they were reached.
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
@@ -607,6 +611,12 @@ class BlockResult(_message.Message):
         """Set when status is FAILED: a BlockFailureInfo over the block's own failure (its cause),
         as DescribeRun and RUN_FAILED show it; `${blocks.<id>.error}` reads the cause. Recorded
         before BlockFailureInfo was: the block's own failure alone.
+        """
+
+    @_builtins.property
+    def escalated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """12-19: kept for the block kinds' own progress (iterations, items, waits).
+        A signal block: the escalation targets it has started, in order.
         """
 
     def __init__(
@@ -623,10 +633,12 @@ class BlockResult(_message.Message):
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
         skip_reason: _builtins.str = ...,
+        escalated: _abc.Iterable[_builtins.str] | None = ...,
+        awaiting_signal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_event_id", b"close_event_id", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_signal", b"awaiting_signal", "close_event_id", b"close_event_id", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,7 +646,10 @@ Global___BlockResult: _TypeAlias = BlockResult  # noqa: Y015
 
 @_typing.final
 class UserTimer(_message.Message):
-    """UserTimer is an open durable timer of a `wait` block or a `signal` block's timeout."""
+    """UserTimer is an open durable timer of a block: a `wait` block's, a `signal` block's timeout
+    or next escalation. It leaves `timers` when it fires or is canceled; a timer row whose
+    timer is gone (or whose run closed) does nothing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
