@@ -239,4 +239,3 @@ KIND = Kind(
     start=start,
     on_event=on_event,
 )
-
