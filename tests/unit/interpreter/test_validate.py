@@ -484,10 +484,20 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
 def test_the_language_reference_example_is_valid() -> None:
     """docs/blueprints.md opens with a blueprint; it registers as written."""
     text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
-    [example] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    example = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)[0]
     bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
     assert problems(bp) == {}
     assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]
+
+
+def test_the_block_kind_examples_are_valid() -> None:
+    """docs/blueprints.md's examples of block kinds (lists of blocks) register as written."""
+    text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
+    examples = [yaml.safe_load(e) for e in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+    block_lists = [e for e in examples if isinstance(e, list)]
+    assert block_lists
+    for blocks in block_lists:
+        assert problems(blueprint(*blocks)) == {}, blocks
 
 
 def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:
