@@ -372,3 +372,30 @@ async def test_cluster_and_taskqueue(env: Env) -> None:
         assert queue.code == 0, queue
         assert queue.json().get("pollers")
         assert (await env.ctl("taskqueue", "describe", env.queue)).code == 0
+
+
+async def test_run_signal_completes_a_signal_block_and_describe_shows_the_wait(env: Env) -> None:
+    flow = _name("approval")
+    blueprint = env.tmp / "approval.json"
+    approval = {"id": "approval", "signal": {"signal_name": "approve", "timeout": "600s"}}
+    blueprint.write_text(
+        json.dumps(
+            {
+                "name": flow,
+                "version": 1,
+                "blocks": [approval],
+                "output": "${blocks.approval.output}",
+            }
+        )
+    )
+    assert (await env.ctl("flow", "register", str(blueprint))).code == 0
+    run_id = (await env.ctl("-o", "json", "run", "start", flow)).json()["run_id"]
+    described = await env.ctl("-o", "json", "run", "describe", run_id)
+    [block] = described.json()["blocks"]
+    assert block["waiting"]["signal"]["signal_name"] == "approve"
+    assert block["waiting"]["deadline"]
+    assert "approve" in (await env.ctl("run", "describe", run_id)).out
+    signaled = await env.ctl("run", "signal", run_id, "approve", "--input", '{"ok": true}')
+    assert signaled.code == 0, signaled
+    result = await env.ctl("-o", "json", "run", "result", run_id, "--timeout", "30")
+    assert result.json()["result"] == {"ok": True}

@@ -166,6 +166,9 @@ class HistoryConfig(_Section):
     few duplicate pointers, which RecordBlockStarted drops, not one per interval."""
     redispatch_max_interval_s: float = Field(default=600.0, gt=0)
     """The longest wait between two resends of one attempt's task."""
+    max_buffered_signals: int = Field(default=1_000, gt=0)
+    """Signals a run keeps that no signal block has taken yet: a SignalRun that would keep
+    more is refused (RESOURCE_EXHAUSTED, reason BUFFERED_SIGNALS_LIMIT) and records nothing."""
 
 
 class MatchingRoleConfig(_Section):

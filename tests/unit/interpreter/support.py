@@ -11,21 +11,30 @@ from google.protobuf import json_format
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow_server.history.interpreter import (
     JSON,
+    AwaitSignal,
     BlockError,
     BlockView,
+    CancelTimer,
     CatchFailure,
     Command,
     CompiledBlueprint,
     CompleteBlock,
     CompleteRun,
+    ConsumeSignal,
+    Escalate,
     FailBlock,
     FailRun,
     RunView,
     ScheduleExternal,
+    Signal,
+    SignalReceived,
     SkipBlock,
     StartChild,
+    StartTimer,
+    TimerFired,
     compile_blueprint,
     decide,
+    deliver,
     initial_vars,
 )
 
@@ -65,6 +74,7 @@ def view(
     input: JSON = None,
     vars: Mapping[str, JSON] | None = None,
     task_queue: str = "",
+    signals: tuple[Signal, ...] = (),
 ) -> RunView:
     return RunView(
         namespace="default",
@@ -76,6 +86,7 @@ def view(
         vars=dict(vars or {}),
         blocks=dict(blocks or {}),
         task_queue=task_queue,
+        signals=signals,
     )
 
 
@@ -100,19 +111,27 @@ class Engine:
     log: list[Command] = field(default_factory=list)
     closes: int = 0
     """Blocks closed so far: the next one's `BlockView.closed` is one more."""
+    timers: dict[str, str] = field(default_factory=dict)
+    """Open timers: timer id -> block id."""
+    signals: list[Signal] = field(default_factory=list)
+    """Received and not taken, oldest first."""
+    awaiting: dict[str, str] = field(default_factory=dict)
+    """Blocks waiting for a signal: block id -> signal name, in the order they started."""
+    next_event_id: int = 1
 
     def __post_init__(self) -> None:
         self.vars = initial_vars(self.compiled, self.input)
 
     def view(self) -> RunView:
-        return view(self.blocks, input=self.input, vars=self.vars)
+        return view(self.blocks, input=self.input, vars=self.vars, signals=tuple(self.signals))
 
     def decide(self) -> list[Command]:
         current = self.view()
         commands = decide(self.compiled, current)
         assert decide(self.compiled, current) == commands, "decide is not deterministic"
         ids = [_block_id(c) for c in commands if _block_id(c)]
-        assert len(ids) == len(set(ids)), f"two commands for one block: {commands}"
+        grouped = [b for i, b in enumerate(ids) if i == 0 or ids[i - 1] != b]
+        assert len(grouped) == len(set(grouped)), f"a block's commands apart: {commands}"
         starts = {i for c in commands if (i := _block_id(c)) and not isinstance(c, CatchFailure)}
         assert not starts & set(self.blocks), f"a command for a block already reached: {commands}"
         for command in commands:
@@ -150,14 +169,42 @@ class Engine:
             self.blocks[command.block_id] = BlockView(RUNNING)
         elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(
-                SUCCEEDED, output=command.output, route=command.route, closed=self._close()
+                SUCCEEDED,
+                output=command.output,
+                route=command.route,
+                escalated=self._escalated(command.block_id),
+                closed=self._close(),
             )
             self.vars.update(command.vars)
+            self.awaiting.pop(command.block_id, None)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
             self.blocks[command.block_id] = BlockView(
-                FAILED, error=command.error, route=command.route, closed=self._close()
+                FAILED,
+                error=command.error,
+                route=command.route,
+                escalated=self._escalated(command.block_id),
+                closed=self._close(),
+            )
+            self.awaiting.pop(command.block_id, None)
+        elif isinstance(command, StartTimer):
+            self._wait(command.block_id)
+            self.timers[command.timer_id] = command.block_id
+        elif isinstance(command, CancelTimer):
+            assert self.timers.pop(command.timer_id) == command.block_id, "no such timer"
+        elif isinstance(command, AwaitSignal):
+            self._wait(command.block_id)
+            self.awaiting[command.block_id] = command.name
+        elif isinstance(command, ConsumeSignal):
+            taken = [s for s in self.signals if s.event_id == command.event_id]
+            assert taken, f"no signal {command.event_id} to take"
+            self.signals.remove(taken[0])
+        elif isinstance(command, Escalate):
+            block = self.blocks[command.block_id]
+            assert block.status == RUNNING
+            self.blocks[command.block_id] = replace(
+                block, escalated=(*block.escalated, command.target)
             )
         elif isinstance(command, CatchFailure):
             self.catch(command)
@@ -179,6 +226,43 @@ class Engine:
     def _close(self) -> int:
         self.closes += 1
         return self.closes
+
+    def _escalated(self, block_id: str) -> tuple[str, ...]:
+        block = self.blocks.get(block_id)
+        return () if block is None else block.escalated
+
+    def _wait(self, block_id: str) -> None:
+        if block_id not in self.blocks:
+            self.blocks[block_id] = BlockView(RUNNING)
+        assert self.blocks[block_id].status == RUNNING
+
+    def _event_id(self) -> int:
+        self.next_event_id += 1
+        return self.next_event_id - 1
+
+    def deliver(self, block_id: str, event: object) -> list[Command]:
+        """`event` reaches the block (as history's deliver_event does), applied; then settle."""
+        commands = deliver(self.compiled, self.view(), block_id, event)
+        for command in commands:
+            self.apply(command)
+        self.log.extend(commands)
+        return commands + self.settle() if commands else []
+
+    def fire(self, timer_id: str) -> list[Command]:
+        """The timer fires (as history's timer executor does)."""
+        block_id = self.timers.pop(timer_id)
+        return self.deliver(block_id, TimerFired(timer_id, self._event_id()))
+
+    def signal(self, name: str, input: JSON = None) -> list[Command]:
+        """A signal arrives: kept, then offered to the blocks waiting for its name in order."""
+        kept = Signal(self._event_id(), name, input)
+        self.signals.append(kept)
+        for block_id, waits_for in list(self.awaiting.items()):
+            if waits_for == name:
+                taken = self.deliver(block_id, SignalReceived(kept.event_id, name, input))
+                if taken:
+                    return taken
+        return []
 
     def complete(self, block_id: str, output: JSON = None) -> None:
         assert self.blocks[block_id].status == RUNNING

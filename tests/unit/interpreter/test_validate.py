@@ -47,7 +47,7 @@ def test_reports_every_problem_with_its_path() -> None:
         {"id": "input", "set": {"vars": {"x": 1}}},  # reserved id
         {"id": "s", "switchBlock": {"cases": [{"when": "true", "goto": "c"}]}},
         {"id": "m", "mapBlock": {"items": "${input.list}"}},
-        {"id": "w", "wait": {"duration": "5s"}},
+        {"id": "w", "wait": {}},
         inputSchema={"type": "objekt"},
         output="${blocks.nobody.output}",
     )
@@ -63,7 +63,7 @@ def test_reports_every_problem_with_its_path() -> None:
         "'c' must need 's': a route goes to a direct dependent"
     ]
     assert found["blocks[5]"] == ["map blocks are not supported yet"]
-    assert found["blocks[6]"] == ["wait blocks are not supported yet"]
+    assert found["blocks[6].wait"] == ["set duration, until or until_expr"]
     assert "not a valid JSON Schema" in found["input_schema.type"][0]
     assert found["output"] == ["`blocks.nobody.output`: blocks.nobody names no block"]
     assert len(found) == 11
@@ -496,6 +496,20 @@ def test_the_language_reference_example_is_valid() -> None:
             continue
         for block in loaded:
             json_format.ParseDict(block, blueprint_pb2.Block())
+
+
+def test_the_block_kind_examples_are_valid() -> None:
+    """docs/blueprints.md's examples of block kinds (lists of blocks) register as written,
+    next to an external block for each block they need and do not show (`needs: [ocr]`)."""
+    text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
+    examples = [yaml.safe_load(e) for e in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+    block_lists = [e for e in examples if isinstance(e, list)]
+    assert block_lists
+    for blocks in block_lists:
+        shown = {b["id"] for b in blocks}
+        needed = [n for b in blocks for n in b.get("needs", []) if n not in shown]
+        context = [external(n) for n in dict.fromkeys(needed)]
+        assert problems(blueprint(*context, *blocks)) == {}, blocks
 
 
 def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:

@@ -74,6 +74,13 @@ def close_run(
         abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
     step.state.pending_blocks.clear()
     _close_children(step)
+    # Blocks that waited (a timer, a signal) wait no more; their timer rows find the run
+    # closed and do nothing.
+    for waited in step.state.block_results.values():
+        if waited.status == common_pb2.BLOCK_STATUS_RUNNING:
+            waited.status = common_pb2.BLOCK_STATUS_CANCELED
+            waited.ClearField("awaiting_signal")
+    step.state.timers.clear()
     info = step.info
     info.state = records_pb2.RUN_STATE_COMPLETED
     info.status = status

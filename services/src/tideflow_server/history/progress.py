@@ -16,6 +16,7 @@ from tideflow_server.history.interpreter import (
     BlockView,
     CompiledBlueprint,
     RunView,
+    Signal,
     decide,
     deliver,
 )
@@ -60,9 +61,14 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             route=result.route if result.routed else None,
             caught=result.caught.clause if result.HasField("caught") else None,
             closed=result.close_event_id,
+            escalated=tuple(result.escalated),
         )
         for block_id, result in state.block_results.items()
     }
+    signals = tuple(
+        Signal(s.event_id, s.signal_name, payloads.from_payloads(s.input, "input"))
+        for s in state.buffered_signals
+    )
     return RunView(
         namespace=namespace,
         run_id=info.run_id,
@@ -73,6 +79,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
         vars={name: payloads.from_value(v) for name, v in info.vars.items()},
         blocks=views,
         task_queue=info.task_queue.name,
+        signals=signals,
     )
 
 
@@ -147,6 +154,31 @@ async def continue_run(shard: Shard, step: RunStep) -> None:
         finish_cancel_if_done(step)
         return
     compiled, namespace, context = await _applying(shard, step)
+    _advance(step, compiled, namespace, context)
+
+
+async def deliver_event(shard: Shard, step: RunStep, block_id: str, event: object) -> bool:
+    """`event` (a timer that fired, a signal, a child run's close) reaches the started block
+    `block_id`: apply what its kind makes of it, then let the blueprint go on. False when the
+    block took nothing from it (it no longer waits, or it ignores the event), and nothing
+    changed."""
+    result = step.state.block_results.get(block_id)
+    if not step.is_open or step.info.cancel_requested or result is None:
+        return False
+    if result.status != common_pb2.BLOCK_STATUS_RUNNING:
+        return False
+    compiled, namespace, context = await _applying(shard, step)
+    commands = deliver(compiled, run_view(step.state, namespace), block_id, event)
+    if not commands:
+        return False
+    for command in commands:
+        if step.is_open:
+            apply(step, command, context)
+    _advance(step, compiled, namespace, context)
+    return True
+
+
+def _advance(step: RunStep, compiled: CompiledBlueprint, namespace: str, context: Applying) -> None:
     advance(
         step,
         compiled,
@@ -154,18 +186,6 @@ async def continue_run(shard: Shard, step: RunStep) -> None:
         max_pending_blocks=context.max_pending_blocks,
         max_pending_children=context.max_pending_children,
     )
-
-
-async def deliver_event(shard: Shard, step: RunStep, block_id: str, event: object) -> None:
-    """Something reached the started block `block_id` (a child run's close): apply what its
-    kind does with it (`decide.deliver`), then let the blueprint go on."""
-    if not step.is_open or step.info.cancel_requested:
-        return
-    compiled, namespace, context = await _applying(shard, step)
-    for command in deliver(compiled, run_view(step.state, namespace), block_id, event):
-        if step.is_open:
-            apply(step, command, context)
-    await continue_run(shard, step)
 
 
 async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str, Applying]:

@@ -637,21 +637,62 @@ Global___WaitBlock: _TypeAlias = WaitBlock  # noqa: Y015
 
 @_typing.final
 class SignalBlock(_message.Message):
-    """SignalBlock waits for a named signal (e.g. a human approval); its output is the signal's input.
-    A signal that arrived before the block was reached is kept and consumed then.
+    """SignalBlock waits for a named signal (e.g. a human approval); its output is the signal's input
+    (JSON, null when it has none). Signals that arrived before the block started are kept (up to
+    the server's `history.max_buffered_signals`) and the block takes the oldest that matches.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Escalation(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        AFTER_FIELD_NUMBER: _builtins.int
+        GOTO_FIELD_NUMBER: _builtins.int
+        goto: _builtins.str
+        @_builtins.property
+        def after(self) -> _duration_pb2.Duration:
+            """Since the block started; each later than the one before, and before `timeout`."""
+
+        def __init__(
+            self,
+            *,
+            after: _duration_pb2.Duration | None = ...,
+            goto: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "goto", b"goto"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SIGNAL_NAME_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    ESCALATIONS_FIELD_NUMBER: _builtins.int
     signal_name: _builtins.str
     on_timeout: _builtins.str
-    """Block id to escalate to on timeout. Empty: the block fails with a timeout."""
+    """On timeout the block fails with a TimeoutError ("signal <name> not received within <d>").
+    With `on_timeout` (a block that needs this one) the failure routes the run there and is
+    handled; empty: the failure fails the run as any block failure does.
+    """
+    accept: _builtins.str
+    """CEL over `signal` (the payload as JSON) that must be true for the block to take a signal;
+    a signal it refuses stays for other blocks. Empty: any signal of the name.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Unset: wait for ever."""
+        """Unset: wait for ever. At most ten years."""
+
+    @_builtins.property
+    def escalations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignalBlock.Escalation]:
+        """Escalations, in order of `after`: when `after` has passed since the block started, block
+        `goto` runs (a notification, a second reviewer) and this block keeps waiting. A target is
+        started only by its escalation, never because its needs are done (it must not need this
+        block); one whose escalation was not due when this block ended is SKIPPED.
+        """
 
     def __init__(
         self,
@@ -659,10 +700,12 @@ class SignalBlock(_message.Message):
         signal_name: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
         on_timeout: _builtins.str = ...,
+        accept: _builtins.str = ...,
+        escalations: _abc.Iterable[Global___SignalBlock.Escalation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_timeout", b"on_timeout", "signal_name", b"signal_name", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "escalations", b"escalations", "on_timeout", b"on_timeout", "signal_name", b"signal_name", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

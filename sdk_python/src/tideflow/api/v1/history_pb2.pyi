@@ -790,22 +790,30 @@ class TimerStartedEventAttributes(_message.Message):
     TIMER_ID_FIELD_NUMBER: _builtins.int
     BLOCK_ID_FIELD_NUMBER: _builtins.int
     START_TO_FIRE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    FIRE_TIME_FIELD_NUMBER: _builtins.int
     timer_id: _builtins.str
     """Unique among the run's open timers; the owning block's path for block timers."""
     block_id: _builtins.str
     """The block the timer belongs to (a `wait` block, or a `signal` block's timeout)."""
     @_builtins.property
     def start_to_fire_timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def fire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it fires: the event's time plus start_to_fire_timeout (a time already past fires at
+        once).
+        """
+
     def __init__(
         self,
         *,
         timer_id: _builtins.str = ...,
         block_id: _builtins.str = ...,
         start_to_fire_timeout: _duration_pb2.Duration | None = ...,
+        fire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_to_fire_timeout", b"start_to_fire_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time", "start_to_fire_timeout", b"start_to_fire_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "start_to_fire_timeout", b"start_to_fire_timeout", "timer_id", b"timer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "fire_time", b"fire_time", "start_to_fire_timeout", b"start_to_fire_timeout", "timer_id", b"timer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import blueprint_pb2 as _blueprint_pb2
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import failure_pb2 as _failure_pb2
@@ -187,6 +189,8 @@ class BlockSummary(_message.Message):
     COMPENSATES_FIELD_NUMBER: _builtins.int
     CAUGHT_FIELD_NUMBER: _builtins.int
     CHILD_RUN_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
@@ -221,8 +225,16 @@ class BlockSummary(_message.Message):
     def child_run(self) -> _common_pb2.RunRef:
         """A subflow block's child run: its run_id once the block started, its execution_id once the
         child started.
-        9-12, 16-19: kept for what a block waits for and its progress (signal, event, timer,
-        items, iterations).
+        """
+
+    @_builtins.property
+    def waiting(self) -> Global___BlockWait:
+        """What a RUNNING system block waits for (a timer, a signal); unset otherwise."""
+
+    @_builtins.property
+    def escalated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A signal block: the escalation targets it has started, in order.
+        11-12, 16-19: kept for a block's progress (items, iterations) and more.
         """
 
     def __init__(
@@ -239,11 +251,89 @@ class BlockSummary(_message.Message):
         compensates: _builtins.str = ...,
         caught: _blueprint_pb2.CatchOutcome | None = ...,
         child_run: _common_pb2.RunRef | None = ...,
+        waiting: Global___BlockWait | None = ...,
+        escalated: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "waiting", b"waiting"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "child_run", b"child_run", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "child_run", b"child_run", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlockSummary: _TypeAlias = BlockSummary  # noqa: Y015
+
+@_typing.final
+class BlockWait(_message.Message):
+    """BlockWait is what a started block waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TimerWait(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SignalWait(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SIGNAL_NAME_FIELD_NUMBER: _builtins.int
+        ACCEPT_FIELD_NUMBER: _builtins.int
+        signal_name: _builtins.str
+        accept: _builtins.str
+        """The block's `accept` filter (CEL); empty: any signal of the name."""
+        def __init__(
+            self,
+            *,
+            signal_name: _builtins.str = ...,
+            accept: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "signal_name", b"signal_name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TIMER_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def timer(self) -> Global___BlockWait.TimerWait:
+        """A `wait` block: its timer."""
+
+    @_builtins.property
+    def signal(self) -> Global___BlockWait.SignalWait:
+        """A `signal` block: the signal it takes.
+        3-9: kept for events (type, key) and child runs.
+        """
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """The block's next timer: a wait's end, a signal's timeout or next escalation, whichever
+        comes first. Unset: none.
+        """
+
+    def __init__(
+        self,
+        *,
+        timer: Global___BlockWait.TimerWait | None = ...,
+        signal: Global___BlockWait.SignalWait | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_on: _TypeAlias = _typing.Literal["timer", "signal"]  # noqa: Y015
+    _WhichOneofArgType_on: _TypeAlias = _typing.Literal["on", b"on"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_on) -> _WhichOneofReturnType_on | None: ...
+
+Global___BlockWait: _TypeAlias = BlockWait  # noqa: Y015

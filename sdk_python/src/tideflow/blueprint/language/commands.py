@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from google.protobuf import duration_pb2
@@ -44,6 +45,9 @@ class CompleteBlock:
     vars: Mapping[str, JSON] = field(default_factory=dict)
     route: str | None = None
     """The dependent it routes to (`BlockView.route`); None: no routing."""
+    cause_event_id: int = 0
+    """The event that let it finish (a TIMER_FIRED, a RUN_SIGNALED); 0: the step that
+    reached it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,56 @@ class FailBlock:
     error: BlockError
     route: str | None = None
     """The dependent the failure routes to, which handles it (`BlockView.route`)."""
+    cause_event_id: int = 0
+    """The event that made it fail (a timeout's TIMER_FIRED); 0: the step that reached it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Arm a durable timer of the block, which is RUNNING from then on. It fires `after` from
+    the time of the step that applies it (decide reads no clock), or `at`; a time already
+    past fires at once. Then the block gets `events.TimerFired(timer_id)`."""
+
+    block_id: str
+    timer_id: str
+    """Unique among the run's open timers: the block id, and what the timer is for."""
+    after: timedelta | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Drop a timer of the block that has not fired; nothing when it fired or is gone."""
+
+    block_id: str
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitSignal:
+    """The block is RUNNING and waits for signals named `name`: each that arrives is offered
+    to it (`events.SignalReceived`), in the order the waiting blocks were reached."""
+
+    block_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeSignal:
+    """The block takes the received signal `event_id` (a RUN_SIGNALED): it is no longer kept
+    for other blocks."""
+
+    block_id: str
+    event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """Start `target`, a block only an escalation of `block_id` starts (`Site.trigger`),
+    while `block_id` keeps waiting: `decide` starts it once its needs are done."""
+
+    block_id: str
+    target: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +183,11 @@ Command: TypeAlias = (
     | FailBlock
     | StartChild
     | CatchFailure
+    | StartTimer
+    | CancelTimer
+    | AwaitSignal
+    | ConsumeSignal
+    | Escalate
     | CompleteRun
     | FailRun
 )

@@ -46,6 +46,8 @@ class CompiledBlock:
     dormant: bool = False
     """A compensation block or the on_failure block: readiness never starts it, only the
     run's unwinding does (`decide`)."""
+    triggered_by: tuple[str, ...] = ()
+    """The blocks whose escalation starts it (`commands.Escalate`); empty: readiness does."""
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -162,6 +164,7 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         catches=checked.catches,
         compensate=checked.compensate,
         dormant=checked.dormant,
+        triggered_by=checked.triggered_by,
     )
 
 

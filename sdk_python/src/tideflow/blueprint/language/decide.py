@@ -19,7 +19,10 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
    `set` or `transform` block completes in-line, a `fail` block fails.
 
 Something that reaches a block already started (a timer, a signal, a child run's close) goes
-to its kind's `on_event` through `deliver`.
+to its kind's `on_event` through `deliver`. A block that only an escalation starts
+(`CompiledBlock.triggered_by`) is not started by readiness: once a trigger has started it
+(`BlockView.escalated`) it goes through the rules above; when every trigger ended without
+starting it, it is skipped, and that skip counts as satisfied, as a `when` skip does.
 
 Before any of that, a block that failed and has `catch` clauses gets them judged, once
 (`CatchFailure`, recorded): a `goto` routes the failure (rule 1 then handles it), a continue
@@ -46,6 +49,7 @@ from tideflow.blueprint.language.commands import (
     Compensation,
     CompleteBlock,
     CompleteRun,
+    ConsumeSignal,
     FailBlock,
     FailRun,
     SkipBlock,
@@ -62,6 +66,7 @@ from tideflow.blueprint.language.model import (
     BlockError,
     BlockView,
     RunView,
+    Signal,
 )
 from tideflow.blueprint.language.templates import Env, ExpressionError, run_variables
 from tideflow.blueprint.language.validate import schema_violations
@@ -84,11 +89,16 @@ def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     env = Env.for_run(run)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
+    signals = run.signals
     for block in () if _stopping(compiled, views) else compiled.order:
         if block.id in views or block.dormant:
             continue
-        context = BlockContext(block.id, env, compiled.output, run.task_queue)
+        if block.triggered_by and (held := _on_demand(block, views)) is not None:
+            commands += held
+            continue
+        context = BlockContext(block.id, env, compiled.output, run.task_queue, signals=signals)
         step = _step(compiled, block, views, context, causes)
+        signals = _untaken(signals, step)
         if block.plan.ends_run and (done := _completion(step, block.id)) is not None:
             # The run ends here: what the other ready blocks would do no longer matters.
             return [*step, _result(compiled, done.output, block.id)]
@@ -106,12 +116,36 @@ def deliver(
     then asks `decide` for what follows."""
     block = compiled.blocks[block_id]
     context = BlockContext(
-        block_id, Env.for_run(run), compiled.output, run.task_queue, run.blocks.get(block_id)
+        block_id,
+        Env.for_run(run),
+        compiled.output,
+        run.task_queue,
+        run.blocks.get(block_id),
+        run.signals,
     )
     try:
         return list(block.spec.on_event(block.plan, context, event))
     except ExpressionError as e:
         return [FailBlock(block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
+
+
+def _on_demand(block: CompiledBlock, views: Mapping[str, BlockView]) -> list[Command] | None:
+    """A block only an escalation starts (`CompiledBlock.triggered_by`): None once one of its
+    triggers started it (then it is ready as any block is); nothing while they may still do;
+    skipped when they all ended without starting it."""
+    triggers = [views.get(trigger) for trigger in block.triggered_by]
+    if any(view is not None and block.id in view.escalated for view in triggers):
+        return None
+    if all(view is not None and view.status in TERMINAL for view in triggers):
+        ended = ", ".join(block.triggered_by)
+        return [SkipBlock(block.id, f"not escalated to: {ended} ended before its escalation")]
+    return []
+
+
+def _untaken(signals: tuple[Signal, ...], step: Sequence[Command]) -> tuple[Signal, ...]:
+    """The signals left for the blocks after one that started and took one, if it did."""
+    taken = {c.event_id for c in step if isinstance(c, ConsumeSignal)}
+    return tuple(s for s in signals if s.event_id not in taken) if taken else signals
 
 
 def _completion(step: Sequence[Command], block_id: str) -> CompleteBlock | None:

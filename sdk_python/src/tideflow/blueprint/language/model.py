@@ -54,6 +54,18 @@ class BlockView:
     closed: int = 0
     """When it closed, as an increasing number (its close event's id): completions are
     compensated in reverse of this order. 0 while running."""
+    escalated: tuple[str, ...] = ()
+    """A signal block: the escalation targets it has started (`commands.Escalate`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal the run received that no block has taken yet (`RunView.signals`)."""
+
+    event_id: int
+    """Its RUN_SIGNALED event."""
+    name: str
+    input: JSON = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +83,6 @@ class RunView:
     task_queue: str = ""
     """The run's task queue: its start's, else the blueprint's. External blocks that name no
     queue of their own go there. Empty: each block's policy decides."""
+    signals: tuple[Signal, ...] = ()
+    """Signals received and not taken yet, oldest first: a signal block that starts takes the
+    first that matches."""

@@ -80,6 +80,17 @@ def check_run_timeout(
         report(path, problem)
 
 
+def check_duration(
+    duration: duration_pb2.Duration, path: str, report: Report, *, bounded: bool = True
+) -> bool:
+    """A duration a block waits for (a `wait`, a signal's timeout or escalation): valid, not
+    negative and, `bounded`, at most MAX_TIMEOUT. True when it is fine."""
+    problem = _duration_problem(duration, MAX_TIMEOUT if bounded else None)
+    if problem:
+        report(path, problem)
+    return problem is None
+
+
 def effective_retry(*policies: common_pb2.RetryPolicy | None) -> common_pb2.RetryPolicy:
     """Every field from the first policy that sets it (the block's, then the blueprint's),
     else the engine's default."""

@@ -148,6 +148,16 @@ class Env:
     def for_run(cls, run: RunView) -> Env:
         return cls(lambda: run_variables(run))
 
+    def bind(self, extra: Mapping[str, object]) -> Env:
+        """These variables plus `extra` (a signal's payload as `signal`): for an expression
+        whose check named them (`Site.expression(..., reads=...)`)."""
+        build = self._build
+
+        def variables() -> Mapping[str, object]:
+            return {**(build() if callable(build) else build), **extra}
+
+        return Env(variables)
+
     def activation(self) -> Activation:
         if self._activation is None:
             build = self._build

@@ -95,6 +95,8 @@ class CheckedBlock:
     """The block that undoes it."""
     dormant: bool = False
     """A compensation block or the on_failure block: only the run's unwinding starts it."""
+    triggered_by: tuple[str, ...] = ()
+    """The blocks whose escalation starts it (`Site.trigger`); empty: its needs do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,9 @@ class _Site:
     def goto(self, target: str, path: str) -> None:
         self.checker.gotos.append((self.block.id, target, path))
 
+    def trigger(self, target: str, path: str) -> None:
+        self.checker.triggers.append((self.block.id, target, path))
+
 
 class _Checker:
     def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool) -> None:
@@ -202,6 +207,8 @@ class _Checker:
         self.dormant: dict[str, str] = {}
         """Blocks only the run's unwinding starts, and what they are ("the on_failure block",
         "the compensation of a")."""
+        self.triggers: list[tuple[str, str, str]] = []
+        """(block id, target, path) of every block a kind starts itself (`Site.trigger`)."""
 
     def report(self, path: str, description: str) -> None:
         self.violations.append(FieldViolation(path, description))
@@ -356,7 +363,11 @@ class _Checker:
                 )
             )
         targets = self._targets(needs)
-        checked = [replace(c, targets=targets.get(c.id, ())) for c in checked]
+        triggered_by = self._triggered_by(ancestors)
+        checked = [
+            replace(c, targets=targets.get(c.id, ()), triggered_by=triggered_by.get(c.id, ()))
+            for c in checked
+        ]
         var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
         defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
         output = None
@@ -595,6 +606,24 @@ class _Checker:
             else:
                 targets.setdefault(block_id, {})[target] = None
         return {block_id: tuple(found) for block_id, found in targets.items()}
+
+    def _triggered_by(self, ancestors: list[frozenset[int]]) -> dict[str, tuple[str, ...]]:
+        """The blocks that start each on-demand block; one must not come after its trigger,
+        which is still running when it starts it."""
+        found: dict[str, dict[str, None]] = {}
+        for block_id, target, path in self.triggers:
+            if not target:
+                self.report(path, "the block id to start is required")
+            elif target not in self.index:
+                self.report(path, f"no block {target!r}")
+            elif target == block_id or self.index[block_id] in ancestors[self.index[target]]:
+                self.report(
+                    path,
+                    f"{target!r} must not need {block_id!r}: it runs while {block_id!r} waits",
+                )
+            else:
+                found.setdefault(target, {})[block_id] = None
+        return {target: tuple(by) for target, by in found.items()}
 
     def _var_default(self, name: str, scope: _Scope) -> Template:
         path = field_path("vars", name)

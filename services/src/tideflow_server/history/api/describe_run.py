@@ -4,6 +4,9 @@ timeouts in effect, and every block."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+from google.protobuf import timestamp_pb2
 
 from tideflow.api.v1 import common_pb2, run_pb2
 from tideflow_server.history.api._common import execution_id_of
@@ -69,19 +72,69 @@ async def invoke(
         response.response.run_info.CopyFrom(run_info(state))
         for pending in sorted(state.pending_blocks.values(), key=lambda p: p.scheduled_event_id):
             response.response.pending_blocks.append(_pending(pending))
-        response.response.blocks.extend(block_summaries(state))
+        accepts = await _accepts(shard, state)
+        response.response.blocks.extend(block_summaries(state, accepts))
     return response
 
 
-def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummary]:
+async def _accepts(shard: Shard, state: records_pb2.MutableState) -> dict[str, str]:
+    """The `accept` filters of the signal blocks that wait, from the run's blueprint (read
+    only when one waits)."""
+    waiting = [b for b, result in state.block_results.items() if result.awaiting_signal]
+    if not waiting:
+        return {}
+    info = state.execution_info
+    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    blocks = compiled.blueprint.blocks
+    return {b: blocks[compiled.blocks[b].index].signal.accept for b in waiting}
+
+
+def _waiting(
+    block_id: str,
+    result: records_pb2.BlockResult,
+    deadlines: Mapping[str, timestamp_pb2.Timestamp],
+    accepts: Mapping[str, str],
+) -> run_pb2.BlockWait | None:
+    """What a RUNNING system block waits for: a signal, else its timer (a `wait`)."""
+    deadline = deadlines.get(block_id)
+    if result.status != common_pb2.BLOCK_STATUS_RUNNING or (
+        not result.awaiting_signal and deadline is None
+    ):
+        return None
+    wait = run_pb2.BlockWait()
+    if result.awaiting_signal:
+        wait.signal.signal_name = result.awaiting_signal
+        wait.signal.accept = accepts.get(block_id, "")
+    else:
+        wait.timer.SetInParent()
+    if deadline is not None:
+        wait.deadline.CopyFrom(deadline)
+    return wait
+
+
+def _deadlines(state: records_pb2.MutableState) -> dict[str, timestamp_pb2.Timestamp]:
+    """Each block's next timer."""
+    found: dict[str, timestamp_pb2.Timestamp] = {}
+    for timer in state.timers.values():
+        known = found.get(timer.block_id)
+        if known is None or timer.expiry_time.ToNanoseconds() < known.ToNanoseconds():
+            found[timer.block_id] = timer.expiry_time
+    return found
+
+
+def block_summaries(
+    state: records_pb2.MutableState, accepts: Mapping[str, str] | None = None
+) -> list[run_pb2.BlockSummary]:
     """Every block the run has reached, in the order reached (`BlockResult.reached`). Blocks
-    reached before that was recorded come first, by their first event, then by id."""
+    reached before that was recorded come first, by their first event, then by id. `accepts`:
+    the `accept` filter of each signal block that waits."""
 
     def order(item: tuple[str, records_pb2.BlockResult]) -> tuple[int, float, str]:
         block_id, result = item
         first_event = result.scheduled_event_id or result.close_event_id or math.inf
         return result.reached, first_event, block_id
 
+    deadlines = _deadlines(state)
     summaries = []
     for block_id, result in sorted(state.block_results.items(), key=order):
         summary = run_pb2.BlockSummary(
@@ -100,5 +153,9 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
             summary.child_run.CopyFrom(result.child_run)
         if result.HasField("caught"):
             summary.caught.CopyFrom(result.caught)
+        summary.escalated.extend(result.escalated)
+        waiting = _waiting(block_id, result, deadlines, accepts or {})
+        if waiting is not None:
+            summary.waiting.CopyFrom(waiting)
         summaries.append(summary)
     return summaries

@@ -9,22 +9,28 @@ and applying commands to a run's state (`appliers`).
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import (
+    AwaitSignal,
+    CancelTimer,
     CatchFailure,
     Command,
     Compensation,
     CompleteBlock,
     CompleteRun,
+    ConsumeSignal,
+    Escalate,
     FailBlock,
     FailRun,
     ScheduleExternal,
     SkipBlock,
     StartChild,
+    StartTimer,
 )
 from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
 from tideflow.blueprint.language.decide import decide, deliver, initial_vars
 from tideflow.blueprint.language.errors import LanguageError
+from tideflow.blueprint.language.events import SignalReceived, TimerFired
 from tideflow.blueprint.language.kinds import ExternalPolicy
-from tideflow.blueprint.language.model import JSON, BlockError, BlockView, RunView
+from tideflow.blueprint.language.model import JSON, BlockError, BlockView, RunView, Signal
 from tideflow.blueprint.language.policy import attempts_exhausted, retry_delay
 from tideflow.blueprint.language.templates import (
     Env,
@@ -46,8 +52,10 @@ from tideflow_server.rpc.errors import InvalidArgument
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
     "JSON",
+    "AwaitSignal",
     "BlockError",
     "BlockView",
+    "CancelTimer",
     "CatchFailure",
     "Command",
     "Compensation",
@@ -55,7 +63,9 @@ __all__ = [
     "CompiledBlueprint",
     "CompleteBlock",
     "CompleteRun",
+    "ConsumeSignal",
     "Env",
+    "Escalate",
     "Expression",
     "ExpressionError",
     "ExternalPolicy",
@@ -64,9 +74,13 @@ __all__ = [
     "NotJSON",
     "RunView",
     "ScheduleExternal",
+    "Signal",
+    "SignalReceived",
     "SkipBlock",
     "StartChild",
+    "StartTimer",
     "Template",
+    "TimerFired",
     "attempts_exhausted",
     "compile_blueprint",
     "decide",

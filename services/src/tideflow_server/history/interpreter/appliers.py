@@ -10,23 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
+    AwaitSignal,
     BlockError,
+    CancelTimer,
     CatchFailure,
     Command,
     CompiledBlueprint,
     CompleteBlock,
     CompleteRun,
+    ConsumeSignal,
+    Escalate,
     FailBlock,
     FailRun,
     ScheduleExternal,
     SkipBlock,
     StartChild,
+    StartTimer,
 )
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
@@ -70,6 +76,7 @@ def _complete_block(step: RunStep, command: CompleteBlock, context: Applying) ->
     attrs.block_id = command.block_id
     attrs.kind = command.kind
     attrs.output.CopyFrom(payloads.to_value(command.output))
+    attrs.cause_event_id = command.cause_event_id
     if command.vars:
         _, set_attrs = step.add_event(history_pb2.EVENT_TYPE_VARS_SET, "vars_set_event_attributes")
         assert isinstance(set_attrs, history_pb2.VarsSetEventAttributes)
@@ -81,6 +88,7 @@ def _complete_block(step: RunStep, command: CompleteBlock, context: Applying) ->
     result.status = common_pb2.BLOCK_STATUS_SUCCEEDED
     result.output.CopyFrom(attrs.output)
     result.close_event_id = event.event_id
+    result.ClearField("awaiting_signal")
     _record_route(result, command.route)
 
 
@@ -122,10 +130,12 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     attrs.block_id = command.block_id
     attrs.kind = context.compiled.blocks[command.block_id].kind
     attrs.failure.CopyFrom(failure)
+    attrs.cause_event_id = command.cause_event_id
     result = step.state.block_results[command.block_id]
     result.status = common_pb2.BLOCK_STATUS_FAILED
     result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
     result.close_event_id = event.event_id
+    result.ClearField("awaiting_signal")
     _record_route(result, command.route)
 
 
@@ -185,6 +195,73 @@ def _catch_failure(step: RunStep, command: CatchFailure, context: Applying) -> N
         result.output.CopyFrom(payloads.to_value(command.output))
 
 
+# -- waits: timers and signals (a block that started and waits is RUNNING in block_results) --
+
+
+def _start_timer(step: RunStep, command: StartTimer, context: Applying) -> None:
+    """TIMER_STARTED with the fire time computed here, from the step's time (decide reads no
+    clock); the open timer in `timers` and its row on the timer queue."""
+    fire_at = command.at if command.at is not None else step.now + (command.after or timedelta())
+    fire_at = max(fire_at, step.now)  # a time already past fires at once
+    event, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_TIMER_STARTED, "timer_started_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.TimerStartedEventAttributes)
+    attrs.timer_id = command.timer_id
+    attrs.block_id = command.block_id
+    attrs.start_to_fire_timeout.FromTimedelta(fire_at - step.now)
+    attrs.fire_time.FromDatetime(fire_at)
+    timer = step.state.timers[command.timer_id]
+    timer.timer_id = command.timer_id
+    timer.block_id = command.block_id
+    timer.started_event_id = event.event_id
+    timer.expiry_time.CopyFrom(attrs.fire_time)
+    timer.task_created = True
+    row = step.add_timer(fire_at).user_timer
+    row.timer_id = command.timer_id
+    row.started_event_id = event.event_id
+    _waiting(step, command.block_id)
+
+
+def _cancel_timer(step: RunStep, command: CancelTimer, context: Applying) -> None:
+    """TIMER_CANCELED, and the timer leaves `timers`: its row finds it gone and does nothing."""
+    timer = step.state.timers.get(command.timer_id)
+    if timer is None or timer.block_id != command.block_id:
+        return  # it fired, or was never armed
+    _, attrs = step.add_event(
+        history_pb2.EVENT_TYPE_TIMER_CANCELED, "timer_canceled_event_attributes"
+    )
+    assert isinstance(attrs, history_pb2.TimerCanceledEventAttributes)
+    attrs.timer_id = command.timer_id
+    attrs.started_event_id = timer.started_event_id
+    del step.state.timers[command.timer_id]
+
+
+def _await_signal(step: RunStep, command: AwaitSignal, context: Applying) -> None:
+    # No event: the wait follows from the events before it. SignalRun finds the block here.
+    _waiting(step, command.block_id).awaiting_signal = command.name
+
+
+def _consume_signal(step: RunStep, command: ConsumeSignal, context: Applying) -> None:
+    # The block's closing event names the RUN_SIGNALED it took (cause_event_id).
+    kept = step.state.buffered_signals
+    for i, signal in enumerate(kept):
+        if signal.event_id == command.event_id:
+            del kept[i]
+            return
+
+
+def _escalate(step: RunStep, command: Escalate, context: Applying) -> None:
+    # No event: it follows from the escalation's TIMER_FIRED; decide starts the target.
+    step.state.block_results[command.block_id].escalated.append(command.target)
+
+
+def _waiting(step: RunStep, block_id: str) -> records_pb2.BlockResult:
+    result = step.state.block_results[block_id]
+    result.status = common_pb2.BLOCK_STATUS_RUNNING
+    return result
+
+
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:
     close_run(step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output))
 
@@ -237,6 +314,11 @@ APPLIERS: Mapping[type, Applier] = {
     FailBlock: _fail_block,
     StartChild: _start_child,
     CatchFailure: _catch_failure,
+    StartTimer: _start_timer,
+    CancelTimer: _cancel_timer,
+    AwaitSignal: _await_signal,
+    ConsumeSignal: _consume_signal,
+    Escalate: _escalate,
     CompleteRun: _complete_run,
     FailRun: _fail_run,
 }

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import structlog
 
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import common_pb2, history_pb2
 from tideflow_server.history import blocks, closing, progress
+from tideflow_server.history.interpreter import TimerFired
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
@@ -29,6 +30,8 @@ async def fire(shard: Shard, timer: records_pb2.TimerTask) -> None:
             await _block_retry(shard, timer)
         elif kind == "run_timeout":
             await _run_timeout(shard, timer)
+        elif kind == "user_timer":
+            await _user_timer(shard, timer)
     except NotFound:
         log.debug("timer for a run that is gone", run_id=timer.run_id, task_id=timer.task_id)
         return  # the run is gone: nothing left to time out
@@ -161,5 +164,44 @@ async def _run_timeout(shard: Shard, timer: records_pb2.TimerTask) -> None:
     async def act(entry: Execution, step: RunStep) -> None:
         if step.is_open:
             closing.close_run(step, common_pb2.RUN_STATUS_TIMED_OUT)
+
+    await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)
+
+
+def _timer_gone(state: records_pb2.MutableState, timer: records_pb2.TimerTask) -> bool:
+    """A block's timer row that has nothing to do: its run closed, or the timer fired or was
+    canceled (it left `timers`, perhaps for another timer of the same id)."""
+    spec = timer.user_timer
+    current = state.timers.get(spec.timer_id)
+    return (
+        state.execution_info.state == records_pb2.RUN_STATE_COMPLETED
+        or current is None
+        or current.started_event_id != spec.started_event_id
+    )
+
+
+async def _user_timer(shard: Shard, timer: records_pb2.TimerTask) -> None:
+    """A block's timer (a `wait`, a signal's timeout or escalation) fired: TIMER_FIRED, the
+    timer leaves `timers`, its block gets `TimerFired`, and the run goes on, in one commit."""
+    async with shard.locked(timer.namespace_id, timer.run_id, timer.execution_id) as entry:
+        if _timer_gone(entry.state, timer):
+            return
+
+    async def act(entry: Execution, step: RunStep) -> None:
+        if _timer_gone(step.state, timer):
+            return
+        spec = timer.user_timer
+        fired = step.state.timers[spec.timer_id]
+        block_id = fired.block_id
+        del step.state.timers[spec.timer_id]
+        event, attrs = step.add_event(
+            history_pb2.EVENT_TYPE_TIMER_FIRED, "timer_fired_event_attributes"
+        )
+        assert isinstance(attrs, history_pb2.TimerFiredEventAttributes)
+        attrs.timer_id = spec.timer_id
+        attrs.started_event_id = spec.started_event_id
+        await progress.deliver_event(
+            shard, step, block_id, TimerFired(spec.timer_id, event.event_id)
+        )
 
     await shard.update(timer.namespace_id, timer.run_id, timer.execution_id, act)

@@ -689,6 +689,8 @@ class BlockResult(_message.Message):
     CAUGHT_FIELD_NUMBER: _builtins.int
     COMPENSATES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    AWAITING_SIGNAL_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -712,6 +714,10 @@ class BlockResult(_message.Message):
     """Why the block was SKIPPED (a guard, a failed need, a route not taken)."""
     compensates: _builtins.str
     """For a compensation block (Block.compensate names it): the block it undoes."""
+    awaiting_signal: _builtins.str
+    """A signal block while it waits (RUNNING): the signal's name. SignalRun offers a signal to
+    the RUNNING blocks waiting for its name, in the order they were reached.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """JSON view of the output, what `${blocks.<id>.output}` reads; an external block's result is
@@ -733,8 +739,12 @@ class BlockResult(_message.Message):
 
     @_builtins.property
     def child_run(self) -> _common_pb2.RunRef:
-        """A subflow block's child run: its run_id from the start, its execution_id once started.
-        14-17, 19: kept for the block kinds' own progress (iterations, items, waits).
+        """A subflow block's child run: its run_id from the start, its execution_id once started."""
+
+    @_builtins.property
+    def escalated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """16-17, 19: kept for the block kinds' own progress (iterations, items).
+        A signal block: the escalation targets it has started, in order.
         """
 
     def __init__(
@@ -754,10 +764,12 @@ class BlockResult(_message.Message):
         caught: _blueprint_pb2.CatchOutcome | None = ...,
         compensates: _builtins.str = ...,
         child_run: _common_pb2.RunRef | None = ...,
+        escalated: _abc.Iterable[_builtins.str] | None = ...,
+        awaiting_signal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_signal", b"awaiting_signal", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -765,7 +777,10 @@ Global___BlockResult: _TypeAlias = BlockResult  # noqa: Y015
 
 @_typing.final
 class UserTimer(_message.Message):
-    """UserTimer is an open durable timer of a `wait` block or a `signal` block's timeout."""
+    """UserTimer is an open durable timer of a block: a `wait` block's, a `signal` block's timeout
+    or next escalation. It leaves `timers` when it fires or is canceled; a timer row whose
+    timer is gone (or whose run closed) does nothing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -10,7 +10,16 @@ from collections.abc import Mapping, Sequence
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
-from tideflow.blueprint.language.kinds import external, fail, subflow, succeed, switch, transform
+from tideflow.blueprint.language.kinds import (
+    external,
+    fail,
+    signal,
+    subflow,
+    succeed,
+    switch,
+    transform,
+    wait,
+)
 from tideflow.blueprint.language.kinds import set as set_
 from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Plan, Site
 from tideflow.blueprint.language.kinds.external import ExternalPlan, ExternalPolicy
@@ -49,8 +58,8 @@ KINDS: Mapping[str, Kind] = {
         external.KIND,
         switch.KIND,
         _not_yet("map", "map_block", blueprint_pb2.BLOCK_KIND_MAP),
-        _not_yet("wait", "wait", blueprint_pb2.BLOCK_KIND_WAIT),
-        _not_yet("signal", "signal", blueprint_pb2.BLOCK_KIND_SIGNAL),
+        wait.KIND,
+        signal.KIND,
         set_.KIND,
         transform.KIND,
         subflow.KIND,

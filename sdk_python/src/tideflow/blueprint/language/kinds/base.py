@@ -24,7 +24,7 @@ from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
-from tideflow.blueprint.language.model import BlockView
+from tideflow.blueprint.language.model import BlockView, Signal
 from tideflow.blueprint.language.templates import Env, Expression, Template
 
 
@@ -64,6 +64,12 @@ class Site(Protocol):
         is a direct dependent (it needs this block), and decisions skip the targets not
         taken (`BlockView.route`)."""
 
+    def trigger(self, target: str, path: str) -> None:
+        """`target` (at `path`) is started by this block while it runs (a signal's
+        escalation, `commands.Escalate`), never by readiness: registration checks it does not
+        come after this block, and decisions skip it when this block ends without starting
+        it."""
+
 
 class Plan(Protocol):
     """A block's compiled form, one frozen dataclass per kind."""
@@ -87,6 +93,8 @@ class BlockContext:
     of their own go. Empty: the blueprint's, as compiled into each block's plan."""
     view: BlockView | None = None
     """The block as the run has it; None before it starts."""
+    signals: tuple[Signal, ...] = ()
+    """Signals the run received that no block has taken, oldest first (`RunView.signals`)."""
 
 
 Check = Callable[[Site], Any]
