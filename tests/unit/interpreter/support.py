@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -19,9 +19,13 @@ from tideflow_server.history.interpreter import (
     CompleteRun,
     FailBlock,
     FailRun,
+    RecordScopes,
     RunView,
     ScheduleExternal,
+    Scopes,
     SkipBlock,
+    StartLoop,
+    StartMap,
     compile_blueprint,
     decide,
     initial_vars,
@@ -33,6 +37,7 @@ FAILED = common_pb2.BLOCK_STATUS_FAILED
 SKIPPED = common_pb2.BLOCK_STATUS_SKIPPED
 CANCELED = common_pb2.BLOCK_STATUS_CANCELED
 TERMINAL = {SUCCEEDED, FAILED, SKIPPED, CANCELED}
+MAX_ROUNDS = 10_000
 
 
 def blueprint(*blocks: Mapping[str, Any], **fields: Any) -> blueprint_pb2.Blueprint:
@@ -107,9 +112,19 @@ class Engine:
         current = self.view()
         commands = decide(self.compiled, current)
         assert decide(self.compiled, current) == commands, "decide is not deterministic"
-        ids = [_block_id(c) for c in commands if _block_id(c)]
+        # A container's progress may come with its end (the final counts).
+        ids = [_block_id(c) for c in commands if _block_id(c) and not isinstance(c, RecordScopes)]
         assert len(ids) == len(set(ids)), f"two commands for one block: {commands}"
-        assert not set(ids) & set(self.blocks), f"a command for a block already reached: {commands}"
+        progress = [c.block_id for c in commands if isinstance(c, RecordScopes)]
+        assert len(progress) == len(set(progress)), f"two progress records: {commands}"
+        # A running container (map, loop) is the one block reached that decide answers for.
+        containers = {
+            b
+            for b, v in self.blocks.items()
+            if v.status == RUNNING and self.compiled.block(b).inner is not None
+        }
+        reached = set(self.blocks) - containers
+        assert not set(ids) & reached, f"a command for a block already reached: {commands}"
         return commands
 
     def step(self) -> list[Command]:
@@ -124,7 +139,7 @@ class Engine:
     def settle(self) -> list[Command]:
         """Decide and apply until decide has nothing more (or the run closed)."""
         applied: list[Command] = []
-        for _ in range(len(self.compiled.blocks) + 2):
+        for _ in range(MAX_ROUNDS):
             if self.result is not None:
                 return applied
             commands = self.step()
@@ -136,22 +151,35 @@ class Engine:
     def apply(self, command: Command) -> None:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
+        elif isinstance(command, StartMap):
+            self.blocks[command.block_id] = BlockView(RUNNING, items=command.items)
+        elif isinstance(command, StartLoop):
+            self.blocks[command.block_id] = BlockView(RUNNING)
+        elif isinstance(command, RecordScopes):
+            view = self.blocks[command.block_id]
+            assert view.status == RUNNING, f"progress of a block that is not running: {command}"
+            self.blocks[command.block_id] = replace(view, scopes=command.scopes)
         elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(
-                SUCCEEDED, output=command.output, route=command.route
+                SUCCEEDED, output=command.output, route=command.route, scopes=self._scopes(command)
             )
             self.vars.update(command.vars)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
             self.blocks[command.block_id] = BlockView(
-                FAILED, error=command.error, route=command.route
+                FAILED, error=command.error, route=command.route, scopes=self._scopes(command)
             )
         else:
             self.result = command
             for block_id, block in self.blocks.items():
                 if block.status == RUNNING:
                     self.blocks[block_id] = BlockView(CANCELED)
+
+    def _scopes(self, command: CompleteBlock | FailBlock) -> Scopes:
+        """A container keeps its counts when it ends, as history keeps them."""
+        before = self.blocks.get(command.block_id)
+        return Scopes() if before is None else before.scopes
 
     def complete(self, block_id: str, output: JSON = None) -> None:
         assert self.blocks[block_id].status == RUNNING

@@ -60,7 +60,7 @@ def test_reports_every_problem_with_its_path() -> None:
     assert "Syntax error" in found["blocks[2].when"][0]
     assert found["blocks[3].id"] == ["'input' is reserved"]
     assert found["blocks[4]"] == ["switch blocks are not supported yet"]
-    assert found["blocks[5]"] == ["map blocks are not supported yet"]
+    assert found["blocks[5].map_block.blocks"] == ["a container needs at least one block"]
     assert found["blocks[6]"] == ["wait blocks are not supported yet"]
     assert "not a valid JSON Schema" in found["input_schema.type"][0]
     assert found["output"] == ["`blocks.nobody.output`: blocks.nobody names no block"]
@@ -326,7 +326,7 @@ def test_catch_compensate_and_missing_kind() -> None:
         "blocks[1]": ["subflow blocks are not supported yet"],
         "blocks[2]": [
             "a block needs a kind, one of: external, switch, map, wait, signal, set, transform, "
-            "subflow, succeed, fail"
+            "subflow, succeed, fail, loop"
         ],
     }
 

@@ -12,11 +12,15 @@ from tideflow.api.v1 import common_pb2, failure_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
+    JSON,
     BlockError,
     BlockView,
+    CompiledBlock,
     CompiledBlueprint,
     RunView,
+    Scopes,
     decide,
+    split_path,
 )
 from tideflow_server.history.interpreter.appliers import Applying, apply
 from tideflow_server.history.shard.port import Shard
@@ -57,6 +61,8 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             error=block_error(result.failure) if result.HasField("failure") else None,
             attempt=result.attempt,
             route=result.route if result.routed else None,
+            items=_items(state, block_id),
+            scopes=Scopes(result.scopes.opened, result.scopes.succeeded, result.scopes.failed),
         )
         for block_id, result in state.block_results.items()
     }
@@ -71,6 +77,13 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
         blocks=views,
         task_queue=info.task_queue.name,
     )
+
+
+def _items(state: records_pb2.MutableState, block_id: str) -> tuple[JSON, ...] | None:
+    """A map's recorded items; None for every other block."""
+    if block_id not in state.map_blocks:
+        return None
+    return tuple(payloads.from_value(item) for item in state.map_blocks[block_id].items.values)
 
 
 def advance(
@@ -105,12 +118,19 @@ def _mark_reached(step: RunStep, compiled: CompiledBlueprint, new: Iterable[str]
     block that failed before it started has no other record of it. Describing a run lists
     its blocks in this order; `block_results`, a map, keeps none."""
     results = step.state.block_results
-    reached = sorted((compiled.blocks[block_id] for block_id in new), key=lambda b: b.index)
+    # Blocks in containers' scopes sort by item or iteration, then by declaration.
+    reached = sorted(((compiled.block(path), path) for path in new), key=_declared)
     # Results are never removed, and those of this decision are all new.
-    for number, block in enumerate(reached, start=len(results) - len(reached) + 1):
-        result = results[block.id]
+    for number, (block, path) in enumerate(reached, start=len(results) - len(reached) + 1):
+        result = results[path]
         result.kind = block.kind
         result.reached = number
+
+
+def _declared(reached: tuple[CompiledBlock, str]) -> tuple[tuple[int, ...], int]:
+    block, path = reached
+    scopes, _ = split_path(path)
+    return tuple(index for _, index in scopes), block.index
 
 
 def finish_cancel_if_done(step: RunStep) -> None:

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tideflow.api.v1 import common_pb2 as tideflow_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftideflow/api/v1/blueprint.proto\x12\x0ftideflow.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\"\x8a\x04\n\tBlueprint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x04vars\x18\x06 \x03(\x0b\x32$.tideflow.api.v1.Blueprint.VarsEntry\x12&\n\x06\x62locks\x18\x07 \x03(\x0b\x32\x16.tideflow.api.v1.Block\x12&\n\x06output\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\x0brun_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntask_queue\x18\n \x01(\t\x12+\n\x05retry\x18\x0b \x01(\x0b\x32\x1c.tideflow.api.v1.RetryPolicy\x12\x30\n\x08timeouts\x18\x0c \x01(\x0b\x32\x1e.tideflow.api.v1.BlockTimeouts\x1a\x43\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xa6\x05\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05needs\x18\x03 \x03(\t\x12\x0f\n\x07\x64\x65pends\x18\x04 \x01(\t\x12\x0c\n\x04when\x18\x05 \x01(\t\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x63\x61tch\x18\x07 \x03(\x0b\x32\x16.tideflow.api.v1.Catch\x12\x12\n\ncompensate\x18\x08 \x01(\t\x12\x32\n\x08\x65xternal\x18\n \x01(\x0b\x32\x1e.tideflow.api.v1.ExternalBlockH\x00\x12\x34\n\x0cswitch_block\x18\x0b \x01(\x0b\x32\x1c.tideflow.api.v1.SwitchBlockH\x00\x12.\n\tmap_block\x18\x0c \x01(\x0b\x32\x19.tideflow.api.v1.MapBlockH\x00\x12*\n\x04wait\x18\r \x01(\x0b\x32\x1a.tideflow.api.v1.WaitBlockH\x00\x12.\n\x06signal\x18\x0e \x01(\x0b\x32\x1c.tideflow.api.v1.SignalBlockH\x00\x12(\n\x03set\x18\x0f \x01(\x0b\x32\x19.tideflow.api.v1.SetBlockH\x00\x12\x34\n\ttransform\x18\x10 \x01(\x0b\x32\x1f.tideflow.api.v1.TransformBlockH\x00\x12\x30\n\x07subflow\x18\x11 \x01(\x0b\x32\x1d.tideflow.api.v1.SubflowBlockH\x00\x12\x30\n\x07succeed\x18\x12 \x01(\x0b\x32\x1d.tideflow.api.v1.SucceedBlockH\x00\x12*\n\x04\x66\x61il\x18\x13 \x01(\x0b\x32\x1a.tideflow.api.v1.FailBlockH\x00\x42\x06\n\x04kind\"8\n\x05\x43\x61tch\x12\x13\n\x0b\x65rror_types\x18\x01 \x03(\t\x12\x0c\n\x04when\x18\x02 \x01(\t\x12\x0c\n\x04goto\x18\x03 \x01(\t\"\xd0\x01\n\rExternalBlock\x12\r\n\x05\x62lock\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12+\n\x05retry\x18\x03 \x01(\x0b\x32\x1c.tideflow.api.v1.RetryPolicy\x12\x30\n\x08timeouts\x18\x04 \x01(\x0b\x32\x1e.tideflow.api.v1.BlockTimeouts\x12+\n\x08\x61\x66\x66inity\x18\x05 \x01(\x0e\x32\x19.tideflow.api.v1.Affinity\x12\x10\n\x08priority\x18\x06 \x01(\x05\"J\n\x0bSwitchBlock\x12*\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x1b.tideflow.api.v1.SwitchCase\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x02 \x01(\t\"(\n\nSwitchCase\x12\x0c\n\x04when\x18\x01 \x01(\t\x12\x0c\n\x04goto\x18\x02 \x01(\t\"\x9e\x01\n\x08MapBlock\x12\r\n\x05items\x18\x01 \x01(\t\x12&\n\x06\x62locks\x18\x02 \x03(\x0b\x32\x16.tideflow.api.v1.Block\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\r\x12\x1a\n\x12tolerated_failures\x18\x04 \x01(\r\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\"\x87\x01\n\tWaitBlock\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12+\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x14\n\nuntil_expr\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"b\n\x0bSignalBlock\x12\x13\n\x0bsignal_name\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\non_timeout\x18\x03 \x01(\t\"\x82\x01\n\x08SetBlock\x12\x31\n\x04vars\x18\x01 \x03(\x0b\x32#.tideflow.api.v1.SetBlock.VarsEntry\x1a\x43\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"8\n\x0eTransformBlock\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"p\n\x0cSubflowBlock\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12.\n\x0brun_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"6\n\x0cSucceedBlock\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"Y\n\tFailBlock\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value*\x8a\x02\n\tBlockKind\x12\x1a\n\x16\x42LOCK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOCK_KIND_EXTERNAL\x10\x01\x12\x15\n\x11\x42LOCK_KIND_SWITCH\x10\x02\x12\x12\n\x0e\x42LOCK_KIND_MAP\x10\x03\x12\x13\n\x0f\x42LOCK_KIND_WAIT\x10\x04\x12\x15\n\x11\x42LOCK_KIND_SIGNAL\x10\x05\x12\x12\n\x0e\x42LOCK_KIND_SET\x10\x06\x12\x18\n\x14\x42LOCK_KIND_TRANSFORM\x10\x07\x12\x16\n\x12\x42LOCK_KIND_SUBFLOW\x10\x08\x12\x16\n\x12\x42LOCK_KIND_SUCCEED\x10\t\x12\x13\n\x0f\x42LOCK_KIND_FAIL\x10\n*I\n\x08\x41\x66\x66inity\x12\x18\n\x14\x41\x46\x46INITY_UNSPECIFIED\x10\x00\x12\x11\n\rAFFINITY_NONE\x10\x01\x12\x10\n\x0c\x41\x46\x46INITY_RUN\x10\x02\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftideflow/api/v1/blueprint.proto\x12\x0ftideflow.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctideflow/api/v1/common.proto\"\x8a\x04\n\tBlueprint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x04vars\x18\x06 \x03(\x0b\x32$.tideflow.api.v1.Blueprint.VarsEntry\x12&\n\x06\x62locks\x18\x07 \x03(\x0b\x32\x16.tideflow.api.v1.Block\x12&\n\x06output\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\x0brun_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntask_queue\x18\n \x01(\t\x12+\n\x05retry\x18\x0b \x01(\x0b\x32\x1c.tideflow.api.v1.RetryPolicy\x12\x30\n\x08timeouts\x18\x0c \x01(\x0b\x32\x1e.tideflow.api.v1.BlockTimeouts\x1a\x43\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xd2\x05\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05needs\x18\x03 \x03(\t\x12\x0f\n\x07\x64\x65pends\x18\x04 \x01(\t\x12\x0c\n\x04when\x18\x05 \x01(\t\x12%\n\x05input\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x63\x61tch\x18\x07 \x03(\x0b\x32\x16.tideflow.api.v1.Catch\x12\x12\n\ncompensate\x18\x08 \x01(\t\x12\x32\n\x08\x65xternal\x18\n \x01(\x0b\x32\x1e.tideflow.api.v1.ExternalBlockH\x00\x12\x34\n\x0cswitch_block\x18\x0b \x01(\x0b\x32\x1c.tideflow.api.v1.SwitchBlockH\x00\x12.\n\tmap_block\x18\x0c \x01(\x0b\x32\x19.tideflow.api.v1.MapBlockH\x00\x12*\n\x04wait\x18\r \x01(\x0b\x32\x1a.tideflow.api.v1.WaitBlockH\x00\x12.\n\x06signal\x18\x0e \x01(\x0b\x32\x1c.tideflow.api.v1.SignalBlockH\x00\x12(\n\x03set\x18\x0f \x01(\x0b\x32\x19.tideflow.api.v1.SetBlockH\x00\x12\x34\n\ttransform\x18\x10 \x01(\x0b\x32\x1f.tideflow.api.v1.TransformBlockH\x00\x12\x30\n\x07subflow\x18\x11 \x01(\x0b\x32\x1d.tideflow.api.v1.SubflowBlockH\x00\x12\x30\n\x07succeed\x18\x12 \x01(\x0b\x32\x1d.tideflow.api.v1.SucceedBlockH\x00\x12*\n\x04\x66\x61il\x18\x13 \x01(\x0b\x32\x1a.tideflow.api.v1.FailBlockH\x00\x12*\n\x04loop\x18\x14 \x01(\x0b\x32\x1a.tideflow.api.v1.LoopBlockH\x00\x42\x06\n\x04kind\"8\n\x05\x43\x61tch\x12\x13\n\x0b\x65rror_types\x18\x01 \x03(\t\x12\x0c\n\x04when\x18\x02 \x01(\t\x12\x0c\n\x04goto\x18\x03 \x01(\t\"\xd0\x01\n\rExternalBlock\x12\r\n\x05\x62lock\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12+\n\x05retry\x18\x03 \x01(\x0b\x32\x1c.tideflow.api.v1.RetryPolicy\x12\x30\n\x08timeouts\x18\x04 \x01(\x0b\x32\x1e.tideflow.api.v1.BlockTimeouts\x12+\n\x08\x61\x66\x66inity\x18\x05 \x01(\x0e\x32\x19.tideflow.api.v1.Affinity\x12\x10\n\x08priority\x18\x06 \x01(\x05\"J\n\x0bSwitchBlock\x12*\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x1b.tideflow.api.v1.SwitchCase\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x02 \x01(\t\"(\n\nSwitchCase\x12\x0c\n\x04when\x18\x01 \x01(\t\x12\x0c\n\x04goto\x18\x02 \x01(\t\"\xc4\x01\n\x08MapBlock\x12\r\n\x05items\x18\x01 \x01(\t\x12&\n\x06\x62locks\x18\x02 \x03(\x0b\x32\x16.tideflow.api.v1.Block\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\r\x12\x1a\n\x12tolerated_failures\x18\x04 \x01(\r\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x1ctolerated_failure_percentage\x18\x06 \x01(\r\"\x86\x01\n\tLoopBlock\x12&\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x16.tideflow.api.v1.Block\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x16\n\x0emax_iterations\x18\x03 \x01(\r\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"\x87\x01\n\tWaitBlock\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12+\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x14\n\nuntil_expr\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"b\n\x0bSignalBlock\x12\x13\n\x0bsignal_name\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\non_timeout\x18\x03 \x01(\t\"\x82\x01\n\x08SetBlock\x12\x31\n\x04vars\x18\x01 \x03(\x0b\x32#.tideflow.api.v1.SetBlock.VarsEntry\x1a\x43\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"8\n\x0eTransformBlock\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"p\n\x0cSubflowBlock\x12\x0c\n\x04\x66low\x18\x01 \x01(\t\x12\x12\n\ntask_queue\x18\x02 \x01(\t\x12.\n\x0brun_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"6\n\x0cSucceedBlock\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"Y\n\tFailBlock\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value*\x9f\x02\n\tBlockKind\x12\x1a\n\x16\x42LOCK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42LOCK_KIND_EXTERNAL\x10\x01\x12\x15\n\x11\x42LOCK_KIND_SWITCH\x10\x02\x12\x12\n\x0e\x42LOCK_KIND_MAP\x10\x03\x12\x13\n\x0f\x42LOCK_KIND_WAIT\x10\x04\x12\x15\n\x11\x42LOCK_KIND_SIGNAL\x10\x05\x12\x12\n\x0e\x42LOCK_KIND_SET\x10\x06\x12\x18\n\x14\x42LOCK_KIND_TRANSFORM\x10\x07\x12\x16\n\x12\x42LOCK_KIND_SUBFLOW\x10\x08\x12\x16\n\x12\x42LOCK_KIND_SUCCEED\x10\t\x12\x13\n\x0f\x42LOCK_KIND_FAIL\x10\n\x12\x13\n\x0f\x42LOCK_KIND_LOOP\x10\x0b*I\n\x08\x41\x66\x66inity\x12\x18\n\x14\x41\x46\x46INITY_UNSPECIFIED\x10\x00\x12\x11\n\rAFFINITY_NONE\x10\x01\x12\x10\n\x0c\x41\x46\x46INITY_RUN\x10\x02\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,40 +40,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLUEPRINT_VARSENTRY']._serialized_options = b'8\001'
   _globals['_SETBLOCK_VARSENTRY']._loaded_options = None
   _globals['_SETBLOCK_VARSENTRY']._serialized_options = b'8\001'
-  _globals['_BLOCKKIND']._serialized_start=2622
-  _globals['_BLOCKKIND']._serialized_end=2888
-  _globals['_AFFINITY']._serialized_start=2890
-  _globals['_AFFINITY']._serialized_end=2963
+  _globals['_BLOCKKIND']._serialized_start=2841
+  _globals['_BLOCKKIND']._serialized_end=3128
+  _globals['_AFFINITY']._serialized_start=3130
+  _globals['_AFFINITY']._serialized_end=3203
   _globals['_BLUEPRINT']._serialized_start=178
   _globals['_BLUEPRINT']._serialized_end=700
   _globals['_BLUEPRINT_VARSENTRY']._serialized_start=633
   _globals['_BLUEPRINT_VARSENTRY']._serialized_end=700
   _globals['_BLOCK']._serialized_start=703
-  _globals['_BLOCK']._serialized_end=1381
-  _globals['_CATCH']._serialized_start=1383
-  _globals['_CATCH']._serialized_end=1439
-  _globals['_EXTERNALBLOCK']._serialized_start=1442
-  _globals['_EXTERNALBLOCK']._serialized_end=1650
-  _globals['_SWITCHBLOCK']._serialized_start=1652
-  _globals['_SWITCHBLOCK']._serialized_end=1726
-  _globals['_SWITCHCASE']._serialized_start=1728
-  _globals['_SWITCHCASE']._serialized_end=1768
-  _globals['_MAPBLOCK']._serialized_start=1771
-  _globals['_MAPBLOCK']._serialized_end=1929
-  _globals['_WAITBLOCK']._serialized_start=1932
-  _globals['_WAITBLOCK']._serialized_end=2067
-  _globals['_SIGNALBLOCK']._serialized_start=2069
-  _globals['_SIGNALBLOCK']._serialized_end=2167
-  _globals['_SETBLOCK']._serialized_start=2170
-  _globals['_SETBLOCK']._serialized_end=2300
+  _globals['_BLOCK']._serialized_end=1425
+  _globals['_CATCH']._serialized_start=1427
+  _globals['_CATCH']._serialized_end=1483
+  _globals['_EXTERNALBLOCK']._serialized_start=1486
+  _globals['_EXTERNALBLOCK']._serialized_end=1694
+  _globals['_SWITCHBLOCK']._serialized_start=1696
+  _globals['_SWITCHBLOCK']._serialized_end=1770
+  _globals['_SWITCHCASE']._serialized_start=1772
+  _globals['_SWITCHCASE']._serialized_end=1812
+  _globals['_MAPBLOCK']._serialized_start=1815
+  _globals['_MAPBLOCK']._serialized_end=2011
+  _globals['_LOOPBLOCK']._serialized_start=2014
+  _globals['_LOOPBLOCK']._serialized_end=2148
+  _globals['_WAITBLOCK']._serialized_start=2151
+  _globals['_WAITBLOCK']._serialized_end=2286
+  _globals['_SIGNALBLOCK']._serialized_start=2288
+  _globals['_SIGNALBLOCK']._serialized_end=2386
+  _globals['_SETBLOCK']._serialized_start=2389
+  _globals['_SETBLOCK']._serialized_end=2519
   _globals['_SETBLOCK_VARSENTRY']._serialized_start=633
   _globals['_SETBLOCK_VARSENTRY']._serialized_end=700
-  _globals['_TRANSFORMBLOCK']._serialized_start=2302
-  _globals['_TRANSFORMBLOCK']._serialized_end=2358
-  _globals['_SUBFLOWBLOCK']._serialized_start=2360
-  _globals['_SUBFLOWBLOCK']._serialized_end=2472
-  _globals['_SUCCEEDBLOCK']._serialized_start=2474
-  _globals['_SUCCEEDBLOCK']._serialized_end=2528
-  _globals['_FAILBLOCK']._serialized_start=2530
-  _globals['_FAILBLOCK']._serialized_end=2619
+  _globals['_TRANSFORMBLOCK']._serialized_start=2521
+  _globals['_TRANSFORMBLOCK']._serialized_end=2577
+  _globals['_SUBFLOWBLOCK']._serialized_start=2579
+  _globals['_SUBFLOWBLOCK']._serialized_end=2691
+  _globals['_SUCCEEDBLOCK']._serialized_start=2693
+  _globals['_SUCCEEDBLOCK']._serialized_end=2747
+  _globals['_FAILBLOCK']._serialized_start=2749
+  _globals['_FAILBLOCK']._serialized_end=2838
 # @@protoc_insertion_point(module_scope)

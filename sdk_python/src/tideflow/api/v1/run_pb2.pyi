@@ -177,6 +177,7 @@ class BlockSummary(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     ROUTED_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
@@ -193,13 +194,17 @@ class BlockSummary(_message.Message):
     targets runs.
     """
     route: _builtins.str
-    """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
-    items, iterations).
-    """
     @_builtins.property
     def failure(self) -> _failure_pb2.Failure:
         """Why it failed, when status is FAILED: a BlockFailureInfo naming the block whose cause is
         the block's own failure, as RUN_FAILED carries it when this block failed the run.
+        """
+
+    @_builtins.property
+    def scopes(self) -> Global___BlockScopes:
+        """9-19: kept for what a block waits for and its progress (signal, event, timer, child run,
+        items, iterations).
+        A map's items or a loop's iterations.
         """
 
     def __init__(
@@ -213,11 +218,44 @@ class BlockSummary(_message.Message):
         skip_reason: _builtins.str = ...,
         routed: _builtins.bool = ...,
         route: _builtins.str = ...,
+        scopes: Global___BlockScopes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "scopes", b"scopes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "scopes", b"scopes", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlockSummary: _TypeAlias = BlockSummary  # noqa: Y015
+
+@_typing.final
+class BlockScopes(_message.Message):
+    """BlockScopes is the progress of a map block (its items) or a loop block (its iterations)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """A map's items; 0 for a loop."""
+    started: _builtins.int
+    """Items or iterations started; a loop's current iteration is `started - 1`."""
+    succeeded: _builtins.int
+    failed: _builtins.int
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        started: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "started", b"started", "succeeded", b"succeeded", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockScopes: _TypeAlias = BlockScopes  # noqa: Y015

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint.language.model import JSON, BlockError
+from tideflow.blueprint.language.model import JSON, BlockError, Scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,31 @@ class FailBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class StartMap:
+    """A map block starts over these items (recorded, so they are evaluated once); its items'
+    scopes open as `RecordScopes` says."""
+
+    block_id: str
+    items: tuple[JSON, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartLoop:
+    """A loop block starts; its iterations' scopes open as `RecordScopes` says."""
+
+    block_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordScopes:
+    """A running container's progress changed (`BlockView.scopes`): more scopes open, or some
+    ended. It follows from the events before it, so like a skip it records no event."""
+
+    block_id: str
+    scopes: Scopes
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     output: JSON
 
@@ -76,5 +101,13 @@ class FailRun:
 
 
 Command: TypeAlias = (
-    ScheduleExternal | CompleteBlock | SkipBlock | FailBlock | CompleteRun | FailRun
+    ScheduleExternal
+    | CompleteBlock
+    | SkipBlock
+    | FailBlock
+    | StartMap
+    | StartLoop
+    | RecordScopes
+    | CompleteRun
+    | FailRun
 )

@@ -37,6 +37,31 @@ class BlockError:
 
 
 @dataclass(frozen=True, slots=True)
+class Scopes:
+    """A container block's scopes (a map's items, a loop's iterations) as the run recorded
+    them: scopes [0, opened) have started; how many of them ended, each way."""
+
+    opened: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of the language that are the server's settings (`blueprint.*` in its
+    config); the defaults are theirs."""
+
+    max_nesting_depth: int = 4
+    """Containers (map, loop) inside containers, checked at registration."""
+    max_loop_iterations: int = 1_000
+    """The largest `max_iterations` a loop may set, checked at registration."""
+    max_inline_map_items: int = 1_000
+    """Items a map runs in-line; more fail the block when it starts."""
+    default_map_concurrency: int = 100
+    """Items in flight at once for a map that sets no `max_concurrency`."""
+
+
+@dataclass(frozen=True, slots=True)
 class BlockView:
     """A block the run has reached. Blocks not yet reached are absent from `RunView.blocks`."""
 
@@ -48,6 +73,10 @@ class BlockView:
     """Where the block routed the run when it ended (a switch's case, a catch's goto, a
     signal's on_timeout): that dependent runs, its other route targets are skipped, and a
     failure that routed counts as handled. "" routes to none of them; None: no routing."""
+    items: tuple[JSON, ...] | None = None
+    """A map's items, as recorded when it started."""
+    scopes: Scopes = Scopes()
+    """A container's progress (`Scopes`); zeros for other blocks."""
 
 
 @dataclass(frozen=True, slots=True)

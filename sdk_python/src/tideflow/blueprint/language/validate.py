@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import jsonschema
@@ -39,7 +39,7 @@ from tideflow.blueprint.language.cel import compile_cel as _compile_cel
 from tideflow.blueprint.language.inference import describe, result_types
 from tideflow.blueprint.language.kinds import KINDS, Kind, Plan
 from tideflow.blueprint.language.kinds.set import VAR_NAME
-from tideflow.blueprint.language.model import JSON
+from tideflow.blueprint.language.model import JSON, Limits
 from tideflow.blueprint.language.refs import message_types, references
 from tideflow.blueprint.language.schema_text import schema_message
 from tideflow.blueprint.language.templates import (
@@ -89,6 +89,16 @@ class CheckedBlock:
     plan: Plan | None
     targets: tuple[str, ...] = ()
     """Where it may route the run (`Site.goto`), in declaration order."""
+    inner: CheckedScope | None = None
+    """A container's nested scope (`Site.nest`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedScope:
+    """A container's nested blocks, and the template of one scope's output."""
+
+    blocks: tuple[CheckedBlock, ...]
+    output: Template | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +112,26 @@ class Checked:
 
 
 def validate_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+    bp: blueprint_pb2.Blueprint,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    limits: Limits | None = None,
 ) -> list[FieldViolation]:
     """Every problem of `bp`, each with the path of its field (`blocks[2].needs[0]`); empty
     when it can be registered."""
-    return check_blueprint(bp, max_blocks=max_blocks).violations
+    return check_blueprint(bp, max_blocks=max_blocks, limits=limits).violations
 
 
 def check_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS, stored: bool = False
+    bp: blueprint_pb2.Blueprint,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    stored: bool = False,
+    limits: Limits | None = None,
 ) -> Checked:
     """`stored`: `bp` is a version registered already, perhaps before some checks existed;
-    those are skipped (see the module's docs)."""
-    return _Checker(bp, max_blocks, stored=stored).run()
+    those are skipped (see the module's docs). `limits`: the server's bounds (defaults)."""
+    return _Checker(bp, max_blocks, stored=stored, limits=limits or Limits()).run()
 
 
 def schema_violations(
@@ -141,7 +158,7 @@ class _Scope:
 
     variables: frozenset[str]
     blocks: frozenset[str] | None
-    """Blocks that `blocks.<id>` may name; None: any declared block."""
+    """Blocks that `blocks.<id>` may name; None: any declared block (of this scope)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,18 +197,79 @@ class _Site:
     def goto(self, target: str, path: str) -> None:
         self.checker.gotos.append((self.block.id, target, path))
 
+    @property
+    def limits(self) -> Limits:
+        return self.checker.limits
+
+    def nest(
+        self,
+        blocks: Sequence[blueprint_pb2.Block],
+        path: str,
+        *,
+        reads: frozenset[str],
+        output: struct_pb2.Value | None,
+        output_path: str,
+    ) -> None:
+        outer = self.scope.blocks or frozenset()
+        nested = self.checker.nested(blocks, path, _Scope(self.scope.variables | reads, outer))
+        if nested is None:
+            return
+        self.checker.inner[self.path] = self.checker.scope_output(
+            nested, path, _Scope(self.scope.variables | reads, outer), output, output_path
+        )
+
+
+@dataclass
+class _Level:
+    """What the checker keeps of the block list being checked: the blueprint's, or a
+    container's (`Site.nest`), which is checked by the same passes with its own ids."""
+
+    at: str
+    """Its path: `blocks`, `blocks[3].map_block.blocks`."""
+    blocks: Sequence[blueprint_pb2.Block] = ()
+    index: dict[str, int] = field(default_factory=dict)
+    gotos: list[tuple[str, str, str]] = field(default_factory=list)
+    """(block id, target, path) of every route a kind declared (`Site.goto`)."""
+    inner: dict[str, CheckedScope] = field(default_factory=dict)
+    """The nested scopes of its containers, by the container's path."""
+    depth: int = 0
+    outer: frozenset[str] = frozenset()
+    """The ids of the levels around it."""
+
 
 class _Checker:
-    def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool) -> None:
+    def __init__(
+        self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool, limits: Limits
+    ) -> None:
         self.bp = bp
         self.max_blocks = max_blocks
         self.stored = stored
+        self.limits = limits
         self.violations: list[FieldViolation] = []
         self._programs: dict[str, CelProgram | CelSyntaxError] = {}
-        self.index: dict[str, int] = {}
+        self.level = _Level("blocks")
         self.var_names: frozenset[str] = frozenset()
-        self.gotos: list[tuple[str, str, str]] = []
-        """(block id, target, path) of every route a kind declared (`Site.goto`)."""
+
+    # The level being checked; the passes below read these.
+    @property
+    def at(self) -> str:
+        return self.level.at
+
+    @property
+    def blocks(self) -> Sequence[blueprint_pb2.Block]:
+        return self.level.blocks
+
+    @property
+    def index(self) -> dict[str, int]:
+        return self.level.index
+
+    @property
+    def gotos(self) -> list[tuple[str, str, str]]:
+        return self.level.gotos
+
+    @property
+    def inner(self) -> dict[str, CheckedScope]:
+        return self.level.inner
 
     def report(self, path: str, description: str) -> None:
         self.violations.append(FieldViolation(path, description))
@@ -263,6 +341,13 @@ class _Checker:
             if name in self.var_names:
                 return None
             return "is never set (declare it in vars or assign it in a set block)"
+        if scope.blocks is not None and name in scope.blocks:
+            return None
+        if name not in self.index and name in self.level.outer:
+            return (
+                "is outside this container and not an ancestor of it, "
+                "so its output may not exist yet"
+            )
         if name not in self.index:
             return "names no block"
         if scope.blocks is not None and name not in scope.blocks:
@@ -303,25 +388,40 @@ class _Checker:
             # Past the limit the rest is not checked: the checks grow with the square of it.
             self.report("blocks", f"at most {self.max_blocks} blocks, got {len(blocks)}")
             return Checked(self.violations, (), (), None, input_schema, output_schema)
-        self.var_names = frozenset(bp.vars) | {
-            name for block in blocks if block.WhichOneof("kind") == "set" for name in block.set.vars
-        }
+        self.var_names = frozenset(bp.vars) | _assigned(blocks)
+        checked = self._level(blocks, _Scope(RUN_VARIABLES, frozenset()))
+        var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
+        defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
+        output = None
+        if bp.HasField("output"):
+            output = self.template(bp.output, "output", _Scope(RUN_VARIABLES, None))
+        return Checked(
+            self.violations, tuple(checked), defaults, output, input_schema, output_schema
+        )
+
+    def _level(self, blocks: Sequence[blueprint_pb2.Block], outer: _Scope) -> list[CheckedBlock]:
+        """Check the block list of the current level: ids, needs, the graph, then each block.
+        `outer`: what its expressions may read besides its own blocks (a scope's variables,
+        the outer blocks its container may read)."""
+        self.level.blocks = blocks
         self._ids(blocks)
         needs = [self._needs(i, block) for i, block in enumerate(blocks)]
-        depends = [self._depends(i, block) for i, block in enumerate(blocks)]
+        depends = [self._depends(i, block, outer.variables) for i, block in enumerate(blocks)]
         edges = [
-            [(need, f"blocks[{i}].needs[{j}]") for j, need in needs[i]]
-            + [(dep, f"blocks[{i}].depends") for dep in depends[i][1]]
+            [(need, f"{self.at}[{i}].needs[{j}]") for j, need in needs[i]]
+            + [(dep, f"{self.at}[{i}].depends") for dep in depends[i][1]]
             for i in range(len(blocks))
         ]
         self._cycles(blocks, edges)
         ancestors = _ancestors([[self.index[dep] for dep, _ in e] for e in edges])
+        visible = outer.blocks or frozenset()
         checked = []
         for i, block in enumerate(blocks):
-            scope = _Scope(RUN_VARIABLES, frozenset(blocks[a].id for a in ancestors[i]))
+            ids = frozenset(blocks[a].id for a in ancestors[i])
+            scope = _Scope(outer.variables, ids | visible)
             when = None
             if block.when:
-                when = self.condition(block.when, f"blocks[{i}].when", scope)
+                when = self.condition(block.when, f"{self.at}[{i}].when", scope)
             spec, plan = self._kind(i, block, scope)
             checked.append(
                 CheckedBlock(
@@ -333,18 +433,59 @@ class _Checker:
                     depends_on=depends[i][1],
                     when=when,
                     plan=plan,
+                    inner=self.inner.get(f"{self.at}[{i}]"),
                 )
             )
         targets = self._targets(needs)
-        checked = [replace(c, targets=targets.get(c.id, ())) for c in checked]
-        var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
-        defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
-        output = None
-        if bp.HasField("output"):
-            output = self.template(bp.output, "output", _Scope(RUN_VARIABLES, None))
-        return Checked(
-            self.violations, tuple(checked), defaults, output, input_schema, output_schema
-        )
+        return [replace(c, targets=targets.get(c.id, ())) for c in checked]
+
+    def nested(
+        self, blocks: Sequence[blueprint_pb2.Block], at: str, outer: _Scope
+    ) -> list[CheckedBlock] | None:
+        """A container's blocks (`Site.nest`), checked as a level of their own; None when
+        they nest too deep to be checked."""
+        depth = self.level.depth + 1
+        if depth > self.limits.max_nesting_depth:
+            self.report(
+                at,
+                f"containers (map, loop) nest at most {self.limits.max_nesting_depth} deep "
+                "(the server's blueprint.max_nesting_depth)",
+            )
+            return None
+        if not blocks:
+            self.report(at, "a container needs at least one block")
+            return None
+        outer_ids = self.level.outer | frozenset(self.index)
+        parent, self.level = self.level, _Level(at, depth=depth, outer=outer_ids)
+        try:
+            return self._level(blocks, outer)
+        finally:
+            self.level = parent
+
+    def scope_output(
+        self,
+        blocks: list[CheckedBlock],
+        at: str,
+        outer: _Scope,
+        output: struct_pb2.Value | None,
+        output_path: str,
+    ) -> CheckedScope:
+        """One scope's output: the template, else the output of its only sink block."""
+        ids = frozenset(b.id for b in blocks)
+        if output is not None:
+            visible = ids | (outer.blocks or frozenset())
+            template = self.template(output, output_path, _Scope(outer.variables, visible))
+            return CheckedScope(tuple(blocks), template)
+        needed = {p for b in blocks for p in (*b.needs, *b.depends_on)}
+        sinks = [b.id for b in blocks if b.id not in needed]
+        if len(sinks) != 1:
+            self.report(
+                output_path,
+                f"the blocks at {at} end in {len(sinks)} blocks ({', '.join(sinks)}), so "
+                "set the output of one item or iteration",
+            )
+            return CheckedScope(tuple(blocks), None)
+        return CheckedScope(tuple(blocks), Template.compile(f"${{blocks.{sinks[0]}.output}}"))
 
     def _identity(self) -> None:
         bp = self.bp
@@ -387,9 +528,9 @@ class _Checker:
         if bp.HasField("run_timeout"):
             _policy.check_run_timeout(bp.run_timeout, "run_timeout", self.report, bounded=bounded)
 
-    def _ids(self, blocks: list[blueprint_pb2.Block]) -> None:
+    def _ids(self, blocks: Sequence[blueprint_pb2.Block]) -> None:
         for i, block in enumerate(blocks):
-            path = f"blocks[{i}].id"
+            path = f"{self.at}[{i}].id"
             block_id = block.id
             if not block_id:
                 self.report(path, "a block id is required")
@@ -397,7 +538,7 @@ class _Checker:
             if block_id in self.index:
                 self.report(
                     path,
-                    f"duplicate block id {block_id!r} (first at blocks[{self.index[block_id]}])",
+                    f"duplicate block id {block_id!r} (first at {self.at}[{self.index[block_id]}])",
                 )
                 continue
             self.index[block_id] = i
@@ -415,7 +556,7 @@ class _Checker:
         found: list[tuple[int, str]] = []
         seen: set[str] = set()
         for j, need in enumerate(block.needs):
-            path = f"blocks[{i}].needs[{j}]"
+            path = f"{self.at}[{i}].needs[{j}]"
             if not need:
                 self.report(path, "empty block id")
             elif need == block.id:
@@ -430,13 +571,13 @@ class _Checker:
         return found
 
     def _depends(
-        self, i: int, block: blueprint_pb2.Block
+        self, i: int, block: blueprint_pb2.Block, variables: frozenset[str]
     ) -> tuple[Expression | None, tuple[str, ...]]:
         if not block.depends:
             return None, ()
-        path = f"blocks[{i}].depends"
+        path = f"{self.at}[{i}].depends"
         ids = frozenset(b for b in self.index if b not in RESERVED_BLOCK_IDS)
-        expression = self.condition(block.depends, path, _Scope(RUN_VARIABLES | ids, None))
+        expression = self.condition(block.depends, path, _Scope(variables | ids, None))
         if expression is None:
             return None, ()
         refs = references(block.depends, frozenset({"blocks"}))
@@ -448,7 +589,7 @@ class _Checker:
         return expression, tuple(sorted(named, key=self.index.__getitem__))
 
     def _cycles(
-        self, blocks: list[blueprint_pb2.Block], edges: list[list[tuple[str, str]]]
+        self, blocks: Sequence[blueprint_pb2.Block], edges: list[list[tuple[str, str]]]
     ) -> None:
         """Report each cycle once, at the need (or depends) that closes it: `a -> b -> a`
         reads "a needs b, which needs a"."""
@@ -479,7 +620,7 @@ class _Checker:
     def _kind(
         self, i: int, block: blueprint_pb2.Block, scope: _Scope
     ) -> tuple[Kind | None, Plan | None]:
-        path = f"blocks[{i}]"
+        path = f"{self.at}[{i}]"
         if block.catch:
             self.report(f"{path}.catch", "catch is not supported yet")
         if block.compensate:
@@ -500,7 +641,7 @@ class _Checker:
         needed_by: dict[str, set[str]] = {}
         for i, found in enumerate(needs):
             for _, need in found:
-                needed_by.setdefault(need, set()).add(self.bp.blocks[i].id)
+                needed_by.setdefault(need, set()).add(self.blocks[i].id)
         targets: dict[str, dict[str, None]] = {}
         for block_id, target, path in self.gotos:
             if not target:
@@ -521,6 +662,19 @@ class _Checker:
         if not VAR_NAME.fullmatch(name):
             self.report(path, f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
         return self.template(self.bp.vars[name], path, scope)
+
+
+def _assigned(blocks: Iterable[blueprint_pb2.Block]) -> frozenset[str]:
+    """The variables `set` blocks assign, in containers too."""
+    names: set[str] = set()
+    for block in blocks:
+        field = block.WhichOneof("kind")
+        if field == "set":
+            names.update(block.set.vars)
+        spec = KINDS.get(field or "")
+        if spec is not None and spec.nested is not None:
+            names |= _assigned(spec.nested(block))
+    return frozenset(names)
 
 
 def _unknown_function(name: str) -> str:

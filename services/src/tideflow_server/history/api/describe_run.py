@@ -69,6 +69,17 @@ async def invoke(
     return response
 
 
+def _scopes(
+    shown: run_pb2.BlockScopes,
+    scopes: records_pb2.ScopeProgress,
+    map_block: records_pb2.MapBlockState | None,
+) -> None:
+    shown.total = 0 if map_block is None else len(map_block.items.values)
+    shown.started = scopes.opened
+    shown.succeeded = scopes.succeeded
+    shown.failed = scopes.failed
+
+
 def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummary]:
     """Every block the run has reached, in the order reached (`BlockResult.reached`). Blocks
     reached before that was recorded come first, by their first event, then by id."""
@@ -91,5 +102,7 @@ def block_summaries(state: records_pb2.MutableState) -> list[run_pb2.BlockSummar
         )
         if result.HasField("failure"):
             summary.failure.CopyFrom(result.failure)
+        if result.HasField("scopes"):
+            _scopes(summary.scopes, result.scopes, state.map_blocks.get(block_id))
         summaries.append(summary)
     return summaries

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
@@ -23,8 +23,11 @@ from tideflow_server.history.interpreter import (
     CompleteRun,
     FailBlock,
     FailRun,
+    RecordScopes,
     ScheduleExternal,
     SkipBlock,
+    StartLoop,
+    StartMap,
 )
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
@@ -116,13 +119,44 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     )
     assert isinstance(attrs, history_pb2.SystemBlockFailedEventAttributes)
     attrs.block_id = command.block_id
-    attrs.kind = context.compiled.blocks[command.block_id].kind
+    attrs.kind = context.compiled.block(command.block_id).kind
     attrs.failure.CopyFrom(failure)
     result = step.state.block_results[command.block_id]
     result.status = common_pb2.BLOCK_STATUS_FAILED
     result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
     result.close_event_id = event.event_id
     _record_route(result, command.route)
+
+
+def _start_map(step: RunStep, command: StartMap, context: Applying) -> None:
+    _, attrs = step.add_event(history_pb2.EVENT_TYPE_MAP_STARTED, "map_started_event_attributes")
+    assert isinstance(attrs, history_pb2.MapStartedEventAttributes)
+    attrs.block_id = command.block_id
+    for item in command.items:
+        attrs.items.values.append(payloads.to_value(item))
+    step.state.map_blocks[command.block_id].items.CopyFrom(attrs.items)
+    _running(step, command.block_id, blueprint_pb2.BLOCK_KIND_MAP)
+
+
+def _start_loop(step: RunStep, command: StartLoop, context: Applying) -> None:
+    _, attrs = step.add_event(history_pb2.EVENT_TYPE_LOOP_STARTED, "loop_started_event_attributes")
+    assert isinstance(attrs, history_pb2.LoopStartedEventAttributes)
+    attrs.block_id = command.block_id
+    _running(step, command.block_id, blueprint_pb2.BLOCK_KIND_LOOP)
+
+
+def _running(step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueType) -> None:
+    result = step.state.block_results[block_id]
+    result.kind = kind
+    result.status = common_pb2.BLOCK_STATUS_RUNNING
+
+
+def _record_scopes(step: RunStep, command: RecordScopes, context: Applying) -> None:
+    # No event, as for a skip: the counts follow from the events before them.
+    scopes = step.state.block_results[command.block_id].scopes
+    scopes.opened = command.scopes.opened
+    scopes.succeeded = command.scopes.succeeded
+    scopes.failed = command.scopes.failed
 
 
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:
@@ -162,6 +196,9 @@ APPLIERS: Mapping[type, Applier] = {
     CompleteBlock: _complete_block,
     SkipBlock: _skip_block,
     FailBlock: _fail_block,
+    StartMap: _start_map,
+    StartLoop: _start_loop,
+    RecordScopes: _record_scopes,
     CompleteRun: _complete_run,
     FailRun: _fail_run,
 }

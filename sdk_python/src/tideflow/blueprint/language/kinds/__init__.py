@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
-from tideflow.blueprint.language.kinds import external, fail, succeed, transform
+from tideflow.blueprint.language.kinds import external, fail, loop, succeed, transform
+from tideflow.blueprint.language.kinds import map as map_
 from tideflow.blueprint.language.kinds import set as set_
 from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Plan, Site
 from tideflow.blueprint.language.kinds.external import ExternalPlan, ExternalPolicy
@@ -48,7 +49,7 @@ KINDS: Mapping[str, Kind] = {
     for kind in (
         external.KIND,
         _not_yet("switch", "switch_block", blueprint_pb2.BLOCK_KIND_SWITCH),
-        _not_yet("map", "map_block", blueprint_pb2.BLOCK_KIND_MAP),
+        map_.KIND,
         _not_yet("wait", "wait", blueprint_pb2.BLOCK_KIND_WAIT),
         _not_yet("signal", "signal", blueprint_pb2.BLOCK_KIND_SIGNAL),
         set_.KIND,
@@ -56,6 +57,7 @@ KINDS: Mapping[str, Kind] = {
         _not_yet("subflow", "subflow", blueprint_pb2.BLOCK_KIND_SUBFLOW, takes_input=True),
         succeed.KIND,
         fail.KIND,
+        loop.KIND,
     )
 }
 """By the name of the `Block.kind` oneof field, in the proto's order."""
