@@ -71,6 +71,10 @@ def close_run(
         abandoned = step.state.block_results[pending.block_id]
         abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
     step.state.pending_blocks.clear()
+    # So are the blocks the engine itself runs that are still open (a map, a loop).
+    for open_block in step.state.block_results.values():
+        if open_block.status == common_pb2.BLOCK_STATUS_RUNNING:
+            open_block.status = common_pb2.BLOCK_STATUS_CANCELED
     info = step.info
     info.state = records_pb2.RUN_STATE_COMPLETED
     info.status = status
