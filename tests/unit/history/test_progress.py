@@ -268,3 +268,16 @@ def test_a_run_that_ends_while_a_map_runs_cancels_the_map() -> None:
     _advance(step, compiled)
     assert step.info.status == common_pb2.RUN_STATUS_COMPLETED
     assert step.state.block_results["m"].status == common_pb2.BLOCK_STATUS_CANCELED
+
+
+def test_a_namespaces_max_map_items_tightens_the_servers_bound() -> None:
+    compiled = _map_blueprint()
+    step = _new_run(compiled)
+    step.info.input.CopyFrom(payloads.to_value({"items": [1, 2, 3]}))
+    progress.advance(step, compiled, namespace="default", max_pending_blocks=100, max_map_items=2)
+    assert step.info.status == common_pb2.RUN_STATUS_FAILED
+    failure = _run_failed(step).cause
+    assert failure.server_failure_info.type == "MapItemsLimitExceeded"
+    assert failure.message.startswith("3 items, more than the 2 a map runs in-line")
+    assert "limits.max_map_items" in failure.message
+    assert not step.state.pending_blocks

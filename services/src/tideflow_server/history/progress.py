@@ -7,6 +7,7 @@ has nothing new; each command is applied by its applier (`interpreter.appliers`)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from tideflow.api.v1 import common_pb2, failure_pb2
 from tideflow_server.history import blocks, payloads
@@ -87,9 +88,20 @@ def _items(state: records_pb2.MutableState, block_id: str) -> tuple[JSON, ...] |
 
 
 def advance(
-    step: RunStep, compiled: CompiledBlueprint, *, namespace: str, max_pending_blocks: int
+    step: RunStep,
+    compiled: CompiledBlueprint,
+    *,
+    namespace: str,
+    max_pending_blocks: int,
+    max_map_items: int = 0,
 ) -> None:
-    """Apply the interpreter's commands until it has none (or the run closed)."""
+    """Apply the interpreter's commands until it has none (or the run closed).
+    `max_map_items`: the namespace's own bound on a map's items (0: none), under the
+    server's `blueprint.max_inline_map_items`."""
+    bound = compiled.limits.max_inline_map_items
+    if tighter(max_map_items, bound) != bound:
+        limits = replace(compiled.limits, max_inline_map_items=max_map_items)
+        compiled = replace(compiled, limits=limits)
     context = Applying(compiled, max_pending_blocks)
     for _ in range(MAX_ROUNDS):
         if not step.is_open or step.info.cancel_requested:
@@ -166,4 +178,5 @@ async def continue_run(shard: Shard, step: RunStep) -> None:
         max_pending_blocks=tighter(
             namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
         ),
+        max_map_items=namespace.config.limits.max_map_items,
     )

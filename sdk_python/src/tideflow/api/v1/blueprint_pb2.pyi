@@ -244,8 +244,9 @@ class Block(_message.Message):
     FAIL_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique within its scope (the blueprint, or a map block's template). History addresses a
-    block inside a map item as `<map id>[<index>].<id>`.
+    """Unique within its scope (the blueprint, or a map's or loop's blocks). History addresses a
+    block inside a map item as `<map id>[<index>].<id>`, inside a loop iteration as
+    `<loop id>[<iteration>].<id>`; nested containers nest the paths (`l[2].m[0].ocr`).
     """
     description: _builtins.str
     depends: _builtins.str
@@ -474,10 +475,11 @@ class MapBlock(_message.Message):
     TOLERATED_FAILURE_PERCENTAGE_FIELD_NUMBER: _builtins.int
     items: _builtins.str
     """CEL yielding a list, evaluated once when the block starts (the items are recorded, so a
-    replay does not evaluate them again). Not a list fails the block. More items than the
-    server's `blueprint.max_inline_map_items` (default 1,000) fails the block too; running
-    larger fan-outs as child runs comes later. Inside the scope `item` and `index` name the
-    current item.
+    replay does not evaluate them again); `${...}` around it reads the same. Not a list fails
+    the block. More items than the server's `blueprint.max_inline_map_items` (default 1,000),
+    or the namespace's `limits.max_map_items` when lower, fails the block too
+    (MapItemsLimitExceeded); running larger fan-outs as child runs comes later. Inside the
+    scope `item` and `index` name the current item.
     """
     max_concurrency: _builtins.int
     """Items in flight at once; 0 = the server's `blueprint.default_map_concurrency` (100).

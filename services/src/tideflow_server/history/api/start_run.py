@@ -98,6 +98,7 @@ def first_step(
         max_pending_blocks=tighter(
             namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
         ),
+        max_map_items=namespace.config.limits.max_map_items,
     )
     return step
 

@@ -104,8 +104,8 @@ def start(plan: MapPlan, block: BlockContext) -> Sequence[Command]:
     if len(items) > bound:
         message = (
             f"{len(items)} items, more than the {bound} a map runs in-line (the server's "
-            "blueprint.max_inline_map_items); running larger fan-outs as child runs is not "
-            "supported yet"
+            "blueprint.max_inline_map_items, or the namespace's limits.max_map_items when "
+            "lower); running larger fan-outs as child runs is not supported yet"
         )
         error = BlockError(TOO_MANY_ITEMS, message, non_retryable=True, server=True)
         return [FailBlock(block.block_id, error)]
