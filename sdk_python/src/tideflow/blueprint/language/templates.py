@@ -161,7 +161,7 @@ class Env:
             self._activation = Activation(self.variables())
         return self._activation
 
-    def nested(self, blocks: Mapping[str, BlockView], bound: Mapping[str, object]) -> Env:
+    def nested(self, blocks: Mapping[str, BlockView], bound: Mapping[str, JSON]) -> Env:
         """The variables of a container's scope: these, with the scope's own blocks over the
         outer ones in `blocks` (and by id, for `depends`), and what the scope binds (`item`,
         `index`, `iteration`)."""
@@ -179,7 +179,7 @@ class Env:
                     for block_id, view in reached
                     if _IDENTIFIER.fullmatch(block_id) and block_id not in RUN_VARIABLES
                 },
-                **{name: normalize(value) for name, value in bound.items()},  # type: ignore[arg-type]
+                **{name: normalize(value) for name, value in bound.items()},
                 "blocks": merged,
             }
 
