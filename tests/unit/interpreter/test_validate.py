@@ -484,10 +484,19 @@ def test_compile_copies_the_blueprint_and_orders_blocks() -> None:
 def test_the_language_reference_example_is_valid() -> None:
     """docs/blueprints.md opens with a blueprint; it registers as written."""
     text = (Path(__file__).parents[3] / "docs" / "blueprints.md").read_text()
-    [example] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    [example, *snippets] = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     bp = json_format.ParseDict(yaml.safe_load(example), blueprint_pb2.Blueprint())
     assert problems(bp) == {}
     assert [b.id for b in bp.blocks] == ["classify", "ocr", "extract"]
+    # The kinds' examples are block lists: they register with an external block for each
+    # block they need and do not declare.
+    for snippet in snippets:
+        blocks = yaml.safe_load(snippet)
+        if not isinstance(blocks, list):
+            continue
+        needed = {n for b in blocks for n in b.get("needs", [])} - {b["id"] for b in blocks}
+        bp = blueprint(*[external(n) for n in sorted(needed)], *blocks)
+        assert problems(bp) == {}, snippet
 
 
 def test_a_value_with_no_kind_is_reported_wherever_it_is() -> None:
