@@ -286,3 +286,17 @@ def test_outputs_keep_item_order_whatever_order_items_complete_in(
         engine.settle()
     assert engine.blocks["m"].output == [f"done m[{i}].work" for i in range(count)]
     assert engine.result == CompleteRun(None)
+
+
+def test_an_item_output_that_does_not_render_fails_the_map_when_it_completes() -> None:
+    compiled = compile_(map_block("m", output="${item.name}"))
+    engine = Engine(compiled, input={"items": [{"name": "a"}, 2]})
+    engine.settle()
+    engine.complete("m[0].work")
+    engine.settle()
+    assert engine.blocks["m"].status == RUNNING  # outputs are rendered once, at the end
+    engine.complete("m[1].work")
+    engine.settle()
+    error = engine.blocks["m"].error
+    assert error is not None and error.type == "ExpressionError"
+    assert "blocks[0].map_block.output" in error.message

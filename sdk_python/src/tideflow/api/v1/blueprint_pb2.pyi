@@ -502,8 +502,9 @@ class MapBlock(_message.Message):
 
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
-        """Output of one item, rendered in the item's scope. Unset: the output of the item's only
-        sink block (registration requires exactly one then).
+        """Output of one item, rendered in the item's scope when the map completes (one that fails
+        to render fails the block then). Unset: the output of the item's only sink block
+        (registration requires exactly one then).
         """
 
     def __init__(

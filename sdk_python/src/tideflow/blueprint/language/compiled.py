@@ -61,8 +61,12 @@ class CompiledScope:
     blocks: Mapping[str, CompiledBlock]
     order: tuple[CompiledBlock, ...]
     """Topological, as `CompiledBlueprint.order`."""
-    output: Template | None
-    """One scope's output."""
+    result: Template | None
+    """One scope's output. Its container renders it when it reads it (`Settled.output`), not
+    on every decision: a map's items are rendered once, when the map completes."""
+    output: Template | None = None
+    """What `decide` renders when the scope ends, as it renders a blueprint's `output`:
+    nothing (see `result`)."""
     output_validator: jsonschema.protocols.Validator | None = None
     """Scopes have no output schema; the field lets `decide` treat both alike."""
 

@@ -147,7 +147,7 @@ def _decide_scope(
         context = BlockContext(
             prefix + block.id,
             env,
-            scope.output,
+            scope.result if isinstance(scope, CompiledScope) else scope.output,
             decision.task_queue,
             limits=decision.compiled.limits,
         )
@@ -172,32 +172,38 @@ def _container(
 ) -> list[Command]:
     """A running container: decide its open scopes, then let its kind answer their
     progress."""
-    assert block.inner is not None and block.spec.bind is not None
+    inner, bind = block.inner, block.spec.bind
+    assert inner is not None and bind is not None
     path = prefix + block.id
     settled: dict[int, Settled] = {}
     commands: list[Command] = []
-    for index in range(view.scopes.opened):
-        tree = scopes.get(index) or _Tree()
-        bound = block.spec.bind(block.plan, view, index, settled)
-        step = _decide_scope(
-            decision, block.inner, tree, env.nested(tree.own, bound), f"{path}[{index}]."
-        )
-        if isinstance(step, list):
-            commands += step
-        else:
-            settled[index] = (
-                Settled(step.output) if isinstance(step, CompleteRun) else Settled(error=step.error)
-            )
     context = BlockContext(
         path, env, None, decision.task_queue, view, limits=decision.compiled.limits
     )
     try:
+        for index in range(view.scopes.opened):
+            tree = scopes.get(index) or _Tree()
+            scope_env = env.nested(tree.own, bind(block.plan, view, index, settled))
+            step = _decide_scope(decision, inner, tree, scope_env, f"{path}[{index}].")
+            if isinstance(step, list):
+                commands += step
+            else:
+                settled[index] = _settled(inner, tree, scope_env, step)
         own = list(block.spec.on_event(block.plan, context, Progress(settled)))
     except ExpressionError as e:
         own = [FailBlock(path, _engine_error(EXPRESSION_ERROR, str(e)))]
     if any(isinstance(c, CompleteBlock | FailBlock) and c.block_id == path for c in own):
         return own  # the container ends: its scopes are not decided any further
     return [*commands, *own]
+
+
+def _settled(scope: CompiledScope, tree: _Tree, env: Env, ended: CompleteRun | FailRun) -> Settled:
+    if isinstance(ended, FailRun):
+        return Settled(error=ended.error)
+    result = scope.result
+    if result is None or _ended(scope, tree.own) is not None:
+        return Settled(ended.output)  # a `succeed` block's output, or none
+    return Settled(render=lambda: result.render(env))
 
 
 def deliver(

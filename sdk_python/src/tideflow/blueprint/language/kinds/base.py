@@ -110,13 +110,29 @@ class BlockContext:
     """The server's bounds (in-line map items, default map concurrency)."""
 
 
-@dataclass(frozen=True, slots=True)
 class Settled:
     """How one scope of a container (a map's item, a loop's iteration) ended: its output, or
-    the error of the block that failed it."""
+    the error of the block that failed it. The output is rendered when first read (an
+    ExpressionError then fails the container)."""
 
-    output: JSON = None
-    error: BlockError | None = None
+    __slots__ = ("_output", "_render", "error")
+
+    def __init__(
+        self,
+        output: JSON = None,
+        error: BlockError | None = None,
+        *,
+        render: Callable[[], JSON] | None = None,
+    ) -> None:
+        self._output = output
+        self._render = render
+        self.error = error
+
+    @property
+    def output(self) -> JSON:
+        if self._render is not None:
+            self._output, self._render = self._render(), None
+        return self._output
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,9 @@ are addressed `<map id>[<index>].<id>` and read `item` and `index`. Items start 
 most `max_concurrency` at once (0: the server's `blueprint.default_map_concurrency`). Its
 output is the list of the items' outputs in item order, null for a failed item that was
 tolerated; one failure more than tolerated fails the block, with the first failed item's error
-type, and no further item starts (items running then are left to finish).
+type, and no further item starts (items running then are left to finish). The items'
+outputs are rendered once, when the map completes (`Settled.output`), so a decision does not
+render every item again; an `output` that fails to render fails the block then.
 """
 
 from __future__ import annotations
