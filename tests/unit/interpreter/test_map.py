@@ -122,6 +122,11 @@ def test_containers_nest_only_so_deep() -> None:
     }
 
 
+def test_a_containers_blocks_are_bounded_as_the_blueprints() -> None:
+    bp = blueprint(map_block("m", blocks=[external(f"b{i}") for i in range(3)], output=1))
+    assert problems(bp, max_blocks=2) == {"blocks[0].map_block.blocks": ["at most 2 blocks, got 3"]}
+
+
 # -- decisions ---------------------------------------------------------------------------
 
 

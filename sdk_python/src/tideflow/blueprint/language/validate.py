@@ -455,6 +455,9 @@ class _Checker:
         if not blocks:
             self.report(at, "a container needs at least one block")
             return None
+        if len(blocks) > self.max_blocks:
+            self.report(at, f"at most {self.max_blocks} blocks, got {len(blocks)}")
+            return None
         outer_ids = self.level.outer | frozenset(self.index)
         parent, self.level = self.level, _Level(at, depth=depth, outer=outer_ids)
         try:
