@@ -65,6 +65,15 @@ def test_registration_reports_every_problem_with_its_path() -> None:
     )
 
 
+def test_inside_a_container_the_variables_it_binds_are_no_block_ids() -> None:
+    inner = loop_block("l", blocks=[external("iteration"), external("item", "iteration")])
+    bp = blueprint({"id": "m", "mapBlock": {"items": "[1]", "blocks": [inner]}})
+    found = problems(bp)
+    at = "blocks[0].map_block.blocks[0].loop.blocks"
+    assert found[f"{at}[0].id"] == ["'iteration' is reserved here: its container binds it"]
+    assert found[f"{at}[1].id"] == ["'item' is reserved here: its container binds it"]
+
+
 def test_iterations_run_while_the_condition_holds_and_keep_every_output() -> None:
     engine = Engine(compile_(loop_block("l"), external("after", "l")))
     engine.settle()

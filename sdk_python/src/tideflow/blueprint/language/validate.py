@@ -235,6 +235,8 @@ class _Level:
     depth: int = 0
     outer: frozenset[str] = frozenset()
     """The ids of the levels around it."""
+    bound: frozenset[str] = frozenset()
+    """The variables its containers bind (`item`, `iteration`), which its ids may not be."""
 
 
 class _Checker:
@@ -404,6 +406,7 @@ class _Checker:
         `outer`: what its expressions may read besides its own blocks (a scope's variables,
         the outer blocks its container may read)."""
         self.level.blocks = blocks
+        self.level.bound = outer.variables - RUN_VARIABLES
         self._ids(blocks)
         needs = [self._needs(i, block) for i, block in enumerate(blocks)]
         depends = [self._depends(i, block, outer.variables) for i, block in enumerate(blocks)]
@@ -553,6 +556,8 @@ class _Checker:
                 )
             elif block_id in RESERVED_BLOCK_IDS:
                 self.report(path, f"{block_id!r} is reserved")
+            elif block_id in self.level.bound:
+                self.report(path, f"{block_id!r} is reserved here: its container binds it")
 
     def _needs(self, i: int, block: blueprint_pb2.Block) -> list[tuple[int, str]]:
         """(position, block id) of each need that names another declared block, once."""
