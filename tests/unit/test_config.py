@@ -10,7 +10,9 @@ import uvloop
 from pydantic import ValidationError
 
 from tideflow_server.config import load_settings
+from tideflow_server.history.interpreter import Limits
 from tideflow_server.main import run_on_loop
+from tideflow_server.server import blueprint_limits
 
 
 def test_defaults_are_the_embedded_sqlite() -> None:
@@ -61,3 +63,10 @@ def test_the_server_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.Mon
     monkeypatch.setenv("TIDEFLOW_SERVICES__EVENT_LOOP", "trio")
     with pytest.raises(ValidationError, match="event_loop"):
         load_settings()
+
+
+def test_blueprint_settings_are_the_languages_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server hands these to registration and runs by field name; defaults agree.
+    assert blueprint_limits(load_settings()) == Limits()
+    monkeypatch.setenv("TIDEFLOW_BLUEPRINT__MAX_INLINE_MAP_ITEMS", "50")
+    assert blueprint_limits(load_settings()) == Limits(max_inline_map_items=50)

@@ -171,6 +171,21 @@ class HistoryConfig(_Section):
     more is refused (RESOURCE_EXHAUSTED, reason BUFFERED_SIGNALS_LIMIT) and records nothing."""
 
 
+class BlueprintConfig(_Section):
+    """Bounds of the blueprint language (invariant 6). Registration (frontend) checks the
+    first two; runs (history) the others. The errors name these settings."""
+
+    max_nesting_depth: int = Field(default=4, gt=0)
+    """Containers (map, loop) inside containers."""
+    max_loop_iterations: int = Field(default=1_000, gt=0)
+    """The largest `max_iterations` a loop block may set."""
+    max_inline_map_items: int = Field(default=1_000, gt=0)
+    """Items a map block runs in its run's history; a map given more fails. Larger fan-outs
+    as child runs come later."""
+    default_map_concurrency: int = Field(default=100, gt=0)
+    """Items in flight at once for a map block that sets no `max_concurrency`."""
+
+
 class MatchingRoleConfig(_Section):
     long_poll_timeout_s: float = Field(default=60.0, gt=0)
     """PollBlockTask: how long a poll waits for a task before it is answered empty (sooner
@@ -197,6 +212,7 @@ class Settings(BaseSettings):
     services: ServicesConfig = ServicesConfig()
     membership: MembershipConfig = MembershipConfig()
     history: HistoryConfig = HistoryConfig()
+    blueprint: BlueprintConfig = BlueprintConfig()
     matching: MatchingRoleConfig = MatchingRoleConfig()
     frontend: FrontendConfig = FrontendConfig()
 

@@ -20,6 +20,7 @@ from tideflow_server.config import Settings
 from tideflow_server.frontend.handler import FlowHandler, OperatorHandler
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter
 from tideflow_server.history.handler import HistoryHandler
+from tideflow_server.history.interpreter import Limits
 from tideflow_server.history.shard.controller import ShardController
 from tideflow_server.history.tasks import timer, transfer
 from tideflow_server.internal.v1 import history_service_pb2_grpc, matching_service_pb2_grpc
@@ -143,6 +144,7 @@ class TideflowServer:
                 history=history,
                 namespaces=namespaces,
                 config=settings.history,
+                blueprint_limits=blueprint_limits(settings),
                 shard_count=shard_count,
                 timer_executor=timer.fire,
                 transfer_executor=transfer.execute,
@@ -179,6 +181,7 @@ class TideflowServer:
                 long_poll_timeout_s=settings.matching.long_poll_timeout_s,
                 history_long_poll_timeout_s=settings.history.long_poll_timeout_s,
                 wait_for_close_timeout_s=settings.history.wait_for_close_timeout_s,
+                blueprint_limits=blueprint_limits(settings),
             )
             operator_handler = OperatorHandler(
                 manager=manager,
@@ -242,6 +245,11 @@ class TideflowServer:
 
 STARTUP_RETRY_S = 60.0
 """How long a starting process keeps retrying a database that is away or busy."""
+
+
+def blueprint_limits(settings: Settings) -> Limits:
+    """The language's bounds from the `blueprint` settings."""
+    return Limits(**settings.blueprint.model_dump())
 
 
 async def _retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:

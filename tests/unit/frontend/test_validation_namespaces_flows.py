@@ -301,12 +301,7 @@ def test_list_flows() -> None:
     assert fields_of(validate_list_flows, request) == ["page_size", "name"]
 
 
-def test_max_map_items_must_stay_zero_until_map_blocks_exist() -> None:
+def test_a_namespace_may_bound_its_maps_items_now_that_map_blocks_exist() -> None:
     limits = namespace_pb2.NamespaceLimits(max_map_items=10)
-    request = register_namespace(config=config(limits=limits))
-    assert description_of(validate_register_namespace, request, "config.limits.max_map_items") == (
-        "is 10, must be 0: map blocks are not supported yet"
-    )
-    masked = update("config.limits", config=config(limits=limits))
-    assert fields_of(validate_update_namespace, masked) == ["config.limits.max_map_items"]
-    validate_update_namespace(update("config.limits.max_pending_blocks", config=config()), LIMITS)
+    validate_register_namespace(register_namespace(config=config(limits=limits)), LIMITS)
+    validate_update_namespace(update("config.limits", config=config(limits=limits)), LIMITS)

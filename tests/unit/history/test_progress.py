@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.unit.interpreter.support import compile_, external
-from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2
-from tideflow_server.history import blocks, closing, progress
+from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow_server.history import blocks, closing, payloads, progress
 from tideflow_server.history.api import describe_run
 from tideflow_server.history.interpreter import BlockError, CompiledBlueprint
 from tideflow_server.history.state import RunStep
@@ -213,3 +213,71 @@ def test_a_succeed_blocks_output_that_breaks_the_schema_fails_the_run_as_the_eng
         type="OutputSchemaViolation", non_retryable=True
     )
     assert step.state.block_results["stop"].status == common_pb2.BLOCK_STATUS_SUCCEEDED
+
+
+def _map_blueprint(*more: dict[str, object]) -> CompiledBlueprint:
+    return compile_(
+        {
+            "id": "m",
+            "mapBlock": {
+                "items": "input.items",
+                "maxConcurrency": 2,
+                "blocks": [external("w", input="${item}")],
+            },
+        },
+        *more,
+    )
+
+
+def test_a_maps_items_are_recorded_once_and_its_blocks_addressed_by_path() -> None:
+    compiled = _map_blueprint()
+    step = _new_run(compiled)
+    step.info.input.CopyFrom(payloads.to_value({"items": ["x", "y", "z"]}))
+    _advance(step, compiled)
+    started = [e for e in step.events if e.event_type == history_pb2.EVENT_TYPE_MAP_STARTED]
+    assert [e.map_started_event_attributes.block_id for e in started] == ["m"]
+    assert sorted(p.block_id for p in step.state.pending_blocks.values()) == ["m[0].w", "m[1].w"]
+    assert len(step.state.map_blocks["m"].items.values) == 3
+    assert step.state.block_results["m"].scopes.opened == 2
+
+    step = _reload(step)  # the items come back from the state, not from `items` again
+    step.info.input.CopyFrom(payloads.to_value({"items": []}))
+    _complete(step, "m[1].w")
+    _advance(step, compiled)
+    assert sorted(p.block_id for p in step.state.pending_blocks.values()) == ["m[0].w", "m[2].w"]
+    for block_id in ("m[0].w", "m[2].w"):
+        _complete(step, block_id)
+        _advance(step, compiled)
+    assert step.info.status == common_pb2.RUN_STATUS_COMPLETED
+    summaries = {s.block_id: s for s in describe_run.block_summaries(step.state)}
+    assert list(summaries) == ["m", "m[0].w", "m[1].w", "m[2].w"]
+    scopes = summaries["m"].scopes
+    assert (scopes.total, scopes.started, scopes.succeeded, scopes.failed) == (3, 3, 3, 0)
+    assert summaries["m"].kind == blueprint_pb2.BLOCK_KIND_MAP
+
+
+def test_a_run_that_ends_while_a_map_runs_cancels_the_map() -> None:
+    compiled = _map_blueprint(
+        external("gate"), {"id": "done", "needs": ["gate"], "succeed": {"output": "early"}}
+    )
+    step = _new_run(compiled)
+    step.info.input.CopyFrom(payloads.to_value({"items": [1, 2]}))
+    _advance(step, compiled)
+    assert step.state.block_results["m"].status == common_pb2.BLOCK_STATUS_RUNNING
+    _complete(step, "gate")
+    _advance(step, compiled)
+    assert step.info.status == common_pb2.RUN_STATUS_COMPLETED
+    assert step.state.block_results["m"].status == common_pb2.BLOCK_STATUS_CANCELED
+
+
+def test_a_namespaces_max_map_items_tightens_the_servers_bound() -> None:
+    compiled = _map_blueprint()
+    step = _new_run(compiled)
+    step.info.input.CopyFrom(payloads.to_value({"items": [1, 2, 3]}))
+    progress.advance(step, compiled, namespace="default", max_pending_blocks=100, max_map_items=2)
+    assert step.info.status == common_pb2.RUN_STATUS_FAILED
+    failure = _run_failed(step).cause
+    assert failure.server_failure_info.type == "MapItemsLimitExceeded"
+    assert failure.message.startswith("3 items, more than the 2 a map runs in-line")
+    assert "limits.max_map_items" in failure.message
+    assert not step.state.pending_blocks

@@ -43,7 +43,7 @@ class _Shard:
         compiled = self.compiled
         namespace = SimpleNamespace(
             info=SimpleNamespace(name="default"),
-            config=SimpleNamespace(limits=SimpleNamespace(max_pending_blocks=0)),
+            config=SimpleNamespace(limits=SimpleNamespace(max_pending_blocks=0, max_map_items=0)),
         )
 
         async def get(*_: Any) -> tuple[None, CompiledBlueprint]:

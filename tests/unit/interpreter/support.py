@@ -24,12 +24,16 @@ from tideflow_server.history.interpreter import (
     Escalate,
     FailBlock,
     FailRun,
+    RecordScopes,
     RunView,
     ScheduleExternal,
+    Scopes,
     Signal,
     SignalReceived,
     SkipBlock,
     StartChild,
+    StartLoop,
+    StartMap,
     StartTimer,
     TimerFired,
     compile_blueprint,
@@ -44,6 +48,7 @@ FAILED = common_pb2.BLOCK_STATUS_FAILED
 SKIPPED = common_pb2.BLOCK_STATUS_SKIPPED
 CANCELED = common_pb2.BLOCK_STATUS_CANCELED
 TERMINAL = {SUCCEEDED, FAILED, SKIPPED, CANCELED}
+MAX_ROUNDS = 10_000
 
 
 def blueprint(*blocks: Mapping[str, Any], **fields: Any) -> blueprint_pb2.Blueprint:
@@ -129,11 +134,26 @@ class Engine:
         current = self.view()
         commands = decide(self.compiled, current)
         assert decide(self.compiled, current) == commands, "decide is not deterministic"
-        ids = [_block_id(c) for c in commands if _block_id(c)]
+        # A container's progress may come with its end (the final counts).
+        ids = [_block_id(c) for c in commands if _block_id(c) and not isinstance(c, RecordScopes)]
         grouped = [b for i, b in enumerate(ids) if i == 0 or ids[i - 1] != b]
         assert len(grouped) == len(set(grouped)), f"a block's commands apart: {commands}"
-        starts = {i for c in commands if (i := _block_id(c)) and not isinstance(c, CatchFailure)}
-        assert not starts & set(self.blocks), f"a command for a block already reached: {commands}"
+        progress = [c.block_id for c in commands if isinstance(c, RecordScopes)]
+        assert len(progress) == len(set(progress)), f"two progress records: {commands}"
+        # A running container (map, loop) is the one block reached that decide answers for,
+        # and a failed block's catch is judged after it was reached.
+        containers = {
+            b
+            for b, v in self.blocks.items()
+            if v.status == RUNNING and self.compiled.block(b).inner is not None
+        }
+        reached = set(self.blocks) - containers
+        starts = {
+            i
+            for c in commands
+            if (i := _block_id(c)) and not isinstance(c, CatchFailure | RecordScopes)
+        }
+        assert not starts & reached, f"a command for a block already reached: {commands}"
         for command in commands:
             if isinstance(command, CatchFailure):
                 caught = self.blocks[command.block_id]
@@ -152,8 +172,7 @@ class Engine:
     def settle(self) -> list[Command]:
         """Decide and apply until decide has nothing more (or the run closed)."""
         applied: list[Command] = []
-        # One round per block, one more for a block whose catch is judged.
-        for _ in range(2 * len(self.compiled.blocks) + 2):
+        for _ in range(MAX_ROUNDS):
             if self.result is not None:
                 return applied
             commands = self.step()
@@ -167,6 +186,14 @@ class Engine:
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
         elif isinstance(command, StartChild):
             self.blocks[command.block_id] = BlockView(RUNNING)
+        elif isinstance(command, StartMap):
+            self.blocks[command.block_id] = BlockView(RUNNING, items=command.items)
+        elif isinstance(command, StartLoop):
+            self.blocks[command.block_id] = BlockView(RUNNING)
+        elif isinstance(command, RecordScopes):
+            view = self.blocks[command.block_id]
+            assert view.status == RUNNING, f"progress of a block that is not running: {command}"
+            self.blocks[command.block_id] = replace(view, scopes=command.scopes)
         elif isinstance(command, CompleteBlock):
             self.blocks[command.block_id] = BlockView(
                 SUCCEEDED,
@@ -174,6 +201,7 @@ class Engine:
                 route=command.route,
                 escalated=self._escalated(command.block_id),
                 closed=self._close(),
+                scopes=self._scopes(command),
             )
             self.vars.update(command.vars)
             self.awaiting.pop(command.block_id, None)
@@ -186,6 +214,7 @@ class Engine:
                 route=command.route,
                 escalated=self._escalated(command.block_id),
                 closed=self._close(),
+                scopes=self._scopes(command),
             )
             self.awaiting.pop(command.block_id, None)
         elif isinstance(command, StartTimer):
@@ -263,6 +292,11 @@ class Engine:
                 if taken:
                     return taken
         return []
+
+    def _scopes(self, command: CompleteBlock | FailBlock) -> Scopes:
+        """A container keeps its counts when it ends, as history keeps them."""
+        before = self.blocks.get(command.block_id)
+        return Scopes() if before is None else before.scopes
 
     def complete(self, block_id: str, output: JSON = None) -> None:
         assert self.blocks[block_id].status == RUNNING

@@ -62,7 +62,7 @@ def test_reports_every_problem_with_its_path() -> None:
     assert found["blocks[4].switch_block.cases[0].goto"] == [
         "'c' must need 's': a route goes to a direct dependent"
     ]
-    assert found["blocks[5]"] == ["map blocks are not supported yet"]
+    assert found["blocks[5].map_block.blocks"] == ["a container needs at least one block"]
     assert found["blocks[6].wait"] == ["set duration, until or until_expr"]
     assert "not a valid JSON Schema" in found["input_schema.type"][0]
     assert found["output"] == ["`blocks.nobody.output`: blocks.nobody names no block"]
@@ -325,7 +325,7 @@ def test_subflow_and_missing_kind() -> None:
     assert found == {
         "blocks[2]": [
             "a block needs a kind, one of: external, switch, map, wait, signal, set, transform, "
-            "subflow, succeed, fail"
+            "subflow, succeed, fail, loop"
         ],
     }
 

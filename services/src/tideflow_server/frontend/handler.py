@@ -33,7 +33,7 @@ from tideflow_server.frontend import validation
 from tideflow_server.frontend.limits import DEFAULT_LIMITS, RequestLimits
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter, overrides_from_config
 from tideflow_server.history.handler import service_error
-from tideflow_server.history.interpreter import compile_blueprint
+from tideflow_server.history.interpreter import Limits, compile_blueprint
 from tideflow_server.internal.v1 import (
     history_service_pb2 as hs,
 )
@@ -150,10 +150,13 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         history_long_poll_timeout_s: float,
         wait_for_close_timeout_s: float,
         limits: RequestLimits = DEFAULT_LIMITS,
+        blueprint_limits: Limits | None = None,
     ) -> None:
         """The timeouts are the three long polls' (settings `matching.long_poll_timeout_s`,
         `history.long_poll_timeout_s`, `history.wait_for_close_timeout_s`): the frontend sizes
-        its calls to matching and history by them."""
+        its calls to matching and history by them. `blueprint_limits`: the `blueprint`
+        settings registration checks (nesting depth, loop iterations)."""
+        self._blueprint_limits = blueprint_limits
         super().__init__(manager=manager, namespaces=namespaces, limiter=limiter, limits=limits)
         self._history = history
         self._matching = matching
@@ -255,7 +258,8 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                         blueprint.version = latest.version + 1
                     except store.NotFound:
                         blueprint.version = 1
-                compile_blueprint(blueprint)  # every error, with its path
+                # Every error, with its path.
+                compile_blueprint(blueprint, limits=self._blueprint_limits)
                 flow = flow_pb2.FlowDefinition(
                     namespace=request.namespace,
                     name=blueprint.name,

@@ -466,16 +466,10 @@ class _Checker:
                 "(0 = the server default)",
             )
 
-    def max_map_items(self, value: int, field: str) -> None:
-        # Accepting a limit nothing enforces would promise a bound that does not hold.
-        if value:
-            self.add(field, f"is {value}, must be 0: map blocks are not supported yet")
-
     def namespace_config(self, config: namespace_pb2.NamespaceConfig, field: str) -> None:
         # NamespaceLimits are unsigned: every other value is valid, 0 = the server's limit,
         # and one above it still leaves the server's.
         self.retention(config.retention, f"{field}.retention")
-        self.max_map_items(config.limits.max_map_items, f"{field}.limits.max_map_items")
         self.requests_per_second(
             config.rate_limits.requests_per_second,
             f"{field}.rate_limits.requests_per_second",
@@ -585,8 +579,6 @@ def validate_update_namespace(
         )
     if masked("config.rate_limits.burst"):
         check.burst(req.config.rate_limits.burst, "config.rate_limits.burst")
-    if masked("config.limits.max_map_items"):
-        check.max_map_items(req.config.limits.max_map_items, "config.limits.max_map_items")
     check.done()
 
 

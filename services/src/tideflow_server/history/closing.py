@@ -74,8 +74,8 @@ def close_run(
         abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
     step.state.pending_blocks.clear()
     _close_children(step)
-    # Blocks that waited (a timer, a signal) wait no more; their timer rows find the run
-    # closed and do nothing.
+    # Blocks that waited (a timer, a signal) wait no more, their timer rows find the run
+    # closed and do nothing; so are the containers still open (a map, a loop).
     for waited in step.state.block_results.values():
         if waited.status == common_pb2.BLOCK_STATUS_RUNNING:
             waited.status = common_pb2.BLOCK_STATUS_CANCELED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tideflow.api.v1 import flow_pb2
-from tideflow_server.history.interpreter import CompiledBlueprint, compile_blueprint
+from tideflow_server.history.interpreter import CompiledBlueprint, Limits, compile_blueprint
 from tideflow_server.persistence import NotFound as StoreNotFound
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.rpc.errors import NotFound
@@ -16,8 +16,12 @@ class FlowCache:
     start that uses it has the store check it with the create (`FlowCheck`), and reads the
     latest again if a newer version was registered meanwhile."""
 
-    def __init__(self, manager: PersistenceManager, *, max_entries: int = 1_000) -> None:
+    def __init__(
+        self, manager: PersistenceManager, *, max_entries: int = 1_000, limits: Limits | None = None
+    ) -> None:
+        """`limits`: the `blueprint` settings runs go by (in-line map items, map concurrency)."""
         self._manager = manager
+        self._limits = limits
         self._max_entries = max_entries
         self._compiled: dict[
             tuple[str, str, int], tuple[flow_pb2.FlowDefinition, CompiledBlueprint]
@@ -58,7 +62,7 @@ class FlowCache:
         if cached is not None:
             return cached
         # Registration checked it; later, stricter checks must not stop it from running.
-        compiled = compile_blueprint(flow.blueprint, stored=True)
+        compiled = compile_blueprint(flow.blueprint, stored=True, limits=self._limits)
         if len(self._compiled) >= self._max_entries:
             self._compiled.pop(next(iter(self._compiled)))
         entry = (flow, compiled)

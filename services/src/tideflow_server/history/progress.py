@@ -7,18 +7,23 @@ has nothing new; each command is applied by its applier (`interpreter.appliers`)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from tideflow.api.v1 import common_pb2, failure_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
+    JSON,
     BlockError,
     BlockView,
+    CompiledBlock,
     CompiledBlueprint,
     RunView,
+    Scopes,
     Signal,
     decide,
     deliver,
+    split_path,
 )
 from tideflow_server.history.interpreter.appliers import Applying, apply
 from tideflow_server.history.shard.port import Shard
@@ -62,6 +67,8 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
             caught=result.caught.clause if result.HasField("caught") else None,
             closed=result.close_event_id,
             escalated=tuple(result.escalated),
+            items=_items(state, block_id),
+            scopes=Scopes(result.scopes.opened, result.scopes.succeeded, result.scopes.failed),
         )
         for block_id, result in state.block_results.items()
     }
@@ -83,6 +90,13 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
     )
 
 
+def _items(state: records_pb2.MutableState, block_id: str) -> tuple[JSON, ...] | None:
+    """A map's recorded items; None for every other block."""
+    if block_id not in state.map_blocks:
+        return None
+    return tuple(payloads.from_value(item) for item in state.map_blocks[block_id].items.values)
+
+
 def advance(
     step: RunStep,
     compiled: CompiledBlueprint,
@@ -90,8 +104,15 @@ def advance(
     namespace: str,
     max_pending_blocks: int,
     max_pending_children: int = 1_000,
+    max_map_items: int = 0,
 ) -> None:
-    """Apply the interpreter's commands until it has none (or the run closed)."""
+    """Apply the interpreter's commands until it has none (or the run closed).
+    `max_map_items`: the namespace's own bound on a map's items (0: none), under the
+    server's `blueprint.max_inline_map_items`."""
+    bound = compiled.limits.max_inline_map_items
+    if tighter(max_map_items, bound) != bound:
+        limits = replace(compiled.limits, max_inline_map_items=max_map_items)
+        compiled = replace(compiled, limits=limits)
     context = Applying(compiled, max_pending_blocks, max_pending_children)
     for _ in range(MAX_ROUNDS):
         if not step.is_open or step.info.cancel_requested:
@@ -120,14 +141,21 @@ def _mark_reached(step: RunStep, compiled: CompiledBlueprint, new: Iterable[str]
     block that failed before it started has no other record of it. Describing a run lists
     its blocks in this order; `block_results`, a map, keeps none."""
     results = step.state.block_results
-    reached = sorted((compiled.blocks[block_id] for block_id in new), key=lambda b: b.index)
+    # Blocks in containers' scopes sort by item or iteration, then by declaration.
+    reached = sorted(((compiled.block(path), path) for path in new), key=_declared)
     # Results are never removed, and those of this decision are all new.
-    for number, block in enumerate(reached, start=len(results) - len(reached) + 1):
-        result = results[block.id]
+    for number, (block, path) in enumerate(reached, start=len(results) - len(reached) + 1):
+        result = results[path]
         result.kind = block.kind
         result.reached = number
         if block.dormant:  # an on_failure block compensates nothing
             result.compensates = compiled.compensates.get(block.id, "")
+
+
+def _declared(reached: tuple[CompiledBlock, str]) -> tuple[tuple[int, ...], int]:
+    block, path = reached
+    scopes, _ = split_path(path)
+    return tuple(index for _, index in scopes), block.index
 
 
 def finish_cancel_if_done(step: RunStep) -> None:
@@ -185,6 +213,7 @@ def _advance(step: RunStep, compiled: CompiledBlueprint, namespace: str, context
         namespace=namespace,
         max_pending_blocks=context.max_pending_blocks,
         max_pending_children=context.max_pending_children,
+        max_map_items=context.max_map_items,
     )
 
 
@@ -196,5 +225,10 @@ async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str
     max_pending_blocks = tighter(
         namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
     )
-    context = Applying(compiled, max_pending_blocks, shard.config.max_pending_children)
+    context = Applying(
+        compiled,
+        max_pending_blocks,
+        shard.config.max_pending_children,
+        namespace.config.limits.max_map_items,
+    )
     return compiled, namespace.info.name, context

@@ -40,6 +40,7 @@ class _BlockKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockKind.V
     BLOCK_KIND_SUBFLOW: _BlockKind.ValueType  # 8
     BLOCK_KIND_SUCCEED: _BlockKind.ValueType  # 9
     BLOCK_KIND_FAIL: _BlockKind.ValueType  # 10
+    BLOCK_KIND_LOOP: _BlockKind.ValueType  # 11
 
 class BlockKind(_BlockKind, metaclass=_BlockKindEnumTypeWrapper):
     """BlockKind names the `kind` of a Block, for history, state and descriptions."""
@@ -55,6 +56,7 @@ BLOCK_KIND_TRANSFORM: BlockKind.ValueType  # 7
 BLOCK_KIND_SUBFLOW: BlockKind.ValueType  # 8
 BLOCK_KIND_SUCCEED: BlockKind.ValueType  # 9
 BLOCK_KIND_FAIL: BlockKind.ValueType  # 10
+BLOCK_KIND_LOOP: BlockKind.ValueType  # 11
 Global___BlockKind: _TypeAlias = BlockKind  # noqa: Y015
 
 class _CatchAction:
@@ -300,9 +302,11 @@ class Block(_message.Message):
     SUBFLOW_FIELD_NUMBER: _builtins.int
     SUCCEED_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
+    LOOP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique within its scope (the blueprint, or a map block's template). History addresses a
-    block inside a map item as `<map id>[<index>].<id>`.
+    """Unique within its scope (the blueprint, or a map's or loop's blocks). History addresses a
+    block inside a map item as `<map id>[<index>].<id>`, inside a loop iteration as
+    `<loop id>[<iteration>].<id>`; nested containers nest the paths (`l[2].m[0].ocr`).
     """
     description: _builtins.str
     depends: _builtins.str
@@ -349,8 +353,10 @@ class Block(_message.Message):
     @_builtins.property
     def succeed(self) -> Global___SucceedBlock: ...
     @_builtins.property
-    def fail(self) -> Global___FailBlock:
-        """20-29: kept for more block kinds."""
+    def fail(self) -> Global___FailBlock: ...
+    @_builtins.property
+    def loop(self) -> Global___LoopBlock:
+        """21-29: kept for more block kinds."""
 
     def __init__(
         self,
@@ -373,12 +379,13 @@ class Block(_message.Message):
         subflow: Global___SubflowBlock | None = ...,
         succeed: Global___SucceedBlock | None = ...,
         fail: Global___FailBlock | None = ...,
+        loop: Global___LoopBlock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["external", b"external", "fail", b"fail", "input", b"input", "kind", b"kind", "map_block", b"map_block", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["external", b"external", "fail", b"fail", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "compensate", b"compensate", "depends", b"depends", "description", b"description", "external", b"external", "fail", b"fail", "id", b"id", "input", b"input", "kind", b"kind", "map_block", b"map_block", "needs", b"needs", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait", "when", b"when"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "compensate", b"compensate", "depends", b"depends", "description", b"description", "external", b"external", "fail", b"fail", "id", b"id", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "needs", b"needs", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["external", "switch_block", "map_block", "wait", "signal", "set", "transform", "subflow", "succeed", "fail"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["external", "switch_block", "map_block", "wait", "signal", "set", "transform", "subflow", "succeed", "fail", "loop"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -557,8 +564,9 @@ Global___SwitchCase: _TypeAlias = SwitchCase  # noqa: Y015
 
 @_typing.final
 class MapBlock(_message.Message):
-    """MapBlock fans out over a list: it runs its template blocks once per item. Its output is the
-    list of item outputs, in item order.
+    """MapBlock fans out over a list: it runs its blocks once per item, each item in its own scope,
+    and its output is the list of the items' outputs in item order (null for a failed item that
+    was tolerated). An empty list completes the block at once with [].
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -568,22 +576,39 @@ class MapBlock(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     TOLERATED_FAILURES_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    TOLERATED_FAILURE_PERCENTAGE_FIELD_NUMBER: _builtins.int
     items: _builtins.str
-    """Reference or CEL yielding a list. Inside the template `${item}` and `${index}` name the
-    current item.
+    """CEL yielding a list, evaluated once when the block starts (the items are recorded, so a
+    replay does not evaluate them again); `${...}` around it reads the same. Not a list fails
+    the block. More items than the server's `blueprint.max_inline_map_items` (default 1,000),
+    or the namespace's `limits.max_map_items` when lower, fails the block too
+    (MapItemsLimitExceeded); running larger fan-outs as child runs comes later. Inside the
+    scope `item` and `index` name the current item.
     """
     max_concurrency: _builtins.int
-    """Items in flight at once; 0 = the server's limit."""
+    """Items in flight at once; 0 = the server's `blueprint.default_map_concurrency` (100).
+    Items start in item order as earlier ones end.
+    """
     tolerated_failures: _builtins.int
-    """Failed items tolerated before the map block fails; the rest are then canceled."""
+    """Failed items tolerated; one more fails the map block: no further item starts, and the
+    items running then are left to finish (nothing new starts inside them).
+    """
+    tolerated_failure_percentage: _builtins.int
+    """Failed items tolerated as a percentage of the items (0-100), rounded down; the larger of
+    this and `tolerated_failures` applies.
+    7-9: kept (child-run mode for large fan-outs).
+    """
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Block]:
-        """The per-item sub-DAG; ids are scoped to the template."""
+        """The per-item sub-DAG; ids are unique within it. `blocks.<id>` inside reads this item's
+        block, or a block outside the map that the map itself may read.
+        """
 
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
-        """Output of one item, rendered in the item's scope. Unset: the output of the template's only
-        sink block.
+        """Output of one item, rendered in the item's scope when the map completes (one that fails
+        to render fails the block then). Unset: the output of the item's only sink block
+        (registration requires exactly one then).
         """
 
     def __init__(
@@ -594,14 +619,65 @@ class MapBlock(_message.Message):
         max_concurrency: _builtins.int = ...,
         tolerated_failures: _builtins.int = ...,
         output: _struct_pb2.Value | None = ...,
+        tolerated_failure_percentage: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "items", b"items", "max_concurrency", b"max_concurrency", "output", b"output", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "items", b"items", "max_concurrency", b"max_concurrency", "output", b"output", "tolerated_failure_percentage", b"tolerated_failure_percentage", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MapBlock: _TypeAlias = MapBlock  # noqa: Y015
+
+@_typing.final
+class LoopBlock(_message.Message):
+    """LoopBlock runs its blocks once per iteration, each iteration in its own scope: iteration 0,
+    then the next while `condition` holds over the iteration that just ended, at most
+    `max_iterations` times. Reaching `max_iterations` completes the block (it is a bound, not a
+    failure; test the last iteration downstream to fail on it). A failed iteration fails the
+    block. Its output is {"iterations": [each iteration's output, in order], "last": the last
+    one's output}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    condition: _builtins.str
+    """CEL over the iteration that just ended, `iteration.index` and `iteration.output` (and the
+    run's variables): true runs another. Empty: run exactly `max_iterations` iterations.
+    """
+    max_iterations: _builtins.int
+    """Required, >= 1, at most the server's `blueprint.max_loop_iterations` (default 1,000)."""
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Block]:
+        """The per-iteration sub-DAG; ids are unique within it. Inside it `iteration.index` (from 0)
+        and `iteration.previous` (the previous iteration's output, null in iteration 0) are set.
+        """
+
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value:
+        """Output of one iteration, rendered in its scope. Unset: the output of the iteration's only
+        sink block (registration requires exactly one then).
+        """
+
+    def __init__(
+        self,
+        *,
+        blocks: _abc.Iterable[Global___Block] | None = ...,
+        condition: _builtins.str = ...,
+        max_iterations: _builtins.int = ...,
+        output: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "condition", b"condition", "max_iterations", b"max_iterations", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopBlock: _TypeAlias = LoopBlock  # noqa: Y015
 
 @_typing.final
 class WaitBlock(_message.Message):

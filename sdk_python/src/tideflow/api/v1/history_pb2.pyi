@@ -59,8 +59,12 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: _EventType.ValueType  # 41
     EVENT_TYPE_SYSTEM_BLOCK_FAILED: _EventType.ValueType  # 42
     EVENT_TYPE_BLOCK_CAUGHT: _EventType.ValueType  # 43
-    """A failed block's catch clauses were judged (BlockCaughtEventAttributes).
-    44-49: kept for system block events.
+    """A failed block's catch clauses were judged (BlockCaughtEventAttributes)."""
+    EVENT_TYPE_MAP_STARTED: _EventType.ValueType  # 46
+    """A map block started: its items are recorded."""
+    EVENT_TYPE_LOOP_STARTED: _EventType.ValueType  # 47
+    """A loop block started.
+    44-45, 48-49: kept for system block events.
     """
     EVENT_TYPE_CHILD_RUN_INITIATED: _EventType.ValueType  # 60
     """50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
@@ -107,8 +111,12 @@ EVENT_TYPE_VARS_SET: EventType.ValueType  # 40
 EVENT_TYPE_SYSTEM_BLOCK_COMPLETED: EventType.ValueType  # 41
 EVENT_TYPE_SYSTEM_BLOCK_FAILED: EventType.ValueType  # 42
 EVENT_TYPE_BLOCK_CAUGHT: EventType.ValueType  # 43
-"""A failed block's catch clauses were judged (BlockCaughtEventAttributes).
-44-49: kept for system block events.
+"""A failed block's catch clauses were judged (BlockCaughtEventAttributes)."""
+EVENT_TYPE_MAP_STARTED: EventType.ValueType  # 46
+"""A map block started: its items are recorded."""
+EVENT_TYPE_LOOP_STARTED: EventType.ValueType  # 47
+"""A loop block started.
+44-45, 48-49: kept for system block events.
 """
 EVENT_TYPE_CHILD_RUN_INITIATED: EventType.ValueType  # 60
 """50-59: kept for FLOW_TASK_* (code flow decision tasks: SCHEDULED, STARTED, COMPLETED,
@@ -210,6 +218,8 @@ class HistoryEvent(_message.Message):
     SYSTEM_BLOCK_COMPLETED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     SYSTEM_BLOCK_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     BLOCK_CAUGHT_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    MAP_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    LOOP_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_INITIATED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_START_FAILED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CHILD_RUN_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
@@ -267,6 +277,10 @@ class HistoryEvent(_message.Message):
     @_builtins.property
     def block_caught_event_attributes(self) -> Global___BlockCaughtEventAttributes: ...
     @_builtins.property
+    def map_started_event_attributes(self) -> Global___MapStartedEventAttributes: ...
+    @_builtins.property
+    def loop_started_event_attributes(self) -> Global___LoopStartedEventAttributes: ...
+    @_builtins.property
     def child_run_initiated_event_attributes(self) -> Global___ChildRunInitiatedEventAttributes: ...
     @_builtins.property
     def child_run_start_failed_event_attributes(self) -> Global___ChildRunStartFailedEventAttributes: ...
@@ -303,16 +317,18 @@ class HistoryEvent(_message.Message):
         system_block_completed_event_attributes: Global___SystemBlockCompletedEventAttributes | None = ...,
         system_block_failed_event_attributes: Global___SystemBlockFailedEventAttributes | None = ...,
         block_caught_event_attributes: Global___BlockCaughtEventAttributes | None = ...,
+        map_started_event_attributes: Global___MapStartedEventAttributes | None = ...,
+        loop_started_event_attributes: Global___LoopStartedEventAttributes | None = ...,
         child_run_initiated_event_attributes: Global___ChildRunInitiatedEventAttributes | None = ...,
         child_run_start_failed_event_attributes: Global___ChildRunStartFailedEventAttributes | None = ...,
         child_run_started_event_attributes: Global___ChildRunStartedEventAttributes | None = ...,
         child_run_closed_event_attributes: Global___ChildRunClosedEventAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
+    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes", "map_started_event_attributes", "loop_started_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
     _WhichOneofArgType_attributes: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_attributes) -> _WhichOneofReturnType_attributes | None: ...
 
@@ -910,11 +926,56 @@ class VarsSetEventAttributes(_message.Message):
 Global___VarsSetEventAttributes: _TypeAlias = VarsSetEventAttributes  # noqa: Y015
 
 @_typing.final
-class SystemBlockCompletedEventAttributes(_message.Message):
+class MapStartedEventAttributes(_message.Message):
     """SystemBlockCompletedEventAttributes records the outcome of a block that ran inside the engine
     (switch, map, wait, signal, transform, subflow, succeed), so replay never re-evaluates it.
+    MapStartedEventAttributes records a map block's items, evaluated once when it started.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    @_builtins.property
+    def items(self) -> _struct_pb2.ListValue: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        items: _struct_pb2.ListValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapStartedEventAttributes: _TypeAlias = MapStartedEventAttributes  # noqa: Y015
+
+@_typing.final
+class LoopStartedEventAttributes(_message.Message):
+    """LoopStartedEventAttributes: a loop block started its first iteration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopStartedEventAttributes: _TypeAlias = LoopStartedEventAttributes  # noqa: Y015
+
+@_typing.final
+class SystemBlockCompletedEventAttributes(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOCK_ID_FIELD_NUMBER: _builtins.int

@@ -206,7 +206,9 @@ class NamespaceLimits(_message.Message):
     schedule more fails (PendingBlocksLimitExceeded).
     """
     max_map_items: _builtins.int
-    """Items of one map block. Must be 0 until map blocks are supported (INVALID_ARGUMENT)."""
+    """Items of one map block, as blueprint.max_inline_map_items: a map given more fails
+    (MapItemsLimitExceeded).
+    """
     def __init__(
         self,
         *,

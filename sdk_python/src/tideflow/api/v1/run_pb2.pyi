@@ -191,6 +191,7 @@ class BlockSummary(_message.Message):
     CHILD_RUN_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
     ESCALATED_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     kind: _blueprint_pb2.BlockKind.ValueType
     """Always set, also for a block that was skipped or failed before it started."""
@@ -233,8 +234,12 @@ class BlockSummary(_message.Message):
 
     @_builtins.property
     def escalated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """A signal block: the escalation targets it has started, in order.
-        11-12, 16-19: kept for a block's progress (items, iterations) and more.
+        """A signal block: the escalation targets it has started, in order."""
+
+    @_builtins.property
+    def scopes(self) -> Global___BlockScopes:
+        """A map's items or a loop's iterations.
+        12, 16-19: kept for a block's progress and more.
         """
 
     def __init__(
@@ -253,10 +258,11 @@ class BlockSummary(_message.Message):
         child_run: _common_pb2.RunRef | None = ...,
         waiting: Global___BlockWait | None = ...,
         escalated: _abc.Iterable[_builtins.str] | None = ...,
+        scopes: Global___BlockScopes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "waiting", b"waiting"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "scopes", b"scopes", "waiting", b"waiting"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "child_run", b"child_run", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "skip_reason", b"skip_reason", "status", b"status", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "caught", b"caught", "child_run", b"child_run", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "route", b"route", "routed", b"routed", "scopes", b"scopes", "skip_reason", b"skip_reason", "status", b"status", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,3 +343,35 @@ class BlockWait(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_on) -> _WhichOneofReturnType_on | None: ...
 
 Global___BlockWait: _TypeAlias = BlockWait  # noqa: Y015
+
+@_typing.final
+class BlockScopes(_message.Message):
+    """BlockScopes is the progress of a map block (its items) or a loop block (its iterations)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """A map's items; 0 for a loop."""
+    started: _builtins.int
+    """Items or iterations started; a loop's current iteration is `started - 1`."""
+    succeeded: _builtins.int
+    failed: _builtins.int
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        started: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "started", b"started", "succeeded", b"succeeded", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockScopes: _TypeAlias = BlockScopes  # noqa: Y015

@@ -16,7 +16,7 @@ from typing import TypeAlias
 from google.protobuf import duration_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint.language.model import JSON, BlockError
+from tideflow.blueprint.language.model import JSON, BlockError, Scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +163,31 @@ class Compensation:
 
 
 @dataclass(frozen=True, slots=True)
+class StartMap:
+    """A map block starts over these items (recorded, so they are evaluated once); its items'
+    scopes open as `RecordScopes` says."""
+
+    block_id: str
+    items: tuple[JSON, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartLoop:
+    """A loop block starts; its iterations' scopes open as `RecordScopes` says."""
+
+    block_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordScopes:
+    """A running container's progress changed (`BlockView.scopes`): more scopes open, or some
+    ended. It follows from the events before it, so like a skip it records no event."""
+
+    block_id: str
+    scopes: Scopes
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     output: JSON
 
@@ -188,6 +213,9 @@ Command: TypeAlias = (
     | AwaitSignal
     | ConsumeSignal
     | Escalate
+    | StartMap
+    | StartLoop
+    | RecordScopes
     | CompleteRun
     | FailRun
 )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import jsonschema
 
@@ -12,11 +13,12 @@ from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.catch import CatchClause
 from tideflow.blueprint.language.errors import LanguageError
 from tideflow.blueprint.language.kinds import ExternalPlan, ExternalPolicy, Kind, Plan
-from tideflow.blueprint.language.model import JSON, RunView
+from tideflow.blueprint.language.model import JSON, Limits, RunView
 from tideflow.blueprint.language.templates import Env, Expression, Template, run_identity
 from tideflow.blueprint.language.validate import (
     DEFAULT_MAX_BLOCKS,
     CheckedBlock,
+    CheckedScope,
     check_blueprint,
     schema_violations,
 )
@@ -48,6 +50,8 @@ class CompiledBlock:
     run's unwinding does (`decide`)."""
     triggered_by: tuple[str, ...] = ()
     """The blocks whose escalation starts it (`commands.Escalate`); empty: readiness does."""
+    inner: CompiledScope | None = None
+    """A container's nested blocks (a map's, a loop's), run once per scope."""
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -62,6 +66,44 @@ class CompiledBlock:
     def policy(self) -> ExternalPolicy | None:
         """Task queue, retry policy and timeouts of an external block, defaults applied."""
         return self.plan.policy if isinstance(self.plan, ExternalPlan) else None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledScope:
+    """A container's blocks, decided once per scope (item, iteration) like a blueprint's."""
+
+    blocks: Mapping[str, CompiledBlock]
+    order: tuple[CompiledBlock, ...]
+    """Topological, as `CompiledBlueprint.order`."""
+    result: Template | None
+    """One scope's output. Its container renders it when it reads it (`Settled.output`), not
+    on every decision: a map's items are rendered once, when the map completes."""
+    output: Template | None = None
+    """What `decide` renders when the scope ends, as it renders a blueprint's `output`:
+    nothing (see `result`)."""
+    output_validator: jsonschema.protocols.Validator | None = None
+    """Scopes have no output schema; the field lets `decide` treat both alike."""
+
+    @classmethod
+    def of(cls, checked: CheckedScope) -> CompiledScope:
+        blocks = [_block(b) for b in checked.blocks]
+        return cls({b.id: b for b in blocks}, _topological(blocks), checked.output)
+
+
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[(\d+)\]")
+
+
+def split_path(path: str) -> tuple[tuple[tuple[str, int], ...], str]:
+    """`m[2].l[0].a` -> ((("m", 2), ("l", 0)), "a"): the containers and scopes a block path
+    goes through, and the block's id in the innermost."""
+    *outer, block_id = path.split(".")
+    scopes = []
+    for segment in outer:
+        match = _SEGMENT.fullmatch(segment)
+        if match is None:
+            raise KeyError(path)
+        scopes.append((match[1], int(match[2])))
+    return tuple(scopes), block_id
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +129,9 @@ class CompiledBlueprint:
         """Each compensation block, and the block it undoes."""
         return {b.compensate: b.id for b in self.order if b.compensate}
 
+    limits: Limits = field(default_factory=Limits)
+    """The server's bounds the blueprint runs under."""
+
     @classmethod
     def compile(
         cls,
@@ -94,13 +139,14 @@ class CompiledBlueprint:
         *,
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         stored: bool = False,
+        limits: Limits | None = None,
     ) -> CompiledBlueprint:
         """Validate and compile; raises LanguageError listing every problem. `stored`: `bp`
         is a version registered already, so the checks added since it may have been registered
         are skipped (`check_blueprint`)."""
         blueprint = blueprint_pb2.Blueprint()
         blueprint.CopyFrom(bp)
-        checked = check_blueprint(blueprint, max_blocks=max_blocks, stored=stored)
+        checked = check_blueprint(blueprint, max_blocks=max_blocks, stored=stored, limits=limits)
         if checked.violations:
             raise LanguageError(checked.violations)
         blocks = [_block(b) for b in checked.blocks]
@@ -117,7 +163,20 @@ class CompiledBlueprint:
             output_validator=_validator(checked.output_schema),
             on_failure=checked.on_failure,
             catching=tuple(block for block in order if block.catches),
+            limits=limits or Limits(),
         )
+
+    def block(self, path: str) -> CompiledBlock:
+        """The block at a block path: an id, or `<map id>[<index>].<id>` for a block inside a
+        container's scope (nested containers nest the paths). KeyError when none is."""
+        scopes, block_id = split_path(path)
+        blocks: Mapping[str, CompiledBlock] = self.blocks
+        for container, _ in scopes:
+            inner = blocks[container].inner
+            if inner is None:
+                raise KeyError(path)
+            blocks = inner.blocks
+        return blocks[block_id]
 
     @property
     def name(self) -> str:
@@ -165,10 +224,11 @@ def _block(checked: CheckedBlock) -> CompiledBlock:
         compensate=checked.compensate,
         dormant=checked.dormant,
         triggered_by=checked.triggered_by,
+        inner=None if checked.inner is None else CompiledScope.of(checked.inner),
     )
 
 
-def _topological(blocks: list[CompiledBlock]) -> tuple[CompiledBlock, ...]:
+def _topological(blocks: Sequence[CompiledBlock]) -> tuple[CompiledBlock, ...]:
     by_id = {b.id: b for b in blocks}
     waiting = {b.id: len(b.prerequisites) for b in blocks}
     dependents: dict[str, list[str]] = {b.id: [] for b in blocks}

@@ -19,29 +19,36 @@ A block is *ready* when every block it `needs` and every block its `depends` rea
    `set` or `transform` block completes in-line, a `fail` block fails.
 
 Something that reaches a block already started (a timer, a signal, a child run's close) goes
-to its kind's `on_event` through `deliver`. A block that only an escalation starts
-(`CompiledBlock.triggered_by`) is not started by readiness: once a trigger has started it
-(`BlockView.escalated`) it goes through the rules above; when every trigger ended without
-starting it, it is skipped, and that skip counts as satisfied, as a `when` skip does.
+to its kind's `on_event` through `deliver`.
 
-Before any of that, a block that failed and has `catch` clauses gets them judged, once
-(`CatchFailure`, recorded): a `goto` routes the failure (rule 1 then handles it), a continue
-makes the block SUCCEEDED, a `compensate` stops the run from starting blocks. A catch's
-`goto` targets run only when the failure routes to them. Compensation blocks and the
-`on_failure` block are dormant: readiness never starts them.
+Containers (map, loop) nest a block list, run once per *scope* (an item, an iteration) whose
+blocks are addressed `<container id>[<index>].<id>`. A scope is decided like the blueprint:
+the same rules over its own blocks, with the variables its container binds (`Kind.bind`) and
+`blocks.<id>` reading its own blocks over the outer ones. On every decision, each running
+container's open scopes (`BlockView.scopes.opened`) are decided, and the container's kind gets
+their `Progress` (which ended, how) through `on_event`: it opens more (`RecordScopes`), or
+completes or fails the block, which stops deciding its scopes (blocks still running in them
+are left to finish; nothing new starts there). A scope ends as a run does: when nothing in it
+runs and nothing is left to start, failed by its first failed block, or with its output; a
+`succeed` block ends its scope.
+
+A failed block's `catch` is judged once, on the decision after it failed (`CatchFailure`);
+a failure that stands when nothing is left to do unwinds the run: the `on_failure` block,
+then the compensations of the blocks that succeeded, last completed first, one decision at a
+time, and then the run fails (`_finish`). Catch and unwinding apply to the blueprint's own
+blocks; inside a container's scope a failure fails the scope.
 
 An expression that fails fails its block (`ExpressionError`, an engine-side error: a
 ServerFailureInfo, never retried). A failed block does not fail the run at once: the run ends
-when nothing runs and nothing is left to start, completed with the rendered `output`, or, when
-a failure stands, it first unwinds (the `on_failure` block, then the compensations of the
-blocks that succeeded, last completed first, one per decision) and then fails by the first
-failed block in topological order, listing what was compensated. A `succeed` block ends the run as
+when nothing runs and nothing is left to start, failed by the first failed block in
+topological order, or completed with the rendered `output`. A `succeed` block ends the run as
 soon as it completes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from tideflow.blueprint.language import catch as _catch
 from tideflow.blueprint.language.commands import (
@@ -54,12 +61,19 @@ from tideflow.blueprint.language.commands import (
     FailRun,
     SkipBlock,
 )
-from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
+from tideflow.blueprint.language.compiled import (
+    CompiledBlock,
+    CompiledBlueprint,
+    CompiledScope,
+    split_path,
+)
 from tideflow.blueprint.language.kinds import BlockContext
+from tideflow.blueprint.language.kinds.base import Progress, Settled
 from tideflow.blueprint.language.model import (
     CANCELED,
     FAILED,
     JSON,
+    RUNNING,
     SKIPPED,
     SUCCEEDED,
     TERMINAL,
@@ -77,35 +91,149 @@ BLOCK_FAILED = "BlockFailed"
 BLOCK_CANCELED = "BlockCanceled"
 
 
+Scope = CompiledBlueprint | CompiledScope
+"""A block list decided as one: the blueprint's, or one scope of a container."""
+
+
+@dataclass
+class _Tree:
+    """The views of one scope: its own blocks by id, and its containers' scopes by index."""
+
+    own: dict[str, BlockView] = field(default_factory=dict)
+    scopes: dict[str, dict[int, _Tree]] = field(default_factory=dict)
+    busy: bool = False
+    """A block in it, or in a scope under it, is not done."""
+
+
+def _tree(views: Mapping[str, BlockView]) -> _Tree:
+    root = _Tree()
+    for path, view in views.items():
+        node = root
+        busy = view.status not in TERMINAL
+        node.busy |= busy
+        block_id = path
+        if "[" in path:
+            containers, block_id = split_path(path)
+            for container, index in containers:
+                node = node.scopes.setdefault(container, {}).setdefault(index, _Tree())
+                node.busy |= busy
+        node.own[block_id] = view
+    return root
+
+
+@dataclass
+class _Decision:
+    """What every scope of one decision shares; `signals` are those no block took yet, as
+    the blocks started so far in this decision leave them."""
+
+    compiled: CompiledBlueprint
+    run: RunView
+    signals: tuple[Signal, ...] = ()
+
+    @property
+    def task_queue(self) -> str:
+        return self.run.task_queue
+
+
 def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     """The commands that follow from `run`; empty while the run waits on running blocks."""
-    views = run.blocks
-    ended = _ended(compiled, views)
+    decision = _Decision(compiled, run, run.signals)
+    step = _decide_scope(decision, compiled, _tree(run.blocks), Env.for_run(run), "")
+    return step if isinstance(step, list) else [step]
+
+
+def _decide_scope(
+    decision: _Decision, scope: Scope, tree: _Tree, env: Env, prefix: str
+) -> list[Command] | CompleteRun | FailRun:
+    """The commands of one scope (`prefix` addresses its blocks), or, when it has ended, its
+    result: the run's, or one item's or iteration's."""
+    views = tree.own
+    ended = _ended(scope, views)
     if ended is not None:
-        return [ended]
-    caught = _judge_failures(compiled, run)
-    if caught:
+        return ended
+    top = not prefix
+    if top and (caught := _judge_failures(decision.compiled, decision.run)):
         return caught
-    env = Env.for_run(run)
     causes: dict[str, str | None] = {}
     commands: list[Command] = []
-    signals = run.signals
-    for block in () if _stopping(compiled, views) else compiled.order:
-        if block.id in views or block.dormant:
+    stopping = top and _stopping(decision.compiled, views)
+    for block in scope.order:
+        view = views.get(block.id)
+        if view is not None:
+            # A running container goes on while the run unwinds too: it must end first.
+            if block.inner is not None and view.status == RUNNING:
+                scopes = tree.scopes.get(block.id, {})
+                commands += _container(decision, block, view, scopes=scopes, env=env, prefix=prefix)
             continue
-        if block.triggered_by and (held := _on_demand(block, views)) is not None:
+        if block.dormant or stopping:
+            continue
+        if block.triggered_by and (held := _on_demand(block, views, prefix)) is not None:
             commands += held
             continue
-        context = BlockContext(block.id, env, compiled.output, run.task_queue, signals=signals)
-        step = _step(compiled, block, views, context, causes)
-        signals = _untaken(signals, step)
-        if block.plan.ends_run and (done := _completion(step, block.id)) is not None:
+        context = BlockContext(
+            prefix + block.id,
+            env,
+            scope.result if isinstance(scope, CompiledScope) else scope.output,
+            decision.task_queue,
+            signals=decision.signals,
+            limits=decision.compiled.limits,
+        )
+        step = _step(scope, block, views, context, causes)
+        decision.signals = _untaken(decision.signals, step)
+        if top and block.plan.ends_run and (done := _completion(step, block.id)) is not None:
             # The run ends here: what the other ready blocks would do no longer matters.
-            return [*step, _result(compiled, done.output, block.id)]
+            return [*step, _result(scope, done.output, block.id)]
         commands += step
-    if commands or any(view.status not in TERMINAL for view in views.values()):
+    if commands or tree.busy:
         return commands
-    return _finish(compiled, run, env)
+    if top:
+        return _finish_run(decision.compiled, decision.run, env)
+    return _finish(scope, views, env)
+
+
+def _container(
+    decision: _Decision,
+    block: CompiledBlock,
+    view: BlockView,
+    *,
+    scopes: Mapping[int, _Tree],
+    env: Env,
+    prefix: str,
+) -> list[Command]:
+    """A running container: decide its open scopes, then let its kind answer their
+    progress."""
+    inner, bind = block.inner, block.spec.bind
+    assert inner is not None and bind is not None
+    path = prefix + block.id
+    settled: dict[int, Settled] = {}
+    commands: list[Command] = []
+    context = BlockContext(
+        path, env, None, decision.task_queue, view, limits=decision.compiled.limits
+    )
+    try:
+        for index in range(view.scopes.opened):
+            tree = scopes.get(index) or _Tree()
+            scope_env = env.nested(tree.own, bind(block.plan, view, index, settled))
+            step = _decide_scope(decision, inner, tree, scope_env, f"{path}[{index}].")
+            if isinstance(step, list):
+                commands += step
+            else:
+                settled[index] = _settled(inner, tree, scope_env, step)
+        own = list(block.spec.on_event(block.plan, context, Progress(settled)))
+    except ExpressionError as e:
+        own = [FailBlock(path, _engine_error(EXPRESSION_ERROR, str(e)))]
+    if any(isinstance(c, CompleteBlock | FailBlock) and c.block_id == path for c in own):
+        return own  # the container ends: its scopes are not decided any further
+    return [*commands, *own]
+
+
+def _settled(scope: CompiledScope, tree: _Tree, env: Env, ended: CompleteRun | FailRun) -> Settled:
+    if isinstance(ended, FailRun):
+        return Settled(error=ended.error)
+    result = scope.result
+    if result is None or _ended(scope, tree.own) is not None:
+        return Settled(ended.output)  # a `succeed` block's output, or none
+    return Settled(render=lambda: result.render(env))
 
 
 def deliver(
@@ -113,15 +241,19 @@ def deliver(
 ) -> list[Command]:
     """The commands when `event` reaches the started block `block_id` (its kind's
     `on_event`); an expression that fails there fails the block. The engine applies them and
-    then asks `decide` for what follows."""
-    block = compiled.blocks[block_id]
+    then asks `decide` for what follows. A block in a container's scope sees the scope's own
+    blocks and the variables its container binds (without the earlier scopes' outcomes: a
+    loop's `iteration.previous` reads null there)."""
+    block = compiled.block(block_id)
+    env = _env_at(compiled, run, block_id)
     context = BlockContext(
         block_id,
-        Env.for_run(run),
+        env,
         compiled.output,
         run.task_queue,
         run.blocks.get(block_id),
-        run.signals,
+        signals=run.signals,
+        limits=compiled.limits,
     )
     try:
         return list(block.spec.on_event(block.plan, context, event))
@@ -129,7 +261,24 @@ def deliver(
         return [FailBlock(block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
 
 
-def _on_demand(block: CompiledBlock, views: Mapping[str, BlockView]) -> list[Command] | None:
+def _env_at(compiled: CompiledBlueprint, run: RunView, path: str) -> Env:
+    env = Env.for_run(run)
+    containers, _ = split_path(path)
+    tree = _tree(run.blocks)
+    blocks: Mapping[str, CompiledBlock] = compiled.blocks
+    prefix = ""
+    for container, index in containers:
+        block, view = blocks[container], run.blocks[prefix + container]
+        assert block.inner is not None and block.spec.bind is not None
+        tree = tree.scopes.get(container, {}).get(index) or _Tree()
+        env = env.nested(tree.own, block.spec.bind(block.plan, view, index, {}))
+        blocks, prefix = block.inner.blocks, f"{prefix}{container}[{index}]."
+    return env
+
+
+def _on_demand(
+    block: CompiledBlock, views: Mapping[str, BlockView], prefix: str
+) -> list[Command] | None:
     """A block only an escalation starts (`CompiledBlock.triggered_by`): None once one of its
     triggers started it (then it is ready as any block is); nothing while they may still do;
     skipped when they all ended without starting it."""
@@ -138,7 +287,8 @@ def _on_demand(block: CompiledBlock, views: Mapping[str, BlockView]) -> list[Com
         return None
     if all(view is not None and view.status in TERMINAL for view in triggers):
         ended = ", ".join(block.triggered_by)
-        return [SkipBlock(block.id, f"not escalated to: {ended} ended before its escalation")]
+        reason = f"not escalated to: {ended} ended before its escalation"
+        return [SkipBlock(prefix + block.id, reason)]
     return []
 
 
@@ -162,7 +312,7 @@ def initial_vars(
     return compiled.initial_vars(run_input, run=run)
 
 
-def _ended(compiled: CompiledBlueprint, views: Mapping[str, BlockView]) -> Command | None:
+def _ended(compiled: Scope, views: Mapping[str, BlockView]) -> CompleteRun | FailRun | None:
     """The run's result, if a block that ends the run (`succeed`) has completed."""
     for block in compiled.order:
         view = views.get(block.id)
@@ -172,7 +322,7 @@ def _ended(compiled: CompiledBlueprint, views: Mapping[str, BlockView]) -> Comma
 
 
 def _step(
-    compiled: CompiledBlueprint,
+    compiled: Scope,
     block: CompiledBlock,
     views: Mapping[str, BlockView],
     context: BlockContext,
@@ -188,25 +338,25 @@ def _step(
             for need in block.needs:
                 routed = _routed_away(compiled, need, views[need], block.id)
                 if routed is not None:
-                    return [SkipBlock(block.id, routed)]
+                    return [SkipBlock(context.block_id, routed)]
                 cause = _failure_cause(compiled, need, views, causes)
                 if cause == need:
                     word = "canceled" if views[need].status == CANCELED else "failed"
-                    return [SkipBlock(block.id, f"needs {need}, which {word}")]
+                    return [SkipBlock(context.block_id, f"needs {need}, which {word}")]
                 if cause is not None:
-                    return [SkipBlock(block.id, f"needs {need}, skipped because {cause} failed")]
+                    return [
+                        SkipBlock(context.block_id, f"needs {need}, skipped because {cause} failed")
+                    ]
         elif not block.depends.evaluate_bool(context.env):
-            return [SkipBlock(block.id, f"depends is false: {block.depends.source}")]
+            return [SkipBlock(context.block_id, f"depends is false: {block.depends.source}")]
         if block.when is not None and not block.when.evaluate_bool(context.env):
-            return [SkipBlock(block.id, f"when is false: {block.when.source}")]
+            return [SkipBlock(context.block_id, f"when is false: {block.when.source}")]
         return block.spec.start(block.plan, context)
     except ExpressionError as e:
-        return [FailBlock(block.id, _engine_error(EXPRESSION_ERROR, str(e)))]
+        return [FailBlock(context.block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
 
 
-def _routed_away(
-    compiled: CompiledBlueprint, need: str, view: BlockView, block_id: str
-) -> str | None:
+def _routed_away(compiled: Scope, need: str, view: BlockView, block_id: str) -> str | None:
     """Why `block_id` is skipped because its need `need` routed the run elsewhere: `need` is
     a target not taken, or a failure that routed (every dependent but its route is skipped).
     A catch's handler (`goto`) runs only when the failure routes to it. None when the need did
@@ -226,7 +376,7 @@ def _routed_away(
 
 
 def _failure_cause(
-    compiled: CompiledBlueprint,
+    compiled: Scope,
     block_id: str,
     views: Mapping[str, BlockView],
     causes: dict[str, str | None],
@@ -286,7 +436,7 @@ def _stopping(compiled: CompiledBlueprint, views: Mapping[str, BlockView]) -> bo
     return False
 
 
-def _finish(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command]:
+def _finish_run(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command]:
     """Nothing runs and nothing is left to start: the run completes, or, when a failure that
     nothing handled stands, it unwinds (the on_failure block, then the compensations, one
     decision at a time) and then fails."""
@@ -315,6 +465,27 @@ def _finish(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command
     return [_result(compiled, output, "")]
 
 
+def _finish(compiled: Scope, views: Mapping[str, BlockView], env: Env) -> CompleteRun | FailRun:
+    """A container's scope ended: its first failed block's error, or its output."""
+    for block in compiled.order:
+        view = views.get(block.id)
+        if view is None or view.status not in (FAILED, CANCELED) or view.route is not None:
+            continue
+        error = view.error
+        if error is None:
+            failed = view.status == FAILED
+            error = BlockError(
+                BLOCK_FAILED if failed else BLOCK_CANCELED,
+                f"block {block.id} {'failed' if failed else 'was canceled'}",
+            )
+        return FailRun(error=error, block_id=block.id)
+    try:
+        output = None if compiled.output is None else compiled.output.render(env)
+    except ExpressionError as e:
+        return FailRun(_engine_error(EXPRESSION_ERROR, str(e)))
+    return _result(compiled, output, "")
+
+
 def _compensations(
     compiled: CompiledBlueprint, views: Mapping[str, BlockView]
 ) -> list[tuple[str, str]]:
@@ -341,7 +512,14 @@ def _unwind(compiled: CompiledBlueprint, run: RunView, env: Env) -> list[Command
         if block_id in run.blocks:
             continue
         block = compiled.blocks[block_id]
-        context = BlockContext(block_id, env, compiled.output, run.task_queue)
+        context = BlockContext(
+            block_id,
+            env,
+            compiled.output,
+            run.task_queue,
+            signals=run.signals,
+            limits=compiled.limits,
+        )
         try:
             return list(block.spec.start(block.plan, context))
         except ExpressionError as e:
@@ -365,7 +543,7 @@ def _engine_error(error_type: str, message: str) -> BlockError:
     return BlockError(error_type, message, non_retryable=True, server=True)
 
 
-def _result(compiled: CompiledBlueprint, output: JSON, block_id: str) -> Command:
+def _result(compiled: Scope, output: JSON, block_id: str) -> CompleteRun | FailRun:
     violations = schema_violations(compiled.output_validator, output, "output")
     if violations:
         message = "; ".join(f"{v.field}: {v.description}" for v in violations)

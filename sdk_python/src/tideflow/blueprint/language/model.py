@@ -37,6 +37,31 @@ class BlockError:
 
 
 @dataclass(frozen=True, slots=True)
+class Scopes:
+    """A container block's scopes (a map's items, a loop's iterations) as the run recorded
+    them: scopes [0, opened) have started; how many of them ended, each way."""
+
+    opened: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of the language that are the server's settings (`blueprint.*` in its
+    config); the defaults are theirs."""
+
+    max_nesting_depth: int = 4
+    """Containers (map, loop) inside containers, checked at registration."""
+    max_loop_iterations: int = 1_000
+    """The largest `max_iterations` a loop may set, checked at registration."""
+    max_inline_map_items: int = 1_000
+    """Items a map runs in-line; more fail the block when it starts."""
+    default_map_concurrency: int = 100
+    """Items in flight at once for a map that sets no `max_concurrency`."""
+
+
+@dataclass(frozen=True, slots=True)
 class BlockView:
     """A block the run has reached. Blocks not yet reached are absent from `RunView.blocks`."""
 
@@ -56,6 +81,10 @@ class BlockView:
     compensated in reverse of this order. 0 while running."""
     escalated: tuple[str, ...] = ()
     """A signal block: the escalation targets it has started (`commands.Escalate`)."""
+    items: tuple[JSON, ...] | None = None
+    """A map's items, as recorded when it started."""
+    scopes: Scopes = Scopes()
+    """A container's progress (`Scopes`); zeros for other blocks."""
 
 
 @dataclass(frozen=True, slots=True)

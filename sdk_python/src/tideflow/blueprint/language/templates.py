@@ -112,8 +112,9 @@ def run_identity(
 
 def run_variables(run: RunView) -> dict[str, object]:
     """Every variable an expression of this run may read. Each block the run has reached is
-    also bound under its own id (for `depends`); block ids cannot shadow the four names."""
-    reached = sorted(run.blocks.items())
+    also bound under its own id (for `depends`); block ids cannot shadow the four names.
+    Blocks inside containers' scopes (`m[0].a`) are read in their scopes (`Env.nested`)."""
+    reached = sorted((b, v) for b, v in run.blocks.items() if "[" not in b)
     variables: dict[str, object] = {
         block_id: block_state(view)
         for block_id, view in reached
@@ -138,31 +139,56 @@ class Env:
     """The variables of one decision. They are built, and converted for CEL, only when a
     first expression needs them."""
 
-    __slots__ = ("_activation", "_build")
+    __slots__ = ("_activation", "_build", "_variables")
 
     def __init__(self, variables: Mapping[str, object] | Callable[[], Mapping[str, object]]):
         self._build = variables
+        self._variables: Mapping[str, object] | None = None
         self._activation: Activation | None = None
 
     @classmethod
     def for_run(cls, run: RunView) -> Env:
         return cls(lambda: run_variables(run))
 
+    def variables(self) -> Mapping[str, object]:
+        if self._variables is None:
+            build = self._build
+            self._variables = build() if callable(build) else build
+        return self._variables
+
     def bind(self, extra: Mapping[str, object]) -> Env:
         """These variables plus `extra` (a signal's payload as `signal`): for an expression
         whose check named them (`Site.expression(..., reads=...)`)."""
-        build = self._build
-
-        def variables() -> Mapping[str, object]:
-            return {**(build() if callable(build) else build), **extra}
-
-        return Env(variables)
+        return Env(lambda: {**self.variables(), **extra})
 
     def activation(self) -> Activation:
         if self._activation is None:
-            build = self._build
-            self._activation = Activation(build() if callable(build) else build)
+            self._activation = Activation(self.variables())
         return self._activation
+
+    def nested(self, blocks: Mapping[str, BlockView], bound: Mapping[str, JSON]) -> Env:
+        """The variables of a container's scope: these, with the scope's own blocks over the
+        outer ones in `blocks` (and by id, for `depends`), and what the scope binds (`item`,
+        `index`, `iteration`)."""
+
+        def build() -> Mapping[str, object]:
+            outer = self.variables()
+            reached = sorted(blocks.items())
+            outer_blocks = outer.get("blocks")
+            merged = dict(outer_blocks) if isinstance(outer_blocks, Mapping) else {}
+            merged.update((block_id, block_variable(view)) for block_id, view in reached)
+            return {
+                **outer,
+                **{
+                    block_id: block_state(view)
+                    for block_id, view in reached
+                    if _IDENTIFIER.fullmatch(block_id) and block_id not in RUN_VARIABLES
+                },
+                **{name: normalize(value) for name, value in bound.items()},
+                "blocks": merged,
+            }
+
+        return Env(build)
 
 
 # -- expressions -------------------------------------------------------------------------

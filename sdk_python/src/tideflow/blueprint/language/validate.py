@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import jsonschema
@@ -40,7 +40,7 @@ from tideflow.blueprint.language.cel import compile_cel as _compile_cel
 from tideflow.blueprint.language.inference import describe, result_types
 from tideflow.blueprint.language.kinds import KINDS, Kind, Plan
 from tideflow.blueprint.language.kinds.set import VAR_NAME
-from tideflow.blueprint.language.model import JSON
+from tideflow.blueprint.language.model import JSON, Limits
 from tideflow.blueprint.language.refs import message_types, references
 from tideflow.blueprint.language.schema_text import schema_message
 from tideflow.blueprint.language.templates import (
@@ -97,6 +97,16 @@ class CheckedBlock:
     """A compensation block or the on_failure block: only the run's unwinding starts it."""
     triggered_by: tuple[str, ...] = ()
     """The blocks whose escalation starts it (`Site.trigger`); empty: its needs do."""
+    inner: CheckedScope | None = None
+    """A container's nested scope (`Site.nest`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedScope:
+    """A container's nested blocks, and the template of one scope's output."""
+
+    blocks: tuple[CheckedBlock, ...]
+    output: Template | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +121,26 @@ class Checked:
 
 
 def validate_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS
+    bp: blueprint_pb2.Blueprint,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    limits: Limits | None = None,
 ) -> list[FieldViolation]:
     """Every problem of `bp`, each with the path of its field (`blocks[2].needs[0]`); empty
     when it can be registered."""
-    return check_blueprint(bp, max_blocks=max_blocks).violations
+    return check_blueprint(bp, max_blocks=max_blocks, limits=limits).violations
 
 
 def check_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS, stored: bool = False
+    bp: blueprint_pb2.Blueprint,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    stored: bool = False,
+    limits: Limits | None = None,
 ) -> Checked:
     """`stored`: `bp` is a version registered already, perhaps before some checks existed;
-    those are skipped (see the module's docs)."""
-    return _Checker(bp, max_blocks, stored=stored).run()
+    those are skipped (see the module's docs). `limits`: the server's bounds (defaults)."""
+    return _Checker(bp, max_blocks, stored=stored, limits=limits or Limits()).run()
 
 
 def schema_violations(
@@ -150,7 +167,7 @@ class _Scope:
 
     variables: frozenset[str]
     blocks: frozenset[str] | None
-    """Blocks that `blocks.<id>` may name; None: any declared block."""
+    """Blocks that `blocks.<id>` may name; None: any declared block (of this scope)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,23 +209,94 @@ class _Site:
     def trigger(self, target: str, path: str) -> None:
         self.checker.triggers.append((self.block.id, target, path))
 
+    @property
+    def limits(self) -> Limits:
+        return self.checker.limits
+
+    def nest(
+        self,
+        blocks: Sequence[blueprint_pb2.Block],
+        path: str,
+        *,
+        reads: frozenset[str],
+        output: struct_pb2.Value | None,
+        output_path: str,
+    ) -> None:
+        outer = self.scope.blocks or frozenset()
+        nested = self.checker.nested(blocks, path, _Scope(self.scope.variables | reads, outer))
+        if nested is None:
+            return
+        self.checker.inner[self.path] = self.checker.scope_output(
+            nested, path, _Scope(self.scope.variables | reads, outer), output, output_path
+        )
+
+
+@dataclass
+class _Level:
+    """What the checker keeps of the block list being checked: the blueprint's, or a
+    container's (`Site.nest`), which is checked by the same passes with its own ids."""
+
+    at: str
+    """Its path: `blocks`, `blocks[3].map_block.blocks`."""
+    blocks: Sequence[blueprint_pb2.Block] = ()
+    index: dict[str, int] = field(default_factory=dict)
+    gotos: list[tuple[str, str, str]] = field(default_factory=list)
+    """(block id, target, path) of every route a kind declared (`Site.goto`)."""
+    inner: dict[str, CheckedScope] = field(default_factory=dict)
+    """The nested scopes of its containers, by the container's path."""
+    dormant: dict[str, str] = field(default_factory=dict)
+    """Blocks only the run's unwinding starts, and what they are ("the on_failure block",
+    "the compensation of a"); the blueprint's own level only."""
+    triggers: list[tuple[str, str, str]] = field(default_factory=list)
+    """(block id, target, path) of every block a kind starts itself (`Site.trigger`)."""
+    depth: int = 0
+    outer: frozenset[str] = frozenset()
+    """The ids of the levels around it."""
+    bound: frozenset[str] = frozenset()
+    """The variables its containers bind (`item`, `iteration`), which its ids may not be."""
+
 
 class _Checker:
-    def __init__(self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool) -> None:
+    def __init__(
+        self, bp: blueprint_pb2.Blueprint, max_blocks: int, *, stored: bool, limits: Limits
+    ) -> None:
         self.bp = bp
         self.max_blocks = max_blocks
         self.stored = stored
+        self.limits = limits
         self.violations: list[FieldViolation] = []
         self._programs: dict[str, CelProgram | CelSyntaxError] = {}
-        self.index: dict[str, int] = {}
+        self.level = _Level("blocks")
         self.var_names: frozenset[str] = frozenset()
-        self.gotos: list[tuple[str, str, str]] = []
-        """(block id, target, path) of every route a kind declared (`Site.goto`)."""
-        self.dormant: dict[str, str] = {}
-        """Blocks only the run's unwinding starts, and what they are ("the on_failure block",
-        "the compensation of a")."""
-        self.triggers: list[tuple[str, str, str]] = []
-        """(block id, target, path) of every block a kind starts itself (`Site.trigger`)."""
+
+    # The level being checked; the passes below read these.
+    @property
+    def at(self) -> str:
+        return self.level.at
+
+    @property
+    def blocks(self) -> Sequence[blueprint_pb2.Block]:
+        return self.level.blocks
+
+    @property
+    def index(self) -> dict[str, int]:
+        return self.level.index
+
+    @property
+    def gotos(self) -> list[tuple[str, str, str]]:
+        return self.level.gotos
+
+    @property
+    def inner(self) -> dict[str, CheckedScope]:
+        return self.level.inner
+
+    @property
+    def dormant(self) -> dict[str, str]:
+        return self.level.dormant
+
+    @property
+    def triggers(self) -> list[tuple[str, str, str]]:
+        return self.level.triggers
 
     def report(self, path: str, description: str) -> None:
         self.violations.append(FieldViolation(path, description))
@@ -280,6 +368,13 @@ class _Checker:
             if name in self.var_names:
                 return None
             return "is never set (declare it in vars or assign it in a set block)"
+        if scope.blocks is not None and name in scope.blocks:
+            return None
+        if name not in self.index and name in self.level.outer:
+            return (
+                "is outside this container and not an ancestor of it, "
+                "so its output may not exist yet"
+            )
         if name not in self.index:
             return "names no block"
         if scope.blocks is not None and name not in scope.blocks:
@@ -320,54 +415,8 @@ class _Checker:
             # Past the limit the rest is not checked: the checks grow with the square of it.
             self.report("blocks", f"at most {self.max_blocks} blocks, got {len(blocks)}")
             return Checked(self.violations, (), (), None, input_schema, output_schema)
-        self.var_names = frozenset(bp.vars) | {
-            name for block in blocks if block.WhichOneof("kind") == "set" for name in block.set.vars
-        }
-        self._ids(blocks)
-        self._dormant(blocks)
-        needs = [self._needs(i, block) for i, block in enumerate(blocks)]
-        depends = [self._depends(i, block) for i, block in enumerate(blocks)]
-        self._wakes_dormant(blocks, needs, depends)
-        edges = [
-            [(need, f"blocks[{i}].needs[{j}]") for j, need in needs[i]]
-            + [(dep, f"blocks[{i}].depends") for dep in depends[i][1]]
-            for i in range(len(blocks))
-        ]
-        self._cycles(blocks, edges)
-        ancestors = _ancestors([[self.index[dep] for dep, _ in e] for e in edges])
-        checked = []
-        for i, block in enumerate(blocks):
-            # A dormant block runs once the run has settled, so it may read any block.
-            seen = (
-                None if block.id in self.dormant else frozenset(blocks[a].id for a in ancestors[i])
-            )
-            scope = _Scope(RUN_VARIABLES, seen)
-            when = None
-            if block.when:
-                when = self.condition(block.when, f"blocks[{i}].when", scope)
-            site = _Site(block, f"blocks[{i}]", self.bp, scope, self)
-            spec, plan = self._kind(i, block, site)
-            checked.append(
-                CheckedBlock(
-                    index=i,
-                    id=block.id,
-                    spec=spec,
-                    needs=tuple(dict.fromkeys(need for _, need in needs[i])),
-                    depends=depends[i][0],
-                    depends_on=depends[i][1],
-                    when=when,
-                    plan=plan,
-                    catches=_catch.check(site),
-                    compensate=block.compensate if block.compensate in self.index else "",
-                    dormant=block.id in self.dormant,
-                )
-            )
-        targets = self._targets(needs)
-        triggered_by = self._triggered_by(ancestors)
-        checked = [
-            replace(c, targets=targets.get(c.id, ()), triggered_by=triggered_by.get(c.id, ()))
-            for c in checked
-        ]
+        self.var_names = frozenset(bp.vars) | _assigned(blocks)
+        checked = self._level(blocks, _Scope(RUN_VARIABLES, frozenset()))
         var_scope = _Scope(_VAR_DEFAULT_VARIABLES, frozenset())
         defaults = tuple((name, self._var_default(name, var_scope)) for name in sorted(bp.vars))
         output = None
@@ -383,6 +432,126 @@ class _Checker:
             output_schema,
             on_failure,
         )
+
+    def _level(self, blocks: Sequence[blueprint_pb2.Block], outer: _Scope) -> list[CheckedBlock]:
+        """Check the block list of the current level: ids, needs, the graph, then each block.
+        `outer`: what its expressions may read besides its own blocks (a scope's variables,
+        the outer blocks its container may read)."""
+        self.level.blocks = blocks
+        self.level.bound = outer.variables - RUN_VARIABLES
+        self._ids(blocks)
+        top = self.level.depth == 0
+        if top:
+            self._dormant(blocks)
+        needs = [self._needs(i, block) for i, block in enumerate(blocks)]
+        depends = [self._depends(i, block, outer.variables) for i, block in enumerate(blocks)]
+        self._wakes_dormant(blocks, needs, depends)
+        edges = [
+            [(need, f"{self.at}[{i}].needs[{j}]") for j, need in needs[i]]
+            + [(dep, f"{self.at}[{i}].depends") for dep in depends[i][1]]
+            for i in range(len(blocks))
+        ]
+        self._cycles(blocks, edges)
+        ancestors = _ancestors([[self.index[dep] for dep, _ in e] for e in edges])
+        visible = outer.blocks or frozenset()
+        checked = []
+        for i, block in enumerate(blocks):
+            # A dormant block runs once the run has settled, so it may read any block.
+            ids = frozenset(blocks[a].id for a in ancestors[i])
+            seen = None if block.id in self.dormant else ids | visible
+            scope = _Scope(outer.variables, seen)
+            when = None
+            if block.when:
+                when = self.condition(block.when, f"{self.at}[{i}].when", scope)
+            site = _Site(block, f"{self.at}[{i}]", self.bp, scope, self)
+            spec, plan = self._kind(i, block, site)
+            checked.append(
+                CheckedBlock(
+                    index=i,
+                    id=block.id,
+                    spec=spec,
+                    needs=tuple(dict.fromkeys(need for _, need in needs[i])),
+                    depends=depends[i][0],
+                    depends_on=depends[i][1],
+                    when=when,
+                    plan=plan,
+                    catches=self._catches(site, top),
+                    compensate=block.compensate if block.compensate in self.index else "",
+                    dormant=block.id in self.dormant,
+                    inner=self.inner.get(f"{self.at}[{i}]"),
+                )
+            )
+        targets = self._targets(needs)
+        triggered_by = self._triggered_by(ancestors)
+        return [
+            replace(c, targets=targets.get(c.id, ()), triggered_by=triggered_by.get(c.id, ()))
+            for c in checked
+        ]
+
+    def _catches(self, site: _Site, top: bool) -> tuple[_catch.CatchClause, ...]:
+        """A block's catch; inside a container's scope a failure fails the scope, and catch
+        and compensate are not taken there yet."""
+        if top:
+            return _catch.check(site)
+        for name in ("catch", "compensate"):
+            if getattr(site.block, name):
+                site.report(
+                    f"{site.path}.{name}",
+                    f"{name} is not supported inside a map or loop yet: catch the container's "
+                    "failure instead",
+                )
+        return ()
+
+    def nested(
+        self, blocks: Sequence[blueprint_pb2.Block], at: str, outer: _Scope
+    ) -> list[CheckedBlock] | None:
+        """A container's blocks (`Site.nest`), checked as a level of their own; None when
+        they nest too deep to be checked."""
+        depth = self.level.depth + 1
+        if depth > self.limits.max_nesting_depth:
+            self.report(
+                at,
+                f"containers (map, loop) nest at most {self.limits.max_nesting_depth} deep "
+                "(the server's blueprint.max_nesting_depth)",
+            )
+            return None
+        if not blocks:
+            self.report(at, "a container needs at least one block")
+            return None
+        if len(blocks) > self.max_blocks:
+            self.report(at, f"at most {self.max_blocks} blocks, got {len(blocks)}")
+            return None
+        outer_ids = self.level.outer | frozenset(self.index)
+        parent, self.level = self.level, _Level(at, depth=depth, outer=outer_ids)
+        try:
+            return self._level(blocks, outer)
+        finally:
+            self.level = parent
+
+    def scope_output(
+        self,
+        blocks: list[CheckedBlock],
+        at: str,
+        outer: _Scope,
+        output: struct_pb2.Value | None,
+        output_path: str,
+    ) -> CheckedScope:
+        """One scope's output: the template, else the output of its only sink block."""
+        ids = frozenset(b.id for b in blocks)
+        if output is not None:
+            visible = ids | (outer.blocks or frozenset())
+            template = self.template(output, output_path, _Scope(outer.variables, visible))
+            return CheckedScope(tuple(blocks), template)
+        needed = {p for b in blocks for p in (*b.needs, *b.depends_on)}
+        sinks = [b.id for b in blocks if b.id not in needed]
+        if len(sinks) != 1:
+            self.report(
+                output_path,
+                f"the blocks at {at} end in {len(sinks)} blocks ({', '.join(sinks)}), so "
+                "set the output of one item or iteration",
+            )
+            return CheckedScope(tuple(blocks), None)
+        return CheckedScope(tuple(blocks), Template.compile(f"${{blocks.{sinks[0]}.output}}"))
 
     def _identity(self) -> None:
         bp = self.bp
@@ -425,9 +594,9 @@ class _Checker:
         if bp.HasField("run_timeout"):
             _policy.check_run_timeout(bp.run_timeout, "run_timeout", self.report, bounded=bounded)
 
-    def _ids(self, blocks: list[blueprint_pb2.Block]) -> None:
+    def _ids(self, blocks: Sequence[blueprint_pb2.Block]) -> None:
         for i, block in enumerate(blocks):
-            path = f"blocks[{i}].id"
+            path = f"{self.at}[{i}].id"
             block_id = block.id
             if not block_id:
                 self.report(path, "a block id is required")
@@ -435,7 +604,7 @@ class _Checker:
             if block_id in self.index:
                 self.report(
                     path,
-                    f"duplicate block id {block_id!r} (first at blocks[{self.index[block_id]}])",
+                    f"duplicate block id {block_id!r} (first at {self.at}[{self.index[block_id]}])",
                 )
                 continue
             self.index[block_id] = i
@@ -447,13 +616,15 @@ class _Checker:
                 )
             elif block_id in RESERVED_BLOCK_IDS:
                 self.report(path, f"{block_id!r} is reserved")
+            elif block_id in self.level.bound:
+                self.report(path, f"{block_id!r} is reserved here: its container binds it")
 
     def _needs(self, i: int, block: blueprint_pb2.Block) -> list[tuple[int, str]]:
         """(position, block id) of each need that names another declared block, once."""
         found: list[tuple[int, str]] = []
         seen: set[str] = set()
         for j, need in enumerate(block.needs):
-            path = f"blocks[{i}].needs[{j}]"
+            path = f"{self.at}[{i}].needs[{j}]"
             if not need:
                 self.report(path, "empty block id")
             elif need == block.id:
@@ -468,13 +639,13 @@ class _Checker:
         return found
 
     def _depends(
-        self, i: int, block: blueprint_pb2.Block
+        self, i: int, block: blueprint_pb2.Block, variables: frozenset[str]
     ) -> tuple[Expression | None, tuple[str, ...]]:
         if not block.depends:
             return None, ()
-        path = f"blocks[{i}].depends"
+        path = f"{self.at}[{i}].depends"
         ids = frozenset(b for b in self.index if b not in RESERVED_BLOCK_IDS)
-        expression = self.condition(block.depends, path, _Scope(RUN_VARIABLES | ids, None))
+        expression = self.condition(block.depends, path, _Scope(variables | ids, None))
         if expression is None:
             return None, ()
         refs = references(block.depends, frozenset({"blocks"}))
@@ -486,7 +657,7 @@ class _Checker:
         return expression, tuple(sorted(named, key=self.index.__getitem__))
 
     def _cycles(
-        self, blocks: list[blueprint_pb2.Block], edges: list[list[tuple[str, str]]]
+        self, blocks: Sequence[blueprint_pb2.Block], edges: list[list[tuple[str, str]]]
     ) -> None:
         """Report each cycle once, at the need (or depends) that closes it: `a -> b -> a`
         reads "a needs b, which needs a"."""
@@ -514,66 +685,10 @@ class _Checker:
                     ids = " -> ".join(blocks[n].id for n in cycle)
                     self.report(step[1], f"dependency cycle: {ids}")
 
-    def _dormant(self, blocks: list[blueprint_pb2.Block]) -> None:
-        """The blocks only the run's unwinding starts (`on_failure`, the compensations), each
-        named at most once, none of them compensated or waiting on a guard."""
-        named: dict[str, str] = {}
-        if self.bp.on_failure:
-            if self.bp.on_failure not in self.index:
-                self.report("on_failure", f"no block {self.bp.on_failure!r}")
-            else:
-                named[self.bp.on_failure] = "the on_failure block"
-        for i, block in enumerate(blocks):
-            target, path = block.compensate, f"blocks[{i}].compensate"
-            if not target:
-                continue
-            if target not in self.index:
-                self.report(path, f"no block {target!r}")
-            elif target == block.id:
-                self.report(path, "a block cannot compensate itself")
-            elif target in named:
-                self.report(path, f"{target!r} is already {named[target]}")
-            else:
-                named[target] = f"the compensation of {block.id}"
-        self.dormant = named
-        for i, block in enumerate(blocks):
-            what = named.get(block.id)
-            if what is None:
-                continue
-            path = f"blocks[{i}]"
-            if block.compensate:
-                self.report(f"{path}.compensate", f"{block.id!r} is {what}: it compensates nothing")
-            for field in ("when", "depends"):
-                if getattr(block, field):
-                    self.report(
-                        f"{path}.{field}",
-                        f"{block.id!r} is {what}: the run's unwinding starts it, with no {field}",
-                    )
-
-    def _wakes_dormant(
-        self,
-        blocks: list[blueprint_pb2.Block],
-        needs: list[list[tuple[int, str]]],
-        depends: list[tuple[Expression | None, tuple[str, ...]]],
-    ) -> None:
-        """Nothing may wait on a dormant block: it runs only when the run fails."""
-        for i, block in enumerate(blocks):
-            if block.id in self.dormant:
-                continue  # it may read (and need) what it undoes
-            waits = [(f"blocks[{i}].needs[{j}]", need) for j, need in needs[i]]
-            waits += [(f"blocks[{i}].depends", dep) for dep in depends[i][1]]
-            for path, other in waits:
-                if other in self.dormant:
-                    self.report(
-                        path,
-                        f"{other!r} is {self.dormant[other]}, which runs only when the run "
-                        "fails: no block may wait for it",
-                    )
-
     def _kind(
         self, i: int, block: blueprint_pb2.Block, site: _Site
     ) -> tuple[Kind | None, Plan | None]:
-        path = f"blocks[{i}]"
+        path = site.path
         field = block.WhichOneof("kind")
         if field is None:
             kinds = ", ".join(spec.name for spec in KINDS.values())
@@ -589,7 +704,7 @@ class _Checker:
         needed_by: dict[str, set[str]] = {}
         for i, found in enumerate(needs):
             for _, need in found:
-                needed_by.setdefault(need, set()).add(self.bp.blocks[i].id)
+                needed_by.setdefault(need, set()).add(self.blocks[i].id)
         targets: dict[str, dict[str, None]] = {}
         for block_id, target, path in self.gotos:
             if not target:
@@ -625,11 +740,80 @@ class _Checker:
                 found.setdefault(target, {})[block_id] = None
         return {target: tuple(by) for target, by in found.items()}
 
+    def _dormant(self, blocks: Sequence[blueprint_pb2.Block]) -> None:
+        """The blocks only the run's unwinding starts (`on_failure`, the compensations), each
+        named at most once, none of them compensated or waiting on a guard."""
+        named: dict[str, str] = {}
+        if self.bp.on_failure:
+            if self.bp.on_failure not in self.index:
+                self.report("on_failure", f"no block {self.bp.on_failure!r}")
+            else:
+                named[self.bp.on_failure] = "the on_failure block"
+        for i, block in enumerate(blocks):
+            target, path = block.compensate, f"{self.at}[{i}].compensate"
+            if not target:
+                continue
+            if target not in self.index:
+                self.report(path, f"no block {target!r}")
+            elif target == block.id:
+                self.report(path, "a block cannot compensate itself")
+            elif target in named:
+                self.report(path, f"{target!r} is already {named[target]}")
+            else:
+                named[target] = f"the compensation of {block.id}"
+        self.level.dormant = named
+        for i, block in enumerate(blocks):
+            what = named.get(block.id)
+            if what is None:
+                continue
+            path = f"{self.at}[{i}]"
+            if block.compensate:
+                self.report(f"{path}.compensate", f"{block.id!r} is {what}: it compensates nothing")
+            for name in ("when", "depends"):
+                if getattr(block, name):
+                    self.report(
+                        f"{path}.{name}",
+                        f"{block.id!r} is {what}: the run's unwinding starts it, with no {name}",
+                    )
+
+    def _wakes_dormant(
+        self,
+        blocks: Sequence[blueprint_pb2.Block],
+        needs: list[list[tuple[int, str]]],
+        depends: list[tuple[Expression | None, tuple[str, ...]]],
+    ) -> None:
+        """Nothing may wait on a dormant block: it runs only when the run fails."""
+        for i, block in enumerate(blocks):
+            if block.id in self.dormant:
+                continue  # it may read (and need) what it undoes
+            waits = [(f"{self.at}[{i}].needs[{j}]", need) for j, need in needs[i]]
+            waits += [(f"{self.at}[{i}].depends", dep) for dep in depends[i][1]]
+            for path, other in waits:
+                if other in self.dormant:
+                    self.report(
+                        path,
+                        f"{other!r} is {self.dormant[other]}, which runs only when the run "
+                        "fails: no block may wait for it",
+                    )
+
     def _var_default(self, name: str, scope: _Scope) -> Template:
         path = field_path("vars", name)
         if not VAR_NAME.fullmatch(name):
             self.report(path, f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
         return self.template(self.bp.vars[name], path, scope)
+
+
+def _assigned(blocks: Iterable[blueprint_pb2.Block]) -> frozenset[str]:
+    """The variables `set` blocks assign, in containers too."""
+    names: set[str] = set()
+    for block in blocks:
+        field = block.WhichOneof("kind")
+        if field == "set":
+            names.update(block.set.vars)
+        spec = KINDS.get(field or "")
+        if spec is not None and spec.nested is not None:
+            names |= _assigned(spec.nested(block))
+    return frozenset(names)
 
 
 def _unknown_function(name: str) -> str:

@@ -77,6 +77,17 @@ async def invoke(
     return response
 
 
+def _scopes(
+    shown: run_pb2.BlockScopes,
+    scopes: records_pb2.ScopeProgress,
+    map_block: records_pb2.MapBlockState | None,
+) -> None:
+    shown.total = 0 if map_block is None else len(map_block.items.values)
+    shown.started = scopes.opened
+    shown.succeeded = scopes.succeeded
+    shown.failed = scopes.failed
+
+
 async def _accepts(shard: Shard, state: records_pb2.MutableState) -> dict[str, str]:
     """The `accept` filters of the signal blocks that wait, from the run's blueprint (read
     only when one waits)."""
@@ -157,5 +168,7 @@ def block_summaries(
         waiting = _waiting(block_id, result, deadlines, accepts or {})
         if waiting is not None:
             summary.waiting.CopyFrom(waiting)
+        if result.HasField("scopes"):
+            _scopes(summary.scopes, result.scopes, state.map_blocks.get(block_id))
         summaries.append(summary)
     return summaries

@@ -20,17 +20,28 @@ from tideflow.blueprint.language.commands import (
     Escalate,
     FailBlock,
     FailRun,
+    RecordScopes,
     ScheduleExternal,
     SkipBlock,
     StartChild,
+    StartLoop,
+    StartMap,
     StartTimer,
 )
-from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
+from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint, split_path
 from tideflow.blueprint.language.decide import decide, deliver, initial_vars
 from tideflow.blueprint.language.errors import LanguageError
 from tideflow.blueprint.language.events import SignalReceived, TimerFired
 from tideflow.blueprint.language.kinds import ExternalPolicy
-from tideflow.blueprint.language.model import JSON, BlockError, BlockView, RunView, Signal
+from tideflow.blueprint.language.model import (
+    JSON,
+    BlockError,
+    BlockView,
+    Limits,
+    RunView,
+    Scopes,
+    Signal,
+)
 from tideflow.blueprint.language.policy import attempts_exhausted, retry_delay
 from tideflow.blueprint.language.templates import (
     Env,
@@ -71,13 +82,18 @@ __all__ = [
     "ExternalPolicy",
     "FailBlock",
     "FailRun",
+    "Limits",
     "NotJSON",
+    "RecordScopes",
     "RunView",
     "ScheduleExternal",
+    "Scopes",
     "Signal",
     "SignalReceived",
     "SkipBlock",
     "StartChild",
+    "StartLoop",
+    "StartMap",
     "StartTimer",
     "Template",
     "TimerFired",
@@ -90,6 +106,7 @@ __all__ = [
     "json_to_value",
     "retry_delay",
     "run_variables",
+    "split_path",
     "struct_to_json",
     "validate_blueprint",
     "value_to_json",
@@ -97,11 +114,16 @@ __all__ = [
 
 
 def compile_blueprint(
-    bp: blueprint_pb2.Blueprint, *, max_blocks: int = DEFAULT_MAX_BLOCKS, stored: bool = False
+    bp: blueprint_pb2.Blueprint,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    stored: bool = False,
+    limits: Limits | None = None,
 ) -> CompiledBlueprint:
     """Check and compile `bp`; INVALID_ARGUMENT listing every problem with its path.
-    `stored`: a version registered already (see `CompiledBlueprint.compile`)."""
+    `stored`: a version registered already (see `CompiledBlueprint.compile`). `limits`: the
+    server's `blueprint.*` settings."""
     try:
-        return CompiledBlueprint.compile(bp, max_blocks=max_blocks, stored=stored)
+        return CompiledBlueprint.compile(bp, max_blocks=max_blocks, stored=stored, limits=limits)
     except LanguageError as e:
         raise InvalidArgument(e.violations) from e

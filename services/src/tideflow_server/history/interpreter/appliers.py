@@ -29,9 +29,12 @@ from tideflow_server.history.interpreter import (
     Escalate,
     FailBlock,
     FailRun,
+    RecordScopes,
     ScheduleExternal,
     SkipBlock,
     StartChild,
+    StartLoop,
+    StartMap,
     StartTimer,
 )
 from tideflow_server.history.state import RunStep
@@ -46,6 +49,8 @@ class Applying:
     max_pending_blocks: int
     max_pending_children: int = 1_000
     """`history.max_pending_children`."""
+    max_map_items: int = 0
+    """The namespace's `limits.max_map_items` (0: the server's bound alone)."""
 
 
 def apply(step: RunStep, command: Command, context: Applying) -> None:
@@ -128,7 +133,7 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     )
     assert isinstance(attrs, history_pb2.SystemBlockFailedEventAttributes)
     attrs.block_id = command.block_id
-    attrs.kind = context.compiled.blocks[command.block_id].kind
+    attrs.kind = context.compiled.block(command.block_id).kind
     attrs.failure.CopyFrom(failure)
     attrs.cause_event_id = command.cause_event_id
     result = step.state.block_results[command.block_id]
@@ -262,6 +267,37 @@ def _waiting(step: RunStep, block_id: str) -> records_pb2.BlockResult:
     return result
 
 
+def _start_map(step: RunStep, command: StartMap, context: Applying) -> None:
+    _, attrs = step.add_event(history_pb2.EVENT_TYPE_MAP_STARTED, "map_started_event_attributes")
+    assert isinstance(attrs, history_pb2.MapStartedEventAttributes)
+    attrs.block_id = command.block_id
+    for item in command.items:
+        attrs.items.values.append(payloads.to_value(item))
+    step.state.map_blocks[command.block_id].items.CopyFrom(attrs.items)
+    _running(step, command.block_id, blueprint_pb2.BLOCK_KIND_MAP)
+
+
+def _start_loop(step: RunStep, command: StartLoop, context: Applying) -> None:
+    _, attrs = step.add_event(history_pb2.EVENT_TYPE_LOOP_STARTED, "loop_started_event_attributes")
+    assert isinstance(attrs, history_pb2.LoopStartedEventAttributes)
+    attrs.block_id = command.block_id
+    _running(step, command.block_id, blueprint_pb2.BLOCK_KIND_LOOP)
+
+
+def _running(step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueType) -> None:
+    result = step.state.block_results[block_id]
+    result.kind = kind
+    result.status = common_pb2.BLOCK_STATUS_RUNNING
+
+
+def _record_scopes(step: RunStep, command: RecordScopes, context: Applying) -> None:
+    # No event, as for a skip: the counts follow from the events before them.
+    scopes = step.state.block_results[command.block_id].scopes
+    scopes.opened = command.scopes.opened
+    scopes.succeeded = command.scopes.succeeded
+    scopes.failed = command.scopes.failed
+
+
 def _complete_run(step: RunStep, command: CompleteRun, context: Applying) -> None:
     close_run(step, common_pb2.RUN_STATUS_COMPLETED, result=payloads.to_payloads(command.output))
 
@@ -319,6 +355,9 @@ APPLIERS: Mapping[type, Applier] = {
     AwaitSignal: _await_signal,
     ConsumeSignal: _consume_signal,
     Escalate: _escalate,
+    StartMap: _start_map,
+    StartLoop: _start_loop,
+    RecordScopes: _record_scopes,
     CompleteRun: _complete_run,
     FailRun: _fail_run,
 }

@@ -16,6 +16,7 @@ import structlog
 
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history.flows import FlowCache
+from tideflow_server.history.interpreter import Limits
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.shard.port import TimerExecutor, TransferExecutor
@@ -45,6 +46,7 @@ class ShardController:
         shard_count: int,
         timer_executor: TimerExecutor,
         transfer_executor: TransferExecutor,
+        blueprint_limits: Limits | None = None,
     ) -> None:
         """`timer_executor` and `transfer_executor` are what each shard's queues run
         (history/tasks/), handed in so that shard/ does not import them."""
@@ -58,7 +60,7 @@ class ShardController:
         self._timer_executor = timer_executor
         self._transfer_executor = transfer_executor
         self._host_id = ""
-        self._flows = FlowCache(manager)
+        self._flows = FlowCache(manager, limits=blueprint_limits)
         self._visibility = VisibilityWriter(manager.persistence.visibility)
         self._direct = DirectDispatch() if config.direct_dispatch else None
         self._shards: dict[int, ShardContext] = {}

@@ -245,7 +245,7 @@ class MutableState(_message.Message):
 
     @_builtins.property
     def map_blocks(self) -> _containers.MessageMap[_builtins.str, Global___MapBlockState]:
-        """Open map blocks, keyed by block path."""
+        """Map blocks the run has started, keyed by block path."""
 
     @_builtins.property
     def pending_children(self) -> _containers.MessageMap[_builtins.int, Global___PendingChild]:
@@ -691,6 +691,7 @@ class BlockResult(_message.Message):
     CHILD_RUN_FIELD_NUMBER: _builtins.int
     ESCALATED_FIELD_NUMBER: _builtins.int
     AWAITING_SIGNAL_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -743,8 +744,12 @@ class BlockResult(_message.Message):
 
     @_builtins.property
     def escalated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """16-17, 19: kept for the block kinds' own progress (iterations, items).
-        A signal block: the escalation targets it has started, in order.
+        """A signal block: the escalation targets it has started, in order."""
+
+    @_builtins.property
+    def scopes(self) -> Global___ScopeProgress:
+        """A map's items or a loop's iterations: how many were opened and how they ended.
+        17, 19: kept for the block kinds' own progress.
         """
 
     def __init__(
@@ -766,14 +771,45 @@ class BlockResult(_message.Message):
         child_run: _common_pb2.RunRef | None = ...,
         escalated: _abc.Iterable[_builtins.str] | None = ...,
         awaiting_signal: _builtins.str = ...,
+        scopes: Global___ScopeProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output", "scopes", b"scopes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_signal", b"awaiting_signal", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_signal", b"awaiting_signal", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "scopes", b"scopes", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlockResult: _TypeAlias = BlockResult  # noqa: Y015
+
+@_typing.final
+class ScopeProgress(_message.Message):
+    """ScopeProgress counts the scopes of a container block (a map's items, a loop's iterations).
+    It follows from the events before it (like a skip), so it is decided again on replay.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    opened: _builtins.int
+    """Scopes [0, opened) have started."""
+    succeeded: _builtins.int
+    failed: _builtins.int
+    def __init__(
+        self,
+        *,
+        opened: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "opened", b"opened", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopeProgress: _TypeAlias = ScopeProgress  # noqa: Y015
 
 @_typing.final
 class UserTimer(_message.Message):
@@ -844,8 +880,8 @@ Global___BufferedSignal: _TypeAlias = BufferedSignal  # noqa: Y015
 
 @_typing.final
 class MapBlockState(_message.Message):
-    """MapBlockState tracks the fan-out of an open map block. Item outcomes are in block_results
-    under `<map id>[<index>].<block id>`.
+    """MapBlockState keeps the items of a map block. Item outcomes are in block_results under
+    `<map id>[<index>].<block id>`, its counts in the map's BlockResult.scopes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -855,7 +891,7 @@ class MapBlockState(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     next_index: _builtins.int
-    """Items [0, next_index) have been started."""
+    """2-4: not used (were counts; see BlockResult.scopes)."""
     succeeded: _builtins.int
     failed: _builtins.int
     @_builtins.property

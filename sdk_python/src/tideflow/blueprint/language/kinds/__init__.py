@@ -13,6 +13,7 @@ from tideflow.blueprint.language.commands import Command
 from tideflow.blueprint.language.kinds import (
     external,
     fail,
+    loop,
     signal,
     subflow,
     succeed,
@@ -20,6 +21,7 @@ from tideflow.blueprint.language.kinds import (
     transform,
     wait,
 )
+from tideflow.blueprint.language.kinds import map as map_
 from tideflow.blueprint.language.kinds import set as set_
 from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Plan, Site
 from tideflow.blueprint.language.kinds.external import ExternalPlan, ExternalPolicy
@@ -57,7 +59,7 @@ KINDS: Mapping[str, Kind] = {
     for kind in (
         external.KIND,
         switch.KIND,
-        _not_yet("map", "map_block", blueprint_pb2.BLOCK_KIND_MAP),
+        map_.KIND,
         wait.KIND,
         signal.KIND,
         set_.KIND,
@@ -65,6 +67,7 @@ KINDS: Mapping[str, Kind] = {
         subflow.KIND,
         succeed.KIND,
         fail.KIND,
+        loop.KIND,
     )
 }
 """By the name of the `Block.kind` oneof field, in the proto's order."""

@@ -16,15 +16,15 @@ registry line, never a branch elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
-from tideflow.blueprint.language.model import BlockView, Signal
+from tideflow.blueprint.language.model import JSON, BlockError, BlockView, Limits, Signal
 from tideflow.blueprint.language.templates import Env, Expression, Template
 
 
@@ -58,6 +58,25 @@ class Site(Protocol):
         self, source: str, path: str, *, reads: frozenset[str] = frozenset()
     ) -> Expression | None:
         """`expression`, for one that decides: it must be able to be a bool."""
+
+    @property
+    def limits(self) -> Limits:
+        """The server's bounds this registration checks against."""
+
+    def nest(
+        self,
+        blocks: Sequence[blueprint_pb2.Block],
+        path: str,
+        *,
+        reads: frozenset[str],
+        output: struct_pb2.Value | None,
+        output_path: str,
+    ) -> None:
+        """Check `blocks` (at `path`) as this container's nested scope, like the blueprint's
+        own blocks, where expressions may also read `reads` (a map's `item` and `index`) and
+        `blocks.<id>` reads the scope's blocks or the outer ones this block may read. `output`
+        is one scope's output template (at `output_path`); None: the output of the scope's
+        only sink block. The compiled scope goes to `CompiledBlock.inner`."""
 
     def goto(self, target: str, path: str) -> None:
         """`target` (at `path`) is where the block may route the run: registration checks it
@@ -95,9 +114,49 @@ class BlockContext:
     """The block as the run has it; None before it starts."""
     signals: tuple[Signal, ...] = ()
     """Signals the run received that no block has taken, oldest first (`RunView.signals`)."""
+    limits: Limits = field(default_factory=Limits)
+    """The server's bounds (in-line map items, default map concurrency)."""
+
+
+class Settled:
+    """How one scope of a container (a map's item, a loop's iteration) ended: its output, or
+    the error of the block that failed it. The output is rendered when first read (an
+    ExpressionError then fails the container)."""
+
+    __slots__ = ("_output", "_render", "error")
+
+    def __init__(
+        self,
+        output: JSON = None,
+        error: BlockError | None = None,
+        *,
+        render: Callable[[], JSON] | None = None,
+    ) -> None:
+        self._output = output
+        self._render = render
+        self.error = error
+
+    @property
+    def output(self) -> JSON:
+        if self._render is not None:
+            self._output, self._render = self._render(), None
+        return self._output
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What reaches a running container's `on_event` on every decision: how each of its open
+    scopes that ended did, by index (those still running are absent). The kind answers with
+    `RecordScopes` to open more or count those that ended (only when that changes its
+    `BlockView.scopes`), or with the block's completion or failure; nothing lets it wait."""
+
+    settled: Mapping[int, Settled]
 
 
 Check = Callable[[Site], Any]
+Bind = Callable[[Any, BlockView, int, Mapping[int, Settled]], Mapping[str, JSON]]
+"""(plan, container, index, the scopes settled so far): the variables scope `index` binds."""
+Nested = Callable[[blueprint_pb2.Block], Sequence[blueprint_pb2.Block]]
 Start = Callable[[Any, BlockContext], Sequence[Command]]
 OnEvent = Callable[[Any, BlockContext, Any], Sequence[Command]]
 """(plan, block, event): the event is one of the kind's own event types."""
@@ -123,3 +182,10 @@ class Kind:
     """Reads `Block.input`."""
     routes_as: str = "routed to"
     """How a skip reason says where the block routed: "needs s, which chose b"."""
+    nested: Nested | None = None
+    """A container (map, loop): the block list it nests, which its check hands to
+    `Site.nest`."""
+    bind: Bind | None = None
+    """A container: the variables each of its scopes binds (`item` and `index`, `iteration`).
+    `decide` runs a running container's open scopes, each with these, and hands the container
+    their `Progress`."""
