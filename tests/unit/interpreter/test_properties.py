@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -242,10 +242,9 @@ def _send(engine: Engine, entry: Input) -> None:
 
 def _child_closed(engine: Engine, entry: Input) -> None:
     run_id = engine.children[entry.target]
-    status = entry.value
-    assert isinstance(status, int)
-    output = {"child": run_id} if status == common_pb2.RUN_STATUS_COMPLETED else None
-    engine.deliver(entry.target, ChildClosed(run_id, status, output, "it ended"))  # type: ignore[arg-type]
+    status = cast("common_pb2.RunStatus.ValueType", entry.value)
+    output: JSON = {"child": run_id} if status == common_pb2.RUN_STATUS_COMPLETED else None
+    engine.deliver(entry.target, ChildClosed(run_id, status, output, "it ended"))
 
 
 def _child_start_failed(engine: Engine, entry: Input) -> None:
@@ -275,8 +274,9 @@ def _external_running(engine: Engine) -> list[str]:
 
 
 def _moves(engine: Engine, data: st.DataObject | None) -> list[Input]:
-    """What may reach the run now, progress first. Without `data` (the run must finish),
-    values are fixed so that each move ends a block or fires a timer."""
+    """What may reach the run now. Without `data` (the run must finish), values are fixed so
+    that each move ends a block or fires a timer: no failures, signals only to the waiting
+    blocks and with a payload that `ACCEPT` takes."""
 
     def pick(values: list[Any]) -> Any:
         return values[0] if data is None else data.draw(st.sampled_from(values))
