@@ -1,14 +1,17 @@
 """Faults lose nothing: with 200 runs in flight, the history process and then the matching
 process are killed with SIGKILL and restarted. Every run completes with the right output, and
-every block's completion is recorded exactly once in its history."""
+every block's completion is recorded exactly once in its history. The same holds for runs
+parked in durable waits (a signal, a signal taken from the buffer after a timer, a timer, a
+child run waiting for a signal) while both processes die."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,16 @@ import pytest
 
 from tests.conftest import CLUSTER_BACKENDS, make_cluster
 from tests.support.cluster import Cluster
-from tests.support.flows import BlockWorker, Client, Task, three_increments_blueprint, value
-from tideflow.api.v1 import history_pb2
+from tests.support.flows import (
+    BlockWorker,
+    Client,
+    Task,
+    echo,
+    payloads,
+    three_increments_blueprint,
+    value,
+)
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 
 RUNS = 200
 
@@ -34,16 +45,74 @@ async def split_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Async
             process.kill()
 
 
-async def _start(client: Client, flow: str, run_id: str, n: int) -> None:
+async def _retrying(call: Callable[[], Awaitable[object]], what: str) -> None:
+    """`call` until a server answers: one may be restarting. Calls carry a request id, so a
+    retry of one that took effect changes nothing."""
     for _ in range(100):
         try:
-            await client.start(flow, {"n": n}, run_id=run_id, request_id=f"start-{run_id}")
+            await call()
             return
         except grpc.aio.AioRpcError as e:
             if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             await asyncio.sleep(0.2)
-    raise AssertionError(f"could not start {run_id}")
+    raise AssertionError(f"could not {what}")
+
+
+async def _start(client: Client, flow: str, run_id: str, run_input: Any) -> None:
+    await _retrying(
+        lambda: client.start(flow, run_input, run_id=run_id, request_id=f"start-{run_id}"),
+        f"start {run_id}",
+    )
+
+
+async def _kill_history_then_matching(cluster: Cluster) -> None:
+    """SIGKILL history, restart it, then the same for matching."""
+    cluster.process_of("history").kill()
+    await asyncio.sleep(1.0)
+    await cluster.restart("history")
+    cluster.process_of("matching").kill()
+    await asyncio.sleep(1.0)
+    await cluster.restart("matching")
+
+
+async def _all_closed(
+    cluster: Cluster, client: Client, run_ids: list[str], closing: list[asyncio.Task[Any]]
+) -> list[history_pb2.HistoryEvent]:
+    """The close event of each run, in order; fails with the stuck runs described."""
+    _, pending = await asyncio.wait(closing, timeout=90)
+    if pending:
+        stuck = [r for r, t in zip(run_ids, closing, strict=True) if not t.done()]
+        described = [await client.describe(r) for r in stuck[:5]]
+        raise AssertionError(
+            f"{len(stuck)} runs did not close; first: {described}\n{cluster.logs()}"
+        )
+    return [t.result() for t in closing]
+
+
+def _scheduled(events: list[history_pb2.HistoryEvent]) -> dict[int, str]:
+    """BLOCK_SCHEDULED event id -> its external block."""
+    return {
+        e.event_id: e.block_scheduled_event_attributes.block_id
+        for e in events
+        if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
+    }
+
+
+def _completions(events: list[history_pb2.HistoryEvent]) -> Counter[str]:
+    """How many times each block's completion is recorded: external blocks' and the engine's."""
+    scheduled = _scheduled(events)
+    completed = Counter(
+        scheduled[e.block_completed_event_attributes.scheduled_event_id]
+        for e in events
+        if e.event_type == history_pb2.EVENT_TYPE_BLOCK_COMPLETED
+    )
+    completed.update(
+        e.system_block_completed_event_attributes.block_id
+        for e in events
+        if e.event_type == history_pb2.EVENT_TYPE_SYSTEM_BLOCK_COMPLETED
+    )
+    return completed
 
 
 async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) -> None:
@@ -65,26 +134,14 @@ async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) 
         BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20),
         BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20, eager=True),
     ):
-        await asyncio.gather(*(_start(client, flow, r, i) for i, r in enumerate(run_ids)))
+        await asyncio.gather(*(_start(client, flow, r, {"n": i}) for i, r in enumerate(run_ids)))
         closing = [asyncio.create_task(client.close_event(r, timeout_s=180)) for r in run_ids]
 
         # Kill history while runs are mid-flight, then matching, restarting each.
         await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
-        cluster.process_of("history").kill()
-        await asyncio.sleep(1.0)
-        await cluster.restart("history")
-        cluster.process_of("matching").kill()
-        await asyncio.sleep(1.0)
-        await cluster.restart("matching")
+        await _kill_history_then_matching(cluster)
 
-        _, pending = await asyncio.wait(closing, timeout=90)
-        if pending:
-            stuck = [r for r, t in zip(run_ids, closing, strict=True) if not t.done()]
-            described = [await client.describe(r) for r in stuck[:5]]
-            raise AssertionError(
-                f"{len(stuck)} runs did not close; first: {described}\n{cluster.logs()}"
-            )
-        closed = [t.result() for t in closing]
+        closed = await _all_closed(cluster, client, run_ids, closing)
 
     unfinished = [
         r
@@ -96,16 +153,166 @@ async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) 
         assert value(event.run_completed_event_attributes.result) == i + 3
     for run_id in run_ids:
         events = await client.history(run_id)
-        scheduled = {
-            e.event_id: e.block_scheduled_event_attributes.block_id
-            for e in events
-            if e.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED
-        }
-        completed = Counter(
-            scheduled[e.block_completed_event_attributes.scheduled_event_id]
-            for e in events
-            if e.event_type == history_pb2.EVENT_TYPE_BLOCK_COMPLETED
-        )
+        completed = _completions(events)
         assert completed == {"a": 1, "b": 1, "c": 1}, (run_id, completed)
-        assert sorted(scheduled.values()) == ["a", "b", "c"]
+        assert sorted(_scheduled(events).values()) == ["a", "b", "c"]
     await client.close()
+
+
+PARKED = 6
+"""Runs parked in each kind of wait."""
+
+
+def _parked_flows(prefix: str, queue: str) -> list[dict[str, Any]]:
+    """A run of `<prefix>-signal` waits for `approve`, then echoes it through a worker; one of
+    `-early` waits 3s before it takes `approve` (sent before that); one of `-wait` waits 3s, then
+    echoes its input; one of `-parent` waits for its child `-child`, which waits for `approve`."""
+
+    def flow(name: str, *blocks: dict[str, Any], output: str) -> dict[str, Any]:
+        return {
+            "name": f"{prefix}-{name}",
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "10s"},
+            "blocks": list(blocks),
+            "output": output,
+        }
+
+    approval = {"id": "approval", "signal": {"signal_name": "approve"}}
+    return [
+        flow(
+            "signal",
+            approval,
+            echo := {
+                "id": "echo",
+                "needs": ["approval"],
+                "external": {"block": "echo@1"},
+                "input": "${blocks.approval.output}",
+            },
+            output="${blocks.echo.output}",
+        ),
+        flow(
+            "early",
+            {"id": "gate", "wait": {"duration": "3s"}},
+            {**approval, "needs": ["gate"]},
+            output="${blocks.approval.output}",
+        ),
+        flow(
+            "wait",
+            {"id": "gate", "wait": {"duration": "3s"}},
+            {**echo, "needs": ["gate"], "input": "${input}"},
+            output="${blocks.echo.output}",
+        ),
+        flow("child", approval, output="${blocks.approval.output}"),
+        flow(
+            "parent",
+            {
+                "id": "sub",
+                "subflow": {"flow": f"{prefix}-child@1", "run_id": "${run.id}-kid"},
+                "input": "${input}",
+            },
+            output="${blocks.sub.output}",
+        ),
+    ]
+
+
+async def _approve(client: Client, run_id: str, data: Any) -> None:
+    request = flow_service_pb2.SignalRunRequest(
+        namespace=client.namespace,
+        signal_name="approve",
+        input=payloads(data),
+        request_id=f"approve-{run_id}",
+    )
+    request.run.run_id = run_id
+    await _retrying(lambda: client.stub.SignalRun(request, timeout=10), f"signal {run_id}")
+
+
+async def _parked(client: Client, run_id: str, block_id: str) -> None:
+    """Until the run exists and `block_id` waits (for a signal, a timer or a child)."""
+    for _ in range(300):
+        with contextlib.suppress(grpc.aio.AioRpcError):  # a child not started yet
+            blocks = {b.block_id: b for b in (await client.describe(run_id)).blocks}
+            if block_id in blocks and blocks[block_id].status == common_pb2.BLOCK_STATUS_RUNNING:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{run_id} never waited in {block_id}")
+
+
+async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
+    split_cluster: Cluster,
+) -> None:
+    cluster = split_cluster
+    client = Client(cluster.frontend)
+    await client.ensure_namespace()
+    prefix, queue = f"parked_{uuid.uuid4().hex[:6]}", f"q-{uuid.uuid4().hex[:6]}"
+    for bp in _parked_flows(prefix, queue):
+        await client.register(bp)
+    runs = {
+        kind: [f"{kind}-{i}-{uuid.uuid4().hex[:6]}" for i in range(PARKED)]
+        for kind in ("signal", "early", "wait", "parent")
+    }
+    started = [
+        _start(client, f"{prefix}-{kind}", run_id, {"i": i})
+        for kind, run_ids in runs.items()
+        for i, run_id in enumerate(run_ids)
+    ]
+    await asyncio.gather(*started)
+    # Signals for the early runs arrive before their signal block starts: they are kept.
+    await asyncio.gather(*(_approve(client, r, {"early": i}) for i, r in enumerate(runs["early"])))
+    await asyncio.gather(
+        *(_parked(client, r, "approval") for r in runs["signal"]),
+        *(_parked(client, r, "gate") for r in runs["wait"]),
+        *(_parked(client, f"{r}-kid", "approval") for r in runs["parent"]),
+    )
+    every = [r for run_ids in runs.values() for r in run_ids]
+    async with BlockWorker(cluster.frontend, queue, {"echo@1": echo}):
+        closing = [asyncio.create_task(client.close_event(r, timeout_s=180)) for r in every]
+        await _kill_history_then_matching(cluster)
+        await asyncio.gather(
+            *(_approve(client, r, {"late": i}) for i, r in enumerate(runs["signal"])),
+            *(_approve(client, f"{r}-kid", {"kid": i}) for i, r in enumerate(runs["parent"])),
+        )
+        closed = dict(zip(every, await _all_closed(cluster, client, every, closing), strict=True))
+
+    expected = {
+        "signal": lambda i: {"late": i},
+        "early": lambda i: {"early": i},
+        "wait": lambda i: {"i": i},
+        "parent": lambda i: {"kid": i},
+    }
+    for kind, run_ids in runs.items():
+        for i, run_id in enumerate(run_ids):
+            event = closed[run_id]
+            assert event.HasField("run_completed_event_attributes"), (run_id, event)
+            assert value(event.run_completed_event_attributes.result) == expected[kind](i)
+    blocks = {
+        "signal": {"approval": 1, "echo": 1},
+        "early": {"gate": 1, "approval": 1},
+        "wait": {"gate": 1, "echo": 1},
+        "parent": {"sub": 1},
+    }
+    for kind, run_ids in runs.items():
+        for run_id in run_ids:
+            events = await client.history(run_id)
+            assert _completions(events) == blocks[kind], (run_id, events)
+            assert len(_of_type(events, history_pb2.EVENT_TYPE_TIMER_FIRED)) == (
+                kind in ("early", "wait")
+            )
+    for run_id in runs["early"]:
+        events = await client.history(run_id)
+        [signaled] = _of_type(events, history_pb2.EVENT_TYPE_RUN_SIGNALED)
+        [fired] = _of_type(events, history_pb2.EVENT_TYPE_TIMER_FIRED)
+        assert signaled.event_id < fired.event_id, "the signal came after the block started"
+    for run_id in runs["parent"]:
+        events = await client.history(run_id)
+        assert len(_of_type(events, history_pb2.EVENT_TYPE_CHILD_RUN_CLOSED)) == 1
+        child = await client.history(f"{run_id}-kid")
+        assert _completions(child) == {"approval": 1}
+        assert len(_of_type(child, history_pb2.EVENT_TYPE_RUN_SIGNALED)) == 1
+    await client.close()
+
+
+def _of_type(
+    events: list[history_pb2.HistoryEvent], event_type: history_pb2.EventType.ValueType
+) -> list[history_pb2.HistoryEvent]:
+    return [e for e in events if e.event_type == event_type]

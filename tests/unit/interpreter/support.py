@@ -122,6 +122,8 @@ class Engine:
     """Received and not taken, oldest first."""
     awaiting: dict[str, str] = field(default_factory=dict)
     """Blocks waiting for a signal: block id -> signal name, in the order they started."""
+    children: dict[str, str] = field(default_factory=dict)
+    """Open child runs: block id -> the child's run id."""
     next_event_id: int = 1
 
     def __post_init__(self) -> None:
@@ -186,6 +188,7 @@ class Engine:
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
         elif isinstance(command, StartChild):
             self.blocks[command.block_id] = BlockView(RUNNING)
+            self.children[command.block_id] = command.run_id
         elif isinstance(command, StartMap):
             self.blocks[command.block_id] = BlockView(RUNNING, items=command.items)
         elif isinstance(command, StartLoop):
@@ -205,6 +208,7 @@ class Engine:
             )
             self.vars.update(command.vars)
             self.awaiting.pop(command.block_id, None)
+            self.children.pop(command.block_id, None)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
@@ -217,6 +221,7 @@ class Engine:
                 scopes=self._scopes(command),
             )
             self.awaiting.pop(command.block_id, None)
+            self.children.pop(command.block_id, None)
         elif isinstance(command, StartTimer):
             self._wait(command.block_id)
             self.timers[command.timer_id] = command.block_id
