@@ -6,6 +6,7 @@ the engine (persistence, dispatch, the interpreter) and not the blocks.
 | seq3 | a -> b -> c | 3 |
 | fanout | fan -> 10 parallel blocks -> join | 12 |
 | payload | a -> b -> c, 64 KiB in and out of each | 3 |
+| map | one `map` block over 100 items, a no-op external block per item | 100 |
 
 Block types, served by the bench worker (bench/worker.py): `noop@1` returns nothing, `echo@1`
 returns its input.
@@ -20,6 +21,7 @@ from typing import Any
 
 PAYLOAD_BYTES = 64 * 1024
 FANOUT_WIDTH = 10
+MAP_ITEMS = 100
 BLOCK_TIMEOUTS = {"start_to_close": "30s"}
 
 
@@ -42,7 +44,11 @@ class Scenario:
 
     def run_input(self) -> Any:
         """The input every run of the scenario starts with."""
-        return {"data": _PAYLOAD} if self.name == "payload" else None
+        if self.name == "payload":
+            return {"data": _PAYLOAD}
+        if self.name == "map":
+            return {"items": list(range(MAP_ITEMS))}
+        return None
 
 
 def _chain(block_type: str, *, pass_on: bool) -> list[dict[str, Any]]:
@@ -72,6 +78,10 @@ def _blocks(name: str) -> list[dict[str, Any]]:
             *({"id": b, "needs": ["fan"], "external": {"block": "noop@1"}} for b in branches),
             {"id": "join", "needs": branches, "external": {"block": "noop@1"}},
         ]
+    if name == "map":
+        # Every item at once (max_concurrency 0: the server's default, 100).
+        inner = [{"id": "work", "external": {"block": "noop@1"}, "input": "${item}"}]
+        return [{"id": "items", "map_block": {"items": "input.items", "blocks": inner}}]
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -93,5 +103,6 @@ SCENARIOS: dict[str, Scenario] = {
             f"3 sequential blocks passing {PAYLOAD_BYTES // 1024} KiB on (output -> next input)",
             3,
         ),
+        Scenario("map", f"one map block over {MAP_ITEMS} items, a no-op block each", MAP_ITEMS),
     )
 }

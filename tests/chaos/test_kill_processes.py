@@ -166,7 +166,8 @@ PARKED = 6
 def _parked_flows(prefix: str, queue: str) -> list[dict[str, Any]]:
     """A run of `<prefix>-signal` waits for `approve`, then echoes it through a worker; one of
     `-early` waits 3s before it takes `approve` (sent before that); one of `-wait` waits 3s, then
-    echoes its input; one of `-parent` waits for its child `-child`, which waits for `approve`."""
+    echoes its input; one of `-parent` waits for its child `-child`, which waits for `approve`;
+    one of `-map` fans out over two items, each waiting 3s, then echoing its item."""
 
     def flow(name: str, *blocks: dict[str, Any], output: str) -> dict[str, Any]:
         return {
@@ -205,6 +206,20 @@ def _parked_flows(prefix: str, queue: str) -> list[dict[str, Any]]:
         ),
         flow("child", approval, output="${blocks.approval.output}"),
         flow(
+            "map",
+            {
+                "id": "fan",
+                "map_block": {
+                    "items": "[input.i, input.i + 1]",
+                    "blocks": [
+                        {"id": "pause", "wait": {"duration": "3s"}},
+                        {**echo, "needs": ["pause"], "input": "${item}"},
+                    ],
+                },
+            },
+            output="${blocks.fan.output}",
+        ),
+        flow(
             "parent",
             {
                 "id": "sub",
@@ -238,7 +253,7 @@ async def _parked(client: Client, run_id: str, block_id: str) -> None:
     raise AssertionError(f"{run_id} never waited in {block_id}")
 
 
-async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
+async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
     split_cluster: Cluster,
 ) -> None:
     cluster = split_cluster
@@ -249,7 +264,7 @@ async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
         await client.register(bp)
     runs = {
         kind: [f"{kind}-{i}-{uuid.uuid4().hex[:6]}" for i in range(PARKED)]
-        for kind in ("signal", "early", "wait", "parent")
+        for kind in ("signal", "early", "wait", "parent", "map")
     }
     started = [
         _start(client, f"{prefix}-{kind}", run_id, {"i": i})
@@ -263,6 +278,7 @@ async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
         *(_parked(client, r, "approval") for r in runs["signal"]),
         *(_parked(client, r, "gate") for r in runs["wait"]),
         *(_parked(client, f"{r}-kid", "approval") for r in runs["parent"]),
+        *(_parked(client, r, "fan[1].pause") for r in runs["map"]),
     )
     every = [r for run_ids in runs.values() for r in run_ids]
     async with BlockWorker(cluster.frontend, queue, {"echo@1": echo}):
@@ -279,6 +295,7 @@ async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
         "early": lambda i: {"early": i},
         "wait": lambda i: {"i": i},
         "parent": lambda i: {"kid": i},
+        "map": lambda i: [i, i + 1],
     }
     for kind, run_ids in runs.items():
         for i, run_id in enumerate(run_ids):
@@ -290,14 +307,14 @@ async def test_runs_parked_in_signals_waits_and_subflows_survive_kills(
         "early": {"gate": 1, "approval": 1},
         "wait": {"gate": 1, "echo": 1},
         "parent": {"sub": 1},
+        "map": {"fan": 1, **{f"fan[{n}].{b}": 1 for n in (0, 1) for b in ("pause", "echo")}},
     }
     for kind, run_ids in runs.items():
         for run_id in run_ids:
             events = await client.history(run_id)
             assert _completions(events) == blocks[kind], (run_id, events)
-            assert len(_of_type(events, history_pb2.EVENT_TYPE_TIMER_FIRED)) == (
-                kind in ("early", "wait")
-            )
+            timers = {"early": 1, "wait": 1, "map": 2}.get(kind, 0)
+            assert len(_of_type(events, history_pb2.EVENT_TYPE_TIMER_FIRED)) == timers
     for run_id in runs["early"]:
         events = await client.history(run_id)
         [signaled] = _of_type(events, history_pb2.EVENT_TYPE_RUN_SIGNALED)
