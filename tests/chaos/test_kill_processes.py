@@ -290,7 +290,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         )
         closed = dict(zip(every, await _all_closed(cluster, client, every, closing), strict=True))
 
-    expected = {
+    expected: dict[str, Callable[[int], Any]] = {
         "signal": lambda i: {"late": i},
         "early": lambda i: {"early": i},
         "wait": lambda i: {"i": i},
