@@ -18,7 +18,7 @@ async def test_a_publish_is_idempotent_by_event_id(persistence: SqlPersistence) 
     assert await events.publish(first) == first
     # A retry (even with other content) gets the event kept first, and adds none.
     assert await events.publish(_event("e-1", 2_000, data=b"second")) == first
-    assert await events.find_events("ns-1", "paid", "o-1", since_ms=0, limit=10) == [first]
+    assert await events.find_events("ns-1", "paid", "o-1", now_ms=0, limit=10) == [first]
     other = EventRow("ns-2", "e-1", "paid", "o-1", 1_000, FAR, b"x")
     assert await events.publish(other) == other  # ids are unique per namespace
 
@@ -31,10 +31,10 @@ async def test_events_are_found_by_type_and_key_oldest_first(
     for row in (late, early, same, _event("e-x", 2_000, key="o-2")):
         await events.publish(row)
     await events.publish(EventRow("ns-1", "e-y", "shipped", "o-1", 2_000, FAR, b""))
-    found = await events.find_events("ns-1", "paid", "o-1", since_ms=0, limit=10)
+    found = await events.find_events("ns-1", "paid", "o-1", now_ms=0, limit=10)
     assert found == [early, same, late]
-    assert await events.find_events("ns-1", "paid", "o-1", since_ms=2_000, limit=1) == [same]
-    assert await events.find_events("ns-1", "paid", "o-3", since_ms=0, limit=10) == []
+    assert await events.find_events("ns-1", "paid", "o-1", now_ms=0, limit=2) == [early, same]
+    assert await events.find_events("ns-1", "paid", "o-3", now_ms=0, limit=10) == []
 
 
 async def test_expired_events_are_not_found_and_deleted_in_batches(
@@ -46,13 +46,13 @@ async def test_expired_events_are_not_found_and_deleted_in_batches(
         await events.publish(EventRow("ns-1", f"old-{i}", "paid", "o-1", 1_000 + i, FAR, b""))
     kept = EventRow("ns-1", "new", "paid", "o-1", 5_000, now + 60_000, b"")
     await events.publish(kept)
-    assert await events.find_events("ns-1", "paid", "o-1", since_ms=now, limit=10) == []
+    assert await events.find_events("ns-1", "paid", "o-1", now_ms=now, limit=10) == [kept]
     if persistence.backend == "cassandra":
         return  # expired by TTL, not by deletes
     assert await events.delete_expired_events(now_ms=now, limit=2) == 2
     assert await events.delete_expired_events(now_ms=now, limit=2) == 1
     assert await events.delete_expired_events(now_ms=now, limit=2) == 0
-    assert await events.find_events("ns-1", "paid", "o-1", since_ms=0, limit=10) == [kept]
+    assert await events.find_events("ns-1", "paid", "o-1", now_ms=0, limit=10) == [kept]
 
 
 async def test_waits_are_indexed_by_type_and_key(persistence: SqlPersistence) -> None:

@@ -179,6 +179,7 @@ class TideflowServer:
                 long_poll_timeout_s=settings.matching.long_poll_timeout_s,
                 history_long_poll_timeout_s=settings.history.long_poll_timeout_s,
                 wait_for_close_timeout_s=settings.history.wait_for_close_timeout_s,
+                events=settings.events,
             )
             operator_handler = OperatorHandler(
                 manager=manager,

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow_server.history.interpreter import (
     JSON,
+    AwaitEvent,
     AwaitSignal,
     BlockError,
     BlockView,
@@ -22,6 +23,7 @@ from tideflow_server.history.interpreter import (
     CompleteRun,
     ConsumeSignal,
     Escalate,
+    EventReceived,
     FailBlock,
     FailRun,
     RunView,
@@ -117,6 +119,8 @@ class Engine:
     """Received and not taken, oldest first."""
     awaiting: dict[str, str] = field(default_factory=dict)
     """Blocks waiting for a signal: block id -> signal name, in the order they started."""
+    awaiting_events: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Event blocks that wait: block id -> (event type, correlation key)."""
     next_event_id: int = 1
 
     def __post_init__(self) -> None:
@@ -177,6 +181,7 @@ class Engine:
             )
             self.vars.update(command.vars)
             self.awaiting.pop(command.block_id, None)
+            self.awaiting_events.pop(command.block_id, None)
         elif isinstance(command, SkipBlock):
             self.blocks[command.block_id] = BlockView(SKIPPED)
         elif isinstance(command, FailBlock):
@@ -188,6 +193,7 @@ class Engine:
                 closed=self._close(),
             )
             self.awaiting.pop(command.block_id, None)
+            self.awaiting_events.pop(command.block_id, None)
         elif isinstance(command, StartTimer):
             self._wait(command.block_id)
             self.timers[command.timer_id] = command.block_id
@@ -196,6 +202,9 @@ class Engine:
         elif isinstance(command, AwaitSignal):
             self._wait(command.block_id)
             self.awaiting[command.block_id] = command.name
+        elif isinstance(command, AwaitEvent):
+            self._wait(command.block_id)
+            self.awaiting_events[command.block_id] = (command.event_type, command.correlation_key)
         elif isinstance(command, ConsumeSignal):
             taken = [s for s in self.signals if s.event_id == command.event_id]
             assert taken, f"no signal {command.event_id} to take"
@@ -260,6 +269,16 @@ class Engine:
         for block_id, waits_for in list(self.awaiting.items()):
             if waits_for == name:
                 taken = self.deliver(block_id, SignalReceived(kept.event_id, name, input))
+                if taken:
+                    return taken
+        return []
+
+    def publish(self, event: EventReceived) -> list[Command]:
+        """A published event reaches the blocks waiting for its type and key (as history's
+        DeliverEvent does), until one takes it."""
+        for block_id, waits_for in list(self.awaiting_events.items()):
+            if waits_for == (event.event_type, event.correlation_key):
+                taken = self.deliver(block_id, replace(event, event_id=self._event_id()))
                 if taken:
                     return taken
         return []

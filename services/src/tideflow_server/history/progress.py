@@ -90,9 +90,10 @@ def advance(
     namespace: str,
     max_pending_blocks: int,
     max_pending_children: int = 1_000,
+    max_event_waits: int = 1_000,
 ) -> None:
     """Apply the interpreter's commands until it has none (or the run closed)."""
-    context = Applying(compiled, max_pending_blocks, max_pending_children)
+    context = Applying(compiled, max_pending_blocks, max_pending_children, max_event_waits)
     for _ in range(MAX_ROUNDS):
         if not step.is_open or step.info.cancel_requested:
             return
@@ -185,6 +186,7 @@ def _advance(step: RunStep, compiled: CompiledBlueprint, namespace: str, context
         namespace=namespace,
         max_pending_blocks=context.max_pending_blocks,
         max_pending_children=context.max_pending_children,
+        max_event_waits=context.max_event_waits,
     )
 
 
@@ -196,5 +198,10 @@ async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str
     max_pending_blocks = tighter(
         namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
     )
-    context = Applying(compiled, max_pending_blocks, shard.config.max_pending_children)
+    context = Applying(
+        compiled,
+        max_pending_blocks,
+        shard.config.max_pending_children,
+        shard.config.max_event_waits,
+    )
     return compiled, namespace.info.name, context

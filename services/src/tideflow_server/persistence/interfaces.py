@@ -249,12 +249,11 @@ class EventStore(Protocol):
         event_type: str,
         correlation_key: str,
         *,
-        since_ms: int,
+        now_ms: int,
         limit: int,
     ) -> list[EventRow]:
-        """Events of the type and key published at or after `since_ms` (the start of the
-        retention window, so none expired), oldest first (ties by event id), at most
-        `limit`."""
+        """Events of the type and key whose retention has not ended at `now_ms`, oldest
+        first (by publish time, then event id), at most `limit`."""
 
     async def delete_expired_events(self, *, now_ms: int, limit: int) -> int:
         """Delete at most `limit` events whose retention ended; return how many went. A

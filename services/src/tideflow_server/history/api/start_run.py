@@ -103,6 +103,7 @@ def first_step(
             namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks
         ),
         max_pending_children=shard.config.max_pending_children,
+        max_event_waits=shard.config.max_event_waits,
     )
     return step
 

@@ -9,6 +9,7 @@ and applying commands to a run's state (`appliers`).
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import (
+    AwaitEvent,
     AwaitSignal,
     CancelTimer,
     CatchFailure,
@@ -28,7 +29,7 @@ from tideflow.blueprint.language.commands import (
 from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint
 from tideflow.blueprint.language.decide import decide, deliver, initial_vars
 from tideflow.blueprint.language.errors import LanguageError
-from tideflow.blueprint.language.events import SignalReceived, TimerFired
+from tideflow.blueprint.language.events import EventReceived, SignalReceived, TimerFired
 from tideflow.blueprint.language.kinds import ExternalPolicy
 from tideflow.blueprint.language.model import JSON, BlockError, BlockView, RunView, Signal
 from tideflow.blueprint.language.policy import attempts_exhausted, retry_delay
@@ -52,6 +53,7 @@ from tideflow_server.rpc.errors import InvalidArgument
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
     "JSON",
+    "AwaitEvent",
     "AwaitSignal",
     "BlockError",
     "BlockView",
@@ -66,6 +68,7 @@ __all__ = [
     "ConsumeSignal",
     "Env",
     "Escalate",
+    "EventReceived",
     "Expression",
     "ExpressionError",
     "ExternalPolicy",

@@ -69,15 +69,17 @@ class CassandraEventStore:
         event_type: str,
         correlation_key: str,
         *,
-        since_ms: int,
+        now_ms: int,
         limit: int,
     ) -> list[EventRow]:
+        # Expired rows are gone by TTL, to the second: the rest are filtered here. A page
+        # larger than `limit` leaves room for those.
         found = await self._db.execute(
-            f"SELECT {_COLUMNS} FROM {{ks}}.events_by_key WHERE {_WAIT_KEY}"
-            " AND publish_time_ms >= ? LIMIT ?",
-            (namespace_id, event_type, correlation_key, since_ms, limit),
+            f"SELECT {_COLUMNS} FROM {{ks}}.events_by_key WHERE {_WAIT_KEY} LIMIT ?",
+            (namespace_id, event_type, correlation_key, limit + 16),
         )
-        return [EventRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in found.rows]
+        rows = [EventRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in found.rows]
+        return [r for r in rows if r.expire_ms > now_ms][:limit]
 
     async def delete_expired_events(self, *, now_ms: int, limit: int) -> int:
         return 0  # TTL

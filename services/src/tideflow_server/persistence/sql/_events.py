@@ -46,18 +46,18 @@ class SqlEventStore:
         event_type: str,
         correlation_key: str,
         *,
-        since_ms: int,
+        now_ms: int,
         limit: int,
     ) -> list[EventRow]:
         async with self._db.read() as conn:
             rows = await conn.fetchall(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace_id = ?"
-                " AND event_type = ? AND correlation_key = ? AND publish_time_ms >= ?"
+                " AND event_type = ? AND correlation_key = ? AND expire_ms > ?"
                 " ORDER BY publish_time_ms, event_id LIMIT ?",
                 namespace_id,
                 event_type,
                 correlation_key,
-                since_ms,
+                now_ms,
                 limit,
             )
         return [_event(r) for r in rows]
