@@ -12,9 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
+
 from tests.support.cluster import Cluster
 from tests.support.flows import Client, payloads, value
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+from tideflow_server.rpc.errors import InvalidArgument, from_rpc_error
 
 COMPLETED = history_pb2.EVENT_TYPE_RUN_COMPLETED
 RUNNING = common_pb2.BLOCK_STATUS_RUNNING
@@ -154,3 +158,26 @@ async def test_tidectl_event_publish(cluster: Cluster, client: Client) -> None:
     assert json.loads(out) == {"event_id": "cli-1", "ok": True}
     output = await _result(client, run_id)
     assert (output["event_id"], output["payload"]) == ("cli-1", {"amount": 3})
+
+
+async def test_a_malformed_publish_is_refused_with_its_fields_and_keeps_nothing(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = await _register(client, _paid(), output="${blocks.paid.output.payload}")
+    order = _name("order")
+    request = flow_service_pb2.PublishEventRequest(
+        namespace=client.namespace,
+        event_type="",
+        correlation_key=order,
+        payload=payloads("x" * 10),
+        event_id="bad\x1bid",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.PublishEvent(request, timeout=10)
+    error = from_rpc_error(raised.value)
+    assert isinstance(error, InvalidArgument)
+    assert [v.field for v in error.violations] == ["event_type", "event_id"]
+    # Nothing was kept: a block that starts waiting for the key takes only the next event.
+    run_id, _ = await client.start(flow, {"order": order})
+    await _publish(client, order, "the first kept")
+    assert await _result(client, run_id) == "the first kept"
