@@ -148,8 +148,11 @@ async def test_tidectl_event_publish(cluster: Cluster, client: Client) -> None:
     order = _name("order")
     run_id, _ = await client.start(flow, {"order": order})
     tidectl = str(Path(sys.executable).with_name("tidectl"))
-    args = ("--address", cluster.frontend, "-n", client.namespace, "-o", "json", "event", "publish")
-    args += ("payment.received", "--key", order, "--data", '{"amount": 3}', "--id", "cli-1")
+    args = [
+        *("--address", cluster.frontend, "-n", client.namespace, "-o", "json"),
+        *("event", "publish", "payment.received"),
+        *("--key", order, "--data", '{"amount": 3}', "--id", "cli-1"),
+    ]
     process = await asyncio.create_subprocess_exec(
         tidectl, *args, stdout=asyncio.subprocess.PIPE, env=dict(os.environ)
     )
@@ -181,3 +184,23 @@ async def test_a_malformed_publish_is_refused_with_its_fields_and_keeps_nothing(
     run_id, _ = await client.start(flow, {"order": order})
     await _publish(client, order, "the first kept")
     assert await _result(client, run_id) == "the first kept"
+
+
+async def test_a_timeout_routes_and_the_stale_wait_is_dropped_by_a_publish(
+    cluster: Cluster, client: Client
+) -> None:
+    flow = await _register(
+        client,
+        _paid(timeout="1s", on_timeout="late"),
+        {"id": "late", "needs": ["paid"], "transform": {"output": "timed out"}},
+        output="${blocks.late.output}",
+    )
+    order = _name("order")
+    run_id, _ = await client.start(flow, {"order": order})
+    described = await client.describe(run_id)
+    [paid] = described.blocks
+    assert paid.waiting.event.correlation_key == order and paid.waiting.HasField("deadline")
+    assert await _result(client, run_id) == "timed out"
+    # The block's wait may still be in the store: the publish that finds it drops it.
+    assert (await _publish(client, order, "too late")).delivered <= 1
+    assert (await _publish(client, order, "later still")).delivered == 0
