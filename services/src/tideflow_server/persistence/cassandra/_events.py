@@ -11,10 +11,13 @@ from tideflow_server.persistence.records import EventRow, EventWaitRow
 _COLUMNS = "namespace_id, event_id, event_type, correlation_key, publish_time_ms, expire_ms, data"
 _WAIT_KEY = "namespace_id = ? AND event_type = ? AND correlation_key = ?"
 _MIN_TTL_S = 1
+_MAX_TTL_S = 630_720_000
+"""Cassandra's longest TTL (20 years): an event kept longer is kept that long."""
 
 
 def _ttl_s(row: EventRow) -> int:
-    return max(_MIN_TTL_S, (row.expire_ms - int(time.time() * 1000)) // 1000)
+    left_s = (row.expire_ms - int(time.time() * 1000)) // 1000
+    return min(_MAX_TTL_S, max(_MIN_TTL_S, left_s))
 
 
 class CassandraEventStore:
