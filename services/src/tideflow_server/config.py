@@ -169,6 +169,12 @@ class HistoryConfig(_Section):
     max_buffered_signals: int = Field(default=1_000, gt=0)
     """Signals a run keeps that no signal block has taken yet: a SignalRun that would keep
     more is refused (RESOURCE_EXHAUSTED, reason BUFFERED_SIGNALS_LIMIT) and records nothing."""
+    max_event_waits: int = Field(default=1_000, gt=0)
+    """Event blocks of one run waiting at once; an event block that would be one more fails
+    (EventWaitsLimitExceeded, catchable) instead."""
+    max_kept_event_matches: int = Field(default=100, gt=0)
+    """When an event block starts waiting: how many kept events of its type and key (oldest
+    first) it is offered before it waits for new ones only."""
 
 
 class BlueprintConfig(_Section):
@@ -202,6 +208,21 @@ class FrontendConfig(_Section):
     namespace_burst: int = Field(default=4_800, ge=0)
 
 
+class EventsConfig(_Section):
+    """Published events (FlowService.PublishEvent)."""
+
+    retention_s: float = Field(default=7 * 86_400.0, gt=0)
+    """How long a namespace keeps a published event for event blocks that start waiting
+    later; then it is deleted (by TTL on Cassandra)."""
+    expire_interval_s: float = Field(default=60.0, gt=0)
+    """A frontend deletes expired events at most this often (on a publish), in batches."""
+    expire_batch: int = Field(default=1_000, gt=0)
+    """Expired events deleted per batch."""
+    max_waits_per_publish: int = Field(default=1_000, gt=0)
+    """Waiting event blocks one publish delivers to; more are not reached by that publish
+    (the response's `delivered` says how many were)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -215,6 +236,7 @@ class Settings(BaseSettings):
     blueprint: BlueprintConfig = BlueprintConfig()
     matching: MatchingRoleConfig = MatchingRoleConfig()
     frontend: FrontendConfig = FrontendConfig()
+    events: EventsConfig = EventsConfig()
 
     yaml_file: ClassVar[Path | None] = None
 

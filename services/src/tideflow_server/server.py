@@ -182,6 +182,7 @@ class TideflowServer:
                 history_long_poll_timeout_s=settings.history.long_poll_timeout_s,
                 wait_for_close_timeout_s=settings.history.wait_for_close_timeout_s,
                 blueprint_limits=blueprint_limits(settings),
+                events=settings.events,
             )
             operator_handler = OperatorHandler(
                 manager=manager,

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow_server.history.interpreter import (
     JSON,
+    AwaitEvent,
     AwaitSignal,
     BlockError,
     BlockView,
@@ -22,6 +23,7 @@ from tideflow_server.history.interpreter import (
     CompleteRun,
     ConsumeSignal,
     Escalate,
+    EventReceived,
     FailBlock,
     FailRun,
     RecordScopes,
@@ -124,6 +126,8 @@ class Engine:
     """Blocks waiting for a signal: block id -> signal name, in the order they started."""
     children: dict[str, str] = field(default_factory=dict)
     """Open child runs: block id -> the child's run id."""
+    awaiting_events: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Event blocks that wait: block id -> (event type, correlation key)."""
     next_event_id: int = 1
 
     def __post_init__(self) -> None:
@@ -184,6 +188,39 @@ class Engine:
         raise AssertionError("the run did not settle")
 
     def apply(self, command: Command) -> None:
+        if isinstance(command, CompleteBlock | FailBlock):
+            self._end(command)
+        elif isinstance(command, SkipBlock):
+            self.blocks[command.block_id] = BlockView(SKIPPED)
+        elif isinstance(command, CatchFailure):
+            self.catch(command)
+        elif isinstance(command, CompleteRun | FailRun):
+            self.result = command
+            for block_id, block in self.blocks.items():
+                if block.status == RUNNING:
+                    self.blocks[block_id] = BlockView(CANCELED)
+        else:
+            self._start_or_wait(command)
+
+    def _end(self, command: CompleteBlock | FailBlock) -> None:
+        ended = BlockView(
+            SUCCEEDED if isinstance(command, CompleteBlock) else FAILED,
+            route=command.route,
+            escalated=self._escalated(command.block_id),
+            closed=self._close(),
+            scopes=self._scopes(command),
+        )
+        if isinstance(command, CompleteBlock):
+            ended = replace(ended, output=command.output)
+            self.vars.update(command.vars)
+        else:
+            ended = replace(ended, error=command.error)
+        self.blocks[command.block_id] = ended
+        self.awaiting.pop(command.block_id, None)
+        self.children.pop(command.block_id, None)
+        self.awaiting_events.pop(command.block_id, None)
+
+    def _start_or_wait(self, command: Command) -> None:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
         elif isinstance(command, StartChild):
@@ -197,31 +234,6 @@ class Engine:
             view = self.blocks[command.block_id]
             assert view.status == RUNNING, f"progress of a block that is not running: {command}"
             self.blocks[command.block_id] = replace(view, scopes=command.scopes)
-        elif isinstance(command, CompleteBlock):
-            self.blocks[command.block_id] = BlockView(
-                SUCCEEDED,
-                output=command.output,
-                route=command.route,
-                escalated=self._escalated(command.block_id),
-                closed=self._close(),
-                scopes=self._scopes(command),
-            )
-            self.vars.update(command.vars)
-            self.awaiting.pop(command.block_id, None)
-            self.children.pop(command.block_id, None)
-        elif isinstance(command, SkipBlock):
-            self.blocks[command.block_id] = BlockView(SKIPPED)
-        elif isinstance(command, FailBlock):
-            self.blocks[command.block_id] = BlockView(
-                FAILED,
-                error=command.error,
-                route=command.route,
-                escalated=self._escalated(command.block_id),
-                closed=self._close(),
-                scopes=self._scopes(command),
-            )
-            self.awaiting.pop(command.block_id, None)
-            self.children.pop(command.block_id, None)
         elif isinstance(command, StartTimer):
             self._wait(command.block_id)
             self.timers[command.timer_id] = command.block_id
@@ -230,6 +242,9 @@ class Engine:
         elif isinstance(command, AwaitSignal):
             self._wait(command.block_id)
             self.awaiting[command.block_id] = command.name
+        elif isinstance(command, AwaitEvent):
+            self._wait(command.block_id)
+            self.awaiting_events[command.block_id] = (command.event_type, command.correlation_key)
         elif isinstance(command, ConsumeSignal):
             taken = [s for s in self.signals if s.event_id == command.event_id]
             assert taken, f"no signal {command.event_id} to take"
@@ -240,13 +255,8 @@ class Engine:
             self.blocks[command.block_id] = replace(
                 block, escalated=(*block.escalated, command.target)
             )
-        elif isinstance(command, CatchFailure):
-            self.catch(command)
         else:
-            self.result = command
-            for block_id, block in self.blocks.items():
-                if block.status == RUNNING:
-                    self.blocks[block_id] = BlockView(CANCELED)
+            raise AssertionError(f"no rule for {command}")
 
     def catch(self, command: CatchFailure) -> None:
         """As history's applier: the outcome is kept, a goto routes, a continue succeeds."""
@@ -302,6 +312,16 @@ class Engine:
         """A container keeps its counts when it ends, as history keeps them."""
         before = self.blocks.get(command.block_id)
         return Scopes() if before is None else before.scopes
+
+    def publish(self, event: EventReceived) -> list[Command]:
+        """A published event reaches the blocks waiting for its type and key (as history's
+        DeliverEvent does), until one takes it."""
+        for block_id, waits_for in list(self.awaiting_events.items()):
+            if waits_for == (event.event_type, event.correlation_key):
+                taken = self.deliver(block_id, replace(event, event_id=self._event_id()))
+                if taken:
+                    return taken
+        return []
 
     def complete(self, block_id: str, output: JSON = None) -> None:
         assert self.blocks[block_id].status == RUNNING

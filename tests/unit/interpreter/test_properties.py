@@ -21,9 +21,11 @@ from tests.unit.interpreter.support import (
     blueprint,
 )
 from tideflow.api.v1 import blueprint_pb2, common_pb2
+from tideflow.blueprint.language.events import EventReceived
 from tideflow.blueprint.language.kinds.subflow import ChildClosed, ChildStartFailed
 from tideflow_server.history.interpreter import (
     JSON,
+    AwaitEvent,
     AwaitSignal,
     BlockError,
     CompiledBlueprint,
@@ -39,10 +41,10 @@ from tideflow_server.history.interpreter import (
 
 KINDS = [
     *["external", "external", "external", "set", "transform", "fail", "succeed", "switch"],
-    *["wait", "signal", "signal", "subflow", "map", "loop"],
+    *["wait", "signal", "signal", "subflow", "map", "loop", "event"],
 ]
 CATCHES = ["none", "none", "continue", "typed", "goto", "compensate"]
-CATCHING = {"external", "fail", "signal", "subflow"}
+CATCHING = {"external", "fail", "signal", "subflow", "event"}
 """The kinds whose block may fail with an application error that a catch matches."""
 COMPENSATED = {"external", "set", "transform", "wait", "signal", "subflow"}
 SIGNALS = ["approve", "review"]
@@ -154,6 +156,13 @@ def _subflow(block: dict[str, Any], draw: Draw, earlier: list[str], extra: list[
     block["input"] = {"from": [f"${{blocks.{n}.output}}" for n in block["needs"]]}
 
 
+def _event(block: dict[str, Any], draw: Draw, earlier: list[str], extra: list[Any]) -> None:
+    event: dict[str, Any] = {"eventType": "paid", "correlation": "input.doc"}
+    if draw(st.booleans()):
+        event["accept"] = "event.payload.amount <= 5"
+    block["event"] = event
+
+
 def _map(block: dict[str, Any], draw: Draw, earlier: list[str], extra: list[Any]) -> None:
     block["mapBlock"] = {
         "items": f"[{', '.join(str(n) for n in range(draw(st.integers(0, 3))))}]",
@@ -192,6 +201,7 @@ _KIND_FIELDS: Mapping[str, Callable[[dict[str, Any], Draw, list[str], list[Any]]
     "wait": _wait,
     "signal": _signal,
     "subflow": _subflow,
+    "event": _event,
     "map": _map,
     "loop": _loop,
 }
@@ -277,6 +287,11 @@ def _child_closed(engine: Engine, entry: Input) -> None:
     engine.deliver(entry.target, ChildClosed(run_id, status, output, "it ended"))
 
 
+def _publish(engine: Engine, entry: Input) -> None:
+    event = EventReceived(0, f"e-{entry.target}", "paid", "a.pdf", entry.value)
+    engine.publish(event)
+
+
 def _child_start_failed(engine: Engine, entry: Input) -> None:
     run_id = engine.children[entry.target]
     engine.deliver(entry.target, ChildStartFailed(run_id, "the flow is not registered"))
@@ -289,6 +304,7 @@ FEED: Mapping[str, Callable[[Engine, Input], None]] = {
     "signal": _send,
     "child": _child_closed,
     "child_start_failed": _child_start_failed,
+    "publish": _publish,
 }
 
 
@@ -328,6 +344,9 @@ def _moves(engine: Engine, data: st.DataObject | None) -> list[Input]:
         names += SIGNALS  # a signal nobody waits for yet is kept for later
     for name in names:
         moves.append(Input("signal", name, {"amount": pick(list(range(10)))}))
+    if engine.awaiting_events:
+        # An event id per input: a publish the run already took is not offered again.
+        moves.append(Input("publish", str(len(engine.log)), {"amount": pick(list(range(10)))}))
     return moves
 
 
@@ -350,7 +369,8 @@ def run(engine: Engine, data: st.DataObject) -> list[Input]:
 
 def _check_waits(engine: Engine) -> None:
     """Every open wait (timer, signal, child) belongs to a block still running."""
-    for block_id in [*engine.timers.values(), *engine.awaiting, *engine.children]:
+    waits = [*engine.timers.values(), *engine.awaiting, *engine.awaiting_events, *engine.children]
+    for block_id in waits:
         assert engine.blocks[block_id].status == RUNNING, f"{block_id} ended, its wait did not"
 
 
@@ -372,7 +392,9 @@ def test_every_run_ends_exactly_once(bp: blueprint_pb2.Blueprint, data: st.DataO
     assert len(ends) == 1, f"the run did not end exactly once: {ends}"
     assert engine.log[-1] == ends[0], "something was decided after the run ended"
     started = Counter(
-        c.block_id for c in engine.log if isinstance(c, ScheduleExternal | StartChild | AwaitSignal)
+        c.block_id
+        for c in engine.log
+        if isinstance(c, ScheduleExternal | StartChild | AwaitSignal | AwaitEvent)
     )
     ended = Counter(c.block_id for c in engine.log if isinstance(c, CompleteBlock | FailBlock))
     skipped = Counter(c.block_id for c in engine.log if isinstance(c, SkipBlock))

@@ -325,7 +325,7 @@ def test_subflow_and_missing_kind() -> None:
     assert found == {
         "blocks[2]": [
             "a block needs a kind, one of: external, switch, map, wait, signal, set, transform, "
-            "subflow, succeed, fail, loop"
+            "subflow, succeed, fail, loop, event"
         ],
     }
 

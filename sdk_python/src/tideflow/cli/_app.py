@@ -94,11 +94,13 @@ flow_app = typer.Typer(help="Register and inspect flow definitions.", no_args_is
 run_app = typer.Typer(help="Start, inspect and control runs.", no_args_is_help=True)
 taskqueue_app = typer.Typer(help="Inspect task queues.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Health, members and shards of the cluster.", no_args_is_help=True)
+event_app = typer.Typer(help="Publish events to event blocks.", no_args_is_help=True)
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(flow_app, name="flow")
 app.add_typer(run_app, name="run")
 app.add_typer(taskqueue_app, name="taskqueue")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(event_app, name="event")
 
 
 @app.callback()
@@ -640,6 +642,29 @@ def run_signal(
         _done(settings, run_id, f"signal {name} sent to run {run_id}")
 
     call(ctx, action, not_found=f"run '{run_id}'")
+
+
+@event_app.command("publish")
+def event_publish(
+    ctx: typer.Context,
+    event_type: Annotated[str, typer.Argument(help="Event type.")],
+    key: Annotated[str, typer.Option(help="Correlation key the waiting blocks match.")] = "",
+    data: Annotated[str | None, typer.Option(help="Payload as JSON.")] = None,
+    id: Annotated[
+        str | None, typer.Option("--id", help="Event id (idempotency key); default: a new one.")
+    ] = None,
+) -> None:
+    """Publish an event to the namespace; event blocks waiting for its type and key take it."""
+    value = _guarded(ctx, lambda: None if data is None else parse_json(data, "--data"))
+
+    async def action(client: Client, settings: Settings) -> None:
+        event_id = await client.publish_event(event_type, value, correlation_key=key, event_id=id)
+        if settings.json:
+            emit_json({"event_id": event_id, "ok": True})
+        else:
+            stdout.print(f"[green]event {escape(event_id)} published[/]")
+
+    call(ctx, action)
 
 
 def _done(settings: Settings, run_id: str, message: str) -> None:

@@ -377,6 +377,29 @@ class Client:
         reply = await self._call(self._stub.SignalWithStartRun, request)
         return RunHandle(self, run_id, reply.execution_id, started=reply.started)
 
+    async def publish_event(
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        correlation_key: str = "",
+        event_id: str | None = None,
+    ) -> str:
+        """Publish an event to the namespace: the `event` blocks waiting for its type and
+        key take it, now or later within the server's retention. Returns its id (`event_id`,
+        or one the server assigned); publishing an id again delivers it again, and each run
+        takes it once, so retry a failed publish with the id it was given."""
+        request = flow_service_pb2.PublishEventRequest(
+            namespace=self.namespace,
+            event_type=event_type,
+            correlation_key=correlation_key,
+            payload=to_payloads(self.converter, payload),
+            event_id=event_id or "",
+            identity=self.identity,
+        )
+        reply = await self._call(self._stub.PublishEvent, request)
+        return reply.event_id
+
     def get_run(self, run_id: str, *, execution_id: str = "") -> RunHandle:
         """A handle to an existing run; empty `execution_id` = its latest execution."""
         return RunHandle(self, run_id, execution_id)

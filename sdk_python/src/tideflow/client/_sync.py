@@ -156,6 +156,21 @@ class SyncClient:
         """Start a run and return its result; see Client.execute_run."""
         return self._runner.run(self._client.execute_run(flow, input, timeout=timeout, **options))
 
+    def publish_event(
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        correlation_key: str = "",
+        event_id: str | None = None,
+    ) -> str:
+        """Publish an event to the namespace (see `Client.publish_event`); returns its id."""
+        return self._runner.run(
+            self._client.publish_event(
+                event_type, payload, correlation_key=correlation_key, event_id=event_id
+            )
+        )
+
     def get_run(self, run_id: str, *, execution_id: str = "") -> SyncRunHandle:
         """A handle to an existing run."""
         return SyncRunHandle(self._client.get_run(run_id, execution_id=execution_id), self._runner)

@@ -28,8 +28,9 @@ from tideflow.api.v1 import (
     operator_service_pb2_grpc,
     run_pb2,
 )
-from tideflow_server.config import Settings
+from tideflow_server.config import EventsConfig, Settings
 from tideflow_server.frontend import validation
+from tideflow_server.frontend.events import EventPublisher
 from tideflow_server.frontend.limits import DEFAULT_LIMITS, RequestLimits
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter, overrides_from_config
 from tideflow_server.history.handler import service_error
@@ -151,6 +152,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         wait_for_close_timeout_s: float,
         limits: RequestLimits = DEFAULT_LIMITS,
         blueprint_limits: Limits | None = None,
+        events: EventsConfig | None = None,
     ) -> None:
         """The timeouts are the three long polls' (settings `matching.long_poll_timeout_s`,
         `history.long_poll_timeout_s`, `history.wait_for_close_timeout_s`): the frontend sizes
@@ -163,6 +165,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self._long_poll_timeout_s = long_poll_timeout_s
         self._history_long_poll_timeout_s = history_long_poll_timeout_s
         self._wait_for_close_timeout_s = wait_for_close_timeout_s
+        self._events = EventPublisher(manager.persistence.events, history, events or EventsConfig())
 
     # -- namespaces ----------------------------------------------------------------------
 
@@ -358,6 +361,15 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                 hs.SignalRunRequest(namespace_id=record.info.id, request=request)
             )
             return response.response
+
+        return await self._serve(context, request, serve)
+
+    async def PublishEvent(
+        self, request: flow_service_pb2.PublishEventRequest, context: Context
+    ) -> flow_service_pb2.PublishEventResponse:
+        async def serve() -> flow_service_pb2.PublishEventResponse:
+            record = await self._namespace(request.namespace, request)
+            return await self._events.publish(record.info.id, request)
 
         return await self._serve(context, request, serve)
 

@@ -32,6 +32,9 @@ class RequestLimits(BaseModel):
     max_identity_length: int = Field(default=255, gt=0)
     """Client and poller identities alike."""
     max_signal_name_length: int = Field(default=255, gt=0)
+    max_event_type_length: int = Field(default=255, gt=0)
+    max_correlation_key_length: int = Field(default=255, gt=0)
+    """Event blocks compute keys of at most 255 characters: a longer one matches no block."""
     task_queue_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$"
     max_task_queue_name_length: int = Field(default=255, gt=0)
     flow_name_pattern: str = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"

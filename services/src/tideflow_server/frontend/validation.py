@@ -47,6 +47,7 @@ __all__ = [
     "validate_list_namespaces",
     "validate_list_runs",
     "validate_poll_block_task",
+    "validate_publish_event",
     "validate_record_block_heartbeat",
     "validate_register_flow",
     "validate_register_namespace",
@@ -185,6 +186,14 @@ class _Checker:
 
     def signal_name(self, value: str, field: str = "signal_name") -> None:
         self._printable(value, field, required=True, maximum=self.limits.max_signal_name_length)
+
+    def event_type(self, value: str, field: str = "event_type") -> None:
+        self._printable(value, field, required=True, maximum=self.limits.max_event_type_length)
+
+    def correlation_key(self, value: str, field: str = "correlation_key") -> None:
+        self._printable(
+            value, field, required=False, maximum=self.limits.max_correlation_key_length
+        )
 
     def flow_name(self, value: str, field: str, *, required: bool) -> None:
         self._pattern(
@@ -658,6 +667,19 @@ def validate_signal_run(req: flow_service_pb2.SignalRunRequest, limits: RequestL
     check.done()
 
 
+def validate_publish_event(
+    req: flow_service_pb2.PublishEventRequest, limits: RequestLimits
+) -> None:
+    check = _Checker(limits)
+    check.namespace(req.namespace)
+    check.event_type(req.event_type)
+    check.correlation_key(req.correlation_key)
+    check.json_payloads(req.payload, "payload")
+    check.request_id(req.event_id, "event_id")
+    check.identity(req.identity)
+    check.done()
+
+
 def validate_signal_with_start_run(
     req: flow_service_pb2.SignalWithStartRunRequest, limits: RequestLimits
 ) -> None:
@@ -868,6 +890,7 @@ _register(flow_service_pb2.ListFlowsRequest, validate_list_flows)
 _register(flow_service_pb2.StartRunRequest, validate_start_run)
 _register(flow_service_pb2.SignalRunRequest, validate_signal_run)
 _register(flow_service_pb2.SignalWithStartRunRequest, validate_signal_with_start_run)
+_register(flow_service_pb2.PublishEventRequest, validate_publish_event)
 _register(flow_service_pb2.CancelRunRequest, validate_cancel_run)
 _register(flow_service_pb2.TerminateRunRequest, validate_terminate_run)
 _register(flow_service_pb2.DescribeRunRequest, validate_describe_run)

@@ -80,6 +80,7 @@ def close_run(
         if waited.status == common_pb2.BLOCK_STATUS_RUNNING:
             waited.status = common_pb2.BLOCK_STATUS_CANCELED
             waited.ClearField("awaiting_signal")
+            waited.ClearField("awaiting_event")
     step.state.timers.clear()
     info = step.info
     info.state = records_pb2.RUN_STATE_COMPLETED

@@ -13,6 +13,7 @@ import structlog
 from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.history.api import (
     cancel_run,
+    deliver_event,
     describe_run,
     get_run_history,
     record_block_heartbeat,
@@ -194,6 +195,16 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
             request.namespace_id,
             request.parent.run_id,
             lambda shard: record_child_run_closed.invoke(shard, request),
+        )
+
+    async def DeliverEvent(
+        self, request: hs.DeliverEventRequest, context: Context
+    ) -> hs.DeliverEventResponse:
+        return await self._serve(
+            context,
+            request.namespace_id,
+            request.run.run_id,
+            lambda shard: deliver_event.invoke(shard, request),
         )
 
     async def GetRunHistory(

@@ -104,6 +104,7 @@ def advance(
     namespace: str,
     max_pending_blocks: int,
     max_pending_children: int = 1_000,
+    max_event_waits: int = 1_000,
     max_map_items: int = 0,
 ) -> None:
     """Apply the interpreter's commands until it has none (or the run closed).
@@ -113,7 +114,9 @@ def advance(
     if tighter(max_map_items, bound) != bound:
         limits = replace(compiled.limits, max_inline_map_items=max_map_items)
         compiled = replace(compiled, limits=limits)
-    context = Applying(compiled, max_pending_blocks, max_pending_children)
+    context = Applying(
+        compiled, max_pending_blocks, max_pending_children, max_event_waits, max_map_items
+    )
     for _ in range(MAX_ROUNDS):
         if not step.is_open or step.info.cancel_requested:
             return
@@ -214,6 +217,7 @@ def _advance(step: RunStep, compiled: CompiledBlueprint, namespace: str, context
         max_pending_blocks=context.max_pending_blocks,
         max_pending_children=context.max_pending_children,
         max_map_items=context.max_map_items,
+        max_event_waits=context.max_event_waits,
     )
 
 
@@ -229,6 +233,7 @@ async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str
         compiled,
         max_pending_blocks,
         shard.config.max_pending_children,
+        shard.config.max_event_waits,
         namespace.config.limits.max_map_items,
     )
     return compiled, namespace.info.name, context

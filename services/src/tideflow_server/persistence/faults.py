@@ -11,6 +11,7 @@ from tideflow_server.config import FaultsConfig
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.interfaces import (
     ClusterStore,
+    EventStore,
     ExecutionStore,
     HistoryStore,
     MetadataStore,
@@ -132,6 +133,10 @@ class _FaultyPersistence:
     @property
     def cluster(self) -> ClusterStore:
         return self._inner.cluster
+
+    @property
+    def events(self) -> EventStore:
+        return self._inner.events
 
     async def close(self) -> None:
         await self._inner.close()

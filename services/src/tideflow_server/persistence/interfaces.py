@@ -23,6 +23,8 @@ from tideflow_server.persistence.records import (
     ClusterMetadataRow,
     CreateExecution,
     CurrentRunRow,
+    EventRow,
+    EventWaitRow,
     ExecutionKey,
     ExecutionRow,
     FlowRow,
@@ -234,6 +236,41 @@ class VisibilityStore(Protocol):
         """Idempotent."""
 
 
+class EventStore(Protocol):
+    """Published events of each namespace, and the event blocks waiting for them."""
+
+    async def publish(self, row: EventRow) -> EventRow:
+        """Keep the event unless the namespace keeps one of its id already; return the kept
+        one (a retried publish gets the first)."""
+
+    async def find_events(
+        self,
+        namespace_id: str,
+        event_type: str,
+        correlation_key: str,
+        *,
+        now_ms: int,
+        limit: int,
+    ) -> list[EventRow]:
+        """Events of the type and key whose retention has not ended at `now_ms`, oldest
+        first (by publish time, then event id), at most `limit`."""
+
+    async def delete_expired_events(self, *, now_ms: int, limit: int) -> int:
+        """Delete at most `limit` events whose retention ended; return how many went. A
+        backend that expires rows itself (Cassandra's TTL) returns 0."""
+
+    async def add_event_wait(self, row: EventWaitRow) -> None:
+        """Idempotent."""
+
+    async def remove_event_wait(self, row: EventWaitRow) -> None:
+        """Nothing when it is gone."""
+
+    async def event_waits(
+        self, namespace_id: str, event_type: str, correlation_key: str, *, limit: int
+    ) -> list[EventWaitRow]:
+        """The waits for the type and key, at most `limit`, in no particular order."""
+
+
 class ClusterStore(Protocol):
     async def init_cluster_metadata(self, row: ClusterMetadataRow) -> ClusterMetadataRow:
         """Insert if no metadata exists yet; return what is stored. The shard count is fixed
@@ -278,5 +315,8 @@ class Persistence(Protocol):
 
     @property
     def cluster(self) -> ClusterStore: ...
+
+    @property
+    def events(self) -> EventStore: ...
 
     async def close(self) -> None: ...

@@ -227,3 +227,29 @@ class Page(Generic[T]):
     items: list[T]
     next_page_token: bytes | None
     """None when there is nothing after this page."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A published event, kept in its namespace until `expire_ms` (its retention)."""
+
+    namespace_id: str
+    event_id: str
+    event_type: str
+    correlation_key: str
+    publish_time_ms: int
+    expire_ms: int
+    data: bytes
+    """The event's payload (a serialized `Payloads`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventWaitRow:
+    """An event block of a run that waits for events of a type and correlation key."""
+
+    namespace_id: str
+    event_type: str
+    correlation_key: str
+    run_id: str
+    execution_id: str
+    block_id: str

@@ -302,6 +302,14 @@ class HistoryClient(_RoutedClient):
             lambda s: s.RecordChildRunClosed(request, timeout=self._timeout_s),
         )
 
+    async def deliver_event(self, request: hs.DeliverEventRequest) -> hs.DeliverEventResponse:
+        """Routed by the shard of the run whose event block waits."""
+        return await self._call(
+            request.namespace_id,
+            request.run.run_id,
+            lambda s: s.DeliverEvent(request, timeout=self._timeout_s),
+        )
+
     async def record_block_started(
         self, request: hs.RecordBlockStartedRequest
     ) -> hs.RecordBlockStartedResponse:

@@ -41,6 +41,7 @@ class _BlockKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockKind.V
     BLOCK_KIND_SUCCEED: _BlockKind.ValueType  # 9
     BLOCK_KIND_FAIL: _BlockKind.ValueType  # 10
     BLOCK_KIND_LOOP: _BlockKind.ValueType  # 11
+    BLOCK_KIND_EVENT: _BlockKind.ValueType  # 12
 
 class BlockKind(_BlockKind, metaclass=_BlockKindEnumTypeWrapper):
     """BlockKind names the `kind` of a Block, for history, state and descriptions."""
@@ -57,6 +58,7 @@ BLOCK_KIND_SUBFLOW: BlockKind.ValueType  # 8
 BLOCK_KIND_SUCCEED: BlockKind.ValueType  # 9
 BLOCK_KIND_FAIL: BlockKind.ValueType  # 10
 BLOCK_KIND_LOOP: BlockKind.ValueType  # 11
+BLOCK_KIND_EVENT: BlockKind.ValueType  # 12
 Global___BlockKind: _TypeAlias = BlockKind  # noqa: Y015
 
 class _CatchAction:
@@ -303,6 +305,7 @@ class Block(_message.Message):
     SUCCEED_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within its scope (the blueprint, or a map's or loop's blocks). History addresses a
     block inside a map item as `<map id>[<index>].<id>`, inside a loop iteration as
@@ -355,8 +358,10 @@ class Block(_message.Message):
     @_builtins.property
     def fail(self) -> Global___FailBlock: ...
     @_builtins.property
-    def loop(self) -> Global___LoopBlock:
-        """21-29: kept for more block kinds."""
+    def loop(self) -> Global___LoopBlock: ...
+    @_builtins.property
+    def event(self) -> Global___EventBlock:
+        """22-29: kept for more block kinds."""
 
     def __init__(
         self,
@@ -380,12 +385,13 @@ class Block(_message.Message):
         succeed: Global___SucceedBlock | None = ...,
         fail: Global___FailBlock | None = ...,
         loop: Global___LoopBlock | None = ...,
+        event: Global___EventBlock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["external", b"external", "fail", b"fail", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "external", b"external", "fail", b"fail", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "compensate", b"compensate", "depends", b"depends", "description", b"description", "external", b"external", "fail", b"fail", "id", b"id", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "needs", b"needs", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait", "when", b"when"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "compensate", b"compensate", "depends", b"depends", "description", b"description", "event", b"event", "external", b"external", "fail", b"fail", "id", b"id", "input", b"input", "kind", b"kind", "loop", b"loop", "map_block", b"map_block", "needs", b"needs", "set", b"set", "signal", b"signal", "subflow", b"subflow", "succeed", b"succeed", "switch_block", b"switch_block", "transform", b"transform", "wait", b"wait", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["external", "switch_block", "map_block", "wait", "signal", "set", "transform", "subflow", "succeed", "fail", "loop"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["external", "switch_block", "map_block", "wait", "signal", "set", "transform", "subflow", "succeed", "fail", "loop", "event"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -786,6 +792,58 @@ class SignalBlock(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignalBlock: _TypeAlias = SignalBlock  # noqa: Y015
+
+@_typing.final
+class EventBlock(_message.Message):
+    """EventBlock waits for the first event of `event_type` published in the namespace
+    (FlowService.PublishEvent) whose correlation key is the one `correlation` gives when the block
+    starts, and which `accept` admits. Events published before the block started are matched too,
+    oldest first, while the server keeps them (`events.retention_s`, 7 days by default). Its output
+    is {"event_id", "event_type", "correlation_key", "payload" (the event's data as JSON, null when
+    none), "publish_time" (RFC 3339)}. One event reaches a run at most once (by event id), so two
+    event blocks of a run never take the same event; runs of their own each get it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CORRELATION_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    correlation: _builtins.str
+    """CEL giving the correlation key (a string), evaluated when the block starts, e.g.
+    `input.order_id`. Empty: the key "" (any publish that sets none).
+    """
+    accept: _builtins.str
+    """CEL over `event` (the output above) that must be true for the block to take an event; one
+    it refuses is left for other runs. Empty: any event of the type and key.
+    """
+    on_timeout: _builtins.str
+    """With `on_timeout` (a block that needs this one) the timeout routes the run there and is
+    handled; empty: the failure fails the run as any block failure does.
+    """
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Unset: wait for ever. At most ten years. On timeout the block fails with a TimeoutError."""
+
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        correlation: _builtins.str = ...,
+        accept: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        on_timeout: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "correlation", b"correlation", "event_type", b"event_type", "on_timeout", b"on_timeout", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBlock: _TypeAlias = EventBlock  # noqa: Y015
 
 @_typing.final
 class SetBlock(_message.Message):

@@ -576,6 +576,72 @@ class SignalRunResponse(_message.Message):
 Global___SignalRunResponse: _TypeAlias = SignalRunResponse  # noqa: Y015
 
 @_typing.final
+class PublishEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    event_type: _builtins.str
+    """At most `max_event_type_length` (255) characters."""
+    correlation_key: _builtins.str
+    """What waiting blocks match (their `correlation`); may be empty. At most
+    `max_correlation_key_length` (255) characters.
+    """
+    event_id: _builtins.str
+    """Idempotency key, unique in the namespace. Empty: the server assigns a UUID."""
+    identity: _builtins.str
+    @_builtins.property
+    def payload(self) -> _common_pb2.Payloads:
+        """One JSON value (see Payloads); empty: null."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        payload: _common_pb2.Payloads | None = ...,
+        event_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "event_id", b"event_id", "event_type", b"event_type", "identity", b"identity", "namespace", b"namespace", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The request's event_id, or the one the server assigned."""
+    delivered: _builtins.int
+    """The waiting blocks the event was offered to by this call."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        delivered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
+
+@_typing.final
 class SignalWithStartRunRequest(_message.Message):
     """SignalWithStartRunRequest carries a start request's fields and a signal."""
 

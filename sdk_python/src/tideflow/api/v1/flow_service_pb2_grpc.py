@@ -125,6 +125,11 @@ class FlowServiceStub:
                 request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/tideflow.api.v1.FlowService/PublishEvent',
+                request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
         self.PollBlockTask = channel.unary_unary(
                 '/tideflow.api.v1.FlowService/PollBlockTask',
                 request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.PollBlockTaskRequest.SerializeToString,
@@ -278,6 +283,17 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishEvent(self, request, context):
+        """Events. Publishes an event to the namespace: it is kept for `events.retention_s` (7 days
+        by default) and delivered to every `event` block of the namespace's runs that waits for its
+        type and correlation key, now or later within retention. Idempotent by event_id: a publish
+        of an id the namespace has already kept stores nothing new and delivers it again (a run
+        takes an event id once), so a caller that got an error retries with the same id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PollBlockTask(self, request, context):
         """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
         Long poll: waits for a task up to the server's poll timeout (setting
@@ -411,6 +427,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsRequest.FromString,
                     response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'PublishEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvent,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventResponse.SerializeToString,
             ),
             'PollBlockTask': grpc.unary_unary_rpc_method_handler(
                     servicer.PollBlockTask,
@@ -869,6 +890,33 @@ class FlowService:
             '/tideflow.api.v1.FlowService/ListRuns',
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsRequest.SerializeToString,
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.FlowService/PublishEvent',
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.PublishEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

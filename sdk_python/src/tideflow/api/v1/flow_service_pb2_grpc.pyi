@@ -72,6 +72,13 @@ class FlowServiceStub:
     DescribeRun: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeRunRequest, _flow_service_pb2.DescribeRunResponse]
     GetRunHistory: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.GetRunHistoryRequest, _flow_service_pb2.GetRunHistoryResponse]
     ListRuns: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]
+    PublishEvent: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.PublishEventRequest, _flow_service_pb2.PublishEventResponse]
+    """Events. Publishes an event to the namespace: it is kept for `events.retention_s` (7 days
+    by default) and delivered to every `event` block of the namespace's runs that waits for its
+    type and correlation key, now or later within retention. Idempotent by event_id: a publish
+    of an id the namespace has already kept stores nothing new and delivers it again (a run
+    takes an event id once), so a caller that got an error retries with the same id.
+    """
     PollBlockTask: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
     Long poll: waits for a task up to the server's poll timeout (setting
@@ -140,6 +147,13 @@ class FlowServiceAsyncStub(FlowServiceStub):
     DescribeRun: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeRunRequest, _flow_service_pb2.DescribeRunResponse]  # type: ignore[assignment]
     GetRunHistory: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.GetRunHistoryRequest, _flow_service_pb2.GetRunHistoryResponse]  # type: ignore[assignment]
     ListRuns: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.ListRunsRequest, _flow_service_pb2.ListRunsResponse]  # type: ignore[assignment]
+    PublishEvent: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.PublishEventRequest, _flow_service_pb2.PublishEventResponse]  # type: ignore[assignment]
+    """Events. Publishes an event to the namespace: it is kept for `events.retention_s` (7 days
+    by default) and delivered to every `event` block of the namespace's runs that waits for its
+    type and correlation key, now or later within retention. Idempotent by event_id: a publish
+    of an id the namespace has already kept stores nothing new and delivers it again (a run
+    takes an event id once), so a caller that got an error retries with the same id.
+    """
     PollBlockTask: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.PollBlockTaskRequest, _flow_service_pb2.PollBlockTaskResponse]  # type: ignore[assignment]
     """Block tasks, for workers. A task token identifies one attempt; workers echo it back.
     Long poll: waits for a task up to the server's poll timeout (setting
@@ -295,6 +309,19 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_service_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.ListRunsResponse, _abc.Awaitable[_flow_service_pb2.ListRunsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishEvent(
+        self,
+        request: _flow_service_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.PublishEventResponse, _abc.Awaitable[_flow_service_pb2.PublishEventResponse]]:
+        """Events. Publishes an event to the namespace: it is kept for `events.retention_s` (7 days
+        by default) and delivered to every `event` block of the namespace's runs that waits for its
+        type and correlation key, now or later within retention. Idempotent by event_id: a publish
+        of an id the namespace has already kept stores nothing new and delivers it again (a run
+        takes an event id once), so a caller that got an error retries with the same id.
+        """
 
     @_abc_1.abstractmethod
     def PollBlockTask(

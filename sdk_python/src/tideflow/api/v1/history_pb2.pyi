@@ -40,7 +40,11 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_RUN_CANCELED: _EventType.ValueType  # 6
     EVENT_TYPE_RUN_TERMINATED: _EventType.ValueType  # 7
     EVENT_TYPE_RUN_SIGNALED: _EventType.ValueType  # 8
-    """9: kept for RUN_CONTINUED_AS_NEW; 10-19 for other run events."""
+    EVENT_TYPE_EVENT_RECEIVED: _EventType.ValueType  # 10
+    """9: kept for RUN_CONTINUED_AS_NEW.
+    A published event (FlowService.PublishEvent) reached a block of the run waiting for it.
+    11-19: kept for other run events.
+    """
     EVENT_TYPE_BLOCK_SCHEDULED: _EventType.ValueType  # 20
     EVENT_TYPE_BLOCK_STARTED: _EventType.ValueType  # 21
     EVENT_TYPE_BLOCK_COMPLETED: _EventType.ValueType  # 22
@@ -92,7 +96,11 @@ EVENT_TYPE_RUN_CANCEL_REQUESTED: EventType.ValueType  # 5
 EVENT_TYPE_RUN_CANCELED: EventType.ValueType  # 6
 EVENT_TYPE_RUN_TERMINATED: EventType.ValueType  # 7
 EVENT_TYPE_RUN_SIGNALED: EventType.ValueType  # 8
-"""9: kept for RUN_CONTINUED_AS_NEW; 10-19 for other run events."""
+EVENT_TYPE_EVENT_RECEIVED: EventType.ValueType  # 10
+"""9: kept for RUN_CONTINUED_AS_NEW.
+A published event (FlowService.PublishEvent) reached a block of the run waiting for it.
+11-19: kept for other run events.
+"""
 EVENT_TYPE_BLOCK_SCHEDULED: EventType.ValueType  # 20
 EVENT_TYPE_BLOCK_STARTED: EventType.ValueType  # 21
 EVENT_TYPE_BLOCK_COMPLETED: EventType.ValueType  # 22
@@ -204,6 +212,7 @@ class HistoryEvent(_message.Message):
     RUN_CANCELED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     RUN_TERMINATED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     RUN_SIGNALED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    EVENT_RECEIVED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     BLOCK_SCHEDULED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     BLOCK_STARTED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     BLOCK_COMPLETED_EVENT_ATTRIBUTES_FIELD_NUMBER: _builtins.int
@@ -248,6 +257,8 @@ class HistoryEvent(_message.Message):
     def run_terminated_event_attributes(self) -> Global___RunTerminatedEventAttributes: ...
     @_builtins.property
     def run_signaled_event_attributes(self) -> Global___RunSignaledEventAttributes: ...
+    @_builtins.property
+    def event_received_event_attributes(self) -> Global___EventReceivedEventAttributes: ...
     @_builtins.property
     def block_scheduled_event_attributes(self) -> Global___BlockScheduledEventAttributes: ...
     @_builtins.property
@@ -303,6 +314,7 @@ class HistoryEvent(_message.Message):
         run_canceled_event_attributes: Global___RunCanceledEventAttributes | None = ...,
         run_terminated_event_attributes: Global___RunTerminatedEventAttributes | None = ...,
         run_signaled_event_attributes: Global___RunSignaledEventAttributes | None = ...,
+        event_received_event_attributes: Global___EventReceivedEventAttributes | None = ...,
         block_scheduled_event_attributes: Global___BlockScheduledEventAttributes | None = ...,
         block_started_event_attributes: Global___BlockStartedEventAttributes | None = ...,
         block_completed_event_attributes: Global___BlockCompletedEventAttributes | None = ...,
@@ -324,11 +336,11 @@ class HistoryEvent(_message.Message):
         child_run_started_event_attributes: Global___ChildRunStartedEventAttributes | None = ...,
         child_run_closed_event_attributes: Global___ChildRunClosedEventAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_time", b"event_time", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_received_event_attributes", b"event_received_event_attributes", "event_time", b"event_time", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "block_cancel_requested_event_attributes", b"block_cancel_requested_event_attributes", "block_canceled_event_attributes", b"block_canceled_event_attributes", "block_caught_event_attributes", b"block_caught_event_attributes", "block_completed_event_attributes", b"block_completed_event_attributes", "block_failed_event_attributes", b"block_failed_event_attributes", "block_scheduled_event_attributes", b"block_scheduled_event_attributes", "block_started_event_attributes", b"block_started_event_attributes", "block_timed_out_event_attributes", b"block_timed_out_event_attributes", "child_run_closed_event_attributes", b"child_run_closed_event_attributes", "child_run_initiated_event_attributes", b"child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", b"child_run_start_failed_event_attributes", "child_run_started_event_attributes", b"child_run_started_event_attributes", "event_id", b"event_id", "event_received_event_attributes", b"event_received_event_attributes", "event_time", b"event_time", "event_type", b"event_type", "loop_started_event_attributes", b"loop_started_event_attributes", "map_started_event_attributes", b"map_started_event_attributes", "run_cancel_requested_event_attributes", b"run_cancel_requested_event_attributes", "run_canceled_event_attributes", b"run_canceled_event_attributes", "run_completed_event_attributes", b"run_completed_event_attributes", "run_failed_event_attributes", b"run_failed_event_attributes", "run_signaled_event_attributes", b"run_signaled_event_attributes", "run_started_event_attributes", b"run_started_event_attributes", "run_terminated_event_attributes", b"run_terminated_event_attributes", "run_timed_out_event_attributes", b"run_timed_out_event_attributes", "system_block_completed_event_attributes", b"system_block_completed_event_attributes", "system_block_failed_event_attributes", b"system_block_failed_event_attributes", "task_id", b"task_id", "timer_canceled_event_attributes", b"timer_canceled_event_attributes", "timer_fired_event_attributes", b"timer_fired_event_attributes", "timer_started_event_attributes", b"timer_started_event_attributes", "vars_set_event_attributes", b"vars_set_event_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes", "map_started_event_attributes", "loop_started_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
+    _WhichOneofReturnType_attributes: _TypeAlias = _typing.Literal["run_started_event_attributes", "run_completed_event_attributes", "run_failed_event_attributes", "run_timed_out_event_attributes", "run_cancel_requested_event_attributes", "run_canceled_event_attributes", "run_terminated_event_attributes", "run_signaled_event_attributes", "event_received_event_attributes", "block_scheduled_event_attributes", "block_started_event_attributes", "block_completed_event_attributes", "block_failed_event_attributes", "block_timed_out_event_attributes", "block_cancel_requested_event_attributes", "block_canceled_event_attributes", "timer_started_event_attributes", "timer_fired_event_attributes", "timer_canceled_event_attributes", "vars_set_event_attributes", "system_block_completed_event_attributes", "system_block_failed_event_attributes", "block_caught_event_attributes", "map_started_event_attributes", "loop_started_event_attributes", "child_run_initiated_event_attributes", "child_run_start_failed_event_attributes", "child_run_started_event_attributes", "child_run_closed_event_attributes"]  # noqa: Y015
     _WhichOneofArgType_attributes: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_attributes) -> _WhichOneofReturnType_attributes | None: ...
 
@@ -557,6 +569,47 @@ class RunSignaledEventAttributes(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSignaledEventAttributes: _TypeAlias = RunSignaledEventAttributes  # noqa: Y015
+
+@_typing.final
+class EventReceivedEventAttributes(_message.Message):
+    """EventReceivedEventAttributes: a published event offered to the event block `block_id`, which
+    waits for its type and key. The block takes it (its SYSTEM_BLOCK_COMPLETED names this event as
+    the cause) unless its `accept` refuses it. An event id reaches a run once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    event_id: _builtins.str
+    event_type: _builtins.str
+    correlation_key: _builtins.str
+    @_builtins.property
+    def payload(self) -> _common_pb2.Payloads: ...
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        payload: _common_pb2.Payloads | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "correlation_key", b"correlation_key", "event_id", b"event_id", "event_type", b"event_type", "payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventReceivedEventAttributes: _TypeAlias = EventReceivedEventAttributes  # noqa: Y015
 
 @_typing.final
 class BlockScheduledEventAttributes(_message.Message):

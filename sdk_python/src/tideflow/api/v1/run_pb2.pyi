@@ -288,6 +288,30 @@ class BlockWait(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class EventWait(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        EVENT_TYPE_FIELD_NUMBER: _builtins.int
+        CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+        ACCEPT_FIELD_NUMBER: _builtins.int
+        event_type: _builtins.str
+        correlation_key: _builtins.str
+        accept: _builtins.str
+        """The block's `accept` filter (CEL); empty: any event of the type and key."""
+        def __init__(
+            self,
+            *,
+            event_type: _builtins.str = ...,
+            correlation_key: _builtins.str = ...,
+            accept: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "correlation_key", b"correlation_key", "event_type", b"event_type"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class SignalWait(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -310,6 +334,7 @@ class BlockWait(_message.Message):
 
     TIMER_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def timer(self) -> Global___BlockWait.TimerWait:
@@ -317,8 +342,12 @@ class BlockWait(_message.Message):
 
     @_builtins.property
     def signal(self) -> Global___BlockWait.SignalWait:
-        """A `signal` block: the signal it takes.
-        3-9: kept for events (type, key) and child runs.
+        """A `signal` block: the signal it takes."""
+
+    @_builtins.property
+    def event(self) -> Global___BlockWait.EventWait:
+        """An `event` block: the event type and correlation key it takes.
+        4-9: kept for child runs.
         """
 
     @_builtins.property
@@ -332,13 +361,14 @@ class BlockWait(_message.Message):
         *,
         timer: Global___BlockWait.TimerWait | None = ...,
         signal: Global___BlockWait.SignalWait | None = ...,
+        event: Global___BlockWait.EventWait | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "event", b"event", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "event", b"event", "on", b"on", "signal", b"signal", "timer", b"timer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_on: _TypeAlias = _typing.Literal["timer", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_on: _TypeAlias = _typing.Literal["timer", "signal", "event"]  # noqa: Y015
     _WhichOneofArgType_on: _TypeAlias = _typing.Literal["on", b"on"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_on) -> _WhichOneofReturnType_on | None: ...
 

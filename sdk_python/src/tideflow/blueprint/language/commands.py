@@ -102,6 +102,17 @@ class AwaitSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitEvent:
+    """The block is RUNNING and waits for a published event of `event_type` whose correlation
+    key is `correlation_key`: the engine registers the wait with the namespace's event store
+    and offers it the matching events, kept ones first (`events.EventReceived`)."""
+
+    block_id: str
+    event_type: str
+    correlation_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumeSignal:
     """The block takes the received signal `event_id` (a RUN_SIGNALED): it is no longer kept
     for other blocks."""
@@ -211,6 +222,7 @@ Command: TypeAlias = (
     | StartTimer
     | CancelTimer
     | AwaitSignal
+    | AwaitEvent
     | ConsumeSignal
     | Escalate
     | StartMap

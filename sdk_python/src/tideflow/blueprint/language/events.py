@@ -27,3 +27,19 @@ class SignalReceived:
     event_id: int
     name: str
     input: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventReceived:
+    """A published event (FlowService.PublishEvent) offered to the event block waiting for its
+    type and key (its EVENT_RECEIVED is `event_id`); the block takes it by completing, or
+    leaves it."""
+
+    event_id: int
+    published_id: str
+    """The event's own id in its namespace."""
+    event_type: str
+    correlation_key: str
+    payload: JSON = None
+    publish_time: str = ""
+    """RFC 3339, as recorded."""

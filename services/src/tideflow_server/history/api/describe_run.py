@@ -89,15 +89,19 @@ def _scopes(
 
 
 async def _accepts(shard: Shard, state: records_pb2.MutableState) -> dict[str, str]:
-    """The `accept` filters of the signal blocks that wait, from the run's blueprint (read
-    only when one waits)."""
-    waiting = [b for b, result in state.block_results.items() if result.awaiting_signal]
+    """The `accept` filters of the signal and event blocks that wait, from the run's blueprint
+    (read only when one waits)."""
+    waiting = [
+        b
+        for b, result in state.block_results.items()
+        if result.awaiting_signal or result.HasField("awaiting_event")
+    ]
     if not waiting:
         return {}
     info = state.execution_info
     _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
-    blocks = compiled.blueprint.blocks
-    return {b: blocks[compiled.blocks[b].index].signal.accept for b in waiting}
+    blocks = [compiled.blueprint.blocks[compiled.blocks[b].index] for b in waiting]
+    return {b.id: b.signal.accept or b.event.accept for b in blocks}
 
 
 def _waiting(
@@ -106,16 +110,22 @@ def _waiting(
     deadlines: Mapping[str, timestamp_pb2.Timestamp],
     accepts: Mapping[str, str],
 ) -> run_pb2.BlockWait | None:
-    """What a RUNNING system block waits for: a signal, else its timer (a `wait`)."""
+    """What a RUNNING system block waits for: a signal or an event, else its timer (a
+    `wait`)."""
     deadline = deadlines.get(block_id)
+    awaits_event = result.HasField("awaiting_event")
     if result.status != common_pb2.BLOCK_STATUS_RUNNING or (
-        not result.awaiting_signal and deadline is None
+        not result.awaiting_signal and not awaits_event and deadline is None
     ):
         return None
     wait = run_pb2.BlockWait()
     if result.awaiting_signal:
         wait.signal.signal_name = result.awaiting_signal
         wait.signal.accept = accepts.get(block_id, "")
+    elif awaits_event:
+        wait.event.event_type = result.awaiting_event.event_type
+        wait.event.correlation_key = result.awaiting_event.correlation_key
+        wait.event.accept = accepts.get(block_id, "")
     else:
         wait.timer.SetInParent()
     if deadline is not None:

@@ -104,6 +104,7 @@ def first_step(
         ),
         max_pending_children=shard.config.max_pending_children,
         max_map_items=namespace.config.limits.max_map_items,
+        max_event_waits=shard.config.max_event_waits,
     )
     return step
 

@@ -9,6 +9,7 @@ and applying commands to a run's state (`appliers`).
 
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import (
+    AwaitEvent,
     AwaitSignal,
     CancelTimer,
     CatchFailure,
@@ -31,7 +32,7 @@ from tideflow.blueprint.language.commands import (
 from tideflow.blueprint.language.compiled import CompiledBlock, CompiledBlueprint, split_path
 from tideflow.blueprint.language.decide import decide, deliver, initial_vars
 from tideflow.blueprint.language.errors import LanguageError
-from tideflow.blueprint.language.events import SignalReceived, TimerFired
+from tideflow.blueprint.language.events import EventReceived, SignalReceived, TimerFired
 from tideflow.blueprint.language.kinds import ExternalPolicy
 from tideflow.blueprint.language.model import (
     JSON,
@@ -63,6 +64,7 @@ from tideflow_server.rpc.errors import InvalidArgument
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
     "JSON",
+    "AwaitEvent",
     "AwaitSignal",
     "BlockError",
     "BlockView",
@@ -77,6 +79,7 @@ __all__ = [
     "ConsumeSignal",
     "Env",
     "Escalate",
+    "EventReceived",
     "Expression",
     "ExpressionError",
     "ExternalPolicy",

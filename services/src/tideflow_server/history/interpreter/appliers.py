@@ -17,6 +17,7 @@ from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
+    AwaitEvent,
     AwaitSignal,
     BlockError,
     CancelTimer,
@@ -49,6 +50,8 @@ class Applying:
     max_pending_blocks: int
     max_pending_children: int = 1_000
     """`history.max_pending_children`."""
+    max_event_waits: int = 1_000
+    """`history.max_event_waits`."""
     max_map_items: int = 0
     """The namespace's `limits.max_map_items` (0: the server's bound alone)."""
 
@@ -94,6 +97,7 @@ def _complete_block(step: RunStep, command: CompleteBlock, context: Applying) ->
     result.output.CopyFrom(attrs.output)
     result.close_event_id = event.event_id
     result.ClearField("awaiting_signal")
+    result.ClearField("awaiting_event")
     _record_route(result, command.route)
 
 
@@ -141,6 +145,7 @@ def _fail_block(step: RunStep, command: FailBlock, context: Applying) -> None:
     result.failure.CopyFrom(blocks.block_failure(command.block_id, failure))
     result.close_event_id = event.event_id
     result.ClearField("awaiting_signal")
+    result.ClearField("awaiting_event")
     _record_route(result, command.route)
 
 
@@ -245,6 +250,29 @@ def _cancel_timer(step: RunStep, command: CancelTimer, context: Applying) -> Non
 def _await_signal(step: RunStep, command: AwaitSignal, context: Applying) -> None:
     # No event: the wait follows from the events before it. SignalRun finds the block here.
     _waiting(step, command.block_id).awaiting_signal = command.name
+
+
+def _await_event(step: RunStep, command: AwaitEvent, context: Applying) -> None:
+    """No event: the wait follows from the events before it (its key from the run's data).
+    DeliverEvent finds the block here; the outbox task registers the wait with the event
+    store and offers it the events kept there."""
+    waiting = sum(1 for r in step.state.block_results.values() if r.HasField("awaiting_event"))
+    if waiting >= context.max_event_waits:
+        error = BlockError(
+            "EventWaitsLimitExceeded",
+            f"more than {context.max_event_waits} event blocks waiting at once "
+            "(history.max_event_waits)",
+            non_retryable=True,
+        )
+        _fail_block(step, FailBlock(command.block_id, error), context)
+        return
+    wait = _waiting(step, command.block_id).awaiting_event
+    wait.event_type = command.event_type
+    wait.correlation_key = command.correlation_key
+    register = step.add_transfer().register_event_wait
+    register.block_id = command.block_id
+    register.event_type = command.event_type
+    register.correlation_key = command.correlation_key
 
 
 def _consume_signal(step: RunStep, command: ConsumeSignal, context: Applying) -> None:
@@ -353,6 +381,7 @@ APPLIERS: Mapping[type, Applier] = {
     StartTimer: _start_timer,
     CancelTimer: _cancel_timer,
     AwaitSignal: _await_signal,
+    AwaitEvent: _await_event,
     ConsumeSignal: _consume_signal,
     Escalate: _escalate,
     StartMap: _start_map,

@@ -19,7 +19,7 @@ from tideflow_server.history.blocks import as_datetime
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
-from tideflow_server.history.tasks import children
+from tideflow_server.history.tasks import children, event_waits
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.records import VisibilityRow
@@ -141,5 +141,6 @@ _EXECUTORS: Mapping[str, Callable[[Shard, records_pb2.TransferTask], Awaitable[N
     "start_child_run": children.start_child,
     "child_closed": children.report_close,
     "parent_closed": children.apply_parent_close_policy,
+    "register_event_wait": event_waits.register,
 }
 """By the TransferTask `task` field; a block task also gets its direct start."""

@@ -833,3 +833,90 @@ class RecordChildRunClosedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordChildRunClosedResponse: _TypeAlias = RecordChildRunClosedResponse  # noqa: Y015
+
+@_typing.final
+class DeliverEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    block_id: _builtins.str
+    @_builtins.property
+    def run(self) -> _common_pb2.RunRef: ...
+    @_builtins.property
+    def event(self) -> Global___PublishedEvent: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        run: _common_pb2.RunRef | None = ...,
+        block_id: _builtins.str = ...,
+        event: Global___PublishedEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "event", b"event", "namespace_id", b"namespace_id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventRequest: _TypeAlias = DeliverEventRequest  # noqa: Y015
+
+@_typing.final
+class PublishedEvent(_message.Message):
+    """PublishedEvent is an event as the namespace's event store keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    event_type: _builtins.str
+    correlation_key: _builtins.str
+    @_builtins.property
+    def payload(self) -> _common_pb2.Payloads: ...
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        payload: _common_pb2.Payloads | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "event_id", b"event_id", "event_type", b"event_type", "payload", b"payload", "publish_time", b"publish_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishedEvent: _TypeAlias = PublishedEvent  # noqa: Y015
+
+@_typing.final
+class DeliverEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITING_FIELD_NUMBER: _builtins.int
+    waiting: _builtins.bool
+    """The block still waits for the event's type and key (it refused this event or got it
+    already); false: the wait is over and the caller may drop it from the store.
+    """
+    def __init__(
+        self,
+        *,
+        waiting: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventResponse: _TypeAlias = DeliverEventResponse  # noqa: Y015

@@ -124,6 +124,11 @@ class HistoryServiceStub:
                 request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.SerializeToString,
                 response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvent = channel.unary_unary(
+                '/tideflow_server.internal.v1.HistoryService/DeliverEvent',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -247,6 +252,15 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvent(self, request, context):
+        """Called by the frontend for each wait a published event matches: offers the event to the
+        run's event block. At least once: an event the run received already, or a block that no
+        longer waits for the event's type and key, is answered OK with `waiting` false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -334,6 +348,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.RecordChildRunClosed,
                     request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.FromString,
                     response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.SerializeToString,
+            ),
+            'DeliverEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvent,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -800,6 +819,33 @@ class HistoryService:
             '/tideflow_server.internal.v1.HistoryService/RecordChildRunClosed',
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedRequest.SerializeToString,
             tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.RecordChildRunClosedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.HistoryService/DeliverEvent',
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_history__service__pb2.DeliverEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

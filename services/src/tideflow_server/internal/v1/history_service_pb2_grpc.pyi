@@ -70,6 +70,11 @@ class HistoryServiceStub:
     parent and moves the parent's subflow block on. At least once: a close the parent has
     recorded already, or a parent that closed, is answered OK and changes nothing.
     """
+    DeliverEvent: _grpc.UnaryUnaryMultiCallable[_history_service_pb2.DeliverEventRequest, _history_service_pb2.DeliverEventResponse]
+    """Called by the frontend for each wait a published event matches: offers the event to the
+    run's event block. At least once: an event the run received already, or a block that no
+    longer waits for the event's type and key, is answered OK with `waiting` false.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -112,6 +117,11 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
     parent and moves the parent's subflow block on. At least once: a close the parent has
     recorded already, or a parent that closed, is answered OK and changes nothing.
+    """
+    DeliverEvent: _aio.UnaryUnaryMultiCallable[_history_service_pb2.DeliverEventRequest, _history_service_pb2.DeliverEventResponse]  # type: ignore[assignment]
+    """Called by the frontend for each wait a published event matches: offers the event to the
+    run's event block. At least once: an event the run received already, or a block that no
+    longer waits for the event's type and key, is answered OK with `waiting` false.
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +264,17 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Called by the history host of a child run when it closed: records CHILD_RUN_CLOSED on the
         parent and moves the parent's subflow block on. At least once: a close the parent has
         recorded already, or a parent that closed, is answered OK and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvent(
+        self,
+        request: _history_service_pb2.DeliverEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_service_pb2.DeliverEventResponse, _abc.Awaitable[_history_service_pb2.DeliverEventResponse]]:
+        """Called by the frontend for each wait a published event matches: offers the event to the
+        run's event block. At least once: an event the run received already, or a block that no
+        longer waits for the event's type and key, is answered OK with `waiting` false.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -402,6 +402,7 @@ class RunExecutionInfo(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     LAST_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
     BLOCK_TIMER_FIELD_NUMBER: _builtins.int
+    RECEIVED_EVENT_IDS_FIELD_NUMBER: _builtins.int
     PARENT_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
@@ -467,6 +468,12 @@ class RunExecutionInfo(_message.Message):
         """
 
     @_builtins.property
+    def received_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the published events this run received (EVENT_RECEIVED), oldest first, for dedup:
+        an event reaches a run at most once. Bounded (oldest dropped).
+        """
+
+    @_builtins.property
     def parent(self) -> Global___ParentLink:
         """30-39: kept for code flows; 40-49 for the parent run and continue-as-new links.
         The parent run that started this one as a child (a subflow block); unset for a run
@@ -502,11 +509,12 @@ class RunExecutionInfo(_message.Message):
         input: _struct_pb2.Value | None = ...,
         last_batch_event_id: _builtins.int = ...,
         block_timer: Global___TimerRef | None = ...,
+        received_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         parent: Global___ParentLink | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block_timer", b"block_timer", "close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "parent", b"parent", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "parent", b"parent", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "parent", b"parent", "received_event_ids", b"received_event_ids", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,6 +700,7 @@ class BlockResult(_message.Message):
     ESCALATED_FIELD_NUMBER: _builtins.int
     AWAITING_SIGNAL_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
+    AWAITING_EVENT_FIELD_NUMBER: _builtins.int
     kind: _blueprint_pb2.BlockKind.ValueType
     status: _common_pb2.BlockStatus.ValueType
     scheduled_event_id: _builtins.int
@@ -748,8 +757,13 @@ class BlockResult(_message.Message):
 
     @_builtins.property
     def scopes(self) -> Global___ScopeProgress:
-        """A map's items or a loop's iterations: how many were opened and how they ended.
-        17, 19: kept for the block kinds' own progress.
+        """A map's items or a loop's iterations: how many were opened and how they ended."""
+
+    @_builtins.property
+    def awaiting_event(self) -> Global___EventWait:
+        """17, 19: kept for the block kinds' own progress.
+        An event block while it waits (RUNNING): the event type and correlation key it takes.
+        DeliverEvent offers an event only to a block waiting for its type and key.
         """
 
     def __init__(
@@ -772,10 +786,11 @@ class BlockResult(_message.Message):
         escalated: _abc.Iterable[_builtins.str] | None = ...,
         awaiting_signal: _builtins.str = ...,
         scopes: Global___ScopeProgress | None = ...,
+        awaiting_event: Global___EventWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output", "scopes", b"scopes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["awaiting_event", b"awaiting_event", "caught", b"caught", "child_run", b"child_run", "failure", b"failure", "output", b"output", "scopes", b"scopes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_signal", b"awaiting_signal", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "scopes", b"scopes", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaiting_event", b"awaiting_event", "awaiting_signal", b"awaiting_signal", "caught", b"caught", "child_run", b"child_run", "close_event_id", b"close_event_id", "compensates", b"compensates", "escalated", b"escalated", "failure", b"failure", "kind", b"kind", "output", b"output", "reached", b"reached", "route", b"route", "routed", b"routed", "scheduled_event_id", b"scheduled_event_id", "scopes", b"scopes", "skip_reason", b"skip_reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -810,6 +825,30 @@ class ScopeProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScopeProgress: _TypeAlias = ScopeProgress  # noqa: Y015
+
+@_typing.final
+class EventWait(_message.Message):
+    """EventWait is what an event block waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    correlation_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "event_type", b"event_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventWait: _TypeAlias = EventWait  # noqa: Y015
 
 @_typing.final
 class UserTimer(_message.Message):
@@ -921,6 +960,35 @@ class TransferTask(_message.Message):
     """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RegisterEventWait(_message.Message):
+        """An event block started waiting: add its wait to the namespace's event store, then offer it
+        the events of its type and key published within retention, oldest first, until it takes
+        one. The wait is stored before the events are read and a publish stores its event before
+        it reads the waits, so one of the two always sees the other.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        BLOCK_ID_FIELD_NUMBER: _builtins.int
+        EVENT_TYPE_FIELD_NUMBER: _builtins.int
+        CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+        block_id: _builtins.str
+        event_type: _builtins.str
+        correlation_key: _builtins.str
+        def __init__(
+            self,
+            *,
+            block_id: _builtins.str = ...,
+            event_type: _builtins.str = ...,
+            correlation_key: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "correlation_key", b"correlation_key", "event_type", b"event_type"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
     class StartChildRun(_message.Message):
@@ -1073,6 +1141,7 @@ class TransferTask(_message.Message):
     START_CHILD_RUN_FIELD_NUMBER: _builtins.int
     CHILD_CLOSED_FIELD_NUMBER: _builtins.int
     PARENT_CLOSED_FIELD_NUMBER: _builtins.int
+    REGISTER_EVENT_WAIT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """`range_id << 20 | seq`, so a new shard owner always allocates above the old one."""
     namespace_id: _builtins.str
@@ -1095,8 +1164,10 @@ class TransferTask(_message.Message):
     @_builtins.property
     def child_closed(self) -> Global___TransferTask.ChildClosed: ...
     @_builtins.property
-    def parent_closed(self) -> Global___TransferTask.ParentClosed:
-        """17-29: kept for FlowTask (code flows), SignalExternalRun, CancelExternalRun."""
+    def parent_closed(self) -> Global___TransferTask.ParentClosed: ...
+    @_builtins.property
+    def register_event_wait(self) -> Global___TransferTask.RegisterEventWait:
+        """18-29: kept for FlowTask (code flows), SignalExternalRun, CancelExternalRun."""
 
     def __init__(
         self,
@@ -1113,12 +1184,13 @@ class TransferTask(_message.Message):
         start_child_run: Global___TransferTask.StartChildRun | None = ...,
         child_closed: Global___TransferTask.ChildClosed | None = ...,
         parent_closed: Global___TransferTask.ParentClosed | None = ...,
+        register_event_wait: Global___TransferTask.RegisterEventWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "parent_closed", b"parent_closed", "start_child_run", b"start_child_run", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "start_child_run", b"start_child_run", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "parent_closed", b"parent_closed", "run_id", b"run_id", "start_child_run", b"start_child_run", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "run_id", b"run_id", "start_child_run", b"start_child_run", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution", "start_child_run", "child_closed", "parent_closed"]  # noqa: Y015
+    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution", "start_child_run", "child_closed", "parent_closed", "register_event_wait"]  # noqa: Y015
     _WhichOneofArgType_task: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_task) -> _WhichOneofReturnType_task | None: ...
 

@@ -4,6 +4,7 @@ from collections.abc import Mapping, Sequence
 
 from tideflow_server.persistence.cassandra._database import CassandraDatabase
 from tideflow_server.persistence.cassandra._driver import connect
+from tideflow_server.persistence.cassandra._events import CassandraEventStore
 from tideflow_server.persistence.cassandra._execution import (
     CassandraExecutionStore,
     CassandraShardStore,
@@ -32,6 +33,7 @@ class CassandraPersistence:
         self.tasks = CassandraTaskStore(db)
         self.metadata = CassandraMetadataStore(db)
         self.cluster = CassandraClusterStore(db)
+        self.events = CassandraEventStore(db)
         self.visibility = visibility.visibility
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from tideflow_server.persistence.sql._cluster import SqlClusterStore
 from tideflow_server.persistence.sql._database import SqlDatabase
+from tideflow_server.persistence.sql._events import SqlEventStore
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
 from tideflow_server.persistence.sql._history import SqlHistoryStore
 from tideflow_server.persistence.sql._metadata import SqlMetadataStore
@@ -30,6 +31,7 @@ class SqlPersistence:
         self.metadata = SqlMetadataStore(db)
         self.visibility = visibility or SqlVisibilityStore(db)
         self.cluster = SqlClusterStore(db)
+        self.events = SqlEventStore(db)
 
     async def close(self) -> None:
         await self.db.close()

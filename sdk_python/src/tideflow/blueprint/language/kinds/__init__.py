@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from tideflow.api.v1 import blueprint_pb2
 from tideflow.blueprint.language.commands import Command
 from tideflow.blueprint.language.kinds import (
+    event,
     external,
     fail,
     loop,
@@ -68,6 +69,7 @@ KINDS: Mapping[str, Kind] = {
         succeed.KIND,
         fail.KIND,
         loop.KIND,
+        event.KIND,
     )
 }
 """By the name of the `Block.kind` oneof field, in the proto's order."""
