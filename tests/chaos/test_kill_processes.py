@@ -167,7 +167,8 @@ def _parked_flows(prefix: str, queue: str) -> list[dict[str, Any]]:
     """A run of `<prefix>-signal` waits for `approve`, then echoes it through a worker; one of
     `-early` waits 3s before it takes `approve` (sent before that); one of `-wait` waits 3s, then
     echoes its input; one of `-parent` waits for its child `-child`, which waits for `approve`;
-    one of `-map` fans out over two items, each waiting 3s, then echoing its item."""
+    one of `-map` fans out over two items, each waiting 3s, then echoing its item; one of
+    `-event` waits for the `paid` event keyed by its run id."""
 
     def flow(name: str, *blocks: dict[str, Any], output: str) -> dict[str, Any]:
         return {
@@ -206,6 +207,11 @@ def _parked_flows(prefix: str, queue: str) -> list[dict[str, Any]]:
         ),
         flow("child", approval, output="${blocks.approval.output}"),
         flow(
+            "event",
+            {"id": "paid", "event": {"event_type": "paid", "correlation": "run.id"}},
+            output="${blocks.paid.output.payload}",
+        ),
+        flow(
             "map",
             {
                 "id": "fan",
@@ -242,6 +248,17 @@ async def _approve(client: Client, run_id: str, data: Any) -> None:
     await _retrying(lambda: client.stub.SignalRun(request, timeout=10), f"signal {run_id}")
 
 
+async def _publish_paid(client: Client, run_id: str, data: Any) -> None:
+    request = flow_service_pb2.PublishEventRequest(
+        namespace=client.namespace,
+        event_type="paid",
+        correlation_key=run_id,
+        payload=payloads(data),
+        event_id=f"paid-{run_id}",
+    )
+    await _retrying(lambda: client.stub.PublishEvent(request, timeout=10), f"publish {run_id}")
+
+
 async def _parked(client: Client, run_id: str, block_id: str) -> None:
     """Until the run exists and `block_id` waits (for a signal, a timer or a child)."""
     for _ in range(300):
@@ -253,7 +270,7 @@ async def _parked(client: Client, run_id: str, block_id: str) -> None:
     raise AssertionError(f"{run_id} never waited in {block_id}")
 
 
-async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
+async def test_runs_parked_in_signals_events_waits_maps_and_subflows_survive_kills(
     split_cluster: Cluster,
 ) -> None:
     cluster = split_cluster
@@ -264,7 +281,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         await client.register(bp)
     runs = {
         kind: [f"{kind}-{i}-{uuid.uuid4().hex[:6]}" for i in range(PARKED)]
-        for kind in ("signal", "early", "wait", "parent", "map")
+        for kind in ("signal", "early", "wait", "parent", "map", "event")
     }
     started = [
         _start(client, f"{prefix}-{kind}", run_id, {"i": i})
@@ -279,6 +296,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         *(_parked(client, r, "gate") for r in runs["wait"]),
         *(_parked(client, f"{r}-kid", "approval") for r in runs["parent"]),
         *(_parked(client, r, "fan[1].pause") for r in runs["map"]),
+        *(_parked(client, r, "paid") for r in runs["event"]),
     )
     every = [r for run_ids in runs.values() for r in run_ids]
     async with BlockWorker(cluster.frontend, queue, {"echo@1": echo}):
@@ -287,6 +305,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         await asyncio.gather(
             *(_approve(client, r, {"late": i}) for i, r in enumerate(runs["signal"])),
             *(_approve(client, f"{r}-kid", {"kid": i}) for i, r in enumerate(runs["parent"])),
+            *(_publish_paid(client, r, {"paid": i}) for i, r in enumerate(runs["event"])),
         )
         closed = dict(zip(every, await _all_closed(cluster, client, every, closing), strict=True))
 
@@ -296,6 +315,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         "wait": lambda i: {"i": i},
         "parent": lambda i: {"kid": i},
         "map": lambda i: [i, i + 1],
+        "event": lambda i: {"paid": i},
     }
     for kind, run_ids in runs.items():
         for i, run_id in enumerate(run_ids):
@@ -307,6 +327,7 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         "early": {"gate": 1, "approval": 1},
         "wait": {"gate": 1, "echo": 1},
         "parent": {"sub": 1},
+        "event": {"paid": 1},
         "map": {"fan": 1, **{f"fan[{n}].{b}": 1 for n in (0, 1) for b in ("pause", "echo")}},
     }
     for kind, run_ids in runs.items():
@@ -320,6 +341,9 @@ async def test_runs_parked_in_signals_waits_maps_and_subflows_survive_kills(
         [signaled] = _of_type(events, history_pb2.EVENT_TYPE_RUN_SIGNALED)
         [fired] = _of_type(events, history_pb2.EVENT_TYPE_TIMER_FIRED)
         assert signaled.event_id < fired.event_id, "the signal came after the block started"
+    for run_id in runs["event"]:
+        events = await client.history(run_id)
+        assert len(_of_type(events, history_pb2.EVENT_TYPE_EVENT_RECEIVED)) == 1
     for run_id in runs["parent"]:
         events = await client.history(run_id)
         assert len(_of_type(events, history_pb2.EVENT_TYPE_CHILD_RUN_CLOSED)) == 1
