@@ -232,3 +232,21 @@ def test_registration_reports_malformed_signals_with_paths() -> None:
     ]
     assert "bool" in found["blocks[6].signal.accept"][0]
     assert len(found) == 13
+
+
+def test_on_timeout_is_skipped_when_the_signal_arrives() -> None:
+    """The on_timeout target is a route: a signal block that took its signal skips it."""
+    engine = Engine(
+        compile_(
+            {
+                "id": "review",
+                "signal": {"signalName": "review", "timeout": "60s", "onTimeout": "late"},
+            },
+            external("late", "review"),
+            external("after", "review"),
+        )
+    )
+    engine.settle()
+    engine.signal("review", {"ok": True})
+    assert engine.blocks["late"].status == SKIPPED
+    assert engine.blocks["after"].status == RUNNING

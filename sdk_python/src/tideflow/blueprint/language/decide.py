@@ -359,11 +359,13 @@ def _step(
 def _routed_away(compiled: Scope, need: str, view: BlockView, block_id: str) -> str | None:
     """Why `block_id` is skipped because its need `need` routed the run elsewhere: `need` is
     a target not taken, or a failure that routed (every dependent but its route is skipped).
-    A catch's handler (`goto`) runs only when the failure routes to it. None when the need did
-    not route, or routed here."""
+    A route target (a catch's goto, a signal's or event's on_timeout) runs only when the need
+    routes to it: a need that succeeded without routing skips it. None when the need did not
+    route, or routed here."""
     if view.route is None:
         # A failure that stands skips it as any failure does (`_failure_cause`).
-        if view.status == SUCCEEDED and block_id in compiled.blocks[need].handlers:
+        block = compiled.blocks[need]
+        if view.status == SUCCEEDED and (block_id in block.handlers or block_id in block.targets):
             return f"needs {need}, which did not route to it"
         return None
     if view.route == block_id:
