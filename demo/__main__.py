@@ -7,7 +7,15 @@
 `tideflow-server start-dev` (namespace "demo") and two worker processes
 (`python -m workers.documents --task-queue cpu` and `--task-queue ml`), registers the flow in
 demo/intake.yaml, starts one run per document (run id = file name without extension), shows
-live progress, prints the results, and then stops every process it started.
+live progress, prints the results with the path each document took, and then stops every
+process it started.
+
+The flow asks a human to review a document its classifier is unsure of (signal `review`).
+The demo plays the reviewers (`REVIEWS`): it answers when it sees, in DescribeRun, the review
+waiting (or, for one document, once the review has escalated to the second reviewer), and
+leaves one review unanswered so that it times out. The paths it prints are read from
+DescribeRun's block summaries (statuses, routes, escalations, compensations), not from what
+the demo did.
 
 With `--keep` (what `make dev` runs) the server listens on 127.0.0.1:7233 with its database
 in .tideflow/demo.db, so `tidectl ... -n demo` works against it after the demo table is
@@ -37,7 +45,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, run_pb2
 from tideflow.client import Client, RunHandle
 from tideflow.errors import TideflowError
 
@@ -48,6 +56,27 @@ NAMESPACE = "demo"
 READY_LINE = "tideflow dev server: frontend at"
 STARTUP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.2
+REVIEW_BLOCK = "human_review"
+REVIEW_SIGNAL = "review"
+MAP_BLOCK = "pages"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """How the demo's reviewer answers one document's review."""
+
+    label: str
+    reviewer: str
+    after_escalation: bool = False
+    """Answer only once the review escalated (the second reviewer answers)."""
+
+
+REVIEWS: dict[str, Review] = {
+    "scan_invoice_ocr.txt": Review("invoice", "first reviewer"),
+    "meeting_notes.txt": Review("other", "second reviewer", after_escalation=True),
+    # delivery_note_smudged.txt: nobody answers; its review times out to the fallback label.
+}
 
 # Wide enough for the tables when the output is a pipe (tests, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -123,8 +152,12 @@ def _run_id(path: Path) -> str:
 class Progress:
     document: str
     status: str = "STARTING"
+    path: str = ""
     block: str = ""
     done: list[str] = field(default_factory=list)
+    reviewed: bool = False
+    """The demo sent this run's review signal."""
+    described: flow_service_pb2.DescribeRunResponse | None = None
 
 
 def _status_style(status: str) -> str:
@@ -135,12 +168,14 @@ def _progress_table(rows: list[Progress]) -> Table:
     table = Table(title="Runs (flow intake@1, namespace demo)", title_justify="left")
     table.add_column("document", no_wrap=True)
     table.add_column("status")
+    table.add_column("path so far")
     table.add_column("current block")
     table.add_column("finished / skipped blocks")
     for row in rows:
         table.add_row(
             row.document,
             f"[{_status_style(row.status)}]{row.status}[/]",
+            row.path,
             row.block,
             ", ".join(row.done),
         )
@@ -150,19 +185,39 @@ def _progress_table(rows: list[Progress]) -> Table:
 async def _poll(handle: RunHandle, row: Progress) -> None:
     while True:
         reply = await handle.describe()
+        row.described = reply
         row.status = _run_status(reply.run_info.status)
+        row.path = run_path(reply)
         row.block = ", ".join(
             f"{p.block_id} (attempt {p.attempt})" if p.attempt > 1 else p.block_id
             for p in reply.pending_blocks
         )
+        # A map's items' blocks (pages[0].dates) are summed up in the path, not listed.
         row.done = [
             b.block_id + (" (skipped)" if _block_status(b.status) == "SKIPPED" else "")
             for b in reply.blocks
-            if _block_status(b.status) in ("SUCCEEDED", "SKIPPED")
+            if _block_status(b.status) in ("SUCCEEDED", "SKIPPED") and "[" not in b.block_id
         ]
         if row.status != "RUNNING":
             return
-        await asyncio.sleep(0.2)
+        await _answer_review(handle, row, reply)
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def _answer_review(
+    handle: RunHandle, row: Progress, reply: flow_service_pb2.DescribeRunResponse
+) -> None:
+    """Play the reviewer of `REVIEWS`: signal once the review block waits for it (after its
+    escalation, for a second reviewer). The request id makes a resent signal a no-op."""
+    review = REVIEWS.get(row.document)
+    block = _blocks(reply).get(REVIEW_BLOCK)
+    if review is None or row.reviewed or block is None or not block.HasField("waiting"):
+        return
+    if review.after_escalation and not block.escalated:
+        return
+    answer = {"label": review.label, "reviewer": review.reviewer}
+    await handle.signal(REVIEW_SIGNAL, answer, request_id=f"{handle.run_id}/review")
+    row.reviewed = True
 
 
 def _run_status(value: common_pb2.RunStatus.ValueType) -> str:
@@ -171,6 +226,60 @@ def _run_status(value: common_pb2.RunStatus.ValueType) -> str:
 
 def _block_status(value: common_pb2.BlockStatus.ValueType) -> str:
     return common_pb2.BlockStatus.Name(value).removeprefix("BLOCK_STATUS_")
+
+
+def _blocks(reply: flow_service_pb2.DescribeRunResponse) -> dict[str, run_pb2.BlockSummary]:
+    return {b.block_id: b for b in reply.blocks}
+
+
+# -- the path a document took, from DescribeRun ------------------------------------------
+
+
+def _review_path(review: run_pb2.BlockSummary | None) -> str:
+    """The review: skipped by the switch (confident classifier), answered, or timed out to
+    its on_timeout route, with the escalations it made first."""
+    if review is None:
+        return ""
+    status = _block_status(review.status)
+    if status == "SKIPPED":
+        return "auto"
+    escalated = "".join(f"escalated to {target}, then " for target in review.escalated)
+    if status == "SUCCEEDED":
+        return f"{escalated}reviewed by signal"
+    if status == "FAILED" and review.routed:
+        return f"{escalated}timed out -> {review.route}"
+    if review.HasField("waiting"):
+        return f"{escalated}waiting for {review.waiting.signal.signal_name}"
+    return f"{escalated}review {status.lower()}"
+
+
+def _pages_path(reply: flow_service_pb2.DescribeRunResponse) -> str:
+    """How many of the map's items (pages) ran: its blocks are `pages[<index>].<id>`."""
+    prefix = MAP_BLOCK + "["
+    items = {b.block_id.split(".", 1)[0] for b in reply.blocks if b.block_id.startswith(prefix)}
+    return f"{len(items)} page{'s' if len(items) != 1 else ''}" if items else ""
+
+
+def _end_path(reply: flow_service_pb2.DescribeRunResponse) -> str:
+    """How the run ended: filed, or the block that failed it and what was compensated."""
+    blocks = _blocks(reply)
+    undone = [f"{b.compensates} by {b.block_id}" for b in reply.blocks if b.compensates]
+    failed = [
+        b.block_id
+        for b in reply.blocks
+        if _block_status(b.status) == "FAILED" and not b.routed and not b.compensates
+    ]
+    if failed:
+        end = f"{failed[0]} failed"
+        return f"{end} -> compensated {', '.join(undone)}" if undone else end
+    filed = blocks.get("file")
+    return "filed" if filed is not None and _block_status(filed.status) == "SUCCEEDED" else ""
+
+
+def run_path(reply: flow_service_pb2.DescribeRunResponse) -> str:
+    """The path a document took through the flow, as its run's block summaries show it."""
+    parts = (_review_path(_blocks(reply).get(REVIEW_BLOCK)), _pages_path(reply), _end_path(reply))
+    return " -> ".join(part for part in parts if part)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -183,14 +292,43 @@ def _money(value: Any, currency: Any) -> str:
     return f"{symbol}{value:,.2f}"
 
 
-def _results_table(results: list[tuple[str, dict[str, Any] | str]]) -> Table:
+@dataclass
+class Outcome:
+    """How one document's run ended."""
+
+    document: str
+    status: str
+    path: str
+    result: dict[str, Any] | None = None
+    error: str = ""
+
+    @property
+    def compensated(self) -> bool:
+        """Failed, and undid what it had done (the path says by which blocks)."""
+        return self.status == "FAILED" and "compensated" in self.path
+
+
+def _paths_table(outcomes: list[Outcome]) -> Table:
+    table = Table(title="Paths (from DescribeRun)", title_justify="left")
+    table.add_column("document", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("path", no_wrap=True)
+    for outcome in outcomes:
+        status = f"[{_status_style(outcome.status)}]{outcome.status}[/]"
+        table.add_row(outcome.document, status, outcome.path)
+    return table
+
+
+def _results_table(outcomes: list[Outcome]) -> Table:
     table = Table(title="Results", title_justify="left", show_lines=True)
     table.add_column("document", no_wrap=True)
-    for column in ("label", "conf.", "total", "dates", "parties", "valid / issues"):
+    for column in ("label", "total", "dates", "parties", "valid / issues"):
         table.add_column(column)
-    for name, result in results:
-        if isinstance(result, str):
-            table.add_row(name, "-", "-", "-", "-", "-", f"[red]run failed: {result}[/]")
+    for outcome in outcomes:
+        result = outcome.result
+        if result is None:
+            error = outcome.error or outcome.status
+            table.add_row(outcome.document, "-", "-", "-", "-", f"[red]run failed: {error}[/]")
             continue
         amounts = result.get("amounts") or {}
         validation = result.get("validation") or {}
@@ -200,9 +338,9 @@ def _results_table(results: list[tuple[str, dict[str, Any] | str]]) -> Table:
             else "[red]invalid[/]\n" + "\n".join(f"- {i}" for i in validation.get("issues", []))
         )
         table.add_row(
-            name,
-            str(result.get("label")),
-            f"{result.get('confidence', 0):.2f}",
+            outcome.document,
+            f"{result.get('label')} ({result.get('confidence', 0):.2f})\n"
+            f"{result.get('label_source')}",
             _money(amounts.get("total"), amounts.get("currency")) if amounts else "(skipped)",
             "\n".join((result.get("dates") or [])[:3]) or "-",
             "\n".join(result.get("parties") or []) or "-",
@@ -211,9 +349,17 @@ def _results_table(results: list[tuple[str, dict[str, Any] | str]]) -> Table:
     return table
 
 
-async def _process(
-    address: str, documents: list[Path], run_ids: list[str]
-) -> list[tuple[str, dict[str, Any] | str]]:
+async def _outcome(handle: RunHandle, row: Progress) -> Outcome:
+    reply = await handle.describe()
+    outcome = Outcome(row.document, _run_status(reply.run_info.status), run_path(reply))
+    try:
+        outcome.result = await handle.result(timeout=5)
+    except (TideflowError, TimeoutError) as e:
+        outcome.error = str(e)
+    return outcome
+
+
+async def _process(address: str, documents: list[Path], run_ids: list[str]) -> list[Outcome]:
     client = await Client.connect(address, namespace=NAMESPACE, timeout_s=STARTUP_TIMEOUT_S)
     try:
         blueprint = yaml.safe_load(BLUEPRINT.read_text())
@@ -230,20 +376,29 @@ async def _process(
             pending: set[asyncio.Task[None]] = set(polls)
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while pending and time.monotonic() < deadline:
-                _, pending = await asyncio.wait(pending, timeout=0.2)
+                _, pending = await asyncio.wait(pending, timeout=POLL_INTERVAL_S)
                 live.update(_progress_table(rows))
             for task in pending:
                 task.cancel()
             live.update(_progress_table(rows))
-        results: list[tuple[str, dict[str, Any] | str]] = []
-        for path, handle in zip(documents, handles, strict=True):
-            try:
-                results.append((path.name, await handle.result(timeout=5)))
-            except (TideflowError, TimeoutError) as e:
-                results.append((path.name, str(e)))
-        return results
+        return [await _outcome(h, r) for h, r in zip(handles, rows, strict=True)]
     finally:
         await client.close()
+
+
+def _as_expected(outcome: Outcome) -> bool:
+    """Completed, or failed after undoing its work (the saga the demo shows)."""
+    return outcome.status == "COMPLETED" or outcome.compensated
+
+
+def _summary(outcomes: list[Outcome]) -> str:
+    completed = sum(o.status == "COMPLETED" for o in outcomes)
+    compensated = sum(o.compensated for o in outcomes)
+    other = len(outcomes) - completed - compensated
+    return (
+        f"{len(outcomes)} runs: {completed} completed, {compensated} failed and compensated, "
+        f"{other} failed otherwise or unfinished"
+    )
 
 
 def _where_next(address: str, run_ids: list[str]) -> None:
@@ -293,19 +448,18 @@ def main(argv: list[str] | None = None) -> int:
             # Run ids are the file names; --keep reuses its database, so they get a suffix.
             suffix = time.strftime("-%H%M%S") if args.keep else ""
             run_ids = [_run_id(d) + suffix for d in documents]
-            results = asyncio.run(_process(address, documents, run_ids))
-            console.print(_results_table(results))
+            outcomes = asyncio.run(_process(address, documents, run_ids))
+            console.print()  # the progress table's last frame ends without a newline in a pipe
+            console.print(_results_table(outcomes))
+            console.print(_paths_table(outcomes))
             _where_next(address, run_ids)
-            failed = [name for name, r in results if isinstance(r, str)]
-            console.print(
-                f"\n{len(results)} runs, {len(failed)} failed, {time.monotonic() - started:.1f}s"
-            )
+            console.print(f"\n{_summary(outcomes)}, {time.monotonic() - started:.1f}s")
             if args.keep:
                 console.print(f"\nserver and workers keep running (logs in {work}); Ctrl-C to stop")
                 with contextlib.suppress(KeyboardInterrupt):
                     while all(p.poll() is None for _, p, _ in processes.children):
                         time.sleep(0.5)
-            return 1 if failed else 0
+            return 0 if all(_as_expected(o) for o in outcomes) else 1
         except KeyboardInterrupt:
             return 130
         finally:

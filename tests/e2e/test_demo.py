@@ -1,4 +1,6 @@
-"""`python -m demo` end to end: it runs, reports every document, and leaves nothing behind."""
+"""`python -m demo` end to end: it runs, reports every document and the path it took through
+the flow (review skipped, answered, escalated or timed out; filed or compensated), and leaves
+nothing behind."""
 
 from __future__ import annotations
 
@@ -11,6 +13,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = sorted((ROOT / "demo" / "documents").glob("*.txt"))
+ESCALATED = "escalated to notify_reviewer, then"
+PATHS = {
+    "contract_consulting_agreement.txt": "auto -> 2 pages -> filed",
+    "delivery_note_smudged.txt": f"{ESCALATED} timed out -> fallback_label -> 2 pages -> filed",
+    "invoice_acme_2024-03.txt": "auto -> 1 page -> filed",
+    "invoice_northwind_mismatch.txt": (
+        "auto -> 1 page -> file failed -> compensated index by unindex, reserve by release"
+    ),
+    "letter_lease_renewal.txt": "auto -> 1 page -> filed",
+    "meeting_notes.txt": f"{ESCALATED} reviewed by signal -> 1 page -> filed",
+    "receipt_blue_bottle.txt": "auto -> 1 page -> filed",
+    "scan_invoice_ocr.txt": "reviewed by signal -> 2 pages -> filed",
+}
 
 
 def _alive(pid: int) -> bool:
@@ -37,7 +52,7 @@ def _processes_mentioning(needle: str) -> list[int]:
 
 
 def test_make_demo_the_readmes_first_command() -> None:
-    assert len(DOCUMENTS) >= 6
+    assert sorted(PATHS) == [d.name for d in DOCUMENTS]
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme.split("```sh", 1)[1].split("```", 1)[0]
     started = time.monotonic()
@@ -57,10 +72,17 @@ def test_make_demo_the_readmes_first_command() -> None:
     for document in DOCUMENTS:
         assert document.name in output, document.name
     assert "Results" in output
+    lines = output.splitlines()
+    paths = lines[next(i for i, line in enumerate(lines) if "Paths (from DescribeRun)" in line) :]
+    for name, path in PATHS.items():
+        assert any(name in line and f" {path} " in line for line in paths), (name, path)
     assert "Where to look next" in output
     assert "tidectl run list -n demo --address 127.0.0.1:" in output
     assert "tidectl run history" in output
-    assert f"{len(DOCUMENTS)} runs, 0 failed" in output
+    assert (
+        f"{len(DOCUMENTS)} runs: {len(DOCUMENTS) - 1} completed, 1 failed and compensated, "
+        "0 failed otherwise or unfinished"
+    ) in output
 
     server = re.search(r"started tideflow-server pid (\d+) on \S+ \(db\s+(\S+)\)", output)
     assert server, output

@@ -1,7 +1,8 @@
 """Run a document worker: `python -m workers.documents --task-queue cpu|ml`.
 
-`cpu` serves intake, extract_amounts, extract_dates, extract_parties and validate; `ml`
-serves classify. SIGINT/SIGTERM stop polling and let running blocks finish.
+`cpu` serves intake, the extractors, validate, notify and the archive blocks (reserve, index,
+file, release, unindex); `ml` serves classify. SIGINT/SIGTERM stop polling and let running
+blocks finish.
 """
 
 from __future__ import annotations

@@ -1,18 +1,23 @@
 """Document blocks: deterministic text processing for the `intake` demo flow.
 
 Each block is a thin `@block` wrapper over a pure function, so the logic is unit-testable
-without a server. Queues: `cpu` runs intake, the extractors and validate; `ml` runs classify.
+without a server. Queues: `cpu` runs intake, the extractors (once per page), validate, the
+reviewer notification and the archive blocks (reserve, index, file and their compensations
+release and unindex); `ml` runs classify. The archive is pretend: its blocks compute their
+answers from their input and keep no state, so a retried or repeated attempt answers the same.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from tideflow.errors import ApplicationError
 from tideflow.worker import block, context
 
 LABELS = ("invoice", "receipt", "contract", "letter")
@@ -56,7 +61,8 @@ def normalise(text: str) -> dict[str, Any]:
 
 @block("intake", version=1)
 async def intake(doc: dict[str, Any]) -> dict[str, Any]:
-    """Normalise the raw text page by page, heartbeating after each page."""
+    """Normalise the raw text page by page, heartbeating after each page. `pages` lists the
+    normalised pages (the flow maps over them), `text` joins them."""
     pages = split_pages(str(doc.get("text", "")))
     cleaned: list[str] = []
     for number, page in enumerate(pages, start=1):
@@ -66,7 +72,7 @@ async def intake(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": doc.get("name", ""),
         "text": joined,
-        "pages": len(pages),
+        "pages": cleaned,
         "words": len(re.findall(r"\w+", joined)),
     }
 
@@ -345,16 +351,117 @@ def validate_document(
     return {"valid": not issues, "issues": issues}
 
 
+def merge_pages(pages: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """One document's extraction from its pages' (the flow's `pages` map output, in page
+    order): amounts and line items in page order, subtotal, tax and total from the last page
+    that states them, dates and parties deduplicated in order. `amounts` is None when no page
+    extracted amounts (the flow skips that for documents that are no invoice or receipt)."""
+    found = [p for p in pages if p]
+    per_page = [p["amounts"] for p in found if p.get("amounts")]
+    amounts: dict[str, Any] | None = None
+    if per_page:
+        values = [a for page in per_page for a in page.get("amounts") or []]
+        currencies = sorted({a["currency"] for a in values if a.get("currency")})
+        amounts = {
+            "amounts": values,
+            "currency": currencies[0]
+            if len(currencies) == 1
+            else ("MIXED" if currencies else None),
+            "line_items": [i for page in per_page for i in page.get("line_items") or []],
+        }
+        for key in ("subtotal", "tax", "total"):
+            stated = [page[key] for page in per_page if page.get(key) is not None]
+            amounts[key] = stated[-1] if stated else None
+    dates = list(dict.fromkeys(d for p in found for d in p.get("dates") or []))
+    parties: list[str] = []
+    for name in (n for p in found for n in p.get("parties") or []):
+        if name.lower() not in (known.lower() for known in parties):
+            parties.append(name)
+    return {"amounts": amounts, "dates": dates, "parties": parties}
+
+
 @block("validate", version=1)
 def validate(doc: dict[str, Any]) -> dict[str, Any]:
-    classification = doc.get("classification") or {}
-    return validate_document(
-        str(classification.get("label", "unknown")),
-        float(classification.get("confidence", 0.0)),
-        doc.get("amounts"),
-        doc.get("dates"),
-        doc.get("parties"),
+    """The label the flow settled on and the pages' extraction -> the verdict, with the merged
+    extraction (amounts, dates, parties) that the verdict is about."""
+    label = doc.get("label") or {}
+    merged = merge_pages(doc.get("pages") or [])
+    verdict = validate_document(
+        str(label.get("label", "unknown")),
+        float(label.get("confidence", 0.0)),
+        merged["amounts"],
+        {"dates": merged["dates"]},
+        {"parties": merged["parties"]},
     )
+    return {**verdict, **merged}
+
+
+# -- human review ------------------------------------------------------------------------
+
+
+@block("notify", version=1)
+def notify(doc: dict[str, Any]) -> dict[str, Any]:
+    """Escalation of a review nobody answered: tell the second reviewer (the demo logs it)."""
+    return {"notified": str(doc.get("reviewer", "")), "document": str(doc.get("document", ""))}
+
+
+# -- archive (reserve, index, file; release and unindex undo them) -------------------------
+
+
+def archive_id(document: str) -> str:
+    """The archive slot of a document: stable, so a retried reservation gets the same one."""
+    return "ARC-" + hashlib.sha256(document.encode()).hexdigest()[:8].upper()
+
+
+@block("reserve", version=1)
+def reserve(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"archive_id": archive_id(str(doc.get("document", "")))}
+
+
+@block("release", version=1)
+def release(doc: dict[str, Any]) -> dict[str, Any]:
+    """Compensation of `reserve`: gives the slot back."""
+    return {"released": str(doc.get("archive_id", ""))}
+
+
+@block("index", version=1)
+def index(doc: dict[str, Any]) -> dict[str, Any]:
+    """Search-index entry for the archived document: its label, dates and parties."""
+    terms = [str(doc.get("label", "")), *(doc.get("dates") or []), *(doc.get("parties") or [])]
+    return {"archive_id": str(doc.get("archive_id", "")), "terms": [t for t in terms if t]}
+
+
+@block("unindex", version=1)
+def unindex(doc: dict[str, Any]) -> dict[str, Any]:
+    """Compensation of `index`: removes the entry."""
+    return {"unindexed": str(doc.get("archive_id", "")), "terms": len(doc.get("terms") or [])}
+
+
+def ledger_refusal(label: str, amounts: dict[str, Any] | None) -> str | None:
+    """Why the ledger refuses to post an invoice or receipt, if it does: it posts only
+    amounts that add up (subtotal + tax = total, when all three are stated)."""
+    if label not in ("invoice", "receipt") or not amounts:
+        return None
+    subtotal, tax, total = amounts.get("subtotal"), amounts.get("tax"), amounts.get("total")
+    if subtotal is None or tax is None or total is None:
+        return None
+    if round((subtotal + tax) * 100) == round(total * 100):
+        return None
+    return (
+        f"ledger refuses the {label}: subtotal {subtotal:.2f} + tax {tax:.2f} != total {total:.2f}"
+    )
+
+
+@block("file", version=1)
+def file(doc: dict[str, Any]) -> dict[str, Any]:
+    """Files the document in its archive slot, posting invoices and receipts to the ledger.
+    A refusal is final (non-retryable): the flow then undoes what it did (compensations)."""
+    label = str(doc.get("label", ""))
+    refusal = ledger_refusal(label, doc.get("amounts"))
+    if refusal is not None:
+        raise ApplicationError(refusal, type="LedgerRefused", non_retryable=True)
+    posted = label in ("invoice", "receipt") and bool(doc.get("amounts"))
+    return {"archive_id": str(doc.get("archive_id", "")), "ledger": posted}
 
 
 CPU_BLOCKS: list[Callable[..., Any]] = [
@@ -363,6 +470,12 @@ CPU_BLOCKS: list[Callable[..., Any]] = [
     extract_dates,
     extract_parties,
     validate,
+    notify,
+    reserve,
+    release,
+    index,
+    unindex,
+    file,
 ]
 ML_BLOCKS: list[Callable[..., Any]] = [classify]
 BLOCKS_BY_QUEUE: dict[str, list[Callable[..., Any]]] = {"cpu": CPU_BLOCKS, "ml": ML_BLOCKS}
