@@ -403,8 +403,9 @@ def _summary(outcomes: list[Outcome]) -> str:
 
 def _where_next(address: str, run_ids: list[str]) -> None:
     console.print("\n[bold]Where to look next[/]")
-    console.print(f"  tidectl run list -n {NAMESPACE} --address {address}")
-    console.print(f"  tidectl run history {run_ids[0]} -n {NAMESPACE} --address {address}")
+    # Global options come before the command (`tidectl -n demo run list`).
+    console.print(f"  tidectl -n {NAMESPACE} --address {address} run list")
+    console.print(f"  tidectl -n {NAMESPACE} --address {address} run describe {run_ids[0]}")
     console.print("  blueprint: demo/intake.yaml   blocks: workers/documents/blocks.py")
 
 
