@@ -6,10 +6,9 @@ names, and the interpreter starts it and hands it events through the same entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from tideflow.api.v1 import blueprint_pb2
-from tideflow.blueprint.language.commands import Command
 from tideflow.blueprint.language.kinds import (
     event,
     external,
@@ -37,22 +36,6 @@ __all__ = [
     "Plan",
     "Site",
 ]
-
-
-def _not_yet(
-    name: str, field: str, kind: blueprint_pb2.BlockKind.ValueType, *, takes_input: bool = False
-) -> Kind:
-    """A kind the language declares and the engine does not run yet: registration says so."""
-
-    def check(site: Site) -> None:
-        site.report(site.path, f"{name} blocks are not supported yet")
-
-    def start(plan: object, block: BlockContext) -> Sequence[Command]:
-        raise AssertionError(f"{name} blocks do not pass registration")  # pragma: no cover
-
-    return Kind(
-        name=name, field=field, kind=kind, check=check, start=start, takes_input=takes_input
-    )
 
 
 KINDS: Mapping[str, Kind] = {
