@@ -115,7 +115,7 @@ async def test_a_database_restart_strands_no_run(
         BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20, detached=True),
         BlockWorker(cluster.frontend, queue, {"inc@1": inc}, concurrency=20, eager=True),
     ):
-        await asyncio.gather(*(_start(client, flow, r, i) for i, r in enumerate(run_ids)))
+        await asyncio.gather(*(_start(client, flow, r, {"n": i}) for i, r in enumerate(run_ids)))
         closing = [asyncio.create_task(client.close_event(r, timeout_s=120)) for r in run_ids]
 
         in_flight = sum(not t.done() for t in closing)
