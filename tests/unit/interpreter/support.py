@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
+from tideflow.blueprint.language.commands import SETTLING
 from tideflow_server.history.interpreter import (
     JSON,
     AwaitEvent,
@@ -185,6 +186,12 @@ class Engine:
             if not commands:
                 return applied
             applied.extend(commands)
+            if self.result is None and all(
+                isinstance(c, SETTLING) and self.blocks[c.block_id].status == RUNNING
+                for c in commands
+            ):
+                # History stops after such a decision (progress._settled): nothing follows.
+                assert self.decide() == [], f"a settling decision was not settled: {commands}"
         raise AssertionError("the run did not settle")
 
     def apply(self, command: Command) -> None:

@@ -6,16 +6,18 @@ has nothing new; each command is applied by its applier (`interpreter.appliers`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from tideflow.api.v1 import common_pb2, failure_pb2
+from tideflow.blueprint.language.commands import SETTLING
 from tideflow_server.history import blocks, payloads
 from tideflow_server.history.closing import close_run, engine_failure
 from tideflow_server.history.interpreter import (
     JSON,
     BlockError,
     BlockView,
+    Command,
     CompiledBlock,
     CompiledBlueprint,
     RunView,
@@ -57,19 +59,9 @@ def block_error(failure: failure_pb2.Failure) -> BlockError:
 
 def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
     info = state.execution_info
+    maps = state.map_blocks
     views = {
-        block_id: BlockView(
-            status=result.status,
-            output=payloads.from_value(result.output),
-            error=block_error(result.failure) if result.HasField("failure") else None,
-            attempt=result.attempt,
-            route=result.route if result.routed else None,
-            caught=result.caught.clause if result.HasField("caught") else None,
-            closed=result.close_event_id,
-            escalated=tuple(result.escalated),
-            items=_items(state, block_id),
-            scopes=Scopes(result.scopes.opened, result.scopes.succeeded, result.scopes.failed),
-        )
+        block_id: _view(result, _items(maps, block_id) if maps else None)
         for block_id, result in state.block_results.items()
     }
     signals = tuple(
@@ -90,11 +82,35 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
     )
 
 
-def _items(state: records_pb2.MutableState, block_id: str) -> tuple[JSON, ...] | None:
+_NO_SCOPES = Scopes()
+
+
+def _view(result: records_pb2.BlockResult, items: tuple[JSON, ...] | None) -> BlockView:
+    """A block as `decide` reads it. Every decision of a run builds one per block reached, so
+    fields most blocks leave unset are read only when set."""
+    scopes = result.scopes if result.HasField("scopes") else None
+    return BlockView(
+        status=result.status,
+        output=payloads.from_value(result.output) if result.HasField("output") else None,
+        error=block_error(result.failure) if result.HasField("failure") else None,
+        attempt=result.attempt,
+        route=result.route if result.routed else None,
+        caught=result.caught.clause if result.HasField("caught") else None,
+        closed=result.close_event_id,
+        escalated=tuple(result.escalated) if result.escalated else (),
+        items=items,
+        scopes=_NO_SCOPES
+        if scopes is None
+        else Scopes(scopes.opened, scopes.succeeded, scopes.failed),
+    )
+
+
+def _items(maps: Mapping[str, records_pb2.MapBlockState], block_id: str) -> tuple[JSON, ...] | None:
     """A map's recorded items; None for every other block."""
-    if block_id not in state.map_blocks:
+    recorded = maps.get(block_id)
+    if recorded is None:
         return None
-    return tuple(payloads.from_value(item) for item in state.map_blocks[block_id].items.values)
+    return tuple(payloads.from_value(item) for item in recorded.items.values)
 
 
 def advance(
@@ -129,6 +145,8 @@ def advance(
                 break
             apply(step, command, context)
         _mark_reached(step, compiled, (b for b in step.state.block_results if b not in before))
+        if _settled(step, commands):
+            return
     close_run(
         step,
         common_pb2.RUN_STATUS_FAILED,
@@ -136,6 +154,18 @@ def advance(
             BlockError("InternalError", "blueprint did not settle", True, server=True)
         ),
     )
+
+
+def _settled(step: RunStep, commands: list[Command]) -> bool:
+    """The decision only started blocks that now wait (`SETTLING`): the next would be empty,
+    so it is not asked for (one decision fewer for every block a run schedules)."""
+    results = step.state.block_results
+    for command in commands:
+        if not isinstance(command, SETTLING):
+            return False
+        if results[command.block_id].status != common_pb2.BLOCK_STATUS_RUNNING:
+            return False
+    return True
 
 
 def _mark_reached(step: RunStep, compiled: CompiledBlueprint, new: Iterable[str]) -> None:

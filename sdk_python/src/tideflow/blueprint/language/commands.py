@@ -231,3 +231,10 @@ Command: TypeAlias = (
     | CompleteRun
     | FailRun
 )
+
+
+SETTLING = (ScheduleExternal, StartTimer, AwaitSignal, AwaitEvent, StartChild)
+"""Commands that only start a block that then waits (for a worker, a timer, a signal, an
+event, a child run). A decision made of these alone, each leaving its block waiting, is
+settled: it changes nothing another decision reads (no block ended, no variable, route or
+scope changed), so deciding again would give nothing, and the engine stops there."""

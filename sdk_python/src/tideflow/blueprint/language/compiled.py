@@ -52,15 +52,17 @@ class CompiledBlock:
     """The blocks whose escalation starts it (`commands.Escalate`); empty: readiness does."""
     inner: CompiledScope | None = None
     """A container's nested blocks (a map's, a loop's), run once per scope."""
+    prerequisites: tuple[str, ...] = field(init=False)
+    """What it needs and what its `depends` reads, once each: done before it is ready."""
+    handlers: frozenset[str] = field(init=False)
+    """Its catch's `goto` blocks: they run only when its failure routes to them."""
 
-    @property
-    def prerequisites(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.needs, *self.depends_on)))
-
-    @property
-    def handlers(self) -> frozenset[str]:
-        """Its catch's `goto` blocks: they run only when its failure routes to them."""
-        return frozenset(clause.goto for clause in self.catches if clause.goto)
+    def __post_init__(self) -> None:
+        # Read on every decision: computed once here.
+        prerequisites = tuple(dict.fromkeys((*self.needs, *self.depends_on)))
+        object.__setattr__(self, "prerequisites", prerequisites)
+        handlers = frozenset(clause.goto for clause in self.catches if clause.goto)
+        object.__setattr__(self, "handlers", handlers)
 
     @property
     def policy(self) -> ExternalPolicy | None:

@@ -170,6 +170,8 @@ def _decide_scope(
         if block.triggered_by and (held := _on_demand(block, views, prefix)) is not None:
             commands += held
             continue
+        if not _ready(block, views):
+            continue
         context = BlockContext(
             prefix + block.id,
             env,
@@ -328,11 +330,7 @@ def _step(
     context: BlockContext,
     causes: dict[str, str | None],
 ) -> Sequence[Command]:
-    """What to do with a block not reached yet; nothing while it is not ready."""
-    for prerequisite in block.prerequisites:
-        view = views.get(prerequisite)
-        if view is None or view.status not in TERMINAL:
-            return ()
+    """What to do with a ready block not reached yet (`_ready`)."""
     try:
         if block.depends is None:
             for need in block.needs:
@@ -354,6 +352,15 @@ def _step(
         return block.spec.start(block.plan, context)
     except ExpressionError as e:
         return [FailBlock(context.block_id, _engine_error(EXPRESSION_ERROR, str(e)))]
+
+
+def _ready(block: CompiledBlock, views: Mapping[str, BlockView]) -> bool:
+    """Every block it needs and every block its `depends` reads is done."""
+    for prerequisite in block.prerequisites:
+        view = views.get(prerequisite)
+        if view is None or view.status not in TERMINAL:
+            return False
+    return True
 
 
 def _routed_away(compiled: Scope, need: str, view: BlockView, block_id: str) -> str | None:
