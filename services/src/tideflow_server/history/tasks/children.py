@@ -98,6 +98,7 @@ def _start_request(
     parent.execution_id = task.execution_id
     parent.block_id = attrs.block_id
     parent.initiated_event_id = initiated.event_id
+    parent.entry = attrs.entry
     return request
 
 
