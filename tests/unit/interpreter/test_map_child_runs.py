@@ -68,7 +68,9 @@ def test_items_start_as_child_runs_at_most_max_concurrency_and_output_keeps_item
     assert first.entry == "m" and first.flow == ""
     assert isinstance(first.input, dict)
     assert first.input["item"] == "a" and first.input["index"] == 0
-    assert first.input["input"] == {"items": ["a", "b", "c", "d", "e"]}
+    # Only what the map's blocks may read: not the run's input, nor outer blocks' outputs.
+    assert set(first.input) == {"item", "index", "run", "blocks"}
+    assert first.input["blocks"] == {}
     close(engine, 1, "B")
     assert children(engine) == ["m[0]", "m[2]"]  # a slot freed: the next item
     close(engine, 2, "C")
@@ -170,6 +172,9 @@ def test_a_child_reads_its_items_scope_as_the_in_line_mode_does_and_returns_its_
                 engine.complete(f"m[{index}].work", index * 10)
                 engine.settle()
             assert scheduled[0].input == {"item": item, "at": index, "base": "P"}
+        if child_runs:
+            passed = engine.items["m[0]"].input
+            assert isinstance(passed, dict) and set(passed["blocks"]) == {"pre"}  # type: ignore[arg-type]
         assert engine.blocks["m"].output == [{"item": "x", "got": 0}, {"item": "y", "got": 10}]
 
 
@@ -188,3 +193,17 @@ def test_a_map_with_child_runs_inside_an_entered_run_enters_further() -> None:
     assert leaf.compiled.entry == "m/inner"
     leaf.settle()
     assert leaf.running() == ["leaf"]
+
+
+def test_a_child_gets_the_run_input_and_vars_only_when_the_maps_blocks_name_them() -> None:
+    reads_input = [external("work", input={"item": "${item}", "factor": "${input.factor}"})]
+    compiled = compile_(child_map("m", blocks=reads_input), vars={"unused": "${input.factor}"})
+    engine = Engine(compiled, input={"items": [1], "factor": 3})
+    engine.settle()
+    passed = engine.items["m[0]"].input
+    assert isinstance(passed, dict)
+    assert passed["input"] == {"items": [1], "factor": 3}
+    assert "vars" not in passed
+    child = Engine(compiled.entered("m"), input=passed)
+    scheduled = [c for c in child.settle() if isinstance(c, ScheduleExternal)]
+    assert scheduled[0].input == {"item": 1, "factor": 3}

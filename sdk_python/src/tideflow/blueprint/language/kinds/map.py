@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from google.protobuf.message import Message
+
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow.blueprint.language.commands import (
     Command,
@@ -76,6 +78,9 @@ class MapPlan:
     tolerated_percentage: int
     child_runs: bool = False
     """Each item runs as a child run (`MapBlock.child_runs`)."""
+    names: frozenset[str] = frozenset()
+    """With child runs: every name the map's blocks may read (`_names`), so a child's input
+    carries only those of the scope's variables and outer blocks."""
     ends_run: bool = False
 
     def tolerated(self, items: int) -> int:
@@ -108,7 +113,43 @@ def check(site: Site) -> MapPlan:
         tolerated_failures=spec.tolerated_failures,
         tolerated_percentage=spec.tolerated_failure_percentage,
         child_runs=spec.child_runs,
+        names=_names(spec) if spec.child_runs else frozenset(),
     )
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ALWAYS_PASSED = frozenset({"item", "index", "run"})
+"""What every child gets: its item, and the identity `${run.*}` reads (small)."""
+
+
+def _names(spec: blueprint_pb2.MapBlock) -> frozenset[str]:
+    """Every identifier in the text of the map's blocks and output (their expressions and
+    templates, and, harmlessly, other text): a superset of the variables and blocks they
+    read, for CEL names a variable only by writing it. A map item's input would otherwise
+    copy the whole run input and every outer block's output into each child."""
+    names: set[str] = set()
+    for block in spec.blocks:
+        _scan(block, names)
+    if spec.HasField("output"):
+        _scan(spec.output, names)
+    return frozenset(names)
+
+
+def _scan(value: object, names: set[str]) -> None:
+    """Collect the identifiers of every text in `value` (a message, its fields' values, a
+    struct's keys)."""
+    if isinstance(value, str):
+        names.update(_NAME.findall(value))
+    elif isinstance(value, Message):
+        for _, field_value in value.ListFields():
+            _scan(field_value, names)
+    elif isinstance(value, Mapping):
+        for key, one in value.items():
+            _scan(key, names)
+            _scan(one, names)
+    elif isinstance(value, Sequence):
+        for one in value:
+            _scan(one, names)
 
 
 def start(plan: MapPlan, block: BlockContext) -> Sequence[Command]:
@@ -128,7 +169,7 @@ def start(plan: MapPlan, block: BlockContext) -> Sequence[Command]:
     if not plan.child_runs:
         return [StartMap(block.block_id, tuple(items))]
     opened = min(len(items), _concurrency(plan, block))
-    children = _children(block, items, range(opened))
+    children = _children(plan, block, items, range(opened))
     return [
         StartMap(block.block_id, tuple(items)),
         RecordScopes(block.block_id, Scopes(opened)),
@@ -164,22 +205,35 @@ def _concurrency(plan: MapPlan, block: BlockContext) -> int:
     return plan.max_concurrency or block.limits.default_map_concurrency
 
 
-def _children(block: BlockContext, items: Sequence[JSON], indexes: range) -> list[Command]:
-    """The child runs of items `indexes`: each gets its item's scope as its input, and runs
-    the map's block list (`StartChild.entry`). Its run_id is `<run id>/<map path>[<index>]`
-    (the engine puts the run's own id first, for an entered run's `run.id` is its
-    parent's)."""
-    scope = block.env.variables()
+def _children(
+    plan: MapPlan, block: BlockContext, items: Sequence[JSON], indexes: range
+) -> list[Command]:
+    """The child runs of items `indexes`: each gets its item's scope as its input (what of
+    it the map's blocks may read, `MapPlan.names`), and runs the map's block list
+    (`StartChild.entry`). Its run_id is `<run id>/<map path>[<index>]` (the engine puts the
+    run's own id first, for an entered run's `run.id` is its parent's)."""
+    scope = _passed(plan, block.env.variables())
     return [
         StartChild(
             block_id=block.block_id,
             flow="",
             run_id=f"{block.block_id}[{index}]",
-            input=cast(JSON, {**scope, "item": items[index], "index": index}),
+            input={**scope, "item": items[index], "index": index},
             entry=block.block_id,
         )
         for index in indexes
     ]
+
+
+def _passed(plan: MapPlan, variables: Mapping[str, object]) -> dict[str, JSON]:
+    """The scope's variables a child needs: those its blocks may read, and of the outer
+    blocks (`blocks.<id>`) those they may read."""
+    wanted = plan.names | _ALWAYS_PASSED
+    scope = {name: cast(JSON, value) for name, value in variables.items() if name in wanted}
+    outer = variables.get("blocks")
+    if isinstance(outer, Mapping):
+        scope["blocks"] = {b: cast(JSON, v) for b, v in outer.items() if b in plan.names}
+    return scope
 
 
 def _progress(plan: MapPlan, block: BlockContext, progress: Progress) -> Sequence[Command]:
@@ -225,7 +279,7 @@ def _item_closed(
         outcomes = {**view.outcomes, index: outcome}
         return [*record, RecordScopes(block.block_id, scopes), _end(plan, block, outcomes, total)]
     opened = max(before.opened, min(total, succeeded + failed + _concurrency(plan, block)))
-    children = _children(block, view.items, range(before.opened, opened))
+    children = _children(plan, block, view.items, range(before.opened, opened))
     scopes = Scopes(opened, succeeded, failed)
     return [*record, RecordScopes(block.block_id, scopes), *children]
 
