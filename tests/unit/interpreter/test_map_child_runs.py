@@ -26,6 +26,7 @@ from tideflow_server.history.interpreter import (
     StartChild,
     StartMap,
     compile_blueprint,
+    validate_blueprint,
 )
 
 COMPLETED = common_pb2.RUN_STATUS_COMPLETED
@@ -207,3 +208,16 @@ def test_a_child_gets_the_run_input_and_vars_only_when_the_maps_blocks_name_them
     child = Engine(compiled.entered("m"), input=passed)
     scheduled = [c for c in child.settle() if isinstance(c, ScheduleExternal)]
     assert scheduled[0].input == {"item": 1, "factor": 3}
+
+
+def test_registration_refuses_set_blocks_in_a_map_with_child_runs_with_their_paths() -> None:
+    assign = {"id": "note", "set": {"vars": {"seen": "${item}"}}}
+    loop = {"id": "again", "loop": {"max_iterations": 2, "blocks": [assign]}}
+    bp = blueprint(child_map("m", blocks=[assign, loop], output="${item}"))
+    found = {v.field: v.description for v in validate_blueprint(bp)}
+    assert set(found) == {
+        "blocks[0].map_block.blocks[0].set",
+        "blocks[0].map_block.blocks[1].loop.blocks[0].set",
+    }
+    assert "would assign the child run's variables" in found["blocks[0].map_block.blocks[0].set"]
+    assert not validate_blueprint(blueprint(child_map("m", blocks=[assign], childRuns=False)))

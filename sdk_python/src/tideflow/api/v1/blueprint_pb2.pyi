@@ -605,7 +605,7 @@ class MapBlock(_message.Message):
     variables (`item`, `index`, `input`, `vars`, `run`, the outer `blocks`), passed as the
     child's input; `max_concurrency` children are open at once (at most the server's
     `history.max_pending_children`), and the parent's close terminates those still open.
-    The output is the same list, in item order.
+    The output is the same list, in item order. A `set` block is refused inside it.
     8-9: kept.
     """
     @_builtins.property

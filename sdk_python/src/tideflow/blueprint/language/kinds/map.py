@@ -107,6 +107,8 @@ def check(site: Site) -> MapPlan:
         output=spec.output if spec.HasField("output") else None,
         output_path=f"{path}.output",
     )
+    if spec.child_runs:
+        _refuse_sets(site, spec.blocks, f"{path}.blocks")
     return MapPlan(
         items=items,
         max_concurrency=spec.max_concurrency,
@@ -115,6 +117,32 @@ def check(site: Site) -> MapPlan:
         child_runs=spec.child_runs,
         names=_names(spec) if spec.child_runs else frozenset(),
     )
+
+
+def _refuse_sets(site: Site, blocks: Sequence[blueprint_pb2.Block], path: str) -> None:
+    """A `set` block assigns its run's variables: in a child run, the child's, which neither
+    the parent nor the other items read, so it is refused there (also in nested maps and
+    loops)."""
+    for index, block in enumerate(blocks):
+        kind = block.WhichOneof("kind")
+        if kind == "set":
+            site.report(
+                f"{path}[{index}].set",
+                "a set block inside a map with child_runs would assign the child run's "
+                "variables, which this run does not see: compute the value as the item's "
+                "output instead",
+            )
+        nested = _CONTAINERS.get(kind or "")
+        if nested is not None:
+            _refuse_sets(site, nested(block), f"{path}[{index}].{kind}.blocks")
+
+
+_CONTAINERS: Mapping[str, Callable[[blueprint_pb2.Block], Sequence[blueprint_pb2.Block]]] = {
+    "map_block": lambda block: block.map_block.blocks,
+    "loop": lambda block: block.loop.blocks,
+}
+"""The containers' block lists, by the `Block.kind` field that holds them (as their kinds'
+`nested`, which this module cannot import from the registry that imports it)."""
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
