@@ -4,6 +4,7 @@ outcomes in its state and three history events per item, and the output keeps it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any
@@ -12,11 +13,11 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockWorker, Client, Task, value
-from tideflow.api.v1 import common_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 
-EVENTS_PER_ITEM = 3
-"""CHILD_RUN_INITIATED, CHILD_RUN_STARTED and CHILD_RUN_CLOSED: the parent's history holds
-nothing else per item."""
+EVENTS_PER_ITEM = 2
+"""CHILD_RUN_INITIATED and CHILD_RUN_CLOSED: the parent's history holds nothing else per item
+(a map item's start is not recorded on the parent)."""
 EVENTS_PER_RUN = 20
 """Besides: the run's start and close, its blocks' events, the batches' markers."""
 
@@ -81,6 +82,7 @@ async def test_fifty_items_run_as_child_runs_ten_at_a_time_with_outputs_in_item_
     assert len(history) <= EVENTS_PER_ITEM * len(numbers) + EVENTS_PER_RUN
     types = [e.event_type for e in history]
     assert types.count(history_pb2.EVENT_TYPE_CHILD_RUN_CLOSED) == len(numbers)
+    assert history_pb2.EVENT_TYPE_CHILD_RUN_STARTED not in types
     assert history_pb2.EVENT_TYPE_BLOCK_SCHEDULED not in types  # the items' blocks ran elsewhere
     described = {b.block_id: b for b in (await client.describe(run_id)).blocks}
     assert set(described) == {"base", "items", "after"}
@@ -123,6 +125,37 @@ async def test_a_failed_item_past_the_tolerance_fails_the_map_with_its_error(
     assert "Three: no threes" in cause.message
 
 
+async def test_the_parents_close_terminates_the_items_children_still_open(
+    cluster: Cluster, client: Client
+) -> None:
+    flow, queue = _name("children"), _name("q")
+    inner = [{"id": "hang", "external": {"block": "hang@1"}, "input": "${item}"}]
+    await client.register(_flow(flow, queue, inner, max_concurrency=3))
+    taken: set[int] = set()
+    all_taken = asyncio.Event()
+
+    async def hang(task: Task) -> Any:
+        taken.add(task.input)
+        if len(taken) == 3:
+            all_taken.set()
+        await asyncio.Event().wait()  # never answers: the children stay open
+
+    async with BlockWorker(cluster.frontend, queue, {"hang@1": hang}, concurrency=5):
+        run_id, _ = await client.start(flow, {"numbers": [0, 1, 2, 3, 4], "base": 0})
+        await asyncio.wait_for(all_taken.wait(), 30)
+        terminate = flow_service_pb2.TerminateRunRequest(namespace=client.namespace, reason="stop")
+        terminate.run.run_id = run_id
+        await client.stub.TerminateRun(terminate, timeout=10)
+        for index in range(3):
+            closed = await client.close_event(f"{run_id}/items[{index}]", timeout_s=30)
+            assert closed.event_type == history_pb2.EVENT_TYPE_RUN_TERMINATED
+            reason = closed.run_terminated_event_attributes.reason
+            assert reason == f"parent run {run_id!r} closed"
+    assert taken == {0, 1, 2}  # no further item started
+    described = {b.block_id: b for b in (await client.describe(run_id)).blocks}
+    assert described["items"].status == common_pb2.BLOCK_STATUS_CANCELED
+
+
 SCALE_ITEMS = int(os.environ.get("TIDEFLOW_SCALE_ITEMS", "10000"))
 """The scale test's items. It runs only when TIDEFLOW_SCALE_TESTS is set (not in `make test`):
 10,000 items took 479 s over sqlite on two shared cores, for the parent's state, which holds
@@ -137,7 +170,7 @@ async def test_a_map_of_ten_thousand_items_as_child_runs_finishes_with_a_bounded
     client: Client,
 ) -> None:
     """The issue's scale check: every item's output, and the parent's history under
-    EVENTS_PER_ITEM * items + EVENTS_PER_RUN (30,020 events for 10,000 items)."""
+    EVENTS_PER_ITEM * items + EVENTS_PER_RUN (20,020 events for 10,000 items)."""
     flow = _name("scale")
     inner = [{"id": "square", "transform": {"output": {"i": "${index}", "sq": "${item * item}"}}}]
     await client.register(_flow(flow, "unused", inner, max_concurrency=500))

@@ -184,6 +184,7 @@ def _start_child(step: RunStep, command: StartChild, context: Applying) -> None:
     pending.run_id = attrs.run_id
     pending.parent_close_policy = command.parent_close_policy
     pending.initiated_batch_event_id = step.events[0].event_id
+    pending.map_item = bool(command.entry)
     result = step.state.block_results[command.block_id]
     result.status = common_pb2.BLOCK_STATUS_RUNNING
     result.child_run.run_id = attrs.run_id

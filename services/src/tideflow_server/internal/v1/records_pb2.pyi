@@ -287,6 +287,7 @@ class PendingChild(_message.Message):
     STARTED_EVENT_ID_FIELD_NUMBER: _builtins.int
     PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
     INITIATED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
+    MAP_ITEM_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     initiated_event_id: _builtins.int
     run_id: _builtins.str
@@ -298,6 +299,11 @@ class PendingChild(_message.Message):
     """First event id of the history batch that holds CHILD_RUN_INITIATED (history is read from
     batch boundaries): where the outbox reads what to start.
     """
+    map_item: _builtins.bool
+    """A map's item (MapBlock.child_runs): its start is not recorded on the parent (no
+    CHILD_RUN_STARTED, execution_id stays empty), and the parent's close applies the close
+    policy to the child's current execution by run_id.
+    """
     def __init__(
         self,
         *,
@@ -308,10 +314,11 @@ class PendingChild(_message.Message):
         started_event_id: _builtins.int = ...,
         parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
         initiated_batch_event_id: _builtins.int = ...,
+        map_item: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_batch_event_id", b"initiated_batch_event_id", "initiated_event_id", b"initiated_event_id", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "started_event_id", b"started_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_batch_event_id", b"initiated_batch_event_id", "initiated_event_id", b"initiated_event_id", "map_item", b"map_item", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "started_event_id", b"started_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,8 +31,8 @@ is the item's scope as the in-line mode has it (`item`, `index`, `input`, `vars`
 outer `blocks`), so the blocks read the same; its result is the item's output. Children are
 started in item order, at most `max_concurrency` open at once; each close is an item's
 outcome (`RecordItem`, kept in the run's state), and tolerated failures and the output in
-item order are as in-line. The parent's history holds three events per item (the child's
-CHILD_RUN_INITIATED, _STARTED and _CLOSED), not the items' blocks.
+item order are as in-line. The parent's history holds two events per item (the child's
+CHILD_RUN_INITIATED and _CLOSED; its start is not recorded there), not the items' blocks.
 """
 
 from __future__ import annotations
