@@ -158,8 +158,8 @@ async def test_the_parents_close_terminates_the_items_children_still_open(
 
 SCALE_ITEMS = int(os.environ.get("TIDEFLOW_SCALE_ITEMS", "10000"))
 """The scale test's items. It runs only when TIDEFLOW_SCALE_TESTS is set (not in `make test`):
-10,000 items took 479 s over sqlite on two shared cores, for the parent's state, which holds
-every item and outcome, is written on each child's start and close (docs/blueprints.md)."""
+10,000 items took 339 s over sqlite on two shared cores, for the parent's state, which holds
+every item and outcome, is written on each child's close (docs/blueprints.md)."""
 
 
 @pytest.mark.skipif(
