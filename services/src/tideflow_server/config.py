@@ -186,8 +186,11 @@ class BlueprintConfig(_Section):
     max_loop_iterations: int = Field(default=1_000, gt=0)
     """The largest `max_iterations` a loop block may set."""
     max_inline_map_items: int = Field(default=1_000, gt=0)
-    """Items a map block runs in its run's history; a map given more fails. Larger fan-outs
-    as child runs come later."""
+    """Items a map block runs in its run's history; a map given more fails, unless it sets
+    `child_runs` (then `max_child_map_items` bounds it)."""
+    max_child_map_items: int = Field(default=100_000, gt=0)
+    """Items a map block with `child_runs` runs, each as a child run; a map given more
+    fails."""
     default_map_concurrency: int = Field(default=100, gt=0)
     """Items in flight at once for a map block that sets no `max_concurrency`."""
 

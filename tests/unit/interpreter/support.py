@@ -27,6 +27,7 @@ from tideflow_server.history.interpreter import (
     EventReceived,
     FailBlock,
     FailRun,
+    RecordItem,
     RecordScopes,
     RunView,
     ScheduleExternal,
@@ -129,6 +130,8 @@ class Engine:
     """Open child runs: block id -> the child's run id."""
     awaiting_events: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Event blocks that wait: block id -> (event type, correlation key)."""
+    items: dict[str, StartChild] = field(default_factory=dict)
+    """Map items started as child runs, by their (relative) run id."""
     next_event_id: int = 1
 
     def __post_init__(self) -> None:
@@ -231,8 +234,9 @@ class Engine:
         if isinstance(command, ScheduleExternal):
             self.blocks[command.block_id] = BlockView(RUNNING, attempt=1)
         elif isinstance(command, StartChild):
-            self.blocks[command.block_id] = BlockView(RUNNING)
-            self.children[command.block_id] = command.run_id
+            self._child(command)
+        elif isinstance(command, RecordItem):
+            self._item(command)
         elif isinstance(command, StartMap):
             self.blocks[command.block_id] = BlockView(RUNNING, items=command.items)
         elif isinstance(command, StartLoop):
@@ -264,6 +268,21 @@ class Engine:
             )
         else:
             raise AssertionError(f"no rule for {command}")
+
+    def _child(self, command: StartChild) -> None:
+        if command.entry:
+            # A map's item as a child run: the map runs on; the child is the item's.
+            assert self.blocks[command.block_id].status == RUNNING
+            self.items[command.run_id] = command
+            return
+        self.blocks[command.block_id] = BlockView(RUNNING)
+        self.children[command.block_id] = command.run_id
+
+    def _item(self, command: RecordItem) -> None:
+        view = self.blocks[command.block_id]
+        assert command.index not in view.outcomes, f"item recorded twice: {command}"
+        outcomes = {**view.outcomes, command.index: command.outcome}
+        self.blocks[command.block_id] = replace(view, outcomes=outcomes)
 
     def catch(self, command: CatchFailure) -> None:
         """As history's applier: the outcome is kept, a goto routes, a continue succeeds."""

@@ -97,7 +97,9 @@ def _close_children(step: RunStep) -> None:
     task that starts it, which finds the parent closed (tasks/transfer.py)."""
     for child in step.state.pending_children.values():
         step.state.block_results[child.block_id].status = common_pb2.BLOCK_STATUS_CANCELED
-        if child.execution_id and child.parent_close_policy != ABANDON:
+        # A map's item never records its execution: its current one is the one to close.
+        started = child.execution_id or child.map_item
+        if started and child.parent_close_policy != ABANDON:
             closed = step.add_transfer().parent_closed
             closed.child_run_id = child.run_id
             closed.child_execution_id = child.execution_id

@@ -27,6 +27,9 @@ class FlowCache:
             tuple[str, str, int], tuple[flow_pb2.FlowDefinition, CompiledBlueprint]
         ] = {}
         self._latest: dict[tuple[str, str], int] = {}
+        self._entries: dict[
+            tuple[str, str, int, str], tuple[flow_pb2.FlowDefinition, CompiledBlueprint]
+        ] = {}
 
     def latest_known(
         self, namespace_id: str, name: str
@@ -40,9 +43,13 @@ class FlowCache:
         self._latest.pop((namespace_id, name), None)
 
     async def get(
-        self, namespace_id: str, name: str, version: int
+        self, namespace_id: str, name: str, version: int, entry: str = ""
     ) -> tuple[flow_pb2.FlowDefinition, CompiledBlueprint]:
-        """`version` 0 resolves to the latest version (and pins it)."""
+        """`version` 0 resolves to the latest version (and pins it). `entry`: a map item's
+        child run (`RunExecutionInfo.parent.entry`) runs the block list of the map at that
+        path ("/"-separated through maps in entered runs): `CompiledBlueprint.entered`."""
+        if entry:
+            return await self._entered(namespace_id, name, version, entry)
         key = (namespace_id, name, version)
         found = self._compiled.get(key)
         if found is not None:
@@ -65,6 +72,26 @@ class FlowCache:
         compiled = compile_blueprint(flow.blueprint, stored=True, limits=self._limits)
         if len(self._compiled) >= self._max_entries:
             self._compiled.pop(next(iter(self._compiled)))
-        entry = (flow, compiled)
-        self._compiled[(namespace_id, name, flow.version)] = entry
-        return entry
+        found = (flow, compiled)
+        self._compiled[(namespace_id, name, flow.version)] = found
+        return found
+
+    async def _entered(
+        self, namespace_id: str, name: str, version: int, entry: str
+    ) -> tuple[flow_pb2.FlowDefinition, CompiledBlueprint]:
+        key = (namespace_id, name, version, entry)
+        found = self._entries.get(key)
+        if found is not None:
+            return found
+        flow, compiled = await self.get(namespace_id, name, version)
+        try:
+            for path in entry.split("/"):
+                compiled = compiled.entered(path)
+        except KeyError as e:
+            raise NotFound(
+                f"flow {name}@{version} has no map block at {entry!r}", reason="FLOW_NOT_FOUND"
+            ) from e
+        if len(self._entries) >= self._max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (flow, compiled)
+        return flow, compiled

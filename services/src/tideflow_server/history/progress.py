@@ -6,8 +6,11 @@ has nothing new; each command is applied by its applier (`interpreter.appliers`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import overload
+
+from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import common_pb2, failure_pb2
 from tideflow.blueprint.language.commands import SETTLING
@@ -20,6 +23,7 @@ from tideflow_server.history.interpreter import (
     Command,
     CompiledBlock,
     CompiledBlueprint,
+    ItemOutcome,
     RunView,
     Scopes,
     Signal,
@@ -61,7 +65,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
     info = state.execution_info
     maps = state.map_blocks
     views = {
-        block_id: _view(result, _items(maps, block_id) if maps else None)
+        block_id: _view(result, maps.get(block_id) if maps else None)
         for block_id, result in state.block_results.items()
     }
     signals = tuple(
@@ -85,7 +89,7 @@ def run_view(state: records_pb2.MutableState, namespace: str) -> RunView:
 _NO_SCOPES = Scopes()
 
 
-def _view(result: records_pb2.BlockResult, items: tuple[JSON, ...] | None) -> BlockView:
+def _view(result: records_pb2.BlockResult, recorded: records_pb2.MapBlockState | None) -> BlockView:
     """A block as `decide` reads it. Every decision of a run builds one per block reached, so
     fields most blocks leave unset are read only when set."""
     scopes = result.scopes if result.HasField("scopes") else None
@@ -98,19 +102,70 @@ def _view(result: records_pb2.BlockResult, items: tuple[JSON, ...] | None) -> Bl
         caught=result.caught.clause if result.HasField("caught") else None,
         closed=result.close_event_id,
         escalated=tuple(result.escalated) if result.escalated else (),
-        items=items,
+        items=None if recorded is None else _Recorded(recorded.items.values),
+        outcomes={} if recorded is None else _Outcomes(recorded.outcomes),
         scopes=_NO_SCOPES
         if scopes is None
         else Scopes(scopes.opened, scopes.succeeded, scopes.failed),
     )
 
 
-def _items(maps: Mapping[str, records_pb2.MapBlockState], block_id: str) -> tuple[JSON, ...] | None:
-    """A map's recorded items; None for every other block."""
-    recorded = maps.get(block_id)
-    if recorded is None:
-        return None
-    return tuple(payloads.from_value(item) for item in recorded.items.values)
+class _Recorded(Sequence[JSON]):
+    """Recorded values, each read as JSON when first asked for: a decision reads a map's
+    items (up to `blueprint.max_child_map_items`) only to start the next few."""
+
+    __slots__ = ("_read", "_values")
+
+    def __init__(self, values: Sequence[struct_pb2.Value]) -> None:
+        self._values = values
+        self._read: dict[int, JSON] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> JSON: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[JSON]: ...
+    def __getitem__(self, index: int | slice) -> JSON | Sequence[JSON]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if index not in self._read:
+            self._read[index] = payloads.from_value(self._values[index])
+        return self._read[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Outcomes(Mapping[int, ItemOutcome]):
+    """A child-run map's item outcomes (`BlockView.outcomes`), read when first asked for."""
+
+    __slots__ = ("_recorded",)
+
+    def __init__(self, recorded: Mapping[int, records_pb2.MapItemOutcome]) -> None:
+        self._recorded = recorded
+
+    def __len__(self) -> int:
+        return len(self._recorded)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._recorded)
+
+    def __getitem__(self, index: int) -> ItemOutcome:
+        if index not in self._recorded:
+            raise KeyError(index)
+        outcome = self._recorded[index]
+        error = None
+        if outcome.failed:
+            error = BlockError(
+                outcome.error_type, outcome.error_message, True, server=outcome.server
+            )
+        return ItemOutcome(payloads.from_value(outcome.output), error)
 
 
 def advance(
@@ -125,11 +180,15 @@ def advance(
 ) -> None:
     """Apply the interpreter's commands until it has none (or the run closed).
     `max_map_items`: the namespace's own bound on a map's items (0: none), under the
-    server's `blueprint.max_inline_map_items`."""
-    bound = compiled.limits.max_inline_map_items
-    if tighter(max_map_items, bound) != bound:
-        limits = replace(compiled.limits, max_inline_map_items=max_map_items)
-        compiled = replace(compiled, limits=limits)
+    server's `blueprint.max_inline_map_items` and `blueprint.max_child_map_items`."""
+    limits = compiled.limits
+    tightened = replace(
+        limits,
+        max_inline_map_items=tighter(max_map_items, limits.max_inline_map_items),
+        max_child_map_items=tighter(max_map_items, limits.max_child_map_items),
+    )
+    if tightened != limits:
+        compiled = replace(compiled, limits=tightened)
     context = Applying(
         compiled, max_pending_blocks, max_pending_children, max_event_waits, max_map_items
     )
@@ -254,7 +313,9 @@ def _advance(step: RunStep, compiled: CompiledBlueprint, namespace: str, context
 async def _applying(shard: Shard, step: RunStep) -> tuple[CompiledBlueprint, str, Applying]:
     """The run's blueprint, its namespace's name, and the limits its commands apply under."""
     info = step.info
-    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    _, compiled = await shard.flows.get(
+        info.namespace_id, info.flow.name, info.flow.version, info.parent.entry
+    )
     namespace = await shard.namespaces.by_id(info.namespace_id)
     max_pending_blocks = tighter(
         namespace.config.limits.max_pending_blocks, shard.config.max_pending_blocks

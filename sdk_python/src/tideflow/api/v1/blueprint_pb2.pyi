@@ -583,13 +583,14 @@ class MapBlock(_message.Message):
     TOLERATED_FAILURES_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     TOLERATED_FAILURE_PERCENTAGE_FIELD_NUMBER: _builtins.int
+    CHILD_RUNS_FIELD_NUMBER: _builtins.int
     items: _builtins.str
     """CEL yielding a list, evaluated once when the block starts (the items are recorded, so a
     replay does not evaluate them again); `${...}` around it reads the same. Not a list fails
     the block. More items than the server's `blueprint.max_inline_map_items` (default 1,000),
     or the namespace's `limits.max_map_items` when lower, fails the block too
-    (MapItemsLimitExceeded); running larger fan-outs as child runs comes later. Inside the
-    scope `item` and `index` name the current item.
+    (MapItemsLimitExceeded), unless `child_runs` is set. Inside the scope `item` and `index`
+    name the current item.
     """
     max_concurrency: _builtins.int
     """Items in flight at once; 0 = the server's `blueprint.default_map_concurrency` (100).
@@ -602,7 +603,16 @@ class MapBlock(_message.Message):
     tolerated_failure_percentage: _builtins.int
     """Failed items tolerated as a percentage of the items (0-100), rounded down; the larger of
     this and `tolerated_failures` applies.
-    7-9: kept (child-run mode for large fan-outs).
+    """
+    child_runs: _builtins.bool
+    """Run each item as a child run (of this flow version, entered at this map's block list)
+    instead of in this run's history, for fan-outs past the in-line bound: up to the server's
+    `blueprint.max_child_map_items` (default 100,000). The item's scope reads the same
+    variables (`item`, `index`, `input`, `vars`, `run`, the outer `blocks`), passed as the
+    child's input; `max_concurrency` children are open at once (at most the server's
+    `history.max_pending_children`), and the parent's close terminates those still open.
+    The output is the same list, in item order. A `set` block is refused inside it.
+    8-9: kept.
     """
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Block]:
@@ -626,10 +636,11 @@ class MapBlock(_message.Message):
         tolerated_failures: _builtins.int = ...,
         output: _struct_pb2.Value | None = ...,
         tolerated_failure_percentage: _builtins.int = ...,
+        child_runs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "items", b"items", "max_concurrency", b"max_concurrency", "output", b"output", "tolerated_failure_percentage", b"tolerated_failure_percentage", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "child_runs", b"child_runs", "items", b"items", "max_concurrency", b"max_concurrency", "output", b"output", "tolerated_failure_percentage", b"tolerated_failure_percentage", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

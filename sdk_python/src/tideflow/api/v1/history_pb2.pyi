@@ -1141,6 +1141,7 @@ class ChildRunInitiatedEventAttributes(_message.Message):
     RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
     PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     flow: _builtins.str
     """As the block names it: "name@version", or a bare name for the latest version."""
@@ -1148,6 +1149,10 @@ class ChildRunInitiatedEventAttributes(_message.Message):
     parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType
     request_id: _builtins.str
     """The child's start request id: "<parent execution_id>/<this event id>"."""
+    entry: _builtins.str
+    """A map block's item run as a child (MapBlock.child_runs): the map's block path, whose
+    block list the child runs (of the parent's flow version); empty for a subflow block.
+    """
     @_builtins.property
     def input(self) -> _common_pb2.Payloads: ...
     @_builtins.property
@@ -1169,10 +1174,11 @@ class ChildRunInitiatedEventAttributes(_message.Message):
         run_timeout: _duration_pb2.Duration | None = ...,
         parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
         request_id: _builtins.str = ...,
+        entry: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "flow", b"flow", "input", b"input", "parent_close_policy", b"parent_close_policy", "request_id", b"request_id", "run_id", b"run_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "entry", b"entry", "flow", b"flow", "input", b"input", "parent_close_policy", b"parent_close_policy", "request_id", b"request_id", "run_id", b"run_id", "run_timeout", b"run_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

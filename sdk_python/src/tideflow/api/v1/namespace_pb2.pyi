@@ -206,7 +206,8 @@ class NamespaceLimits(_message.Message):
     schedule more fails (PendingBlocksLimitExceeded).
     """
     max_map_items: _builtins.int
-    """Items of one map block, as blueprint.max_inline_map_items: a map given more fails
+    """Items of one map block, as blueprint.max_inline_map_items (and, for a map with
+    child_runs, blueprint.max_child_map_items): a map given more fails
     (MapItemsLimitExceeded).
     """
     def __init__(

@@ -16,7 +16,7 @@ from typing import TypeAlias
 from google.protobuf import duration_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2
-from tideflow.blueprint.language.model import JSON, BlockError, Scopes
+from tideflow.blueprint.language.model import JSON, BlockError, ItemOutcome, Scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +147,9 @@ class StartChild:
     parent_close_policy: blueprint_pb2.ParentClosePolicy.ValueType = (
         blueprint_pb2.PARENT_CLOSE_POLICY_TERMINATE
     )
+    entry: str = ""
+    """A map's item (`MapBlock.child_runs`): the map's block path, whose block list the child
+    runs, of this run's flow version (`flow` is empty then); empty: a subflow's child."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,16 @@ class StartMap:
 
     block_id: str
     items: tuple[JSON, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordItem:
+    """An item of a map that runs its items as child runs ended (its child closed): kept in
+    the run's state (`BlockView.outcomes`); the child's close is its event."""
+
+    block_id: str
+    index: int
+    outcome: ItemOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +240,7 @@ Command: TypeAlias = (
     | Escalate
     | StartMap
     | StartLoop
+    | RecordItem
     | RecordScopes
     | CompleteRun
     | FailRun

@@ -133,6 +133,9 @@ class CompiledBlueprint:
 
     limits: Limits = field(default_factory=Limits)
     """The server's bounds the blueprint runs under."""
+    entry: str = ""
+    """A map item's child run (`MapBlock.child_runs`): the map blocks it was entered through
+    (`entered`), "/"-separated; empty for the flow itself."""
 
     @classmethod
     def compile(
@@ -179,6 +182,55 @@ class CompiledBlueprint:
                 raise KeyError(path)
             blocks = inner.blocks
         return blocks[block_id]
+
+    def entered(self, path: str) -> CompiledBlueprint:
+        """What a map item run as a child run runs: the block list of the map at `path`, as a
+        blueprint of its own whose output is one item's (`CompiledScope.result`). Its runs read
+        the item's scope variables from their input (`env`). KeyError when no map is there."""
+        block = self.block(path)
+        scope, nested = block.inner, block.spec.nested
+        if scope is None or nested is None:
+            raise KeyError(path)
+        # Its blueprint lists the map's blocks, so `CompiledBlock.index` reads in it.
+        blueprint = blueprint_pb2.Blueprint()
+        blueprint.CopyFrom(self.blueprint)
+        del blueprint.blocks[:]
+        blueprint.blocks.extend(nested(self._spec_of(path)))
+        return CompiledBlueprint(
+            blueprint=blueprint,
+            blocks=scope.blocks,
+            order=scope.order,
+            vars=(),
+            output=scope.result,
+            input_schema=None,
+            output_schema=None,
+            input_validator=None,
+            output_validator=None,
+            limits=self.limits,
+            entry=f"{self.entry}/{path}" if self.entry else path,
+        )
+
+    def _spec_of(self, path: str) -> blueprint_pb2.Block:
+        """The block at `path` as the blueprint declares it."""
+        scopes, block_id = split_path(path)
+        declared: Sequence[blueprint_pb2.Block] = self.blueprint.blocks
+        blocks: Mapping[str, CompiledBlock] = self.blocks
+        for container, _ in scopes:
+            block = blocks[container]
+            assert block.inner is not None and block.spec.nested is not None
+            declared = block.spec.nested(declared[block.index])
+            blocks = block.inner.blocks
+        return declared[blocks[block_id].index]
+
+    def env(self, run: RunView) -> Env:
+        """The variables `run`'s expressions read. A map item's child run reads its item's
+        scope as the parent had it (passed as its input: `item`, `index`, `input`, `vars`,
+        `run`, the outer `blocks`), with its own blocks over the outer ones."""
+        if not self.entry:
+            return Env.for_run(run)
+        scope = run.input if isinstance(run.input, dict) else {}
+        own = {block_id: view for block_id, view in run.blocks.items() if "[" not in block_id}
+        return Env(scope).nested(own, {})
 
     @property
     def name(self) -> str:

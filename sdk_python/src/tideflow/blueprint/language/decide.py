@@ -138,7 +138,7 @@ class _Decision:
 def decide(compiled: CompiledBlueprint, run: RunView) -> list[Command]:
     """The commands that follow from `run`; empty while the run waits on running blocks."""
     decision = _Decision(compiled, run, run.signals)
-    step = _decide_scope(decision, compiled, _tree(run.blocks), Env.for_run(run), "")
+    step = _decide_scope(decision, compiled, _tree(run.blocks), compiled.env(run), "")
     return step if isinstance(step, list) else [step]
 
 
@@ -161,7 +161,8 @@ def _decide_scope(
         view = views.get(block.id)
         if view is not None:
             # A running container goes on while the run unwinds too: it must end first.
-            if block.inner is not None and view.status == RUNNING:
+            running = block.inner is not None and view.status == RUNNING
+            if running and block.spec.in_line(block.plan):
                 scopes = tree.scopes.get(block.id, {})
                 commands += _container(decision, block, view, scopes=scopes, env=env, prefix=prefix)
             continue
@@ -264,7 +265,7 @@ def deliver(
 
 
 def _env_at(compiled: CompiledBlueprint, run: RunView, path: str) -> Env:
-    env = Env.for_run(run)
+    env = compiled.env(run)
     containers, _ = split_path(path)
     tree = _tree(run.blocks)
     blocks: Mapping[str, CompiledBlock] = compiled.blocks

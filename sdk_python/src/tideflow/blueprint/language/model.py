@@ -6,7 +6,7 @@ The engine's interpreter (in the server) decides from a `RunView`; expressions s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -56,9 +56,22 @@ class Limits:
     max_loop_iterations: int = 1_000
     """The largest `max_iterations` a loop may set, checked at registration."""
     max_inline_map_items: int = 1_000
-    """Items a map runs in-line; more fail the block when it starts."""
+    """Items a map runs in-line; more fail the block when it starts (unless it runs its items
+    as child runs)."""
+    max_child_map_items: int = 100_000
+    """Items a map runs as child runs (`MapBlock.child_runs`); more fail the block when it
+    starts."""
     default_map_concurrency: int = 100
     """Items in flight at once for a map that sets no `max_concurrency`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """How one item of a map that runs its items as child runs ended: its child's result, or
+    why the child did not complete."""
+
+    output: JSON = None
+    error: BlockError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +94,10 @@ class BlockView:
     compensated in reverse of this order. 0 while running."""
     escalated: tuple[str, ...] = ()
     """A signal block: the escalation targets it has started (`commands.Escalate`)."""
-    items: tuple[JSON, ...] | None = None
-    """A map's items, as recorded when it started."""
+    items: Sequence[JSON] | None = None
+    """A map's items, as recorded when it started (the engine may read them lazily)."""
+    outcomes: Mapping[int, ItemOutcome] = field(default_factory=dict)
+    """A map that runs its items as child runs: the items that ended, by index."""
     scopes: Scopes = Scopes()
     """A container's progress (`Scopes`); zeros for other blocks."""
 

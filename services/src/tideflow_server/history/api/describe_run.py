@@ -99,7 +99,9 @@ async def _accepts(shard: Shard, state: records_pb2.MutableState) -> dict[str, s
     if not waiting:
         return {}
     info = state.execution_info
-    _, compiled = await shard.flows.get(info.namespace_id, info.flow.name, info.flow.version)
+    _, compiled = await shard.flows.get(
+        info.namespace_id, info.flow.name, info.flow.version, info.parent.entry
+    )
     blocks = [compiled.blueprint.blocks[compiled.blocks[b].index] for b in waiting]
     return {b.id: b.signal.accept or b.event.accept for b in blocks}
 

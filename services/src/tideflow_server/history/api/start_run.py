@@ -202,7 +202,9 @@ async def _start(
     if known is not None:
         (flow, compiled), check = known, FlowCheck(name, known[0].version)
     else:
-        flow, compiled = await flows.get(request.namespace_id, name, start.flow.version)
+        flow, compiled = await flows.get(
+            request.namespace_id, name, start.flow.version, request.parent.entry
+        )
         check = None
     mode, previous = CreateMode.BRAND_NEW, None
     for _ in range(3):

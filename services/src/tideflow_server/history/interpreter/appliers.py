@@ -30,6 +30,7 @@ from tideflow_server.history.interpreter import (
     Escalate,
     FailBlock,
     FailRun,
+    RecordItem,
     RecordScopes,
     ScheduleExternal,
     SkipBlock,
@@ -166,8 +167,15 @@ def _start_child(step: RunStep, command: StartChild, context: Applying) -> None:
     )
     assert isinstance(attrs, history_pb2.ChildRunInitiatedEventAttributes)
     attrs.block_id = command.block_id
-    attrs.flow = command.flow
-    attrs.run_id = command.run_id
+    attrs.flow, attrs.run_id = command.flow, command.run_id
+    if command.entry:
+        # A map's item: this run's flow version, entered at the map (an entered run's own
+        # entry first); its run_id is relative to this run's own.
+        info = step.info
+        attrs.flow = f"{info.flow.name}@{info.flow.version}"
+        attrs.run_id = f"{info.run_id}/{command.run_id}"
+        entry = context.compiled.entry
+        attrs.entry = f"{entry}/{command.entry}" if entry else command.entry
     attrs.input.CopyFrom(payloads.to_payloads(command.input))
     attrs.task_queue.name = command.task_queue
     if command.run_timeout is not None:
@@ -178,12 +186,13 @@ def _start_child(step: RunStep, command: StartChild, context: Applying) -> None:
     pending = step.state.pending_children[event.event_id]
     pending.block_id = command.block_id
     pending.initiated_event_id = event.event_id
-    pending.run_id = command.run_id
+    pending.run_id = attrs.run_id
     pending.parent_close_policy = command.parent_close_policy
     pending.initiated_batch_event_id = step.events[0].event_id
+    pending.map_item = bool(command.entry)
     result = step.state.block_results[command.block_id]
     result.status = common_pb2.BLOCK_STATUS_RUNNING
-    result.child_run.run_id = command.run_id
+    result.child_run.run_id = attrs.run_id
     step.add_transfer().start_child_run.initiated_event_id = event.event_id
 
 
@@ -318,6 +327,17 @@ def _running(step: RunStep, block_id: str, kind: blueprint_pb2.BlockKind.ValueTy
     result.status = common_pb2.BLOCK_STATUS_RUNNING
 
 
+def _record_item(step: RunStep, command: RecordItem, context: Applying) -> None:
+    # No event: the child's CHILD_RUN_CLOSED (or _START_FAILED) is the item's record.
+    outcome = step.state.map_blocks[command.block_id].outcomes[command.index]
+    outcome.output.CopyFrom(payloads.to_value(command.outcome.output))
+    error = command.outcome.error
+    if error is not None:
+        outcome.failed = True
+        outcome.error_type, outcome.error_message = error.type, error.message
+        outcome.server = error.server
+
+
 def _record_scopes(step: RunStep, command: RecordScopes, context: Applying) -> None:
     # No event, as for a skip: the counts follow from the events before them.
     scopes = step.state.block_results[command.block_id].scopes
@@ -386,6 +406,7 @@ APPLIERS: Mapping[type, Applier] = {
     Escalate: _escalate,
     StartMap: _start_map,
     StartLoop: _start_loop,
+    RecordItem: _record_item,
     RecordScopes: _record_scopes,
     CompleteRun: _complete_run,
     FailRun: _fail_run,

@@ -98,6 +98,7 @@ def _start_request(
     parent.execution_id = task.execution_id
     parent.block_id = attrs.block_id
     parent.initiated_event_id = initiated.event_id
+    parent.entry = attrs.entry
     return request
 
 
@@ -109,6 +110,9 @@ async def _record_started(
 ) -> None:
     """CHILD_RUN_STARTED on the parent. A parent that closed meanwhile did not know the child's
     execution, so its close policy is applied here."""
+    if initiated.child_run_initiated_event_attributes.entry:
+        await _map_item_started(shard, task, initiated, child)
+        return
     parent_closed = False
 
     async def act(entry: Execution, step: RunStep) -> None:
@@ -134,6 +138,27 @@ async def _record_started(
         parent_closed = True
     policy = initiated.child_run_initiated_event_attributes.parent_close_policy
     if parent_closed:
+        await apply_policy(shard, task.namespace_id, task.run_id, child, policy)
+
+
+async def _map_item_started(
+    shard: Shard,
+    task: records_pb2.TransferTask,
+    initiated: history_pb2.HistoryEvent,
+    child: common_pb2.RunRef,
+) -> None:
+    """A map's item started: nothing is recorded on the parent (its state, which holds every
+    item, is written once per item, on the close), so its history holds two events per item.
+    A parent closed by now may have sent its close policy before the child existed: it is
+    applied here, after the child exists; one that closes later applies it itself
+    (`closing`, `PendingChild.map_item`)."""
+    try:
+        async with shard.locked(task.namespace_id, task.run_id, task.execution_id) as entry:
+            parent_closed = entry.state.execution_info.state == records_pb2.RUN_STATE_COMPLETED
+    except NotFound:
+        parent_closed = True
+    if parent_closed:
+        policy = initiated.child_run_initiated_event_attributes.parent_close_policy
         await apply_policy(shard, task.namespace_id, task.run_id, child, policy)
 
 

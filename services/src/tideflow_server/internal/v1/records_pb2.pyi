@@ -287,6 +287,7 @@ class PendingChild(_message.Message):
     STARTED_EVENT_ID_FIELD_NUMBER: _builtins.int
     PARENT_CLOSE_POLICY_FIELD_NUMBER: _builtins.int
     INITIATED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
+    MAP_ITEM_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     initiated_event_id: _builtins.int
     run_id: _builtins.str
@@ -298,6 +299,11 @@ class PendingChild(_message.Message):
     """First event id of the history batch that holds CHILD_RUN_INITIATED (history is read from
     batch boundaries): where the outbox reads what to start.
     """
+    map_item: _builtins.bool
+    """A map's item (MapBlock.child_runs): its start is not recorded on the parent (no
+    CHILD_RUN_STARTED, execution_id stays empty), and the parent's close applies the close
+    policy to the child's current execution by run_id.
+    """
     def __init__(
         self,
         *,
@@ -308,10 +314,11 @@ class PendingChild(_message.Message):
         started_event_id: _builtins.int = ...,
         parent_close_policy: _blueprint_pb2.ParentClosePolicy.ValueType = ...,
         initiated_batch_event_id: _builtins.int = ...,
+        map_item: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_batch_event_id", b"initiated_batch_event_id", "initiated_event_id", b"initiated_event_id", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "started_event_id", b"started_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_batch_event_id", b"initiated_batch_event_id", "initiated_event_id", b"initiated_event_id", "map_item", b"map_item", "parent_close_policy", b"parent_close_policy", "run_id", b"run_id", "started_event_id", b"started_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,12 +335,17 @@ class ParentLink(_message.Message):
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     BLOCK_ID_FIELD_NUMBER: _builtins.int
     INITIATED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
     block_id: _builtins.str
     initiated_event_id: _builtins.int
     """The parent's CHILD_RUN_INITIATED event: what the child's close is reported against."""
+    entry: _builtins.str
+    """A map item run as a child run (MapBlock.child_runs): the parent's map block path; the
+    child runs that map's block list, of the parent's flow version. Empty: the whole flow.
+    """
     def __init__(
         self,
         *,
@@ -342,10 +354,11 @@ class ParentLink(_message.Message):
         execution_id: _builtins.str = ...,
         block_id: _builtins.str = ...,
         initiated_event_id: _builtins.int = ...,
+        entry: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "execution_id", b"execution_id", "initiated_event_id", b"initiated_event_id", "namespace_id", b"namespace_id", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "entry", b"entry", "execution_id", b"execution_id", "initiated_event_id", b"initiated_event_id", "namespace_id", b"namespace_id", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -925,10 +938,32 @@ class MapBlockState(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OutcomesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        @_builtins.property
+        def value(self) -> Global___MapItemOutcome: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: Global___MapItemOutcome | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_INDEX_FIELD_NUMBER: _builtins.int
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
     next_index: _builtins.int
     """2-4: not used (were counts; see BlockResult.scopes)."""
     succeeded: _builtins.int
@@ -937,6 +972,12 @@ class MapBlockState(_message.Message):
     def items(self) -> _struct_pb2.ListValue:
         """The evaluated items, fixed when the map block started."""
 
+    @_builtins.property
+    def outcomes(self) -> _containers.MessageMap[_builtins.int, Global___MapItemOutcome]:
+        """A map whose items run as child runs (MapBlock.child_runs): each item that ended, by
+        index. Kept here, not in history beyond the child's CHILD_RUN_CLOSED.
+        """
+
     def __init__(
         self,
         *,
@@ -944,14 +985,49 @@ class MapBlockState(_message.Message):
         next_index: _builtins.int = ...,
         succeeded: _builtins.int = ...,
         failed: _builtins.int = ...,
+        outcomes: _abc.Mapping[_builtins.int, Global___MapItemOutcome] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "items", b"items", "next_index", b"next_index", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "items", b"items", "next_index", b"next_index", "outcomes", b"outcomes", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MapBlockState: _TypeAlias = MapBlockState  # noqa: Y015
+
+@_typing.final
+class MapItemOutcome(_message.Message):
+    """MapItemOutcome is how one item of a child-run map ended: its output, or its error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    SERVER_FIELD_NUMBER: _builtins.int
+    failed: _builtins.bool
+    error_type: _builtins.str
+    error_message: _builtins.str
+    server: _builtins.bool
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        output: _struct_pb2.Value | None = ...,
+        failed: _builtins.bool = ...,
+        error_type: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        server: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "error_type", b"error_type", "failed", b"failed", "output", b"output", "server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapItemOutcome: _TypeAlias = MapItemOutcome  # noqa: Y015
 
 @_typing.final
 class TransferTask(_message.Message):

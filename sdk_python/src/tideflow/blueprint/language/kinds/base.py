@@ -189,3 +189,7 @@ class Kind:
     """A container: the variables each of its scopes binds (`item` and `index`, `iteration`).
     `decide` runs a running container's open scopes, each with these, and hands the container
     their `Progress`."""
+    in_line: Callable[[Any], bool] = lambda plan: True
+    """A container (by its plan): its scopes run in this run's history. False: they run as
+    child runs (a map's `child_runs`), whose closes reach `on_event`, and `decide` leaves
+    the container alone otherwise."""

@@ -136,23 +136,30 @@ def start(plan: SubflowPlan, block: BlockContext) -> Sequence[Command]:
     ]
 
 
-def _closed(plan: SubflowPlan, block: BlockContext, event: ChildClosed) -> Sequence[Command]:
-    if event.status == common_pb2.RUN_STATUS_COMPLETED:
-        return [CompleteBlock(block.block_id, blueprint_pb2.BLOCK_KIND_SUBFLOW, event.output)]
+def child_error(event: ChildClosed | ChildStartFailed) -> BlockError:
+    """Why a child did not complete, as the block that waited for it fails (a map's item
+    too)."""
+    if isinstance(event, ChildStartFailed):
+        message = f"child run {event.run_id!r} was not started: {event.message}"
+        return BlockError(CHILD_RUN_START_FAILED, message, non_retryable=True)
     error_type = CHILD_ERRORS.get(event.status, CHILD_ERRORS[common_pb2.RUN_STATUS_FAILED])
     ended = error_type.removeprefix("ChildRun").lower().replace("timedout", "timed out")
     message = f"child run {event.run_id!r} {ended}"
     if event.message:
         message += f": {event.message}"
-    return [FailBlock(block.block_id, BlockError(error_type, message, non_retryable=True))]
+    return BlockError(error_type, message, non_retryable=True)
+
+
+def _closed(plan: SubflowPlan, block: BlockContext, event: ChildClosed) -> Sequence[Command]:
+    if event.status == common_pb2.RUN_STATUS_COMPLETED:
+        return [CompleteBlock(block.block_id, blueprint_pb2.BLOCK_KIND_SUBFLOW, event.output)]
+    return [FailBlock(block.block_id, child_error(event))]
 
 
 def _start_failed(
     plan: SubflowPlan, block: BlockContext, event: ChildStartFailed
 ) -> Sequence[Command]:
-    message = f"child run {event.run_id!r} was not started: {event.message}"
-    error = BlockError(CHILD_RUN_START_FAILED, message, non_retryable=True)
-    return [FailBlock(block.block_id, error)]
+    return [FailBlock(block.block_id, child_error(event))]
 
 
 _EVENTS: Mapping[type, Callable[[SubflowPlan, BlockContext, Any], Sequence[Command]]] = {
