@@ -162,6 +162,19 @@ OnEvent = Callable[[Any, BlockContext, Any], Sequence[Command]]
 """(plan, block, event): the event is one of the kind's own event types."""
 
 
+def by_event_type(
+    handlers: Mapping[type, Callable[[Any, BlockContext, Any], Sequence[Command]]],
+) -> OnEvent:
+    """An `on_event` that hands each event to the handler of its type; an event of another
+    type does nothing to the block."""
+
+    def on_event(plan: object, block: BlockContext, event: object) -> Sequence[Command]:
+        handler = handlers.get(type(event))
+        return () if handler is None else handler(plan, block, event)
+
+    return on_event
+
+
 def waits_for_nothing(plan: object, block: BlockContext, event: object) -> Sequence[Command]:
     """`on_event` of a kind that finishes when it starts (or whose work the engine tracks,
     like an external block's attempts): nothing reaches it."""

@@ -45,7 +45,7 @@ from tideflow.blueprint.language.commands import (
     StartTimer,
 )
 from tideflow.blueprint.language.events import EventReceived, TimerFired
-from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Site
+from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Site, by_event_type
 from tideflow.blueprint.language.model import JSON, BlockError
 from tideflow.blueprint.language.templates import Expression, ExpressionError
 from tideflow.blueprint.language.values import duration_text
@@ -183,9 +183,7 @@ _HANDLERS: Mapping[type, Callable[[EventPlan, BlockContext, Any], Sequence[Comma
 }
 
 
-def on_event(plan: EventPlan, block: BlockContext, event: object) -> Sequence[Command]:
-    handler = _HANDLERS.get(type(event))
-    return () if handler is None else handler(plan, block, event)
+on_event = by_event_type(_HANDLERS)
 
 
 KIND = Kind(

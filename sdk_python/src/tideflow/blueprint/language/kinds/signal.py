@@ -50,7 +50,7 @@ from tideflow.blueprint.language.commands import (
     StartTimer,
 )
 from tideflow.blueprint.language.events import SignalReceived, TimerFired
-from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Site
+from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Site, by_event_type
 from tideflow.blueprint.language.model import BlockError
 from tideflow.blueprint.language.templates import Expression
 from tideflow.blueprint.language.values import duration_text, normalize
@@ -226,9 +226,7 @@ _HANDLERS: Mapping[type, Callable[[SignalPlan, BlockContext, Any], Sequence[Comm
 }
 
 
-def on_event(plan: SignalPlan, block: BlockContext, event: object) -> Sequence[Command]:
-    handler = _HANDLERS.get(type(event))
-    return () if handler is None else handler(plan, block, event)
+on_event = by_event_type(_HANDLERS)
 
 
 KIND = Kind(
