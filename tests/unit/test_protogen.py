@@ -43,7 +43,8 @@ def test_proto_check_fails_on_a_proto_edited_without_regeneration(tmp_path: Path
     edited = tmp_path / "proto" / "tideflow" / "api" / "v1" / "task_queue.proto"
     edited.write_text(
         edited.read_text().replace(
-            "  double rate_per_second = 3;\n", "  double rate_per_second = 3;\n  string note = 4;\n"
+            "  string sticky_task_queue = 5;\n",
+            "  string sticky_task_queue = 5;\n  string note = 6;\n",
         )
     )
     stale = _check(tmp_path)

@@ -30,6 +30,7 @@ from tideflow.api.v1 import (
     flow_service_pb2,
     namespace_pb2,
 )
+from tideflow_server import queue_config
 from tideflow_server.frontend.limits import RequestLimits
 from tideflow_server.history.payloads import PayloadError, read_payload
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
@@ -774,6 +775,20 @@ def validate_poll_block_task(
     rate = req.max_tasks_per_second
     if not math.isfinite(rate) or rate < 0:
         check.add("max_tasks_per_second", f"is {rate}, must be a finite number >= 0 (0 = no limit)")
+    if req.sticky_task_queue:
+        if req.task_queue.kind == _STICKY:
+            check.add("sticky_task_queue", "must be empty when polling a sticky queue itself")
+        check.task_queue(
+            common_pb2.TaskQueue(name=req.sticky_task_queue, kind=_STICKY),
+            "sticky_task_queue",
+            allow_sticky=True,
+        )
+    if len(req.warm_keys) > queue_config.MAX_WARM_KEYS:
+        check.add(
+            "warm_keys", f"has {len(req.warm_keys)} keys, at most {queue_config.MAX_WARM_KEYS}"
+        )
+    for i, key in enumerate(req.warm_keys):
+        check.identity(key, f"warm_keys[{i}]")
     check.done()
 
 
@@ -864,6 +879,20 @@ def validate_describe_task_queue(
     check.done()
 
 
+def validate_update_task_queue_config(
+    req: flow_service_pb2.UpdateTaskQueueConfigRequest, limits: RequestLimits
+) -> None:
+    check = _Checker(limits)
+    check.namespace(req.namespace)
+    check.task_queue(req.task_queue, allow_sticky=True)
+    if req.task_queue.kind == _STICKY:
+        check.add("task_queue.kind", "sticky queues belong to one worker and take no settings")
+    check.identity(req.identity)
+    for field, description in queue_config.check(req.config, req.update_mask.paths):
+        check.add(field, description)
+    check.done()
+
+
 # One entry point for the handler, keyed by request type.
 
 _M = TypeVar("_M", bound=Message)
@@ -905,6 +934,7 @@ _register(flow_service_pb2.RespondBlockFailedRequest, validate_respond_block_fai
 _register(flow_service_pb2.RespondBlockCanceledRequest, validate_respond_block_canceled)
 _register(flow_service_pb2.RecordBlockHeartbeatRequest, validate_record_block_heartbeat)
 _register(flow_service_pb2.DescribeTaskQueueRequest, validate_describe_task_queue)
+_register(flow_service_pb2.UpdateTaskQueueConfigRequest, validate_update_task_queue_config)
 
 
 def validated_request_types() -> frozenset[str]:

@@ -487,6 +487,9 @@ class ExternalBlock(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     AFFINITY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    AFFINITY_KEY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
+    STICKY_SCHEDULE_TO_START_FIELD_NUMBER: _builtins.int
     block: _builtins.str
     """The external block type, "name@version", e.g. "ocr@1"."""
     task_queue: _builtins.str
@@ -495,11 +498,27 @@ class ExternalBlock(_message.Message):
     """
     affinity: Global___Affinity.ValueType
     priority: _builtins.int
-    """Dispatch order within the task queue: higher first; 0 is the default."""
+    """Dispatch order within the task queue: 1 goes first, 5 last; 0 is read as 3."""
+    affinity_key: _builtins.str
+    """A template (CEL in ${...}) giving the block's affinity key, e.g. "${input.model}": tasks
+    with the same key go to the same live worker of the queue (the one that advertises the key
+    warm, else the one rendezvous hashing picks), and to any worker when it is slow.
+    """
+    fairness_key: _builtins.str
+    """A template giving the key that fairness shares a busy queue by, e.g. "${input.customer}":
+    each key gets its weighted share (TaskQueueConfig.fairness_weights), so one key's burst
+    cannot starve another key's tasks. Empty: every task of the block shares one key, "".
+    """
     @_builtins.property
     def retry(self) -> _common_pb2.RetryPolicy: ...
     @_builtins.property
     def timeouts(self) -> _common_pb2.BlockTimeouts: ...
+    @_builtins.property
+    def sticky_schedule_to_start(self) -> _duration_pb2.Duration:
+        """How long the task waits for its preferred worker (affinity) before any worker may take
+        it; unset = the queue's setting (2s by default). At most 60s.
+        """
+
     def __init__(
         self,
         *,
@@ -509,10 +528,13 @@ class ExternalBlock(_message.Message):
         timeouts: _common_pb2.BlockTimeouts | None = ...,
         affinity: Global___Affinity.ValueType = ...,
         priority: _builtins.int = ...,
+        affinity_key: _builtins.str = ...,
+        fairness_key: _builtins.str = ...,
+        sticky_schedule_to_start: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "sticky_schedule_to_start", b"sticky_schedule_to_start", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "block", b"block", "priority", b"priority", "retry", b"retry", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "affinity_key", b"affinity_key", "block", b"block", "fairness_key", b"fairness_key", "priority", b"priority", "retry", b"retry", "sticky_schedule_to_start", b"sticky_schedule_to_start", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1027,17 +1027,29 @@ class PollBlockTaskRequest(_message.Message):
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     MAX_TASKS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    WARM_KEYS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     identity: _builtins.str
     """Identifies the worker process, e.g. "hostname:pid"; shown in describe calls and used for
     affinity.
     """
     max_tasks_per_second: _builtins.float
-    """Dispatch rate the worker can take from this queue; 0 = no limit.
-    5-9: kept for worker versioning (build id).
+    """Dispatch rate the worker can take from this queue; 0 = no limit."""
+    sticky_task_queue: _builtins.str
+    """5-9: kept for worker versioning (build id).
+    The worker's own sticky queue (any name unique to the process, e.g. identity plus a UUID),
+    which it polls too, with kind STICKY. Blocks with `affinity: run` of runs whose previous
+    block this worker started on this queue go there first.
     """
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue: ...
+    @_builtins.property
+    def warm_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Affinity keys whose state the worker holds warm (a loaded model, a document's pages): tasks
+        with these keys prefer it over the worker that rendezvous hashing picks. At most 100.
+        """
+
     def __init__(
         self,
         *,
@@ -1045,10 +1057,12 @@ class PollBlockTaskRequest(_message.Message):
         task_queue: _common_pb2.TaskQueue | None = ...,
         identity: _builtins.str = ...,
         max_tasks_per_second: _builtins.float = ...,
+        sticky_task_queue: _builtins.str = ...,
+        warm_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "max_tasks_per_second", b"max_tasks_per_second", "namespace", b"namespace", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "max_tasks_per_second", b"max_tasks_per_second", "namespace", b"namespace", "sticky_task_queue", b"sticky_task_queue", "task_queue", b"task_queue", "warm_keys", b"warm_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1534,6 +1548,7 @@ class DescribeTaskQueueResponse(_message.Message):
     POLLERS_FIELD_NUMBER: _builtins.int
     BACKLOG_COUNT_HINT_FIELD_NUMBER: _builtins.int
     PARTITIONS_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     backlog_count_hint: _builtins.int
     """Sum of the partitions' backlog hints."""
     @_builtins.property
@@ -1542,17 +1557,83 @@ class DescribeTaskQueueResponse(_message.Message):
 
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_task_queue_pb2.TaskQueuePartitionStatus]: ...
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig:
+        """The limits and routing settings in force."""
+
     def __init__(
         self,
         *,
         pollers: _abc.Iterable[_task_queue_pb2.PollerInfo] | None = ...,
         backlog_count_hint: _builtins.int = ...,
         partitions: _abc.Iterable[_task_queue_pb2.TaskQueuePartitionStatus] | None = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_count_hint", b"backlog_count_hint", "partitions", b"partitions", "pollers", b"pollers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_count_hint", b"backlog_count_hint", "config", b"config", "partitions", b"partitions", "pollers", b"pollers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeTaskQueueResponse: _TypeAlias = DescribeTaskQueueResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTaskQueueConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    identity: _builtins.str
+    """Who changed it, recorded with the config."""
+    @_builtins.property
+    def task_queue(self) -> _common_pb2.TaskQueue:
+        """A normal queue; sticky queues take no settings."""
+
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of `config` to set, e.g. "rate_per_second,burst"; empty sets them all."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        task_queue: _common_pb2.TaskQueue | None = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "task_queue", b"task_queue", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "identity", b"identity", "namespace", b"namespace", "task_queue", b"task_queue", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskQueueConfigRequest: _TypeAlias = UpdateTaskQueueConfigRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTaskQueueConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig:
+        """The whole config now in force."""
+
+    def __init__(
+        self,
+        *,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskQueueConfigResponse: _TypeAlias = UpdateTaskQueueConfigResponse  # noqa: Y015

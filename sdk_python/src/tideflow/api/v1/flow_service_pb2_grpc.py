@@ -165,6 +165,11 @@ class FlowServiceStub:
                 request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueRequest.SerializeToString,
                 response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueResponse.FromString,
                 _registered_method=True)
+        self.UpdateTaskQueueConfig = channel.unary_unary(
+                '/tideflow.api.v1.FlowService/UpdateTaskQueueConfig',
+                request_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServiceServicer:
@@ -350,6 +355,15 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTaskQueueConfig(self, request, context):
+        """Sets a task queue's limits and routing (rate, burst, partitions, concurrency, fairness
+        weights, in-flight first, sticky timeout): the fields named in update_mask, persisted,
+        in force on every partition within about a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -467,6 +481,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.DescribeTaskQueue,
                     request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueRequest.FromString,
                     response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueResponse.SerializeToString,
+            ),
+            'UpdateTaskQueueConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTaskQueueConfig,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1106,6 +1125,33 @@ class FlowService:
             '/tideflow.api.v1.FlowService/DescribeTaskQueue',
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueRequest.SerializeToString,
             tideflow_dot_api_dot_v1_dot_flow__service__pb2.DescribeTaskQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTaskQueueConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.FlowService/UpdateTaskQueueConfig',
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_flow__service__pb2.UpdateTaskQueueConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,11 @@ class FlowServiceStub:
     RecordBlockHeartbeat: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RecordBlockHeartbeatRequest, _flow_service_pb2.RecordBlockHeartbeatResponse]
     DescribeTaskQueue: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeTaskQueueRequest, _flow_service_pb2.DescribeTaskQueueResponse]
     """Task queues."""
+    UpdateTaskQueueConfig: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.UpdateTaskQueueConfigRequest, _flow_service_pb2.UpdateTaskQueueConfigResponse]
+    """Sets a task queue's limits and routing (rate, burst, partitions, concurrency, fairness
+    weights, in-flight first, sticky timeout): the fields named in update_mask, persisted,
+    in force on every partition within about a second.
+    """
 
 @_typing.type_check_only
 class FlowServiceAsyncStub(FlowServiceStub):
@@ -177,6 +182,11 @@ class FlowServiceAsyncStub(FlowServiceStub):
     RecordBlockHeartbeat: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RecordBlockHeartbeatRequest, _flow_service_pb2.RecordBlockHeartbeatResponse]  # type: ignore[assignment]
     DescribeTaskQueue: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeTaskQueueRequest, _flow_service_pb2.DescribeTaskQueueResponse]  # type: ignore[assignment]
     """Task queues."""
+    UpdateTaskQueueConfig: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.UpdateTaskQueueConfigRequest, _flow_service_pb2.UpdateTaskQueueConfigResponse]  # type: ignore[assignment]
+    """Sets a task queue's limits and routing (rate, burst, partitions, concurrency, fairness
+    weights, in-flight first, sticky timeout): the fields named in update_mask, persisted,
+    in force on every partition within about a second.
+    """
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     """FlowService is the public API that clients and workers call, served by the frontend. Every
@@ -387,5 +397,16 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_service_pb2.DescribeTaskQueueResponse, _abc.Awaitable[_flow_service_pb2.DescribeTaskQueueResponse]]:
         """Task queues."""
+
+    @_abc_1.abstractmethod
+    def UpdateTaskQueueConfig(
+        self,
+        request: _flow_service_pb2.UpdateTaskQueueConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_service_pb2.UpdateTaskQueueConfigResponse, _abc.Awaitable[_flow_service_pb2.UpdateTaskQueueConfigResponse]]:
+        """Sets a task queue's limits and routing (rate, burst, partitions, concurrency, fairness
+        weights, in-flight first, sticky timeout): the fields named in update_mask, persisted,
+        in force on every partition within about a second.
+        """
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -628,6 +628,8 @@ class BlockScheduledEventAttributes(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     AFFINITY_FIELD_NUMBER: _builtins.int
+    AFFINITY_KEY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -635,7 +637,11 @@ class BlockScheduledEventAttributes(_message.Message):
     """The attempt the block starts at; 1. Later attempts are not recorded as new events."""
     priority: _builtins.int
     affinity: _blueprint_pb2.Affinity.ValueType
-    """10-19: kept (header for context propagation, worker versioning)."""
+    affinity_key: _builtins.str
+    """10-19: kept (header for context propagation, worker versioning).
+    The rendered affinity and fairness keys; empty when the block sets none.
+    """
+    fairness_key: _builtins.str
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue: ...
     @_builtins.property
@@ -656,10 +662,12 @@ class BlockScheduledEventAttributes(_message.Message):
         attempt: _builtins.int = ...,
         priority: _builtins.int = ...,
         affinity: _blueprint_pb2.Affinity.ValueType = ...,
+        affinity_key: _builtins.str = ...,
+        fairness_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "retry_policy", b"retry_policy", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "input", b"input", "priority", b"priority", "retry_policy", b"retry_policy", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "affinity_key", b"affinity_key", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "fairness_key", b"fairness_key", "input", b"input", "priority", b"priority", "retry_policy", b"retry_policy", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tideflow/api/v1/task_queue.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\nPollerInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x10last_access_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\"\xb9\x01\n\x18TaskQueuePartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x1a\n\x12\x62\x61\x63klog_count_hint\x18\x03 \x01(\x03\x12\x12\n\nread_level\x18\x04 \x01(\x03\x12\x11\n\tack_level\x18\x05 \x01(\x03\x12\x16\n\x0etasks_add_rate\x18\x06 \x01(\x01\x12\x1b\n\x13tasks_dispatch_rate\x18\x07 \x01(\x01\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tideflow/api/v1/task_queue.proto\x12\x0ftideflow.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\nPollerInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x10last_access_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\x12\x11\n\twarm_keys\x18\x04 \x03(\t\x12\x19\n\x11sticky_task_queue\x18\x05 \x01(\t\"\xc5\x04\n\x18TaskQueuePartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x1a\n\x12\x62\x61\x63klog_count_hint\x18\x03 \x01(\x03\x12\x12\n\nread_level\x18\x04 \x01(\x03\x12\x11\n\tack_level\x18\x05 \x01(\x03\x12\x16\n\x0etasks_add_rate\x18\x06 \x01(\x01\x12\x1b\n\x13tasks_dispatch_rate\x18\x07 \x01(\x01\x12\x32\n\x0foldest_task_age\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10sync_match_ratio\x18\t \x01(\x01\x12\x13\n\x0bsticky_hits\x18\n \x01(\x03\x12\x18\n\x10sticky_fallbacks\x18\x0b \x01(\x03\x12,\n\x07pollers\x18\x0c \x03(\x0b\x32\x1b.tideflow.api.v1.PollerInfo\x12\x1d\n\x15rate_limit_per_second\x18\r \x01(\x01\x12\x1a\n\x12\x63oncurrency_in_use\x18\x0e \x01(\x05\x12\x66\n\x18\x62lock_concurrency_in_use\x18\x0f \x03(\x0b\x32\x44.tideflow.api.v1.TaskQueuePartitionStatus.BlockConcurrencyInUseEntry\x1a<\n\x1a\x42lockConcurrencyInUseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xd1\x03\n\x0fTaskQueueConfig\x12\x17\n\x0frate_per_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\x05\x12\x12\n\npartitions\x18\x03 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12Q\n\x11\x62lock_concurrency\x18\x05 \x03(\x0b\x32\x36.tideflow.api.v1.TaskQueueConfig.BlockConcurrencyEntry\x12O\n\x10\x66\x61irness_weights\x18\x06 \x03(\x0b\x32\x35.tideflow.api.v1.TaskQueueConfig.FairnessWeightsEntry\x12\x17\n\x0fin_flight_first\x18\x07 \x01(\x08\x12;\n\x18sticky_schedule_to_start\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x37\n\x15\x42lockConcurrencyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x36\n\x14\x46\x61irnessWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42p\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +34,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow.api.v1.task_queue_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.tideflow.api.v1P\001ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\252\002\017Tideflow.Api.V1'
-  _globals['_POLLERINFO']._serialized_start=86
-  _globals['_POLLERINFO']._serialized_end=195
-  _globals['_TASKQUEUEPARTITIONSTATUS']._serialized_start=198
-  _globals['_TASKQUEUEPARTITIONSTATUS']._serialized_end=383
+  _globals['_TASKQUEUEPARTITIONSTATUS_BLOCKCONCURRENCYINUSEENTRY']._loaded_options = None
+  _globals['_TASKQUEUEPARTITIONSTATUS_BLOCKCONCURRENCYINUSEENTRY']._serialized_options = b'8\001'
+  _globals['_TASKQUEUECONFIG_BLOCKCONCURRENCYENTRY']._loaded_options = None
+  _globals['_TASKQUEUECONFIG_BLOCKCONCURRENCYENTRY']._serialized_options = b'8\001'
+  _globals['_TASKQUEUECONFIG_FAIRNESSWEIGHTSENTRY']._loaded_options = None
+  _globals['_TASKQUEUECONFIG_FAIRNESSWEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_POLLERINFO']._serialized_start=119
+  _globals['_POLLERINFO']._serialized_end=274
+  _globals['_TASKQUEUEPARTITIONSTATUS']._serialized_start=277
+  _globals['_TASKQUEUEPARTITIONSTATUS']._serialized_end=858
+  _globals['_TASKQUEUEPARTITIONSTATUS_BLOCKCONCURRENCYINUSEENTRY']._serialized_start=798
+  _globals['_TASKQUEUEPARTITIONSTATUS_BLOCKCONCURRENCYINUSEENTRY']._serialized_end=858
+  _globals['_TASKQUEUECONFIG']._serialized_start=861
+  _globals['_TASKQUEUECONFIG']._serialized_end=1326
+  _globals['_TASKQUEUECONFIG_BLOCKCONCURRENCYENTRY']._serialized_start=1215
+  _globals['_TASKQUEUECONFIG_BLOCKCONCURRENCYENTRY']._serialized_end=1270
+  _globals['_TASKQUEUECONFIG_FAIRNESSWEIGHTSENTRY']._serialized_start=1272
+  _globals['_TASKQUEUECONFIG_FAIRNESSWEIGHTSENTRY']._serialized_end=1326
 # @@protoc_insertion_point(module_scope)

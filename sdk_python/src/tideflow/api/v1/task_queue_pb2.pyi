@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -26,21 +29,31 @@ class PollerInfo(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     LAST_ACCESS_TIME_FIELD_NUMBER: _builtins.int
     RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
+    WARM_KEYS_FIELD_NUMBER: _builtins.int
+    STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     rate_per_second: _builtins.float
     """The dispatch rate the poller asked for; 0 = no limit."""
+    sticky_task_queue: _builtins.str
+    """The worker's own sticky queue (PollBlockTaskRequest.sticky_task_queue); empty if none."""
     @_builtins.property
     def last_access_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def warm_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Affinity keys the worker advertised as warm (PollBlockTaskRequest.warm_keys)."""
+
     def __init__(
         self,
         *,
         identity: _builtins.str = ...,
         last_access_time: _timestamp_pb2.Timestamp | None = ...,
         rate_per_second: _builtins.float = ...,
+        warm_keys: _abc.Iterable[_builtins.str] | None = ...,
+        sticky_task_queue: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_access_time", b"last_access_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "last_access_time", b"last_access_time", "rate_per_second", b"rate_per_second"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "last_access_time", b"last_access_time", "rate_per_second", b"rate_per_second", "sticky_task_queue", b"sticky_task_queue", "warm_keys", b"warm_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -54,6 +67,26 @@ class TaskQueuePartitionStatus(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class BlockConcurrencyInUseEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PARTITION_FIELD_NUMBER: _builtins.int
     OWNER_HOST_FIELD_NUMBER: _builtins.int
     BACKLOG_COUNT_HINT_FIELD_NUMBER: _builtins.int
@@ -61,6 +94,14 @@ class TaskQueuePartitionStatus(_message.Message):
     ACK_LEVEL_FIELD_NUMBER: _builtins.int
     TASKS_ADD_RATE_FIELD_NUMBER: _builtins.int
     TASKS_DISPATCH_RATE_FIELD_NUMBER: _builtins.int
+    OLDEST_TASK_AGE_FIELD_NUMBER: _builtins.int
+    SYNC_MATCH_RATIO_FIELD_NUMBER: _builtins.int
+    STICKY_HITS_FIELD_NUMBER: _builtins.int
+    STICKY_FALLBACKS_FIELD_NUMBER: _builtins.int
+    POLLERS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_IN_USE_FIELD_NUMBER: _builtins.int
+    BLOCK_CONCURRENCY_IN_USE_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     owner_host: _builtins.str
     """The matching host that owns the partition."""
@@ -70,7 +111,29 @@ class TaskQueuePartitionStatus(_message.Message):
     """Highest backlog task id read, and highest acknowledged."""
     ack_level: _builtins.int
     tasks_add_rate: _builtins.float
+    """Tasks per second added to and dispatched from the partition, over the last minute."""
     tasks_dispatch_rate: _builtins.float
+    sync_match_ratio: _builtins.float
+    """Share of the tasks dispatched without being persisted (handed to a waiting poll)."""
+    sticky_hits: _builtins.int
+    """Tasks with affinity (a run's sticky queue, an affinity key's worker) that the preferred
+    worker took, and those that fell back to any worker of the queue.
+    """
+    sticky_fallbacks: _builtins.int
+    rate_limit_per_second: _builtins.float
+    """This partition's share of the queue's dispatch rate limit; 0 = none."""
+    concurrency_in_use: _builtins.int
+    """Started, unfinished tasks holding concurrency slots (the queue's limit), and per block type."""
+    @_builtins.property
+    def oldest_task_age(self) -> _duration_pb2.Duration:
+        """Age of the oldest task waiting in the backlog; unset when it is empty."""
+
+    @_builtins.property
+    def pollers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PollerInfo]:
+        """Pollers of this partition seen within the last few minutes."""
+
+    @_builtins.property
+    def block_concurrency_in_use(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -81,11 +144,130 @@ class TaskQueuePartitionStatus(_message.Message):
         ack_level: _builtins.int = ...,
         tasks_add_rate: _builtins.float = ...,
         tasks_dispatch_rate: _builtins.float = ...,
+        oldest_task_age: _duration_pb2.Duration | None = ...,
+        sync_match_ratio: _builtins.float = ...,
+        sticky_hits: _builtins.int = ...,
+        sticky_fallbacks: _builtins.int = ...,
+        pollers: _abc.Iterable[Global___PollerInfo] | None = ...,
+        rate_limit_per_second: _builtins.float = ...,
+        concurrency_in_use: _builtins.int = ...,
+        block_concurrency_in_use: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_task_age", b"oldest_task_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_level", b"ack_level", "backlog_count_hint", b"backlog_count_hint", "owner_host", b"owner_host", "partition", b"partition", "read_level", b"read_level", "tasks_add_rate", b"tasks_add_rate", "tasks_dispatch_rate", b"tasks_dispatch_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_level", b"ack_level", "backlog_count_hint", b"backlog_count_hint", "block_concurrency_in_use", b"block_concurrency_in_use", "concurrency_in_use", b"concurrency_in_use", "oldest_task_age", b"oldest_task_age", "owner_host", b"owner_host", "partition", b"partition", "pollers", b"pollers", "rate_limit_per_second", b"rate_limit_per_second", "read_level", b"read_level", "sticky_fallbacks", b"sticky_fallbacks", "sticky_hits", b"sticky_hits", "sync_match_ratio", b"sync_match_ratio", "tasks_add_rate", b"tasks_add_rate", "tasks_dispatch_rate", b"tasks_dispatch_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskQueuePartitionStatus: _TypeAlias = TaskQueuePartitionStatus  # noqa: Y015
+
+@_typing.final
+class TaskQueueConfig(_message.Message):
+    """TaskQueueConfig is what operators set for one task queue (UpdateTaskQueueConfig). It is
+    persisted with the queue and applies to all its partitions, on every matching host.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BlockConcurrencyEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FairnessWeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    BLOCK_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_WEIGHTS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIRST_FIELD_NUMBER: _builtins.int
+    STICKY_SCHEDULE_TO_START_FIELD_NUMBER: _builtins.int
+    rate_per_second: _builtins.float
+    """Dispatch rate limit of the whole queue, cluster-wide, in tasks per second; 0 = none.
+    At most 100,000. Pollers' own max_tasks_per_second caps them further.
+    """
+    burst: _builtins.int
+    """Tasks that may dispatch at once after an idle spell (token bucket size); 0 =
+    max(1, rate_per_second). At most 100,000.
+    """
+    partitions: _builtins.int
+    """Partitions the queue's adds and polls spread over; 0 = the server's default (4).
+    At most 64.
+    """
+    max_concurrency: _builtins.int
+    """Most started, unfinished tasks of the queue at once, cluster-wide; 0 = none."""
+    in_flight_first: _builtins.bool
+    """Finish what is in flight first: among tasks of equal priority, blocks of runs that started
+    earlier dispatch before those of runs that started later, so a run already under way is not
+    slowed down by a burst of new ones. Off by default.
+    """
+    @_builtins.property
+    def block_concurrency(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The same limit per external block type ("ocr@1"); a type absent or 0 has none."""
+
+    @_builtins.property
+    def fairness_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Weight of each fairness key in a busy queue (a key with weight 2 gets twice the share of
+        one with weight 1); keys absent weigh 1. Weights are in (0, 1000].
+        """
+
+    @_builtins.property
+    def sticky_schedule_to_start(self) -> _duration_pb2.Duration:
+        """How long a task with affinity waits for its preferred worker before any worker of the
+        queue may take it; unset = 2s. A block's own setting wins. At most 60s.
+        """
+
+    def __init__(
+        self,
+        *,
+        rate_per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+        partitions: _builtins.int = ...,
+        max_concurrency: _builtins.int = ...,
+        block_concurrency: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        fairness_weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        in_flight_first: _builtins.bool = ...,
+        sticky_schedule_to_start: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sticky_schedule_to_start", b"sticky_schedule_to_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_concurrency", b"block_concurrency", "burst", b"burst", "fairness_weights", b"fairness_weights", "in_flight_first", b"in_flight_first", "max_concurrency", b"max_concurrency", "partitions", b"partitions", "rate_per_second", b"rate_per_second", "sticky_schedule_to_start", b"sticky_schedule_to_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskQueueConfig: _TypeAlias = TaskQueueConfig  # noqa: Y015

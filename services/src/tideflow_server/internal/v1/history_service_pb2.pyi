@@ -352,6 +352,7 @@ class RecordBlockStartedRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    WORKER_STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     scheduled_event_id: _builtins.int
     attempt: _builtins.int
@@ -361,6 +362,10 @@ class RecordBlockStartedRequest(_message.Message):
     """
     identity: _builtins.str
     """The poller's identity."""
+    worker_sticky_task_queue: _builtins.str
+    """The polling worker's own sticky queue (PollBlockTaskRequest.sticky_task_queue), recorded
+    for the run's next `affinity: run` block on this queue; empty = none.
+    """
     @_builtins.property
     def run(self) -> _common_pb2.RunRef:
         """Carries the execution_id."""
@@ -379,10 +384,11 @@ class RecordBlockStartedRequest(_message.Message):
         request_id: _builtins.str = ...,
         identity: _builtins.str = ...,
         task_queue: _common_pb2.TaskQueue | None = ...,
+        worker_sticky_task_queue: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "identity", b"identity", "namespace_id", b"namespace_id", "request_id", b"request_id", "run", b"run", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "identity", b"identity", "namespace_id", b"namespace_id", "request_id", b"request_id", "run", b"run", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue", "worker_sticky_task_queue", b"worker_sticky_task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,13 +23,15 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from tideflow.api.v1 import common_pb2 as tideflow_dot_api_dot_v1_dot_common__pb2
 from tideflow.api.v1 import flow_service_pb2 as tideflow_dot_api_dot_v1_dot_flow__service__pb2
 from tideflow.api.v1 import task_queue_pb2 as tideflow_dot_api_dot_v1_dot_task__queue__pb2
 from tideflow_server.internal.v1 import exchange_pb2 as tideflow__server_dot_internal_dot_v1_dot_exchange__pb2
+from tideflow_server.internal.v1 import records_pb2 as tideflow__server_dot_internal_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2tideflow_server/internal/v1/matching_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a tideflow/api/v1/task_queue.proto\x1a*tideflow_server/internal/v1/exchange.proto\"\xb4\x03\n\x13\x41\x64\x64\x42lockTaskRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12$\n\x03run\x18\x04 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x1a\n\x12scheduled_event_id\x18\x06 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12<\n\x19schedule_to_start_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x16\n\x0e\x66orwarded_from\x18\n \x01(\t\x12\x17\n\x0fsource_shard_id\x18\x0b \x01(\x05\x12!\n\x19preferred_worker_identity\x18\x0c \x01(\t\x12;\n\x0b\x64irect_task\x18\r \x01(\x0b\x32&.tideflow.api.v1.PollBlockTaskResponse\",\n\x14\x41\x64\x64\x42lockTaskResponse\x12\x14\n\x0csync_matched\x18\x01 \x01(\x08\"j\n\x19\x41\x64\x64\x42lockTaskStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x41\n\x07request\x18\x02 \x01(\x0b\x32\x30.tideflow_server.internal.v1.AddBlockTaskRequest\"\xb8\x01\n\x1a\x41\x64\x64\x42lockTaskStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x45\n\x08response\x18\x02 \x01(\x0b\x32\x31.tideflow_server.internal.v1.AddBlockTaskResponseH\x00\x12=\n\x06status\x18\x03 \x01(\x0b\x32+.tideflow_server.internal.v1.ExchangeStatusH\x00\x42\x08\n\x06result\"\xa2\x01\n\x14PollBlockTaskRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x11\n\tpoller_id\x18\x02 \x01(\t\x12\x36\n\x07request\x18\x03 \x01(\x0b\x32%.tideflow.api.v1.PollBlockTaskRequest\x12\x11\n\tpartition\x18\x04 \x01(\x05\x12\x16\n\x0e\x66orwarded_from\x18\x05 \x01(\t\"Q\n\x15PollBlockTaskResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.PollBlockTaskResponse\"s\n\x18\x44\x65scribeTaskQueueRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\"\x84\x01\n\x19\x44\x65scribeTaskQueueResponse\x12,\n\x07pollers\x18\x01 \x03(\x0b\x32\x1b.tideflow.api.v1.PollerInfo\x12\x39\n\x06status\x18\x02 \x01(\x0b\x32).tideflow.api.v1.TaskQueuePartitionStatus\"\x8a\x01\n\x1c\x43\x61ncelOutstandingPollRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x11\n\tpoller_id\x18\x04 \x01(\t\"\x1f\n\x1d\x43\x61ncelOutstandingPollResponse2\xa0\x05\n\x0fMatchingService\x12s\n\x0c\x41\x64\x64\x42lockTask\x12\x30.tideflow_server.internal.v1.AddBlockTaskRequest\x1a\x31.tideflow_server.internal.v1.AddBlockTaskResponse\x12\x89\x01\n\x12\x41\x64\x64\x42lockTaskStream\x12\x36.tideflow_server.internal.v1.AddBlockTaskStreamRequest\x1a\x37.tideflow_server.internal.v1.AddBlockTaskStreamResponse(\x01\x30\x01\x12v\n\rPollBlockTask\x12\x31.tideflow_server.internal.v1.PollBlockTaskRequest\x1a\x32.tideflow_server.internal.v1.PollBlockTaskResponse\x12\x82\x01\n\x11\x44\x65scribeTaskQueue\x12\x35.tideflow_server.internal.v1.DescribeTaskQueueRequest\x1a\x36.tideflow_server.internal.v1.DescribeTaskQueueResponse\x12\x8e\x01\n\x15\x43\x61ncelOutstandingPoll\x12\x39.tideflow_server.internal.v1.CancelOutstandingPollRequest\x1a:.tideflow_server.internal.v1.CancelOutstandingPollResponseB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2tideflow_server/internal/v1/matching_service.proto\x12\x1btideflow_server.internal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1ctideflow/api/v1/common.proto\x1a\"tideflow/api/v1/flow_service.proto\x1a tideflow/api/v1/task_queue.proto\x1a*tideflow_server/internal/v1/exchange.proto\x1a)tideflow_server/internal/v1/records.proto\"\xf1\x03\n\x13\x41\x64\x64\x42lockTaskRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12$\n\x03run\x18\x04 \x01(\x0b\x32\x17.tideflow.api.v1.RunRef\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x1a\n\x12scheduled_event_id\x18\x06 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12<\n\x19schedule_to_start_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x16\n\x0e\x66orwarded_from\x18\n \x01(\t\x12\x17\n\x0fsource_shard_id\x18\x0b \x01(\x05\x12!\n\x19preferred_worker_identity\x18\x0c \x01(\t\x12;\n\x0b\x64irect_task\x18\r \x01(\x0b\x32&.tideflow.api.v1.PollBlockTaskResponse\x12;\n\x08\x64ispatch\x18\x0e \x01(\x0b\x32).tideflow_server.internal.v1.TaskDispatch\",\n\x14\x41\x64\x64\x42lockTaskResponse\x12\x14\n\x0csync_matched\x18\x01 \x01(\x08\"j\n\x19\x41\x64\x64\x42lockTaskStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x41\n\x07request\x18\x02 \x01(\x0b\x32\x30.tideflow_server.internal.v1.AddBlockTaskRequest\"\xb8\x01\n\x1a\x41\x64\x64\x42lockTaskStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x45\n\x08response\x18\x02 \x01(\x0b\x32\x31.tideflow_server.internal.v1.AddBlockTaskResponseH\x00\x12=\n\x06status\x18\x03 \x01(\x0b\x32+.tideflow_server.internal.v1.ExchangeStatusH\x00\x42\x08\n\x06result\"\xa2\x01\n\x14PollBlockTaskRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x11\n\tpoller_id\x18\x02 \x01(\t\x12\x36\n\x07request\x18\x03 \x01(\x0b\x32%.tideflow.api.v1.PollBlockTaskRequest\x12\x11\n\tpartition\x18\x04 \x01(\x05\x12\x16\n\x0e\x66orwarded_from\x18\x05 \x01(\t\"Q\n\x15PollBlockTaskResponse\x12\x38\n\x08response\x18\x01 \x01(\x0b\x32&.tideflow.api.v1.PollBlockTaskResponse\"s\n\x18\x44\x65scribeTaskQueueRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\"\xce\x01\n\x19\x44\x65scribeTaskQueueResponse\x12,\n\x07pollers\x18\x01 \x03(\x0b\x32\x1b.tideflow.api.v1.PollerInfo\x12\x39\n\x06status\x18\x02 \x01(\x0b\x32).tideflow.api.v1.TaskQueuePartitionStatus\x12\x30\n\x06\x63onfig\x18\x03 \x01(\x0b\x32 .tideflow.api.v1.TaskQueueConfig\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\x03\"\xd9\x01\n\x1cUpdateTaskQueueConfigRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x30\n\x06\x63onfig\x18\x03 \x01(\x0b\x32 .tideflow.api.v1.TaskQueueConfig\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x10\n\x08identity\x18\x05 \x01(\t\"i\n\x1dUpdateTaskQueueConfigResponse\x12\x30\n\x06\x63onfig\x18\x01 \x01(\x0b\x32 .tideflow.api.v1.TaskQueueConfig\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\x03\"\xc0\x01\n\x1b\x41pplyTaskQueueConfigRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x30\n\x06\x63onfig\x18\x04 \x01(\x0b\x32 .tideflow.api.v1.TaskQueueConfig\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x03\"\x1e\n\x1c\x41pplyTaskQueueConfigResponse\"\xa1\x01\n\x1dReleaseConcurrencySlotRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12:\n\x04slot\x18\x03 \x01(\x0b\x32,.tideflow_server.internal.v1.ConcurrencySlot\" \n\x1eReleaseConcurrencySlotResponse\"\x8a\x01\n\x1c\x43\x61ncelOutstandingPollRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12.\n\ntask_queue\x18\x02 \x01(\x0b\x32\x1a.tideflow.api.v1.TaskQueue\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x11\n\tpoller_id\x18\x04 \x01(\t\"\x1f\n\x1d\x43\x61ncelOutstandingPollResponse2\xd3\x08\n\x0fMatchingService\x12s\n\x0c\x41\x64\x64\x42lockTask\x12\x30.tideflow_server.internal.v1.AddBlockTaskRequest\x1a\x31.tideflow_server.internal.v1.AddBlockTaskResponse\x12\x89\x01\n\x12\x41\x64\x64\x42lockTaskStream\x12\x36.tideflow_server.internal.v1.AddBlockTaskStreamRequest\x1a\x37.tideflow_server.internal.v1.AddBlockTaskStreamResponse(\x01\x30\x01\x12v\n\rPollBlockTask\x12\x31.tideflow_server.internal.v1.PollBlockTaskRequest\x1a\x32.tideflow_server.internal.v1.PollBlockTaskResponse\x12\x82\x01\n\x11\x44\x65scribeTaskQueue\x12\x35.tideflow_server.internal.v1.DescribeTaskQueueRequest\x1a\x36.tideflow_server.internal.v1.DescribeTaskQueueResponse\x12\x8e\x01\n\x15\x43\x61ncelOutstandingPoll\x12\x39.tideflow_server.internal.v1.CancelOutstandingPollRequest\x1a:.tideflow_server.internal.v1.CancelOutstandingPollResponse\x12\x8e\x01\n\x15UpdateTaskQueueConfig\x12\x39.tideflow_server.internal.v1.UpdateTaskQueueConfigRequest\x1a:.tideflow_server.internal.v1.UpdateTaskQueueConfigResponse\x12\x8b\x01\n\x14\x41pplyTaskQueueConfig\x12\x38.tideflow_server.internal.v1.ApplyTaskQueueConfigRequest\x1a\x39.tideflow_server.internal.v1.ApplyTaskQueueConfigResponse\x12\x91\x01\n\x16ReleaseConcurrencySlot\x12:.tideflow_server.internal.v1.ReleaseConcurrencySlotRequest\x1a;.tideflow_server.internal.v1.ReleaseConcurrencySlotResponseB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +39,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow_server.internal.v1
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\036io.tideflow.server.internal.v1P\001ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\252\002\033Tideflow.Server.Internal.V1'
-  _globals['_ADDBLOCKTASKREQUEST']._serialized_start=260
-  _globals['_ADDBLOCKTASKREQUEST']._serialized_end=696
-  _globals['_ADDBLOCKTASKRESPONSE']._serialized_start=698
-  _globals['_ADDBLOCKTASKRESPONSE']._serialized_end=742
-  _globals['_ADDBLOCKTASKSTREAMREQUEST']._serialized_start=744
-  _globals['_ADDBLOCKTASKSTREAMREQUEST']._serialized_end=850
-  _globals['_ADDBLOCKTASKSTREAMRESPONSE']._serialized_start=853
-  _globals['_ADDBLOCKTASKSTREAMRESPONSE']._serialized_end=1037
-  _globals['_POLLBLOCKTASKREQUEST']._serialized_start=1040
-  _globals['_POLLBLOCKTASKREQUEST']._serialized_end=1202
-  _globals['_POLLBLOCKTASKRESPONSE']._serialized_start=1204
-  _globals['_POLLBLOCKTASKRESPONSE']._serialized_end=1285
-  _globals['_DESCRIBETASKQUEUEREQUEST']._serialized_start=1287
-  _globals['_DESCRIBETASKQUEUEREQUEST']._serialized_end=1402
-  _globals['_DESCRIBETASKQUEUERESPONSE']._serialized_start=1405
-  _globals['_DESCRIBETASKQUEUERESPONSE']._serialized_end=1537
-  _globals['_CANCELOUTSTANDINGPOLLREQUEST']._serialized_start=1540
-  _globals['_CANCELOUTSTANDINGPOLLREQUEST']._serialized_end=1678
-  _globals['_CANCELOUTSTANDINGPOLLRESPONSE']._serialized_start=1680
-  _globals['_CANCELOUTSTANDINGPOLLRESPONSE']._serialized_end=1711
-  _globals['_MATCHINGSERVICE']._serialized_start=1714
-  _globals['_MATCHINGSERVICE']._serialized_end=2386
+  _globals['_ADDBLOCKTASKREQUEST']._serialized_start=337
+  _globals['_ADDBLOCKTASKREQUEST']._serialized_end=834
+  _globals['_ADDBLOCKTASKRESPONSE']._serialized_start=836
+  _globals['_ADDBLOCKTASKRESPONSE']._serialized_end=880
+  _globals['_ADDBLOCKTASKSTREAMREQUEST']._serialized_start=882
+  _globals['_ADDBLOCKTASKSTREAMREQUEST']._serialized_end=988
+  _globals['_ADDBLOCKTASKSTREAMRESPONSE']._serialized_start=991
+  _globals['_ADDBLOCKTASKSTREAMRESPONSE']._serialized_end=1175
+  _globals['_POLLBLOCKTASKREQUEST']._serialized_start=1178
+  _globals['_POLLBLOCKTASKREQUEST']._serialized_end=1340
+  _globals['_POLLBLOCKTASKRESPONSE']._serialized_start=1342
+  _globals['_POLLBLOCKTASKRESPONSE']._serialized_end=1423
+  _globals['_DESCRIBETASKQUEUEREQUEST']._serialized_start=1425
+  _globals['_DESCRIBETASKQUEUEREQUEST']._serialized_end=1540
+  _globals['_DESCRIBETASKQUEUERESPONSE']._serialized_start=1543
+  _globals['_DESCRIBETASKQUEUERESPONSE']._serialized_end=1749
+  _globals['_UPDATETASKQUEUECONFIGREQUEST']._serialized_start=1752
+  _globals['_UPDATETASKQUEUECONFIGREQUEST']._serialized_end=1969
+  _globals['_UPDATETASKQUEUECONFIGRESPONSE']._serialized_start=1971
+  _globals['_UPDATETASKQUEUECONFIGRESPONSE']._serialized_end=2076
+  _globals['_APPLYTASKQUEUECONFIGREQUEST']._serialized_start=2079
+  _globals['_APPLYTASKQUEUECONFIGREQUEST']._serialized_end=2271
+  _globals['_APPLYTASKQUEUECONFIGRESPONSE']._serialized_start=2273
+  _globals['_APPLYTASKQUEUECONFIGRESPONSE']._serialized_end=2303
+  _globals['_RELEASECONCURRENCYSLOTREQUEST']._serialized_start=2306
+  _globals['_RELEASECONCURRENCYSLOTREQUEST']._serialized_end=2467
+  _globals['_RELEASECONCURRENCYSLOTRESPONSE']._serialized_start=2469
+  _globals['_RELEASECONCURRENCYSLOTRESPONSE']._serialized_end=2501
+  _globals['_CANCELOUTSTANDINGPOLLREQUEST']._serialized_start=2504
+  _globals['_CANCELOUTSTANDINGPOLLREQUEST']._serialized_end=2642
+  _globals['_CANCELOUTSTANDINGPOLLRESPONSE']._serialized_start=2644
+  _globals['_CANCELOUTSTANDINGPOLLRESPONSE']._serialized_end=2675
+  _globals['_MATCHINGSERVICE']._serialized_start=2678
+  _globals['_MATCHINGSERVICE']._serialized_end=3785
 # @@protoc_insertion_point(module_scope)

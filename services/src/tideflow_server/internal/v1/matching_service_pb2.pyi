@@ -6,12 +6,14 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import flow_service_pb2 as _flow_service_pb2
 from tideflow.api.v1 import task_queue_pb2 as _task_queue_pb2
 from tideflow_server.internal.v1 import exchange_pb2 as _exchange_pb2
+from tideflow_server.internal.v1 import records_pb2 as _records_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -40,6 +42,7 @@ class AddBlockTaskRequest(_message.Message):
     SOURCE_SHARD_ID_FIELD_NUMBER: _builtins.int
     PREFERRED_WORKER_IDENTITY_FIELD_NUMBER: _builtins.int
     DIRECT_TASK_FIELD_NUMBER: _builtins.int
+    DISPATCH_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     partition: _builtins.int
     block_id: _builtins.str
@@ -70,6 +73,12 @@ class AddBlockTaskRequest(_message.Message):
         and the response says so, so that history undoes the start.
         """
 
+    @_builtins.property
+    def dispatch(self) -> _records_pb2.TaskDispatch:
+        """Routing and order (priority, fairness, affinity, sticky queue); `priority` above is read
+        when this is unset.
+        """
+
     def __init__(
         self,
         *,
@@ -86,10 +95,11 @@ class AddBlockTaskRequest(_message.Message):
         source_shard_id: _builtins.int = ...,
         preferred_worker_identity: _builtins.str = ...,
         direct_task: _flow_service_pb2.PollBlockTaskResponse | None = ...,
+        dispatch: _records_pb2.TaskDispatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_task", b"direct_task", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "task_queue", b"task_queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_task", b"direct_task", "dispatch", b"dispatch", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "direct_task", b"direct_task", "forwarded_from", b"forwarded_from", "namespace_id", b"namespace_id", "partition", b"partition", "preferred_worker_identity", b"preferred_worker_identity", "priority", b"priority", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "scheduled_event_id", b"scheduled_event_id", "source_shard_id", b"source_shard_id", "task_queue", b"task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "direct_task", b"direct_task", "dispatch", b"dispatch", "forwarded_from", b"forwarded_from", "namespace_id", b"namespace_id", "partition", b"partition", "preferred_worker_identity", b"preferred_worker_identity", "priority", b"priority", "run", b"run", "schedule_to_start_timeout", b"schedule_to_start_timeout", "scheduled_event_id", b"scheduled_event_id", "source_shard_id", b"source_shard_id", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,23 +270,179 @@ class DescribeTaskQueueResponse(_message.Message):
 
     POLLERS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    config_version: _builtins.int
     @_builtins.property
     def pollers(self) -> _containers.RepeatedCompositeFieldContainer[_task_queue_pb2.PollerInfo]: ...
     @_builtins.property
     def status(self) -> _task_queue_pb2.TaskQueuePartitionStatus: ...
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig:
+        """The config the partition enforces."""
+
     def __init__(
         self,
         *,
         pollers: _abc.Iterable[_task_queue_pb2.PollerInfo] | None = ...,
         status: _task_queue_pb2.TaskQueuePartitionStatus | None = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        config_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pollers", b"pollers", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_version", b"config_version", "pollers", b"pollers", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeTaskQueueResponse: _TypeAlias = DescribeTaskQueueResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTaskQueueConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    identity: _builtins.str
+    @_builtins.property
+    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        task_queue: _common_pb2.TaskQueue | None = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "task_queue", b"task_queue", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "identity", b"identity", "namespace_id", b"namespace_id", "task_queue", b"task_queue", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskQueueConfigRequest: _TypeAlias = UpdateTaskQueueConfigRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTaskQueueConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    config_version: _builtins.int
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig: ...
+    def __init__(
+        self,
+        *,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        config_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_version", b"config_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskQueueConfigResponse: _TypeAlias = UpdateTaskQueueConfigResponse  # noqa: Y015
+
+@_typing.final
+class ApplyTaskQueueConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    partition: _builtins.int
+    config_version: _builtins.int
+    @_builtins.property
+    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        task_queue: _common_pb2.TaskQueue | None = ...,
+        partition: _builtins.int = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        config_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "task_queue", b"task_queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "config_version", b"config_version", "namespace_id", b"namespace_id", "partition", b"partition", "task_queue", b"task_queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyTaskQueueConfigRequest: _TypeAlias = ApplyTaskQueueConfigRequest  # noqa: Y015
+
+@_typing.final
+class ApplyTaskQueueConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyTaskQueueConfigResponse: _TypeAlias = ApplyTaskQueueConfigResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseConcurrencySlotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    @_builtins.property
+    def task_queue(self) -> _common_pb2.TaskQueue: ...
+    @_builtins.property
+    def slot(self) -> _records_pb2.ConcurrencySlot: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        task_queue: _common_pb2.TaskQueue | None = ...,
+        slot: _records_pb2.ConcurrencySlot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slot", b"slot", "task_queue", b"task_queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "slot", b"slot", "task_queue", b"task_queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseConcurrencySlotRequest: _TypeAlias = ReleaseConcurrencySlotRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseConcurrencySlotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseConcurrencySlotResponse: _TypeAlias = ReleaseConcurrencySlotResponse  # noqa: Y015
 
 @_typing.final
 class CancelOutstandingPollRequest(_message.Message):

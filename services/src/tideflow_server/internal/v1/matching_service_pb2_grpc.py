@@ -62,6 +62,21 @@ class MatchingServiceStub:
                 request_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollRequest.SerializeToString,
                 response_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollResponse.FromString,
                 _registered_method=True)
+        self.UpdateTaskQueueConfig = channel.unary_unary(
+                '/tideflow_server.internal.v1.MatchingService/UpdateTaskQueueConfig',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigResponse.FromString,
+                _registered_method=True)
+        self.ApplyTaskQueueConfig = channel.unary_unary(
+                '/tideflow_server.internal.v1.MatchingService/ApplyTaskQueueConfig',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigResponse.FromString,
+                _registered_method=True)
+        self.ReleaseConcurrencySlot = channel.unary_unary(
+                '/tideflow_server.internal.v1.MatchingService/ReleaseConcurrencySlot',
+                request_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotRequest.SerializeToString,
+                response_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotResponse.FromString,
+                _registered_method=True)
 
 
 class MatchingServiceServicer:
@@ -106,6 +121,29 @@ class MatchingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTaskQueueConfig(self, request, context):
+        """To the owner of the root partition: persist the queue's config and push it to the other
+        partitions (ApplyTaskQueueConfig).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyTaskQueueConfig(self, request, context):
+        """To the owner of a partition: a newer config of its queue is in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseConcurrencySlot(self, request, context):
+        """To the owner of the root partition: a started task of a limited queue closed; free its
+        concurrency slot. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatchingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +171,21 @@ def add_MatchingServiceServicer_to_server(servicer, server):
                     servicer.CancelOutstandingPoll,
                     request_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollRequest.FromString,
                     response_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollResponse.SerializeToString,
+            ),
+            'UpdateTaskQueueConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTaskQueueConfig,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigResponse.SerializeToString,
+            ),
+            'ApplyTaskQueueConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyTaskQueueConfig,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigResponse.SerializeToString,
+            ),
+            'ReleaseConcurrencySlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseConcurrencySlot,
+                    request_deserializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotRequest.FromString,
+                    response_serializer=tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +326,87 @@ class MatchingService:
             '/tideflow_server.internal.v1.MatchingService/CancelOutstandingPoll',
             tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollRequest.SerializeToString,
             tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.CancelOutstandingPollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTaskQueueConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.MatchingService/UpdateTaskQueueConfig',
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.UpdateTaskQueueConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTaskQueueConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.MatchingService/ApplyTaskQueueConfig',
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ApplyTaskQueueConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseConcurrencySlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow_server.internal.v1.MatchingService/ReleaseConcurrencySlot',
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotRequest.SerializeToString,
+            tideflow__server_dot_internal_dot_v1_dot_matching__service__pb2.ReleaseConcurrencySlotResponse.FromString,
             options,
             channel_credentials,
             insecure,

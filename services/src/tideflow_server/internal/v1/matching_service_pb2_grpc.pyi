@@ -48,6 +48,16 @@ class MatchingServiceStub:
     """Describes one partition; the frontend merges the partitions."""
     CancelOutstandingPoll: _grpc.UnaryUnaryMultiCallable[_matching_service_pb2.CancelOutstandingPollRequest, _matching_service_pb2.CancelOutstandingPollResponse]
     """Ends a poll whose client went away, so no task is matched to it."""
+    UpdateTaskQueueConfig: _grpc.UnaryUnaryMultiCallable[_matching_service_pb2.UpdateTaskQueueConfigRequest, _matching_service_pb2.UpdateTaskQueueConfigResponse]
+    """To the owner of the root partition: persist the queue's config and push it to the other
+    partitions (ApplyTaskQueueConfig).
+    """
+    ApplyTaskQueueConfig: _grpc.UnaryUnaryMultiCallable[_matching_service_pb2.ApplyTaskQueueConfigRequest, _matching_service_pb2.ApplyTaskQueueConfigResponse]
+    """To the owner of a partition: a newer config of its queue is in force."""
+    ReleaseConcurrencySlot: _grpc.UnaryUnaryMultiCallable[_matching_service_pb2.ReleaseConcurrencySlotRequest, _matching_service_pb2.ReleaseConcurrencySlotResponse]
+    """To the owner of the root partition: a started task of a limited queue closed; free its
+    concurrency slot. Idempotent.
+    """
 
 @_typing.type_check_only
 class MatchingServiceAsyncStub(MatchingServiceStub):
@@ -69,6 +79,16 @@ class MatchingServiceAsyncStub(MatchingServiceStub):
     """Describes one partition; the frontend merges the partitions."""
     CancelOutstandingPoll: _aio.UnaryUnaryMultiCallable[_matching_service_pb2.CancelOutstandingPollRequest, _matching_service_pb2.CancelOutstandingPollResponse]  # type: ignore[assignment]
     """Ends a poll whose client went away, so no task is matched to it."""
+    UpdateTaskQueueConfig: _aio.UnaryUnaryMultiCallable[_matching_service_pb2.UpdateTaskQueueConfigRequest, _matching_service_pb2.UpdateTaskQueueConfigResponse]  # type: ignore[assignment]
+    """To the owner of the root partition: persist the queue's config and push it to the other
+    partitions (ApplyTaskQueueConfig).
+    """
+    ApplyTaskQueueConfig: _aio.UnaryUnaryMultiCallable[_matching_service_pb2.ApplyTaskQueueConfigRequest, _matching_service_pb2.ApplyTaskQueueConfigResponse]  # type: ignore[assignment]
+    """To the owner of a partition: a newer config of its queue is in force."""
+    ReleaseConcurrencySlot: _aio.UnaryUnaryMultiCallable[_matching_service_pb2.ReleaseConcurrencySlotRequest, _matching_service_pb2.ReleaseConcurrencySlotResponse]  # type: ignore[assignment]
+    """To the owner of the root partition: a started task of a limited queue closed; free its
+    concurrency slot. Idempotent.
+    """
 
 class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
     """MatchingService is served by matching hosts, each owning task queue partitions. History's
@@ -117,5 +137,33 @@ class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matching_service_pb2.CancelOutstandingPollResponse, _abc.Awaitable[_matching_service_pb2.CancelOutstandingPollResponse]]:
         """Ends a poll whose client went away, so no task is matched to it."""
+
+    @_abc_1.abstractmethod
+    def UpdateTaskQueueConfig(
+        self,
+        request: _matching_service_pb2.UpdateTaskQueueConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_service_pb2.UpdateTaskQueueConfigResponse, _abc.Awaitable[_matching_service_pb2.UpdateTaskQueueConfigResponse]]:
+        """To the owner of the root partition: persist the queue's config and push it to the other
+        partitions (ApplyTaskQueueConfig).
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyTaskQueueConfig(
+        self,
+        request: _matching_service_pb2.ApplyTaskQueueConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_service_pb2.ApplyTaskQueueConfigResponse, _abc.Awaitable[_matching_service_pb2.ApplyTaskQueueConfigResponse]]:
+        """To the owner of a partition: a newer config of its queue is in force."""
+
+    @_abc_1.abstractmethod
+    def ReleaseConcurrencySlot(
+        self,
+        request: _matching_service_pb2.ReleaseConcurrencySlotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_service_pb2.ReleaseConcurrencySlotResponse, _abc.Awaitable[_matching_service_pb2.ReleaseConcurrencySlotResponse]]:
+        """To the owner of the root partition: a started task of a limited queue closed; free its
+        concurrency slot. Idempotent.
+        """
 
 def add_MatchingServiceServicer_to_server(servicer: MatchingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

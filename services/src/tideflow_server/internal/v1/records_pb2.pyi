@@ -15,6 +15,7 @@ from tideflow.api.v1 import blueprint_pb2 as _blueprint_pb2
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import failure_pb2 as _failure_pb2
 from tideflow.api.v1 import namespace_pb2 as _namespace_pb2
+from tideflow.api.v1 import task_queue_pb2 as _task_queue_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -389,6 +390,26 @@ class RunExecutionInfo(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class StickyTaskQueuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
@@ -417,6 +438,7 @@ class RunExecutionInfo(_message.Message):
     BLOCK_TIMER_FIELD_NUMBER: _builtins.int
     RECEIVED_EVENT_IDS_FIELD_NUMBER: _builtins.int
     PARENT_FIELD_NUMBER: _builtins.int
+    STICKY_TASK_QUEUES_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
@@ -493,6 +515,12 @@ class RunExecutionInfo(_message.Message):
         started by a client. Its close is reported to the parent (TransferTask.child_closed).
         """
 
+    @_builtins.property
+    def sticky_task_queues(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Per normal task queue name, the sticky queue of the worker that last started one of the
+        run's blocks there (`affinity: run` sends the next block there first).
+        """
+
     def __init__(
         self,
         *,
@@ -524,10 +552,11 @@ class RunExecutionInfo(_message.Message):
         block_timer: Global___TimerRef | None = ...,
         received_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         parent: Global___ParentLink | None = ...,
+        sticky_task_queues: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block_timer", b"block_timer", "close_time", b"close_time", "flow", b"flow", "input", b"input", "last_update_time", b"last_update_time", "memo", b"memo", "parent", b"parent", "run_expiration_time", b"run_expiration_time", "run_timeout", b"run_timeout", "start_time", b"start_time", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "parent", b"parent", "received_event_ids", b"received_event_ids", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_timer", b"block_timer", "cancel_request_id", b"cancel_request_id", "cancel_requested", b"cancel_requested", "close_time", b"close_time", "execution_id", b"execution_id", "flow", b"flow", "history_size_bytes", b"history_size_bytes", "input", b"input", "last_batch_event_id", b"last_batch_event_id", "last_event_task_id", b"last_event_task_id", "last_update_time", b"last_update_time", "last_worker_identity", b"last_worker_identity", "memo", b"memo", "namespace_id", b"namespace_id", "next_event_id", b"next_event_id", "parent", b"parent", "received_event_ids", b"received_event_ids", "run_expiration_time", b"run_expiration_time", "run_id", b"run_id", "run_timeout", b"run_timeout", "signal_request_ids", b"signal_request_ids", "start_request_id", b"start_request_id", "start_time", b"start_time", "state", b"state", "status", b"status", "sticky_task_queues", b"sticky_task_queues", "task_queue", b"task_queue", "vars", b"vars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -590,6 +619,7 @@ class PendingBlock(_message.Message):
     SCHEDULED_BATCH_EVENT_ID_FIELD_NUMBER: _builtins.int
     DIRECT_FIELD_NUMBER: _builtins.int
     REDISPATCHED_TIME_FIELD_NUMBER: _builtins.int
+    DISPATCH_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -654,6 +684,10 @@ class PendingBlock(_message.Message):
         attempt.
         """
 
+    @_builtins.property
+    def dispatch(self) -> Global___TaskDispatch:
+        """How matching routes and orders the block's tasks, fixed when it is scheduled."""
+
     def __init__(
         self,
         *,
@@ -681,10 +715,11 @@ class PendingBlock(_message.Message):
         scheduled_batch_event_id: _builtins.int = ...,
         direct: _builtins.bool = ...,
         redispatched_time: _timestamp_pb2.Timestamp | None = ...,
+        dispatch: Global___TaskDispatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "redispatched_time", b"redispatched_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "redispatched_time", b"redispatched_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1139,11 +1174,16 @@ class TransferTask(_message.Message):
         SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
         ATTEMPT_FIELD_NUMBER: _builtins.int
         BLOCK_ID_FIELD_NUMBER: _builtins.int
+        DISPATCH_FIELD_NUMBER: _builtins.int
         scheduled_event_id: _builtins.int
         attempt: _builtins.int
         block_id: _builtins.str
         @_builtins.property
         def task_queue(self) -> _common_pb2.TaskQueue: ...
+        @_builtins.property
+        def dispatch(self) -> Global___TaskDispatch:
+            """PendingBlock.dispatch, with the sticky queue this attempt should try first."""
+
         def __init__(
             self,
             *,
@@ -1151,10 +1191,11 @@ class TransferTask(_message.Message):
             scheduled_event_id: _builtins.int = ...,
             attempt: _builtins.int = ...,
             block_id: _builtins.str = ...,
+            dispatch: Global___TaskDispatch | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["task_queue", b"task_queue"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "task_queue", b"task_queue"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "dispatch", b"dispatch", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1467,6 +1508,7 @@ class BacklogTask(_message.Message):
     EXPIRY_TIME_FIELD_NUMBER: _builtins.int
     BLOCK_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    DISPATCH_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     run_id: _builtins.str
     execution_id: _builtins.str
@@ -1474,12 +1516,16 @@ class BacklogTask(_message.Message):
     attempt: _builtins.int
     block_id: _builtins.str
     priority: _builtins.int
-    """10-19: kept for flow tasks (code flows)."""
+    """Rows written before TaskDispatch existed; read when `dispatch` is unset."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expiry_time(self) -> _timestamp_pb2.Timestamp:
         """Dropped unread after this (the schedule-to-start deadline); unset = never."""
+
+    @_builtins.property
+    def dispatch(self) -> Global___TaskDispatch:
+        """10-19: kept for flow tasks (code flows)."""
 
     def __init__(
         self,
@@ -1493,14 +1539,74 @@ class BacklogTask(_message.Message):
         expiry_time: _timestamp_pb2.Timestamp | None = ...,
         block_id: _builtins.str = ...,
         priority: _builtins.int = ...,
+        dispatch: Global___TaskDispatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expiry_time", b"expiry_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dispatch", b"dispatch", "expiry_time", b"expiry_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "create_time", b"create_time", "execution_id", b"execution_id", "expiry_time", b"expiry_time", "namespace_id", b"namespace_id", "priority", b"priority", "run_id", b"run_id", "scheduled_event_id", b"scheduled_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "create_time", b"create_time", "dispatch", b"dispatch", "execution_id", b"execution_id", "expiry_time", b"expiry_time", "namespace_id", b"namespace_id", "priority", b"priority", "run_id", b"run_id", "scheduled_event_id", b"scheduled_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BacklogTask: _TypeAlias = BacklogTask  # noqa: Y015
+
+@_typing.final
+class TaskDispatch(_message.Message):
+    """TaskDispatch is how matching routes and orders one block task. History fixes it when it
+    schedules the block (templates rendered), and it travels with every copy of the task: the
+    outbox row, the add, the backlog row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
+    AFFINITY_KEY_FIELD_NUMBER: _builtins.int
+    STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    STICKY_SCHEDULE_TO_START_FIELD_NUMBER: _builtins.int
+    BLOCK_TYPE_FIELD_NUMBER: _builtins.int
+    RUN_START_TIME_FIELD_NUMBER: _builtins.int
+    STICKY_FALLBACK_FIELD_NUMBER: _builtins.int
+    priority: _builtins.int
+    """1 goes first, 5 last; 0 is read as 3."""
+    fairness_key: _builtins.str
+    """The rendered fairness key; "" is a key like any other."""
+    affinity_key: _builtins.str
+    """The rendered affinity key; empty = none."""
+    sticky_task_queue: _builtins.str
+    """`affinity: run`: the sticky queue of the worker that last started a block of the run on
+    this queue; empty = none (the run's first block, or no affinity).
+    """
+    block_type: _builtins.str
+    """The external block type, for per-type concurrency limits."""
+    sticky_fallback: _builtins.bool
+    """This copy fell back from its preferred worker (counted by the partition that takes it)."""
+    @_builtins.property
+    def sticky_schedule_to_start(self) -> _duration_pb2.Duration:
+        """How long the task waits for its preferred worker; unset = the queue's setting."""
+
+    @_builtins.property
+    def run_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run started: "in-flight first" orders equal priorities by it."""
+
+    def __init__(
+        self,
+        *,
+        priority: _builtins.int = ...,
+        fairness_key: _builtins.str = ...,
+        affinity_key: _builtins.str = ...,
+        sticky_task_queue: _builtins.str = ...,
+        sticky_schedule_to_start: _duration_pb2.Duration | None = ...,
+        block_type: _builtins.str = ...,
+        run_start_time: _timestamp_pb2.Timestamp | None = ...,
+        sticky_fallback: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run_start_time", b"run_start_time", "sticky_schedule_to_start", b"sticky_schedule_to_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "block_type", b"block_type", "fairness_key", b"fairness_key", "priority", b"priority", "run_start_time", b"run_start_time", "sticky_fallback", b"sticky_fallback", "sticky_schedule_to_start", b"sticky_schedule_to_start", "sticky_task_queue", b"sticky_task_queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskDispatch: _TypeAlias = TaskDispatch  # noqa: Y015
 
 @_typing.final
 class TaskQueueInfo(_message.Message):
@@ -1515,17 +1621,34 @@ class TaskQueueInfo(_message.Message):
     ACK_LEVEL_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRY_TIME_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    READ_PARTITIONS_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     name: _builtins.str
     kind: _common_pb2.TaskQueueKind.ValueType
     partition: _builtins.int
     ack_level: _builtins.int
     """Backlog tasks with ids at or below this are dispatched and may be deleted."""
+    config_version: _builtins.int
+    read_partitions: _builtins.int
     @_builtins.property
     def last_update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expiry_time(self) -> _timestamp_pb2.Timestamp:
         """When an idle sticky queue may be deleted; unset for normal queues."""
+
+    @_builtins.property
+    def config(self) -> _task_queue_pb2.TaskQueueConfig:
+        """Root partition (0) only: the queue's config (UpdateTaskQueueConfig), the number of times it
+        changed, and the most partitions the queue has had (polls keep reading the partitions a
+        lowered count no longer writes to, until they are empty).
+        """
+
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConcurrencySlot]:
+        """Root partition only: the started, unfinished tasks holding concurrency slots."""
 
     def __init__(
         self,
@@ -1537,14 +1660,60 @@ class TaskQueueInfo(_message.Message):
         ack_level: _builtins.int = ...,
         last_update_time: _timestamp_pb2.Timestamp | None = ...,
         expiry_time: _timestamp_pb2.Timestamp | None = ...,
+        config: _task_queue_pb2.TaskQueueConfig | None = ...,
+        config_version: _builtins.int = ...,
+        read_partitions: _builtins.int = ...,
+        slots: _abc.Iterable[Global___ConcurrencySlot] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry_time", b"expiry_time", "last_update_time", b"last_update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "expiry_time", b"expiry_time", "last_update_time", b"last_update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_level", b"ack_level", "expiry_time", b"expiry_time", "kind", b"kind", "last_update_time", b"last_update_time", "name", b"name", "namespace_id", b"namespace_id", "partition", b"partition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_level", b"ack_level", "config", b"config", "config_version", b"config_version", "expiry_time", b"expiry_time", "kind", b"kind", "last_update_time", b"last_update_time", "name", b"name", "namespace_id", b"namespace_id", "partition", b"partition", "read_partitions", b"read_partitions", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskQueueInfo: _TypeAlias = TaskQueueInfo  # noqa: Y015
+
+@_typing.final
+class ConcurrencySlot(_message.Message):
+    """ConcurrencySlot is held by one started attempt of a limited task queue or block type, from
+    its start until history reports it closed (completed, failed, timed out, canceled).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    BLOCK_TYPE_FIELD_NUMBER: _builtins.int
+    ACQUIRE_TIME_FIELD_NUMBER: _builtins.int
+    namespace_id: _builtins.str
+    run_id: _builtins.str
+    execution_id: _builtins.str
+    scheduled_event_id: _builtins.int
+    attempt: _builtins.int
+    block_type: _builtins.str
+    @_builtins.property
+    def acquire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        namespace_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        scheduled_event_id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        block_type: _builtins.str = ...,
+        acquire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire_time", b"acquire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_time", b"acquire_time", "attempt", b"attempt", "block_type", b"block_type", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "run_id", b"run_id", "scheduled_event_id", b"scheduled_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConcurrencySlot: _TypeAlias = ConcurrencySlot  # noqa: Y015
 
 @_typing.final
 class NamespaceRecord(_message.Message):
