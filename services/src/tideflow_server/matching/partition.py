@@ -178,6 +178,11 @@ class TaskQueuePartition:
         self._maintainer: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
 
+        # The queue's config (UpdateTaskQueueConfig): limits, order, routing. Every partition
+        # enforces the newest version it has seen.
+        self.queue_config = task_queue_pb2.TaskQueueConfig()
+        self.config_version = 0
+
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
@@ -305,6 +310,15 @@ class TaskQueuePartition:
             if self._idle():
                 self._stop_soon()
                 return
+
+    # -- config --------------------------------------------------------------------------
+
+    def apply_config(self, config: task_queue_pb2.TaskQueueConfig, version: int) -> bool:
+        """Enforce `config` from now on, unless a newer version is in force; False then."""
+        if version <= self.config_version:
+            return False
+        self.queue_config, self.config_version = config, version
+        return True
 
     # -- ack level -----------------------------------------------------------------------
 
