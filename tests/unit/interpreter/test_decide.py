@@ -51,7 +51,7 @@ def test_schedule_external_carries_rendered_input_and_policy() -> None:
         external(
             "ocr",
             input={"file": "${input.file}", "name": "${run.id}-${input.file}"},
-            external={"block": "ocr@3", "taskQueue": "gpu", "priority": 7},
+            external={"block": "ocr@3", "taskQueue": "gpu", "priority": 2},
         )
     )
     [command] = decide(compiled, view(input={"file": "a.pdf"}))
@@ -60,7 +60,7 @@ def test_schedule_external_carries_rendered_input_and_policy() -> None:
     assert command.block_type == "ocr@3"
     assert command.task_queue == "gpu"
     assert command.input == {"file": "a.pdf", "name": "order-7-a.pdf"}
-    assert command.priority == 7
+    assert command.priority == 2
     assert command.timeouts.start_to_close.ToSeconds() == 60
     assert command.retry.backoff_coefficient == 2.0
     # The command's messages are its own.

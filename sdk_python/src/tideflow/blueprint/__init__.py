@@ -123,13 +123,17 @@ class Blueprint:
         start_to_close: timedelta | None = None,
         priority: int = 0,
         affinity: blueprint_pb2.Affinity.ValueType = blueprint_pb2.AFFINITY_UNSPECIFIED,
+        affinity_key: str = "",
+        fairness_key: str = "",
+        sticky_schedule_to_start: timedelta | None = None,
         needs: Needs = (),
         depends: str = "",
         when: str = "",
         description: str = "",
     ) -> BlockRef:
         """A block run by a worker: `block` is its type, "name@version". `input=None` sends
-        no input."""
+        no input. `priority`: 1 (first) to 5 (last), 0 for 3. `affinity_key` and
+        `fairness_key` are templates, e.g. "${input.model}"."""
         b = self._block(id, needs=needs, depends=depends, when=when, description=description)
         ext = b.external
         ext.block, ext.task_queue, ext.priority, ext.affinity = (
@@ -138,6 +142,9 @@ class Blueprint:
             priority,
             affinity,
         )
+        ext.affinity_key, ext.fairness_key = affinity_key, fairness_key
+        if sticky_schedule_to_start is not None:
+            ext.sticky_schedule_to_start.CopyFrom(duration(sticky_schedule_to_start))
         if retry is not None:
             ext.retry.CopyFrom(retry.to_proto())
         if timeouts is not None:

@@ -54,6 +54,8 @@ def schedule(step: RunStep, cmd: ScheduleExternal) -> records_pb2.PendingBlock:
     attrs.attempt = 1
     attrs.priority = cmd.priority
     attrs.affinity = cmd.affinity
+    attrs.affinity_key = cmd.affinity_key
+    attrs.fairness_key = cmd.fairness_key
 
     pending = step.state.pending_blocks[event.event_id]
     pending.block_id = cmd.block_id
@@ -67,6 +69,14 @@ def schedule(step: RunStep, cmd: ScheduleExternal) -> records_pb2.PendingBlock:
     pending.priority = cmd.priority
     pending.affinity = cmd.affinity
     pending.scheduled_batch_event_id = step.events[0].event_id
+    dispatch = pending.dispatch
+    dispatch.priority = cmd.priority
+    dispatch.fairness_key = cmd.fairness_key
+    dispatch.affinity_key = cmd.affinity_key
+    dispatch.block_type = cmd.block_type
+    dispatch.run_start_time.CopyFrom(step.info.start_time)
+    if cmd.sticky_schedule_to_start is not None:
+        dispatch.sticky_schedule_to_start.CopyFrom(cmd.sticky_schedule_to_start)
 
     result = step.state.block_results[cmd.block_id]
     result.kind = blueprint_pb2.BLOCK_KIND_EXTERNAL
@@ -217,17 +227,47 @@ def _add_block_task(step: RunStep, pending: records_pb2.PendingBlock) -> None:
     task.block_task.scheduled_event_id = pending.scheduled_event_id
     task.block_task.attempt = pending.attempt
     task.block_task.block_id = pending.block_id
+    task.block_task.dispatch.CopyFrom(dispatch_of(step.info, pending))
+
+
+def dispatch_of(
+    info: records_pb2.RunExecutionInfo, pending: records_pb2.PendingBlock
+) -> records_pb2.TaskDispatch:
+    """How matching routes the current attempt's task. `affinity: run` sends the first try of
+    a block to the sticky queue of the worker that last started one of the run's blocks on the
+    same queue; a retry or a resend goes to the queue, as a failure may be the worker's."""
+    dispatch = records_pb2.TaskDispatch()
+    dispatch.CopyFrom(pending.dispatch)
+    if not pending.HasField("dispatch"):
+        dispatch.priority = pending.priority  # a block scheduled before TaskDispatch existed
+    if (
+        pending.affinity == blueprint_pb2.AFFINITY_RUN
+        and pending.attempt == 1
+        and not pending.HasField("redispatched_time")
+    ):
+        dispatch.sticky_task_queue = info.sticky_task_queues.get(pending.task_queue.name, "")
+    return dispatch
 
 
 def record_started(
-    step: RunStep, pending: records_pb2.PendingBlock, *, identity: str, request_id: str
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    *,
+    identity: str,
+    request_id: str,
+    sticky_task_queue: str = "",
 ) -> None:
+    """`sticky_task_queue`: the starting worker's own queue, where the run's next `affinity:
+    run` block on this queue goes first; empty keeps the one recorded (an eager start is by
+    the worker that just answered)."""
     pending.started_time.FromDatetime(step.now)
     pending.started_identity = identity
     pending.request_id = request_id
     pending.last_heartbeat_time.FromDatetime(step.now)
     if identity:
         step.info.last_worker_identity = identity
+    if sticky_task_queue:
+        step.info.sticky_task_queues[pending.task_queue.name] = sticky_task_queue
     pending.direct = False
     step.touch()
 

@@ -175,6 +175,7 @@ class MatchingEngine:
             attempt=request.attempt,
             block_id=request.block_id,
             priority=request.priority,
+            dispatch=request.dispatch,
         )
         task.create_time.FromNanoseconds(now_ns)
         timeout_ns = request.schedule_to_start_timeout.ToNanoseconds()
@@ -220,6 +221,7 @@ class MatchingEngine:
             request.poller_id,
             identity=worker.identity,
             rate_per_second=worker.max_tasks_per_second,
+            sticky_task_queue=worker.sticky_task_queue,
         )
         self._polls[request.poller_id] = (partition, poll)
         try:
@@ -264,6 +266,7 @@ class MatchingEngine:
             task_queue=common_pb2.TaskQueue(
                 name=key.name, kind=common_pb2.TaskQueueKind.ValueType(key.kind)
             ),
+            worker_sticky_task_queue=poll.sticky_task_queue,
         )
         fields = {
             "run_id": info.run_id,

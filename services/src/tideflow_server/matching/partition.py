@@ -60,12 +60,23 @@ class BlockTask:
 class Poll:
     """One outstanding PollBlockTask call."""
 
-    __slots__ = ("_cancelled", "identity", "poller_id", "rate_per_second", "waiter")
+    __slots__ = (
+        "_cancelled",
+        "identity",
+        "poller_id",
+        "rate_per_second",
+        "sticky_task_queue",
+        "waiter",
+    )
 
-    def __init__(self, poller_id: str, identity: str, rate_per_second: float) -> None:
+    def __init__(
+        self, poller_id: str, identity: str, rate_per_second: float, sticky_task_queue: str = ""
+    ) -> None:
         self.poller_id = poller_id
         self.identity = identity
         self.rate_per_second = rate_per_second
+        self.sticky_task_queue = sticky_task_queue
+        """The worker's own sticky queue, recorded by history when this poll starts a task."""
         self.waiter: asyncio.Future[BlockTask | None] | None = None
         self._cancelled = asyncio.Event()
 
@@ -580,7 +591,14 @@ class TaskQueuePartition:
                 return task
         return None
 
-    def register_poll(self, poller_id: str, *, identity: str, rate_per_second: float) -> Poll:
+    def register_poll(
+        self,
+        poller_id: str,
+        *,
+        identity: str,
+        rate_per_second: float,
+        sticky_task_queue: str = "",
+    ) -> Poll:
         if self.closed:
             raise self._closed_error()
         previous = self._polls.pop(poller_id, None)
@@ -591,7 +609,7 @@ class TaskQueuePartition:
                 f"task queue partition has {len(self._polls)} outstanding polls, the limit",
                 reason="TOO_MANY_OUTSTANDING_POLLS",
             )
-        poll = Poll(poller_id, identity, rate_per_second)
+        poll = Poll(poller_id, identity, rate_per_second, sticky_task_queue)
         self._polls[poller_id] = poll
         self._pollers[identity] = _PollerSeen(self._clock(), rate_per_second)
         self._touch()

@@ -32,6 +32,12 @@ class ScheduleExternal:
     timeouts: common_pb2.BlockTimeouts
     priority: int = 0
     affinity: blueprint_pb2.Affinity.ValueType = blueprint_pb2.AFFINITY_UNSPECIFIED
+    affinity_key: str = ""
+    """Rendered `affinity_key`; empty: none."""
+    fairness_key: str = ""
+    """Rendered `fairness_key`; empty is the key "" like any other."""
+    sticky_schedule_to_start: duration_pb2.Duration | None = None
+    """The block's own wait for its preferred worker; None: the queue's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,11 @@ async def invoke(
             # Not started, or started for direct dispatch that no poll took (matching
             # persisted the task before history could undo the start): this poll starts it.
             blocks.record_started(
-                step, pending, identity=request.identity, request_id=request.request_id
+                step,
+                pending,
+                identity=request.identity,
+                request_id=request.request_id,
+                sticky_task_queue=request.worker_sticky_task_queue,
             )
         scheduled = await shard.scheduled_event(entry, pending.scheduled_event_id)
         return blocks.started_response(state, pending, scheduled)

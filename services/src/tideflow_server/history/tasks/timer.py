@@ -154,6 +154,7 @@ async def _block_retry(shard: Shard, timer: records_pb2.TimerTask) -> None:
             attempt=pending.attempt,
             priority=pending.priority,
             source_shard_id=shard.shard_id,
+            dispatch=blocks.dispatch_of(entry.state.execution_info, pending),
         )
         request.run.run_id = timer.run_id
         request.run.execution_id = timer.execution_id

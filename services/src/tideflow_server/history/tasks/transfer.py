@@ -61,6 +61,8 @@ async def _add_block_task(
         attempt=block.attempt,
         source_shard_id=shard.shard_id,
         direct_task=direct_task,
+        dispatch=block.dispatch,
+        priority=block.dispatch.priority,
     )
     request.run.run_id = task.run_id
     request.run.execution_id = task.execution_id

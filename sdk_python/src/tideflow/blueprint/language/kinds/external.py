@@ -4,6 +4,14 @@
 - id: ocr
   external: {block: ocr@1, task_queue: gpu-ocr, retry: {maximum_attempts: 5}}
   input: {doc: "${input.doc}"}
+- id: embed
+  needs: [ocr]
+  external:
+    block: embed@1
+    task_queue: gpu
+    priority: 2                          # 1 goes first, 5 last; 3 by default
+    affinity_key: "${input.model}"       # same model, same warm worker while it polls
+    fairness_key: "${input.customer}"    # each customer its share of a busy queue
 ```
 
 Starting it schedules its first attempt; its attempts, retries and timeouts are the engine's
@@ -16,13 +24,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf import duration_pb2, struct_pb2
+
 from tideflow.api.v1 import blueprint_pb2, common_pb2
 from tideflow.blueprint.language import policy as _policy
 from tideflow.blueprint.language.commands import Command, ScheduleExternal
 from tideflow.blueprint.language.kinds.base import BlockContext, Kind, Site
-from tideflow.blueprint.language.templates import Template
+from tideflow.blueprint.language.templates import ExpressionError, Template, text_form
 
 BLOCK_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*@[1-9][0-9]*")
+MAX_PRIORITY = 5
+"""Priority levels are 1 (first) to 5 (last); 0 is read as 3."""
+MAX_ROUTING_KEY = 255
+"""Longest rendered affinity or fairness key."""
+MAX_STICKY_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,7 @@ class ExternalPolicy:
     affinity: blueprint_pb2.Affinity.ValueType = blueprint_pb2.AFFINITY_UNSPECIFIED
     own_task_queue: bool = False
     """The block names its own task queue, which a start's task queue does not override."""
+    sticky_schedule_to_start: duration_pb2.Duration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +61,8 @@ class ExternalPlan:
     policy: ExternalPolicy
     input: Template | None
     ends_run: bool = False
+    affinity_key: Template | None = None
+    fairness_key: Template | None = None
 
 
 def check(site: Site) -> ExternalPlan:
@@ -79,8 +97,28 @@ def check(site: Site) -> ExternalPlan:
         )
     if external.affinity not in blueprint_pb2.Affinity.values():
         site.report(f"{path}.affinity", f"unknown affinity {external.affinity}")
+    if not 0 <= external.priority <= MAX_PRIORITY:
+        site.report(
+            f"{path}.priority",
+            f"is {external.priority}, must be 1 (first) to {MAX_PRIORITY} (last), or 0 for 3",
+        )
+    sticky = None
+    if external.HasField("sticky_schedule_to_start"):
+        sticky = external.sticky_schedule_to_start
+        spath = f"{path}.sticky_schedule_to_start"
+        if _policy.check_duration(sticky, spath, site.report, bounded=bounded) and (
+            sticky.ToNanoseconds() > MAX_STICKY_S * 10**9
+        ):
+            site.report(spath, f"must be at most {MAX_STICKY_S}s")
     block = site.block
     template = site.template(block.input, f"{site.path}.input") if block.HasField("input") else None
+    keys = [
+        site.template(struct_pb2.Value(string_value=source), f"{path}.{name}") if source else None
+        for name, source in (
+            ("affinity_key", external.affinity_key),
+            ("fairness_key", external.fairness_key),
+        )
+    ]
     policy = ExternalPolicy(
         block_type=external.block,
         task_queue=task_queue,
@@ -89,8 +127,24 @@ def check(site: Site) -> ExternalPlan:
         priority=external.priority,
         affinity=external.affinity,
         own_task_queue=bool(external.task_queue),
+        sticky_schedule_to_start=sticky,
     )
-    return ExternalPlan(policy, template)
+    return ExternalPlan(policy, template, affinity_key=keys[0], fairness_key=keys[1])
+
+
+def _routing_key(template: Template | None, block: BlockContext, path: str) -> str:
+    """A rendered affinity or fairness key: its text form, bounded."""
+    if template is None:
+        return ""
+    value = template.render(block.env)
+    key = value if isinstance(value, str) else text_form(value)
+    if len(key) > MAX_ROUTING_KEY:
+        raise ExpressionError(
+            expression=key[:50],
+            path=f"{block.block_id}.external.{path}",
+            message=f"renders a key of {len(key)} characters, more than {MAX_ROUTING_KEY}",
+        )
+    return key
 
 
 def start(plan: ExternalPlan, block: BlockContext) -> Sequence[Command]:
@@ -111,6 +165,9 @@ def start(plan: ExternalPlan, block: BlockContext) -> Sequence[Command]:
             timeouts=timeouts,
             priority=plan.policy.priority,
             affinity=plan.policy.affinity,
+            affinity_key=_routing_key(plan.affinity_key, block, "affinity_key"),
+            fairness_key=_routing_key(plan.fairness_key, block, "fairness_key"),
+            sticky_schedule_to_start=plan.policy.sticky_schedule_to_start,
         )
     ]
 
