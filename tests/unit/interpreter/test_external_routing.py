@@ -73,7 +73,9 @@ def test_a_sticky_wait_over_a_minute_is_refused() -> None:
     assert "at most 60s" in found["blocks[0].external.sticky_schedule_to_start"]
 
 
-def _pending(affinity: int, attempt: int = 1) -> records_pb2.PendingBlock:
+def _pending(
+    affinity: blueprint_pb2.Affinity.ValueType, attempt: int = 1
+) -> records_pb2.PendingBlock:
     pending = records_pb2.PendingBlock(
         attempt=attempt, affinity=affinity, task_queue=common_pb2.TaskQueue(name="gpu")
     )
