@@ -368,10 +368,14 @@ async def test_cluster_and_taskqueue(env: Env) -> None:
     assert (await env.ctl("cluster", "members")).code == 0
     async with env.worker():
         await asyncio.sleep(0.5)
-        queue = await env.ctl("-o", "json", "taskqueue", "describe", env.queue)
+        queue = await env.ctl("-o", "json", "task-queue", "describe", env.queue)
         assert queue.code == 0, queue
-        assert queue.json().get("pollers")
-        assert (await env.ctl("taskqueue", "describe", env.queue)).code == 0
+        described = queue.json()
+        assert described.get("pollers")
+        assert described["partitions"]
+        text = await env.ctl("task-queue", "describe", env.queue)
+        assert text.code == 0 and "limits: partitions" in text.out, text
+        assert (await env.ctl("taskqueue", "describe", env.queue)).code == 0  # the first name
 
 
 async def test_run_signal_completes_a_signal_block_and_describe_shows_the_wait(env: Env) -> None:

@@ -29,6 +29,7 @@ from tideflow.api.v1 import (
     namespace_pb2,
     operator_service_pb2,
     operator_service_pb2_grpc,
+    task_queue_pb2,
 )
 from tideflow.cli import _render as render
 from tideflow.client import Client
@@ -92,13 +93,14 @@ app = typer.Typer(
 namespace_app = typer.Typer(help="Create and inspect namespaces.", no_args_is_help=True)
 flow_app = typer.Typer(help="Register and inspect flow definitions.", no_args_is_help=True)
 run_app = typer.Typer(help="Start, inspect and control runs.", no_args_is_help=True)
-taskqueue_app = typer.Typer(help="Inspect task queues.", no_args_is_help=True)
+taskqueue_app = typer.Typer(help="Inspect and configure task queues.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Health, members and shards of the cluster.", no_args_is_help=True)
 event_app = typer.Typer(help="Publish events to event blocks.", no_args_is_help=True)
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(flow_app, name="flow")
 app.add_typer(run_app, name="run")
-app.add_typer(taskqueue_app, name="taskqueue")
+app.add_typer(taskqueue_app, name="task-queue")
+app.add_typer(taskqueue_app, name="taskqueue", hidden=True)  # the name it had first
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(event_app, name="event")
 
@@ -711,37 +713,77 @@ def run_terminate(
 def taskqueue_describe(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Task queue name.")]
 ) -> None:
-    """Show a task queue's pollers and backlog."""
+    """Show a task queue: limits in force, pollers, and per partition its owner, backlog,
+    rates, sync-match share, sticky hits and fallbacks."""
 
     async def action(client: Client, settings: Settings) -> None:
-        request = flow_service_pb2.DescribeTaskQueueRequest(
-            namespace=client.namespace, task_queue=common_pb2.TaskQueue(name=name)
-        )
-        reply = await client._call(client._stub.DescribeTaskQueue, request)
+        reply = await client.describe_task_queue(name)
         if settings.json:
             emit_json(render.to_dict(reply))
             return
         stdout.print(f"task queue [bold]{escape(name)}[/]: backlog ~{reply.backlog_count_hint}")
-        pollers = Table("poller", "last access", "rate/s", title="pollers")
+        stdout.print(f"limits: {escape(_limits(reply.config))}")
+        pollers = Table("poller", "last access", "rate/s", "warm keys", title="pollers")
         for poller in reply.pollers:
             pollers.add_row(
                 escape(poller.identity),
                 render.timestamp(poller.last_access_time),
                 str(poller.rate_per_second or "-"),
+                escape(", ".join(poller.warm_keys) or "-"),
             )
         stdout.print(pollers)
-        partitions = Table("partition", "owner", "backlog", "read level", "ack level")
+        partitions = Table(
+            "partition",
+            "owner",
+            "backlog",
+            "oldest",
+            "add/s",
+            "dispatch/s",
+            "sync",
+            "sticky hit/fallback",
+            "rate limit/s",
+            "in use",
+        )
         for p in reply.partitions:
             partitions.add_row(
                 str(p.partition),
                 escape(p.owner_host),
                 str(p.backlog_count_hint),
-                str(p.read_level),
-                str(p.ack_level),
+                f"{p.oldest_task_age.ToMilliseconds() / 1000:.1f}s"
+                if p.HasField("oldest_task_age")
+                else "-",
+                f"{p.tasks_add_rate:.1f}",
+                f"{p.tasks_dispatch_rate:.1f}",
+                f"{p.sync_match_ratio:.0%}",
+                f"{p.sticky_hits}/{p.sticky_fallbacks}",
+                f"{p.rate_limit_per_second:g}" if p.rate_limit_per_second else "-",
+                str(p.concurrency_in_use),
             )
         stdout.print(partitions)
 
     call(ctx, action, not_found=f"task queue '{name}'")
+
+
+EMPTY_KEY = "(empty)"
+
+
+def _limits(config: task_queue_pb2.TaskQueueConfig) -> str:
+    parts = [f"partitions {config.partitions or 'default'}"]
+    if config.rate_per_second:
+        parts.append(f"rate {config.rate_per_second:g}/s burst {config.burst or 'default'}")
+    if config.max_concurrency:
+        parts.append(f"concurrency {config.max_concurrency}")
+    parts += [f"{t} concurrency {n}" for t, n in sorted(config.block_concurrency.items())]
+    if config.fairness_weights:
+        weights = ", ".join(
+            f"{key or EMPTY_KEY}={w:g}" for key, w in sorted(config.fairness_weights.items())
+        )
+        parts.append(f"fairness weights {weights}")
+    if config.in_flight_first:
+        parts.append("in-flight first")
+    if config.HasField("sticky_schedule_to_start"):
+        parts.append(f"sticky wait {config.sticky_schedule_to_start.ToMilliseconds() / 1000:g}s")
+    return "; ".join(parts)
 
 
 # Cluster.

@@ -400,6 +400,14 @@ class Client:
         reply = await self._call(self._stub.PublishEvent, request)
         return reply.event_id
 
+    async def describe_task_queue(self, name: str) -> flow_service_pb2.DescribeTaskQueueResponse:
+        """A task queue's pollers, its backlog and each partition's state (owner, rates,
+        sticky hits and fallbacks, concurrency in use), and the config in force."""
+        request = flow_service_pb2.DescribeTaskQueueRequest(
+            namespace=self.namespace, task_queue=common_pb2.TaskQueue(name=name)
+        )
+        return await self._call(self._stub.DescribeTaskQueue, request)
+
     def get_run(self, run_id: str, *, execution_id: str = "") -> RunHandle:
         """A handle to an existing run; empty `execution_id` = its latest execution."""
         return RunHandle(self, run_id, execution_id)
