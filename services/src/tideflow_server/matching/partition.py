@@ -185,6 +185,7 @@ class TaskQueuePartition:
         self.queue_config = task_queue_pb2.TaskQueueConfig()
         self.config_version = 0
         self._config_refresher: asyncio.Task[None] | None = None
+        self._config_changed = asyncio.Event()
         # Dispatch rate limits; None while the queue and its pollers set none, so an
         # unlimited queue does no extra work per task.
         self._limits: DispatchLimits | None = None
@@ -334,7 +335,14 @@ class TaskQueuePartition:
             return False
         self.queue_config, self.config_version = config, version
         self._apply_limits()
+        changed, self._config_changed = self._config_changed, asyncio.Event()
+        changed.set()
         return True
+
+    async def wait_for_config(self, version: int) -> None:
+        """Until config `version` or a newer one is in force (for tests and tools)."""
+        while self.config_version < version:
+            await self._config_changed.wait()
 
     async def update_config(
         self, update: task_queue_pb2.TaskQueueConfig, mask: field_mask_pb2.FieldMask
