@@ -22,8 +22,10 @@ from tests.unit.matching.support import (
 from tideflow.api.v1 import common_pb2, task_queue_pb2
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.matching import MatchingEngine
+from tideflow_server.matching.handler import validate_apply_config, validate_update_config
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.rpc.errors import InvalidArgument
 
 LEAF = TaskQueueKey(KEY.namespace_id, KEY.name, KEY.kind, 1)
 
@@ -134,3 +136,38 @@ async def test_a_raised_rate_frees_a_poll_waiting_for_a_token_at_once(
     assert scheduled_event_id(await waiting) == 2
     assert loop.time() - raised_at < 0.5
     await add
+
+
+def _violations(check: object, request: object) -> list[str]:
+    assert callable(check)
+    try:
+        check(request)
+    except InvalidArgument as e:
+        return sorted(v.field for v in e.violations)
+    return []
+
+
+def test_the_internal_config_requests_are_validated_with_field_paths() -> None:
+    assert _violations(
+        validate_update_config,
+        matching_service_pb2.UpdateTaskQueueConfigRequest(
+            config=task_queue_pb2.TaskQueueConfig(rate_per_second=-1.0, burst=-1),
+            update_mask=field_mask_pb2.FieldMask(paths=["rate_per_second", "burst", "nope"]),
+        ),
+    ) == [
+        "config.burst",
+        "config.rate_per_second",
+        "namespace_id",
+        "task_queue.name",
+        "update_mask",
+    ]
+    assert _violations(validate_update_config, _update(["burst"], burst=3)) == []
+    assert _violations(
+        validate_apply_config,
+        matching_service_pb2.ApplyTaskQueueConfigRequest(
+            namespace_id=NAMESPACE,
+            task_queue=common_pb2.TaskQueue(name=QUEUE),
+            partition=-1,
+            config=task_queue_pb2.TaskQueueConfig(partitions=99),
+        ),
+    ) == ["config.partitions", "config_version", "partition"]
