@@ -378,6 +378,67 @@ async def test_cluster_and_taskqueue(env: Env) -> None:
         assert (await env.ctl("taskqueue", "describe", env.queue)).code == 0  # the first name
 
 
+async def test_task_queue_config_sets_only_the_options_given(env: Env) -> None:
+    queue = env.queue
+    first = await env.ctl(
+        "-o",
+        "json",
+        "task-queue",
+        "config",
+        queue,
+        "--rate",
+        "50",
+        "--burst",
+        "10",
+        "--partitions",
+        "4",
+        "--max-concurrency",
+        "8",
+        "--block-concurrency",
+        "ocr@1=3",
+        "--block-concurrency",
+        "embed@2=1",
+        "--fairness-weight",
+        "acme=2.5",
+        "--in-flight-first",
+        "--sticky-timeout",
+        "500ms",
+    )
+    assert first.code == 0, first
+    assert first.json() == {
+        "rate_per_second": 50.0,
+        "burst": 10,
+        "partitions": 4,
+        "max_concurrency": 8,
+        "block_concurrency": {"ocr@1": 3, "embed@2": 1},
+        "fairness_weights": {"acme": 2.5},
+        "in_flight_first": True,
+        "sticky_schedule_to_start": "0.500s",
+    }
+    # One option: the rest stay as they were.
+    second = await env.ctl("-o", "json", "task-queue", "config", queue, "--burst", "5")
+    assert second.code == 0, second
+    assert second.json() == {**first.json(), "burst": 5}
+    text = await env.ctl("task-queue", "config", queue, "--no-in-flight-first")
+    assert text.code == 0, text
+    assert "rate_per_second" in text.out and "in_flight_first" not in text.out
+
+    bad = await env.ctl("task-queue", "config", queue, "--rate", "-1", "--partitions", "65")
+    assert bad.code == 2, bad
+    assert "config.rate_per_second" in bad.err and "config.partitions" in bad.err
+    malformed = await env.ctl("task-queue", "config", queue, "--block-concurrency", "ocr@1")
+    assert malformed.code == 2 and "--block-concurrency" in malformed.err, malformed
+    nothing = await env.ctl("task-queue", "config", queue)
+    assert nothing.code == 2 and "at least one setting" in nothing.err, nothing
+
+    described = await env.ctl("-o", "json", "task-queue", "describe", queue)
+    assert described.code == 0, described
+    assert described.json()["config"] == {
+        key: value for key, value in second.json().items() if key != "in_flight_first"
+    }
+    assert described.json()["partitions"][0]["rate_limit_per_second"] == 50.0
+
+
 async def test_run_signal_completes_a_signal_block_and_describe_shows_the_wait(env: Env) -> None:
     flow = _name("approval")
     blueprint = env.tmp / "approval.json"

@@ -203,6 +203,9 @@ class MatchingRoleConfig(_Section):
     sync_match_wait_s: float = Field(default=0.2, ge=0)
     """How long a new task with no poll waiting waits in memory for one before it is
     persisted to the backlog; 0 persists it at once."""
+    config_refresh_s: float = Field(default=5.0, gt=0)
+    """How often a task queue partition other than the root re-reads the queue's config
+    (UpdateTaskQueueConfig) from the root's row, in case it missed the root's push."""
 
 
 class FrontendConfig(_Section):

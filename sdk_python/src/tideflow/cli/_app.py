@@ -6,10 +6,12 @@ Exit codes: 0 success, 1 a run ended unsuccessfully, 2 usage or bad input, 3 not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -784,6 +786,112 @@ def _limits(config: task_queue_pb2.TaskQueueConfig) -> str:
     if config.HasField("sticky_schedule_to_start"):
         parts.append(f"sticky wait {config.sticky_schedule_to_start.ToMilliseconds() / 1000:g}s")
     return "; ".join(parts)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def _pairs(values: list[str], option: str, parse: Callable[[str], T]) -> dict[str, T]:
+    """KEY=VALUE options into a map; a malformed one is a usage error naming `option`."""
+    parsed: dict[str, T] = {}
+    for item in values:
+        key, sep, text = item.rpartition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected KEY=VALUE")
+            parsed[key] = parse(text)
+        except ValueError as e:
+            fail(EXIT_USAGE, f"{option} {item!r}: {e}")
+    return parsed
+
+
+def _duration(text: str, option: str) -> timedelta:
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            with contextlib.suppress(ValueError):
+                return timedelta(seconds=float(text[: -len(unit)]) * _DURATION_UNITS[unit])
+            break
+    fail(EXIT_USAGE, f"{option} {text!r}: expected a duration such as 2s, 500ms or 1m")
+
+
+@taskqueue_app.command("config")
+def taskqueue_config(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Task queue name.")],
+    *,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Dispatch rate limit, tasks/s (0 = none).")
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option("--burst", help="Tasks at once after idling (0 = the rate).")
+    ] = None,
+    partitions: Annotated[
+        int | None, typer.Option("--partitions", help="Partitions (0 = the default, 4).")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option("--max-concurrency", help="Started, unfinished tasks at once (0 = none)."),
+    ] = None,
+    block_concurrency: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--block-concurrency", help="TYPE=N per block type, e.g. ocr@1=3; repeat for more."
+        ),
+    ] = None,
+    fairness_weight: Annotated[
+        list[str] | None,
+        typer.Option("--fairness-weight", help="KEY=W per fairness key; repeat for more."),
+    ] = None,
+    in_flight_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--in-flight-first/--no-in-flight-first",
+            help="Started runs' blocks before new runs' first blocks.",
+        ),
+    ] = None,
+    sticky_timeout: Annotated[
+        str | None,
+        typer.Option("--sticky-timeout", help="Sticky schedule-to-start, e.g. 2s or 500ms."),
+    ] = None,
+) -> None:
+    """Set a task queue's limits and routing (only the options given) and print the config
+    now in force."""
+
+    async def action(client: Client, settings: Settings) -> None:
+        # Parsed here, inside `call`, so that a malformed option is a usage error line.
+        sticky = None if sticky_timeout is None else _duration(sticky_timeout, "--sticky-timeout")
+        blocks = (
+            None
+            if block_concurrency is None
+            else _pairs(block_concurrency, "--block-concurrency", int)
+        )
+        weights = (
+            None if fairness_weight is None else _pairs(fairness_weight, "--fairness-weight", float)
+        )
+        try:
+            config = await client.update_task_queue_config(
+                name,
+                rate_per_second=rate,
+                burst=burst,
+                partitions=partitions,
+                max_concurrency=max_concurrency,
+                block_concurrency=blocks,
+                fairness_weights=weights,
+                in_flight_first=in_flight_first,
+                sticky_schedule_to_start=sticky,
+            )
+        except ValueError as e:
+            fail(EXIT_USAGE, str(e))
+        if settings.json:
+            emit_json(render.to_dict(config))
+            return
+        stdout.print(f"task queue [bold]{escape(name)}[/]: config in force")
+        table = Table("setting", "value")
+        for setting, value in render.to_dict(config).items():
+            table.add_row(setting, escape(json.dumps(value)))
+        stdout.print(table)
+
+    call(ctx, action, not_found=f"task queue '{name}'")
 
 
 # Cluster.

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
 from tideflow import errors
 from tideflow._converter import DefaultConverter, PayloadConverter, to_payloads
@@ -25,6 +25,7 @@ from tideflow.api.v1 import (
     flow_service_pb2_grpc,
     namespace_pb2,
     run_pb2,
+    task_queue_pb2,
 )
 from tideflow.client._handle import RunHandle
 
@@ -407,6 +408,58 @@ class Client:
             namespace=self.namespace, task_queue=common_pb2.TaskQueue(name=name)
         )
         return await self._call(self._stub.DescribeTaskQueue, request)
+
+    # Task queues.
+
+    async def update_task_queue_config(
+        self,
+        task_queue: str,
+        *,
+        rate_per_second: float | None = None,
+        burst: int | None = None,
+        partitions: int | None = None,
+        max_concurrency: int | None = None,
+        block_concurrency: Mapping[str, int] | None = None,
+        fairness_weights: Mapping[str, float] | None = None,
+        in_flight_first: bool | None = None,
+        sticky_schedule_to_start: timedelta | None = None,
+    ) -> task_queue_pb2.TaskQueueConfig:
+        """Set a task queue's limits and routing; only the arguments given change (0 = none,
+        or the default). Returns the whole config now in force; InvalidArgumentError names
+        each bad field, and then nothing changed."""
+        config = task_queue_pb2.TaskQueueConfig()
+        mask: list[str] = []
+        scalars: dict[str, float | int | bool | None] = {
+            "rate_per_second": rate_per_second,
+            "burst": burst,
+            "partitions": partitions,
+            "max_concurrency": max_concurrency,
+            "in_flight_first": in_flight_first,
+        }
+        for field, given in scalars.items():
+            if given is not None:
+                setattr(config, field, given)
+                mask.append(field)
+        if block_concurrency is not None:
+            config.block_concurrency.update(block_concurrency)
+            mask.append("block_concurrency")
+        if fairness_weights is not None:
+            config.fairness_weights.update(fairness_weights)
+            mask.append("fairness_weights")
+        if sticky_schedule_to_start is not None:
+            config.sticky_schedule_to_start.FromTimedelta(sticky_schedule_to_start)
+            mask.append("sticky_schedule_to_start")
+        if not mask:
+            raise ValueError("give at least one setting to change")
+        request = flow_service_pb2.UpdateTaskQueueConfigRequest(
+            namespace=self.namespace,
+            task_queue=common_pb2.TaskQueue(name=task_queue),
+            config=config,
+            update_mask=field_mask_pb2.FieldMask(paths=mask),
+            identity=self.identity,
+        )
+        reply = await self._call(self._stub.UpdateTaskQueueConfig, request)
+        return reply.config
 
     def get_run(self, run_id: str, *, execution_id: str = "") -> RunHandle:
         """A handle to an existing run; empty `execution_id` = its latest execution."""

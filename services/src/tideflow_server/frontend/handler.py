@@ -631,7 +631,26 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
                 pollers=described.pollers,
                 backlog_count_hint=described.status.backlog_count_hint,
                 partitions=[described.status],
+                config=described.config,
             )
+
+        return await self._serve(context, request, serve)
+
+    async def UpdateTaskQueueConfig(
+        self, request: flow_service_pb2.UpdateTaskQueueConfigRequest, context: Context
+    ) -> flow_service_pb2.UpdateTaskQueueConfigResponse:
+        async def serve() -> flow_service_pb2.UpdateTaskQueueConfigResponse:
+            record = await self._namespace(request.namespace, request, cost=ADMIN_COST)
+            updated = await self._matching.update_task_queue_config(
+                ms.UpdateTaskQueueConfigRequest(
+                    namespace_id=record.info.id,
+                    task_queue=request.task_queue,
+                    config=request.config,
+                    update_mask=request.update_mask,
+                    identity=request.identity,
+                )
+            )
+            return flow_service_pb2.UpdateTaskQueueConfigResponse(config=updated.config)
 
         return await self._serve(context, request, serve)
 

@@ -36,11 +36,19 @@ class MatchingConfig:
     attempt added again (a retried add, a redelivered outbox task) is not handed out twice."""
     direct_dedupe_max: int = 100_000
     """Most attempts remembered; the oldest are forgotten first."""
+    config_refresh: float = 5.0
+    """How often a partition other than the root reads the queue's config from the root's row,
+    so that a config push it missed (ApplyTaskQueueConfig) still reaches it."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
 
     def __post_init__(self) -> None:
-        for name in ("long_poll_timeout", "ack_persist_interval", "idle_unload_after"):
+        for name in (
+            "long_poll_timeout",
+            "ack_persist_interval",
+            "idle_unload_after",
+            "config_refresh",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("backlog_read_batch", "backlog_write_batch", "max_outstanding_polls"):

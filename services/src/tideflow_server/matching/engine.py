@@ -20,6 +20,7 @@ from tideflow_server.internal.v1 import (
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
+from tideflow_server.matching.queue_configs import MatchingPeers, push
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.rpc.errors import (
@@ -84,13 +85,17 @@ class MatchingEngine:
         host_id: str,
         config: MatchingConfig | None = None,
         clock: Callable[[], float] = time.time,
+        matching: MatchingPeers | None = None,
     ) -> None:
-        """`clock` is wall time in seconds (task expiry, poller access times)."""
+        """`clock` is wall time in seconds (task expiry, poller access times). `matching`
+        reaches the other matching hosts (a queue's config, pushed to its partitions' owners);
+        without it only the partitions this host holds hear of a change at once."""
         self.host_id = host_id
         self.config = config or MatchingConfig()
         self._manager = manager
         self._history = history
         self._clock = clock
+        self._peers = matching
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
         self._polls: dict[str, tuple[TaskQueuePartition, Poll]] = {}
@@ -310,6 +315,43 @@ class MatchingEngine:
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
         partition = await self.partition(key)
         return await partition.describe()
+
+    async def update_task_queue_config(
+        self, request: matching_service_pb2.UpdateTaskQueueConfigRequest
+    ) -> matching_service_pb2.UpdateTaskQueueConfigResponse:
+        """At the root partition's owner: persist the merged config, enforce it, and tell the
+        other partitions (every one that adds or polls may still use)."""
+        root = await self.partition(task_queue_key(request.namespace_id, request.task_queue, 0))
+        info, previous = await root.update_config(request.config, request.update_mask)
+        log.info(
+            "task queue config changed",
+            key=root.key,
+            version=info.config_version,
+            identity=request.identity,
+        )
+        await push(
+            root,
+            request,
+            partitions=max(previous, info.read_partitions),
+            loaded=self._loaded,
+            peers=self._peers,
+        )
+        return matching_service_pb2.UpdateTaskQueueConfigResponse(
+            config=info.config, config_version=info.config_version
+        )
+
+    def apply_task_queue_config(
+        self, request: matching_service_pb2.ApplyTaskQueueConfigRequest
+    ) -> None:
+        """A partition not loaded here has nothing to apply: it reads the config as it loads."""
+        key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        partition = self._loaded(key)
+        if partition is not None:
+            partition.apply_config(request.config, request.config_version)
+
+    def _loaded(self, key: TaskQueueKey) -> TaskQueuePartition | None:
+        partition = self._partitions.get(key)
+        return partition if partition is not None and not partition.closed else None
 
     def cancel_outstanding_poll(self, poller_id: str) -> bool:
         """End the poll `poller_id` with an empty response; False if there is none."""

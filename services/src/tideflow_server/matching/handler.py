@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from tideflow.api.v1 import common_pb2
+from tideflow.api.v1 import common_pb2, task_queue_pb2
+from tideflow_server import queue_config
 from tideflow_server.internal.v1 import matching_service_pb2, matching_service_pb2_grpc
 from tideflow_server.matching.engine import MatchingEngine
 from tideflow_server.persistence.errors import PersistenceError
@@ -84,6 +85,32 @@ def validate_describe(request: matching_service_pb2.DescribeTaskQueueRequest) ->
     _required(v, "namespace_id", request.namespace_id)
     _task_queue(v, "", request.task_queue)
     _partition(v, request.partition)
+    _check(v)
+
+
+def _config(
+    violations: list[FieldViolation], config: task_queue_pb2.TaskQueueConfig, mask: list[str]
+) -> None:
+    for field, description in queue_config.check(config, mask):
+        violations.append(FieldViolation(field, description))
+
+
+def validate_update_config(request: matching_service_pb2.UpdateTaskQueueConfigRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _task_queue(v, "", request.task_queue)
+    _config(v, request.config, list(request.update_mask.paths))
+    _check(v)
+
+
+def validate_apply_config(request: matching_service_pb2.ApplyTaskQueueConfigRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _task_queue(v, "", request.task_queue)
+    _partition(v, request.partition)
+    if request.config_version <= 0:
+        v.append(FieldViolation("config_version", "must be positive"))
+    _config(v, request.config, [])
     _check(v)
 
 
@@ -169,6 +196,19 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
     ) -> matching_service_pb2.DescribeTaskQueueResponse:
         await self._validated(context, validate_describe, request)
         return await self._serve(context, self._engine.describe_task_queue(request))
+
+    async def UpdateTaskQueueConfig(
+        self, request: matching_service_pb2.UpdateTaskQueueConfigRequest, context: Context
+    ) -> matching_service_pb2.UpdateTaskQueueConfigResponse:
+        await self._validated(context, validate_update_config, request)
+        return await self._serve(context, self._engine.update_task_queue_config(request))
+
+    async def ApplyTaskQueueConfig(
+        self, request: matching_service_pb2.ApplyTaskQueueConfigRequest, context: Context
+    ) -> matching_service_pb2.ApplyTaskQueueConfigResponse:
+        await self._validated(context, validate_apply_config, request)
+        self._engine.apply_task_queue_config(request)
+        return matching_service_pb2.ApplyTaskQueueConfigResponse()
 
     async def CancelOutstandingPoll(
         self, request: matching_service_pb2.CancelOutstandingPollRequest, context: Context

@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from google.protobuf import timestamp_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from tideflow.api.v1 import flow_service_pb2, task_queue_pb2
+from tideflow_server import queue_config
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.matching._config import MatchingConfig
+from tideflow_server.matching.ratelimit import DispatchLimits
 from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
@@ -193,6 +195,12 @@ class TaskQueuePartition:
         # enforces the newest version it has seen.
         self.queue_config = task_queue_pb2.TaskQueueConfig()
         self.config_version = 0
+        self._config_refresher: asyncio.Task[None] | None = None
+        self._config_changed = asyncio.Event()
+        # Dispatch rate limits; None while the queue and its pollers set none, so an
+        # unlimited queue does no extra work per task.
+        self._limits: DispatchLimits | None = None
+        self._wake: asyncio.TimerHandle | None = None  # dispatch when the next token is there
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -208,6 +216,8 @@ class TaskQueuePartition:
         """Lease the partition and read the head of its backlog before serving, so the first
         add knows whether a sync match would overtake persisted tasks."""
         self._range_id, self._info = await self._lease()
+        if self.key.partition == 0:
+            self.apply_config(self._info.config, self._info.config_version)
         level = self._info.ack_level
         self._levels = _AckLevels(level)
         self._persisted_ack_level = self._deleted_through = level
@@ -216,12 +226,16 @@ class TaskQueuePartition:
         try:
             # Rows a previous owner acked but did not get to delete.
             await self._store.complete_backlog_tasks(self.key, max_task_id=level)
+            if self.key.partition != 0:
+                await self._load_config()
             await self._read_backlog()
         except store_errors.PersistenceError as e:
             raise Unavailable(f"cannot load task queue partition: {e}") from e
         self._reader = asyncio.create_task(self._read_loop())
         self._writer = asyncio.create_task(self._write_loop())
         self._maintainer = asyncio.create_task(self._maintain_loop())
+        if self.key.partition != 0:
+            self._config_refresher = asyncio.create_task(self._config_loop())
         log.info("task queue partition loaded", key=self.key, range_id=self._range_id)
 
     async def wait_closed(self) -> None:
@@ -268,7 +282,9 @@ class TaskQueuePartition:
         self._write_wanted.set()
         self._read_wanted.set()
         me = asyncio.current_task()
-        background = (self._reader, self._writer, self._maintainer)
+        if self._wake is not None:
+            self._wake.cancel()
+        background = (self._reader, self._writer, self._maintainer, self._config_refresher)
         await asyncio.gather(
             *(t for t in background if t is not None and t is not me), return_exceptions=True
         )
@@ -329,7 +345,109 @@ class TaskQueuePartition:
         if version <= self.config_version:
             return False
         self.queue_config, self.config_version = config, version
+        self._apply_limits()
+        changed, self._config_changed = self._config_changed, asyncio.Event()
+        changed.set()
         return True
+
+    async def wait_for_config(self, version: int) -> None:
+        """Until config `version` or a newer one is in force (for tests and tools)."""
+        while self.config_version < version:
+            await self._config_changed.wait()
+
+    async def update_config(
+        self, update: task_queue_pb2.TaskQueueConfig, mask: field_mask_pb2.FieldMask
+    ) -> tuple[records_pb2.TaskQueueInfo, int]:
+        """Root partition only: merge `update` into the queue's config, persist it with the
+        partition (fenced on the range_id, like the ack level) and enforce it. Returns the
+        stored info and the partition count before the change (its partitions to tell)."""
+        if self.closed:
+            raise self._closed_error()
+        async with self._row_lock:
+            info = records_pb2.TaskQueueInfo()
+            info.CopyFrom(self._info)
+            info.config.CopyFrom(queue_config.merge(self._info.config, update, mask))
+            info.config_version = self._info.config_version + 1
+            previous = max(self._info.read_partitions, queue_config.partitions(self._info.config))
+            info.read_partitions = max(previous, queue_config.partitions(info.config))
+            info.last_update_time.CopyFrom(_timestamp(self._clock()))
+            row = TaskQueueRow(self.key, self._range_id, info.SerializeToString())
+            try:
+                await self._store.update_task_queue(row, previous_range_id=self._range_id)
+            except store_errors.ConditionFailed as e:
+                self._stop_soon(lost=True)
+                raise self._lost_error() from e
+            except store_errors.PersistenceError as e:
+                raise Unavailable(f"cannot persist the task queue config: {e}") from e
+            self._info = info
+        self.apply_config(info.config, info.config_version)
+        return info, previous
+
+    async def _load_config(self) -> None:
+        """A leaf partition reads the queue's config from the root partition's row."""
+        root = TaskQueueKey(self.key.namespace_id, self.key.name, self.key.kind, 0)
+        try:
+            row = await self._store.get_task_queue(root)
+        except store_errors.NotFound:
+            return  # never configured: the defaults
+        info = records_pb2.TaskQueueInfo.FromString(row.data)
+        self.apply_config(info.config, info.config_version)
+
+    async def _config_loop(self) -> None:
+        """The root pushes each change (ApplyTaskQueueConfig); reading it back now and then
+        heals a lost push."""
+        while not await self._closed_within(self._config.config_refresh):
+            try:
+                await self._load_config()
+            except store_errors.PersistenceError as e:
+                log.warning("task queue config not read", key=self.key, error=str(e))
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    def _apply_limits(self) -> None:
+        now = asyncio.get_running_loop().time()
+        limits = self._limits or DispatchLimits()
+        limits.configure(self.queue_config, now)
+        self._limits = None if limits.empty else limits
+        # A new rate counts from now: dispatch what the old one held back, wait anew.
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        self._dispatch()
+
+    def _note_poller_rate(self, identity: str, declared_rate: float) -> None:
+        if declared_rate <= 0 and self._limits is None:
+            return
+        now = asyncio.get_running_loop().time()
+        limits = self._limits or DispatchLimits()
+        if self._limits is None:
+            limits.configure(self.queue_config, now)
+        limits.poller(identity, declared_rate, now)
+        self._limits = None if limits.empty else limits
+
+    def _may_hand(self, poll: Poll) -> bool:
+        return self._limits is None or self._limits.ready(
+            poll.identity, asyncio.get_running_loop().time()
+        )
+
+    def _spend_token(self, poll: Poll) -> None:
+        if self._limits is not None:
+            self._limits.take(poll.identity, asyncio.get_running_loop().time())
+
+    def _wake_at_next_token(self) -> None:
+        """Polls wait for tokens while tasks wait for polls: dispatch again when the first
+        waiting poll may take one (a timer, not a busy loop)."""
+        if self._limits is None or self._wake is not None or self.closed:
+            return
+        if not self._waiting or not (self._buffer or self._held):
+            return
+        loop = asyncio.get_running_loop()
+        at = self._limits.next_ready_at((p.identity for p in self._waiting.values()), loop.time())
+        self._wake = loop.call_at(at, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake = None
+        self._dispatch()
 
     # -- ack level -----------------------------------------------------------------------
 
@@ -510,6 +628,8 @@ class TaskQueuePartition:
         for poll in self._waiting.values():
             if poll.waiter is None or poll.waiter.done():
                 continue
+            if not self._may_hand(poll):
+                continue
             if chosen is None:
                 chosen = poll
             if not preferred_identity or poll.identity == preferred_identity:
@@ -518,17 +638,20 @@ class TaskQueuePartition:
         return chosen
 
     def _hand_over(self, poll: Poll, task: BlockTask) -> None:
+        self._spend_token(poll)
         del self._waiting[poll.poller_id]
         assert poll.waiter is not None
         poll.waiter.set_result(task)
         self._notify_polls()
 
     def _dispatch(self) -> None:
-        while self._waiting and self._buffer:
+        # Held adds wait here only while a rate limit holds back the waiting polls.
+        while self._waiting and (self._buffer or self._held):
             poll = self._next_waiting()
             if poll is None:
+                self._wake_at_next_token()
                 return
-            task = self._pop_buffered()
+            task = self._pop_buffered() or self._pop_held()
             if task is None:
                 return
             self._hand_over(poll, task)
@@ -571,6 +694,7 @@ class TaskQueuePartition:
         self._held.append(task)
         changed, self._held_changed = self._held_changed, asyncio.Event()
         changed.set()
+        self._wake_at_next_token()
         try:
             async with asyncio.timeout(self._config.sync_match_wait):
                 return await asyncio.shield(task.sync_outcome)
@@ -610,6 +734,7 @@ class TaskQueuePartition:
                 reason="TOO_MANY_OUTSTANDING_POLLS",
             )
         poll = Poll(poller_id, identity, rate_per_second, sticky_task_queue)
+        self._note_poller_rate(identity, rate_per_second)
         self._polls[poller_id] = poll
         self._pollers[identity] = _PollerSeen(self._clock(), rate_per_second)
         self._touch()
@@ -635,9 +760,11 @@ class TaskQueuePartition:
         cancelled or the partition closes."""
         if poll.cancelled or self.closed:
             return None
-        task = self._pop_buffered() or self._pop_held()
-        if task is not None:
-            return task
+        if self._may_hand(poll):
+            task = self._pop_buffered() or self._pop_held()
+            if task is not None:
+                self._spend_token(poll)
+                return task
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -646,6 +773,7 @@ class TaskQueuePartition:
         poll.waiter = waiter
         self._waiting[poll.poller_id] = poll
         self._notify_polls()
+        self._wake_at_next_token()
         try:
             await asyncio.wait((waiter,), timeout=remaining)
         except asyncio.CancelledError:
@@ -707,8 +835,11 @@ class TaskQueuePartition:
 
     def _forget_old_pollers(self) -> None:
         cutoff = self._clock() - self._config.poller_expiry
-        for identity in [i for i, seen in self._pollers.items() if seen.last_access < cutoff]:
+        old = [i for i, seen in self._pollers.items() if seen.last_access < cutoff]
+        for identity in old:
             del self._pollers[identity]
+        if self._limits is not None:
+            self._limits.forget_pollers(old)
 
     async def describe(self) -> matching_service_pb2.DescribeTaskQueueResponse:
         try:
@@ -737,5 +868,11 @@ class TaskQueuePartition:
             backlog_count_hint=backlog,
             read_level=self._levels.read_level,
             ack_level=self._levels.ack_level,
+            rate_limit_per_second=self._limits.queue_rate if self._limits is not None else 0.0,
         )
-        return matching_service_pb2.DescribeTaskQueueResponse(pollers=pollers, status=status)
+        return matching_service_pb2.DescribeTaskQueueResponse(
+            pollers=pollers,
+            status=status,
+            config=self.queue_config,
+            config_version=self.config_version,
+        )

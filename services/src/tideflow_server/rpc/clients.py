@@ -510,6 +510,30 @@ class MatchingClient(_RoutedClient):
             lambda s: s.DescribeTaskQueue(request, timeout=self._timeout_s),
         )
 
+    async def update_task_queue_config(
+        self, request: ms.UpdateTaskQueueConfigRequest
+    ) -> ms.UpdateTaskQueueConfigResponse:
+        """To the owner of the queue's root partition, which persists the config."""
+        tq = request.task_queue
+        return await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, 0),
+            _matching_stub,
+            lambda s: s.UpdateTaskQueueConfig(request, timeout=self._timeout_s),
+        )
+
+    async def apply_task_queue_config(
+        self, request: ms.ApplyTaskQueueConfigRequest, *, timeout_s: float = 2.0
+    ) -> None:
+        """To the owner of one partition: a newer config is in force. Short and not retried
+        long: the partition reads the config back itself soon anyway."""
+        tq = request.task_queue
+        await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, request.partition),
+            _matching_stub,
+            lambda s: s.ApplyTaskQueueConfig(request, timeout=timeout_s),
+            retry_budget_s=timeout_s,
+        )
+
     async def cancel_outstanding_poll(self, request: ms.CancelOutstandingPollRequest) -> None:
         tq = request.task_queue
         with contextlib.suppress(ServiceError):  # best effort: the poll ends at its deadline

@@ -1588,7 +1588,7 @@ class UpdateTaskQueueConfigRequest(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     identity: _builtins.str
-    """Who changed it, recorded with the config."""
+    """Who changed it; logged by the matching host that persists the change."""
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue:
         """A normal queue; sticky queues take no settings."""
