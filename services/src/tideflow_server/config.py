@@ -203,6 +203,9 @@ class MatchingRoleConfig(_Section):
     sync_match_wait_s: float = Field(default=0.2, ge=0)
     """How long a new task with no poll waiting waits in memory for one before it is
     persisted to the backlog; 0 persists it at once."""
+    config_cache_ttl_s: float = Field(default=5.0, gt=0)
+    """History and the frontend learn a task queue's partition count (its config, in the root
+    partition's row) at most this often per queue; a change reaches them within this."""
 
 
 class FrontendConfig(_Section):

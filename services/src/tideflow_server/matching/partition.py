@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -36,6 +37,9 @@ from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
 from tideflow_server.rpc.errors import Internal, ResourceExhausted, ServiceError, Unavailable
+
+if TYPE_CHECKING:
+    from tideflow_server.matching.forwarding import Forwarder
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +142,9 @@ class TaskQueuePartition:
         config: MatchingConfig,
         clock: Callable[[], float],
         on_closed: Callable[[TaskQueuePartition], None],
+        forwarder: Forwarder | None = None,
     ) -> None:
+        """`forwarder`: for a leaf partition, how it reaches its root (forwarding.py)."""
         self.key = key
         self.host_id = host_id
         self._manager = manager
@@ -176,6 +182,9 @@ class TaskQueuePartition:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        self._forwarder = forwarder
+        self._pusher: asyncio.Task[None] | None = None
+        self._unpolled = asyncio.Event()  # buffered tasks that no poll here waits for
         self._last_activity = time.monotonic()
 
         # The queue's config (UpdateTaskQueueConfig): limits, order, routing. Every partition
@@ -211,6 +220,8 @@ class TaskQueuePartition:
         self._reader = asyncio.create_task(self._read_loop())
         self._writer = asyncio.create_task(self._write_loop())
         self._maintainer = asyncio.create_task(self._maintain_loop())
+        if self._forwarder is not None:
+            self._pusher = asyncio.create_task(self._forwarder.push_backlog(self))
         log.info("task queue partition loaded", key=self.key, range_id=self._range_id)
 
     async def wait_closed(self) -> None:
@@ -256,8 +267,9 @@ class TaskQueuePartition:
         # snapshot). The writer drains what is pending first.
         self._write_wanted.set()
         self._read_wanted.set()
+        self._unpolled.set()
         me = asyncio.current_task()
-        background = (self._reader, self._writer, self._maintainer)
+        background = (self._reader, self._writer, self._maintainer, self._pusher)
         await asyncio.gather(
             *(t for t in background if t is not None and t is not me), return_exceptions=True
         )
@@ -284,6 +296,10 @@ class TaskQueuePartition:
             async with asyncio.timeout(seconds):
                 await self._closed.wait()
         return self.closed
+
+    async def closed_within(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True if the partition closed meanwhile."""
+        return await self._closed_within(seconds)
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
@@ -493,6 +509,8 @@ class TaskQueuePartition:
     def _notify_polls(self) -> None:
         changed, self._polls_changed = self._polls_changed, asyncio.Event()
         changed.set()
+        if self._buffer and self._forwarder is not None:
+            self._unpolled.set()
 
     def _next_waiting(self, preferred_identity: str = "") -> Poll | None:
         chosen: Poll | None = None
@@ -516,11 +534,13 @@ class TaskQueuePartition:
         while self._waiting and self._buffer:
             poll = self._next_waiting()
             if poll is None:
-                return
+                break
             task = self._pop_buffered()
             if task is None:
                 return
             self._hand_over(poll, task)
+        if self._buffer and self._forwarder is not None:
+            self._unpolled.set()
 
     async def add(
         self,
@@ -544,10 +564,45 @@ class TaskQueuePartition:
                 if await outcome:
                     return True
                 # The poll could not start it (history busy, client gone): keep it durably.
+            elif self._forwarder is not None and await self._forwarder.offer(
+                self.key, info, preferred_identity=preferred_identity, direct=direct
+            ):
+                return True  # a poll waiting at the root took it
             elif self._config.sync_match_wait > 0 and await self._hold(task):
                 return True
         await self._persist(info)
         return False
+
+    async def offer(
+        self,
+        info: records_pb2.BacklogTask,
+        *,
+        preferred_identity: str = "",
+        direct: flow_service_pb2.PollBlockTaskResponse | None = None,
+    ) -> bool:
+        """A task a leaf forwarded: hand it to a waiting poll and return whether the poll
+        took it; False at once when none waits. Never held, never persisted: the leaf keeps
+        the task unless this says True."""
+        if self.closed:
+            raise self._closed_error()
+        poll = self._next_waiting(preferred_identity) if self._waiting else None
+        if poll is None:
+            return False
+        self._touch()
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._hand_over(poll, BlockTask(info, sync_outcome=outcome, direct=direct))
+        return await outcome
+
+    async def next_unpolled(self) -> BlockTask | None:
+        """The next buffered task while no poll here waits for one (a leaf pushes it to the
+        root); None once the partition closes. The caller must `finish` it."""
+        while not self.closed:
+            if self._buffer and not self._waiting and (task := self._pop_buffered()):
+                self._touch()  # a leaf that pushes its backlog is in use
+                return task
+            self._unpolled.clear()
+            await self._unpolled.wait()
+        return None
 
     async def _hold(self, task: BlockTask) -> bool:
         """Keep the task in memory for up to `sync_match_wait` for a poll to come and take
