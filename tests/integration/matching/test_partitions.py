@@ -46,7 +46,10 @@ async def _postgres_two_matching(
 @pytest.fixture(params=["sqlite", "postgres"])
 async def partitioned(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
     if request.param == "sqlite":
-        sqlite = {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "t.db")}}
+        sqlite: dict[str, object] = {
+            "backend": "sqlite",
+            "sqlite": {"path": str(tmp_path / "t.db")},
+        }
         cluster = Cluster(tmp_path, sqlite, settings=SETTINGS)
         cluster.schema_setup()
         await cluster.start()
