@@ -207,6 +207,10 @@ class MatchingRoleConfig(_Section):
     """How often a task queue partition other than the root re-reads the queue's config
     (UpdateTaskQueueConfig) from the root's row, in case it missed the root's push."""
 
+    config_cache_ttl_s: float = Field(default=5.0, gt=0)
+    """History and the frontend learn a task queue's partition count (its config, in the root
+    partition's row) at most this often per queue; a change reaches them within this."""
+
 
 class FrontendConfig(_Section):
     namespace_rps: float = Field(default=2_400.0, ge=0)

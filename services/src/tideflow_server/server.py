@@ -31,15 +31,17 @@ from tideflow_server.persistence import faults, schema
 from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
 from tideflow_server.persistence.manager import PersistenceManager
-from tideflow_server.persistence.records import ClusterMetadataRow
+from tideflow_server.persistence.records import ClusterMetadataRow, TaskQueueKey
 from tideflow_server.rpc.clients import (
     HISTORY,
     MATCHING,
     ChannelPool,
     HistoryClient,
     MatchingClient,
+    partition_key,
 )
 from tideflow_server.rpc.server import RoleServer, Service, start_role_server
+from tideflow_server.taskqueue_configs import TaskQueueConfigs
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -105,9 +107,22 @@ class TideflowServer:
         history = HistoryClient(membership, self._channels, shard_count)
         matching = MatchingClient(membership, self._channels)
         namespaces = NamespaceCache(manager)
+        task_queues = TaskQueueConfigs(
+            manager.persistence.tasks, ttl_s=settings.matching.config_cache_ttl_s
+        )
         endpoints = settings.services
 
         if "matching" in self.roles:
+
+            def owns_root(key: TaskQueueKey) -> bool:
+                # The hop from a leaf to its root stays in this process when this host owns
+                # the root in the current view.
+                owner = membership.owner(
+                    MATCHING, partition_key(key.namespace_id, key.name, key.kind, 0)
+                )
+                server = self.servers.get("matching")
+                return owner is None or server is None or owner.rpc_address == server.address
+
             engine = MatchingEngine(
                 manager,
                 history,
@@ -119,6 +134,8 @@ class TideflowServer:
                     config_refresh=settings.matching.config_refresh_s,
                 ),
                 matching=matching,
+                root_client=matching,
+                owns_root=owns_root,
             )
             self._matching_engine = engine
             handler = MatchingHandler(engine)
@@ -150,6 +167,7 @@ class TideflowServer:
                 shard_count=shard_count,
                 timer_executor=timer.fire,
                 transfer_executor=transfer.execute,
+                task_queues=task_queues,
             )
             self._controller = controller
             history_handler = HistoryHandler(controller, shard_count)
@@ -185,6 +203,7 @@ class TideflowServer:
                 wait_for_close_timeout_s=settings.history.wait_for_close_timeout_s,
                 blueprint_limits=blueprint_limits(settings),
                 events=settings.events,
+                task_queues=task_queues,
             )
             operator_handler = OperatorHandler(
                 manager=manager,

@@ -3,9 +3,8 @@ processes: SQLite in one process, PostgreSQL with two matching hosts. The config
 with the queue's root partition and survives a matching restart; bad input changes nothing;
 a limited queue dispatches at its rate across hosts, and a new rate is in force at once.
 
-The queue is configured with 4 partitions. Until adds and polls spread over partitions, all of
-them go to partition 0, which then holds the whole rate (matching/ratelimit.py `spread_over`);
-once they spread, each partition holds a quarter and the same figures must hold."""
+The queue has 4 partitions (the default, also set explicitly): adds and polls spread over
+them and each holds a quarter of the rate (matching/ratelimit.py `spread_over`)."""
 
 from __future__ import annotations
 
@@ -126,7 +125,7 @@ async def test_bad_config_names_each_field_and_changes_nothing(client: Client) -
 
     described = await _describe(client, queue)
     assert described.config == set_before
-    assert described.partitions[0].rate_limit_per_second == 20.0
+    assert [p.rate_limit_per_second for p in described.partitions] == [5.0] * 4  # 20/s over 4
 
 
 async def test_config_survives_a_matching_restart(limits_cluster: Cluster, client: Client) -> None:
@@ -155,7 +154,7 @@ async def test_config_survives_a_matching_restart(limits_cluster: Cluster, clien
 
     described = await _describe(client, queue)
     assert described.config == config
-    assert described.partitions[0].rate_limit_per_second == 7.5
+    assert [p.rate_limit_per_second for p in described.partitions] == [7.5 / 4] * 4
 
 
 class _Receipts:

@@ -61,7 +61,7 @@ async def test_the_root_persists_the_config_and_tells_loaded_partitions(
     )
     described = await engine.describe_task_queue(describe_request())
     assert described.config == again.config and described.config_version == 2
-    assert described.status.rate_limit_per_second == 8.0
+    assert described.status.rate_limit_per_second == 4.0  # its share: 8/s over 2 partitions
 
 
 async def test_a_leaf_reads_the_config_on_load_and_heals_a_lost_push(
@@ -94,7 +94,9 @@ async def _timed_polls(engine: MatchingEngine, count: int, *, rate: float = 0.0)
 
 async def test_backlog_polls_wait_for_tokens(engine: MatchingEngine, history: FakeHistory) -> None:
     await engine.update_task_queue_config(
-        _update(["rate_per_second", "burst"], rate_per_second=20.0, burst=2)
+        _update(
+            ["rate_per_second", "burst", "partitions"], rate_per_second=20.0, burst=2, partitions=1
+        )
     )
     for event_id in range(1, 7):
         await engine.add_block_task(add_request(event_id))
@@ -107,6 +109,8 @@ async def test_backlog_polls_wait_for_tokens(engine: MatchingEngine, history: Fa
 async def test_a_pollers_declared_rate_caps_it_on_an_unlimited_queue(
     engine: MatchingEngine,
 ) -> None:
+    # One partition, so the poller's whole declared rate applies to it.
+    await engine.update_task_queue_config(_update(["partitions"], partitions=1))
     for event_id in range(1, 8):
         await engine.add_block_task(add_request(event_id))
     # A second's worth (5) at once, then one every 200 ms.
@@ -118,7 +122,9 @@ async def test_a_raised_rate_frees_a_poll_waiting_for_a_token_at_once(
     engine: MatchingEngine,
 ) -> None:
     await engine.update_task_queue_config(
-        _update(["rate_per_second", "burst"], rate_per_second=0.1, burst=1)
+        _update(
+            ["rate_per_second", "burst", "partitions"], rate_per_second=0.1, burst=1, partitions=1
+        )
     )
     await engine.add_block_task(add_request(1))
     assert scheduled_event_id(await poll(engine, within=5.0)) == 1

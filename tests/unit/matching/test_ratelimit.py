@@ -76,7 +76,9 @@ def test_the_queue_limit_is_split_over_its_partitions() -> None:
 def test_limits_need_both_the_queue_and_the_pollers_token() -> None:
     limits = DispatchLimits()
     assert limits.empty
-    limits.configure(task_queue_pb2.TaskQueueConfig(rate_per_second=10.0, burst=2), now=0.0)
+    limits.configure(
+        task_queue_pb2.TaskQueueConfig(rate_per_second=10.0, burst=2, partitions=1), now=0.0
+    )
     limits.poller("slow", 1.0, now=0.0)
     assert not limits.empty
     assert limits.ready("slow", 0.0)

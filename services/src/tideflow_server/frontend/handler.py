@@ -8,6 +8,7 @@ shard, polls to the matching host that owns the task queue partition).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from tideflow_server.frontend import validation
 from tideflow_server.frontend.events import EventPublisher
 from tideflow_server.frontend.limits import DEFAULT_LIMITS, RequestLimits
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter, overrides_from_config
+from tideflow_server.frontend.task_queues import merge_described
 from tideflow_server.history.handler import service_error
 from tideflow_server.history.interpreter import Limits, compile_blueprint
 from tideflow_server.internal.v1 import (
@@ -58,6 +60,7 @@ from tideflow_server.rpc.errors import (
     from_item_status,
     to_item_status,
 )
+from tideflow_server.taskqueue_configs import TaskQueueConfigs
 from tideflow_server.tokens import parse_token
 
 log = structlog.get_logger(__name__)
@@ -153,6 +156,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         limits: RequestLimits = DEFAULT_LIMITS,
         blueprint_limits: Limits | None = None,
         events: EventsConfig | None = None,
+        task_queues: TaskQueueConfigs | None = None,
     ) -> None:
         """The timeouts are the three long polls' (settings `matching.long_poll_timeout_s`,
         `history.long_poll_timeout_s`, `history.wait_for_close_timeout_s`): the frontend sizes
@@ -166,6 +170,7 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
         self._history_long_poll_timeout_s = history_long_poll_timeout_s
         self._wait_for_close_timeout_s = wait_for_close_timeout_s
         self._events = EventPublisher(manager.persistence.events, history, events or EventsConfig())
+        self._task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
 
     # -- namespaces ----------------------------------------------------------------------
 
@@ -486,11 +491,15 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
             timeout = self._long_poll_timeout_s + POLL_MARGIN_S
             if remaining is not None:
                 timeout = min(timeout, max(0.1, remaining - POLL_MARGIN_S))
+            namespace_id = record.info.id
             response = await self._matching.poll_block_task(
                 ms.PollBlockTaskRequest(
-                    namespace_id=record.info.id,
+                    namespace_id=namespace_id,
                     poller_id=str(uuid.uuid4()),
                     request=request,
+                    partition=await self._task_queues.poll_partition(
+                        namespace_id, request.task_queue
+                    ),
                 ),
                 timeout_s=timeout,
             )
@@ -622,17 +631,21 @@ class FlowHandler(_Base, flow_service_pb2_grpc.FlowServiceServicer):
     ) -> flow_service_pb2.DescribeTaskQueueResponse:
         async def serve() -> flow_service_pb2.DescribeTaskQueueResponse:
             record = await self._namespace(request.namespace, request)
-            described = await self._matching.describe_task_queue(
-                ms.DescribeTaskQueueRequest(
-                    namespace_id=record.info.id, task_queue=request.task_queue, partition=0
+            namespace_id = record.info.id
+            queue = await self._task_queues.get(namespace_id, request.task_queue)
+            described = await asyncio.gather(
+                *(
+                    self._matching.describe_task_queue(
+                        ms.DescribeTaskQueueRequest(
+                            namespace_id=namespace_id,
+                            task_queue=request.task_queue,
+                            partition=partition,
+                        )
+                    )
+                    for partition in range(queue.read_partitions)
                 )
             )
-            return flow_service_pb2.DescribeTaskQueueResponse(
-                pollers=described.pollers,
-                backlog_count_hint=described.status.backlog_count_hint,
-                partitions=[described.status],
-                config=described.config,
-            )
+            return merge_described(described)
 
         return await self._serve(context, request, serve)
 

@@ -41,6 +41,14 @@ class MatchingConfig:
     so that a config push it missed (ApplyTaskQueueConfig) still reaches it."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
+    forward_backoff: float = 0.02
+    """A leaf partition with backlog and no poll of its own offers its tasks to the root one
+    at a time; after the root had no poll for one, it waits this long before the next offer,
+    doubling up to `forward_backoff_max`."""
+    forward_backoff_max: float = 0.25
+    forward_retry_budget: float = 1.0
+    """How long a forwarded add keeps trying a root owner that is unavailable (moving)
+    before the leaf keeps the task itself."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -56,8 +64,11 @@ class MatchingConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.sync_match_wait < 0:
             raise ValueError("sync_match_wait must be >= 0")
-        if self.retry_backoff < 0:
-            raise ValueError("retry_backoff must be >= 0")
+        for name in ("retry_backoff", "forward_backoff", "forward_retry_budget"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.forward_backoff_max < self.forward_backoff:
+            raise ValueError("forward_backoff_max must be >= forward_backoff")
         if not 1 <= self.task_id_bits < 63:
             raise ValueError("task_id_bits must be in [1, 63)")
         if self.backlog_write_batch >= 1 << self.task_id_bits:

@@ -19,6 +19,7 @@ from tideflow_server.internal.v1 import (
 )
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
+from tideflow_server.matching.forwarding import Forwarder, RootClient, forwards_poll, is_leaf
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
 from tideflow_server.matching.queue_configs import MatchingPeers, push
 from tideflow_server.persistence.manager import PersistenceManager
@@ -86,10 +87,14 @@ class MatchingEngine:
         config: MatchingConfig | None = None,
         clock: Callable[[], float] = time.time,
         matching: MatchingPeers | None = None,
+        root_client: RootClient | None = None,
+        owns_root: Callable[[TaskQueueKey], bool] | None = None,
     ) -> None:
         """`clock` is wall time in seconds (task expiry, poller access times). `matching`
         reaches the other matching hosts (a queue's config, pushed to its partitions' owners);
-        without it only the partitions this host holds hear of a change at once."""
+        without it only the partitions this host holds hear of a change at once. Leaf
+        partitions forward to their root (forwarding.py): in this process when `owns_root`
+        says this host owns it (or without a `root_client`), else through `root_client`."""
         self.host_id = host_id
         self.config = config or MatchingConfig()
         self._manager = manager
@@ -104,6 +109,13 @@ class MatchingEngine:
         # is already out, and must not reach a second worker.
         self._dispatched: OrderedDict[_Attempt, float] = OrderedDict()
         self._stopped = False
+        self._forwarder = Forwarder(
+            config=self.config,
+            partition=self.partition,
+            poll_here=lambda request, end: self.poll_block_task(request, deadline=end),
+            client=root_client,
+            owns_root=owns_root,
+        )
 
     # -- partitions ----------------------------------------------------------------------
 
@@ -132,6 +144,7 @@ class MatchingEngine:
                 config=self.config,
                 clock=self._clock,
                 on_closed=self._forget,
+                forwarder=self._forwarder if is_leaf(key) else None,
             )
             await partition.start()
             if self._stopped:
@@ -187,9 +200,19 @@ class MatchingEngine:
         if timeout_ns > 0:
             task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
         direct = request.direct_task if request.HasField("direct_task") else None
-        matched = await partition.add(
-            task, preferred_identity=request.preferred_worker_identity, direct=direct
-        )
+        if request.forwarded_from:
+            # A leaf's offer: a waiting poll takes it or the leaf keeps it.
+            matched = await partition.offer(
+                task, preferred_identity=request.preferred_worker_identity, direct=direct
+            )
+        else:
+            matched = await partition.add(
+                task, preferred_identity=request.preferred_worker_identity, direct=direct
+            )
+        if matched and direct is not None:
+            # Handed out, maybe by the root on another host: a redelivered add of the same
+            # attempt comes here again (history adds an attempt to the same partition).
+            self._note_dispatched(attempt)
         return matching_service_pb2.AddBlockTaskResponse(sync_matched=matched)
 
     def _was_dispatched(self, attempt: _Attempt) -> bool:
@@ -229,8 +252,19 @@ class MatchingEngine:
             sticky_task_queue=worker.sticky_task_queue,
         )
         self._polls[request.poller_id] = (partition, poll)
+        # At a leaf, a poll takes what is there now and else waits at the root.
+        forward = forwards_poll(request)
         try:
-            while (task := await partition.take(poll, end)) is not None:
+            while True:
+                task = await partition.take(poll, loop.time() if forward else end)
+                if task is None:
+                    if not forward or poll.cancelled or partition.closed:
+                        break
+                    forward = False  # once; if the root is unreachable, wait here
+                    forwarded = await self._forwarder.poll(request, key, end)
+                    if forwarded is not None:
+                        return forwarded
+                    continue
                 attempt = _backlog_attempt(task.info)
                 if self._was_dispatched(attempt):
                     # The same attempt, added again, was handed out directly meanwhile.

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -38,6 +39,9 @@ from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
 from tideflow_server.rpc.errors import Internal, ResourceExhausted, ServiceError, Unavailable
+
+if TYPE_CHECKING:
+    from tideflow_server.matching.forwarding import Forwarder
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +155,9 @@ class TaskQueuePartition:
         config: MatchingConfig,
         clock: Callable[[], float],
         on_closed: Callable[[TaskQueuePartition], None],
+        forwarder: Forwarder | None = None,
     ) -> None:
+        """`forwarder`: for a leaf partition, how it reaches its root (forwarding.py)."""
         self.key = key
         self.host_id = host_id
         self._manager = manager
@@ -189,6 +195,9 @@ class TaskQueuePartition:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        self._forwarder = forwarder
+        self._pusher: asyncio.Task[None] | None = None
+        self._unpolled = asyncio.Event()  # buffered tasks that no poll here waits for
         self._last_activity = time.monotonic()
 
         # The queue's config (UpdateTaskQueueConfig): limits, order, routing. Every partition
@@ -236,6 +245,8 @@ class TaskQueuePartition:
         self._maintainer = asyncio.create_task(self._maintain_loop())
         if self.key.partition != 0:
             self._config_refresher = asyncio.create_task(self._config_loop())
+        if self._forwarder is not None:
+            self._pusher = asyncio.create_task(self._forwarder.push_backlog(self))
         log.info("task queue partition loaded", key=self.key, range_id=self._range_id)
 
     async def wait_closed(self) -> None:
@@ -281,10 +292,17 @@ class TaskQueuePartition:
         # snapshot). The writer drains what is pending first.
         self._write_wanted.set()
         self._read_wanted.set()
+        self._unpolled.set()
         me = asyncio.current_task()
         if self._wake is not None:
             self._wake.cancel()
-        background = (self._reader, self._writer, self._maintainer, self._config_refresher)
+        background = (
+            self._reader,
+            self._writer,
+            self._maintainer,
+            self._config_refresher,
+            self._pusher,
+        )
         await asyncio.gather(
             *(t for t in background if t is not None and t is not me), return_exceptions=True
         )
@@ -311,6 +329,10 @@ class TaskQueuePartition:
             async with asyncio.timeout(seconds):
                 await self._closed.wait()
         return self.closed
+
+    async def closed_within(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True if the partition closed meanwhile."""
+        return await self._closed_within(seconds)
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
@@ -433,6 +455,24 @@ class TaskQueuePartition:
     def _spend_token(self, poll: Poll) -> None:
         if self._limits is not None:
             self._limits.take(poll.identity, asyncio.get_running_loop().time())
+
+    # A leaf's tasks offered to the root (forwarded adds, its pushed backlog) spend the leaf's
+    # share of the queue's rate, not the root's: each partition dispatches its own share, so
+    # the queue's rate holds whether a task leaves through a local poll or through the root.
+
+    def _queue_token_wait(self) -> float:
+        """Seconds until the queue's share has a token here; 0 when it has one (or none is
+        limited)."""
+        bucket = self._limits.queue if self._limits is not None else None
+        if bucket is None:
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        return 0.0 if bucket.ready(now) else max(1e-4, bucket.next_token_at(now) - now)
+
+    def spend_queue_token(self) -> None:
+        bucket = self._limits.queue if self._limits is not None else None
+        if bucket is not None:
+            bucket.take(asyncio.get_running_loop().time())
 
     def _wake_at_next_token(self) -> None:
         """Polls wait for tokens while tasks wait for polls: dispatch again when the first
@@ -622,13 +662,15 @@ class TaskQueuePartition:
     def _notify_polls(self) -> None:
         changed, self._polls_changed = self._polls_changed, asyncio.Event()
         changed.set()
+        if self._buffer and self._forwarder is not None:
+            self._unpolled.set()
 
-    def _next_waiting(self, preferred_identity: str = "") -> Poll | None:
+    def _next_waiting(self, preferred_identity: str = "", *, limited: bool = True) -> Poll | None:
         chosen: Poll | None = None
         for poll in self._waiting.values():
             if poll.waiter is None or poll.waiter.done():
                 continue
-            if not self._may_hand(poll):
+            if limited and not self._may_hand(poll):
                 continue
             if chosen is None:
                 chosen = poll
@@ -637,8 +679,9 @@ class TaskQueuePartition:
                 break
         return chosen
 
-    def _hand_over(self, poll: Poll, task: BlockTask) -> None:
-        self._spend_token(poll)
+    def _hand_over(self, poll: Poll, task: BlockTask, *, spend: bool = True) -> None:
+        if spend:
+            self._spend_token(poll)
         del self._waiting[poll.poller_id]
         assert poll.waiter is not None
         poll.waiter.set_result(task)
@@ -650,11 +693,13 @@ class TaskQueuePartition:
             poll = self._next_waiting()
             if poll is None:
                 self._wake_at_next_token()
-                return
+                break
             task = self._pop_buffered() or self._pop_held()
             if task is None:
                 return
             self._hand_over(poll, task)
+        if self._buffer and self._forwarder is not None:
+            self._unpolled.set()
 
     async def add(
         self,
@@ -678,10 +723,55 @@ class TaskQueuePartition:
                 if await outcome:
                     return True
                 # The poll could not start it (history busy, client gone): keep it durably.
+            elif (
+                self._forwarder is not None
+                and not self._queue_token_wait()
+                and await self._forwarder.offer(
+                    self.key, info, preferred_identity=preferred_identity, direct=direct
+                )
+            ):
+                self.spend_queue_token()
+                return True  # a poll waiting at the root took it
             elif self._config.sync_match_wait > 0 and await self._hold(task):
                 return True
         await self._persist(info)
         return False
+
+    async def offer(
+        self,
+        info: records_pb2.BacklogTask,
+        *,
+        preferred_identity: str = "",
+        direct: flow_service_pb2.PollBlockTaskResponse | None = None,
+    ) -> bool:
+        """A task a leaf forwarded: hand it to a waiting poll and return whether the poll
+        took it; False at once when none waits. Never held, never persisted: the leaf keeps
+        the task unless this says True."""
+        if self.closed:
+            raise self._closed_error()
+        # The leaf spent its own share of the rate on it (see `spend_queue_token`).
+        poll = self._next_waiting(preferred_identity, limited=False) if self._waiting else None
+        if poll is None:
+            return False
+        self._touch()
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._hand_over(poll, BlockTask(info, sync_outcome=outcome, direct=direct), spend=False)
+        return await outcome
+
+    async def next_unpolled(self) -> BlockTask | None:
+        """The next buffered task while no poll here waits for one (a leaf pushes it to the
+        root); None once the partition closes. The caller must `finish` it."""
+        while not self.closed:
+            if self._buffer and not self._waiting:
+                if wait := self._queue_token_wait():
+                    await self.closed_within(wait)
+                    continue
+                if task := self._pop_buffered():
+                    self._touch()  # a leaf that pushes its backlog is in use
+                    return task
+            self._unpolled.clear()
+            await self._unpolled.wait()
+        return None
 
     async def _hold(self, task: BlockTask) -> bool:
         """Keep the task in memory for up to `sync_match_wait` for a poll to come and take

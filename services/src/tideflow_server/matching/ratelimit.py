@@ -23,11 +23,8 @@ _MIN_WAIT_S = 1e-4
 
 
 def spread_over(config: task_queue_pb2.TaskQueueConfig) -> int:
-    """Partitions the queue's adds and polls spread over, which share its limits. History
-    and the frontend use partition 0 only until the queue's partitions are served; from then
-    on this is `queue_config.partitions(config)`."""
-    del config
-    return 1
+    """Partitions the queue's adds and polls spread over, which share its limits evenly."""
+    return queue_config.partitions(config)
 
 
 class TokenBucket:

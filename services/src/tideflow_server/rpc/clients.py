@@ -464,8 +464,12 @@ class MatchingClient(_RoutedClient):
     def _key(namespace_id: str, task_queue: str, kind: int, partition: int) -> str:
         return partition_key(namespace_id, task_queue, kind, partition)
 
-    async def add_block_task(self, request: ms.AddBlockTaskRequest) -> ms.AddBlockTaskResponse:
-        """On the owner's add stream, or as a unary call to a host without it."""
+    async def add_block_task(
+        self, request: ms.AddBlockTaskRequest, *, retry_budget_s: float | None = None
+    ) -> ms.AddBlockTaskResponse:
+        """On the owner's add stream, or as a unary call to a host without it.
+        `retry_budget_s`: how long to keep trying while the owner is unavailable (the
+        client's default when None)."""
 
         async def add(
             peer: tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream],
@@ -487,6 +491,7 @@ class MatchingClient(_RoutedClient):
             self._key(request.namespace_id, tq.name, tq.kind, request.partition),
             _matching_adds,
             add,
+            retry_budget_s=retry_budget_s,
         )
 
     async def poll_block_task(

@@ -37,6 +37,7 @@ from tideflow_server.persistence.manager import LoadedExecution, PersistenceMana
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import HistoryClient, MatchingClient
 from tideflow_server.rpc.errors import NotFound, Unavailable
+from tideflow_server.taskqueue_configs import TaskQueueConfigs
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class ShardContext:
         transfer_executor: TransferExecutor,
         visibility: VisibilityWriter | None = None,
         direct: DirectDispatch | None = None,
+        task_queues: TaskQueueConfigs | None = None,
     ) -> None:
         self.lease = lease
         self.manager = manager
@@ -75,6 +77,7 @@ class ShardContext:
         self.history = history
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self.direct = direct
+        self.task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
         self._on_lost = on_lost
         self._timer_executor = timer_executor
         self._transfer_executor = transfer_executor

@@ -27,6 +27,7 @@ from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.rpc.clients import HISTORY, HistoryClient, MatchingClient, shard_key
 from tideflow_server.rpc.errors import Unavailable
+from tideflow_server.taskqueue_configs import TaskQueueConfigs
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,7 @@ class ShardController:
         timer_executor: TimerExecutor,
         transfer_executor: TransferExecutor,
         blueprint_limits: Limits | None = None,
+        task_queues: TaskQueueConfigs | None = None,
     ) -> None:
         """`timer_executor` and `transfer_executor` are what each shard's queues run
         (history/tasks/), handed in so that shard/ does not import them."""
@@ -63,6 +65,7 @@ class ShardController:
         self._flows = FlowCache(manager, limits=blueprint_limits)
         self._visibility = VisibilityWriter(manager.persistence.visibility)
         self._direct = DirectDispatch() if config.direct_dispatch else None
+        self._task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
         self._shards: dict[int, ShardContext] = {}
         self._acquiring: dict[int, asyncio.Task[None]] = {}
         self._kick = asyncio.Event()
@@ -129,6 +132,7 @@ class ShardController:
             transfer_executor=self._transfer_executor,
             visibility=self._visibility,
             direct=self._direct,
+            task_queues=self._task_queues,
         )
         await shard.start()
         self._shards[shard_id] = shard

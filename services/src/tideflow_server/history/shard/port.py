@@ -26,6 +26,7 @@ from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence.manager import PersistenceManager, ShardLease
 from tideflow_server.persistence.records import CreateMode, FlowCheck
 from tideflow_server.rpc.clients import HistoryClient, MatchingClient
+from tideflow_server.taskqueue_configs import TaskQueueConfigs
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ class Shard(Protocol):
     redispatch: Redispatch
     visibility: VisibilityWriter
     direct: DirectDispatch | None
+    task_queues: TaskQueueConfigs
+    """Where a block task is added: its queue's partition count."""
     lost: bool
 
     @property

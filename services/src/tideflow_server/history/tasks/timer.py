@@ -158,6 +158,13 @@ async def _block_retry(shard: Shard, timer: records_pb2.TimerTask) -> None:
         )
         request.run.run_id = timer.run_id
         request.run.execution_id = timer.execution_id
+    request.partition = await shard.task_queues.add_partition(
+        timer.namespace_id,
+        request.task_queue,
+        run_id=timer.run_id,
+        scheduled_event_id=spec.scheduled_event_id,
+        attempt=spec.attempt,
+    )
     await shard.matching.add_block_task(request)
 
 

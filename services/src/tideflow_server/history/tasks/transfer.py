@@ -52,10 +52,17 @@ async def _add_block_task(
     direct_task: flow_service_pb2.PollBlockTaskResponse | None,
 ) -> None:
     block = task.block_task
+    partition = await shard.task_queues.add_partition(
+        task.namespace_id,
+        block.task_queue,
+        run_id=task.run_id,
+        scheduled_event_id=block.scheduled_event_id,
+        attempt=block.attempt,
+    )
     request = matching_service_pb2.AddBlockTaskRequest(
         namespace_id=task.namespace_id,
         task_queue=block.task_queue,
-        partition=0,
+        partition=partition,
         block_id=block.block_id,
         scheduled_event_id=block.scheduled_event_id,
         attempt=block.attempt,
