@@ -203,6 +203,10 @@ class MatchingRoleConfig(_Section):
     sync_match_wait_s: float = Field(default=0.2, ge=0)
     """How long a new task with no poll waiting waits in memory for one before it is
     persisted to the backlog; 0 persists it at once."""
+    fair_window: int = Field(default=10_000, gt=0)
+    """Backlog tasks a partition reads ahead into memory, a pointer of a few hundred bytes
+    each, for priority and fairness to order: a task further back in the backlog than this
+    waits for the tasks before it to go, whatever its priority or fairness key."""
 
 
 class FrontendConfig(_Section):

@@ -116,6 +116,7 @@ class TideflowServer:
                     long_poll_timeout=settings.matching.long_poll_timeout_s,
                     max_outstanding_polls=settings.matching.max_polls_per_partition,
                     sync_match_wait=settings.matching.sync_match_wait_s,
+                    fair_window=settings.matching.fair_window,
                 ),
             )
             self._matching_engine = engine

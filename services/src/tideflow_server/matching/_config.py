@@ -15,6 +15,9 @@ class MatchingConfig:
     """How long a poll waits for a task before it is answered empty."""
     backlog_read_batch: int = 100
     """Backlog tasks read per query; the reader refills the buffer below this many."""
+    fair_window: int = 10_000
+    """Backlog tasks a partition reads ahead into memory (a pointer each, a few hundred bytes),
+    so that priority and fairness can order them: a task not read yet cannot go first."""
     backlog_write_batch: int = 100
     """Most adds the writer groups into one create_backlog_tasks call."""
     ack_persist_interval: float = 10.0
@@ -43,7 +46,12 @@ class MatchingConfig:
         for name in ("long_poll_timeout", "ack_persist_interval", "idle_unload_after"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("backlog_read_batch", "backlog_write_batch", "max_outstanding_polls"):
+        for name in (
+            "backlog_read_batch",
+            "fair_window",
+            "backlog_write_batch",
+            "max_outstanding_polls",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.sync_match_wait < 0:
