@@ -81,3 +81,28 @@ async def test_in_flight_first_orders_by_run_start(make_engine: EngineFactory) -
     assert partition.apply_config(task_queue_pb2.TaskQueueConfig(in_flight_first=True), 1)
     got = [scheduled_event_id(await poll(engine)) for _ in range(4)]
     assert got == [4, 5, 2, 3]
+
+
+async def test_adds_waiting_for_a_poll_go_by_priority_then_arrival(
+    make_engine: EngineFactory,
+) -> None:
+    """Adds held in memory for a poll (no backlog, no poll waiting) are not in the buffer's
+    order; a poll still takes a lower level first, and an older run first with in-flight
+    first, else the one added first."""
+    engine = make_engine(sync_match_wait=30.0)
+    partition = await engine.partition(KEY)
+    partition.apply_config(task_queue_pb2.TaskQueueConfig(in_flight_first=True), 1)
+    adds = []
+    for held, (event_id, level, run_start) in enumerate(
+        [(1, 3, 3_000), (2, 3, 2_000), (3, 1, 9_000), (4, 3, 2_000)], start=1
+    ):
+        dispatch = records_pb2.TaskDispatch(priority=level)
+        dispatch.run_start_time.FromSeconds(run_start)
+        request = add_request(event_id, dispatch=dispatch)
+        adds.append(asyncio.create_task(engine.add_block_task(request)))
+        async with asyncio.timeout(5):
+            await partition.wait_for_held(held=held)
+
+    got = [scheduled_event_id(await poll(engine)) for _ in range(4)]
+    assert got == [3, 2, 4, 1]
+    assert [(await add).sync_matched for add in adds] == [True] * 4

@@ -158,6 +158,12 @@ class DispatchOrder(Generic[T]):
         for level in self._levels.values():
             level.resort(lambda item: self._sort(self._placements[id(item)]))
 
+    def rank(self, at: Placement) -> tuple[int, int]:
+        """How a task outside the buffer (an add held for a poll, see partition.py) compares
+        with the buffered ones: by level, then run start with in-flight first. Fairness has no
+        say there: a held add waits a moment at most."""
+        return (at.priority, at.run_start_ns if self._in_flight_first else 0)
+
     def _sort(self, at: Placement) -> _Sort:
         return (at.run_start_ns if self._in_flight_first else 0, at.task_id)
 

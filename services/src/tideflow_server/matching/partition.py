@@ -489,13 +489,16 @@ class TaskQueuePartition:
             and self._levels.read_level >= self._max_read_level
         )
 
-    def _pop_buffered(self) -> BlockTask | None:
+    def _peek_buffered(self) -> BlockTask | None:
         now_ms = int(self._clock() * 1000)
-        task: BlockTask | None = None
         while (head := self._buffer.peek()) is not None and _expired(head.info, now_ms):
             self._buffer.pop(charge=False)
             assert head.task_id is not None
             self._ack(head.task_id)
+        return head
+
+    def _pop_buffered(self) -> BlockTask | None:
+        self._peek_buffered()
         task = self._buffer.pop()
         if (
             len(self._buffer) < self._config.fair_window
@@ -588,6 +591,25 @@ class TaskQueuePartition:
                 self._held.remove(task)
         return await task.sync_outcome  # a poll took it just now: its outcome decides
 
+    def _rank(self, task: BlockTask) -> tuple[int, int]:
+        return self._buffer.rank(placement(task.info, task.task_id or 0))
+
+    def _pop_next(self) -> BlockTask | None:
+        """The buffered task that goes first, unless a held add ranks before it (a lower
+        priority level, or an older run with in-flight first; the one added first of equal
+        rank): held adds are outside the buffer's order, and otherwise go when it is empty."""
+        head = self._peek_buffered()
+        if self._held:
+            live = (
+                t for t in self._held if t.sync_outcome is not None and not t.sync_outcome.done()
+            )
+            held = min(live, key=self._rank, default=None)
+            if held is not None and (head is None or self._rank(held) < self._rank(head)):
+                self._held.remove(held)
+                held.held = False
+                return held
+        return self._pop_buffered() or self._pop_held()
+
     def _pop_held(self) -> BlockTask | None:
         while self._held:
             task = self._held.popleft()
@@ -640,7 +662,7 @@ class TaskQueuePartition:
         cancelled or the partition closes."""
         if poll.cancelled or self.closed:
             return None
-        task = self._pop_buffered() or self._pop_held()
+        task = self._pop_next()
         if task is not None:
             return task
         loop = asyncio.get_running_loop()
