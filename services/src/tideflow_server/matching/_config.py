@@ -14,7 +14,8 @@ class MatchingConfig:
     long_poll_timeout: float = 60.0
     """How long a poll waits for a task before it is answered empty."""
     backlog_read_batch: int = 100
-    """Backlog tasks read per query; the reader refills the buffer below this many."""
+    """Backlog tasks read per query; the reader reads while the buffer holds fewer than
+    `fair_window`."""
     fair_window: int = 10_000
     """Backlog tasks a partition reads ahead into memory (a pointer each, a few hundred bytes),
     so that priority and fairness can order them: a task not read yet cannot go first."""
