@@ -14,7 +14,7 @@ from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
 from tideflow_server.rpc.errors import Unavailable
-from tideflow_server.taskqueue_configs import TaskQueueConfigs, attempt_partition
+from tideflow_server.taskqueue_configs import TaskQueueConfigs, attempt_partition, from_root_info
 
 QUEUE = common_pb2.TaskQueue(name="gpu-ocr")
 
@@ -161,3 +161,20 @@ def test_describe_merges_pollers_by_identity_and_sums_the_backlog() -> None:
         ("w-3", 5),
     ]
     assert merged.config.rate_per_second == 50
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        task_queue_pb2.TaskQueueConfig(partitions=8, in_flight_first=True),
+        task_queue_pb2.TaskQueueConfig(partitions=8, max_concurrency=3),
+        task_queue_pb2.TaskQueueConfig(partitions=8, block_concurrency={"ocr@1": 2}),
+    ],
+)
+def test_a_queue_wide_rule_takes_adds_at_the_root_and_keeps_reading_its_partitions(
+    config: task_queue_pb2.TaskQueueConfig,
+) -> None:
+    queue = from_root_info(records_pb2.TaskQueueInfo(config=config, read_partitions=4))
+    assert (queue.partitions, queue.read_partitions) == (1, 8)
+    plain = from_root_info(records_pb2.TaskQueueInfo(config=task_queue_pb2.TaskQueueConfig()))
+    assert (plain.partitions, plain.read_partitions) == (4, 4)

@@ -211,6 +211,11 @@ class MatchingRoleConfig(_Section):
     """History and the frontend learn a task queue's partition count (its config, in the root
     partition's row) at most this often per queue; a change reaches them within this."""
 
+    fair_window: int = Field(default=10_000, gt=0)
+    """Backlog tasks a partition reads ahead into memory, a pointer of a few hundred bytes
+    each, for priority and fairness to order: a task further back in the backlog than this
+    waits for the tasks before it to go, whatever its priority or fairness key."""
+
 
 class FrontendConfig(_Section):
     namespace_rps: float = Field(default=2_400.0, ge=0)

@@ -115,6 +115,17 @@ def partitions(config: task_queue_pb2.TaskQueueConfig) -> int:
     return config.partitions or DEFAULT_PARTITIONS
 
 
+def write_partitions(config: task_queue_pb2.TaskQueueConfig) -> int:
+    """How many partitions history adds to. A queue whose rules hold queue-wide only when one
+    place orders and counts its tasks (in-flight first, concurrency limits) takes its adds at
+    the root alone: its other partitions only drain what they held and forward their polls
+    there. Order and limits then hold exactly, at the cost of spreading that queue's dispatch
+    over hosts."""
+    if config.in_flight_first or config.max_concurrency or any(config.block_concurrency.values()):
+        return 1
+    return partitions(config)
+
+
 def burst(config: task_queue_pb2.TaskQueueConfig) -> int:
     return config.burst or max(1, math.ceil(config.rate_per_second))
 

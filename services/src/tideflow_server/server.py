@@ -132,6 +132,7 @@ class TideflowServer:
                     max_outstanding_polls=settings.matching.max_polls_per_partition,
                     sync_match_wait=settings.matching.sync_match_wait_s,
                     config_refresh=settings.matching.config_refresh_s,
+                    fair_window=settings.matching.fair_window,
                 ),
                 matching=matching,
                 root_client=matching,

@@ -46,7 +46,11 @@ def _normal(kind: int) -> bool:
 
 def from_root_info(info: records_pb2.TaskQueueInfo) -> QueuePartitions:
     partitions = queue_config.partitions(info.config)
-    return QueuePartitions(info.config, partitions, max(partitions, info.read_partitions))
+    return QueuePartitions(
+        info.config,
+        queue_config.write_partitions(info.config),
+        max(partitions, info.read_partitions),
+    )
 
 
 _DEFAULT = from_root_info(records_pb2.TaskQueueInfo())

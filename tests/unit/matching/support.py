@@ -9,7 +9,12 @@ import uuid
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
-from tideflow_server.internal.v1 import history_service_pb2, matching_service_pb2, task_token_pb2
+from tideflow_server.internal.v1 import (
+    history_service_pb2,
+    matching_service_pb2,
+    records_pb2,
+    task_token_pb2,
+)
 from tideflow_server.matching import MatchingEngine
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.rpc.errors import ServiceError
@@ -97,6 +102,7 @@ def add_request(
     priority: int = 0,
     schedule_to_start: float | None = None,
     preferred_worker: str = "",
+    dispatch: records_pb2.TaskDispatch | None = None,
 ) -> matching_service_pb2.AddBlockTaskRequest:
     request = matching_service_pb2.AddBlockTaskRequest(
         namespace_id=NAMESPACE,
@@ -108,6 +114,8 @@ def add_request(
         priority=priority,
         preferred_worker_identity=preferred_worker,
     )
+    if dispatch is not None:
+        request.dispatch.CopyFrom(dispatch)
     if schedule_to_start is not None:
         request.schedule_to_start_timeout.FromNanoseconds(int(schedule_to_start * 1e9))
     return request

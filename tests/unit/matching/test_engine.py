@@ -159,17 +159,21 @@ async def test_task_id_ranges_are_renewed_when_used_up(
     assert got == list(range(1, 21))
 
 
-async def test_higher_priority_goes_first_among_buffered_tasks(
+async def test_a_lower_priority_level_goes_first_among_buffered_tasks(
     make_engine: EngineFactory,
 ) -> None:
     writer = make_engine()
-    for event_id, priority in [(1, 0), (2, 5), (3, 0), (4, 9)]:
-        await writer.add_block_task(add_request(event_id, priority=priority))
+    for event_id, level in [(1, 0), (2, 5), (3, 3), (4, 1)]:
+        dispatch = records_pb2.TaskDispatch(priority=level)
+        await writer.add_block_task(add_request(event_id, dispatch=dispatch))
+    # From a sender older than TaskDispatch: its priority is read as the level, clamped.
+    await writer.add_block_task(add_request(5, priority=9))
+    await writer.add_block_task(add_request(6, priority=0))
     await writer.stop()
 
     engine = make_engine()  # reads the backlog head into its buffer before serving
-    got = [scheduled_event_id(await poll(engine)) for _ in range(4)]
-    assert got == [4, 2, 1, 3]
+    got = [scheduled_event_id(await poll(engine)) for _ in range(6)]
+    assert got == [4, 1, 3, 6, 2, 5]
 
 
 async def test_long_poll_times_out_empty(make_engine: EngineFactory, history: FakeHistory) -> None:

@@ -14,7 +14,11 @@ class MatchingConfig:
     long_poll_timeout: float = 60.0
     """How long a poll waits for a task before it is answered empty."""
     backlog_read_batch: int = 100
-    """Backlog tasks read per query; the reader refills the buffer below this many."""
+    """Backlog tasks read per query; the reader reads while the buffer holds fewer than
+    `fair_window`."""
+    fair_window: int = 10_000
+    """Backlog tasks a partition reads ahead into memory (a pointer each, a few hundred bytes),
+    so that priority and fairness can order them: a task not read yet cannot go first."""
     backlog_write_batch: int = 100
     """Most adds the writer groups into one create_backlog_tasks call."""
     ack_persist_interval: float = 10.0
@@ -59,7 +63,12 @@ class MatchingConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("backlog_read_batch", "backlog_write_batch", "max_outstanding_polls"):
+        for name in (
+            "backlog_read_batch",
+            "fair_window",
+            "backlog_write_batch",
+            "max_outstanding_polls",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.sync_match_wait < 0:

@@ -193,8 +193,9 @@ class MatchingEngine:
             attempt=request.attempt,
             block_id=request.block_id,
             priority=request.priority,
-            dispatch=request.dispatch,
         )
+        if request.HasField("dispatch"):  # else an older sender's: `priority` is all there is
+            task.dispatch.CopyFrom(request.dispatch)
         task.create_time.FromNanoseconds(now_ns)
         timeout_ns = request.schedule_to_start_timeout.ToNanoseconds()
         if timeout_ns > 0:

@@ -7,8 +7,10 @@ The life of a block task here, in order:
    writer persists it, grouping concurrent adds into one write fenced on the range_id; the
    add returns once the row is durable. A direct task (already started by history) goes to
    the poll as it is; persisted, it is a pointer like any other.
-2. The reader pulls the backlog after the read level, in task_id order, into a buffer.
-3. A poll takes the buffered task with the highest priority (then the lowest id), or waits.
+2. The reader pulls the backlog after the read level, in task_id order, into a buffer of up
+   to `fair_window` tasks.
+3. A poll takes the buffered task that comes first by priority level, then weighted fairness
+   over fairness keys, then task id or run start (matching/order.py), or waits.
 4. Once history has recorded the start (or started it itself, for a direct task), or said
    the task is stale, the task is acked. The ack
    level is the id at and below which every read task is acked; it is persisted now and then,
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from tideflow.api.v1 import flow_service_pb2, task_queue_pb2
 from tideflow_server import queue_config
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.matching._config import MatchingConfig
+from tideflow_server.matching.order import DispatchOrder, placement
 from tideflow_server.matching.ratelimit import DispatchLimits
 from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.manager import PersistenceManager
@@ -176,7 +178,7 @@ class TaskQueuePartition:
         self._persisted_ack_level = 0
         self._deleted_through = 0
         self._acked_not_deleted = 0
-        self._buffer: list[tuple[int, int, BlockTask]] = []
+        self._buffer: DispatchOrder[BlockTask] = DispatchOrder()
         self._pending: deque[tuple[records_pb2.BacklogTask, asyncio.Future[None]]] = deque()
         self._held: deque[BlockTask] = deque()  # adds waiting briefly for a poll, oldest first
         self._held_changed = asyncio.Event()
@@ -367,6 +369,9 @@ class TaskQueuePartition:
         if version <= self.config_version:
             return False
         self.queue_config, self.config_version = config, version
+        self._buffer.configure(
+            weights=config.fairness_weights, in_flight_first=config.in_flight_first
+        )
         self._apply_limits()
         changed, self._config_changed = self._config_changed, asyncio.Event()
         changed.set()
@@ -597,11 +602,14 @@ class TaskQueuePartition:
     # -- backlog reads -------------------------------------------------------------------
 
     async def _read_backlog(self) -> None:
-        """Fill the buffer up to a batch from the backlog after the read level."""
+        """Fill the buffer up to the fair window from the backlog after the read level, a
+        batch per query. The window lets the dispatch order see past a burst of one fairness
+        key to the tasks of other keys written after it."""
         batch = self._config.backlog_read_batch
+        window = self._config.fair_window
         while (
             not self.closed
-            and len(self._buffer) < batch
+            and len(self._buffer) < window
             and self._levels.read_level < self._max_read_level
         ):
             upper = self._max_read_level
@@ -614,8 +622,7 @@ class TaskQueuePartition:
                 if _expired(info, now_ms):
                     self._ack(task_id)  # schedule-to-start passed: history times it out
                 else:
-                    task = BlockTask(info, task_id)
-                    heapq.heappush(self._buffer, (-info.priority, task_id, task))
+                    self._buffer.push(BlockTask(info, task_id), placement(info, task_id))
             self._levels.read_to(rows[-1][0] if len(rows) == batch else upper)
             self._dispatch()
 
@@ -640,18 +647,19 @@ class TaskQueuePartition:
             and self._levels.read_level >= self._max_read_level
         )
 
-    def _pop_buffered(self) -> BlockTask | None:
+    def _peek_buffered(self) -> BlockTask | None:
         now_ms = int(self._clock() * 1000)
-        task: BlockTask | None = None
-        while self._buffer:
-            _, task_id, candidate = heapq.heappop(self._buffer)
-            if _expired(candidate.info, now_ms):
-                self._ack(task_id)
-                continue
-            task = candidate
-            break
+        while (head := self._buffer.peek()) is not None and _expired(head.info, now_ms):
+            self._buffer.pop(charge=False)
+            assert head.task_id is not None
+            self._ack(head.task_id)
+        return head
+
+    def _pop_buffered(self) -> BlockTask | None:
+        self._peek_buffered()
+        task = self._buffer.pop()
         if (
-            len(self._buffer) < self._config.backlog_read_batch
+            len(self._buffer) < self._config.fair_window
             and self._levels.read_level < self._max_read_level
         ):
             self._read_wanted.set()
@@ -694,7 +702,7 @@ class TaskQueuePartition:
             if poll is None:
                 self._wake_at_next_token()
                 break
-            task = self._pop_buffered() or self._pop_held()
+            task = self._pop_next()
             if task is None:
                 return
             self._hand_over(poll, task)
@@ -797,6 +805,25 @@ class TaskQueuePartition:
                 self._held.remove(task)
         return await task.sync_outcome  # a poll took it just now: its outcome decides
 
+    def _rank(self, task: BlockTask) -> tuple[int, int]:
+        return self._buffer.rank(placement(task.info, task.task_id or 0))
+
+    def _pop_next(self) -> BlockTask | None:
+        """The buffered task that goes first, unless a held add ranks before it (a lower
+        priority level, or an older run with in-flight first; the one added first of equal
+        rank): held adds are outside the buffer's order, and otherwise go when it is empty."""
+        head = self._peek_buffered()
+        if self._held:
+            live = (
+                t for t in self._held if t.sync_outcome is not None and not t.sync_outcome.done()
+            )
+            held = min(live, key=self._rank, default=None)
+            if held is not None and (head is None or self._rank(held) < self._rank(head)):
+                self._held.remove(held)
+                held.held = False
+                return held
+        return self._pop_buffered() or self._pop_held()
+
     def _pop_held(self) -> BlockTask | None:
         while self._held:
             task = self._held.popleft()
@@ -851,7 +878,7 @@ class TaskQueuePartition:
         if poll.cancelled or self.closed:
             return None
         if self._may_hand(poll):
-            task = self._pop_buffered() or self._pop_held()
+            task = self._pop_next()
             if task is not None:
                 self._spend_token(poll)
                 return task
@@ -896,7 +923,7 @@ class TaskQueuePartition:
         if consumed:
             self._ack(task.task_id)
         else:
-            heapq.heappush(self._buffer, (-task.info.priority, task.task_id, task))
+            self._buffer.push_back(task, placement(task.info, task.task_id))
             self._dispatch()
 
     async def wait_for_polls(self, *, waiting: int) -> None:

@@ -23,8 +23,8 @@ _MIN_WAIT_S = 1e-4
 
 
 def spread_over(config: task_queue_pb2.TaskQueueConfig) -> int:
-    """Partitions the queue's adds and polls spread over, which share its limits evenly."""
-    return queue_config.partitions(config)
+    """Partitions the queue's adds spread over, which share its rate evenly."""
+    return queue_config.write_partitions(config)
 
 
 class TokenBucket:
