@@ -203,6 +203,10 @@ class MatchingRoleConfig(_Section):
     sync_match_wait_s: float = Field(default=0.2, ge=0)
     """How long a new task with no poll waiting waits in memory for one before it is
     persisted to the backlog; 0 persists it at once."""
+    sticky_poller_gone_s: float = Field(default=3.0, ge=0)
+    """A worker's sticky queue with no poll outstanding for this long is taken for gone: an
+    `affinity: run` task for it goes to the normal queue at once rather than after the sticky
+    timeout."""
 
 
 class FrontendConfig(_Section):

@@ -116,7 +116,9 @@ class TideflowServer:
                     long_poll_timeout=settings.matching.long_poll_timeout_s,
                     max_outstanding_polls=settings.matching.max_polls_per_partition,
                     sync_match_wait=settings.matching.sync_match_wait_s,
+                    sticky_poller_gone_after=settings.matching.sticky_poller_gone_s,
                 ),
+                peers=matching,
             )
             self._matching_engine = engine
             handler = MatchingHandler(engine)

@@ -36,6 +36,10 @@ class MatchingConfig:
     attempt added again (a retried add, a redelivered outbox task) is not handed out twice."""
     direct_dedupe_max: int = 100_000
     """Most attempts remembered; the oldest are forgotten first."""
+    sticky_poller_gone_after: float = 3.0
+    """A sticky queue with no poll outstanding for this long has lost its worker: offers to it
+    fall back to the normal queue at once instead of after the sticky timeout. Longer than a
+    worker takes to poll again after a task, shorter than a sticky timeout is worth waiting."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
 
@@ -48,6 +52,8 @@ class MatchingConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.sync_match_wait < 0:
             raise ValueError("sync_match_wait must be >= 0")
+        if self.sticky_poller_gone_after < 0:
+            raise ValueError("sticky_poller_gone_after must be >= 0")
         if self.retry_backoff < 0:
             raise ValueError("retry_backoff must be >= 0")
         if not 1 <= self.task_id_bits < 63:

@@ -8,6 +8,7 @@ import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,6 +21,7 @@ from tideflow_server.internal.v1 import (
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
+from tideflow_server.matching.sticky import STICKY, StickyQueue, StickyRouter
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.rpc.errors import (
@@ -31,6 +33,9 @@ from tideflow_server.rpc.errors import (
     Unavailable,
 )
 from tideflow_server.tokens import block_task_response
+
+if TYPE_CHECKING:
+    from tideflow_server.rpc.clients import MatchingClient
 
 __all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
 
@@ -84,8 +89,10 @@ class MatchingEngine:
         host_id: str,
         config: MatchingConfig | None = None,
         clock: Callable[[], float] = time.time,
+        peers: MatchingClient | None = None,
     ) -> None:
-        """`clock` is wall time in seconds (task expiry, poller access times)."""
+        """`clock` is wall time in seconds (task expiry, poller access times). `peers`
+        reaches the other matching hosts (sticky offers to a queue another host owns)."""
         self.host_id = host_id
         self.config = config or MatchingConfig()
         self._manager = manager
@@ -93,7 +100,8 @@ class MatchingEngine:
         self._clock = clock
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
-        self._polls: dict[str, tuple[TaskQueuePartition, Poll]] = {}
+        self._polls: dict[str, tuple[TaskQueuePartition | StickyQueue, Poll]] = {}
+        self._sticky = StickyRouter(host_id=host_id, config=self.config, clock=clock, peers=peers)
         # Attempts handed to a poll by direct dispatch, with when (monotonic): the same
         # attempt added again (history retried the add, or a new shard owner redelivered it)
         # is already out, and must not reach a second worker.
@@ -141,6 +149,10 @@ class MatchingEngine:
         if self._partitions.get(partition.key) is partition:
             del self._partitions[partition.key]
 
+    def sticky_queue(self, key: TaskQueueKey) -> StickyQueue:
+        """The sticky queue `key` (kind STICKY) on this host."""
+        return self._sticky.queue(key)
+
     def loaded_partitions(self) -> list[TaskQueueKey]:
         return list(self._partitions)
 
@@ -165,6 +177,9 @@ class MatchingEngine:
         if self._was_dispatched(attempt):
             return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        if key.kind == STICKY:  # a normal partition's offer (see sticky.py)
+            taken = await self._sticky.offer_here(request)
+            return matching_service_pb2.AddBlockTaskResponse(sync_matched=taken)
         partition = await self.partition(key)
         now_ns = int(self._clock() * 1e9)
         task = records_pb2.BacklogTask(
@@ -182,6 +197,12 @@ class MatchingEngine:
         if timeout_ns > 0:
             task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
         direct = request.direct_task if request.HasField("direct_task") else None
+        dispatch = request.dispatch
+        if dispatch.sticky_task_queue and not dispatch.sticky_fallback:
+            if await self._sticky.offer(key, partition.queue_config, request, task, direct):
+                return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
+            task.dispatch.sticky_fallback = True
+            direct = None  # a plain pointer from here on (see sticky.py)
         matched = await partition.add(
             task, preferred_identity=request.preferred_worker_identity, direct=direct
         )
@@ -215,7 +236,11 @@ class MatchingEngine:
             end = min(end, deadline)
         worker = request.request
         key = task_queue_key(request.namespace_id, worker.task_queue, request.partition)
-        partition = await self.partition(key)
+        partition: TaskQueuePartition | StickyQueue
+        if key.kind == STICKY:
+            partition = self._sticky.queue(key)
+        else:
+            partition = await self.partition(key)
         self.cancel_outstanding_poll(request.poller_id)  # a retried poll replaces its original
         poll = partition.register_poll(
             request.poller_id,
@@ -253,7 +278,11 @@ class MatchingEngine:
                 del self._polls[request.poller_id]
 
     async def _record_started(
-        self, partition: TaskQueuePartition, key: TaskQueueKey, poll: Poll, task: BlockTask
+        self,
+        partition: TaskQueuePartition | StickyQueue,
+        key: TaskQueueKey,
+        poll: Poll,
+        task: BlockTask,
     ) -> flow_service_pb2.PollBlockTaskResponse | _NotStarted:
         info = task.info
         request = history_service_pb2.RecordBlockStartedRequest(
@@ -308,8 +337,12 @@ class MatchingEngine:
         self, request: matching_service_pb2.DescribeTaskQueueRequest
     ) -> matching_service_pb2.DescribeTaskQueueResponse:
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        if key.kind == STICKY:
+            return self._sticky.queue(key).describe()
         partition = await self.partition(key)
-        return await partition.describe()
+        described = await partition.describe()
+        self._sticky.fill_status(key, described.status)
+        return described
 
     def cancel_outstanding_poll(self, poller_id: str) -> bool:
         """End the poll `poller_id` with an empty response; False if there is none."""

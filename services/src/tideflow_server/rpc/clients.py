@@ -464,8 +464,12 @@ class MatchingClient(_RoutedClient):
     def _key(namespace_id: str, task_queue: str, kind: int, partition: int) -> str:
         return partition_key(namespace_id, task_queue, kind, partition)
 
-    async def add_block_task(self, request: ms.AddBlockTaskRequest) -> ms.AddBlockTaskResponse:
-        """On the owner's add stream, or as a unary call to a host without it."""
+    async def add_block_task(
+        self, request: ms.AddBlockTaskRequest, *, timeout_s: float | None = None
+    ) -> ms.AddBlockTaskResponse:
+        """On the owner's add stream, or as a unary call to a host without it. `timeout_s`
+        replaces the client's for one call (a sticky offer waits as long as its block asks)."""
+        timeout = self._timeout_s if timeout_s is None else timeout_s
 
         async def add(
             peer: tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream],
@@ -474,10 +478,10 @@ class MatchingClient(_RoutedClient):
             try:
                 reply = await stream.exchange(
                     lambda i: ms.AddBlockTaskStreamRequest(id=i, request=request),
-                    timeout_s=self._timeout_s,
+                    timeout_s=timeout,
                 )
             except NotServed:
-                return await stub.AddBlockTask(request, timeout=self._timeout_s)
+                return await stub.AddBlockTask(request, timeout=timeout)
             if reply.HasField("status"):
                 raise from_exchange_status(reply.status)
             return reply.response
