@@ -1,7 +1,8 @@
 """Sticky run affinity, end to end with real worker processes: `affinity: run` keeps a run's
 blocks on the worker that ran its first one, and when that worker is killed (-9) every run
 still completes, each block that waited for it going to the other worker within the sticky
-timeout plus one poll.
+timeout plus one poll. With two matching hosts, a normal partition forwards its offers to the
+host that owns the worker's sticky queue.
 
 The workers run without eager dispatch (which by itself keeps a chain on one worker) so that
 what is measured is the sticky queue path: a completion, an AddBlockTask that the normal
@@ -16,15 +17,18 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
-from tideflow.api.v1 import flow_service_pb2, history_pb2
+from tests.support.postgres import PostgresServer
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+from tideflow.worker import Worker, block
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 BLOCKS = [f"b{i}" for i in range(1, 6)]
@@ -32,8 +36,6 @@ STICKY_WAIT_S = 2.0  # the default sticky_schedule_to_start
 ONE_POLL_S = 1.0  # the other worker's poll, the add's and the start's round trips, with slack
 RUNS = 200
 IN_FLIGHT = 40  # runs started at once: the workers have room, so stickiness is what is measured
-
-pytestmark = pytest.mark.parametrize("cluster", ["sqlite", "postgres"], indirect=True)
 
 
 def _chain(flow: str, queue: str) -> dict[str, Any]:
@@ -150,16 +152,25 @@ async def _blocks(client: Client, run_id: str) -> tuple[dict[str, str], dict[str
     return completed_by, scheduled_at
 
 
-async def _sticky_counts(client: Client, queue: str) -> tuple[int, int]:
+async def _describe(
+    client: Client,
+    queue: str,
+    kind: common_pb2.TaskQueueKind.ValueType = common_pb2.TASK_QUEUE_KIND_NORMAL,
+) -> flow_service_pb2.DescribeTaskQueueResponse:
     request = flow_service_pb2.DescribeTaskQueueRequest(namespace=client.namespace)
-    request.task_queue.name = queue
-    described = await client.stub.DescribeTaskQueue(request, timeout=10)
+    request.task_queue.name, request.task_queue.kind = queue, kind
+    return await client.stub.DescribeTaskQueue(request, timeout=10)
+
+
+async def _sticky_counts(client: Client, queue: str) -> tuple[int, int]:
+    described = await _describe(client, queue)
     return (
         sum(p.sticky_hits for p in described.partitions),
         sum(p.sticky_fallbacks for p in described.partitions),
     )
 
 
+@pytest.mark.parametrize("cluster", ["sqlite", "postgres"], indirect=True)
 async def test_a_runs_blocks_stay_on_its_worker_and_fall_back_when_it_is_killed(
     cluster: Cluster, client: Client
 ) -> None:
@@ -226,3 +237,69 @@ async def test_a_runs_blocks_stay_on_its_worker_and_fall_back_when_it_is_killed(
                 await worker.process.wait()
             if worker.reader is not None:
                 worker.reader.cancel()
+
+
+@pytest.fixture
+async def two_matching_hosts(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_template: str
+) -> AsyncIterator[Cluster]:
+    name = f"tideflow_sticky_{uuid.uuid4().hex[:8]}"
+    postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    cluster = Cluster(
+        tmp_path,
+        {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
+        split=True,
+        matching_processes=2,
+    )
+    try:
+        await cluster.start()
+        await cluster.wait_settled()
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@block("step", version=1)
+async def _step(value: Any) -> Any:
+    return value
+
+
+async def test_offers_reach_a_sticky_queue_on_the_other_matching_host(
+    two_matching_hosts: Cluster,
+) -> None:
+    cluster = two_matching_hosts
+    client = Client(cluster.frontend)
+    await client.ensure_namespace()
+    suffix = uuid.uuid4().hex[:8]
+    queue, flow = f"sticky-{suffix}", f"chain-{suffix}"
+    await client.register(_chain(flow, queue))
+    partition_host = (await _describe(client, queue)).partitions[0].owner_host
+
+    # Workers whose sticky queues hash to each host (a describe finds the owner without a poll).
+    on: dict[bool, Worker] = {}
+    while len(on) < 2:
+        worker = Worker(
+            cluster.frontend,
+            task_queue=queue,
+            blocks=[_step],
+            namespace=client.namespace,
+            identity=f"w{len(on)}-{suffix}",
+            eager=False,
+        )
+        kind = common_pb2.TASK_QUEUE_KIND_STICKY
+        sticky = await _describe(client, worker.sticky_task_queue, kind)
+        on.setdefault(sticky.partitions[0].owner_host == partition_host, worker)
+    near, far = on[True], on[False]
+    async with near, far:
+        await _polling(client, queue, {near.identity, far.identity})
+        runs = [f"x-{suffix}-{i}" for i in range(50)]
+        await _run_all(client, flow, runs, sleep=0.0)
+        same = {near.identity: 0, far.identity: 0}
+        for run_id in runs:
+            by, _ = await _blocks(client, run_id)
+            same[by["b1"]] += sum(by[b] == by["b1"] for b in BLOCKS[1:])
+    hits, fallbacks = await _sticky_counts(client, queue)
+    print(f"\ntwo matching hosts: later blocks kept {same}; {hits} hits, {fallbacks} fallbacks")
+    assert sum(same.values()) >= 0.95 * len(runs) * (len(BLOCKS) - 1)
+    assert same[far.identity] > 0  # offers forwarded to the other host were taken there
+    await client.close()

@@ -71,9 +71,15 @@ class StickyQueue:
     waited on by the add that made it."""
 
     def __init__(
-        self, key: TaskQueueKey, *, config: MatchingConfig, clock: Callable[[], float]
+        self,
+        key: TaskQueueKey,
+        *,
+        host_id: str,
+        config: MatchingConfig,
+        clock: Callable[[], float],
     ) -> None:
         self.key = key
+        self.host_id = host_id
         self._config = config
         self._clock = clock
         self._polls: dict[str, Poll] = {}
@@ -234,7 +240,7 @@ class StickyQueue:
             poller.last_access_time.FromNanoseconds(int(seen * 1e9))
             pollers.append(poller)
         status = task_queue_pb2.TaskQueuePartitionStatus(
-            partition=0, backlog_count_hint=len(self._offers)
+            partition=0, owner_host=self.host_id, backlog_count_hint=len(self._offers)
         )
         return matching_service_pb2.DescribeTaskQueueResponse(pollers=pollers, status=status)
 
@@ -269,7 +275,9 @@ class StickyRouter:
         queue = self._queues.get(key)
         if queue is None:
             self._sweep()
-            queue = self._queues[key] = StickyQueue(key, config=self._config, clock=self._clock)
+            queue = self._queues[key] = StickyQueue(
+                key, host_id=self._host_id, config=self._config, clock=self._clock
+            )
         return queue
 
     def _sweep(self) -> None:
