@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import cast
 
+import pytest
+
 from tests.unit.matching.conftest import EngineFactory
 from tests.unit.matching.support import (
     KEY,
@@ -159,12 +161,16 @@ async def test_history_busy_on_the_sticky_start_keeps_the_task_in_the_normal_que
     assert scheduled_event_id(await poll(engine)) == 4
 
 
-async def test_a_retried_fallback_is_not_offered_again(
-    engine: MatchingEngine, history: FakeHistory
+@pytest.mark.parametrize("offered", ["sticky_fallback", "forwarded_from"])
+async def test_a_task_offered_before_is_not_offered_again(
+    engine: MatchingEngine, history: FakeHistory, offered: str
 ) -> None:
     polling = await waiting_sticky_poll(engine)
     request = sticky_add(6)
-    request.dispatch.sticky_fallback = True  # forwarded by a partition that offered it already
+    if offered == "sticky_fallback":
+        request.dispatch.sticky_fallback = True  # a fallback, sent again
+    else:
+        request.forwarded_from = "host-b/gpu-ocr/1"  # a partition forwarded it
 
     added = await engine.add_block_task(request)
 

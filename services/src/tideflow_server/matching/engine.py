@@ -198,7 +198,13 @@ class MatchingEngine:
             task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
         direct = request.direct_task if request.HasField("direct_task") else None
         dispatch = request.dispatch
-        if dispatch.sticky_task_queue and not dispatch.sticky_fallback:
+        # Offered once, by the partition history sent it to (not again after a fallback, nor
+        # on a task another partition forwarded).
+        if (
+            dispatch.sticky_task_queue
+            and not dispatch.sticky_fallback
+            and not request.forwarded_from
+        ):
             if await self._sticky.offer(key, partition.queue_config, request, task, direct):
                 return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
             task.dispatch.sticky_fallback = True
