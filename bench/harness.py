@@ -26,7 +26,7 @@ from bench import load
 from bench.probes import CpuProbe, PostgresProbe, Tracked
 from bench.report import Report, SystemRun, Window, distribution, summarise_system
 from bench.scenarios import SCENARIOS
-from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare
+from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare, sticky_counts
 from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
 from deploy.local.postgres import PostgresServer
 
@@ -257,7 +257,10 @@ async def run_tideflow(
     if deployment is None:
         setup.backend = cast(Backend, info.persistence_backend or setup.backend)
     workers = WorkerProcesses(workdir)
+    # A scenario may need more workers than asked for (the report says how many ran).
+    setup.worker_processes = max(setup.worker_processes, scenario.worker_processes)
     driver = None
+    sticky: tuple[int, int] | None = None
     try:
         await workers.start(
             address,
@@ -265,12 +268,14 @@ async def run_tideflow(
             processes=setup.worker_processes,
             pollers=setup.worker_pollers,
             concurrency=setup.worker_concurrency,
+            eager=scenario.eager,
         )
         groups += [Tracked("worker", workers.pids), Tracked("driver", [os.getpid()])]
         driver = await connect_driver(setup.driver, address, flow, scenario.run_input())
         sequential, sequential_s2s, windows = await measure_tideflow(
             driver.run, plan, workers, CpuProbe(groups), postgres
         )
+        sticky = await sticky_counts(address, queue) if plan.scenario == "sticky" else None
     except BaseException:
         workers.kill()
         raise
@@ -290,6 +295,14 @@ async def run_tideflow(
         notes += (
             " (histories on Cassandra, commitlog_sync periodic as Cassandra ships it; visibility"
             " on PostgreSQL, whose commits the DB column counts)"
+        )
+    if sticky is not None:
+        hits, fallbacks = sticky
+        offers = hits + fallbacks
+        notes += (
+            f"; {setup.worker_processes} workers without eager dispatch; sticky hit ratio"
+            f" {hits / offers if offers else 0:.1%} ({hits} hits, {fallbacks} fallbacks to the"
+            " normal queue, over every phase)"
         )
     return SystemRun(
         system="tideflow",

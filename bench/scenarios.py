@@ -7,6 +7,12 @@ the engine (persistence, dispatch, the interpreter) and not the blocks.
 | fanout | fan -> 10 parallel blocks -> join | 12 |
 | payload | a -> b -> c, 64 KiB in and out of each | 3 |
 | map | one `map` block over 100 items, a no-op external block per item | 100 |
+| sticky | a -> b -> c -> d -> e, `affinity: run`, 2 workers without eager dispatch | 5 |
+
+`sticky` measures sticky queues: each block after the first goes first to the worker that
+ran the run's previous one. Its workers run without eager dispatch (which would keep a chain
+on one worker by itself), and the report's notes give the sticky hit ratio (the task queue's
+sticky hits and fallbacks, from DescribeTaskQueue, over the whole bench).
 
 Block types, served by the bench worker (bench/worker.py): `noop@1` returns nothing, `echo@1`
 returns its input.
@@ -31,6 +37,10 @@ class Scenario:
     description: str
     external_blocks: int
     """External blocks (block tasks) one run executes."""
+    worker_processes: int = 0
+    """Worker processes the scenario needs at least (0: as the bench is told)."""
+    eager: bool = True
+    """Whether its workers take eager dispatch."""
 
     def blueprint(self, flow: str, task_queue: str) -> dict[str, Any]:
         """The blueprint's JSON mapping, registered as `flow` version 1 on `task_queue`."""
@@ -51,11 +61,15 @@ class Scenario:
         return None
 
 
-def _chain(block_type: str, *, pass_on: bool) -> list[dict[str, Any]]:
+def _chain(
+    block_type: str, *, pass_on: bool, length: int = 3, affinity: str = ""
+) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     previous = None
-    for block_id in ("a", "b", "c"):
+    for block_id in "abcdefghij"[:length]:
         block: dict[str, Any] = {"id": block_id, "external": {"block": block_type}}
+        if affinity:
+            block["external"]["affinity"] = affinity
         if previous is not None:
             block["needs"] = [previous]
         if pass_on:
@@ -71,6 +85,8 @@ def _blocks(name: str) -> list[dict[str, Any]]:
         return _chain("noop@1", pass_on=False)
     if name == "payload":
         return _chain("echo@1", pass_on=True)
+    if name == "sticky":
+        return _chain("noop@1", pass_on=False, length=5, affinity="AFFINITY_RUN")
     if name == "fanout":
         branches = [f"b{i}" for i in range(FANOUT_WIDTH)]
         return [
@@ -104,5 +120,12 @@ SCENARIOS: dict[str, Scenario] = {
             3,
         ),
         Scenario("map", f"one map block over {MAP_ITEMS} items, a no-op block each", MAP_ITEMS),
+        Scenario(
+            "sticky",
+            "5 sequential no-op blocks with affinity: run, 2 workers without eager dispatch",
+            5,
+            worker_processes=2,
+            eager=False,
+        ),
     )
 }

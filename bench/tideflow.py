@@ -89,6 +89,17 @@ async def prepare(
         return flow, queue, info
 
 
+async def sticky_counts(address: str, task_queue: str) -> tuple[int, int]:
+    """The task queue's sticky hits and fallbacks so far, over its partitions."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = flow_service_pb2_grpc.FlowServiceStub(channel)
+        request = flow_service_pb2.DescribeTaskQueueRequest(namespace=NAMESPACE)
+        request.task_queue.name = task_queue
+        described = await stub.DescribeTaskQueue(request, timeout=10)
+    partitions = described.partitions
+    return sum(p.sticky_hits for p in partitions), sum(p.sticky_fallbacks for p in partitions)
+
+
 class SdkDriver:
     """Runs through the public SDK: `Client.execute_run`, a start that waits for the close."""
 
@@ -195,6 +206,7 @@ class WorkerProcesses:
         processes: int,
         pollers: int,
         concurrency: int,
+        eager: bool = True,
     ) -> None:
         for index in range(processes):
             log = (self.workdir / f"worker-{index}.log").open("ab")
@@ -208,6 +220,7 @@ class WorkerProcesses:
                 "--pollers", str(pollers),
                 "--concurrency", str(concurrency),
                 "--index", str(index),
+                *(() if eager else ("--no-eager",)),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -89,6 +89,7 @@ async def main(args: argparse.Namespace) -> None:
         identity=f"bench-worker-{args.index}",
         max_concurrent=max(args.concurrency, args.pollers),
         pollers=args.pollers,
+        eager=not args.no_eager,
     )
     async with worker:
         await _commands()
@@ -102,6 +103,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pollers", type=int, default=20, help="long polls in flight")
     parser.add_argument("--concurrency", type=int, default=200, help="blocks running at once")
     parser.add_argument("--index", type=int, default=0, help="this worker process's number")
+    parser.add_argument("--no-eager", action="store_true", help="take no eager dispatch")
     return parser.parse_args(argv)
 
 

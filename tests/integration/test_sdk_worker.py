@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client, value
-from tideflow.api.v1 import flow_service_pb2, history_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow.errors import ApplicationError
 from tideflow.worker import Worker, block, context
 
@@ -352,10 +352,12 @@ else:  # generic only in the type stubs
 
 
 class _OpenPolls(_Interceptor):
-    """Tracks the worker's PollBlockTask calls in flight."""
+    """Tracks the worker's PollBlockTask calls in flight: of its normal queue in `open` and
+    `most`, of its sticky queue in `sticky_most`."""
 
     def __init__(self, want: int) -> None:
         self.open = self.most = 0
+        self.sticky_open = self.sticky_most = 0
         self.want = want
         self.reached = asyncio.Event()
 
@@ -366,16 +368,30 @@ class _OpenPolls(_Interceptor):
         name = method.decode() if isinstance(method, bytes) else method
         if not name.endswith("/PollBlockTask"):
             return await continuation(client_call_details, request)
+        if request.task_queue.kind == common_pb2.TASK_QUEUE_KIND_STICKY:
+            self.sticky_open += 1
+            self.sticky_most = max(self.sticky_most, self.sticky_open)
+            self._check()
+            call = await continuation(client_call_details, request)
+            call.add_done_callback(lambda _: self._sticky_closed())
+            return call
+        assert request.sticky_task_queue  # a normal poll names the worker's sticky queue
         self.open += 1
         self.most = max(self.most, self.open)
-        if self.open >= self.want:
-            self.reached.set()
+        self._check()
         call = await continuation(client_call_details, request)
         call.add_done_callback(lambda _: self._closed())
         return call
 
+    def _check(self) -> None:
+        if self.open >= self.want and self.sticky_open:
+            self.reached.set()
+
     def _closed(self) -> None:
         self.open -= 1
+
+    def _sticky_closed(self) -> None:
+        self.sticky_open -= 1
 
 
 async def test_pollers_sets_the_long_polls_kept_open(cluster: Cluster) -> None:
@@ -393,3 +409,4 @@ async def test_pollers_sets_the_long_polls_kept_open(cluster: Cluster) -> None:
     async with worker:
         await asyncio.wait_for(polls.reached.wait(), 30)
     assert polls.most == 8
+    assert polls.sticky_most == 4  # and half as many on its own sticky queue

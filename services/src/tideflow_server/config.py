@@ -216,6 +216,11 @@ class MatchingRoleConfig(_Section):
     each, for priority and fairness to order: a task further back in the backlog than this
     waits for the tasks before it to go, whatever its priority or fairness key."""
 
+    sticky_poller_gone_s: float = Field(default=3.0, ge=0)
+    """A worker's sticky queue with no poll outstanding for this long is taken for gone: an
+    `affinity: run` task for it goes to the normal queue at once rather than after the sticky
+    timeout."""
+
 
 class FrontendConfig(_Section):
     namespace_rps: float = Field(default=2_400.0, ge=0)

@@ -133,10 +133,12 @@ class TideflowServer:
                     sync_match_wait=settings.matching.sync_match_wait_s,
                     config_refresh=settings.matching.config_refresh_s,
                     fair_window=settings.matching.fair_window,
+                    sticky_poller_gone_after=settings.matching.sticky_poller_gone_s,
                 ),
                 matching=matching,
                 root_client=matching,
                 owns_root=owns_root,
+                peers=matching,
             )
             self._matching_engine = engine
             handler = MatchingHandler(engine)

@@ -127,6 +127,15 @@ def test_eager_slots_up_to_the_limit_are_accepted() -> None:
         validate_respond_block_completed(request, LIMITS)
 
 
+def test_a_completions_sticky_queue_is_checked_as_a_queue_name() -> None:
+    request = flow_service_pb2.RespondBlockCompletedRequest(
+        namespace="docs", task_token=TOKEN, sticky_task_queue="-not a queue"
+    )
+    assert "sticky_task_queue.name" in fields_of(validate_respond_block_completed, request)
+    request.sticky_task_queue = "gpu-box:42-7f3a"
+    validate_respond_block_completed(request, LIMITS)
+
+
 def failure(message: str = "ocr engine crashed") -> failure_pb2.Failure:
     return failure_pb2.Failure(
         message=message,

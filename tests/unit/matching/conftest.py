@@ -9,6 +9,7 @@ from tests.unit.matching.support import FakeClock, FakeHistory
 from tideflow_server.matching import MatchingConfig, MatchingEngine
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.rpc.clients import MatchingClient
 
 EngineFactory = Callable[..., MatchingEngine]
 
@@ -44,13 +45,16 @@ async def make_engine(
 ) -> AsyncIterator[EngineFactory]:
     made: list[MatchingEngine] = []
 
-    def make(host_id: str = "host-a", **config: Any) -> MatchingEngine:
+    def make(
+        host_id: str = "host-a", *, peers: MatchingClient | None = None, **config: Any
+    ) -> MatchingEngine:
         engine = MatchingEngine(
             manager,
             history,
             host_id=host_id,
             config=MatchingConfig(**{**TEST_CONFIG, **config}),
             clock=clock,
+            peers=peers,
         )
         made.append(engine)
         return engine

@@ -9,8 +9,10 @@ import contextvars
 import logging
 import os
 import random
+import re
 import socket
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -50,6 +52,14 @@ _BACKOFF_MAX_S = 5.0
 _DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _MAX_FAILURE_CAUSES = 8  # `raise ... from` links sent with a failure; each has its stack trace
+_QUEUE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:/-]+")
+
+
+def sticky_queue_name(identity: str) -> str:
+    """A sticky queue name unique to this process: the identity (as far as a queue name may
+    spell it) and a UUID."""
+    readable = _QUEUE_NAME_CHARS.sub("-", identity).strip("-")[:200] or "worker"
+    return f"{readable}-{uuid.uuid4().hex}"
 
 
 def _stub(channel: grpc.aio.Channel) -> flow_service_pb2_grpc.FlowServiceAsyncStub:
@@ -283,6 +293,11 @@ class Worker:
 
     `pollers` long polls are kept open (default: `max_concurrent`, at most 5); each holds a
     free slot, so a task never arrives with nowhere to run.
+
+    With `sticky` (the default) the worker also polls a queue of its own (`sticky_task_queue`,
+    kind STICKY) with half as many pollers again (at least one), each holding a free slot too,
+    and names it on its polls and completions: blocks with `affinity: run` of runs whose
+    previous block it ran come there first.
     """
 
     def __init__(
@@ -300,6 +315,7 @@ class Worker:
         eager: bool = True,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         pollers: int | None = None,
+        sticky: bool = True,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
@@ -312,6 +328,7 @@ class Worker:
         self.max_concurrent = max_concurrent
         self.pollers = pollers or min(max_concurrent, 5)
         self.eager = eager
+        self.sticky_task_queue = sticky_queue_name(self.identity) if sticky else ""
         self._interceptors = list(interceptors)
         self.converter: PayloadConverter = converter or DefaultConverter()
         self._blocks: dict[str, BlockDefinition] = {}
@@ -351,7 +368,24 @@ class Worker:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._max_workers_for_sync, thread_name_prefix="tideflow-block"
         )
-        self._pollers = [asyncio.create_task(self._poll()) for _ in range(self.pollers)]
+        normal = flow_service_pb2.PollBlockTaskRequest(
+            namespace=self.namespace,
+            task_queue=common_pb2.TaskQueue(name=self.task_queue),
+            identity=self.identity,
+            sticky_task_queue=self.sticky_task_queue,
+        )
+        self._pollers = [asyncio.create_task(self._poll(normal)) for _ in range(self.pollers)]
+        if self.sticky_task_queue:
+            sticky = flow_service_pb2.PollBlockTaskRequest(
+                namespace=self.namespace,
+                task_queue=common_pb2.TaskQueue(
+                    name=self.sticky_task_queue, kind=common_pb2.TASK_QUEUE_KIND_STICKY
+                ),
+                identity=self.identity,
+            )
+            self._pollers += [
+                asyncio.create_task(self._poll(sticky)) for _ in range((self.pollers + 1) // 2)
+            ]
         logger.info(
             "worker %s polling %s/%s for %s",
             self.identity,
@@ -409,12 +443,7 @@ class Worker:
         self._finished.set()
         logger.info("worker %s stopped", self.identity)
 
-    async def _poll(self) -> None:
-        request = flow_service_pb2.PollBlockTaskRequest(
-            namespace=self.namespace,
-            task_queue=common_pb2.TaskQueue(name=self.task_queue),
-            identity=self.identity,
-        )
+    async def _poll(self, request: flow_service_pb2.PollBlockTaskRequest) -> None:
         delay = 0.0
         while True:
             # Take a slot before polling so that a task never arrives with nowhere to run.
@@ -541,6 +570,7 @@ class Worker:
                     result=payloads,
                     identity=self.identity,
                     eager_slots=self._eager_slots(),
+                    sticky_task_queue=self.sticky_task_queue,
                 )
             ),
         )

@@ -807,6 +807,12 @@ def validate_respond_block_completed(
     check.identity(req.identity)
     if not 0 <= req.eager_slots <= MAX_EAGER_SLOTS:
         check.add("eager_slots", f"is {req.eager_slots}, must be between 0 and {MAX_EAGER_SLOTS}")
+    if req.sticky_task_queue:
+        check.task_queue(
+            common_pb2.TaskQueue(name=req.sticky_task_queue, kind=_STICKY),
+            "sticky_task_queue",
+            allow_sticky=True,
+        )
     check.done()
 
 

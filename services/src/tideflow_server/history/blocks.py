@@ -441,10 +441,20 @@ def _close(
 
 
 def complete(
-    step: RunStep, pending: records_pb2.PendingBlock, result: common_pb2.Payloads, identity: str
+    step: RunStep,
+    pending: records_pb2.PendingBlock,
+    result: common_pb2.Payloads,
+    identity: str,
+    *,
+    sticky_task_queue: str = "",
 ) -> None:
+    """`sticky_task_queue`: the completing worker's own queue. Recorded before the run moves
+    on, so the blocks this completion schedules go there first; an attempt started by direct
+    dispatch recorded none at its start."""
     output = payloads.to_value(payloads.from_payloads(result, "result"))  # before any change
     _claim(step, pending, identity)
+    if sticky_task_queue:
+        step.info.sticky_task_queues[pending.task_queue.name] = sticky_task_queue
     started = _started_event(step, pending)
     event, attrs = step.add_event(
         history_pb2.EVENT_TYPE_BLOCK_COMPLETED, "block_completed_event_attributes"

@@ -43,6 +43,10 @@ class MatchingConfig:
     config_refresh: float = 5.0
     """How often a partition other than the root reads the queue's config from the root's row,
     so that a config push it missed (ApplyTaskQueueConfig) still reaches it."""
+    sticky_poller_gone_after: float = 3.0
+    """A sticky queue with no poll outstanding for this long has lost its worker: offers to it
+    fall back to the normal queue at once instead of after the sticky timeout. Longer than a
+    worker takes to poll again after a task, shorter than a sticky timeout is worth waiting."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
     forward_backoff: float = 0.02
@@ -78,6 +82,8 @@ class MatchingConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.forward_backoff_max < self.forward_backoff:
             raise ValueError("forward_backoff_max must be >= forward_backoff")
+        if self.sticky_poller_gone_after < 0:
+            raise ValueError("sticky_poller_gone_after must be >= 0")
         if not 1 <= self.task_id_bits < 63:
             raise ValueError("task_id_bits must be in [1, 63)")
         if self.backlog_write_batch >= 1 << self.task_id_bits:

@@ -8,6 +8,7 @@ import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +23,7 @@ from tideflow_server.matching._history import HistoryClient
 from tideflow_server.matching.forwarding import Forwarder, RootClient, forwards_poll, is_leaf
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
 from tideflow_server.matching.queue_configs import MatchingPeers, push
+from tideflow_server.matching.sticky import STICKY, StickyQueue, StickyRouter
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.rpc.errors import (
@@ -33,6 +35,9 @@ from tideflow_server.rpc.errors import (
     Unavailable,
 )
 from tideflow_server.tokens import block_task_response
+
+if TYPE_CHECKING:
+    from tideflow_server.rpc.clients import MatchingClient
 
 __all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
 
@@ -89,12 +94,15 @@ class MatchingEngine:
         matching: MatchingPeers | None = None,
         root_client: RootClient | None = None,
         owns_root: Callable[[TaskQueueKey], bool] | None = None,
+        peers: MatchingClient | None = None,
     ) -> None:
         """`clock` is wall time in seconds (task expiry, poller access times). `matching`
         reaches the other matching hosts (a queue's config, pushed to its partitions' owners);
         without it only the partitions this host holds hear of a change at once. Leaf
         partitions forward to their root (forwarding.py): in this process when `owns_root`
-        says this host owns it (or without a `root_client`), else through `root_client`."""
+        says this host owns it (or without a `root_client`), else through `root_client`.
+        `peers` reaches the other matching hosts for sticky offers to a queue another host
+        owns."""
         self.host_id = host_id
         self.config = config or MatchingConfig()
         self._manager = manager
@@ -103,7 +111,8 @@ class MatchingEngine:
         self._peers = matching
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
-        self._polls: dict[str, tuple[TaskQueuePartition, Poll]] = {}
+        self._polls: dict[str, tuple[TaskQueuePartition | StickyQueue, Poll]] = {}
+        self._sticky = StickyRouter(host_id=host_id, config=self.config, clock=clock, peers=peers)
         # Attempts handed to a poll by direct dispatch, with when (monotonic): the same
         # attempt added again (history retried the add, or a new shard owner redelivered it)
         # is already out, and must not reach a second worker.
@@ -159,6 +168,10 @@ class MatchingEngine:
         if self._partitions.get(partition.key) is partition:
             del self._partitions[partition.key]
 
+    def sticky_queue(self, key: TaskQueueKey) -> StickyQueue:
+        """The sticky queue `key` (kind STICKY) on this host."""
+        return self._sticky.queue(key)
+
     def loaded_partitions(self) -> list[TaskQueueKey]:
         return list(self._partitions)
 
@@ -183,6 +196,9 @@ class MatchingEngine:
         if self._was_dispatched(attempt):
             return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        if key.kind == STICKY:  # a normal partition's offer (see sticky.py)
+            taken = await self._sticky.offer_here(request)
+            return matching_service_pb2.AddBlockTaskResponse(sync_matched=taken)
         partition = await self.partition(key)
         now_ns = int(self._clock() * 1e9)
         task = records_pb2.BacklogTask(
@@ -201,12 +217,19 @@ class MatchingEngine:
         if timeout_ns > 0:
             task.expiry_time.FromNanoseconds(now_ns + timeout_ns)
         direct = request.direct_task if request.HasField("direct_task") else None
+        dispatch = request.dispatch
         if request.forwarded_from:
             # A leaf's offer: a waiting poll takes it or the leaf keeps it.
             matched = await partition.offer(
                 task, preferred_identity=request.preferred_worker_identity, direct=direct
             )
         else:
+            # Offered once, by the partition history sent it to (not again after a fallback).
+            if dispatch.sticky_task_queue and not dispatch.sticky_fallback:
+                if await self._sticky.offer(key, partition.queue_config, request, task, direct):
+                    return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
+                task.dispatch.sticky_fallback = True
+                direct = None  # a plain pointer from here on (see sticky.py)
             matched = await partition.add(
                 task, preferred_identity=request.preferred_worker_identity, direct=direct
             )
@@ -244,7 +267,11 @@ class MatchingEngine:
             end = min(end, deadline)
         worker = request.request
         key = task_queue_key(request.namespace_id, worker.task_queue, request.partition)
-        partition = await self.partition(key)
+        partition: TaskQueuePartition | StickyQueue
+        if key.kind == STICKY:
+            partition = self._sticky.queue(key)
+        else:
+            partition = await self.partition(key)
         self.cancel_outstanding_poll(request.poller_id)  # a retried poll replaces its original
         poll = partition.register_poll(
             request.poller_id,
@@ -293,7 +320,11 @@ class MatchingEngine:
                 del self._polls[request.poller_id]
 
     async def _record_started(
-        self, partition: TaskQueuePartition, key: TaskQueueKey, poll: Poll, task: BlockTask
+        self,
+        partition: TaskQueuePartition | StickyQueue,
+        key: TaskQueueKey,
+        poll: Poll,
+        task: BlockTask,
     ) -> flow_service_pb2.PollBlockTaskResponse | _NotStarted:
         info = task.info
         request = history_service_pb2.RecordBlockStartedRequest(
@@ -348,8 +379,12 @@ class MatchingEngine:
         self, request: matching_service_pb2.DescribeTaskQueueRequest
     ) -> matching_service_pb2.DescribeTaskQueueResponse:
         key = task_queue_key(request.namespace_id, request.task_queue, request.partition)
+        if key.kind == STICKY:
+            return self._sticky.queue(key).describe()
         partition = await self.partition(key)
-        return await partition.describe()
+        described = await partition.describe()
+        self._sticky.fill_status(key, described.status)
+        return described
 
     async def update_task_queue_config(
         self, request: matching_service_pb2.UpdateTaskQueueConfigRequest

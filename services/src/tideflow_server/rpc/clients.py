@@ -465,11 +465,17 @@ class MatchingClient(_RoutedClient):
         return partition_key(namespace_id, task_queue, kind, partition)
 
     async def add_block_task(
-        self, request: ms.AddBlockTaskRequest, *, retry_budget_s: float | None = None
+        self,
+        request: ms.AddBlockTaskRequest,
+        *,
+        retry_budget_s: float | None = None,
+        timeout_s: float | None = None,
     ) -> ms.AddBlockTaskResponse:
         """On the owner's add stream, or as a unary call to a host without it.
         `retry_budget_s`: how long to keep trying while the owner is unavailable (the
-        client's default when None)."""
+        client's default when None). `timeout_s` replaces the client's for one call (a sticky
+        offer waits as long as its block asks)."""
+        timeout = self._timeout_s if timeout_s is None else timeout_s
 
         async def add(
             peer: tuple[matching_service_pb2_grpc.MatchingServiceAsyncStub, AddStream],
@@ -478,10 +484,10 @@ class MatchingClient(_RoutedClient):
             try:
                 reply = await stream.exchange(
                     lambda i: ms.AddBlockTaskStreamRequest(id=i, request=request),
-                    timeout_s=self._timeout_s,
+                    timeout_s=timeout,
                 )
             except NotServed:
-                return await stub.AddBlockTask(request, timeout=self._timeout_s)
+                return await stub.AddBlockTask(request, timeout=timeout)
             if reply.HasField("status"):
                 raise from_exchange_status(reply.status)
             return reply.response

@@ -1153,6 +1153,7 @@ class RespondBlockCompletedRequest(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     EAGER_SLOTS_FIELD_NUMBER: _builtins.int
+    STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     task_token: _builtins.bytes
     identity: _builtins.str
@@ -1161,6 +1162,12 @@ class RespondBlockCompletedRequest(_message.Message):
     completion schedules blocks of the same run on the same task queue, up to this many are
     started for this worker in the same commit and returned in next_tasks, without a trip
     through matching. 0 = none (always the case for a rate-limited worker).
+    """
+    sticky_task_queue: _builtins.str
+    """The worker's own sticky queue (as in PollBlockTaskRequest.sticky_task_queue): the run's
+    next `affinity: run` block on this block's task queue goes there first. Empty keeps the
+    one recorded when the attempt started. It matters for an attempt the worker got without
+    RecordBlockStarted recording its poll's sticky queue (direct dispatch).
     """
     @_builtins.property
     def result(self) -> _common_pb2.Payloads:
@@ -1178,10 +1185,11 @@ class RespondBlockCompletedRequest(_message.Message):
         result: _common_pb2.Payloads | None = ...,
         identity: _builtins.str = ...,
         eager_slots: _builtins.int = ...,
+        sticky_task_queue: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eager_slots", b"eager_slots", "identity", b"identity", "namespace", b"namespace", "result", b"result", "task_token", b"task_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eager_slots", b"eager_slots", "identity", b"identity", "namespace", b"namespace", "result", b"result", "sticky_task_queue", b"sticky_task_queue", "task_token", b"task_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

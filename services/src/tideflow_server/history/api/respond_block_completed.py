@@ -37,7 +37,13 @@ async def invoke(
             shard,
             request.namespace_id,
             given.task_token,
-            lambda step, pending: blocks.complete(step, pending, given.result, given.identity),
+            lambda step, pending: blocks.complete(
+                step,
+                pending,
+                given.result,
+                given.identity,
+                sticky_task_queue=given.sticky_task_queue,
+            ),
             eager,
         )
     except store.SizeLimitExceeded as e:

@@ -517,8 +517,8 @@ class RunExecutionInfo(_message.Message):
 
     @_builtins.property
     def sticky_task_queues(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Per normal task queue name, the sticky queue of the worker that last started one of the
-        run's blocks there (`affinity: run` sends the next block there first).
+        """Per normal task queue name, the sticky queue of the worker that last started or completed
+        one of the run's blocks there (`affinity: run` sends the next block there first).
         """
 
     def __init__(
@@ -1573,16 +1573,20 @@ class TaskDispatch(_message.Message):
     affinity_key: _builtins.str
     """The rendered affinity key; empty = none."""
     sticky_task_queue: _builtins.str
-    """`affinity: run`: the sticky queue of the worker that last started a block of the run on
-    this queue; empty = none (the run's first block, or no affinity).
+    """`affinity: run`: the sticky queue of the worker that last started or completed a block of
+    the run on this queue; empty = none (the run's first block, or no affinity).
     """
     block_type: _builtins.str
     """The external block type, for per-type concurrency limits."""
     sticky_fallback: _builtins.bool
-    """This copy fell back from its preferred worker (counted by the partition that takes it)."""
+    """Offered to the sticky queue and not taken (a fallback, counted by the normal partition
+    that offered it): dispatched as any task from here on, and never offered again.
+    """
     @_builtins.property
     def sticky_schedule_to_start(self) -> _duration_pb2.Duration:
-        """How long the task waits for its preferred worker; unset = the queue's setting."""
+        """How long the task waits for its preferred worker; unset = the queue's setting. On an offer
+        forwarded to the host of the sticky queue (kind STICKY), the wait the sender resolved.
+        """
 
     @_builtins.property
     def run_start_time(self) -> _timestamp_pb2.Timestamp:
