@@ -83,9 +83,9 @@ def test_a_type_limit_counts_reserved_and_held_slots_and_leaves_other_types_alon
     assert slots.reserve(config, first) and slots.confirm(first)
     assert slots.eligible(config, second) and slots.reserve(config, second)
     assert not slots.eligible(config, third)  # one held, one reserved: the type is full
-    assert slots.eligible(config, _task(4, OTHER))
-    assert not slots.reserve(config, _task(4, OTHER))  # an unlimited type takes no slot
-    assert (slots.in_use, slots.in_use_by_type()) == (2, {OCR: 2})
+    # A type without a limit of its own is counted too, against no limit.
+    assert slots.eligible(config, _task(4, OTHER)) and slots.reserve(config, _task(4, OTHER))
+    assert (slots.in_use, slots.in_use_by_type()) == (3, {OCR: 2, OTHER: 1})
     assert slots.unreserve(second)  # its start was refused
     assert slots.eligible(config, third)
 
@@ -182,22 +182,23 @@ async def test_a_full_type_is_skipped_and_its_tasks_wait_for_a_release(
 
     got = [scheduled_event_id(await poll(engine)) for _ in range(3)]
     assert got == [1, 2, 4]  # ocr 3 waits for a slot; the other type goes by
+    # Every start of a limited queue holds a slot (the other type's counts against no limit).
     assert [(c.scheduled_event_id, c.concurrency_limited) for c in history.calls] == [
         (1, True),
         (2, True),
-        (4, False),
+        (4, True),
     ]
-    assert await _stored_slots(persistence) == [1, 2]
-    assert await _in_use(engine) == (2, {OCR: 2})
+    assert await _stored_slots(persistence) == [1, 2, 4]
+    assert await _in_use(engine) == (3, {OCR: 2, OTHER: 1})
 
     waiting = asyncio.create_task(poll(engine))
     async with asyncio.timeout(5):
         await (await engine.partition(KEY)).wait_for_polls(waiting=1)
     await engine.release_concurrency_slot(_release(1))
     assert scheduled_event_id(await waiting) == 3
-    assert await _stored_slots(persistence) == [2, 3]
+    assert await _stored_slots(persistence) == [2, 3, 4]
     await engine.release_concurrency_slot(_release(1))  # redelivered: a no-op
-    assert await _in_use(engine) == (2, {OCR: 2})
+    assert await _in_use(engine) == (3, {OCR: 2, OTHER: 1})
 
 
 async def test_a_refused_start_gives_its_slot_back(
@@ -245,10 +246,10 @@ async def test_a_direct_task_of_a_limited_queue_is_started_holding_a_slot(
     assert [c.concurrency_limited for c in history.calls] == [True]
 
 
-async def test_an_unlimited_queue_takes_no_slots(
+async def test_a_queue_without_limits_takes_no_slots(
     engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
 ) -> None:
-    await _limit(engine, task_queue_pb2.TaskQueueConfig(block_concurrency={OTHER: 1}))
+    await _limit(engine, task_queue_pb2.TaskQueueConfig(block_concurrency={OTHER: 0}))
     for event_id in (1, 2):
         await engine.add_block_task(_add(event_id))
     assert [scheduled_event_id(await poll(engine)) for _ in range(2)] == [1, 2]

@@ -16,6 +16,10 @@ root). A slot is held by one started attempt:
    written. A worker that dies holds its slot until the attempt times out in history
    (start-to-close or heartbeat; every external block has start-to-close or schedule-to-close).
 
+Every started task of a limited queue holds a slot, counted against the limits that apply to
+it (a type without a limit of its own counts only against `max_concurrency`): so a limit set
+later counts what already runs, and history knows from the attempt that its queue is limited
+and starts none of the run's next blocks eagerly (eager dispatch would bypass the slots).
 Tasks of a type whose limit is reached are skipped, not waited on: other types still dispatch.
 Queues without limits reserve nothing, write nothing, and history sends no release.
 """
@@ -40,11 +44,6 @@ ROOT_PARTITION = 0
 def has_limits(config: task_queue_pb2.TaskQueueConfig) -> bool:
     """The queue limits concurrency, for all its tasks or for some block type."""
     return config.max_concurrency > 0 or any(n > 0 for n in config.block_concurrency.values())
-
-
-def limits(config: task_queue_pb2.TaskQueueConfig, block_type: str) -> bool:
-    """A task of `block_type` needs a slot to start."""
-    return config.max_concurrency > 0 or config.block_concurrency.get(block_type, 0) > 0
 
 
 def dispatches_here(config: task_queue_pb2.TaskQueueConfig, partition: int) -> bool:
@@ -128,11 +127,11 @@ class ConcurrencySlots:
     def reserve(
         self, config: task_queue_pb2.TaskQueueConfig, info: records_pb2.BacklogTask
     ) -> bool:
-        """Count a slot for the task while its start is asked for; False when it needs none.
-        Call only for an eligible task."""
+        """Count a slot for the task while its start is asked for; False when it needs none
+        (the queue has no limits). Call only for an eligible task."""
         block_type = info.dispatch.block_type
         key = task_slot_key(info)
-        if not limits(config, block_type) or key in self._reserved or key in self._held:
+        if not has_limits(config) or key in self._reserved or key in self._held:
             return False
         self._reserved[key] = block_type
         self._by_type[block_type] += 1
