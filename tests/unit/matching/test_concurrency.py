@@ -126,7 +126,8 @@ async def test_concurrent_flushes_share_writes() -> None:
         slots.reserve(config, task)
     slots.confirm(tasks[0])
     first = asyncio.create_task(slots.flush())
-    await writes.entered.wait()  # the first write is under way; three more changes come
+    async with asyncio.timeout(5):
+        await writes.entered.wait()  # the first write is under way; three more changes come
     flushes = []
     for task in tasks[1:]:
         slots.confirm(task)
@@ -210,6 +211,25 @@ async def test_a_refused_start_gives_its_slot_back(
     await engine.add_block_task(_add(2))
     assert scheduled_event_id(await poll(engine)) == 2
     assert await _stored_slots(persistence) == [2]
+
+
+async def test_a_poll_that_goes_away_while_starting_gives_its_slot_back(
+    engine: MatchingEngine, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    await _limit(engine, task_queue_pb2.TaskQueueConfig(max_concurrency=1))
+    await engine.add_block_task(_add(1))
+    history.gate = asyncio.Event()
+    leaving = asyncio.create_task(poll(engine))
+    async with asyncio.timeout(5):
+        await history.entered.wait()
+    assert await _in_use(engine) == (1, {OCR: 1})  # reserved while history answers
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert await _in_use(engine) == (0, {})
+    history.gate.set()
+    assert scheduled_event_id(await poll(engine)) == 1
+    assert await _stored_slots(persistence) == [1]
 
 
 async def test_a_new_owner_knows_the_slots_held(
