@@ -256,11 +256,14 @@ def record_started(
     identity: str,
     request_id: str,
     sticky_task_queue: str = "",
+    concurrency_limited: bool = False,
 ) -> None:
     """`sticky_task_queue`: the starting worker's own queue, where the run's next `affinity:
     run` block on this queue goes first; empty keeps the one recorded (an eager start is by
-    the worker that just answered)."""
+    the worker that just answered). `concurrency_limited`: matching holds a concurrency slot
+    for the attempt, released when it closes (`release_slot`)."""
     pending.started_time.FromDatetime(step.now)
+    pending.concurrency_limited = concurrency_limited
     pending.started_identity = identity
     pending.request_id = request_id
     pending.last_heartbeat_time.FromDatetime(step.now)
@@ -315,8 +318,23 @@ def unstart(step: RunStep, pending: records_pb2.PendingBlock) -> None:
     """Undo a direct start that no poll took: the attempt waits in the backlog, and starts
     when a poll takes it from there. Its deadlines are those of an attempt not started (the
     run's block timer row, if armed for the start-to-close, finds nothing due)."""
+    release_slot(step, pending)
     _clear_start(pending)
     step.touch()
+
+
+def release_slot(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+    """The current attempt closes (completed, failed, timed out, canceled, retried, its start
+    undone, or its run closed): if it holds a concurrency slot, the outbox frees it at the
+    queue's root partition. Attempts of unlimited queues hold none and send nothing."""
+    if not pending.concurrency_limited:
+        return
+    pending.concurrency_limited = False
+    release = step.add_transfer().release_concurrency_slot
+    release.task_queue.CopyFrom(pending.task_queue)
+    release.scheduled_event_id = pending.scheduled_event_id
+    release.attempt = pending.attempt
+    release.block_type = pending.block_type
 
 
 def _clear_start(pending: records_pb2.PendingBlock) -> None:
@@ -436,6 +454,7 @@ def _close(
     result.status = status
     result.attempt = pending.attempt
     result.close_event_id = close_event_id
+    release_slot(step, pending)
     del step.state.pending_blocks[pending.scheduled_event_id]
     return result
 
@@ -512,6 +531,7 @@ def fail(
     if step.info.cancel_requested:
         retry_state, delay = common_pb2.RETRY_STATE_CANCEL_REQUESTED, None
     if delay is not None:
+        release_slot(step, pending)  # before the attempt number moves on
         pending.attempt += 1
         pending.last_failure.CopyFrom(failure)
         _clear_start(pending)

@@ -4,6 +4,7 @@ the failures the engine records for errors it decided itself."""
 from __future__ import annotations
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
+from tideflow_server.history import blocks
 from tideflow_server.history.interpreter import BlockError
 from tideflow_server.history.state import RunStep
 from tideflow_server.internal.v1 import records_pb2
@@ -72,6 +73,7 @@ def close_run(
     for pending in step.state.pending_blocks.values():
         abandoned = step.state.block_results[pending.block_id]
         abandoned.status = common_pb2.BLOCK_STATUS_CANCELED
+        blocks.release_slot(step, pending)  # its worker may still run it, but the run is done
     step.state.pending_blocks.clear()
     _close_children(step)
     # Blocks that waited (a timer, a signal) wait no more, their timer rows find the run

@@ -18,6 +18,7 @@ from tideflow_server.internal.v1 import (
     matching_service_pb2,
     records_pb2,
 )
+from tideflow_server.matching import concurrency
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
 from tideflow_server.matching.forwarding import Forwarder, RootClient, forwards_poll, is_leaf
@@ -32,6 +33,7 @@ from tideflow_server.rpc.errors import (
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
+    ServiceError,
     Unavailable,
 )
 from tideflow_server.tokens import block_task_response
@@ -225,7 +227,12 @@ class MatchingEngine:
             )
         else:
             # Offered once, by the partition history sent it to (not again after a fallback).
-            if dispatch.sticky_task_queue and not dispatch.sticky_fallback:
+            # A queue with concurrency limits counts every start at its root: no sticky offer.
+            if (
+                dispatch.sticky_task_queue
+                and not dispatch.sticky_fallback
+                and not concurrency.has_limits(partition.queue_config)
+            ):
                 if await self._sticky.offer(key, partition.queue_config, request, task, direct):
                     return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
                 task.dispatch.sticky_fallback = True
@@ -338,6 +345,7 @@ class MatchingEngine:
                 name=key.name, kind=common_pb2.TaskQueueKind.ValueType(key.kind)
             ),
             worker_sticky_task_queue=poll.sticky_task_queue,
+            concurrency_limited=task.slot_reserved,
         )
         fields = {
             "run_id": info.run_id,
@@ -365,6 +373,21 @@ class MatchingEngine:
             log.warning("RecordBlockStarted failed, block task kept", error=repr(e), **fields)
             partition.finish(task, consumed=False)
             return _NotStarted.KEPT
+        try:
+            if isinstance(partition, TaskQueuePartition):  # a sticky queue holds no slots
+                await partition.confirm_slot(task)
+        except asyncio.CancelledError:
+            partition.finish(task, consumed=True)
+            raise
+        except ServiceError as e:
+            # Handed out, the task would run on a slot a new owner of the partition may not
+            # know of. Not handed out, its started attempt times out in history, which then
+            # releases the slot (held here meanwhile).
+            log.warning(
+                "concurrency slot not written, block task dropped", error=e.message, **fields
+            )
+            partition.finish(task, consumed=True)
+            return _NotStarted.DROPPED
         partition.finish(task, consumed=True)
         return block_task_response(
             namespace_id=info.namespace_id,
@@ -422,6 +445,15 @@ class MatchingEngine:
     def _loaded(self, key: TaskQueueKey) -> TaskQueuePartition | None:
         partition = self._partitions.get(key)
         return partition if partition is not None and not partition.closed else None
+
+    async def release_concurrency_slot(
+        self, request: matching_service_pb2.ReleaseConcurrencySlotRequest
+    ) -> matching_service_pb2.ReleaseConcurrencySlotResponse:
+        """Free a slot of the queue; the root partition keeps them. Idempotent."""
+        key = task_queue_key(request.namespace_id, request.task_queue, concurrency.ROOT_PARTITION)
+        partition = await self.partition(key)
+        await partition.release_slot(request.slot)
+        return matching_service_pb2.ReleaseConcurrencySlotResponse()
 
     def cancel_outstanding_poll(self, poller_id: str) -> bool:
         """End the poll `poller_id` with an empty response; False if there is none."""

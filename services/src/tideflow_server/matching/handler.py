@@ -114,6 +114,22 @@ def validate_apply_config(request: matching_service_pb2.ApplyTaskQueueConfigRequ
     _check(v)
 
 
+def validate_release(request: matching_service_pb2.ReleaseConcurrencySlotRequest) -> None:
+    v: list[FieldViolation] = []
+    _required(v, "namespace_id", request.namespace_id)
+    _task_queue(v, "", request.task_queue)
+    slot = request.slot
+    if slot.namespace_id != request.namespace_id:
+        v.append(FieldViolation("slot.namespace_id", "must be the request's namespace_id"))
+    _required(v, "slot.run_id", slot.run_id)
+    _required(v, "slot.execution_id", slot.execution_id)
+    if slot.scheduled_event_id <= 0:
+        v.append(FieldViolation("slot.scheduled_event_id", "must be positive"))
+    if slot.attempt < 1:
+        v.append(FieldViolation("slot.attempt", "must be at least 1"))
+    _check(v)
+
+
 def validate_cancel(request: matching_service_pb2.CancelOutstandingPollRequest) -> None:
     v: list[FieldViolation] = []
     _required(v, "namespace_id", request.namespace_id)
@@ -209,6 +225,12 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
         await self._validated(context, validate_apply_config, request)
         self._engine.apply_task_queue_config(request)
         return matching_service_pb2.ApplyTaskQueueConfigResponse()
+
+    async def ReleaseConcurrencySlot(
+        self, request: matching_service_pb2.ReleaseConcurrencySlotRequest, context: Context
+    ) -> matching_service_pb2.ReleaseConcurrencySlotResponse:
+        await self._validated(context, validate_release, request)
+        return await self._serve(context, self._engine.release_concurrency_slot(request))
 
     async def CancelOutstandingPoll(
         self, request: matching_service_pb2.CancelOutstandingPollRequest, context: Context

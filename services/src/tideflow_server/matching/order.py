@@ -186,6 +186,22 @@ class DispatchOrder(Generic[T]):
                 return level.peek()
         return None
 
+    def pop_eligible(self, eligible: Callable[[T], bool]) -> T | None:
+        """The first task in order that is `eligible` (its key charged); the ones before it
+        stay, uncharged, in their places (a concurrency limit holds their block type)."""
+        skipped: list[tuple[T, Placement]] = []
+        found: T | None = None
+        while (item := self.peek()) is not None:
+            if eligible(item):
+                found = self.pop()
+                break
+            at = self._placements[id(item)]
+            self.pop(charge=False)
+            skipped.append((item, at))
+        for item, at in skipped:
+            self.push(item, at)
+        return found
+
     def pop(self, *, charge: bool = True) -> T | None:
         """The next task, its key charged one stride; `charge=False` removes it uncharged
         (dropped unread, e.g. expired)."""

@@ -10,7 +10,8 @@ The life of a block task here, in order:
 2. The reader pulls the backlog after the read level, in task_id order, into a buffer of up
    to `fair_window` tasks.
 3. A poll takes the buffered task that comes first by priority level, then weighted fairness
-   over fairness keys, then task id or run start (matching/order.py), or waits.
+   over fairness keys, then task id or run start (matching/order.py), or waits. With
+   concurrency limits (concurrency.py), only a task a slot is free for, reserving it.
 4. Once history has recorded the start (or started it itself, for a direct task), or said
    the task is stale, the task is acked. The ack
    level is the id at and below which every read task is acked; it is persisted now and then,
@@ -34,6 +35,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from tideflow.api.v1 import flow_service_pb2, task_queue_pb2
 from tideflow_server import queue_config
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
+from tideflow_server.matching import concurrency
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching.order import DispatchOrder, placement
 from tideflow_server.matching.ratelimit import DispatchLimits
@@ -63,6 +65,8 @@ class BlockTask:
     direct: flow_service_pb2.PollBlockTaskResponse | None = None
     held: bool = False
     """Waiting in memory for a poll to come (see `add`)."""
+    slot_reserved: bool = False
+    """A concurrency slot is reserved for it while its start is asked for."""
 
 
 class Poll:
@@ -212,6 +216,8 @@ class TaskQueuePartition:
         # unlimited queue does no extra work per task.
         self._limits: DispatchLimits | None = None
         self._wake: asyncio.TimerHandle | None = None  # dispatch when the next token is there
+        # The queue's concurrency slots: the root partition's only (concurrency.py).
+        self.slots: concurrency.ConcurrencySlots | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -227,7 +233,10 @@ class TaskQueuePartition:
         """Lease the partition and read the head of its backlog before serving, so the first
         add knows whether a sync match would overtake persisted tasks."""
         self._range_id, self._info = await self._lease()
-        if self.key.partition == 0:
+        if self.key.partition == concurrency.ROOT_PARTITION:
+            self.slots = concurrency.ConcurrencySlots(
+                self._info.slots, write=self._write_slots, clock=self._clock
+            )
             self.apply_config(self._info.config, self._info.config_version)
         level = self._info.ack_level
         self._levels = _AckLevels(level)
@@ -375,6 +384,7 @@ class TaskQueuePartition:
         self._apply_limits()
         changed, self._config_changed = self._config_changed, asyncio.Event()
         changed.set()
+        self._dispatch()  # a raised or lifted concurrency limit frees tasks for waiting polls
         return True
 
     async def wait_for_config(self, version: int) -> None:
@@ -493,6 +503,68 @@ class TaskQueuePartition:
     def _on_wake(self) -> None:
         self._wake = None
         self._dispatch()
+
+    # -- concurrency slots (concurrency.py) ----------------------------------------------
+
+    def _eligible(self, task: BlockTask) -> bool:
+        """A poll may take the task now: no limit, or a slot is free for it here."""
+        config = self.queue_config
+        if not concurrency.has_limits(config):
+            return True
+        return self.slots is not None and self.slots.eligible(config, task.info)
+
+    def _reserve_slot(self, task: BlockTask) -> BlockTask:
+        """The task goes to a poll: count its slot from now."""
+        if self.slots is not None and concurrency.has_limits(self.queue_config):
+            task.slot_reserved = self.slots.reserve(self.queue_config, task.info)
+        return task
+
+    def _unreserve_slot(self, task: BlockTask) -> bool:
+        """The task's start was not recorded: its reserved slot, if any, is free again."""
+        if not task.slot_reserved:
+            return False
+        task.slot_reserved = False
+        return self.slots is not None and self.slots.unreserve(task.info)
+
+    async def confirm_slot(self, task: BlockTask) -> None:
+        """History recorded the start of `task`: its reserved slot is held, and durable once
+        this returns (raises when it could not be written)."""
+        if not task.slot_reserved or self.slots is None:
+            return
+        task.slot_reserved = False
+        if self.slots.confirm(task.info):
+            await self.slots.flush()
+
+    async def release_slot(self, slot: records_pb2.ConcurrencySlot) -> None:
+        """The attempt holding `slot` closed: free it, durably once this returns. Releasing a
+        slot not held is a no-op (the outbox delivers at least once)."""
+        if self.slots is None:
+            raise Internal("concurrency slots are kept by the root partition only")
+        if self.closed:
+            raise self._closed_error()
+        self._touch()
+        if self.slots.release(slot):
+            self._dispatch()
+        if self.slots.dirty:
+            await self.slots.flush()
+
+    async def _write_slots(self, slots: list[records_pb2.ConcurrencySlot]) -> None:
+        """Write the held slots to the partition row, fenced on the range_id."""
+        try:
+            async with self._row_lock:
+                info = records_pb2.TaskQueueInfo()
+                info.CopyFrom(self._info)
+                del info.slots[:]
+                info.slots.extend(slots)
+                info.last_update_time.CopyFrom(_timestamp(self._clock()))
+                row = TaskQueueRow(self.key, self._range_id, info.SerializeToString())
+                await self._store.update_task_queue(row, previous_range_id=self._range_id)
+                self._info = info
+        except store_errors.ConditionFailed:
+            self._stop_soon(lost=True)
+            raise self._lost_error() from None
+        except store_errors.PersistenceError as e:
+            raise Unavailable(f"concurrency slots not written: {e}") from e
 
     # -- ack level -----------------------------------------------------------------------
 
@@ -655,9 +727,13 @@ class TaskQueuePartition:
             self._ack(head.task_id)
         return head
 
-    def _pop_buffered(self) -> BlockTask | None:
+    def _pop_buffered(
+        self, eligible: Callable[[BlockTask], bool] | None = None
+    ) -> BlockTask | None:
+        """The first buffered task in order that is `eligible`; the ones before it that are
+        not stay buffered, in their places."""
         self._peek_buffered()
-        task = self._buffer.pop()
+        task = self._buffer.pop() if eligible is None else self._buffer.pop_eligible(eligible)
         if (
             len(self._buffer) < self._config.fair_window
             and self._levels.read_level < self._max_read_level
@@ -695,6 +771,16 @@ class TaskQueuePartition:
         poll.waiter.set_result(task)
         self._notify_polls()
 
+    def _next_task(self) -> BlockTask | None:
+        """The next task for a poll: buffered, else a held add; under concurrency limits, one
+        a slot is free for (reserved now), skipping types whose limit is reached."""
+        if not concurrency.has_limits(self.queue_config):
+            return self._pop_next()
+        if self.slots is None or self.slots.full(self.queue_config):
+            return None
+        task = self._pop_buffered(self._eligible) or self._pop_held(self._eligible)
+        return None if task is None else self._reserve_slot(task)
+
     def _dispatch(self) -> None:
         # Held adds wait here only while a rate limit holds back the waiting polls.
         while self._waiting and (self._buffer or self._held):
@@ -702,7 +788,7 @@ class TaskQueuePartition:
             if poll is None:
                 self._wake_at_next_token()
                 break
-            task = self._pop_next()
+            task = self._next_task()
             if task is None:
                 return
             self._hand_over(poll, task)
@@ -722,12 +808,19 @@ class TaskQueuePartition:
         if self.closed:
             raise self._closed_error()
         self._touch()
+        if direct is not None and concurrency.has_limits(self.queue_config):
+            # History started it without asking for a slot; a poll starts it again, holding
+            # one (RecordBlockStarted takes a direct start over), so history releases it.
+            direct = None
         if self._backlog_read_to_end():
             outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             task = BlockTask(info, sync_outcome=outcome, direct=direct)
+            if not self._eligible(task):
+                await self._persist(info)  # no slot free: it waits its turn in the backlog
+                return False
             poll = self._next_waiting(preferred_identity) if self._waiting else None
             if poll is not None:
-                self._hand_over(poll, task)
+                self._hand_over(poll, self._reserve_slot(task))
                 if await outcome:
                     return True
                 # The poll could not start it (history busy, client gone): keep it durably.
@@ -824,13 +917,22 @@ class TaskQueuePartition:
                 return held
         return self._pop_buffered() or self._pop_held()
 
-    def _pop_held(self) -> BlockTask | None:
+    def _pop_held(self, eligible: Callable[[BlockTask], bool] | None = None) -> BlockTask | None:
+        """The oldest held add that is `eligible`; the ones before it that are not stay."""
+        found: BlockTask | None = None
+        skipped: list[BlockTask] = []
         while self._held:
             task = self._held.popleft()
-            task.held = False
-            if task.sync_outcome is not None and not task.sync_outcome.done():
-                return task
-        return None
+            if task.sync_outcome is None or task.sync_outcome.done():
+                task.held = False
+            elif eligible is None or eligible(task):
+                task.held = False
+                found = task
+                break
+            else:
+                skipped.append(task)
+        self._held.extendleft(reversed(skipped))
+        return found
 
     def register_poll(
         self,
@@ -878,7 +980,7 @@ class TaskQueuePartition:
         if poll.cancelled or self.closed:
             return None
         if self._may_hand(poll):
-            task = self._pop_next()
+            task = self._next_task()
             if task is not None:
                 self._spend_token(poll)
                 return task
@@ -913,17 +1015,20 @@ class TaskQueuePartition:
             self._notify_polls()
 
     def finish(self, task: BlockTask, *, consumed: bool) -> None:
-        """`consumed`: started, or dropped as stale; otherwise the task is kept, at the front."""
+        """`consumed`: started, or dropped as stale; otherwise the task is kept, at the front.
+        A slot still reserved for it (its start was not recorded) is free again."""
+        freed = self._unreserve_slot(task)
         if task.sync_outcome is not None:
             if not task.sync_outcome.done():
                 task.sync_outcome.set_result(consumed)
-            return
-        if self.closed or task.task_id is None:
+        elif self.closed or task.task_id is None:
             return  # read again from the backlog by whoever loads the partition next
-        if consumed:
+        elif consumed:
             self._ack(task.task_id)
         else:
             self._buffer.push_back(task, placement(task.info, task.task_id))
+            freed = True
+        if freed:
             self._dispatch()
 
     async def wait_for_polls(self, *, waiting: int) -> None:
@@ -987,6 +1092,9 @@ class TaskQueuePartition:
             ack_level=self._levels.ack_level,
             rate_limit_per_second=self._limits.queue_rate if self._limits is not None else 0.0,
         )
+        if self.slots is not None:
+            status.concurrency_in_use = self.slots.in_use
+            status.block_concurrency_in_use.update(self.slots.in_use_by_type())
         return matching_service_pb2.DescribeTaskQueueResponse(
             pollers=pollers,
             status=status,

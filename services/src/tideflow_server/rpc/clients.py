@@ -545,6 +545,15 @@ class MatchingClient(_RoutedClient):
             retry_budget_s=timeout_s,
         )
 
+    async def release_concurrency_slot(self, request: ms.ReleaseConcurrencySlotRequest) -> None:
+        """To the owner of the queue's root partition, which keeps its slots."""
+        tq = request.task_queue
+        await self._routed(
+            self._key(request.namespace_id, tq.name, tq.kind, 0),
+            _matching_stub,
+            lambda s: s.ReleaseConcurrencySlot(request, timeout=self._timeout_s),
+        )
+
     async def cancel_outstanding_poll(self, request: ms.CancelOutstandingPollRequest) -> None:
         tq = request.task_queue
         with contextlib.suppress(ServiceError):  # best effort: the poll ends at its deadline

@@ -53,6 +53,7 @@ async def invoke(
                 identity=request.identity,
                 request_id=request.request_id,
                 sticky_task_queue=request.worker_sticky_task_queue,
+                concurrency_limited=request.concurrency_limited,
             )
         scheduled = await shard.scheduled_event(entry, pending.scheduled_event_id)
         return blocks.started_response(state, pending, scheduled)

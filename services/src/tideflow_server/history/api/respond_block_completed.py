@@ -3,7 +3,8 @@
 Eager dispatch: a worker that offers `eager_slots` gets the run's next block tasks on the same
 task queue started for it in the same commit and returned with the answer, so a chain of
 blocks on one queue does not go through matching (no AddBlockTask, poll or
-RecordBlockStarted, and one commit less per block)."""
+RecordBlockStarted, and one commit less per block). Not on a queue with concurrency limits:
+its starts take slots in matching, and an attempt that held one says the queue has limits."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tideflow_server.history.api._common import too_big
 from tideflow_server.history.api._respond import respond
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
-from tideflow_server.internal.v1 import history_service_pb2
+from tideflow_server.internal.v1 import history_service_pb2, records_pb2
 from tideflow_server.persistence import errors as store
 
 
@@ -21,11 +22,19 @@ async def invoke(
     shard: Shard, request: history_service_pb2.RespondBlockCompletedRequest
 ) -> history_service_pb2.RespondBlockCompletedResponse:
     given = request.request
+    limited = False
+
+    def complete(step: RunStep, pending: records_pb2.PendingBlock) -> None:
+        nonlocal limited
+        limited = pending.concurrency_limited
+        blocks.complete(
+            step, pending, given.result, given.identity, sticky_task_queue=given.sticky_task_queue
+        )
 
     def eager(
         step: RunStep, task_queue: common_pb2.TaskQueue
     ) -> list[flow_service_pb2.PollBlockTaskResponse]:
-        if given.eager_slots <= 0 or not step.is_open or step.info.cancel_requested:
+        if given.eager_slots <= 0 or not step.is_open or step.info.cancel_requested or limited:
             return []
         started = blocks.start_eagerly(
             step, task_queue, identity=given.identity, slots=given.eager_slots
@@ -37,13 +46,7 @@ async def invoke(
             shard,
             request.namespace_id,
             given.task_token,
-            lambda step, pending: blocks.complete(
-                step,
-                pending,
-                given.result,
-                given.identity,
-                sticky_task_queue=given.sticky_task_queue,
-            ),
+            complete,
             eager,
         )
     except store.SizeLimitExceeded as e:

@@ -115,6 +115,25 @@ async def _unstart(shard: Shard, task: records_pb2.TransferTask) -> None:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
 
+async def _release_concurrency_slot(shard: Shard, task: records_pb2.TransferTask) -> None:
+    """Needs nothing of the run (it may be gone): the task says which slot."""
+    release = task.release_concurrency_slot
+    await shard.matching.release_concurrency_slot(
+        matching_service_pb2.ReleaseConcurrencySlotRequest(
+            namespace_id=task.namespace_id,
+            task_queue=release.task_queue,
+            slot=records_pb2.ConcurrencySlot(
+                namespace_id=task.namespace_id,
+                run_id=task.run_id,
+                execution_id=task.execution_id,
+                scheduled_event_id=release.scheduled_event_id,
+                attempt=release.attempt,
+                block_type=release.block_type,
+            ),
+        )
+    )
+
+
 async def _upsert_visibility(shard: Shard, task: records_pb2.TransferTask) -> None:
     try:
         async with shard.locked(task.namespace_id, task.run_id, task.execution_id) as entry:
@@ -151,5 +170,6 @@ _EXECUTORS: Mapping[str, Callable[[Shard, records_pb2.TransferTask], Awaitable[N
     "child_closed": children.report_close,
     "parent_closed": children.apply_parent_close_policy,
     "register_event_wait": event_waits.register,
+    "release_concurrency_slot": _release_concurrency_slot,
 }
 """By the TransferTask `task` field; a block task also gets its direct start."""

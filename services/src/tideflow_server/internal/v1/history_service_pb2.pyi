@@ -353,6 +353,7 @@ class RecordBlockStartedRequest(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
     WORKER_STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMITED_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     scheduled_event_id: _builtins.int
     attempt: _builtins.int
@@ -365,6 +366,10 @@ class RecordBlockStartedRequest(_message.Message):
     worker_sticky_task_queue: _builtins.str
     """The polling worker's own sticky queue (PollBlockTaskRequest.sticky_task_queue), recorded
     for the run's next `affinity: run` block on this queue; empty = none.
+    """
+    concurrency_limited: _builtins.bool
+    """Matching took a concurrency slot for this start (the queue or the block type is limited):
+    history stores it on the pending block and releases the slot when the attempt closes.
     """
     @_builtins.property
     def run(self) -> _common_pb2.RunRef:
@@ -385,10 +390,11 @@ class RecordBlockStartedRequest(_message.Message):
         identity: _builtins.str = ...,
         task_queue: _common_pb2.TaskQueue | None = ...,
         worker_sticky_task_queue: _builtins.str = ...,
+        concurrency_limited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "task_queue", b"task_queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "identity", b"identity", "namespace_id", b"namespace_id", "request_id", b"request_id", "run", b"run", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue", "worker_sticky_task_queue", b"worker_sticky_task_queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "concurrency_limited", b"concurrency_limited", "identity", b"identity", "namespace_id", b"namespace_id", "request_id", b"request_id", "run", b"run", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue", "worker_sticky_task_queue", b"worker_sticky_task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -620,6 +620,7 @@ class PendingBlock(_message.Message):
     DIRECT_FIELD_NUMBER: _builtins.int
     REDISPATCHED_TIME_FIELD_NUMBER: _builtins.int
     DISPATCH_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMITED_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -650,6 +651,11 @@ class PendingBlock(_message.Message):
     """Started by history itself for direct dispatch (see AddBlockTaskRequest.direct_task), not
     yet confirmed by a worker: RecordBlockStarted from a poll may take the attempt over, and
     the worker's identity is filled in when it answers.
+    """
+    concurrency_limited: _builtins.bool
+    """The current attempt holds a concurrency slot of its queue's root partition (matching said
+    so in RecordBlockStarted): when the attempt closes, for any reason, history's outbox
+    releases it (TransferTask.ReleaseConcurrencySlot).
     """
     @_builtins.property
     def task_queue(self) -> _common_pb2.TaskQueue: ...
@@ -716,10 +722,11 @@ class PendingBlock(_message.Message):
         direct: _builtins.bool = ...,
         redispatched_time: _timestamp_pb2.Timestamp | None = ...,
         dispatch: Global___TaskDispatch | None = ...,
+        concurrency_limited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "redispatched_time", b"redispatched_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "concurrency_limited", b"concurrency_limited", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1073,6 +1080,38 @@ class TransferTask(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
+    class ReleaseConcurrencySlot(_message.Message):
+        """A started attempt that held a concurrency slot closed (completed, failed, timed out,
+        canceled, retried, or its run closed): free the slot at the queue's root partition
+        (matching's ReleaseConcurrencySlot, idempotent).
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TASK_QUEUE_FIELD_NUMBER: _builtins.int
+        SCHEDULED_EVENT_ID_FIELD_NUMBER: _builtins.int
+        ATTEMPT_FIELD_NUMBER: _builtins.int
+        BLOCK_TYPE_FIELD_NUMBER: _builtins.int
+        scheduled_event_id: _builtins.int
+        attempt: _builtins.int
+        block_type: _builtins.str
+        @_builtins.property
+        def task_queue(self) -> _common_pb2.TaskQueue: ...
+        def __init__(
+            self,
+            *,
+            task_queue: _common_pb2.TaskQueue | None = ...,
+            scheduled_event_id: _builtins.int = ...,
+            attempt: _builtins.int = ...,
+            block_type: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["task_queue", b"task_queue"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_type", b"block_type", "scheduled_event_id", b"scheduled_event_id", "task_queue", b"task_queue"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class RegisterEventWait(_message.Message):
         """An event block started waiting: add its wait to the namespace's event store, then offer it
         the events of its type and key published within retention, oldest first, until it takes
@@ -1259,6 +1298,7 @@ class TransferTask(_message.Message):
     CHILD_CLOSED_FIELD_NUMBER: _builtins.int
     PARENT_CLOSED_FIELD_NUMBER: _builtins.int
     REGISTER_EVENT_WAIT_FIELD_NUMBER: _builtins.int
+    RELEASE_CONCURRENCY_SLOT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """`range_id << 20 | seq`, so a new shard owner always allocates above the old one."""
     namespace_id: _builtins.str
@@ -1283,7 +1323,9 @@ class TransferTask(_message.Message):
     @_builtins.property
     def parent_closed(self) -> Global___TransferTask.ParentClosed: ...
     @_builtins.property
-    def register_event_wait(self) -> Global___TransferTask.RegisterEventWait:
+    def register_event_wait(self) -> Global___TransferTask.RegisterEventWait: ...
+    @_builtins.property
+    def release_concurrency_slot(self) -> Global___TransferTask.ReleaseConcurrencySlot:
         """18-29: kept for FlowTask (code flows), SignalExternalRun, CancelExternalRun."""
 
     def __init__(
@@ -1302,12 +1344,13 @@ class TransferTask(_message.Message):
         child_closed: Global___TransferTask.ChildClosed | None = ...,
         parent_closed: Global___TransferTask.ParentClosed | None = ...,
         register_event_wait: Global___TransferTask.RegisterEventWait | None = ...,
+        release_concurrency_slot: Global___TransferTask.ReleaseConcurrencySlot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "start_child_run", b"start_child_run", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "release_concurrency_slot", b"release_concurrency_slot", "start_child_run", b"start_child_run", "task", b"task", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "run_id", b"run_id", "start_child_run", b"start_child_run", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_task", b"block_task", "child_closed", b"child_closed", "close_execution", b"close_execution", "delete_execution", b"delete_execution", "execution_id", b"execution_id", "namespace_id", b"namespace_id", "parent_closed", b"parent_closed", "register_event_wait", b"register_event_wait", "release_concurrency_slot", b"release_concurrency_slot", "run_id", b"run_id", "start_child_run", b"start_child_run", "task", b"task", "task_id", b"task_id", "upsert_visibility", b"upsert_visibility", "visibility_time", b"visibility_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution", "start_child_run", "child_closed", "parent_closed", "register_event_wait"]  # noqa: Y015
+    _WhichOneofReturnType_task: _TypeAlias = _typing.Literal["block_task", "close_execution", "upsert_visibility", "delete_execution", "start_child_run", "child_closed", "parent_closed", "register_event_wait", "release_concurrency_slot"]  # noqa: Y015
     _WhichOneofArgType_task: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_task) -> _WhichOneofReturnType_task | None: ...
 
