@@ -104,6 +104,18 @@ async def _until_backlog(client: Client, queue: str, count: int) -> list[int]:
             await asyncio.sleep(0.1)
 
 
+async def _until_rates(client: Client, queue: str, rate: str) -> float:
+    """The queue's `rate` (summed over partitions), once it shows: rates count whole
+    seconds, so one that began a moment ago shows a second later."""
+    async with asyncio.timeout(10):
+        while True:
+            described = await _describe(client, queue)
+            total = sum(float(getattr(p, rate)) for p in described.partitions)
+            if total > 0:
+                return total
+            await asyncio.sleep(0.2)
+
+
 async def test_one_poller_drains_every_partition(partitioned: Cluster) -> None:
     cluster = partitioned
     client = Client(cluster.frontend)
@@ -120,6 +132,11 @@ async def test_one_poller_drains_every_partition(partitioned: Cluster) -> None:
         # No worker yet: every task lies in some partition's backlog, most at the leaves.
         spread = await _until_backlog(client, queue, runs)
         assert sum(1 for n in spread if n) >= 3, spread
+        # The operator view: each partition's oldest waiting task and its add rate.
+        described = await _describe(client, queue)
+        for status in described.partitions:
+            assert status.HasField("oldest_task_age") == (status.backlog_count_hint > 0)
+        assert await _until_rates(client, queue, "tasks_add_rate") > 0
 
         async with BlockWorker(cluster.frontend, queue, {"step@1": echo}, concurrency=1) as w:
             closed = await asyncio.wait_for(
@@ -129,6 +146,12 @@ async def test_one_poller_drains_every_partition(partitioned: Cluster) -> None:
         assert sorted(w.attempts) == sorted((r, "a") for r in run_ids)
         assert set(w.attempts.values()) == {1}
         assert await _until_backlog(client, queue, 0) == [0] * PARTITIONS
+        assert await _until_rates(client, queue, "tasks_dispatch_rate") > 0
+        drained = await _describe(client, queue)
+        # Every task went through the backlog: none was a sync match.
+        assert [p.sync_match_ratio for p in drained.partitions] == [0.0] * PARTITIONS
+        assert not any(p.HasField("oldest_task_age") for p in drained.partitions)
+        assert any(p.identity for p in drained.pollers)
     finally:
         await client.close()
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -185,6 +185,13 @@ class DispatchOrder(Generic[T]):
             if level.size:
                 return level.peek()
         return None
+
+    def __iter__(self) -> Iterator[T]:
+        """Every buffered task, in no particular order (for describe)."""
+        for level in self._levels.values():
+            for state in level.keys.values():
+                for _, _, item in state.tasks:
+                    yield item
 
     def pop_eligible(self, eligible: Callable[[T], bool]) -> T | None:
         """The first task in order that is `eligible` (its key charged); the ones before it

@@ -39,6 +39,7 @@ from tideflow_server.matching import concurrency
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching.order import DispatchOrder, placement
 from tideflow_server.matching.ratelimit import DispatchLimits
+from tideflow_server.matching.stats import PartitionStats
 from tideflow_server.persistence import errors as store_errors
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey, TaskQueueRow
@@ -65,6 +66,8 @@ class BlockTask:
     direct: flow_service_pb2.PollBlockTaskResponse | None = None
     held: bool = False
     """Waiting in memory for a poll to come (see `add`)."""
+    offered: bool = False
+    """A leaf's task handed to a poll here, at its root: the leaf counts it, not the root."""
     slot_reserved: bool = False
     """A concurrency slot is reserved for it while its start is asked for."""
 
@@ -218,6 +221,7 @@ class TaskQueuePartition:
         self._wake: asyncio.TimerHandle | None = None  # dispatch when the next token is there
         # The queue's concurrency slots: the root partition's only (concurrency.py).
         self.slots: concurrency.ConcurrencySlots | None = None
+        self._stats = PartitionStats(time.monotonic)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -807,6 +811,7 @@ class TaskQueuePartition:
         the pointer `info`, like any other."""
         if self.closed:
             raise self._closed_error()
+        self._stats.added()
         self._touch()
         if direct is not None and concurrency.has_limits(self.queue_config):
             # History started it without asking for a slot; a poll starts it again, holding
@@ -832,6 +837,7 @@ class TaskQueuePartition:
                 )
             ):
                 self.spend_queue_token()
+                self._stats.dispatched_task(sync=True)
                 return True  # a poll waiting at the root took it
             elif self._config.sync_match_wait > 0 and await self._hold(task):
                 return True
@@ -856,7 +862,8 @@ class TaskQueuePartition:
             return False
         self._touch()
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._hand_over(poll, BlockTask(info, sync_outcome=outcome, direct=direct), spend=False)
+        offered = BlockTask(info, sync_outcome=outcome, direct=direct, offered=True)
+        self._hand_over(poll, offered, spend=False)
         return await outcome
 
     async def next_unpolled(self) -> BlockTask | None:
@@ -1018,6 +1025,8 @@ class TaskQueuePartition:
         """`consumed`: started, or dropped as stale; otherwise the task is kept, at the front.
         A slot still reserved for it (its start was not recorded) is free again."""
         freed = self._unreserve_slot(task)
+        if consumed and not task.offered:
+            self._stats.dispatched_task(sync=task.task_id is None)
         if task.sync_outcome is not None:
             if not task.sync_outcome.done():
                 task.sync_outcome.set_result(consumed)
@@ -1091,7 +1100,15 @@ class TaskQueuePartition:
             read_level=self._levels.read_level,
             ack_level=self._levels.ack_level,
             rate_limit_per_second=self._limits.queue_rate if self._limits is not None else 0.0,
+            tasks_add_rate=self._stats.add_rate(),
+            tasks_dispatch_rate=self._stats.dispatch_rate(),
+            sync_match_ratio=self._stats.sync_match_ratio(),
+            pollers=pollers,
         )
+        waiting = [*self._buffer, *self._held]
+        if waiting:
+            oldest = min(t.info.create_time.ToNanoseconds() for t in waiting)
+            status.oldest_task_age.FromNanoseconds(max(0, int(self._clock() * 1e9) - oldest))
         if self.slots is not None:
             status.concurrency_in_use = self.slots.in_use
             status.block_concurrency_in_use.update(self.slots.in_use_by_type())

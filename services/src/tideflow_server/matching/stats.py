@@ -1,5 +1,6 @@
 """What a partition counts for the operator view (DescribeTaskQueue): add and dispatch rates
-over the last minute, the share of sync matches, sticky hits and fallbacks. Counting is a few
+over the last minute, and the share of sync matches (sticky hits and fallbacks are the
+engine's, sticky.py). Counting is a few
 integer additions per task; rates are computed only when described."""
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ class PartitionStats:
     sync_matched: int = 0
     """Dispatched without being persisted, since the partition loaded."""
     dispatched: int = 0
-    sticky_hits: int = 0
-    sticky_fallbacks: int = 0
 
     def _now(self) -> int:
         second = int(self.clock())
