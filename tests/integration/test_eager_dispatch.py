@@ -14,6 +14,7 @@ import grpc
 from tests.support.cluster import Cluster
 from tests.support.flows import Client, payloads, value
 from tideflow.api.v1 import flow_service_pb2, flow_service_pb2_grpc, history_pb2
+from tideflow.client import Client as TideflowClient
 from tideflow.worker import Worker, block
 
 
@@ -187,3 +188,23 @@ async def test_eager_slots_bound_how_many_parallel_blocks_come_back(
     assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED
     starts = _starts(await client.history(run_id))
     assert sorted(b for b, e in starts.items() if _eager(e)) == sorted(eager)
+
+
+async def test_a_rate_limited_queue_gets_no_eager_dispatch(
+    cluster: Cluster, client: Client
+) -> None:
+    name = _name("add")
+    queue, flow = _name("q"), _name("flow")
+    await client.register(_chain(flow, queue, f"{name}@1", [None, None, None]))
+    sdk = await TideflowClient.connect(cluster.frontend, namespace="tests")
+    try:
+        await sdk.update_task_queue_config(queue, rate_per_second=1000.0)
+    finally:
+        await sdk.close()
+    worker = Worker(cluster.frontend, task_queue=queue, blocks=[_add_one(name)], namespace="tests")
+    async with worker:
+        run_id, _ = await client.start(flow, 1)  # its first add reads the queue's config
+        closed = await client.close_event(run_id, timeout_s=30)
+    assert value(closed.run_completed_event_attributes.result) == 4
+    # The limit holds only for tasks that go through matching: none is handed out eagerly.
+    assert not any(_eager(e) for e in _starts(await client.history(run_id)).values())

@@ -110,6 +110,17 @@ class TaskQueueConfigs:
             self._loading[ident] = loading
         return await asyncio.shield(loading)
 
+    def cached(
+        self, namespace_id: str, task_queue: common_pb2.TaskQueue
+    ) -> task_queue_pb2.TaskQueueConfig | None:
+        """The queue's config as last read here, without waiting; None if never read."""
+        if not _normal(task_queue.kind):
+            return None
+        entry = self._entries.get(
+            (namespace_id, task_queue.name, common_pb2.TASK_QUEUE_KIND_NORMAL)
+        )
+        return None if entry is None else entry.value.config
+
     async def add_partition(
         self,
         namespace_id: str,

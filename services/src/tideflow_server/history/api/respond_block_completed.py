@@ -3,8 +3,10 @@
 Eager dispatch: a worker that offers `eager_slots` gets the run's next block tasks on the same
 task queue started for it in the same commit and returned with the answer, so a chain of
 blocks on one queue does not go through matching (no AddBlockTask, poll or
-RecordBlockStarted, and one commit less per block). Not on a queue with concurrency limits:
-its starts take slots in matching, and an attempt that held one says the queue has limits."""
+RecordBlockStarted, and one commit less per block). Not on a queue with concurrency limits
+(its starts take slots in matching, and an attempt that held one says the queue has limits),
+nor on one with a dispatch rate limit (as this host last read the queue's config), whose rate
+holds only for tasks that go through matching."""
 
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ async def invoke(
         step: RunStep, task_queue: common_pb2.TaskQueue
     ) -> list[flow_service_pb2.PollBlockTaskResponse]:
         if given.eager_slots <= 0 or not step.is_open or step.info.cancel_requested or limited:
+            return []
+        config = shard.task_queues.cached(request.namespace_id, task_queue)
+        if config is not None and config.rate_per_second > 0:
             return []
         started = blocks.start_eagerly(
             step, task_queue, identity=given.identity, slots=given.eager_slots
