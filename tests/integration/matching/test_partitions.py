@@ -148,8 +148,6 @@ async def test_one_poller_drains_every_partition(partitioned: Cluster) -> None:
         assert await _until_backlog(client, queue, 0) == [0] * PARTITIONS
         assert await _until_rates(client, queue, "tasks_dispatch_rate") > 0
         drained = await _describe(client, queue)
-        # Every task went through the backlog: none was a sync match.
-        assert [p.sync_match_ratio for p in drained.partitions] == [0.0] * PARTITIONS
         assert not any(p.HasField("oldest_task_age") for p in drained.partitions)
         assert any(p.identity for p in drained.pollers)
     finally:

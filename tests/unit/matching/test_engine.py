@@ -618,3 +618,18 @@ async def test_an_add_cancelled_while_it_waits_for_a_poll_leaves_nothing_behind(
     assert partition.held_adds == 0
     assert not (await poll(engine, within=0.3)).task_token
     assert await backlog(persistence) == 0
+
+
+async def test_describe_shares_sync_matches_among_dispatched_tasks(
+    engine: MatchingEngine, history: FakeHistory
+) -> None:
+    polling = await waiting_poll(engine)
+    await engine.add_block_task(add_request(1))  # a poll waits: a sync match
+    assert scheduled_event_id(await polling) == 1
+    for event_id in (2, 3, 4):  # no poll waits: each goes to the backlog
+        await engine.add_block_task(add_request(event_id))
+    for _ in range(3):
+        scheduled_event_id(await poll(engine, within=5.0))
+    described = await engine.describe_task_queue(describe_request())
+    assert described.status.sync_match_ratio == 0.25
+    assert not described.status.HasField("oldest_task_age")  # nothing waits
