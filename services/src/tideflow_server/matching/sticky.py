@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +110,7 @@ class StickyQueue:
         identity: str,
         rate_per_second: float,
         sticky_task_queue: str = "",
+        warm_keys: Sequence[str] = (),
     ) -> Poll:
         previous = self._polls.pop(poller_id, None)
         if previous is not None:
@@ -302,10 +303,12 @@ class StickyRouter:
         request: matching_service_pb2.AddBlockTaskRequest,
         info: records_pb2.BacklogTask,
         direct: flow_service_pb2.PollBlockTaskResponse | None,
+        *,
+        target: str,
     ) -> bool:
-        """Offer a task of the normal partition `partition_key` to its sticky queue; counts
-        the hit or the fallback."""
-        key = sticky_key(request.namespace_id, request.dispatch.sticky_task_queue)
+        """Offer a task of the normal partition `partition_key` to the sticky queue `target`
+        (its run's, or its affinity key's owner's); counts the hit or the fallback."""
+        key = sticky_key(request.namespace_id, target)
         timeout_s = offer_timeout_s(request.dispatch, partition_config)
         local = self._queues.get(key)
         if (local is not None and not local.gone()) or self._peers is None:
