@@ -4,7 +4,8 @@ Eager dispatch: a worker that offers `eager_slots` gets the run's next block tas
 task queue started for it in the same commit and returned with the answer, so a chain of
 blocks on one queue does not go through matching (no AddBlockTask, poll or
 RecordBlockStarted, and one commit less per block). Not on a queue with concurrency limits:
-its starts take slots in matching, and an attempt that held one says the queue has limits."""
+its starts take slots in matching, and an attempt that held one says the queue has limits.
+Not a block with an affinity key either (see `blocks.start_eagerly`)."""
 
 from __future__ import annotations
 
