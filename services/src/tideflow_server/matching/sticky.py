@@ -22,6 +22,9 @@ A direct task (started by history already) goes as it is only to a sticky queue 
 where the outcome is known exactly. Forwarded, and after any fallback, it travels as a plain
 pointer: the poll that gets it asks RecordBlockStarted, so a worker never gets an attempt that
 another worker got too (an offer whose answer was lost may still have been taken).
+
+A task with an `affinity_key` (and no sticky queue of its run) takes the same path to the
+sticky queue of its key's owner (affinity.py).
 """
 
 from __future__ import annotations
