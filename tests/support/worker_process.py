@@ -5,12 +5,14 @@
 The block `work@1` prints `started <run_id> <attempt>` and then never finishes: with MODE
 `heartbeat` it heartbeats every 0.2 s, with `silent` it does not. With MODE `steps` the worker
 runs `step@1` instead, without eager dispatch: it prints `started <run_id> <block_id>
-<attempt> <wall time>`, sleeps its input's `sleep` seconds and returns its input.
+<attempt> <wall time>`, sleeps its input's `sleep` seconds and returns its input. SIGTERM
+stops the worker gracefully (its polls end, running blocks finish).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from typing import Any
@@ -42,6 +44,8 @@ async def _step(value: Any) -> Any:
 
 async def main(address: str, namespace: str, task_queue: str, identity: str, mode: str) -> None:
     steps = mode == "steps"
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with Worker(
         address,
         task_queue=task_queue,
@@ -52,7 +56,7 @@ async def main(address: str, namespace: str, task_queue: str, identity: str, mod
         eager=not steps,
         max_concurrent=50 if steps else 10,
     ):
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 if __name__ == "__main__":

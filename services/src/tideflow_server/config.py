@@ -221,6 +221,10 @@ class MatchingRoleConfig(_Section):
     `affinity: run` task for it goes to the normal queue at once rather than after the sticky
     timeout."""
 
+    affinity_live_s: float = Field(default=5.0, gt=0)
+    """Key affinity: a worker with no poll outstanding on a queue still owns its keys this long
+    after its last poll; then (a stopped worker) its keys move to the queue's other workers."""
+
 
 class FrontendConfig(_Section):
     namespace_rps: float = Field(default=2_400.0, ge=0)

@@ -134,6 +134,7 @@ class TideflowServer:
                     config_refresh=settings.matching.config_refresh_s,
                     fair_window=settings.matching.fair_window,
                     sticky_poller_gone_after=settings.matching.sticky_poller_gone_s,
+                    affinity_live_for=settings.matching.affinity_live_s,
                 ),
                 matching=matching,
                 root_client=matching,

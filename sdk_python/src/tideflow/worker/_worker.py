@@ -13,7 +13,7 @@ import re
 import socket
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ _BACKOFF_MAX_S = 5.0
 _DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _MAX_FAILURE_CAUSES = 8  # `raise ... from` links sent with a failure; each has its stack trace
+_MAX_WARM_KEYS = 100  # the server refuses a poll with more
 _QUEUE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:/-]+")
 
 
@@ -298,6 +299,12 @@ class Worker:
     kind STICKY) with half as many pollers again (at least one), each holding a free slot too,
     and names it on its polls and completions: blocks with `affinity: run` of runs whose
     previous block it ran come there first.
+
+    `warm_keys` are the affinity keys whose state this worker holds warm (a loaded model, a
+    document's pages): blocks with those `affinity_key`s come to it first (through its sticky
+    queue), before the worker that hashing picks. The collection is read at every poll of the
+    normal queue, not copied: pass a set you keep and update it (from block code too) to
+    change what the next polls advertise. At most 100 are sent (the first in sorted order).
     """
 
     def __init__(
@@ -316,6 +323,7 @@ class Worker:
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         pollers: int | None = None,
         sticky: bool = True,
+        warm_keys: Collection[str] = (),
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
@@ -329,6 +337,7 @@ class Worker:
         self.pollers = pollers or min(max_concurrent, 5)
         self.eager = eager
         self.sticky_task_queue = sticky_queue_name(self.identity) if sticky else ""
+        self.warm_keys = warm_keys
         self._interceptors = list(interceptors)
         self.converter: PayloadConverter = converter or DefaultConverter()
         self._blocks: dict[str, BlockDefinition] = {}
@@ -450,7 +459,7 @@ class Worker:
             await self._slots.acquire()
             try:
                 response = await self._stub_or_raise().PollBlockTask(
-                    request, timeout=_POLL_TIMEOUT_S, metadata=self._metadata
+                    self._advertising(request), timeout=_POLL_TIMEOUT_S, metadata=self._metadata
                 )
             except grpc.aio.AioRpcError as e:
                 self._slots.release()
@@ -471,6 +480,17 @@ class Worker:
             attempt = asyncio.create_task(self._attempt(response))
             self._attempts.add(attempt)
             attempt.add_done_callback(self._attempt_done)
+
+    def _advertising(
+        self, request: flow_service_pb2.PollBlockTaskRequest
+    ) -> flow_service_pb2.PollBlockTaskRequest:
+        """A normal queue's poll with the keys warm now (a sticky queue's polls need none)."""
+        if not self.warm_keys or request.task_queue.kind == common_pb2.TASK_QUEUE_KIND_STICKY:
+            return request
+        with_keys = flow_service_pb2.PollBlockTaskRequest()
+        with_keys.CopyFrom(request)
+        with_keys.warm_keys.extend(sorted(self.warm_keys)[:_MAX_WARM_KEYS])
+        return with_keys
 
     def _attempt_done(self, attempt: asyncio.Task[None]) -> None:
         self._attempts.discard(attempt)

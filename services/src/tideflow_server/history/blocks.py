@@ -364,8 +364,9 @@ def start_eagerly(
     """Eager dispatch: start up to `slots` of the blocks this step schedules on
     `task_queue` for the worker `identity`, in place of their trip through matching. Their
     transfer tasks are dropped; the attempts are started in this step, so they commit with it
-    and run under the same timeouts as polled ones. Returns each with its BLOCK_SCHEDULED
-    event."""
+    and run under the same timeouts as polled ones. Not a block with an affinity key: the
+    key's owner may be another worker, so it goes through matching. Returns each with its
+    BLOCK_SCHEDULED event."""
     scheduled_now = _scheduled_in(step)
     started: list[tuple[records_pb2.PendingBlock, history_pb2.HistoryEvent]] = []
     kept: list[records_pb2.TransferTask] = []
@@ -377,6 +378,7 @@ def start_eagerly(
             and block_task.scheduled_event_id in scheduled_now
             and block_task.task_queue.name == task_queue.name
             and block_task.task_queue.kind == task_queue.kind
+            and not block_task.dispatch.affinity_key
         ):
             pending = step.state.pending_blocks[block_task.scheduled_event_id]
             record_started(step, pending, identity=identity, request_id=f"eager-{uuid.uuid4()}")

@@ -47,6 +47,10 @@ class MatchingConfig:
     """A sticky queue with no poll outstanding for this long has lost its worker: offers to it
     fall back to the normal queue at once instead of after the sticky timeout. Longer than a
     worker takes to poll again after a task, shorter than a sticky timeout is worth waiting."""
+    affinity_live_for: float = 5.0
+    """Key affinity: a worker of a queue with no poll outstanding on this host counts as live
+    (a possible owner of keys) this long after its last poll. Longer than a busy worker takes
+    to poll again; a stopped worker's keys move to the others after it."""
     task_id_bits: int = TASK_ID_BITS
     """Backlog task ids are `range_id << task_id_bits | seq`, like the history outbox."""
     forward_backoff: float = 0.02
@@ -64,6 +68,7 @@ class MatchingConfig:
             "ack_persist_interval",
             "idle_unload_after",
             "config_refresh",
+            "affinity_live_for",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -12,14 +12,19 @@ falls back to the whole queue when the owner does not take it in time (see `stic
 
 The registry is per matching host and per queue (over all its partitions on the host): every
 host sees every worker within a few polls, since a worker's polls spread over the partitions.
+`Affinity` keeps one per queue, fed by every poll of a normal queue (forwarded ones too); the
+engine asks it for a keyed task's target when the task is added, not when it is read back
+from the backlog: a task that fell back (or was written) goes to any poll.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.membership import stable_hash
+from tideflow_server.persistence.records import TaskQueueKey
 
 
 @dataclass(slots=True)
@@ -79,9 +84,60 @@ class QueueWorkers:
     def owner(self, key: str, now: float) -> Worker | None:
         return owner(key, self.live(now))
 
+    def __len__(self) -> int:
+        return len(self._workers)
+
     def forget_gone(self, now: float, *, after: float) -> None:
         """Drop workers not seen for `after` seconds (bounded memory)."""
         for identity in [
             i for i, w in self._workers.items() if not w.outstanding and now - w.last_seen > after
         ]:
             del self._workers[identity]
+
+
+class Affinity:
+    """The workers of each normal task queue polled on this host, by (namespace, queue)."""
+
+    def __init__(self, *, live_for: float, forget_after: float, clock: Callable[[], float]):
+        self._live_for = live_for
+        self._forget_after = forget_after
+        self._clock = clock
+        self._queues: dict[tuple[str, str], QueueWorkers] = {}
+        self._last_sweep = clock()
+
+    def poll_started(
+        self, key: TaskQueueKey, request: flow_service_pb2.PollBlockTaskRequest
+    ) -> None:
+        now = self._clock()
+        self._sweep(now)
+        queue = self._queues.get((key.namespace_id, key.name))
+        if queue is None:
+            queue = self._queues[key.namespace_id, key.name] = QueueWorkers(self._live_for)
+        queue.poll_started(
+            request.identity,
+            sticky_task_queue=request.sticky_task_queue,
+            warm_keys=request.warm_keys,
+            now=now,
+        )
+
+    def poll_ended(self, key: TaskQueueKey, identity: str) -> None:
+        queue = self._queues.get((key.namespace_id, key.name))
+        if queue is not None:
+            queue.poll_ended(identity, now=self._clock())
+
+    def sticky_task_queue(self, key: TaskQueueKey, affinity_key: str) -> str:
+        """The sticky queue of `affinity_key`'s owner among the queue's live workers; empty
+        when no live worker has one."""
+        queue = self._queues.get((key.namespace_id, key.name))
+        worker = queue.owner(affinity_key, self._clock()) if queue is not None else None
+        return worker.sticky_task_queue if worker is not None else ""
+
+    def _sweep(self, now: float) -> None:
+        """Forget workers long gone, now and then (not on every poll)."""
+        if now - self._last_sweep < self._forget_after:
+            return
+        self._last_sweep = now
+        for name, queue in list(self._queues.items()):
+            queue.forget_gone(now, after=self._forget_after)
+            if not queue:
+                del self._queues[name]

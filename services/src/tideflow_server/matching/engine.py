@@ -21,6 +21,7 @@ from tideflow_server.internal.v1 import (
 from tideflow_server.matching import concurrency
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
+from tideflow_server.matching.affinity import Affinity
 from tideflow_server.matching.forwarding import Forwarder, RootClient, forwards_poll, is_leaf
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
 from tideflow_server.matching.queue_configs import MatchingPeers, push
@@ -115,6 +116,11 @@ class MatchingEngine:
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
         self._polls: dict[str, tuple[TaskQueuePartition | StickyQueue, Poll]] = {}
         self._sticky = StickyRouter(host_id=host_id, config=self.config, clock=clock, peers=peers)
+        self._affinity = Affinity(
+            live_for=self.config.affinity_live_for,
+            forget_after=self.config.poller_expiry,
+            clock=clock,
+        )
         # Attempts handed to a poll by direct dispatch, with when (monotonic): the same
         # attempt added again (history retried the add, or a new shard owner redelivered it)
         # is already out, and must not reach a second worker.
@@ -228,12 +234,15 @@ class MatchingEngine:
         else:
             # Offered once, by the partition history sent it to (not again after a fallback).
             # A queue with concurrency limits counts every start at its root: no sticky offer.
-            if (
-                dispatch.sticky_task_queue
-                and not dispatch.sticky_fallback
-                and not concurrency.has_limits(partition.queue_config)
-            ):
-                if await self._sticky.offer(key, partition.queue_config, request, task, direct):
+            # A keyed task goes to its owner's sticky queue (affinity.py) the same way.
+            target = ""
+            if not dispatch.sticky_fallback and not concurrency.has_limits(partition.queue_config):
+                target = dispatch.sticky_task_queue
+                if not target and dispatch.affinity_key:
+                    target = self._affinity.sticky_task_queue(key, dispatch.affinity_key)
+            if target:
+                config = partition.queue_config
+                if await self._sticky.offer(key, config, request, task, direct, target=target):
                     return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
                 task.dispatch.sticky_fallback = True
                 direct = None  # a plain pointer from here on (see sticky.py)
@@ -285,8 +294,11 @@ class MatchingEngine:
             identity=worker.identity,
             rate_per_second=worker.max_tasks_per_second,
             sticky_task_queue=worker.sticky_task_queue,
+            warm_keys=worker.warm_keys,
         )
         self._polls[request.poller_id] = (partition, poll)
+        if key.kind != STICKY:
+            self._affinity.poll_started(key, worker)
         # At a leaf, a poll takes what is there now and else waits at the root.
         forward = forwards_poll(request)
         try:
@@ -323,6 +335,8 @@ class MatchingEngine:
             return matching_service_pb2.PollBlockTaskResponse()
         finally:
             partition.unregister_poll(poll)
+            if key.kind != STICKY:
+                self._affinity.poll_ended(key, worker.identity)
             if self._polls.get(request.poller_id) == (partition, poll):
                 del self._polls[request.poller_id]
 

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,16 +82,24 @@ class Poll:
         "rate_per_second",
         "sticky_task_queue",
         "waiter",
+        "warm_keys",
     )
 
     def __init__(
-        self, poller_id: str, identity: str, rate_per_second: float, sticky_task_queue: str = ""
+        self,
+        poller_id: str,
+        identity: str,
+        rate_per_second: float,
+        sticky_task_queue: str = "",
+        warm_keys: tuple[str, ...] = (),
     ) -> None:
         self.poller_id = poller_id
         self.identity = identity
         self.rate_per_second = rate_per_second
         self.sticky_task_queue = sticky_task_queue
         """The worker's own sticky queue, recorded by history when this poll starts a task."""
+        self.warm_keys = warm_keys
+        """The affinity keys the worker advertised warm (shown by describe)."""
         self.waiter: asyncio.Future[BlockTask | None] | None = None
         self._cancelled = asyncio.Event()
 
@@ -140,6 +148,8 @@ class _AckLevels:
 class _PollerSeen:
     last_access: float
     rate_per_second: float
+    sticky_task_queue: str = ""
+    warm_keys: tuple[str, ...] = ()
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -948,6 +958,7 @@ class TaskQueuePartition:
         identity: str,
         rate_per_second: float,
         sticky_task_queue: str = "",
+        warm_keys: Sequence[str] = (),
     ) -> Poll:
         if self.closed:
             raise self._closed_error()
@@ -959,10 +970,10 @@ class TaskQueuePartition:
                 f"task queue partition has {len(self._polls)} outstanding polls, the limit",
                 reason="TOO_MANY_OUTSTANDING_POLLS",
             )
-        poll = Poll(poller_id, identity, rate_per_second, sticky_task_queue)
+        poll = Poll(poller_id, identity, rate_per_second, sticky_task_queue, tuple(warm_keys))
         self._note_poller_rate(identity, rate_per_second)
         self._polls[poller_id] = poll
-        self._pollers[identity] = _PollerSeen(self._clock(), rate_per_second)
+        self._pollers[identity] = self._seen(poll)
         self._touch()
         return poll
 
@@ -971,9 +982,14 @@ class TaskQueuePartition:
             del self._polls[poll.poller_id]
         if self._waiting.get(poll.poller_id) is poll:
             del self._waiting[poll.poller_id]
-        self._pollers[poll.identity] = _PollerSeen(self._clock(), poll.rate_per_second)
+        self._pollers[poll.identity] = self._seen(poll)
         self._touch()
         self._notify_polls()
+
+    def _seen(self, poll: Poll) -> _PollerSeen:
+        return _PollerSeen(
+            self._clock(), poll.rate_per_second, poll.sticky_task_queue, poll.warm_keys
+        )
 
     def cancel_poll(self, poll: Poll) -> None:
         if self._waiting.get(poll.poller_id) is poll:
@@ -1090,6 +1106,8 @@ class TaskQueuePartition:
                 identity=identity,
                 last_access_time=_timestamp(seen.last_access),
                 rate_per_second=seen.rate_per_second,
+                sticky_task_queue=seen.sticky_task_queue,
+                warm_keys=seen.warm_keys,
             )
             for identity, seen in sorted(self._pollers.items())
         ]

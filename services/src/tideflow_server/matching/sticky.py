@@ -22,6 +22,9 @@ A direct task (started by history already) goes as it is only to a sticky queue 
 where the outcome is known exactly. Forwarded, and after any fallback, it travels as a plain
 pointer: the poll that gets it asks RecordBlockStarted, so a worker never gets an attempt that
 another worker got too (an offer whose answer was lost may still have been taken).
+
+A task with an `affinity_key` (and no sticky queue of its run) takes the same path to the
+sticky queue of its key's owner (affinity.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +113,7 @@ class StickyQueue:
         identity: str,
         rate_per_second: float,
         sticky_task_queue: str = "",
+        warm_keys: Sequence[str] = (),
     ) -> Poll:
         previous = self._polls.pop(poller_id, None)
         if previous is not None:
@@ -302,10 +306,12 @@ class StickyRouter:
         request: matching_service_pb2.AddBlockTaskRequest,
         info: records_pb2.BacklogTask,
         direct: flow_service_pb2.PollBlockTaskResponse | None,
+        *,
+        target: str,
     ) -> bool:
-        """Offer a task of the normal partition `partition_key` to its sticky queue; counts
-        the hit or the fallback."""
-        key = sticky_key(request.namespace_id, request.dispatch.sticky_task_queue)
+        """Offer a task of the normal partition `partition_key` to the sticky queue `target`
+        (its run's, or its affinity key's owner's); counts the hit or the fallback."""
+        key = sticky_key(request.namespace_id, target)
         timeout_s = offer_timeout_s(request.dispatch, partition_config)
         local = self._queues.get(key)
         if (local is not None and not local.gone()) or self._peers is None:

@@ -6,7 +6,8 @@ blocks on one queue does not go through matching (no AddBlockTask, poll or
 RecordBlockStarted, and one commit less per block). Not on a queue with concurrency limits
 (its starts take slots in matching, and an attempt that held one says the queue has limits),
 nor on one with a dispatch rate limit (as this host last read the queue's config), whose rate
-holds only for tasks that go through matching."""
+holds only for tasks that go through matching. Not a block with an affinity key either (see
+`blocks.start_eagerly`)."""
 
 from __future__ import annotations
 
