@@ -13,6 +13,9 @@ from google.protobuf.message import Message
 from tideflow.api.v1 import task_queue_pb2
 
 MAX_RATE_PER_SECOND = 100_000.0
+MIN_RATE_PER_SECOND = 0.001
+"""The slowest rate a queue or a poller may ask for (one task in about 17 minutes); 0 is none.
+Slower ones would split over partitions into rates a token bucket cannot represent."""
 MAX_BURST = 100_000
 DEFAULT_PARTITIONS = 4
 MAX_PARTITIONS = 64
@@ -46,10 +49,12 @@ def check(
     def bad(field: str, message: str) -> None:
         problems.append((prefix + field, message))
 
-    if "rate_per_second" in chosen and not (
-        math.isfinite(c.rate_per_second) and 0 <= c.rate_per_second <= MAX_RATE_PER_SECOND
-    ):
-        bad("rate_per_second", f"is {c.rate_per_second}, must be in [0, {MAX_RATE_PER_SECOND:g}]")
+    if "rate_per_second" in chosen and not rate_ok(c.rate_per_second):
+        bad(
+            "rate_per_second",
+            f"is {c.rate_per_second}, must be 0 (none) or in "
+            f"[{MIN_RATE_PER_SECOND:g}, {MAX_RATE_PER_SECOND:g}]",
+        )
     if "burst" in chosen and not 0 <= c.burst <= MAX_BURST:
         bad("burst", f"is {c.burst}, must be in [0, {MAX_BURST}]")
     if "partitions" in chosen and not 0 <= c.partitions <= MAX_PARTITIONS:
@@ -84,6 +89,11 @@ def check(
                 f"is {seconds:g}s, must be in [0s, {MAX_STICKY_SCHEDULE_TO_START_S:g}s]",
             )
     return problems
+
+
+def rate_ok(rate: float) -> bool:
+    """0 (no limit), or a finite rate in [MIN_RATE_PER_SECOND, MAX_RATE_PER_SECOND]."""
+    return rate == 0 or (math.isfinite(rate) and MIN_RATE_PER_SECOND <= rate <= MAX_RATE_PER_SECOND)
 
 
 def merge(

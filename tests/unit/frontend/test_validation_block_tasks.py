@@ -68,12 +68,23 @@ def test_poll_reports_every_problem() -> None:
     ]
 
 
-@pytest.mark.parametrize("rate", [math.nan, math.inf, -0.5])
-def test_poll_rate_must_be_finite_and_non_negative(rate: float) -> None:
+# 5e-324 split over partitions is 0, which no token bucket can hold (the fuzz test found it).
+@pytest.mark.parametrize("rate", [math.nan, math.inf, -0.5, 5e-324, 0.0009, 100_001.0])
+def test_poll_rate_is_none_or_a_representable_rate(rate: float) -> None:
     request = flow_service_pb2.PollBlockTaskRequest(
         namespace="docs", task_queue=queue(), max_tasks_per_second=rate
     )
     assert fields_of(validate_poll_block_task, request) == ["max_tasks_per_second"]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.001, 100_000.0])
+def test_poll_rates_at_the_bounds_are_taken(rate: float) -> None:
+    validate_poll_block_task(
+        flow_service_pb2.PollBlockTaskRequest(
+            namespace="docs", task_queue=queue(), max_tasks_per_second=rate
+        ),
+        LIMITS,
+    )
 
 
 # Responses and heartbeats.

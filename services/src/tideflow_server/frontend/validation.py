@@ -14,7 +14,6 @@ JSON value). What needs state (does the flow exist, is the run open) or interpre
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -773,8 +772,12 @@ def validate_poll_block_task(
     check.task_queue(req.task_queue, allow_sticky=True)
     check.identity(req.identity)
     rate = req.max_tasks_per_second
-    if not math.isfinite(rate) or rate < 0:
-        check.add("max_tasks_per_second", f"is {rate}, must be a finite number >= 0 (0 = no limit)")
+    if not queue_config.rate_ok(rate):
+        check.add(
+            "max_tasks_per_second",
+            f"is {rate}, must be 0 (no limit) or in [{queue_config.MIN_RATE_PER_SECOND:g}, "
+            f"{queue_config.MAX_RATE_PER_SECOND:g}]",
+        )
     if req.sticky_task_queue:
         if req.task_queue.kind == _STICKY:
             check.add("sticky_task_queue", "must be empty when polling a sticky queue itself")

@@ -75,8 +75,14 @@ def validate_poll(request: matching_service_pb2.PollBlockTaskRequest) -> None:
     _required(v, "poller_id", request.poller_id)
     _task_queue(v, "request.", request.request.task_queue)
     _partition(v, request.partition)
-    if request.request.max_tasks_per_second < 0:
-        v.append(FieldViolation("request.max_tasks_per_second", "must not be negative"))
+    if not queue_config.rate_ok(request.request.max_tasks_per_second):
+        v.append(
+            FieldViolation(
+                "request.max_tasks_per_second",
+                f"must be 0 or in [{queue_config.MIN_RATE_PER_SECOND:g}, "
+                f"{queue_config.MAX_RATE_PER_SECOND:g}]",
+            )
+        )
     _check(v)
 
 
