@@ -7,34 +7,17 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import pytest
 from google.protobuf import field_mask_pb2
 
-from tests.conftest import make_cluster
 from tests.support.cluster import Cluster
 from tests.support.flows import BlockWorker, Client, Task, echo
 from tideflow.api.v1 import flow_service_pb2, history_pb2, task_queue_pb2
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 LIMIT = 3
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-async def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Cluster]:
-    root = tmp_path_factory.mktemp(f"concurrency-{request.param}")
-    started = make_cluster(request.param, root, request)
-    try:
-        await started.start()
-        yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 async def _limit(client: Client, queue: str, block_type: str, limit: int) -> None:

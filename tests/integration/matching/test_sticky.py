@@ -17,16 +17,14 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.flows import Client
-from tests.support.postgres import PostgresServer
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 from tideflow.worker import Worker, block
 
@@ -237,26 +235,6 @@ async def test_a_runs_blocks_stay_on_its_worker_and_fall_back_when_it_is_killed(
                 await worker.process.wait()
             if worker.reader is not None:
                 worker.reader.cancel()
-
-
-@pytest.fixture
-async def two_matching_hosts(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_template: str
-) -> AsyncIterator[Cluster]:
-    name = f"tideflow_sticky_{uuid.uuid4().hex[:8]}"
-    postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
-    cluster = Cluster(
-        tmp_path,
-        {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
-        split=True,
-        matching_processes=2,
-    )
-    try:
-        await cluster.start()
-        await cluster.wait_settled()
-        yield cluster
-    finally:
-        cluster.kill()
 
 
 @block("step", version=1)
