@@ -136,10 +136,8 @@ class TideflowServer:
                     sticky_poller_gone_after=settings.matching.sticky_poller_gone_s,
                     affinity_live_for=settings.matching.affinity_live_s,
                 ),
-                matching=matching,
-                root_client=matching,
-                owns_root=owns_root,
                 peers=matching,
+                owns_root=owns_root,
             )
             self._matching_engine = engine
             handler = MatchingHandler(engine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -24,6 +25,7 @@ from tideflow_server.matching import MatchingConfig, MatchingEngine, forwarding
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.persistence.sql import SqlPersistence
+from tideflow_server.rpc.clients import MatchingClient
 from tideflow_server.rpc.errors import Unavailable
 
 LEAF = dataclasses.replace(KEY, partition=2)
@@ -210,7 +212,7 @@ async def remote_root_engine(
         host_id="host-leaf",
         config=MatchingConfig(**TEST_CONFIG),
         clock=clock,
-        root_client=client,
+        peers=cast(MatchingClient, client),
         owns_root=lambda key: False,
     )
     yield engine, client

@@ -22,9 +22,9 @@ from tideflow_server.matching import concurrency
 from tideflow_server.matching._config import MatchingConfig
 from tideflow_server.matching._history import HistoryClient
 from tideflow_server.matching.affinity import Affinity
-from tideflow_server.matching.forwarding import Forwarder, RootClient, forwards_poll, is_leaf
+from tideflow_server.matching.forwarding import Forwarder, forwards_poll, is_leaf
 from tideflow_server.matching.partition import BlockTask, Poll, TaskQueuePartition
-from tideflow_server.matching.queue_configs import MatchingPeers, push
+from tideflow_server.matching.queue_configs import push
 from tideflow_server.matching.sticky import STICKY, StickyQueue, StickyRouter
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import TaskQueueKey
@@ -94,24 +94,21 @@ class MatchingEngine:
         host_id: str,
         config: MatchingConfig | None = None,
         clock: Callable[[], float] = time.time,
-        matching: MatchingPeers | None = None,
-        root_client: RootClient | None = None,
-        owns_root: Callable[[TaskQueueKey], bool] | None = None,
         peers: MatchingClient | None = None,
+        owns_root: Callable[[TaskQueueKey], bool] | None = None,
     ) -> None:
-        """`clock` is wall time in seconds (task expiry, poller access times). `matching`
-        reaches the other matching hosts (a queue's config, pushed to its partitions' owners);
-        without it only the partitions this host holds hear of a change at once. Leaf
-        partitions forward to their root (forwarding.py): in this process when `owns_root`
-        says this host owns it (or without a `root_client`), else through `root_client`.
-        `peers` reaches the other matching hosts for sticky offers to a queue another host
-        owns."""
+        """`clock` is wall time in seconds (task expiry, poller access times). `peers`
+        reaches the other matching hosts: a queue's config pushed to its partitions' owners,
+        a leaf's forwards to a root another host owns, offers to a sticky queue another host
+        owns. Without it only this host's partitions hear of a config change at once, and
+        every root and sticky queue is taken to be here. Leaves forward in this process when
+        `owns_root` says this host owns the root."""
         self.host_id = host_id
         self.config = config or MatchingConfig()
         self._manager = manager
         self._history = history
         self._clock = clock
-        self._peers = matching
+        self._peers = peers
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
         self._polls: dict[str, tuple[TaskQueuePartition | StickyQueue, Poll]] = {}
@@ -130,7 +127,7 @@ class MatchingEngine:
             config=self.config,
             partition=self.partition,
             poll_here=lambda request, end: self.poll_block_task(request, deadline=end),
-            client=root_client,
+            client=peers,
             owns_root=owns_root,
         )
 
