@@ -14,7 +14,7 @@ BUF    := node_modules/.bin/buf
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
 setup: $(STAMP) $(BUF)
 
-$(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt sdk_python/pyproject.toml services/pyproject.toml
+$(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt requirements-workers.txt sdk_python/pyproject.toml services/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q --disable-pip-version-check \
 	    -e 'sdk_python[cli]' -e services -r requirements-dev.txt
