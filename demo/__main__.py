@@ -27,24 +27,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from demo._processes import (
+    STARTUP_TIMEOUT_S,
+    Processes,
+    free_port,
+    run_id_for,
+    server_argv,
+    wait_ready,
+    workspace,
+)
 from tideflow.api.v1 import common_pb2, flow_service_pb2, run_pb2
 from tideflow.client import Client, RunHandle
 from tideflow.errors import TideflowError
@@ -53,8 +55,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ROOT / "demo" / "documents"
 BLUEPRINT = ROOT / "demo" / "intake.yaml"
 NAMESPACE = "demo"
-READY_LINE = "tideflow dev server: frontend at"
-STARTUP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
 REVIEW_BLOCK = "human_review"
@@ -80,69 +80,6 @@ REVIEWS: dict[str, Review] = {
 
 # Wide enough for the tables when the output is a pipe (tests, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 150)
-
-
-@dataclass
-class Processes:
-    """Every child process the demo started, with its log file; stopped in reverse order."""
-
-    children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        out = log.open("ab")
-        try:
-            proc = subprocess.Popen(
-                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        except BaseException:
-            out.close()
-            raise
-        self.children.append((name, proc, out))
-        return proc
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        for _, proc, _ in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, proc, out in reversed(self.children):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            out.close()
-        self.children.clear()
-
-
-def _server_argv(db: Path, port: int) -> list[str]:
-    exe = Path(sys.executable).with_name("tideflow-server")
-    server = str(exe) if exe.exists() else shutil.which("tideflow-server")
-    prefix = [server] if server else [sys.executable, "-m", "tideflow_server.main"]
-    return [*prefix, "start-dev", "--db", str(db), "--port", str(port), "--namespace", NAMESPACE]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if READY_LINE in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    raise RuntimeError(f"tideflow-server did not become ready (see {log}):\n{tail}")
-
-
-def _run_id(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -409,17 +346,6 @@ def _where_next(address: str, run_ids: list[str]) -> None:
     console.print("  blueprint: demo/intake.yaml   blocks: workers/documents/blocks.py")
 
 
-@contextlib.contextmanager
-def _workspace(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = ROOT / ".tideflow"
-        path.mkdir(exist_ok=True)
-        yield path
-    else:
-        with tempfile.TemporaryDirectory(prefix="tideflow-demo-") as tmp:
-            yield Path(tmp)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep everything up until Ctrl-C")
@@ -427,15 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     documents = sorted(DOCUMENTS.glob("*.txt"))
     started = time.monotonic()
     processes = Processes()
-    with _workspace(args.keep) as work:
+    with workspace(args.keep) as work:
         db = work / ("demo.db" if args.keep else "tideflow.db")
-        port = 7233 if args.keep else _free_port()
+        port = 7233 if args.keep else free_port()
         address = f"127.0.0.1:{port}"
         try:
             server_log = work / "server.log"
-            server = processes.spawn("server", _server_argv(db, port), server_log)
+            server = processes.spawn("server", server_argv(db, port, NAMESPACE), server_log)
             console.print(f"started tideflow-server pid {server.pid} on {address} (db {db})")
-            _wait_ready(server, server_log)
+            wait_ready(server, server_log)
             for queue in ("cpu", "ml"):
                 worker = processes.spawn(
                     f"worker-{queue}",
@@ -448,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"started worker pid {worker.pid} on task queue {queue!r}")
             # Run ids are the file names; --keep reuses its database, so they get a suffix.
             suffix = time.strftime("-%H%M%S") if args.keep else ""
-            run_ids = [_run_id(d) + suffix for d in documents]
+            run_ids = [run_id_for(d) + suffix for d in documents]
             outcomes = asyncio.run(_process(address, documents, run_ids))
             console.print()  # the progress table's last frame ends without a newline in a pipe
             console.print(_results_table(outcomes))
