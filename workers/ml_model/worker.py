@@ -90,6 +90,8 @@ class Stats:
     failed: int = 0
     dropped: int = 0
     """Answers the server no longer wanted (the attempt had timed out or was canceled)."""
+    forward_s: float = 0.0
+    """Time in forward passes (the model's share of a task's latency)."""
     started: float = field(default_factory=time.time)
 
 
@@ -145,6 +147,9 @@ class ModelWorker:
             "completed": self.stats.completed,
             "failed": self.stats.failed,
             "dropped": self.stats.dropped,
+            "forward_ms_per_batch": round(
+                self.stats.forward_s * 1000 / max(1, self.batcher.stats.batches), 3
+            ),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -266,11 +271,8 @@ class ModelWorker:
     async def _forward(self, batch: list[_Pending]) -> None:
         """One forward pass over the batch, off the event loop; its answers go in the
         background so that the next batch's pass can start at once."""
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(
-                self._executor, self.model.predict, [p.features for p in batch]
-            )
+            results = await self._predict([p.features for p in batch])
         except Exception as e:
             if len(batch) == 1:
                 logger.warning("forward pass failed: %r", e)
@@ -284,6 +286,15 @@ class ModelWorker:
                 await self._forward([pending])
             return
         self._answer(self._complete([(p.task, r) for p, r in zip(batch, results, strict=True)]))
+
+    async def _predict(self, rows: list[list[float]]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.model.predict, rows
+            )
+        finally:
+            self.stats.forward_s += time.perf_counter() - started
 
     def _answer(self, answering: Awaitable[None]) -> None:
         task = asyncio.ensure_future(answering)
