@@ -6,6 +6,7 @@
     python -m bench seq3 --topology cluster --history 2 --matching 2 --backend cassandra
     python -m bench seq3 --address 127.0.0.1:7233          # a cluster that is already up
     python -m bench seq3 --peers temporal,dbos
+    python -m bench model --topology dev --max-batches 1,8,32,128   # the model worker
 
 Writes bench/results/<time>-<scenario>-<topology>-<backend>.{json,md,png} and prints the
 markdown summary. bench/README.md defines every figure.
@@ -17,8 +18,10 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import TypeVar, cast
 
 from bench.chart import latency_chart
 from bench.harness import BenchError, PeersUnavailable, Plan, Setup, bench
+from bench.model import DEFAULT_MAX_BATCHES, ModelPlan, ModelReport, bench_model
 from bench.report import Report
 from bench.scenarios import SCENARIOS
 from deploy.local.deployment import BACKENDS, DEFAULT_BACKEND, TOPOLOGIES, Backend, Topology
@@ -109,6 +113,16 @@ def parser() -> argparse.ArgumentParser:
     drive.add_argument(
         "--worker-concurrency", type=int, default=200, help="blocks at once per worker process"
     )
+    model = p.add_argument_group("the model scenario (bench/model.py)")
+    model.add_argument(
+        "--max-batches",
+        type=_list(int),
+        default=DEFAULT_MAX_BATCHES,
+        help="one window per max_batch setting of the model worker (default 1,8,32,128);"
+        " runs in flight: --inflight's first value, else 2 x max_batch (at least 8)",
+    )
+    model.add_argument("--max-wait-ms", type=float, default=5.0, help="the worker's max_wait")
+    model.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--peers", type=_list(str), default=[], help="e.g. temporal,dbos")
     p.add_argument("--out", type=Path, default=RESULTS, help="where reports go")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -135,6 +149,44 @@ async def _main(plan: Plan, setup: Setup) -> Report:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     return await bench(plan, setup)
+
+
+async def _main_model(plan: ModelPlan, setup: Setup, workdir: Path) -> ModelReport:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await bench_model(plan, setup, workdir)
+
+
+def run_model(args: argparse.Namespace, setup: Setup) -> int:
+    """The model scenario: its own table (a row per max_batch), written like the others."""
+    plan = ModelPlan(
+        max_batches=args.max_batches,
+        inflight=args.inflight[0] if args.inflight else None,
+        max_wait_ms=args.max_wait_ms,
+        provider=args.provider,
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        drain_s=args.drain_s,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-model-"))
+    try:
+        report = asyncio.run(_main_model(plan, setup, workdir))
+    except BenchError as e:
+        print(f"python -m bench: {e} (worker logs kept in {workdir})", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(report.markdown())
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = args.out / f"{stamp}-model-{report.topology}-{report.backend}"
+    base.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    base.with_suffix(".md").write_text(report.markdown())
+    print(f"wrote {base}.json and .md", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     if topology != "cluster" and (args.history, args.matching) != (1, 1):
         print("python -m bench: --history and --matching need --topology cluster", file=sys.stderr)
         return 2
+    if args.scenario == "model":
+        if args.peers or args.rates:
+            print(
+                "python -m bench: the model scenario runs closed loop, without peers",
+                file=sys.stderr,
+            )
+            return 2
+        return run_model(args, setup)
     if topology == "cluster" and setup.backend == "sqlite":
         print(
             "python -m bench: the cluster topology runs on postgres or cassandra", file=sys.stderr

@@ -8,6 +8,7 @@ the engine (persistence, dispatch, the interpreter) and not the blocks.
 | payload | a -> b -> c, 64 KiB in and out of each | 3 |
 | map | one `map` block over 100 items, a no-op external block per item | 100 |
 | sticky | a -> b -> c -> d -> e, `affinity: run`, 2 workers without eager dispatch | 5 |
+| model | one `model.predict@1` block, `affinity_key` the model's name | 1 |
 
 `sticky` measures sticky queues: each block after the first goes first to the worker that
 ran the run's previous one. Its workers run without eager dispatch (which would keep a chain
@@ -15,7 +16,9 @@ on one worker by itself), and the report's notes give the sticky hit ratio (the 
 sticky hits and fallbacks, from DescribeTaskQueue, over the whole bench).
 
 Block types, served by the bench worker (bench/worker.py): `noop@1` returns nothing, `echo@1`
-returns its input.
+returns its input. `model` is the exception: its block is served by the model worker
+(workers/ml_model), a real forward pass per batch, and bench/model.py runs it (one window per
+max_batch setting) instead of the engine harness.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from typing import Any
 PAYLOAD_BYTES = 64 * 1024
 FANOUT_WIDTH = 10
 MAP_ITEMS = 100
+MODEL = "digits"
+MODEL_FEATURES = [float(i * 7 % 17) for i in range(64)]
+"""One 8x8 image's pixels (0..16) for the digits model; the values do not change the cost."""
 BLOCK_TIMEOUTS = {"start_to_close": "30s"}
 
 
@@ -58,6 +64,8 @@ class Scenario:
             return {"data": _PAYLOAD}
         if self.name == "map":
             return {"items": list(range(MAP_ITEMS))}
+        if self.name == "model":
+            return {"model": MODEL, "features": MODEL_FEATURES}
         return None
 
 
@@ -98,6 +106,10 @@ def _blocks(name: str) -> list[dict[str, Any]]:
         # Every item at once (max_concurrency 0: the server's default, 100).
         inner = [{"id": "work", "external": {"block": "noop@1"}, "input": "${item}"}]
         return [{"id": "items", "map_block": {"items": "input.items", "blocks": inner}}]
+    if name == "model":
+        # The key is the model: matching routes the task to the worker advertising it warm.
+        predict = {"block": "model.predict@1", "affinity_key": "${input.model}"}
+        return [{"id": "predict", "external": predict, "input": "${input}"}]
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -126,6 +138,11 @@ SCENARIOS: dict[str, Scenario] = {
             5,
             worker_processes=2,
             eager=False,
+        ),
+        Scenario(
+            "model",
+            "one model.predict@1 block on the model worker, at several max_batch settings",
+            1,
         ),
     )
 }
