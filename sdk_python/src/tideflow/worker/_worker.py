@@ -557,11 +557,11 @@ class Worker:
                 if ctx is not None:
                     ctx._set_cancelled()
                 raise
-            await self._canceled(task)
+            await self._canceled(task, heartbeater)
             return ()
         except BlockCancelled as e:
             if cancellation.requested:
-                await self._canceled(task)
+                await self._canceled(task, heartbeater)
             else:
                 await self._failed(task, e, heartbeater)
             return ()
@@ -572,7 +572,7 @@ class Worker:
             heartbeater.close()
         if cancellation.requested and not definition.is_async:
             # A sync block that returned after seeing the flag acknowledges the cancellation.
-            await self._canceled(task)
+            await self._canceled(task, heartbeater)
             return ()
         try:
             payloads = to_payloads(self.converter, result)
@@ -675,8 +675,18 @@ class Worker:
             ),
         )
 
-    async def _canceled(self, task: flow_service_pb2.PollBlockTaskResponse) -> None:
+    async def _canceled(
+        self, task: flow_service_pb2.PollBlockTaskResponse, heartbeater: _Heartbeater
+    ) -> None:
+        """Acknowledge the cancellation, with the last heartbeat's details (the progress the
+        block had made) when it sent any."""
         logger.info("block %s (%s) canceled", task.block_id, task.block_type)
+        details: common_pb2.Payloads | None = None
+        if heartbeater.has_details:
+            try:
+                details = to_payloads(self.converter, heartbeater.details)
+            except ConversionError as e:
+                logger.warning("heartbeat details of a canceled block dropped: %s", e)
         await self._respond(
             "RespondBlockCanceled",
             task,
@@ -684,6 +694,7 @@ class Worker:
                 flow_service_pb2.RespondBlockCanceledRequest(
                     namespace=self.namespace,
                     task_token=task.task_token,
+                    details=details,
                     identity=self.identity,
                 ),
                 timeout=_RPC_TIMEOUT_S,

@@ -1,0 +1,150 @@
+"""The worker conformance suite's fixtures: one SQLite cluster for the package (what is tested
+is the worker's side of the protocol, the same on every backend) and each language's example
+worker as a real process, built once per session from the committed sources."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_cluster
+from tests.support.cluster import Cluster
+from tideflow.client import Client
+
+ROOT = Path(__file__).resolve().parents[3]
+GO_DIR = ROOT / "workers" / "go"
+NODE_DIR = ROOT / "workers" / "node"
+GO_BINARY = GO_DIR / "bin" / "tideflow-go-worker"
+NODE_PROGRAM = NODE_DIR / "dist" / "example.js"
+LANGUAGES = ["python", "go", "node"]
+NAMESPACE = "conformance"
+READY_TIMEOUT_S = 30.0
+BUILD_TIMEOUT_S = 600.0
+
+
+def _build(argv: list[str], cwd: Path) -> None:
+    """Run one build step; a failure fails the test that needed it, with the tool's output."""
+    done = subprocess.run(
+        argv, check=False, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+    )
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed in {cwd}:\n{done.stdout}\n{done.stderr}")
+
+
+@pytest.fixture(scope="session")
+def go_worker() -> Path:
+    """The Go example worker, built (go build is incremental: a no-op when nothing changed)."""
+    if shutil.which("go") is None:
+        pytest.fail("the Go toolchain (go) is not on PATH")
+    _build(["go", "build", "-o", str(GO_BINARY), "./cmd/tideflow-go-worker"], GO_DIR)
+    return GO_BINARY
+
+
+@pytest.fixture(scope="session")
+def node_worker() -> Path:
+    """The TypeScript example worker, compiled (dependencies from package-lock.json)."""
+    if shutil.which("npm") is None:
+        pytest.fail("Node.js (npm) is not on PATH")
+    if not (NODE_DIR / "node_modules").exists():
+        _build(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], NODE_DIR)
+    _build([str(NODE_DIR / "node_modules" / ".bin" / "tsc"), "-p", "."], NODE_DIR)
+    return NODE_PROGRAM
+
+
+@pytest.fixture(scope="package")
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Cluster]:
+    started = make_cluster("sqlite", tmp_path_factory.mktemp("workers"), request)
+    try:
+        await started.start()
+        yield started
+    finally:
+        for process in started.processes.values():
+            process.kill()
+
+
+@pytest.fixture(scope="package")
+async def client(cluster: Cluster) -> AsyncIterator[Client]:
+    """A client of the namespace the suite registers."""
+    async with await Client.connect(cluster.frontend) as admin:
+        await admin.register_namespace(NAMESPACE, description="worker conformance")
+    async with await Client.connect(cluster.frontend, namespace=NAMESPACE) as opened:
+        yield opened
+
+
+@dataclass
+class WorkerProcess:
+    """One example worker polling `task_queue` as `identity`."""
+
+    language: str
+    task_queue: str
+    identity: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _argv(language: str, request: pytest.FixtureRequest) -> list[str]:
+    if language == "python":
+        return [sys.executable, "-m", "workers.python_example"]
+    if language == "go":
+        return [str(request.getfixturevalue("go_worker"))]
+    return ["node", str(request.getfixturevalue("node_worker"))]
+
+
+@pytest.fixture(params=LANGUAGES)
+async def worker(
+    request: pytest.FixtureRequest, cluster: Cluster, client: Client, tmp_path: Path
+) -> AsyncIterator[WorkerProcess]:
+    """The language's example worker serving the conformance blocks on a queue of its own,
+    polling (DescribeTaskQueue lists it) before the test starts."""
+    language: str = request.param
+    queue = f"conf-{language}-{uuid.uuid4().hex[:8]}"
+    identity = f"{language}-{uuid.uuid4().hex[:8]}"
+    argv = [
+        *_argv(language, request),
+        *("--address", cluster.frontend, "--namespace", client.namespace),
+        *("--task-queue", queue, "--identity", identity, "--blocks", "conformance"),
+        *("--drain-timeout-s", "10"),
+    ]
+    log = tmp_path / f"{language}-worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: ASYNC220 - starts at once, nothing to await
+            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    started = WorkerProcess(language, queue, identity, process, log)
+    try:
+        await _until_polling(client, started)
+        yield started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def _until_polling(client: Client, worker: WorkerProcess) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    while loop.time() < deadline:
+        if worker.process.poll() is not None:
+            pytest.fail(f"{worker.language} worker exited:\n{worker.output()}")
+        described = await client.describe_task_queue(worker.task_queue)
+        if any(p.identity == worker.identity for p in described.pollers):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{worker.language} worker never polled {worker.task_queue}:\n{worker.output()}")

@@ -1,0 +1,1 @@
+"""The Python SDK's example worker: demo blocks or the worker conformance blocks."""

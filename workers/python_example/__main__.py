@@ -1,0 +1,58 @@
+"""Run the Python example worker: `python -m workers.python_example [--blocks demo|conformance]`.
+
+Serves its block set on one task queue until SIGTERM or SIGINT, then stops polling, lets running
+blocks finish and answer (at most --drain-timeout-s) and exits 0. The flags are the ones every
+example worker takes (Go: workers/go, TypeScript: workers/node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from tideflow import Worker
+from workers.python_example.blocks import CONFORMANCE, DEMO
+
+BLOCK_SETS = {"demo": DEMO, "conformance": CONFORMANCE}
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    worker = Worker(
+        args.address,
+        task_queue=args.task_queue,
+        blocks=BLOCK_SETS[args.blocks],
+        namespace=args.namespace,
+        identity=args.identity or f"{socket.gethostname()}:{os.getpid()}",
+        max_concurrent=args.max_concurrent,
+    )
+    runner = asyncio.create_task(worker.run())
+    await stop.wait()
+    await worker.shutdown(grace_s=args.drain_timeout_s)
+    await runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.python_example", description=__doc__)
+    parser.add_argument("--address", default="127.0.0.1:7233", help="frontend host:port")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--task-queue", default="python")
+    parser.add_argument("--identity", default="", help="default host:pid")
+    parser.add_argument("--max-concurrent", type=int, default=10)
+    parser.add_argument("--blocks", choices=sorted(BLOCK_SETS), default="demo")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
