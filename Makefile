@@ -8,8 +8,10 @@ BENCH_ARGS ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
+GO_DIR := workers/go
 
-.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev bench
+.PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev bench \
+        go-test go-build demo-polyglot
 
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
 setup: $(STAMP) $(BUF)
@@ -24,13 +26,15 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## proto: regenerate the Python stubs from proto/ (committed)
-proto: $(STAMP)
+## proto: regenerate the stubs from proto/ for every language (committed): Python, Go
+proto: $(STAMP) $(BUF)
 	$(PY) tools/protogen.py generate
+	$(GO_DIR)/generate.sh
 
 ## proto-check: fail if the committed generated code differs from what proto/ generates
-proto-check: $(STAMP)
+proto-check: $(STAMP) $(BUF)
 	$(PY) tools/protogen.py check
+	$(GO_DIR)/generate.sh --check
 
 ## buf-lint / buf-breaking: proto style, and wire compatibility against the main branch
 buf-lint: $(BUF)
@@ -51,8 +55,18 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## go-test: the Go worker library: gofmt, go vet, go test, and the example worker's binary
+## (modules from go.sum through the Go module proxy)
+go-test:
+	cd $(GO_DIR) && test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	cd $(GO_DIR) && go vet ./... && go test ./...
+	$(MAKE) go-build
+
+go-build:
+	cd $(GO_DIR) && go build -o bin/tideflow-go-worker ./cmd/tideflow-go-worker
+
 ## test: everything CI checks
-test: setup lint proto-check buf-lint buf-breaking pytest
+test: setup lint proto-check buf-lint buf-breaking go-test pytest
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
@@ -60,6 +74,10 @@ clean:
 ## demo: the first-run demo (throwaway server + document workers, one run per sample document)
 demo: setup
 	$(PY) -m demo
+
+## demo-polyglot: one flow whose blocks run on Python, Go, TypeScript and model workers
+demo-polyglot: setup go-build
+	$(PY) -m demo.polyglot
 
 ## dev: the demo, then keep server (127.0.0.1:7233, .tideflow/demo.db) and workers up until Ctrl-C
 dev: setup
