@@ -9,12 +9,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 GO_DIR := workers/go
+NODE_DIR := workers/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev bench \
-        go-test go-build demo-polyglot
+        go-test go-build node-test node-build demo-polyglot
 
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
-setup: $(STAMP) $(BUF)
+setup: $(STAMP) $(BUF) $(NODE_STAMP)
 
 $(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt requirements-workers.txt sdk_python/pyproject.toml services/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,15 +28,21 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## proto: regenerate the stubs from proto/ for every language (committed): Python, Go
-proto: $(STAMP) $(BUF)
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+## proto: regenerate the stubs from proto/ for every language (committed): Python, Go, TypeScript
+proto: $(STAMP) $(BUF) $(NODE_STAMP)
 	$(PY) tools/protogen.py generate
 	$(GO_DIR)/generate.sh
+	node $(NODE_DIR)/scripts/generate.mjs
 
 ## proto-check: fail if the committed generated code differs from what proto/ generates
-proto-check: $(STAMP) $(BUF)
+proto-check: $(STAMP) $(BUF) $(NODE_STAMP)
 	$(PY) tools/protogen.py check
 	$(GO_DIR)/generate.sh --check
+	node $(NODE_DIR)/scripts/generate.mjs --check
 
 ## buf-lint / buf-breaking: proto style, and wire compatibility against the main branch
 buf-lint: $(BUF)
@@ -65,8 +73,15 @@ go-test:
 go-build:
 	cd $(GO_DIR) && go build -o bin/tideflow-go-worker ./cmd/tideflow-go-worker
 
+## node-test: the TypeScript worker library: tsc --strict (also builds dist/example.js) and node --test
+node-test: node-build
+	cd $(NODE_DIR) && node --test dist/test/
+
+node-build: $(NODE_STAMP)
+	cd $(NODE_DIR) && node_modules/.bin/tsc -p .
+
 ## test: everything CI checks
-test: setup lint proto-check buf-lint buf-breaking go-test pytest
+test: setup lint proto-check buf-lint buf-breaking go-test node-test pytest
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
@@ -76,7 +91,7 @@ demo: setup
 	$(PY) -m demo
 
 ## demo-polyglot: one flow whose blocks run on Python, Go, TypeScript and model workers
-demo-polyglot: setup go-build
+demo-polyglot: setup go-build node-build
 	$(PY) -m demo.polyglot
 
 ## dev: the demo, then keep server (127.0.0.1:7233, .tideflow/demo.db) and workers up until Ctrl-C
