@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.cassandra import launcher
 from tests.support.cluster import Cluster
+from tests.support.example_workers import build_go_worker, build_node_worker
 from tests.support.flows import Client
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 from tideflow_server.persistence import schema
@@ -225,6 +226,18 @@ async def cluster(
     finally:
         for process in started.processes.values():
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def go_worker() -> Path:
+    """workers/go's example worker binary, built."""
+    return build_go_worker()
+
+
+@pytest.fixture(scope="session")
+def node_worker() -> Path:
+    """workers/node's example worker (dist/example.js), built."""
+    return build_node_worker()
 
 
 @pytest.fixture
