@@ -1394,7 +1394,11 @@ class RespondBlockFailedRequest(_message.Message):
     task_token: _builtins.bytes
     identity: _builtins.str
     @_builtins.property
-    def failure(self) -> _failure_pb2.Failure: ...
+    def failure(self) -> _failure_pb2.Failure:
+        """What failed: message, source (the worker SDK: "python", "go", "node"), stack trace, and
+        application_failure_info {type, non_retryable, details}; `cause` chains at most 16 deep.
+        """
+
     @_builtins.property
     def last_heartbeat_details(self) -> _common_pb2.Payloads:
         """Kept for the next attempt, as if sent by a last heartbeat."""
@@ -1443,7 +1447,9 @@ class RespondBlockCanceledRequest(_message.Message):
     task_token: _builtins.bytes
     identity: _builtins.str
     @_builtins.property
-    def details(self) -> _common_pb2.Payloads: ...
+    def details(self) -> _common_pb2.Payloads:
+        """Recorded on BLOCK_CANCELED; the reference workers send the last heartbeat's details."""
+
     def __init__(
         self,
         *,

@@ -306,13 +306,18 @@ class FlowServiceServicer:
         task_token). A call whose deadline comes first gets that empty response up to two seconds
         before its deadline instead, so that it arrives. Poll with a deadline above the server's
         timeout (or none), and poll again after an empty response.
+        Poll only while the worker has a free slot to run the task in (docs/workers.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RespondBlockCompleted(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+        BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+        closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+        retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -330,7 +335,10 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RespondBlockFailed(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Fails the attempt. The server retries the block after its retry policy's backoff unless
+        the failure's application_failure_info is non_retryable, its type is one of the policy's
+        non_retryable_error_types, or the attempts are spent; then the block fails.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -343,7 +351,11 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordBlockHeartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Says the attempt is alive and records progress. Send at most one per interval (the
+        reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+        details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+        and the next attempt receives the last details. The reply carries cancellation.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

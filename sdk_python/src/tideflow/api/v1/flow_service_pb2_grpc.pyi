@@ -86,8 +86,14 @@ class FlowServiceStub:
     task_token). A call whose deadline comes first gets that empty response up to two seconds
     before its deadline instead, so that it arrives. Poll with a deadline above the server's
     timeout (or none), and poll again after an empty response.
+    Poll only while the worker has a free slot to run the task in (docs/workers.md).
     """
     RespondBlockCompleted: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]
+    """Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+    BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+    closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+    retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+    """
     RespondBlockCompletedBatch: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]
     """Several completions in one call, for a worker that finishes tasks faster than a call's
     round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
@@ -97,9 +103,18 @@ class FlowServiceStub:
     over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
     """
     RespondBlockFailed: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]
+    """Fails the attempt. The server retries the block after its retry policy's backoff unless
+    the failure's application_failure_info is non_retryable, its type is one of the policy's
+    non_retryable_error_types, or the attempts are spent; then the block fails.
+    """
     RespondBlockCanceled: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]
     """Acknowledges a cancellation learned from a heartbeat."""
     RecordBlockHeartbeat: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.RecordBlockHeartbeatRequest, _flow_service_pb2.RecordBlockHeartbeatResponse]
+    """Says the attempt is alive and records progress. Send at most one per interval (the
+    reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+    details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+    and the next attempt receives the last details. The reply carries cancellation.
+    """
     DescribeTaskQueue: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeTaskQueueRequest, _flow_service_pb2.DescribeTaskQueueResponse]
     """Task queues."""
     UpdateTaskQueueConfig: _grpc.UnaryUnaryMultiCallable[_flow_service_pb2.UpdateTaskQueueConfigRequest, _flow_service_pb2.UpdateTaskQueueConfigResponse]
@@ -166,8 +181,14 @@ class FlowServiceAsyncStub(FlowServiceStub):
     task_token). A call whose deadline comes first gets that empty response up to two seconds
     before its deadline instead, so that it arrives. Poll with a deadline above the server's
     timeout (or none), and poll again after an empty response.
+    Poll only while the worker has a free slot to run the task in (docs/workers.md).
     """
     RespondBlockCompleted: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedRequest, _flow_service_pb2.RespondBlockCompletedResponse]  # type: ignore[assignment]
+    """Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+    BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+    closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+    retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+    """
     RespondBlockCompletedBatch: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCompletedBatchRequest, _flow_service_pb2.RespondBlockCompletedBatchResponse]  # type: ignore[assignment]
     """Several completions in one call, for a worker that finishes tasks faster than a call's
     round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
@@ -177,9 +198,18 @@ class FlowServiceAsyncStub(FlowServiceStub):
     over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
     """
     RespondBlockFailed: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockFailedRequest, _flow_service_pb2.RespondBlockFailedResponse]  # type: ignore[assignment]
+    """Fails the attempt. The server retries the block after its retry policy's backoff unless
+    the failure's application_failure_info is non_retryable, its type is one of the policy's
+    non_retryable_error_types, or the attempts are spent; then the block fails.
+    """
     RespondBlockCanceled: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RespondBlockCanceledRequest, _flow_service_pb2.RespondBlockCanceledResponse]  # type: ignore[assignment]
     """Acknowledges a cancellation learned from a heartbeat."""
     RecordBlockHeartbeat: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.RecordBlockHeartbeatRequest, _flow_service_pb2.RecordBlockHeartbeatResponse]  # type: ignore[assignment]
+    """Says the attempt is alive and records progress. Send at most one per interval (the
+    reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+    details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+    and the next attempt receives the last details. The reply carries cancellation.
+    """
     DescribeTaskQueue: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.DescribeTaskQueueRequest, _flow_service_pb2.DescribeTaskQueueResponse]  # type: ignore[assignment]
     """Task queues."""
     UpdateTaskQueueConfig: _aio.UnaryUnaryMultiCallable[_flow_service_pb2.UpdateTaskQueueConfigRequest, _flow_service_pb2.UpdateTaskQueueConfigResponse]  # type: ignore[assignment]
@@ -345,6 +375,7 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         task_token). A call whose deadline comes first gets that empty response up to two seconds
         before its deadline instead, so that it arrives. Poll with a deadline above the server's
         timeout (or none), and poll again after an empty response.
+        Poll only while the worker has a free slot to run the task in (docs/workers.md).
         """
 
     @_abc_1.abstractmethod
@@ -352,7 +383,12 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _flow_service_pb2.RespondBlockCompletedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_flow_service_pb2.RespondBlockCompletedResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockCompletedResponse]]: ...
+    ) -> _typing.Union[_flow_service_pb2.RespondBlockCompletedResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockCompletedResponse]]:
+        """Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+        BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+        closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+        retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+        """
 
     @_abc_1.abstractmethod
     def RespondBlockCompletedBatch(
@@ -373,7 +409,11 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _flow_service_pb2.RespondBlockFailedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_flow_service_pb2.RespondBlockFailedResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockFailedResponse]]: ...
+    ) -> _typing.Union[_flow_service_pb2.RespondBlockFailedResponse, _abc.Awaitable[_flow_service_pb2.RespondBlockFailedResponse]]:
+        """Fails the attempt. The server retries the block after its retry policy's backoff unless
+        the failure's application_failure_info is non_retryable, its type is one of the policy's
+        non_retryable_error_types, or the attempts are spent; then the block fails.
+        """
 
     @_abc_1.abstractmethod
     def RespondBlockCanceled(
@@ -388,7 +428,12 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _flow_service_pb2.RecordBlockHeartbeatRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_flow_service_pb2.RecordBlockHeartbeatResponse, _abc.Awaitable[_flow_service_pb2.RecordBlockHeartbeatResponse]]: ...
+    ) -> _typing.Union[_flow_service_pb2.RecordBlockHeartbeatResponse, _abc.Awaitable[_flow_service_pb2.RecordBlockHeartbeatResponse]]:
+        """Says the attempt is alive and records progress. Send at most one per interval (the
+        reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+        details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+        and the next attempt receives the last details. The reply carries cancellation.
+        """
 
     @_abc_1.abstractmethod
     def DescribeTaskQueue(

@@ -2796,7 +2796,9 @@ type RespondBlockFailedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	TaskToken []byte                 `protobuf:"bytes,2,opt,name=task_token,json=taskToken,proto3" json:"task_token,omitempty"`
-	Failure   *Failure               `protobuf:"bytes,3,opt,name=failure,proto3" json:"failure,omitempty"`
+	// What failed: message, source (the worker SDK: "python", "go", "node"), stack trace, and
+	// application_failure_info {type, non_retryable, details}; `cause` chains at most 16 deep.
+	Failure *Failure `protobuf:"bytes,3,opt,name=failure,proto3" json:"failure,omitempty"`
 	// Kept for the next attempt, as if sent by a last heartbeat.
 	LastHeartbeatDetails *Payloads `protobuf:"bytes,4,opt,name=last_heartbeat_details,json=lastHeartbeatDetails,proto3" json:"last_heartbeat_details,omitempty"`
 	Identity             string    `protobuf:"bytes,5,opt,name=identity,proto3" json:"identity,omitempty"`
@@ -2906,11 +2908,12 @@ func (*RespondBlockFailedResponse) Descriptor() ([]byte, []int) {
 }
 
 type RespondBlockCanceledRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	TaskToken     []byte                 `protobuf:"bytes,2,opt,name=task_token,json=taskToken,proto3" json:"task_token,omitempty"`
-	Details       *Payloads              `protobuf:"bytes,3,opt,name=details,proto3" json:"details,omitempty"`
-	Identity      string                 `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	TaskToken []byte                 `protobuf:"bytes,2,opt,name=task_token,json=taskToken,proto3" json:"task_token,omitempty"`
+	// Recorded on BLOCK_CANCELED; the reference workers send the last heartbeat's details.
+	Details       *Payloads `protobuf:"bytes,3,opt,name=details,proto3" json:"details,omitempty"`
+	Identity      string    `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

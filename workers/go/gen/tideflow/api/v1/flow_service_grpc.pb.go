@@ -100,7 +100,12 @@ type FlowServiceClient interface {
 	// task_token). A call whose deadline comes first gets that empty response up to two seconds
 	// before its deadline instead, so that it arrives. Poll with a deadline above the server's
 	// timeout (or none), and poll again after an empty response.
+	// Poll only while the worker has a free slot to run the task in (docs/workers.md).
 	PollBlockTask(ctx context.Context, in *PollBlockTaskRequest, opts ...grpc.CallOption) (*PollBlockTaskResponse, error)
+	// Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+	// BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+	// closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+	// retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
 	RespondBlockCompleted(ctx context.Context, in *RespondBlockCompletedRequest, opts ...grpc.CallOption) (*RespondBlockCompletedResponse, error)
 	// Several completions in one call, for a worker that finishes tasks faster than a call's
 	// round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
@@ -109,9 +114,16 @@ type FlowServiceClient interface {
 	// namespace it names one rate-limit token, however many items name it; items of a namespace
 	// over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
 	RespondBlockCompletedBatch(ctx context.Context, in *RespondBlockCompletedBatchRequest, opts ...grpc.CallOption) (*RespondBlockCompletedBatchResponse, error)
+	// Fails the attempt. The server retries the block after its retry policy's backoff unless
+	// the failure's application_failure_info is non_retryable, its type is one of the policy's
+	// non_retryable_error_types, or the attempts are spent; then the block fails.
 	RespondBlockFailed(ctx context.Context, in *RespondBlockFailedRequest, opts ...grpc.CallOption) (*RespondBlockFailedResponse, error)
 	// Acknowledges a cancellation learned from a heartbeat.
 	RespondBlockCanceled(ctx context.Context, in *RespondBlockCanceledRequest, opts ...grpc.CallOption) (*RespondBlockCanceledResponse, error)
+	// Says the attempt is alive and records progress. Send at most one per interval (the
+	// reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+	// details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+	// and the next attempt receives the last details. The reply carries cancellation.
 	RecordBlockHeartbeat(ctx context.Context, in *RecordBlockHeartbeatRequest, opts ...grpc.CallOption) (*RecordBlockHeartbeatResponse, error)
 	// Task queues.
 	DescribeTaskQueue(ctx context.Context, in *DescribeTaskQueueRequest, opts ...grpc.CallOption) (*DescribeTaskQueueResponse, error)
@@ -424,7 +436,12 @@ type FlowServiceServer interface {
 	// task_token). A call whose deadline comes first gets that empty response up to two seconds
 	// before its deadline instead, so that it arrives. Poll with a deadline above the server's
 	// timeout (or none), and poll again after an empty response.
+	// Poll only while the worker has a free slot to run the task in (docs/workers.md).
 	PollBlockTask(context.Context, *PollBlockTaskRequest) (*PollBlockTaskResponse, error)
+	// Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+	// BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+	// closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+	// retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
 	RespondBlockCompleted(context.Context, *RespondBlockCompletedRequest) (*RespondBlockCompletedResponse, error)
 	// Several completions in one call, for a worker that finishes tasks faster than a call's
 	// round trip. Each is handled as RespondBlockCompleted handles it and answered on its own,
@@ -433,9 +450,16 @@ type FlowServiceServer interface {
 	// namespace it names one rate-limit token, however many items name it; items of a namespace
 	// over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
 	RespondBlockCompletedBatch(context.Context, *RespondBlockCompletedBatchRequest) (*RespondBlockCompletedBatchResponse, error)
+	// Fails the attempt. The server retries the block after its retry policy's backoff unless
+	// the failure's application_failure_info is non_retryable, its type is one of the policy's
+	// non_retryable_error_types, or the attempts are spent; then the block fails.
 	RespondBlockFailed(context.Context, *RespondBlockFailedRequest) (*RespondBlockFailedResponse, error)
 	// Acknowledges a cancellation learned from a heartbeat.
 	RespondBlockCanceled(context.Context, *RespondBlockCanceledRequest) (*RespondBlockCanceledResponse, error)
+	// Says the attempt is alive and records progress. Send at most one per interval (the
+	// reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+	// details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+	// and the next attempt receives the last details. The reply carries cancellation.
 	RecordBlockHeartbeat(context.Context, *RecordBlockHeartbeatRequest) (*RecordBlockHeartbeatResponse, error)
 	// Task queues.
 	DescribeTaskQueue(context.Context, *DescribeTaskQueueRequest) (*DescribeTaskQueueResponse, error)

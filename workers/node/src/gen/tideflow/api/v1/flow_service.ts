@@ -510,6 +510,10 @@ export interface ItemFieldViolation {
 export interface RespondBlockFailedRequest {
   namespace: string;
   taskToken: Buffer;
+  /**
+   * What failed: message, source (the worker SDK: "python", "go", "node"), stack trace, and
+   * application_failure_info {type, non_retryable, details}; `cause` chains at most 16 deep.
+   */
   failure:
     | Failure
     | undefined;
@@ -524,6 +528,7 @@ export interface RespondBlockFailedResponse {
 export interface RespondBlockCanceledRequest {
   namespace: string;
   taskToken: Buffer;
+  /** Recorded on BLOCK_CANCELED; the reference workers send the last heartbeat's details. */
   details: Payloads | undefined;
   identity: string;
 }
@@ -6934,6 +6939,7 @@ export const FlowServiceService = {
    * task_token). A call whose deadline comes first gets that empty response up to two seconds
    * before its deadline instead, so that it arrives. Poll with a deadline above the server's
    * timeout (or none), and poll again after an empty response.
+   * Poll only while the worker has a free slot to run the task in (docs/workers.md).
    */
   pollBlockTask: {
     path: "/tideflow.api.v1.FlowService/PollBlockTask" as const,
@@ -6945,6 +6951,12 @@ export const FlowServiceService = {
       Buffer.from(PollBlockTaskResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PollBlockTaskResponse => PollBlockTaskResponse.decode(value),
   },
+  /**
+   * Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+   * BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+   * closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+   * retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+   */
   respondBlockCompleted: {
     path: "/tideflow.api.v1.FlowService/RespondBlockCompleted" as const,
     requestStream: false as const,
@@ -6977,6 +6989,11 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): RespondBlockCompletedBatchResponse =>
       RespondBlockCompletedBatchResponse.decode(value),
   },
+  /**
+   * Fails the attempt. The server retries the block after its retry policy's backoff unless
+   * the failure's application_failure_info is non_retryable, its type is one of the policy's
+   * non_retryable_error_types, or the attempts are spent; then the block fails.
+   */
   respondBlockFailed: {
     path: "/tideflow.api.v1.FlowService/RespondBlockFailed" as const,
     requestStream: false as const,
@@ -7000,6 +7017,12 @@ export const FlowServiceService = {
       Buffer.from(RespondBlockCanceledResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RespondBlockCanceledResponse => RespondBlockCanceledResponse.decode(value),
   },
+  /**
+   * Says the attempt is alive and records progress. Send at most one per interval (the
+   * reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+   * details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+   * and the next attempt receives the last details. The reply carries cancellation.
+   */
   recordBlockHeartbeat: {
     path: "/tideflow.api.v1.FlowService/RecordBlockHeartbeat" as const,
     requestStream: false as const,
@@ -7081,8 +7104,15 @@ export interface FlowServiceServer extends UntypedServiceImplementation {
    * task_token). A call whose deadline comes first gets that empty response up to two seconds
    * before its deadline instead, so that it arrives. Poll with a deadline above the server's
    * timeout (or none), and poll again after an empty response.
+   * Poll only while the worker has a free slot to run the task in (docs/workers.md).
    */
   pollBlockTask: handleUnaryCall<PollBlockTaskRequest, PollBlockTaskResponse>;
+  /**
+   * Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+   * BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+   * closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+   * retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+   */
   respondBlockCompleted: handleUnaryCall<RespondBlockCompletedRequest, RespondBlockCompletedResponse>;
   /**
    * Several completions in one call, for a worker that finishes tasks faster than a call's
@@ -7093,9 +7123,20 @@ export interface FlowServiceServer extends UntypedServiceImplementation {
    * over its limit are answered RESOURCE_EXHAUSTED (metadata retry_after_ms).
    */
   respondBlockCompletedBatch: handleUnaryCall<RespondBlockCompletedBatchRequest, RespondBlockCompletedBatchResponse>;
+  /**
+   * Fails the attempt. The server retries the block after its retry policy's backoff unless
+   * the failure's application_failure_info is non_retryable, its type is one of the policy's
+   * non_retryable_error_types, or the attempts are spent; then the block fails.
+   */
   respondBlockFailed: handleUnaryCall<RespondBlockFailedRequest, RespondBlockFailedResponse>;
   /** Acknowledges a cancellation learned from a heartbeat. */
   respondBlockCanceled: handleUnaryCall<RespondBlockCanceledRequest, RespondBlockCanceledResponse>;
+  /**
+   * Says the attempt is alive and records progress. Send at most one per interval (the
+   * reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+   * details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+   * and the next attempt receives the last details. The reply carries cancellation.
+   */
   recordBlockHeartbeat: handleUnaryCall<RecordBlockHeartbeatRequest, RecordBlockHeartbeatResponse>;
   /** Task queues. */
   describeTaskQueue: handleUnaryCall<DescribeTaskQueueRequest, DescribeTaskQueueResponse>;
@@ -7371,6 +7412,7 @@ export interface FlowServiceClient extends Client {
    * task_token). A call whose deadline comes first gets that empty response up to two seconds
    * before its deadline instead, so that it arrives. Poll with a deadline above the server's
    * timeout (or none), and poll again after an empty response.
+   * Poll only while the worker has a free slot to run the task in (docs/workers.md).
    */
   pollBlockTask(
     request: PollBlockTaskRequest,
@@ -7387,6 +7429,12 @@ export interface FlowServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PollBlockTaskResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Every answer for a task (RespondBlock*, RecordBlockHeartbeat) fails NOT_FOUND (reason
+   * BLOCK_TASK_NOT_FOUND) once the attempt is no longer current (timed out, canceled, the run
+   * closed): the worker drops it and never retries it. UNAVAILABLE and DEADLINE_EXCEEDED are
+   * retried with backoff, RESOURCE_EXHAUSTED after its retry_after_ms.
+   */
   respondBlockCompleted(
     request: RespondBlockCompletedRequest,
     callback: (error: ServiceError | null, response: RespondBlockCompletedResponse) => void,
@@ -7425,6 +7473,11 @@ export interface FlowServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RespondBlockCompletedBatchResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Fails the attempt. The server retries the block after its retry policy's backoff unless
+   * the failure's application_failure_info is non_retryable, its type is one of the policy's
+   * non_retryable_error_types, or the attempts are spent; then the block fails.
+   */
   respondBlockFailed(
     request: RespondBlockFailedRequest,
     callback: (error: ServiceError | null, response: RespondBlockFailedResponse) => void,
@@ -7456,6 +7509,12 @@ export interface FlowServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RespondBlockCanceledResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Says the attempt is alive and records progress. Send at most one per interval (the
+   * reference workers: 1 s, or 0.8 x the block's heartbeat timeout when shorter), with the latest
+   * details. A block whose heartbeats stop for its heartbeat timeout has its attempt timed out,
+   * and the next attempt receives the last details. The reply carries cancellation.
+   */
   recordBlockHeartbeat(
     request: RecordBlockHeartbeatRequest,
     callback: (error: ServiceError | null, response: RecordBlockHeartbeatResponse) => void,
