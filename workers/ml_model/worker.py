@@ -30,13 +30,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tideflow._converter import (
+from tideflow.api.v1 import common_pb2, failure_pb2, flow_service_pb2, flow_service_pb2_grpc
+from tideflow.converter import (
     DefaultConverter,
     check_engine_readable,
     from_payloads,
     to_payloads,
 )
-from tideflow.api.v1 import common_pb2, failure_pb2, flow_service_pb2, flow_service_pb2_grpc
 from tideflow.errors import from_grpc
 from workers.ml_model.batcher import Batcher
 from workers.ml_model.model import BadModelInput, Model
