@@ -5,7 +5,6 @@ cluster itself (publish@1)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -23,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.support.cluster import Cluster, running_sqlite_cluster
+from tests.support.cluster import Cluster, running_sqlite_cluster, sdk_client
 from tests.support.postgres import PostgresServer, free_port
 from tideflow.api.v1 import history_pb2
 from tideflow.client import Client, RunHandle
-from tideflow.errors import AlreadyExistsError, RunFailedError
+from tideflow.errors import RunFailedError
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "connectors"
@@ -118,9 +117,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
 
 @pytest.fixture(scope="module")
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
-    async with await Client.connect(cluster.frontend) as opened:
-        with contextlib.suppress(AlreadyExistsError):
-            await opened.register_namespace("default")
+    async with sdk_client(cluster) as opened:
         yield opened
 
 

@@ -22,10 +22,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.cluster import Cluster, running_sqlite_cluster
+from tests.support.cluster import Cluster, running_sqlite_cluster, sdk_client
 from tests.support.postgres import free_port
 from tideflow.client import Client
-from tideflow.errors import AlreadyExistsError, NotFoundError
+from tideflow.errors import NotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK_SECRET = "hook-secret-1"
@@ -41,9 +41,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
 
 @pytest.fixture(scope="module")
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
-    async with await Client.connect(cluster.frontend) as opened:
-        with contextlib.suppress(AlreadyExistsError):
-            await opened.register_namespace("default")
+    async with sdk_client(cluster) as opened:
         # An order run: waits for its `shipped` signal, and takes `order_event` signals
         # meanwhile (each recorded in its history).
         await opened.register_flow(

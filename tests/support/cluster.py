@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.cluster import SERVER, Cluster, ServerProcess
+from tideflow.client import Client
+from tideflow.errors import AlreadyExistsError
 
-__all__ = ["SERVER", "Cluster", "ServerProcess", "running_sqlite_cluster"]
+__all__ = ["SERVER", "Cluster", "ServerProcess", "running_sqlite_cluster", "sdk_client"]
 
 
 @contextlib.asynccontextmanager
@@ -34,3 +36,13 @@ async def running_sqlite_cluster(
     finally:
         for process in cluster.processes.values():
             process.kill()
+
+
+@contextlib.asynccontextmanager
+async def sdk_client(cluster: Cluster, namespace: str = "default") -> AsyncIterator[Client]:
+    """The SDK's Client on `cluster`'s frontend, `namespace` registered if it was not."""
+    async with await Client.connect(cluster.frontend) as admin:
+        with contextlib.suppress(AlreadyExistsError):
+            await admin.register_namespace(namespace)
+    async with await Client.connect(cluster.frontend, namespace=namespace) as client:
+        yield client

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_cluster
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, sdk_client
 from tideflow.client import Client
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,9 +41,7 @@ async def cluster(
 @pytest.fixture(scope="package")
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
     """A client of the namespace the suite registers."""
-    async with await Client.connect(cluster.frontend) as admin:
-        await admin.register_namespace(NAMESPACE, description="worker conformance")
-    async with await Client.connect(cluster.frontend, namespace=NAMESPACE) as opened:
+    async with sdk_client(cluster, NAMESPACE) as opened:
         yield opened
 
 
