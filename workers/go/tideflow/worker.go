@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -303,8 +304,8 @@ func (w *Worker) canceled(task *Task, details any) {
 	})
 }
 
-// respond makes one answer, retrying UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED
-// with backoff for up to respondFor. NOT_FOUND (the attempt is no longer current) is dropped.
+// respond makes one answer, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff, and
+// RESOURCE_EXHAUSTED after its RetryInfo delay, for up to respondFor. NOT_FOUND (the attempt is no longer current) is dropped.
 // It returns the last error, nil when answered or dropped.
 func (w *Worker) respond(what string, response *tideflowv1.PollBlockTaskResponse, rpc func(context.Context) error) error {
 	deadline := time.Now().Add(respondFor)
@@ -327,8 +328,21 @@ func (w *Worker) respond(what string, response *tideflowv1.PollBlockTaskResponse
 			return err
 		}
 		delay = backoff(delay)
+		if wait, ok := retryDelay(err); ok {
+			delay = wait // a rate limit says when a token will be there
+		}
 		time.Sleep(delay)
 	}
+}
+
+// retryDelay is the google.rpc.RetryInfo of a RESOURCE_EXHAUSTED status, if it has one.
+func retryDelay(err error) (time.Duration, bool) {
+	for _, detail := range status.Convert(err).Details() {
+		if info, ok := detail.(*errdetails.RetryInfo); ok && info.GetRetryDelay() != nil {
+			return info.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 func retryable(code codes.Code) bool {

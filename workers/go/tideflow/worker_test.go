@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tideflowv1 "github.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1"
 )
@@ -241,5 +245,19 @@ func TestTheSlotLimitBoundsRunningBlocks(t *testing.T) {
 	}
 	if most > 2 {
 		t.Fatalf("%d blocks ran at once with 2 slots", most)
+	}
+}
+
+func TestARateLimitedAnswerWaitsTheServersRetryDelay(t *testing.T) {
+	st, err := status.New(codes.ResourceExhausted, "namespace over its rate limit").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wait, ok := retryDelay(st.Err()); !ok || wait != 1500*time.Millisecond {
+		t.Fatalf("retry delay %v, %v", wait, ok)
+	}
+	if _, ok := retryDelay(status.Error(codes.Unavailable, "away")); ok {
+		t.Fatal("a status without RetryInfo has a delay")
 	}
 }
