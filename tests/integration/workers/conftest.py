@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -70,34 +70,59 @@ def _argv(language: str, request: pytest.FixtureRequest) -> list[str]:
     return ["node", str(request.getfixturevalue("node_worker"))]
 
 
+@dataclass
+class Launcher:
+    """Starts example workers of one language serving the conformance blocks, each polling
+    (DescribeTaskQueue lists it) before it is handed out; kills what is left at the end."""
+
+    language: str
+    argv: list[str]
+    cluster: Cluster
+    client: Client
+    folder: Path
+    started: list[WorkerProcess] = field(default_factory=list)
+
+    async def start(self, queue: str) -> WorkerProcess:
+        identity = f"{self.language}-{uuid.uuid4().hex[:8]}"
+        argv = [
+            *self.argv,
+            *("--address", self.cluster.frontend, "--namespace", self.client.namespace),
+            *("--task-queue", queue, "--identity", identity, "--blocks", "conformance"),
+            *("--drain-timeout-s", "10"),
+        ]
+        log = self.folder / f"{identity}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(  # noqa: ASYNC220 - starts at once, nothing to await
+                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        worker = WorkerProcess(self.language, queue, identity, process, log)
+        self.started.append(worker)
+        await _until_polling(self.client, worker)
+        return worker
+
+    def kill(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+
+
 @pytest.fixture(params=LANGUAGES)
-async def worker(
+async def launcher(
     request: pytest.FixtureRequest, cluster: Cluster, client: Client, tmp_path: Path
-) -> AsyncIterator[WorkerProcess]:
-    """The language's example worker serving the conformance blocks on a queue of its own,
-    polling (DescribeTaskQueue lists it) before the test starts."""
+) -> AsyncIterator[Launcher]:
     language: str = request.param
-    queue = f"conf-{language}-{uuid.uuid4().hex[:8]}"
-    identity = f"{language}-{uuid.uuid4().hex[:8]}"
-    argv = [
-        *_argv(language, request),
-        *("--address", cluster.frontend, "--namespace", client.namespace),
-        *("--task-queue", queue, "--identity", identity, "--blocks", "conformance"),
-        *("--drain-timeout-s", "10"),
-    ]
-    log = tmp_path / f"{language}-worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: ASYNC220 - starts at once, nothing to await
-            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    started = WorkerProcess(language, queue, identity, process, log)
+    started = Launcher(language, _argv(language, request), cluster, client, tmp_path)
     try:
-        await _until_polling(client, started)
         yield started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        started.kill()
+
+
+@pytest.fixture
+async def worker(launcher: Launcher) -> WorkerProcess:
+    """The language's example worker on a queue of its own."""
+    return await launcher.start(f"conf-{launcher.language}-{uuid.uuid4().hex[:8]}")
 
 
 async def _until_polling(client: Client, worker: WorkerProcess) -> None:

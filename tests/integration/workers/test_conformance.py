@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.workers.conftest import WorkerProcess
+from tests.integration.workers.conftest import Launcher, WorkerProcess
 from tideflow.api.v1 import common_pb2, failure_pb2, history_pb2
 from tideflow.client import Client, RunHandle
 from tideflow.errors import RunFailedError
@@ -164,3 +164,37 @@ async def until_heartbeat(handle: RunHandle) -> None:
             return
         await asyncio.sleep(0.05)
     pytest.fail("the block never heartbeat")
+
+
+async def test_a_runs_affinity_blocks_stay_on_the_worker_that_started_it(
+    client: Client, launcher: Launcher
+) -> None:
+    # Two workers on one queue; blocks with `affinity: run` go to the sticky queue of the
+    # worker that ran the run's previous block, so the whole chain runs on one of them.
+    queue = f"conf-{launcher.language}-{uuid.uuid4().hex[:8]}"
+    first, second = [await launcher.start(queue) for _ in range(2)]
+    flow = f"chain-{uuid.uuid4().hex[:8]}"
+    steps = [f"s{i}" for i in range(6)]
+    await client.register_flow(
+        {
+            "name": flow,
+            "version": 1,
+            "task_queue": queue,
+            "timeouts": {"start_to_close": "20s"},
+            "blocks": [
+                {
+                    "id": step,
+                    **({"needs": [steps[i - 1]]} if i else {}),
+                    "external": {"block": "conf.echo@1", "affinity": "AFFINITY_RUN"},
+                    "input": i,
+                }
+                for i, step in enumerate(steps)
+            ],
+        }
+    )
+    handle = await client.start_run(flow, None, run_id=f"{flow}-run")
+    await handle.result(timeout=RESULT_TIMEOUT_S)
+    ran_on = {
+        s.identity for s in attributes(await events(handle), "block_started_event_attributes")
+    }
+    assert len(ran_on) == 1 and ran_on <= {first.identity, second.identity}, ran_on

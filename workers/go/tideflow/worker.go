@@ -6,11 +6,15 @@ package tideflow
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,7 +45,14 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// DrainTimeout is how long a shutdown waits for running blocks before cancelling them (30 s).
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// NoSticky turns off the worker's own sticky queue. By default the worker names one (its
+	// identity and a random suffix), polls it too and names it on its polls and completions,
+	// so blocks with `affinity: run` and an `affinity_key` it owns come to it first.
+	NoSticky bool
+	// WarmKeys are affinity keys whose state the worker holds warm (at most 100): tasks with
+	// them prefer this worker. Sent on every poll of the normal queue.
+	WarmKeys []string
+	Logger   *slog.Logger
 }
 
 const (
@@ -56,6 +67,7 @@ const (
 type Worker struct {
 	client  tideflowv1.FlowServiceClient
 	opts    Options
+	sticky  string
 	blocks  map[string]BlockFunc
 	log     *slog.Logger
 	slots   chan struct{}
@@ -90,9 +102,14 @@ func New(conn grpc.ClientConnInterface, opts Options) (*Worker, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	sticky := ""
+	if !opts.NoSticky {
+		sticky = stickyQueueName(opts.Identity)
+	}
 	return &Worker{
 		client: tideflowv1.NewFlowServiceClient(conn),
 		opts:   opts,
+		sticky: sticky,
 		blocks: map[string]BlockFunc{},
 		log:    logger.With("task_queue", opts.TaskQueue, "identity", opts.Identity),
 		slots:  make(chan struct{}, opts.MaxConcurrent),
@@ -111,12 +128,33 @@ func (w *Worker) Run(ctx context.Context) error {
 	blockCtx, cancelBlocks := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelBlocks(nil)
 	var pollers sync.WaitGroup
-	for range w.opts.Pollers {
+	poll := func(request *tideflowv1.PollBlockTaskRequest) {
 		pollers.Add(1)
 		go func() {
 			defer pollers.Done()
-			w.pollLoop(ctx, blockCtx)
+			w.pollLoop(ctx, blockCtx, request)
 		}()
+	}
+	normal := &tideflowv1.PollBlockTaskRequest{
+		Namespace:       w.opts.Namespace,
+		TaskQueue:       &tideflowv1.TaskQueue{Name: w.opts.TaskQueue},
+		Identity:        w.opts.Identity,
+		StickyTaskQueue: w.sticky,
+		WarmKeys:        w.opts.WarmKeys,
+	}
+	for range w.opts.Pollers {
+		poll(normal)
+	}
+	if w.sticky != "" {
+		// Half as many again on the sticky queue (at least one), each holding a free slot too.
+		sticky := &tideflowv1.PollBlockTaskRequest{
+			Namespace: w.opts.Namespace,
+			TaskQueue: &tideflowv1.TaskQueue{Name: w.sticky, Kind: tideflowv1.TaskQueueKind_TASK_QUEUE_KIND_STICKY},
+			Identity:  w.opts.Identity,
+		}
+		for range (w.opts.Pollers + 1) / 2 {
+			poll(sticky)
+		}
 	}
 	pollers.Wait()
 	w.log.Info("draining", "drain_timeout", w.opts.DrainTimeout)
@@ -136,7 +174,7 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // pollLoop takes a slot, polls, and hands a task to its own goroutine, until ctx is done.
-func (w *Worker) pollLoop(ctx, blockCtx context.Context) {
+func (w *Worker) pollLoop(ctx, blockCtx context.Context, request *tideflowv1.PollBlockTaskRequest) {
 	delay := time.Duration(0)
 	for {
 		select {
@@ -144,7 +182,7 @@ func (w *Worker) pollLoop(ctx, blockCtx context.Context) {
 			return
 		case w.slots <- struct{}{}:
 		}
-		response, err := w.poll(ctx)
+		response, err := w.poll(ctx, request)
 		if err != nil || len(response.GetTaskToken()) == 0 {
 			<-w.slots
 			if ctx.Err() != nil {
@@ -169,15 +207,31 @@ func (w *Worker) pollLoop(ctx, blockCtx context.Context) {
 	}
 }
 
-func (w *Worker) poll(ctx context.Context) (*tideflowv1.PollBlockTaskResponse, error) {
+func (w *Worker) poll(ctx context.Context, request *tideflowv1.PollBlockTaskRequest) (*tideflowv1.PollBlockTaskResponse, error) {
 	pollCtx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
-	return w.client.PollBlockTask(pollCtx, &tideflowv1.PollBlockTaskRequest{
-		Namespace: w.opts.Namespace,
-		TaskQueue: &tideflowv1.TaskQueue{Name: w.opts.TaskQueue},
-		Identity:  w.opts.Identity,
-	})
+	return w.client.PollBlockTask(pollCtx, request)
 }
+
+// StickyTaskQueue is the name of the worker's own sticky queue ("" with NoSticky).
+func (w *Worker) StickyTaskQueue() string { return w.sticky }
+
+// stickyQueueName is a queue name unique to this process: the identity, as far as a queue
+// name may spell it, and a random suffix.
+func stickyQueueName(identity string) string {
+	readable := strings.Trim(queueNameChars.ReplaceAllString(identity, "-"), "-")
+	if len(readable) > 200 {
+		readable = readable[:200]
+	}
+	if readable == "" {
+		readable = "worker"
+	}
+	var suffix [16]byte
+	_, _ = crand.Read(suffix[:])
+	return readable + "-" + hex.EncodeToString(suffix[:])
+}
+
+var queueNameChars = regexp.MustCompile(`[^A-Za-z0-9._:/-]+`)
 
 // execute runs one attempt and answers it: completed, failed, or canceled when the server
 // asked for it while the block ran.
@@ -269,6 +323,7 @@ func (w *Worker) complete(task *Task, response *tideflowv1.PollBlockTaskResponse
 	err = w.respond("completion", response, func(ctx context.Context) error {
 		_, err := w.client.RespondBlockCompleted(ctx, &tideflowv1.RespondBlockCompletedRequest{
 			Namespace: w.opts.Namespace, TaskToken: task.token, Result: payloads, Identity: w.opts.Identity,
+			StickyTaskQueue: w.sticky,
 		})
 		return err
 	})

@@ -3,6 +3,7 @@ package tideflow
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,10 +27,14 @@ type fakeFrontend struct {
 
 	mu         sync.Mutex
 	heartbeats int
+	polls      []*tideflowv1.PollBlockTaskRequest
 	answers    chan any
 }
 
-func (f *fakeFrontend) PollBlockTask(ctx context.Context, _ *tideflowv1.PollBlockTaskRequest) (*tideflowv1.PollBlockTaskResponse, error) {
+func (f *fakeFrontend) PollBlockTask(ctx context.Context, r *tideflowv1.PollBlockTaskRequest) (*tideflowv1.PollBlockTaskResponse, error) {
+	f.mu.Lock()
+	f.polls = append(f.polls, r)
+	f.mu.Unlock()
 	select {
 	case task := <-f.tasks:
 		return task, nil
@@ -259,5 +264,44 @@ func TestARateLimitedAnswerWaitsTheServersRetryDelay(t *testing.T) {
 	}
 	if _, ok := retryDelay(status.Error(codes.Unavailable, "away")); ok {
 		t.Fatal("a status without RetryInfo has a delay")
+	}
+}
+
+func TestTheWorkerPollsItsOwnStickyQueueAndNamesItOnPollsAndCompletions(t *testing.T) {
+	fake := newFake(task("echo@1", 1))
+	var worker *Worker
+	stop := start(t, fake, func(w *Worker) {
+		worker = w
+		w.Register("echo@1", func(_ context.Context, task *Task) (any, error) { return task.Input, nil })
+	}, Options{Identity: "host:42", WarmKeys: []string{"digits"}})
+	defer stop()
+	completed, ok := answer(t, fake).(*tideflowv1.RespondBlockCompletedRequest)
+	if !ok {
+		t.Fatal("not a completion")
+	}
+	sticky := worker.StickyTaskQueue()
+	if !strings.HasPrefix(sticky, "host:42-") || completed.GetStickyTaskQueue() != sticky {
+		t.Fatalf("sticky queue %q, completion named %q", sticky, completed.GetStickyTaskQueue())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fake.mu.Lock()
+		var normal, onSticky int
+		for _, poll := range fake.polls {
+			switch {
+			case poll.GetTaskQueue().GetName() == "q" && poll.GetStickyTaskQueue() == sticky && poll.GetWarmKeys()[0] == "digits":
+				normal++
+			case poll.GetTaskQueue().GetName() == sticky && poll.GetTaskQueue().GetKind() == tideflowv1.TaskQueueKind_TASK_QUEUE_KIND_STICKY:
+				onSticky++
+			}
+		}
+		fake.mu.Unlock()
+		if normal > 0 && onSticky > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d normal polls naming the sticky queue, %d sticky polls", normal, onSticky)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

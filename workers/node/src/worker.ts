@@ -1,10 +1,11 @@
 // The block worker: polls one task queue through the generated FlowService client, runs
 // registered block functions with a slot limit, heartbeats, delivers cancellation through an
 // AbortSignal, and drains on shutdown. docs/workers.md is the protocol it implements.
+import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 
-import type { Payloads } from "./gen/tideflow/api/v1/common.js";
+import { TaskQueueKind, type Payloads } from "./gen/tideflow/api/v1/common.js";
 import { ApplicationError, toFailure } from "./errors.js";
 import {
   FlowServiceClient,
@@ -66,6 +67,12 @@ export interface WorkerOptions {
   heartbeatIntervalMs?: number;
   /** How long a shutdown waits for running blocks before aborting them (30 s). */
   drainTimeoutMs?: number;
+  /** Turn off the worker's own sticky queue. By default it names one (its identity and a
+   * random suffix), polls it too and names it on its polls and completions, so blocks with
+   * `affinity: run` and the `affinity_key`s it owns come to it first. */
+  noSticky?: boolean;
+  /** Affinity keys whose state this worker holds warm (at most 100), sent on every normal poll. */
+  warmKeys?: string[];
   log?: (line: string) => void;
 }
 
@@ -108,6 +115,13 @@ function sleep(ms: number, abort?: AbortSignal): Promise<void> {
       resolve();
     }, { once: true });
   });
+}
+
+/** A queue name unique to this process: the identity, as far as a queue name may spell it,
+ * and a random suffix. */
+function stickyQueueName(identity: string): string {
+  const readable = identity.replace(/[^A-Za-z0-9._:/-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 200) || "worker";
+  return `${readable}-${randomBytes(16).toString("hex")}`;
 }
 
 function durationMs(value: { seconds: string; nanos: number } | undefined): number {
@@ -174,6 +188,9 @@ export class Worker {
   readonly namespace: string;
   readonly taskQueue: string;
   readonly identity: string;
+  /** The worker's own sticky queue ("" with noSticky). */
+  readonly stickyTaskQueue: string;
+  private readonly warmKeys: string[];
   private readonly client: FlowServiceClient;
   private readonly blocks = new Map<string, BlockFunction>();
   private readonly maxConcurrent: number;
@@ -197,6 +214,8 @@ export class Worker {
     this.drainTimeoutMs = options.drainTimeoutMs ?? 30_000;
     this.log = options.log ?? ((line) => console.error(line));
     this.freeSlots = this.maxConcurrent;
+    this.stickyTaskQueue = options.noSticky ? "" : stickyQueueName(this.identity);
+    this.warmKeys = options.warmKeys ?? [];
     this.client = new FlowServiceClient(options.address, credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
       "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -212,7 +231,24 @@ export class Worker {
   /** Poll and run blocks until shutdown(); resolves once the drain is over. */
   async run(): Promise<void> {
     this.log(`worker ${this.identity} polling ${this.namespace}/${this.taskQueue} for ${[...this.blocks.keys()].join(", ")}`);
-    await Promise.all(Array.from({ length: this.pollers }, () => this.pollLoop()));
+    const normal = PollBlockTaskRequest.fromPartial({
+      namespace: this.namespace,
+      taskQueue: { name: this.taskQueue },
+      identity: this.identity,
+      stickyTaskQueue: this.stickyTaskQueue,
+      warmKeys: this.warmKeys,
+    });
+    const loops = Array.from({ length: this.pollers }, () => this.pollLoop(normal));
+    if (this.stickyTaskQueue) {
+      // Half as many again on the sticky queue (at least one), each holding a free slot too.
+      const sticky = PollBlockTaskRequest.fromPartial({
+        namespace: this.namespace,
+        taskQueue: { name: this.stickyTaskQueue, kind: TaskQueueKind.TASK_QUEUE_KIND_STICKY },
+        identity: this.identity,
+      });
+      loops.push(...Array.from({ length: Math.ceil(this.pollers / 2) }, () => this.pollLoop(sticky)));
+    }
+    await Promise.all(loops);
     this.log(`draining ${this.running.size} running blocks (up to ${this.drainTimeoutMs} ms)`);
     const drained = Promise.all([...this.running]);
     let timer: NodeJS.Timeout | undefined;
@@ -248,7 +284,7 @@ export class Worker {
     this.slotWaiters.shift()?.();
   }
 
-  private async pollLoop(): Promise<void> {
+  private async pollLoop(request: PollBlockTaskRequest): Promise<void> {
     const stop = this.stopPolling.signal;
     stop.addEventListener("abort", () => {
       for (const wake of this.slotWaiters.splice(0)) wake();
@@ -260,11 +296,7 @@ export class Worker {
       try {
         task = await call(
           this.client.pollBlockTask.bind(this.client) as Unary<PollBlockTaskRequest, PollBlockTaskResponse>,
-          PollBlockTaskRequest.fromPartial({
-            namespace: this.namespace,
-            taskQueue: { name: this.taskQueue },
-            identity: this.identity,
-          }),
+          request,
           POLL_TIMEOUT_MS,
           stop,
         );
@@ -385,6 +417,7 @@ export class Worker {
           taskToken: task.taskToken,
           result,
           identity: this.identity,
+          stickyTaskQueue: this.stickyTaskQueue,
         }),
         RPC_TIMEOUT_MS,
       ),

@@ -17,6 +17,7 @@ class FakeFrontend {
   private waiters: Array<() => void> = [];
   heartbeats = 0;
   cancelAfter = 0;
+  readonly polls: Array<Record<string, unknown>> = [];
   private readonly server = new Server();
 
   constructor(private readonly tasks: PollBlockTaskResponse[]) {}
@@ -32,6 +33,7 @@ class FakeFrontend {
     this.server.addService(FlowServiceService, {
       ...unimplemented,
       pollBlockTask: (call: Call, done: sendUnaryData<unknown>) => {
+        this.polls.push(call.request);
         const task = this.tasks.shift();
         if (task) return done(null, task);
         const idle = setTimeout(() => done(null, PollBlockTaskResponse.fromPartial({})), 200);
@@ -177,4 +179,21 @@ test("the slot limit bounds the blocks running at once", async () => {
     { maxConcurrent: 2, pollers: 2 },
   );
   assert.ok(most <= 2, `${most} blocks ran at once with 2 slots`);
+});
+
+test("the worker polls its own sticky queue and names it on its polls and completions", async () => {
+  const fake = new FakeFrontend([task("echo@1", 1)]);
+  await withWorker(
+    fake,
+    (w) => w.register("echo@1", (input) => input),
+    async (w) => {
+      const [answer] = await fake.answered(1);
+      assert.match(w.stickyTaskQueue, /^host-42-[0-9a-f]{32}$/);
+      assert.equal(answer?.request["stickyTaskQueue"], w.stickyTaskQueue);
+      const queue = (poll: Record<string, unknown>) => poll["taskQueue"] as { name: string; kind: number };
+      assert.ok(fake.polls.some((p) => queue(p).name === "q" && p["stickyTaskQueue"] === w.stickyTaskQueue && (p["warmKeys"] as string[])[0] === "digits"));
+      assert.ok(fake.polls.some((p) => queue(p).name === w.stickyTaskQueue && queue(p).kind === 2));
+    },
+    { identity: "host 42", warmKeys: ["digits"] },
+  );
 });
