@@ -17,7 +17,8 @@ import structlog
 
 from tideflow.api.v1 import flow_service_pb2_grpc, operator_service_pb2_grpc
 from tideflow_server.config import Settings
-from tideflow_server.frontend.handler import FlowHandler, OperatorHandler
+from tideflow_server.frontend.base import Frontend, Timeouts
+from tideflow_server.frontend.handler import FlowHandler, OperatorHandler, frontend_layers
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter
 from tideflow_server.history.handler import HistoryHandler
 from tideflow_server.history.interpreter import Limits
@@ -194,26 +195,24 @@ class TideflowServer:
             limiter = NamespaceRateLimiter(
                 settings.frontend.namespace_rps, settings.frontend.namespace_burst
             )
-            flow_handler = FlowHandler(
+            frontend = Frontend(
                 manager=manager,
                 namespaces=namespaces,
                 limiter=limiter,
                 history=history,
                 matching=matching,
-                long_poll_timeout_s=settings.matching.long_poll_timeout_s,
-                history_long_poll_timeout_s=settings.history.long_poll_timeout_s,
-                wait_for_close_timeout_s=settings.history.wait_for_close_timeout_s,
+                timeouts=Timeouts(
+                    long_poll_s=settings.matching.long_poll_timeout_s,
+                    history_long_poll_s=settings.history.long_poll_timeout_s,
+                    wait_for_close_s=settings.history.wait_for_close_timeout_s,
+                ),
                 blueprint_limits=blueprint_limits(settings),
-                events=settings.events,
-                task_queues=task_queues,
+                events_config=settings.events,
+                task_queue_configs=task_queues,
             )
+            flow_handler = FlowHandler(frontend)
             operator_handler = OperatorHandler(
-                manager=manager,
-                namespaces=namespaces,
-                limiter=limiter,
-                membership=membership,
-                settings=settings,
-                shard_count=shard_count,
+                frontend, membership=membership, settings=settings, shard_count=shard_count
             )
             server = await start_role_server(
                 "frontend",
@@ -232,6 +231,7 @@ class TideflowServer:
                         ),
                     ),
                 ],
+                layers=frontend_layers(frontend),
             )
             self.servers["frontend"] = server
             await _retrying("join the cluster", lambda: membership.join("frontend", server.address))

@@ -45,6 +45,7 @@ from tideflow_server.rpc.errors import (
     from_exchange_status,
     from_rpc_error,
 )
+from tideflow_server.rpc.interceptors import Chain, base_layers
 from tideflow_server.rpc.server import Service, start_role_server
 from tideflow_server.rpc.streams import NotServed, StreamClient
 
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 @asynccontextmanager
 async def serving(engine: MatchingEngine) -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[Chain(base_layers())])
     matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(MatchingHandler(engine), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -264,7 +265,7 @@ async def test_an_add_without_an_answer_in_time_fails_with_deadline_exceeded(
 async def test_a_broken_stream_fails_waiting_adds_as_unavailable_and_the_next_opens_anew(
     make_engine: Callable[..., MatchingEngine], persistence: SqlPersistence
 ) -> None:
-    first = grpc.aio.server()
+    first = grpc.aio.server(interceptors=[Chain(base_layers())])
     dying = make_engine(sync_match_wait=30.0)
     matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(MatchingHandler(dying), first)
     port = first.add_insecure_port("127.0.0.1:0")
@@ -279,7 +280,7 @@ async def test_a_broken_stream_fails_waiting_adds_as_unavailable_and_the_next_op
         with pytest.raises(Unavailable):
             await waiting
 
-        second = grpc.aio.server()
+        second = grpc.aio.server(interceptors=[Chain(base_layers())])
         engine = make_engine()
         matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(
             MatchingHandler(engine), second
@@ -307,7 +308,7 @@ async def test_a_host_without_the_stream_is_told_apart(
     make_engine: Callable[..., MatchingEngine],
 ) -> None:
     engine = make_engine()
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[Chain(base_layers())])
     matching_service_pb2_grpc.add_MatchingServiceServicer_to_server(_OlderHandler(engine), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

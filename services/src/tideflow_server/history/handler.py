@@ -1,5 +1,5 @@
-"""The HistoryService servicer: route each request to the shard that owns its run, run the
-use case, and map every error in one place."""
+"""The HistoryService servicer: route each request to the shard that owns its run and run the
+use case. Errors map to statuses in the interceptor chain (rpc/interceptors.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 
 from tideflow.api.v1 import flow_service_pb2
 from tideflow_server.history.api import (
@@ -31,58 +30,15 @@ from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.controller import ShardController
 from tideflow_server.internal.v1 import history_service_pb2 as hs
 from tideflow_server.internal.v1 import history_service_pb2_grpc
-from tideflow_server.persistence import errors as store
 from tideflow_server.rpc.clients import shard_for
-from tideflow_server.rpc.errors import (
-    FieldViolation,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ServiceError,
-    Unavailable,
-    abort,
-    to_exchange_status,
-    to_item_status,
-)
+from tideflow_server.rpc.deadlines import wait_budget
+from tideflow_server.rpc.errors import InvalidArgument, to_exchange_status, to_item_status
+from tideflow_server.rpc.interceptors import service_error
 from tideflow_server.rpc.streams import StreamServer
 from tideflow_server.tokens import parse_token
 
-log = structlog.get_logger(__name__)
-REPLY_MARGIN_S = 1.0
-"""A long poll answers this long before the caller's deadline (at most a fifth of the time
-left), so that its empty answer arrives instead of DEADLINE_EXCEEDED."""
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
-_FOREIGN_PAGE_TOKEN = (
-    "is not a page token this server issued for this query; pass the token the previous "
-    "page returned, unchanged"
-)
-
-
-def service_error(e: Exception) -> ServiceError:
-    """The one place where anything raised below a handler becomes a gRPC status."""
-    if isinstance(e, ServiceError):
-        return e
-    if isinstance(e, store.NotFound):
-        return NotFound(str(e))
-    if isinstance(e, store.SizeLimitExceeded):
-        return InvalidArgument(str(e), reason="SIZE_LIMIT_EXCEEDED")
-    if isinstance(e, store.InvalidPageToken):
-        # Every paged request carries its token as `next_page_token`.
-        return InvalidArgument([FieldViolation("next_page_token", _FOREIGN_PAGE_TOKEN)])
-    if isinstance(e, store.ShardOwnershipLost | store.Unavailable | store.ConditionFailed):
-        return Unavailable(str(e))
-    log.exception("unexpected error", exc_info=e)
-    return Internal(f"internal error: {type(e).__name__}")
-
-
-def poll_wait(configured_s: float, remaining_s: float | None) -> float:
-    """How long a long poll may wait: the configured time, cut to end a little before the
-    caller's deadline (the frontend's call carries its caller's, less its own margin)."""
-    if remaining_s is None:
-        return configured_s
-    return max(0.0, min(configured_s, remaining_s - min(REPLY_MARGIN_S, remaining_s / 5)))
 
 
 class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
@@ -98,15 +54,11 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
 
     async def _serve(
         self,
-        context: Context,
         namespace_id: str,
         run_id: str,
         invoke: Callable[[ShardContext], Awaitable[Resp]],
     ) -> Resp:
-        try:
-            return await invoke(self._shard(namespace_id, run_id))
-        except Exception as e:
-            await abort(context, service_error(e))
+        return await invoke(self._shard(namespace_id, run_id))
 
     async def _on_token(
         self,
@@ -117,21 +69,8 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         """A worker's call: the run (and so the shard) comes from its task token."""
         return await invoke(self._shard(namespace_id, parse_token(task_token).run_id))
 
-    async def _serve_token(
-        self,
-        context: Context,
-        namespace_id: str,
-        task_token: bytes,
-        invoke: Callable[[ShardContext], Awaitable[Resp]],
-    ) -> Resp:
-        try:
-            return await self._on_token(namespace_id, task_token, invoke)
-        except Exception as e:
-            await abort(context, service_error(e))
-
     async def StartRun(self, request: hs.StartRunRequest, context: Context) -> hs.StartRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run_id,
             lambda shard: start_run.invoke(shard, request),
@@ -141,7 +80,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.SignalRunRequest, context: Context
     ) -> hs.SignalRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: signal_run.invoke(shard, request),
@@ -151,7 +89,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.SignalWithStartRunRequest, context: Context
     ) -> hs.SignalWithStartRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run_id,
             lambda shard: signal_with_start_run.invoke(shard, request),
@@ -161,7 +98,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.CancelRunRequest, context: Context
     ) -> hs.CancelRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: cancel_run.invoke(shard, request),
@@ -171,7 +107,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.TerminateRunRequest, context: Context
     ) -> hs.TerminateRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: terminate_run.invoke(shard, request),
@@ -181,7 +116,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.DescribeRunRequest, context: Context
     ) -> hs.DescribeRunResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: describe_run.invoke(shard, request),
@@ -191,7 +125,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.RecordChildRunClosedRequest, context: Context
     ) -> hs.RecordChildRunClosedResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.parent.run_id,
             lambda shard: record_child_run_closed.invoke(shard, request),
@@ -201,7 +134,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.DeliverEventRequest, context: Context
     ) -> hs.DeliverEventResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.run.run_id,
             lambda shard: deliver_event.invoke(shard, request),
@@ -212,11 +144,10 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     ) -> hs.GetRunHistoryResponse:
         remaining = context.time_remaining()
         return await self._serve(
-            context,
             request.namespace_id,
             request.request.run.run_id,
             lambda shard: get_run_history.invoke(
-                shard, request, timeout_s=poll_wait(shard.config.long_poll_timeout_s, remaining)
+                shard, request, timeout_s=wait_budget(shard.config.long_poll_timeout_s, remaining)
             ),
         )
 
@@ -224,7 +155,6 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
         self, request: hs.RecordBlockStartedRequest, context: Context
     ) -> hs.RecordBlockStartedResponse:
         return await self._serve(
-            context,
             request.namespace_id,
             request.run.run_id,
             lambda shard: record_block_started.invoke(shard, request),
@@ -233,8 +163,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def RecordBlockHeartbeat(
         self, request: hs.RecordBlockHeartbeatRequest, context: Context
     ) -> hs.RecordBlockHeartbeatResponse:
-        return await self._serve_token(
-            context,
+        return await self._on_token(
             request.namespace_id,
             request.request.task_token,
             lambda shard: record_block_heartbeat.invoke(shard, request),
@@ -243,8 +172,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def RespondBlockCompleted(
         self, request: hs.RespondBlockCompletedRequest, context: Context
     ) -> hs.RespondBlockCompletedResponse:
-        return await self._serve_token(
-            context,
+        return await self._on_token(
             request.namespace_id,
             request.request.task_token,
             lambda shard: respond_block_completed.invoke(shard, request),
@@ -299,8 +227,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def RespondBlockFailed(
         self, request: hs.RespondBlockFailedRequest, context: Context
     ) -> hs.RespondBlockFailedResponse:
-        return await self._serve_token(
-            context,
+        return await self._on_token(
             request.namespace_id,
             request.request.task_token,
             lambda shard: respond_block_failed.invoke(shard, request),
@@ -309,8 +236,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def RespondBlockCanceled(
         self, request: hs.RespondBlockCanceledRequest, context: Context
     ) -> hs.RespondBlockCanceledResponse:
-        return await self._serve_token(
-            context,
+        return await self._on_token(
             request.namespace_id,
             request.request.task_token,
             lambda shard: respond_block_canceled.invoke(shard, request),
@@ -319,10 +245,7 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
     async def DescribeShard(
         self, request: hs.DescribeShardRequest, context: Context
     ) -> hs.DescribeShardResponse:
-        try:
-            shard = self._controller.get(request.shard_id)
-        except ServiceError as e:
-            await abort(context, e)
+        shard = self._controller.get(request.shard_id)
         return hs.DescribeShardResponse(shard_info=shard.lease.info, host_id=shard.lease.owner)
 
     async def CloseShard(

@@ -1,9 +1,10 @@
-"""gRPC face of the matching role: validate, call the engine, map errors in one place."""
+"""gRPC face of the matching role: validate, call the engine. Errors map to statuses in the
+interceptor chain (rpc/interceptors.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -13,16 +14,9 @@ from tideflow.api.v1 import common_pb2, task_queue_pb2
 from tideflow_server import queue_config
 from tideflow_server.internal.v1 import matching_service_pb2, matching_service_pb2_grpc
 from tideflow_server.matching.engine import MatchingEngine
-from tideflow_server.persistence.errors import PersistenceError
-from tideflow_server.rpc.errors import (
-    FieldViolation,
-    Internal,
-    InvalidArgument,
-    ServiceError,
-    Unavailable,
-    abort,
-    to_exchange_status,
-)
+from tideflow_server.rpc.deadlines import wait_budget
+from tideflow_server.rpc.errors import FieldViolation, InvalidArgument, to_exchange_status
+from tideflow_server.rpc.interceptors import service_error
 from tideflow_server.rpc.streams import StreamServer
 
 log = structlog.get_logger(__name__)
@@ -144,40 +138,15 @@ def validate_cancel(request: matching_service_pb2.CancelOutstandingPollRequest) 
 
 
 class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
-    def __init__(self, engine: MatchingEngine, *, reply_margin: float = 1.0) -> None:
-        """`reply_margin`: seconds a long poll answers before the caller's deadline (at most a
-        fifth of the time it has), so the empty reply arrives rather than DEADLINE_EXCEEDED."""
+    def __init__(self, engine: MatchingEngine) -> None:
         self._engine = engine
-        self._reply_margin = reply_margin
         self.streams = StreamServer()
-
-    @staticmethod
-    def _service_error(e: Exception) -> ServiceError:
-        if isinstance(e, ServiceError):
-            return e
-        if isinstance(e, PersistenceError):
-            return Unavailable(f"persistence: {e}")
-        log.exception("matching call failed", exc_info=e)
-        return Internal("internal error")
-
-    async def _serve(self, context: Context, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except Exception as e:
-            error = self._service_error(e)
-        await abort(context, error)
-
-    async def _validated(self, context: Context, check: Callable[[R], None], request: R) -> None:
-        try:
-            check(request)
-        except InvalidArgument as e:
-            await abort(context, e)
 
     async def AddBlockTask(
         self, request: matching_service_pb2.AddBlockTaskRequest, context: Context
     ) -> matching_service_pb2.AddBlockTaskResponse:
-        await self._validated(context, validate_add, request)
-        return await self._serve(context, self._engine.add_block_task(request))
+        validate_add(request)
+        return await self._engine.add_block_task(request)
 
     async def AddBlockTaskStream(  # type: ignore[override]  # read and written through the context
         self,
@@ -192,7 +161,7 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
                 added = await self._engine.add_block_task(message.request)
             except Exception as e:
                 return matching_service_pb2.AddBlockTaskStreamResponse(
-                    id=message.id, status=to_exchange_status(self._service_error(e))
+                    id=message.id, status=to_exchange_status(service_error(e))
                 )
             return matching_service_pb2.AddBlockTaskStreamResponse(id=message.id, response=added)
 
@@ -203,44 +172,44 @@ class MatchingHandler(matching_service_pb2_grpc.MatchingServiceServicer):
     ) -> matching_service_pb2.PollBlockTaskResponse:
         # A client that goes away cancels this coroutine; the engine frees the poll on the way
         # out, so no task is handed to a dead poll.
-        await self._validated(context, validate_poll, request)
+        validate_poll(request)
         remaining: float | None = context.time_remaining()
         deadline: float | None = None
         if remaining is not None:
-            remaining -= min(self._reply_margin, remaining / 5)
-            if remaining <= 0:
+            wait = wait_budget(remaining, remaining)
+            if wait <= 0:
                 return matching_service_pb2.PollBlockTaskResponse()
-            deadline = asyncio.get_running_loop().time() + remaining
-        return await self._serve(context, self._engine.poll_block_task(request, deadline=deadline))
+            deadline = asyncio.get_running_loop().time() + wait
+        return await self._engine.poll_block_task(request, deadline=deadline)
 
     async def DescribeTaskQueue(
         self, request: matching_service_pb2.DescribeTaskQueueRequest, context: Context
     ) -> matching_service_pb2.DescribeTaskQueueResponse:
-        await self._validated(context, validate_describe, request)
-        return await self._serve(context, self._engine.describe_task_queue(request))
+        validate_describe(request)
+        return await self._engine.describe_task_queue(request)
 
     async def UpdateTaskQueueConfig(
         self, request: matching_service_pb2.UpdateTaskQueueConfigRequest, context: Context
     ) -> matching_service_pb2.UpdateTaskQueueConfigResponse:
-        await self._validated(context, validate_update_config, request)
-        return await self._serve(context, self._engine.update_task_queue_config(request))
+        validate_update_config(request)
+        return await self._engine.update_task_queue_config(request)
 
     async def ApplyTaskQueueConfig(
         self, request: matching_service_pb2.ApplyTaskQueueConfigRequest, context: Context
     ) -> matching_service_pb2.ApplyTaskQueueConfigResponse:
-        await self._validated(context, validate_apply_config, request)
+        validate_apply_config(request)
         self._engine.apply_task_queue_config(request)
         return matching_service_pb2.ApplyTaskQueueConfigResponse()
 
     async def ReleaseConcurrencySlot(
         self, request: matching_service_pb2.ReleaseConcurrencySlotRequest, context: Context
     ) -> matching_service_pb2.ReleaseConcurrencySlotResponse:
-        await self._validated(context, validate_release, request)
-        return await self._serve(context, self._engine.release_concurrency_slot(request))
+        validate_release(request)
+        return await self._engine.release_concurrency_slot(request)
 
     async def CancelOutstandingPoll(
         self, request: matching_service_pb2.CancelOutstandingPollRequest, context: Context
     ) -> matching_service_pb2.CancelOutstandingPollResponse:
-        await self._validated(context, validate_cancel, request)
+        validate_cancel(request)
         self._engine.cancel_outstanding_poll(request.poller_id)
         return matching_service_pb2.CancelOutstandingPollResponse()

@@ -196,6 +196,13 @@ class DeadlineExceeded(ServiceError):
     default_reason = "DEADLINE_EXCEEDED"
 
 
+class Unimplemented(ServiceError):
+    """The method is not served here (a generated servicer's default, an older peer)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -213,6 +220,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         PermissionDenied,
         Unavailable,
         DeadlineExceeded,
+        Unimplemented,
         Internal,
     )
 }
