@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +25,9 @@ from tideflow_server.persistence.cassandra import CassandraPersistence, open_cas
 from tideflow_server.persistence.postgres import open_postgres
 from tideflow_server.persistence.sql import SqlPersistence
 from tideflow_server.persistence.sqlite import open_sqlite
+
+if TYPE_CHECKING:
+    from deploy.local.pki import Pki
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgres", "cassandra"]
@@ -174,13 +178,24 @@ _cluster_databases = count(1)
 
 
 def make_cluster(
-    backend: str, root: Path, request: pytest.FixtureRequest, *, split: bool | None = None
+    backend: str,
+    root: Path,
+    request: pytest.FixtureRequest,
+    *,
+    split: bool | None = None,
+    pki: Pki | None = None,
 ) -> Cluster:
     """A cluster on a fresh database of `backend`, schema set up, not started yet. SQLite runs
-    one process with all roles unless `split`; the others always run three role processes."""
+    one process with all roles unless `split`; the others always run three role processes.
+    With `pki`, the roles talk to each other over mutual TLS (the public port stays
+    plaintext)."""
+    tls: dict[str, Any] = {"pki": pki, "public_tls": False}
     if backend == "sqlite":
         cluster = Cluster(
-            root, {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}}, split=bool(split)
+            root,
+            {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}},
+            split=bool(split),
+            **tls,
         )
         cluster.schema_setup()
         return cluster
@@ -193,6 +208,7 @@ def make_cluster(
             root,
             {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
             split=True,
+            **tls,
         )
     port: int = request.getfixturevalue("cassandra_port")
     postgres_server.psql(f"CREATE DATABASE {name}")
@@ -209,6 +225,7 @@ def make_cluster(
             "visibility": {"backend": "postgres", "postgres": {"dsn": postgres_server.dsn(name)}},
         },
         split=True,
+        **tls,
     )
     cluster.schema_setup()
     return cluster

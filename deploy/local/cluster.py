@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import yaml
@@ -32,8 +32,54 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from deploy.local.postgres import free_port
 from tideflow.api.v1 import operator_service_pb2, operator_service_pb2_grpc
 
+if TYPE_CHECKING:
+    from deploy.local.pki import Pki
+
 SERVER = str(Path(sys.executable).with_name("tideflow-server"))
 ROLES = ("frontend", "history", "matching")
+INTERNAL_SERVER_NAME = "tideflow-role"
+"""The name in the roles' certificate (deploy/local/pki.py), checked on internal calls."""
+
+
+def tls_settings(pki: Pki, *, public: bool) -> dict[str, Any]:
+    """The `security` settings of a cluster with `pki`: mutual TLS between the roles (the
+    internal CA), and with `public` on the public port too (clients need a certificate from
+    the public CA)."""
+    settings: dict[str, Any] = {
+        "internal_tls": {
+            "cert_file": str(pki.role.cert),
+            "key_file": str(pki.role.key),
+            "ca_file": str(pki.internal_ca),
+            "server_name": INTERNAL_SERVER_NAME,
+        },
+    }
+    if public:
+        settings["public_tls"] = {
+            "cert_file": str(pki.frontend.cert),
+            "key_file": str(pki.frontend.key),
+            "client_ca_file": str(pki.public_ca),
+        }
+    return settings
+
+
+def role_channel(
+    address: str, role: str, pki: Pki | None, *, public_tls: bool = True
+) -> grpc.aio.Channel:
+    """A channel to one role's port: plaintext, or as a client of that port's TLS."""
+    if pki is None or (role == "frontend" and not public_tls):
+        return grpc.aio.insecure_channel(address)
+    if role == "frontend":
+        credentials = grpc.ssl_channel_credentials(
+            pki.public_ca.read_bytes(), pki.client.key.read_bytes(), pki.client.cert.read_bytes()
+        )
+        return grpc.aio.secure_channel(address, credentials)
+    credentials = grpc.ssl_channel_credentials(
+        pki.internal_ca.read_bytes(), pki.role.key.read_bytes(), pki.role.cert.read_bytes()
+    )
+    return grpc.aio.secure_channel(
+        address, credentials, options=[("grpc.ssl_target_name_override", INTERNAL_SERVER_NAME)]
+    )
+
 
 TEST_SETTINGS: Mapping[str, Any] = {
     "membership": {"heartbeat_interval_s": 0.5, "ttl_s": 5.0},
@@ -57,6 +103,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
     """Added to the environment of the process (settings layered over the config file)."""
+    pki: Pki | None = None
+    public_tls: bool = True
 
     @property
     def pid(self) -> int | None:
@@ -80,7 +128,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         for role in self.roles:
             address = f"127.0.0.1:{self.ports[role]}"
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with role_channel(address, role, self.pki, public_tls=self.public_tls) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:
                     if self.process is not None and self.process.poll() is not None:
@@ -133,6 +181,10 @@ class Cluster:
     """Config sections besides persistence, cluster and services (membership, history,
     matching, frontend). None: TEST_SETTINGS; `{}`: the server's own defaults."""
     cluster_name: str = "test"
+    pki: Pki | None = None
+    """Mutual TLS between the roles, and on the public port unless not `public_tls` (see
+    `tls_settings`); tests connect with `channel(role)`."""
+    public_tls: bool = True
 
     def __post_init__(self) -> None:
         if not self.split and (self.history_processes != 1 or self.matching_processes != 1):
@@ -144,7 +196,10 @@ class Cluster:
         # The first process of each role listens where the YAML says; tests address it.
         self.ports = {role: ports[0] for role, ports in role_ports.items()}
         self.config = self.root / "tideflow.yaml"
-        extra = TEST_SETTINGS if self.settings is None else self.settings
+        extra = dict(TEST_SETTINGS if self.settings is None else self.settings)
+        if self.pki is not None:
+            tls = tls_settings(self.pki, public=self.public_tls)
+            extra["security"] = {**extra.get("security", {}), **tls}
         self.config.write_text(
             yaml.safe_dump(
                 {
@@ -176,11 +231,18 @@ class Cluster:
             ports=ports,
             log_path=self.root / f"{name}.log",
             env=env,
+            pki=self.pki,
+            public_tls=self.public_tls,
         )
 
     @property
     def frontend(self) -> str:
         return f"127.0.0.1:{self.ports['frontend']}"
+
+    def channel(self, role: str = "frontend") -> grpc.aio.Channel:
+        """A channel to the first process of `role`, with this cluster's TLS."""
+        address = f"127.0.0.1:{self.ports[role]}"
+        return role_channel(address, role, self.pki, public_tls=self.public_tls)
 
     def process_of(self, role: str) -> ServerProcess:
         """The first process serving `role`."""
@@ -210,7 +272,7 @@ class Cluster:
         expected = {"history": self.history_processes, "matching": self.matching_processes}
         previous: object = None
         changed_at = loop.time()
-        async with grpc.aio.insecure_channel(self.frontend) as channel:
+        async with self.channel() as channel:
             stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
             while True:
                 try:

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from deploy.local.pki import make_pki
 from tests.conftest import CLUSTER_BACKENDS, make_cluster
 from tests.support.cluster import Cluster
 from tests.support.flows import (
@@ -34,9 +35,15 @@ from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
 RUNS = 200
 
 
+MTLS = "postgres-mtls"
+"""The split topology on PostgreSQL with mutual TLS between the roles."""
+
+
 @pytest.fixture(params=CLUSTER_BACKENDS)
 async def split_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    cluster = make_cluster(request.param, tmp_path, request, split=True)
+    backend, mtls = request.param.removesuffix("-mtls"), request.param.endswith("-mtls")
+    pki = make_pki(tmp_path / "pki") if mtls else None
+    cluster = make_cluster(backend, tmp_path, request, split=True, pki=pki)
     try:
         await cluster.start()
         yield cluster
@@ -115,6 +122,7 @@ def _completions(events: list[history_pb2.HistoryEvent]) -> Counter[str]:
     return completed
 
 
+@pytest.mark.parametrize("split_cluster", [*CLUSTER_BACKENDS, MTLS], indirect=True)
 async def test_kill_history_then_matching_loses_nothing(split_cluster: Cluster) -> None:
     cluster = split_cluster
     client = Client(cluster.frontend)

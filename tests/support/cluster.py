@@ -4,6 +4,7 @@ one-process SQLite cluster for modules that need settings of their own."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,27 @@ from deploy.local.cluster import SERVER, Cluster, ServerProcess
 from tideflow.client import Client
 from tideflow.errors import AlreadyExistsError
 
-__all__ = ["SERVER", "Cluster", "ServerProcess", "running_sqlite_cluster", "sdk_client"]
+__all__ = [
+    "SERVER",
+    "Cluster",
+    "ServerProcess",
+    "admin_key",
+    "running_sqlite_cluster",
+    "sdk_client",
+]
+
+
+def admin_key(cluster: Cluster) -> str:
+    """A cluster admin API key, made as an operator makes the first one: with
+    `tideflow-server auth create-key` on the cluster's config, straight into its database."""
+    made = subprocess.run(
+        [SERVER, "auth", "create-key", "--config", str(cluster.config), "--role", "admin"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return made.stdout.strip()
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,9 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
+
+import grpc
 
 from tideflow import Worker
 from workers.python_example.blocks import CONFORMANCE, DEMO
@@ -32,11 +35,27 @@ async def serve(args: argparse.Namespace) -> None:
         namespace=args.namespace,
         identity=args.identity or f"{socket.gethostname()}:{os.getpid()}",
         max_concurrent=args.max_concurrent,
+        api_key=args.api_key or None,
+        tls=_credentials(args),
     )
     runner = asyncio.create_task(worker.run())
     await stop.wait()
     await worker.shutdown(grace_s=args.drain_timeout_s)
     await runner
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | bool:
+    if not (args.tls_ca or args.tls_cert):
+        return False
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key),
+        certificate_chain=read(args.tls_cert),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=10)
     parser.add_argument("--blocks", choices=sorted(BLOCK_SETS), default="demo")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument(
+        "--api-key", default=os.environ.get("TIDEFLOW_API_KEY", ""), help="a worker key"
+    )
+    parser.add_argument("--tls-ca", default="", help="connect with TLS, trusting this CA (PEM)")
+    parser.add_argument("--tls-cert", default="", help="client certificate (PEM), for mTLS")
+    parser.add_argument("--tls-key", default="", help="the client certificate's key (PEM)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(args))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -247,6 +247,87 @@ class EventsConfig(_Section):
     (the response's `delivered` says how many were)."""
 
 
+class TaskTokenKey(_Section):
+    """One key that signs task tokens (HMAC-SHA256)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """Named in each token it signs, so that a token finds its key after a rotation."""
+    secret: SecretStr = Field(min_length=32)
+
+
+class AuthConfig(_Section):
+    enabled: bool = False
+    """Every public call must carry an API key (metadata `authorization: Bearer <key>`) of
+    the namespace it acts on, with a role that allows it (frontend/rules.py). Off for
+    `start-dev`; the production configs in deploy/config turn it on."""
+    key_cache_s: float = Field(default=5.0, ge=0)
+    """How long a frontend trusts a key it has looked up: a key revoked through another
+    frontend stops working within this (at once on the frontend that revoked it)."""
+
+
+class TlsConfig(_Section):
+    """TLS of one listening port. With `cert_file` and `key_file` the port serves TLS only;
+    with `client_ca_file` too, it accepts only clients with a certificate that CA signed."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        return self
+
+
+class InternalTlsConfig(_Section):
+    """Mutual TLS between the roles (history and matching ports, and the calls every role
+    makes to them): each role presents `cert_file`, and trusts only peers whose certificate
+    `ca_file` signed. All three or none."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    server_name: str | None = None
+    """The name the roles' certificates carry, checked on every internal call; by default
+    the host of the address dialled."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _all(self) -> InternalTlsConfig:
+        given = [self.cert_file, self.key_file, self.ca_file]
+        if any(f is not None for f in given) and not all(f is not None for f in given):
+            raise ValueError("internal TLS takes cert_file, key_file and ca_file together")
+        return self
+
+
+class SecurityConfig(_Section):
+    task_token_keys: list[TaskTokenKey] = []
+    """The first signs new task tokens; every one listed verifies them. Rotate by listing a
+    new key first and keeping the old one until the tokens it signed are done (their blocks'
+    timeouts). Empty: the cluster's own key, generated into its database on first start."""
+    auth: AuthConfig = AuthConfig()
+    public_tls: TlsConfig = TlsConfig()
+    """The frontend's port (clients, workers, tidectl)."""
+    internal_tls: InternalTlsConfig = InternalTlsConfig()
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> SecurityConfig:
+        ids = [k.id for k in self.task_token_keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("task_token_keys: each id once")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -261,6 +342,7 @@ class Settings(BaseSettings):
     matching: MatchingRoleConfig = MatchingRoleConfig()
     frontend: FrontendConfig = FrontendConfig()
     events: EventsConfig = EventsConfig()
+    security: SecurityConfig = SecurityConfig()
 
     yaml_file: ClassVar[Path | None] = None
 

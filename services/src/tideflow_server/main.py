@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tideflow.api.v1 import namespace_pb2
+from tideflow_server.auth import CLUSTER, ApiKeys, Role
 from tideflow_server.config import Settings, load_settings
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import schema
@@ -96,6 +97,30 @@ async def _start_dev(settings: Settings, namespace: str) -> None:
     await serve_until_signalled(server, setup_schema=True, on_started=started)
 
 
+async def _create_key(settings: Settings, args: argparse.Namespace) -> str:
+    """A key written straight to the database: the first cluster admin key (or one for when
+    no admin key is at hand). Prints the key, which is shown only here."""
+    persistence = await open_persistence(settings.persistence)
+    try:
+        await schema.check_schema(schema_databases(persistence)[0])
+        if args.namespace != CLUSTER:
+            await persistence.metadata.get_namespace_by_name(args.namespace)
+        info, key = await ApiKeys(persistence.metadata).create(
+            namespace=args.namespace,
+            role=Role[args.role.upper()],
+            task_queues=args.task_queue or [],
+            description=args.description,
+        )
+    finally:
+        await persistence.close()
+    print(
+        f"key id {info.key_id} ({args.role}, namespace {args.namespace!r}); the key, shown "
+        "only now:",
+        file=sys.stderr,
+    )
+    return key
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tideflow-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-json", action="store_true", help="log one JSON object a line")
 
+    auth = commands.add_parser("auth", help="API keys, straight in the database")
+    auth_commands = auth.add_subparsers(dest="auth_command", required=True)
+    create = auth_commands.add_parser(
+        "create-key", help="make an API key (the first cluster admin key, say) and print it"
+    )
+    create.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+    create.add_argument("--namespace", default=CLUSTER, help="a namespace, or '*' (cluster)")
+    create.add_argument("--role", choices=[r.label for r in Role], default="admin")
+    create.add_argument("--task-queue", action="append", help="a worker key's queue (repeat)")
+    create.add_argument("--description", default="")
+
     dev = commands.add_parser(
         "start-dev", help="all roles in one process on SQLite, schema and namespace created"
     )
@@ -127,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             settings = load_settings(args.config)
             print(run_on_loop(settings, _schema(settings, args.action)))
+        elif args.command == "auth":
+            settings = load_settings(args.config)
+            print(run_on_loop(settings, _create_key(settings, args)))
         elif args.command == "start":
             configure_logging(
                 level=os.environ.get("TIDEFLOW_LOG_LEVEL", "INFO"), json=args.log_json

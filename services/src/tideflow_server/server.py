@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import grpc
 import structlog
 
 from tideflow.api.v1 import flow_service_pb2_grpc, operator_service_pb2_grpc
+from tideflow_server.auth import ApiKeys
 from tideflow_server.config import Settings
 from tideflow_server.frontend.base import Frontend, Timeouts
 from tideflow_server.frontend.handler import FlowHandler, OperatorHandler, frontend_layers
@@ -24,7 +27,11 @@ from tideflow_server.history.handler import HistoryHandler
 from tideflow_server.history.interpreter import Limits
 from tideflow_server.history.shard.controller import ShardController
 from tideflow_server.history.tasks import timer, transfer
-from tideflow_server.internal.v1 import history_service_pb2_grpc, matching_service_pb2_grpc
+from tideflow_server.internal.v1 import (
+    history_service_pb2_grpc,
+    matching_service_pb2_grpc,
+    records_pb2,
+)
 from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHandler
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
@@ -41,8 +48,15 @@ from tideflow_server.rpc.clients import (
     MatchingClient,
     partition_key,
 )
-from tideflow_server.rpc.server import RoleServer, Service, start_role_server
+from tideflow_server.rpc.server import (
+    RoleServer,
+    Service,
+    channel_credentials,
+    server_credentials,
+    start_role_server,
+)
 from tideflow_server.taskqueue_configs import TaskQueueConfigs
+from tideflow_server.tokens import CLUSTER_KEY_ID, TokenKeys
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -64,7 +78,13 @@ class TideflowServer:
         self.servers: dict[str, RoleServer] = {}
         self._persistence: AnyPersistence | None = None
         self._membership: Membership | None = None
-        self._channels = ChannelPool()
+        internal = settings.security.internal_tls
+        self._channels = ChannelPool(
+            channel_credentials(internal.ca_file, internal.cert_file, internal.key_file)
+            if internal.enabled
+            else None,
+            server_name=internal.server_name,
+        )
         self._controller: ShardController | None = None
         self._matching_engine: MatchingEngine | None = None
 
@@ -88,11 +108,19 @@ class TideflowServer:
                 if setup_schema and await schema.current_version(db) is None:
                     await schema.setup_schema(db)
                 await schema.check_schema(db)
+            # The first process of a new cluster generates its token key; every later one
+            # reads the same (the insert is conditional).
+            data = records_pb2.ClusterMetadata(task_token_secret=secrets.token_bytes(32))
             return await persistence.cluster.init_cluster_metadata(
-                ClusterMetadataRow(settings.cluster.name, settings.cluster.history_shard_count)
+                ClusterMetadataRow(
+                    settings.cluster.name,
+                    settings.cluster.history_shard_count,
+                    data.SerializeToString(),
+                )
             )
 
         metadata = await _retrying("read the cluster metadata", prepare)
+        token_keys = task_token_keys(settings, metadata)
         shard_count = metadata.history_shard_count
         if shard_count != settings.cluster.history_shard_count:
             log.warning(
@@ -154,6 +182,7 @@ class TideflowServer:
                         on_stop=handler.streams.close,
                     )
                 ],
+                tls=internal_server_tls(settings),
             )
             self.servers["matching"] = server
             await _retrying("join the cluster", lambda: membership.join(MATCHING, server.address))
@@ -186,6 +215,7 @@ class TideflowServer:
                         on_stop=history_handler.streams.close,
                     )
                 ],
+                tls=internal_server_tls(settings),
             )
             self.servers["history"] = server
             await _retrying("join the cluster", lambda: membership.join(HISTORY, server.address))
@@ -201,6 +231,8 @@ class TideflowServer:
                 limiter=limiter,
                 history=history,
                 matching=matching,
+                token_keys=token_keys,
+                api_keys=ApiKeys(persistence.metadata, cache_s=settings.security.auth.key_cache_s),
                 timeouts=Timeouts(
                     long_poll_s=settings.matching.long_poll_timeout_s,
                     history_long_poll_s=settings.history.long_poll_timeout_s,
@@ -210,31 +242,7 @@ class TideflowServer:
                 events_config=settings.events,
                 task_queue_configs=task_queues,
             )
-            flow_handler = FlowHandler(frontend)
-            operator_handler = OperatorHandler(
-                frontend, membership=membership, settings=settings, shard_count=shard_count
-            )
-            server = await start_role_server(
-                "frontend",
-                endpoints.frontend,
-                [
-                    Service(
-                        FLOW_SERVICE,
-                        lambda s: flow_service_pb2_grpc.add_FlowServiceServicer_to_server(
-                            flow_handler, s
-                        ),
-                    ),
-                    Service(
-                        OPERATOR_SERVICE,
-                        lambda s: operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
-                            operator_handler, s
-                        ),
-                    ),
-                ],
-                layers=frontend_layers(frontend),
-            )
-            self.servers["frontend"] = server
-            await _retrying("join the cluster", lambda: membership.join("frontend", server.address))
+            await self._serve_frontend(frontend, membership, shard_count)
 
         membership.start()
         log.info(
@@ -244,6 +252,44 @@ class TideflowServer:
             backend=persistence.backend,
             shards=shard_count,
         )
+        if "frontend" in self.roles and not settings.security.auth.enabled:
+            log.warning(
+                "auth is off: any caller that reaches the frontend's port may call anything "
+                "in any namespace (set security.auth.enabled: true, and make a cluster admin "
+                "key with 'tideflow-server auth create-key')"
+            )
+
+    async def _serve_frontend(
+        self, frontend: Frontend, membership: Membership, shard_count: int
+    ) -> None:
+        settings = self.settings
+        endpoints = settings.services
+        flow_handler = FlowHandler(frontend)
+        operator_handler = OperatorHandler(
+            frontend, membership=membership, settings=settings, shard_count=shard_count
+        )
+        server = await start_role_server(
+            "frontend",
+            endpoints.frontend,
+            [
+                Service(
+                    FLOW_SERVICE,
+                    lambda s: flow_service_pb2_grpc.add_FlowServiceServicer_to_server(
+                        flow_handler, s
+                    ),
+                ),
+                Service(
+                    OPERATOR_SERVICE,
+                    lambda s: operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
+                        operator_handler, s
+                    ),
+                ),
+            ],
+            layers=frontend_layers(frontend, auth=settings.security.auth.enabled),
+            tls=public_server_tls(settings),
+        )
+        self.servers["frontend"] = server
+        await _retrying("join the cluster", lambda: membership.join("frontend", server.address))
 
     async def stop(self, *, grace_s: float = 5.0) -> None:
         """Stop taking calls (frontend first), let in-flight ones finish, release shards and
@@ -269,6 +315,38 @@ class TideflowServer:
 
 STARTUP_RETRY_S = 60.0
 """How long a starting process keeps retrying a database that is away or busy."""
+
+
+def internal_server_tls(settings: Settings) -> grpc.ServerCredentials | None:
+    """History's and matching's ports: mutual TLS with the roles' own CA, when configured."""
+    tls = settings.security.internal_tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file and tls.key_file and tls.ca_file  # validated together
+    return server_credentials(tls.cert_file, tls.key_file, tls.ca_file)
+
+
+def public_server_tls(settings: Settings) -> grpc.ServerCredentials | None:
+    """The frontend's port: TLS (mutual with a client CA), when configured."""
+    tls = settings.security.public_tls
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    return server_credentials(tls.cert_file, tls.key_file, tls.client_ca_file)
+
+
+def task_token_keys(settings: Settings, metadata: ClusterMetadataRow) -> TokenKeys:
+    """The configured keys, or else the cluster's own (generated into its database by its
+    first process)."""
+    configured = settings.security.task_token_keys
+    if configured:
+        return TokenKeys([(k.id, k.secret.get_secret_value().encode()) for k in configured])
+    secret = records_pb2.ClusterMetadata.FromString(metadata.data).task_token_secret
+    if not secret:
+        raise RuntimeError(
+            "this cluster's database holds no task token key (it was initialised by an "
+            "older version): set security.task_token_keys"
+        )
+    return TokenKeys([(CLUSTER_KEY_ID, secret)])
 
 
 def blueprint_limits(settings: Settings) -> Limits:

@@ -6,7 +6,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from tests.unit.frontend._support import LIMITS, payloads
-from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow.api.v1 import common_pb2, flow_service_pb2, operator_service_pb2
 from tideflow_server.frontend.limits import RequestLimits
 from tideflow_server.frontend.validation import (
     page_size_or_default,
@@ -16,9 +16,13 @@ from tideflow_server.frontend.validation import (
 from tideflow_server.rpc.errors import FieldViolation, InvalidArgument
 
 
-def test_every_flow_service_request_has_a_validator() -> None:
-    service = flow_service_pb2.DESCRIPTOR.services_by_name["FlowService"]
-    assert {m.input_type.full_name for m in service.methods} == validated_request_types()
+def test_every_public_request_has_a_validator() -> None:
+    services = [
+        flow_service_pb2.DESCRIPTOR.services_by_name["FlowService"],
+        operator_service_pb2.DESCRIPTOR.services_by_name["OperatorService"],
+    ]
+    requests = {m.input_type.full_name for s in services for m in s.methods}
+    assert requests == validated_request_types()
 
 
 def test_validate_dispatches_on_the_request_type() -> None:

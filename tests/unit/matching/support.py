@@ -13,11 +13,11 @@ from tideflow_server.internal.v1 import (
     history_service_pb2,
     matching_service_pb2,
     records_pb2,
-    task_token_pb2,
 )
 from tideflow_server.matching import MatchingEngine
 from tideflow_server.persistence.records import TaskQueueKey
 from tideflow_server.rpc.errors import ServiceError
+from tideflow_server.tokens import parse_token
 
 NAMESPACE = "ns-1"
 QUEUE = "gpu-ocr"
@@ -152,7 +152,7 @@ async def poll(
 
 def scheduled_event_id(response: flow_service_pb2.PollBlockTaskResponse) -> int:
     assert response.task_token, "the poll came back empty"
-    return task_token_pb2.BlockTaskToken.FromString(response.task_token).scheduled_event_id
+    return parse_token(response.task_token).scheduled_event_id
 
 
 def describe_request() -> matching_service_pb2.DescribeTaskQueueRequest:

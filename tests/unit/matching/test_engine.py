@@ -33,6 +33,7 @@ from tideflow_server.rpc.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from tideflow_server.tokens import parse_token
 
 
 async def backlog(persistence: SqlPersistence, key: TaskQueueKey = KEY) -> int:
@@ -64,7 +65,7 @@ async def test_sync_match_hands_the_task_over_without_a_write(
     got = await polling
 
     assert await backlog(persistence) == 0
-    token = task_token_pb2.BlockTaskToken.FromString(got.task_token)
+    token = parse_token(got.task_token)
     assert token == task_token_pb2.BlockTaskToken(
         namespace_id="ns-1",
         run_id=RUN.run_id,

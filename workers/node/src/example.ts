@@ -1,6 +1,7 @@
 // The TypeScript example worker: the demo block (node.slugify@1) or the worker conformance
 // blocks (conf.*, docs/workers.md) on one task queue, until SIGTERM or SIGINT, then it drains
 // and exits 0.
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -15,8 +16,19 @@ const { values: flags } = parseArgs({
     "max-concurrent": { type: "string", default: "10" },
     blocks: { type: "string", default: "demo" },
     "drain-timeout-s": { type: "string", default: "30" },
+    "api-key": { type: "string", default: process.env["TIDEFLOW_API_KEY"] ?? "" },
+    "tls-ca": { type: "string", default: "" },
+    "tls-cert": { type: "string", default: "" },
+    "tls-key": { type: "string", default: "" },
   },
 });
+
+function pem(path: string): Buffer | undefined {
+  return path ? readFileSync(path) : undefined;
+}
+const tls = flags["tls-ca"] || flags["tls-cert"]
+  ? { ca: pem(flags["tls-ca"]), cert: pem(flags["tls-cert"]), key: pem(flags["tls-key"]) }
+  : undefined;
 
 type Input = Record<string, unknown>;
 
@@ -81,6 +93,8 @@ const worker = new Worker({
   identity: flags.identity,
   maxConcurrent: Number(flags["max-concurrent"]),
   drainTimeoutMs: Number(flags["drain-timeout-s"]) * 1000,
+  apiKey: flags["api-key"],
+  tls,
 });
 for (const [type, fn] of Object.entries(blocks)) worker.register(type, fn);
 for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => worker.shutdown());

@@ -73,6 +73,11 @@ export interface WorkerOptions {
   noSticky?: boolean;
   /** Affinity keys whose state this worker holds warm (at most 100), sent on every normal poll. */
   warmKeys?: string[];
+  /** An API key of the namespace with the worker role, sent as `authorization: Bearer`. */
+  apiKey?: string;
+  /** Connect with TLS: the CA to trust (PEM; the system's roots when omitted), and for mutual
+   * TLS a client certificate and its key. */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   log?: (line: string) => void;
 }
 
@@ -93,9 +98,15 @@ type Unary<Req, Res> = (
   callback: (error: ServiceError | null, response: Res) => void,
 ) => unknown;
 
-function call<Req, Res>(method: Unary<Req, Res>, request: Req, timeoutMs: number, abort?: AbortSignal): Promise<Res> {
+function call<Req, Res>(
+  metadata: Metadata,
+  method: Unary<Req, Res>,
+  request: Req,
+  timeoutMs: number,
+  abort?: AbortSignal,
+): Promise<Res> {
   return new Promise((resolve, reject) => {
-    const pending = method(request, new Metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (error, response) =>
+    const pending = method(request, metadata, { deadline: new Date(Date.now() + timeoutMs) }, (error, response) =>
       error ? reject(error) : resolve(response),
     ) as { cancel(): void };
     abort?.addEventListener("abort", () => pending.cancel(), { once: true });
@@ -192,6 +203,7 @@ export class Worker {
   readonly stickyTaskQueue: string;
   private readonly warmKeys: string[];
   private readonly client: FlowServiceClient;
+  private readonly apiKey: string;
   private readonly blocks = new Map<string, BlockFunction>();
   private readonly maxConcurrent: number;
   private readonly pollers: number;
@@ -216,10 +228,21 @@ export class Worker {
     this.freeSlots = this.maxConcurrent;
     this.stickyTaskQueue = options.noSticky ? "" : stickyQueueName(this.identity);
     this.warmKeys = options.warmKeys ?? [];
-    this.client = new FlowServiceClient(options.address, credentials.createInsecure(), {
+    this.apiKey = options.apiKey ?? "";
+    const channel = options.tls
+      ? credentials.createSsl(options.tls.ca ?? null, options.tls.key ?? null, options.tls.cert ?? null)
+      : credentials.createInsecure();
+    this.client = new FlowServiceClient(options.address, channel, {
       "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
       "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     });
+  }
+
+  /** Metadata of one call: the API key, when there is one. */
+  private metadata(): Metadata {
+    const metadata = new Metadata();
+    if (this.apiKey) metadata.set("authorization", `Bearer ${this.apiKey}`);
+    return metadata;
   }
 
   /** Serve `blockType` ("name@version") with `fn`. Call it before run(). */
@@ -295,6 +318,7 @@ export class Worker {
       let task: PollBlockTaskResponse;
       try {
         task = await call(
+          this.metadata(),
           this.client.pollBlockTask.bind(this.client) as Unary<PollBlockTaskRequest, PollBlockTaskResponse>,
           request,
           POLL_TIMEOUT_MS,
@@ -385,6 +409,7 @@ export class Worker {
   private async heartbeat(task: PollBlockTaskResponse, details: unknown): Promise<boolean> {
     try {
       const reply = await call(
+        this.metadata(),
         this.client.recordBlockHeartbeat.bind(this.client) as Unary<RecordBlockHeartbeatRequest, { cancelRequested: boolean }>,
         RecordBlockHeartbeatRequest.fromPartial({
           namespace: this.namespace,
@@ -411,6 +436,7 @@ export class Worker {
     }
     const error = await this.respond("completion", task, () =>
       call(
+        this.metadata(),
         this.client.respondBlockCompleted.bind(this.client) as Unary<RespondBlockCompletedRequest, unknown>,
         RespondBlockCompletedRequest.fromPartial({
           namespace: this.namespace,
@@ -432,6 +458,7 @@ export class Worker {
   private async fail(task: PollBlockTaskResponse, thrown: unknown, lastDetails: unknown): Promise<void> {
     await this.respond("failure", task, () =>
       call(
+        this.metadata(),
         this.client.respondBlockFailed.bind(this.client) as Unary<RespondBlockFailedRequest, unknown>,
         RespondBlockFailedRequest.fromPartial({
           namespace: this.namespace,
@@ -448,6 +475,7 @@ export class Worker {
   private async canceled(task: PollBlockTaskResponse, lastDetails: unknown): Promise<void> {
     await this.respond("cancellation", task, () =>
       call(
+        this.metadata(),
         this.client.respondBlockCanceled.bind(this.client) as Unary<RespondBlockCanceledRequest, unknown>,
         RespondBlockCanceledRequest.fromPartial({
           namespace: this.namespace,

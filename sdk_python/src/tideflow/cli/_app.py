@@ -65,6 +65,24 @@ class Settings:
     namespace: str
     api_key: str | None
     output: OutputFormat
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials | bool:
+        """TLS credentials when any TLS option is given (the system's roots without a CA)."""
+        if self.tls_ca is None and self.tls_cert is None:
+            return False
+        if (self.tls_cert is None) != (self.tls_key is None):
+            fail(EXIT_USAGE, "--tls-cert and --tls-key go together")
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+                private_key=self.tls_key.read_bytes() if self.tls_key else None,
+                certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+            )
+        except OSError as e:
+            fail(EXIT_USAGE, f"cannot read a TLS file: {e}")
 
     @property
     def json(self) -> bool:
@@ -98,6 +116,9 @@ run_app = typer.Typer(help="Start, inspect and control runs.", no_args_is_help=T
 taskqueue_app = typer.Typer(help="Inspect and configure task queues.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Health, members and shards of the cluster.", no_args_is_help=True)
 event_app = typer.Typer(help="Publish events to event blocks.", no_args_is_help=True)
+auth_app = typer.Typer(help="API keys (an admin key is needed).", no_args_is_help=True)
+key_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+auth_app.add_typer(key_app, name="key")
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(flow_app, name="flow")
 app.add_typer(run_app, name="run")
@@ -105,11 +126,13 @@ app.add_typer(taskqueue_app, name="task-queue")
 app.add_typer(taskqueue_app, name="taskqueue", hidden=True)  # the name it had first
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(event_app, name="event")
+app.add_typer(auth_app, name="auth")
 
 
 @app.callback()
 def _global(
     ctx: typer.Context,
+    *,
     address: Annotated[
         str, typer.Option(envvar="TIDEFLOW_ADDRESS", help="Frontend host:port.")
     ] = "127.0.0.1:7233",
@@ -122,8 +145,28 @@ def _global(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="text for people, json for scripts.")
     ] = OutputFormat.text,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="TIDEFLOW_TLS_CA", help="Connect with TLS, trusting this CA (PEM)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="TIDEFLOW_TLS_CERT", help="Client certificate (PEM), for mTLS."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="TIDEFLOW_TLS_KEY", help="The client certificate's key (PEM)."),
+    ] = None,
 ) -> None:
-    ctx.obj = Settings(address=address, namespace=namespace, api_key=api_key, output=output)
+    ctx.obj = Settings(
+        address=address,
+        namespace=namespace,
+        api_key=api_key,
+        output=output,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -166,6 +209,7 @@ def call(
                 settings.address,
                 namespace=settings.namespace,
                 api_key=settings.api_key,
+                tls=settings.credentials(),
                 timeout_s=CONNECT_TIMEOUT_S,
             )
         except errors.UnavailableError:
@@ -999,3 +1043,102 @@ def cluster_shards(ctx: typer.Context) -> None:
 def main() -> None:
     """The tidectl entry point."""
     app(prog_name="tidectl")
+
+
+# API keys.
+
+
+class KeyRole(StrEnum):
+    admin = "admin"
+    writer = "writer"
+    reader = "reader"
+    worker = "worker"
+
+
+def _key_row(info: operator_service_pb2.ApiKeyInfo) -> list[str]:
+    role = operator_service_pb2.ApiKeyRole.Name(info.role).removeprefix("API_KEY_ROLE_").lower()
+    revoked = render.timestamp(info.revoke_time) if info.HasField("revoke_time") else ""
+    return [
+        info.key_id,
+        escape(info.namespace),
+        role,
+        escape(", ".join(info.task_queues)),
+        render.timestamp(info.create_time),
+        revoked,
+        escape(info.description),
+    ]
+
+
+def _key_table(keys: list[operator_service_pb2.ApiKeyInfo]) -> Table:
+    table = Table("key id", "namespace", "role", "task queues", "created", "revoked", "description")
+    for info in keys:
+        table.add_row(*_key_row(info))
+    return table
+
+
+@key_app.command("create")
+def key_create(
+    ctx: typer.Context,
+    role: Annotated[KeyRole, typer.Option(help="What the key may do.")],
+    task_queue: Annotated[
+        list[str] | None, typer.Option(help="A worker key's task queue (repeat; default all).")
+    ] = None,
+    description: Annotated[str, typer.Option(help="Whose key, what for.")] = "",
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="A cluster key (every namespace), not -n's.")
+    ] = False,
+) -> None:
+    """Make a key for the namespace (-n) and print it: it is shown only now."""
+
+    async def action(client: Client, settings: Settings) -> None:
+        info, key = await client.create_api_key(
+            role=role.value,
+            namespace="*" if cluster else settings.namespace,
+            task_queues=task_queue or [],
+            description=description,
+        )
+        if settings.json:
+            emit_json({**render.to_dict(info), "key": key})
+            return
+        stderr.print(
+            f"key {info.key_id} ({role.value}, namespace '{escape(info.namespace)}'); "
+            "store it now, the server keeps only its hash:"
+        )
+        stdout.print(key, soft_wrap=True)
+
+    call(ctx, action)
+
+
+@key_app.command("list")
+def key_list(
+    ctx: typer.Context,
+    cluster: Annotated[bool, typer.Option("--cluster", help="The cluster keys.")] = False,
+) -> None:
+    """List the namespace's keys (-n), revoked ones included; never their secrets."""
+
+    async def action(client: Client, settings: Settings) -> None:
+        keys = await client.list_api_keys(namespace="*" if cluster else settings.namespace)
+        if settings.json:
+            emit_json([render.to_dict(k) for k in keys])
+        else:
+            stdout.print(_key_table(keys))
+
+    call(ctx, action)
+
+
+@key_app.command("revoke")
+def key_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after 'tfk.').")],
+    cluster: Annotated[bool, typer.Option("--cluster", help="A cluster key.")] = False,
+) -> None:
+    """Revoke a key: it authenticates nothing from now on."""
+
+    async def action(client: Client, settings: Settings) -> None:
+        info = await client.revoke_api_key(key_id, namespace="*" if cluster else settings.namespace)
+        if settings.json:
+            emit_json(render.to_dict(info))
+        else:
+            stdout.print(f"key {info.key_id} revoked")
+
+    call(ctx, action, not_found=f"API key {key_id}")

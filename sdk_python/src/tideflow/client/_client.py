@@ -24,6 +24,8 @@ from tideflow.api.v1 import (
     flow_service_pb2,
     flow_service_pb2_grpc,
     namespace_pb2,
+    operator_service_pb2,
+    operator_service_pb2_grpc,
     run_pb2,
     task_queue_pb2,
 )
@@ -82,6 +84,10 @@ class Client:
     ) -> None:
         self._channel = channel
         self._stub = _stub(channel)
+        # Given an aio channel the generated stub is the async variant.
+        self._operator: operator_service_pb2_grpc.OperatorServiceAsyncStub = (
+            operator_service_pb2_grpc.OperatorServiceStub(channel)
+        )
         self.namespace = namespace
         self.converter: PayloadConverter = converter or DefaultConverter()
         self.timeout_s = timeout_s
@@ -460,6 +466,46 @@ class Client:
         )
         reply = await self._call(self._stub.UpdateTaskQueueConfig, request)
         return reply.config
+
+    # API keys (an admin key of the namespace, or of the cluster, is needed).
+
+    async def create_api_key(
+        self,
+        *,
+        role: str,
+        namespace: str | None = None,
+        task_queues: Iterable[str] = (),
+        description: str = "",
+    ) -> tuple[operator_service_pb2.ApiKeyInfo, str]:
+        """A new key for `namespace` (default: the client's; "*" for a cluster key) with
+        `role` (admin, writer, reader or worker); returns its info and the key, which the
+        server keeps only as a hash: store it now."""
+        request = operator_service_pb2.CreateApiKeyRequest(
+            namespace=self.namespace if namespace is None else namespace,
+            role=_enum_value(operator_service_pb2.ApiKeyRole, "API_KEY_ROLE_", role),
+            task_queues=list(task_queues),
+            description=description,
+        )
+        reply = await self._call(self._operator.CreateApiKey, request)
+        return reply.info, reply.key
+
+    async def list_api_keys(
+        self, *, namespace: str | None = None
+    ) -> list[operator_service_pb2.ApiKeyInfo]:
+        """The keys of `namespace` (default: the client's; "*" for the cluster keys)."""
+        request = operator_service_pb2.ListApiKeysRequest(
+            namespace=self.namespace if namespace is None else namespace
+        )
+        return list((await self._call(self._operator.ListApiKeys, request)).keys)
+
+    async def revoke_api_key(
+        self, key_id: str, *, namespace: str | None = None
+    ) -> operator_service_pb2.ApiKeyInfo:
+        """Revoke the key `key_id` of `namespace` (default: the client's)."""
+        request = operator_service_pb2.RevokeApiKeyRequest(
+            namespace=self.namespace if namespace is None else namespace, key_id=key_id
+        )
+        return (await self._call(self._operator.RevokeApiKey, request)).info
 
     def get_run(self, run_id: str, *, execution_id: str = "") -> RunHandle:
         """A handle to an existing run; empty `execution_id` = its latest execution."""

@@ -292,6 +292,10 @@ class Worker:
     RespondBlockCompletedBatch call. `interceptors` are gRPC client interceptors for every
     call the worker makes (tracing, metrics, auth).
 
+    `api_key` (a worker key of the namespace) goes with every call; `tls` is True for TLS with
+    the system's roots, or `grpc.ssl_channel_credentials(...)` for a CA of your own and, for
+    mutual TLS, a client certificate.
+
     `pollers` long polls are kept open (default: `max_concurrent`, at most 5); each holds a
     free slot, so a task never arrives with nowhere to run.
 
@@ -318,6 +322,7 @@ class Worker:
         max_concurrent: int = 10,
         converter: PayloadConverter | None = None,
         api_key: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
         max_workers_for_sync: int | None = None,
         eager: bool = True,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
@@ -349,6 +354,7 @@ class Worker:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
+        self._tls = tls
         self._max_workers_for_sync = max_workers_for_sync or max_concurrent
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -372,7 +378,13 @@ class Worker:
         if self._stop is not None:
             raise RuntimeError("worker already started")
         self._stop, self._finished = asyncio.Event(), asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(self.address, interceptors=self._interceptors)
+        if self._tls is False:
+            self._channel = grpc.aio.insecure_channel(self.address, interceptors=self._interceptors)
+        else:
+            credentials = grpc.ssl_channel_credentials() if self._tls is True else self._tls
+            self._channel = grpc.aio.secure_channel(
+                self.address, credentials, interceptors=self._interceptors
+            )
         self._stub = _stub(self._channel)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._max_workers_for_sync, thread_name_prefix="tideflow-block"

@@ -9,12 +9,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from tideflow_server.auth import ApiKeys
 from tideflow_server.config import EventsConfig
 from tideflow_server.frontend import validation
 from tideflow_server.frontend.events import EventPublisher
 from tideflow_server.frontend.limits import DEFAULT_LIMITS, RequestLimits
 from tideflow_server.frontend.ratelimit import NamespaceRateLimiter, overrides_from_config
-from tideflow_server.frontend.rules import Scope, rule_for
+from tideflow_server.frontend.rules import FLOW_SERVICE, Scope, rule_for
 from tideflow_server.history.interpreter import Limits
 from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
@@ -23,6 +24,7 @@ from tideflow_server.rpc.clients import HistoryClient, MatchingClient
 from tideflow_server.rpc.errors import Internal
 from tideflow_server.rpc.interceptors import Method
 from tideflow_server.taskqueue_configs import TaskQueueConfigs
+from tideflow_server.tokens import TokenKeys
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Frontend:
     limiter: NamespaceRateLimiter
     history: HistoryClient
     matching: MatchingClient
+    token_keys: TokenKeys
+    api_keys: ApiKeys
     limits: RequestLimits = DEFAULT_LIMITS
     timeouts: Timeouts = field(default_factory=Timeouts)
     blueprint_limits: Limits | None = None
@@ -85,7 +89,7 @@ class Frontend:
         """Every field, under the server's limits, then under the namespace's own."""
         validation.validate(request, self.limits)
         rule = rule_for(method.path)
-        if rule is not None and rule.scope is Scope.NAMESPACE:
+        if rule is not None and rule.scope is Scope.NAMESPACE and method.service == FLOW_SERVICE:
             self.within_namespace_limits(await self.namespace(request.namespace), request)
 
     async def rate_limit(self, method: Method, request: Any) -> None:

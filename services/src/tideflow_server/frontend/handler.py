@@ -11,6 +11,7 @@ owns the run's shard, polls to the matching host that owns the task queue partit
 from __future__ import annotations
 
 from tideflow.api.v1 import flow_service_pb2_grpc
+from tideflow_server.frontend.access import Access, public
 from tideflow_server.frontend.base import Frontend
 from tideflow_server.frontend.flows import Flows
 from tideflow_server.frontend.namespaces import Namespaces
@@ -19,7 +20,16 @@ from tideflow_server.frontend.polls import Polls
 from tideflow_server.frontend.rules import FLOW_SERVICE, OPERATOR_SERVICE
 from tideflow_server.frontend.runs import Runs
 from tideflow_server.frontend.task_queues import TaskQueues
-from tideflow_server.rpc.interceptors import Layer, Method, RateLimiting, Validation, base_layers
+from tideflow_server.rpc.interceptors import (
+    Audit,
+    Authentication,
+    Authorization,
+    Layer,
+    Method,
+    RateLimiting,
+    Validation,
+    base_layers,
+)
 
 
 class FlowHandler(
@@ -33,11 +43,16 @@ def _flow_service(method: Method) -> bool:
     return method.service == FLOW_SERVICE
 
 
-def frontend_layers(frontend: Frontend) -> list[Layer]:
-    """The frontend's chain, in the order rpc/interceptors.py states."""
+def frontend_layers(frontend: Frontend, *, auth: bool) -> list[Layer]:
+    """The frontend's chain, in the order rpc/interceptors.py states. Without `auth` there is
+    no key to read and everything is allowed: those two layers are left out, not run idle."""
+    access = Access(frontend.api_keys if auth else None)
     return [
         *base_layers(),
-        Validation(frontend.validate, applies=_flow_service),
+        *([Authentication(access.authenticate, applies=public)] if auth else []),
+        Audit(access.record, applies=access.audited),
+        *([Authorization(access.authorize, applies=public)] if auth else []),
+        Validation(frontend.validate, applies=public),
         RateLimiting(frontend.rate_limit, applies=_flow_service),
     ]
 

@@ -1,5 +1,5 @@
 """OperatorService: what the cluster is made of (its name and version, shards and owners,
-members)."""
+members), and its API keys."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import grpc
 
 from tideflow.api.v1 import operator_service_pb2, operator_service_pb2_grpc
+from tideflow_server.auth import CLUSTER, Principal, Role
 from tideflow_server.config import Settings
 from tideflow_server.frontend.base import Frontend
 from tideflow_server.membership import Membership
 from tideflow_server.persistence import errors as store
 from tideflow_server.rpc.clients import HISTORY, shard_key
+from tideflow_server.rpc.interceptors import current_call
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVER_VERSION = "0.1.0"
@@ -70,3 +72,37 @@ class OperatorHandler(operator_service_pb2_grpc.OperatorServiceServicer):
             member.session_start_time.FromMilliseconds(row.session_start_ms)
             member.last_heartbeat_time.FromMilliseconds(row.last_heartbeat_ms)
         return response
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def _key_namespace(self, namespace: str) -> None:
+        if namespace != CLUSTER:
+            await self._f.namespace(namespace)  # NOT_FOUND for one not registered
+
+    async def CreateApiKey(
+        self, request: operator_service_pb2.CreateApiKeyRequest, context: Context
+    ) -> operator_service_pb2.CreateApiKeyResponse:
+        await self._key_namespace(request.namespace)
+        call = current_call()
+        caller = call.principal if call is not None else None
+        info, key = await self._f.api_keys.create(
+            namespace=request.namespace,
+            role=Role(request.role),
+            task_queues=list(request.task_queues),
+            description=request.description,
+            created_by=caller.key_id if isinstance(caller, Principal) else "",
+        )
+        return operator_service_pb2.CreateApiKeyResponse(info=info, key=key)
+
+    async def ListApiKeys(
+        self, request: operator_service_pb2.ListApiKeysRequest, context: Context
+    ) -> operator_service_pb2.ListApiKeysResponse:
+        await self._key_namespace(request.namespace)
+        keys = await self._f.api_keys.list(request.namespace)
+        return operator_service_pb2.ListApiKeysResponse(keys=keys)
+
+    async def RevokeApiKey(
+        self, request: operator_service_pb2.RevokeApiKeyRequest, context: Context
+    ) -> operator_service_pb2.RevokeApiKeyResponse:
+        info = await self._f.api_keys.revoke(request.namespace, request.key_id)
+        return operator_service_pb2.RevokeApiKeyResponse(info=info)

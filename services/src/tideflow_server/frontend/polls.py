@@ -51,14 +51,17 @@ class Polls:
                 self._f.timeouts.long_poll_s + REPLY_MARGIN_S, context.time_remaining()
             ),
         )
+        self._f.token_keys.sign_task(response.response)
         return response.response
 
     async def _on_token(
         self, namespace: str, task_token: bytes, call: Callable[[str, str], Awaitable[Resp]]
     ) -> Resp:
-        """A worker's call: routed to the shard of the run its task token names."""
+        """A worker's call: routed to the shard of the run its task token names, once the token
+        is known to be this cluster's, for this namespace."""
         record = await self._f.namespace(namespace)
-        return await call(record.info.id, parse_token(task_token).run_id)
+        token = self._f.token_keys.verify(task_token, namespace_id=record.info.id)
+        return await call(record.info.id, token.run_id)
 
     async def RespondBlockCompleted(
         self, request: flow_service_pb2.RespondBlockCompletedRequest, context: Context
@@ -72,6 +75,8 @@ class Polls:
             )
             if result.status.code != 0:
                 raise from_item_status(result.status)
+            for task in result.response.next_tasks:
+                self._f.token_keys.sign_task(task)
             return result.response
 
         return await self._on_token(request.namespace, request.task_token, call)
@@ -79,11 +84,10 @@ class Polls:
     async def RespondBlockCompletedBatch(
         self, request: flow_service_pb2.RespondBlockCompletedBatchRequest, context: Context
     ) -> flow_service_pb2.RespondBlockCompletedBatchResponse:
-        run_ids: list[str] = []
         bad_tokens: list[FieldViolation] = []
         for i, item in enumerate(request.completions):
             try:
-                run_ids.append(parse_token(item.task_token, f"completions[{i}].task_token").run_id)
+                parse_token(item.task_token, f"completions[{i}].task_token")
             except InvalidArgument as e:
                 bad_tokens.extend(e.violations)
         if bad_tokens:
@@ -100,21 +104,28 @@ class Polls:
         response = flow_service_pb2.RespondBlockCompletedBatchResponse()
         forwarded: list[flow_service_pb2.RespondBlockCompletedResult] = []
         items: list[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]] = []
-        for item, run_id in zip(request.completions, run_ids, strict=True):
+        for i, item in enumerate(request.completions):
             result = response.results.add()
             record = namespaces[item.namespace]
             try:
                 if isinstance(record, ServiceError):
                     raise record
+                token = self._f.token_keys.verify(
+                    item.task_token,
+                    namespace_id=record.info.id,
+                    field=f"completions[{i}].task_token",
+                )
                 # An item over its namespace's own limits is answered as a single call.
                 self._f.within_namespace_limits(record, item)
             except ServiceError as e:
                 result.status.CopyFrom(to_item_status(e))
                 continue
             forwarded.append(result)
-            items.append((record.info.id, item, run_id))
+            items.append((record.info.id, item, token.run_id))
         answers = await self._f.history.respond_block_completed_batch(items)
         for result, answer in zip(forwarded, answers, strict=True):
+            for task in answer.response.next_tasks:
+                self._f.token_keys.sign_task(task)
             result.CopyFrom(answer)
         return response
 

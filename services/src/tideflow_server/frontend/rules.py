@@ -2,8 +2,8 @@
 on, and what it costs that namespace's rate limit.
 
 One row per method of FlowService and OperatorService. A method without a row is refused
-(PERMISSION_DENIED when auth is on, INTERNAL otherwise) and fails the suite's table test, so
-a new RPC cannot ship without saying who may call it.
+(PERMISSION_DENIED) and fails the suite's table test, so a new RPC cannot ship without saying
+who may call it.
 """
 
 from __future__ import annotations
@@ -12,34 +12,10 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from tideflow_server.auth import Role
+
 FLOW_SERVICE: Final = "tideflow.api.v1.FlowService"
 OPERATOR_SERVICE: Final = "tideflow.api.v1.OperatorService"
-
-
-class Role(enum.Enum):
-    """What an API key may do. admin > writer > reader; admin > worker."""
-
-    ADMIN = "admin"
-    """The namespace's (or, on a cluster key, every namespace's and the cluster's)
-    administration, and everything the other roles may do."""
-    WRITER = "writer"
-    """Start, signal, cancel and terminate runs, publish events, register flows; and read."""
-    READER = "reader"
-    """Describe and list namespaces, flows, runs, histories and task queues."""
-    WORKER = "worker"
-    """Poll block tasks, answer them and heartbeat, on the key's task queues."""
-
-    def grants(self, needed: Role) -> bool:
-        """Whether a key of this role may do what `needed` may."""
-        return needed in _GRANTS[self]
-
-
-_GRANTS: Final[dict[Role, frozenset[Role]]] = {
-    Role.ADMIN: frozenset(Role),
-    Role.WRITER: frozenset({Role.WRITER, Role.READER}),
-    Role.READER: frozenset({Role.READER}),
-    Role.WORKER: frozenset({Role.WORKER}),
-}
 
 
 class Scope(enum.Enum):
@@ -61,6 +37,8 @@ class Rule:
     """Tokens charged to the namespace's bucket before the handler runs; 0 resolves the
     namespace without charging it; None charges nothing here (the use case charges, or there
     is no namespace)."""
+    audit: bool = False
+    """Every call is written as an audit record (who, namespace, what, when, outcome)."""
 
 
 ADMIN_COST: Final = 0.0
@@ -71,10 +49,10 @@ POLL_COST: Final = 0.0
 
 RULES: Final[dict[str, Rule]] = {
     # FlowService: namespaces
-    f"/{FLOW_SERVICE}/RegisterNamespace": Rule(Role.ADMIN, Scope.CLUSTER, cost=None),
+    f"/{FLOW_SERVICE}/RegisterNamespace": Rule(Role.ADMIN, Scope.CLUSTER, cost=None, audit=True),
     f"/{FLOW_SERVICE}/DescribeNamespace": Rule(Role.READER, cost=ADMIN_COST),
     f"/{FLOW_SERVICE}/ListNamespaces": Rule(Role.READER, Scope.CLUSTER, cost=None),
-    f"/{FLOW_SERVICE}/UpdateNamespace": Rule(Role.ADMIN, cost=ADMIN_COST),
+    f"/{FLOW_SERVICE}/UpdateNamespace": Rule(Role.ADMIN, cost=ADMIN_COST, audit=True),
     # flows
     f"/{FLOW_SERVICE}/RegisterFlow": Rule(Role.WRITER),
     f"/{FLOW_SERVICE}/DescribeFlow": Rule(Role.READER),
@@ -85,7 +63,7 @@ RULES: Final[dict[str, Rule]] = {
     f"/{FLOW_SERVICE}/SignalWithStartRun": Rule(Role.WRITER),
     f"/{FLOW_SERVICE}/PublishEvent": Rule(Role.WRITER),
     f"/{FLOW_SERVICE}/CancelRun": Rule(Role.WRITER),
-    f"/{FLOW_SERVICE}/TerminateRun": Rule(Role.WRITER),
+    f"/{FLOW_SERVICE}/TerminateRun": Rule(Role.WRITER, audit=True),
     f"/{FLOW_SERVICE}/DescribeRun": Rule(Role.READER),
     f"/{FLOW_SERVICE}/GetRunHistory": Rule(Role.READER),
     f"/{FLOW_SERVICE}/ListRuns": Rule(Role.READER),
@@ -99,11 +77,15 @@ RULES: Final[dict[str, Rule]] = {
     f"/{FLOW_SERVICE}/RecordBlockHeartbeat": Rule(Role.WORKER),
     # task queues
     f"/{FLOW_SERVICE}/DescribeTaskQueue": Rule(Role.READER),
-    f"/{FLOW_SERVICE}/UpdateTaskQueueConfig": Rule(Role.ADMIN, cost=ADMIN_COST),
+    f"/{FLOW_SERVICE}/UpdateTaskQueueConfig": Rule(Role.ADMIN, cost=ADMIN_COST, audit=True),
     # OperatorService
     f"/{OPERATOR_SERVICE}/GetClusterInfo": Rule(Role.READER, Scope.ANY, cost=None),
     f"/{OPERATOR_SERVICE}/ListShards": Rule(Role.READER, Scope.CLUSTER, cost=None),
     f"/{OPERATOR_SERVICE}/ListClusterMembers": Rule(Role.READER, Scope.CLUSTER, cost=None),
+    # API keys: of the request's namespace ("*": the cluster's), by its admins.
+    f"/{OPERATOR_SERVICE}/CreateApiKey": Rule(Role.ADMIN, cost=None, audit=True),
+    f"/{OPERATOR_SERVICE}/ListApiKeys": Rule(Role.ADMIN, cost=None),
+    f"/{OPERATOR_SERVICE}/RevokeApiKey": Rule(Role.ADMIN, cost=None, audit=True),
 }
 
 

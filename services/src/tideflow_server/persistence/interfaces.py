@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tideflow_server.persistence.records import (
+    ApiKeyRow,
     BacklogTaskRow,
     ClusterMetadataRow,
     CreateExecution,
@@ -206,6 +207,18 @@ class MetadataStore(Protocol):
         page_token: bytes | None = None,
     ) -> Page[FlowRow]:
         """In (name, version) order."""
+
+    async def create_api_key(self, row: ApiKeyRow) -> None:
+        """AlreadyExists if the key id is taken."""
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow:
+        """NotFound if absent."""
+
+    async def update_api_key(self, row: ApiKeyRow) -> None:
+        """Replace the data of the key with `row.key_id`. NotFound if absent."""
+
+    async def list_api_keys(self, namespace: str, *, limit: int) -> list[ApiKeyRow]:
+        """The namespace's keys ("*": the cluster keys), at most `limit`, in key id order."""
 
 
 class VisibilityStore(Protocol):

@@ -171,6 +171,15 @@ class NamespaceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    key_id: str
+    namespace: str
+    """A namespace name, or "*" for a cluster key."""
+    data: bytes
+    """An ApiKeyRecord."""
+
+
+@dataclass(frozen=True, slots=True)
 class FlowRow:
     namespace_id: str
     name: str

@@ -101,23 +101,31 @@ def partition_key(namespace_id: str, task_queue: str, kind: int, partition: int)
 
 
 class ChannelPool:
-    """One long-lived channel per peer address."""
+    """One long-lived channel per peer address; mutual TLS when `tls` is given (the roles'
+    internal TLS: this process's certificate, and the CA its peers' certificates come from)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, tls: grpc.ChannelCredentials | None = None, *, server_name: str | None = None
+    ) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls = tls
+        self._server_name = server_name
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 8 * 1024 * 1024),
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 1_000),
-                ],
-            )
+            options: list[tuple[str, Any]] = [
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.max_send_message_length", 8 * 1024 * 1024),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1_000),
+            ]
+            if self._tls is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                if self._server_name:
+                    options.append(("grpc.ssl_target_name_override", self._server_name))
+                channel = grpc.aio.secure_channel(address, self._tls, options=options)
             self._channels[address] = channel
         return channel
 

@@ -6,10 +6,12 @@ A call passes, outermost first:
 2. metrics (count and latency by method and status),
 3. error mapping (whatever a layer below or the handler raises becomes one gRPC status),
 4. decoding (a request that does not parse is INVALID_ARGUMENT naming its message type),
-5. authentication (who calls: an API key, or none where auth is off),
-6. authorization (may that caller call this method on this namespace),
-7. validation (every field of the request, before anything reads it),
-8. rate limiting (the namespace's token bucket),
+5. authentication (who calls: an API key, or nobody in particular where auth is off),
+6. audit (admin actions and terminations, with who, what, on which namespace, and how they
+   ended, refusals included),
+7. authorization (may that caller call this method on this namespace),
+8. validation (every field of the request, before anything reads it),
+9. rate limiting (the namespace's token bucket),
 
 then the handler, which sees only requests that got through and raises typed errors
 (`rpc.errors`) without building statuses. Each role's server takes the layers that concern
@@ -198,6 +200,77 @@ class _PolicyLayer(Layer):
 
     async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
         await self._check(call.method, request)
+        return await proceed(request, call)
+
+
+class Authentication(Layer):
+    """Who calls, from the call's metadata, left on `Call.principal`; a layer that cannot
+    tell refuses the call (UNAUTHENTICATED) before anything else reads it."""
+
+    def __init__(
+        self,
+        authenticate: Callable[[Call], Awaitable[object]],
+        *,
+        applies: Callable[[Method], bool] | None = None,
+    ) -> None:
+        self._authenticate = authenticate
+        self._applies = applies
+
+    def applies(self, method: Method) -> bool:
+        return self._applies is None or self._applies(method)
+
+    async def opening(self, call: Call) -> None:
+        call.principal = await self._authenticate(call)
+
+    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+        call.principal = await self._authenticate(call)
+        return await proceed(request, call)
+
+
+class Audit(Layer):
+    """Around the methods `record` cares for: it sees each call's request and how it ended
+    (the response, or the error the layers below raised)."""
+
+    def __init__(
+        self,
+        record: Callable[[Call, Any, Any, BaseException | None], None],
+        *,
+        applies: Callable[[Method], bool],
+    ) -> None:
+        self._record = record
+        self._applies = applies
+
+    def applies(self, method: Method) -> bool:
+        return not method.streaming and self._applies(method)
+
+    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+        try:
+            response = await proceed(request, call)
+        except BaseException as e:
+            self._record(call, request, None, e)
+            raise
+        self._record(call, request, response, None)
+        return response
+
+
+class Authorization(Layer):
+    """May the caller (`Call.principal`) call this method with this request; PERMISSION_DENIED
+    otherwise."""
+
+    def __init__(
+        self,
+        authorize: Callable[[Call, Any], None],
+        *,
+        applies: Callable[[Method], bool] | None = None,
+    ) -> None:
+        self._authorize = authorize
+        self._applies = applies
+
+    def applies(self, method: Method) -> bool:
+        return not method.streaming and (self._applies is None or self._applies(method))
+
+    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+        self._authorize(call, request)
         return await proceed(request, call)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import grpc
@@ -77,9 +78,10 @@ async def start_role_server(
     services: Sequence[Service],
     *,
     layers: Sequence[Layer] | None = None,
+    tls: grpc.ServerCredentials | None = None,
 ) -> RoleServer:
     """`layers`: the interceptor chain (rpc/interceptors.py), by default error mapping and
-    decoding only."""
+    decoding only. `tls`: serve TLS only (see `server_credentials`)."""
     chain = Chain(base_layers() if layers is None else layers)
     server = grpc.aio.server(options=_OPTIONS, interceptors=[chain])
     health_servicer = _aio_health_servicer()
@@ -88,7 +90,8 @@ async def start_role_server(
         service.register(server)
     names = [s.name for s in services]
     reflection.enable(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
-    port = server.add_insecure_port(f"{endpoint.host}:{endpoint.port}")
+    listen = f"{endpoint.host}:{endpoint.port}"
+    port = server.add_secure_port(listen, tls) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"{role}: cannot listen on {endpoint.host}:{endpoint.port}")
     await server.start()
@@ -103,6 +106,30 @@ async def start_role_server(
     )
     await role_server.set_serving(True)
     return role_server
+
+
+def server_credentials(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None
+) -> grpc.ServerCredentials:
+    """TLS with this certificate; with `client_ca_file`, only clients with a certificate that
+    CA signed get through (mutual TLS)."""
+    return grpc.ssl_server_credentials(
+        [(key_file.read_bytes(), cert_file.read_bytes())],
+        root_certificates=client_ca_file.read_bytes() if client_ca_file else None,
+        require_client_auth=client_ca_file is not None,
+    )
+
+
+def channel_credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS to a server whose certificate `ca_file` signed (the system's roots without it),
+    presenting `cert_file` when given (mutual TLS)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_file.read_bytes() if ca_file else None,
+        private_key=key_file.read_bytes() if key_file else None,
+        certificate_chain=cert_file.read_bytes() if cert_file else None,
+    )
 
 
 async def wait_for_termination(servers: Sequence[RoleServer]) -> None:

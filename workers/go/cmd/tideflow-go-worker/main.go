@@ -13,9 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/tideflow/tideflow/workers/go/tideflow"
 )
 
@@ -27,9 +24,14 @@ func main() {
 	maxConcurrent := flag.Int("max-concurrent", 10, "blocks running at once")
 	blocks := flag.String("blocks", "demo", "block set to serve: demo or conformance")
 	drain := flag.Float64("drain-timeout-s", 30, "seconds a shutdown waits for running blocks")
+	var dial tideflow.DialOptions
+	flag.StringVar(&dial.APIKey, "api-key", os.Getenv("TIDEFLOW_API_KEY"), "API key (worker role)")
+	flag.StringVar(&dial.TLSCA, "tls-ca", "", "connect with TLS, trusting this CA (PEM)")
+	flag.StringVar(&dial.TLSCert, "tls-cert", "", "client certificate (PEM), for mutual TLS")
+	flag.StringVar(&dial.TLSKey, "tls-key", "", "the client certificate's key (PEM)")
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(logger, *address, *blocks, tideflow.Options{
+	if err := run(logger, *address, dial, *blocks, tideflow.Options{
 		Namespace: *namespace, TaskQueue: *taskQueue, Identity: *identity,
 		MaxConcurrent: *maxConcurrent, DrainTimeout: time.Duration(*drain * float64(time.Second)),
 		Logger: logger,
@@ -39,13 +41,12 @@ func main() {
 	}
 }
 
-func run(logger *slog.Logger, address, set string, opts tideflow.Options) error {
+func run(logger *slog.Logger, address string, dial tideflow.DialOptions, set string, opts tideflow.Options) error {
 	register, ok := blockSets[set]
 	if !ok {
 		return fmt.Errorf("--blocks %q: want demo or conformance", set)
 	}
-	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+	conn, err := tideflow.Dial(address, dial)
 	if err != nil {
 		return err
 	}

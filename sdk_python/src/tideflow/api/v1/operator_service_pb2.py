@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&tideflow/api/v1/operator_service.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n\x15GetClusterInfoRequest\"\x9c\x01\n\x16GetClusterInfoResponse\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x1b\n\x13history_shard_count\x18\x03 \x01(\x05\x12\x1b\n\x13persistence_backend\x18\x04 \x01(\t\x12\x1a\n\x12visibility_backend\x18\x05 \x01(\t\"?\n\x11ListShardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x0c\"\\\n\x12ListShardsResponse\x12-\n\x06shards\x18\x01 \x03(\x0b\x32\x1d.tideflow.api.v1.ShardSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x0c\"F\n\x0cShardSummary\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x10\n\x08range_id\x18\x03 \x01(\x03\")\n\x19ListClusterMembersRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"Q\n\x1aListClusterMembersResponse\x12\x33\n\x07members\x18\x01 \x03(\x0b\x32\".tideflow.api.v1.ClusterMemberInfo\"\xb8\x01\n\x11\x43lusterMemberInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0brpc_address\x18\x03 \x01(\t\x12\x36\n\x12session_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xba\x02\n\x0fOperatorService\x12\x61\n\x0eGetClusterInfo\x12&.tideflow.api.v1.GetClusterInfoRequest\x1a\'.tideflow.api.v1.GetClusterInfoResponse\x12U\n\nListShards\x12\".tideflow.api.v1.ListShardsRequest\x1a#.tideflow.api.v1.ListShardsResponse\x12m\n\x12ListClusterMembers\x12*.tideflow.api.v1.ListClusterMembersRequest\x1a+.tideflow.api.v1.ListClusterMembersResponseBp\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&tideflow/api/v1/operator_service.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x01\n\nApiKeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.tideflow.api.v1.ApiKeyRole\x12\x13\n\x0btask_queues\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12/\n\x0brevoke_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x13\x43reateApiKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x1b.tideflow.api.v1.ApiKeyRole\x12\x13\n\x0btask_queues\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"N\n\x14\x43reateApiKeyResponse\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.tideflow.api.v1.ApiKeyInfo\x12\x0b\n\x03key\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"@\n\x13ListApiKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.tideflow.api.v1.ApiKeyInfo\"8\n\x13RevokeApiKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"A\n\x14RevokeApiKeyResponse\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.tideflow.api.v1.ApiKeyInfo\"\x17\n\x15GetClusterInfoRequest\"\x9c\x01\n\x16GetClusterInfoResponse\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x1b\n\x13history_shard_count\x18\x03 \x01(\x05\x12\x1b\n\x13persistence_backend\x18\x04 \x01(\t\x12\x1a\n\x12visibility_backend\x18\x05 \x01(\t\"?\n\x11ListShardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x0c\"\\\n\x12ListShardsResponse\x12-\n\x06shards\x18\x01 \x03(\x0b\x32\x1d.tideflow.api.v1.ShardSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x0c\"F\n\x0cShardSummary\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\x12\x12\n\nowner_host\x18\x02 \x01(\t\x12\x10\n\x08range_id\x18\x03 \x01(\x03\")\n\x19ListClusterMembersRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"Q\n\x1aListClusterMembersResponse\x12\x33\n\x07members\x18\x01 \x03(\x0b\x32\".tideflow.api.v1.ClusterMemberInfo\"\xb8\x01\n\x11\x43lusterMemberInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0brpc_address\x18\x03 \x01(\t\x12\x36\n\x12session_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8d\x01\n\nApiKeyRole\x12\x1c\n\x18\x41PI_KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PI_KEY_ROLE_ADMIN\x10\x01\x12\x17\n\x13\x41PI_KEY_ROLE_WRITER\x10\x02\x12\x17\n\x13\x41PI_KEY_ROLE_READER\x10\x03\x12\x17\n\x13\x41PI_KEY_ROLE_WORKER\x10\x04\x32\xce\x04\n\x0fOperatorService\x12\x61\n\x0eGetClusterInfo\x12&.tideflow.api.v1.GetClusterInfoRequest\x1a\'.tideflow.api.v1.GetClusterInfoResponse\x12U\n\nListShards\x12\".tideflow.api.v1.ListShardsRequest\x1a#.tideflow.api.v1.ListShardsResponse\x12m\n\x12ListClusterMembers\x12*.tideflow.api.v1.ListClusterMembersRequest\x1a+.tideflow.api.v1.ListClusterMembersResponse\x12[\n\x0c\x43reateApiKey\x12$.tideflow.api.v1.CreateApiKeyRequest\x1a%.tideflow.api.v1.CreateApiKeyResponse\x12X\n\x0bListApiKeys\x12#.tideflow.api.v1.ListApiKeysRequest\x1a$.tideflow.api.v1.ListApiKeysResponse\x12[\n\x0cRevokeApiKey\x12$.tideflow.api.v1.RevokeApiKeyRequest\x1a%.tideflow.api.v1.RevokeApiKeyResponseBp\n\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow.api.v1.operator_se
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.tideflow.api.v1P\001ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\252\002\017Tideflow.Api.V1'
-  _globals['_GETCLUSTERINFOREQUEST']._serialized_start=92
-  _globals['_GETCLUSTERINFOREQUEST']._serialized_end=115
-  _globals['_GETCLUSTERINFORESPONSE']._serialized_start=118
-  _globals['_GETCLUSTERINFORESPONSE']._serialized_end=274
-  _globals['_LISTSHARDSREQUEST']._serialized_start=276
-  _globals['_LISTSHARDSREQUEST']._serialized_end=339
-  _globals['_LISTSHARDSRESPONSE']._serialized_start=341
-  _globals['_LISTSHARDSRESPONSE']._serialized_end=433
-  _globals['_SHARDSUMMARY']._serialized_start=435
-  _globals['_SHARDSUMMARY']._serialized_end=505
-  _globals['_LISTCLUSTERMEMBERSREQUEST']._serialized_start=507
-  _globals['_LISTCLUSTERMEMBERSREQUEST']._serialized_end=548
-  _globals['_LISTCLUSTERMEMBERSRESPONSE']._serialized_start=550
-  _globals['_LISTCLUSTERMEMBERSRESPONSE']._serialized_end=631
-  _globals['_CLUSTERMEMBERINFO']._serialized_start=634
-  _globals['_CLUSTERMEMBERINFO']._serialized_end=818
-  _globals['_OPERATORSERVICE']._serialized_start=821
-  _globals['_OPERATORSERVICE']._serialized_end=1135
+  _globals['_APIKEYROLE']._serialized_start=1513
+  _globals['_APIKEYROLE']._serialized_end=1654
+  _globals['_APIKEYINFO']._serialized_start=93
+  _globals['_APIKEYINFO']._serialized_end=343
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=345
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=470
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=472
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=550
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=552
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=591
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=593
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=657
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=659
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=715
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=717
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=782
+  _globals['_GETCLUSTERINFOREQUEST']._serialized_start=784
+  _globals['_GETCLUSTERINFOREQUEST']._serialized_end=807
+  _globals['_GETCLUSTERINFORESPONSE']._serialized_start=810
+  _globals['_GETCLUSTERINFORESPONSE']._serialized_end=966
+  _globals['_LISTSHARDSREQUEST']._serialized_start=968
+  _globals['_LISTSHARDSREQUEST']._serialized_end=1031
+  _globals['_LISTSHARDSRESPONSE']._serialized_start=1033
+  _globals['_LISTSHARDSRESPONSE']._serialized_end=1125
+  _globals['_SHARDSUMMARY']._serialized_start=1127
+  _globals['_SHARDSUMMARY']._serialized_end=1197
+  _globals['_LISTCLUSTERMEMBERSREQUEST']._serialized_start=1199
+  _globals['_LISTCLUSTERMEMBERSREQUEST']._serialized_end=1240
+  _globals['_LISTCLUSTERMEMBERSRESPONSE']._serialized_start=1242
+  _globals['_LISTCLUSTERMEMBERSRESPONSE']._serialized_end=1323
+  _globals['_CLUSTERMEMBERINFO']._serialized_start=1326
+  _globals['_CLUSTERMEMBERINFO']._serialized_end=1510
+  _globals['_OPERATORSERVICE']._serialized_start=1657
+  _globals['_OPERATORSERVICE']._serialized_end=2247
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,228 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ApiKeyRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApiKeyRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    API_KEY_ROLE_UNSPECIFIED: _ApiKeyRole.ValueType  # 0
+    API_KEY_ROLE_ADMIN: _ApiKeyRole.ValueType  # 1
+    """The namespace's administration (namespace and task queue config, its keys), and all the
+    others may do; on a cluster key, every namespace's and the cluster's.
+    """
+    API_KEY_ROLE_WRITER: _ApiKeyRole.ValueType  # 2
+    """Start, signal, cancel and terminate runs, publish events, register flows; and read."""
+    API_KEY_ROLE_READER: _ApiKeyRole.ValueType  # 3
+    """Describe and list namespaces, flows, runs, histories and task queues."""
+    API_KEY_ROLE_WORKER: _ApiKeyRole.ValueType  # 4
+    """Poll block tasks, answer and heartbeat them, on the key's task queues."""
+
+class ApiKeyRole(_ApiKeyRole, metaclass=_ApiKeyRoleEnumTypeWrapper): ...
+
+API_KEY_ROLE_UNSPECIFIED: ApiKeyRole.ValueType  # 0
+API_KEY_ROLE_ADMIN: ApiKeyRole.ValueType  # 1
+"""The namespace's administration (namespace and task queue config, its keys), and all the
+others may do; on a cluster key, every namespace's and the cluster's.
+"""
+API_KEY_ROLE_WRITER: ApiKeyRole.ValueType  # 2
+"""Start, signal, cancel and terminate runs, publish events, register flows; and read."""
+API_KEY_ROLE_READER: ApiKeyRole.ValueType  # 3
+"""Describe and list namespaces, flows, runs, histories and task queues."""
+API_KEY_ROLE_WORKER: ApiKeyRole.ValueType  # 4
+"""Poll block tasks, answer and heartbeat them, on the key's task queues."""
+Global___ApiKeyRole: _TypeAlias = ApiKeyRole  # noqa: Y015
+
+@_typing.final
+class ApiKeyInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TASK_QUEUES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Public: the part of the key before its secret, shown in lists and audit records."""
+    namespace: _builtins.str
+    """The namespace it acts on, or "*" for the cluster."""
+    role: Global___ApiKeyRole.ValueType
+    description: _builtins.str
+    created_by: _builtins.str
+    """The key_id of the admin key that created it (empty when made by `tideflow-server auth`)."""
+    @_builtins.property
+    def task_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a worker key: the task queues it may poll (empty: all of its namespace's)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once revoked."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        role: Global___ApiKeyRole.ValueType = ...,
+        task_queues: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "description", b"description", "key_id", b"key_id", "namespace", b"namespace", "revoke_time", b"revoke_time", "role", b"role", "task_queues", b"task_queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyInfo: _TypeAlias = ApiKeyInfo  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TASK_QUEUES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """A registered namespace, or "*" for a cluster key."""
+    role: Global___ApiKeyRole.ValueType
+    description: _builtins.str
+    @_builtins.property
+    def task_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        role: Global___ApiKeyRole.ValueType = ...,
+        task_queues: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "namespace", b"namespace", "role", b"role", "task_queues", b"task_queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key, to send as `authorization: Bearer <key>`. Shown here only."""
+    @_builtins.property
+    def info(self) -> Global___ApiKeyInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___ApiKeyInfo | None = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListApiKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """A namespace, or "*" for the cluster keys."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListApiKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyInfo]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ApiKeyInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The key's namespace ("*" for a cluster key), which the caller must administer."""
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___ApiKeyInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___ApiKeyInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class GetClusterInfoRequest(_message.Message):

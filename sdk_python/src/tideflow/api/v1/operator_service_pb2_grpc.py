@@ -51,6 +51,21 @@ class OperatorServiceStub:
                 request_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersRequest.SerializeToString,
                 response_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/tideflow.api.v1.OperatorService/CreateApiKey',
+                request_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/tideflow.api.v1.OperatorService/ListApiKeys',
+                request_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/tideflow.api.v1.OperatorService/RevokeApiKey',
+                request_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -76,6 +91,33 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+        namespace) with one role. Managing the keys of a namespace takes an admin key of that
+        namespace or of the cluster; the first cluster admin key is made with
+        `tideflow-server auth create-key`, which writes to the database directly.
+
+        CreateApiKey returns the key once; the server keeps only a hash of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """The namespace's keys, revoked ones included (without their secrets: the server has none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """From now on the key authenticates nothing (on other frontends within
+        security.auth.key_cache_s). Revoking a revoked key changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +135,21 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListClusterMembers,
                     request_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersRequest.FromString,
                     response_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +235,87 @@ class OperatorService:
             '/tideflow.api.v1.OperatorService/ListClusterMembers',
             tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersRequest.SerializeToString,
             tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListClusterMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.OperatorService/CreateApiKey',
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.OperatorService/ListApiKeys',
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tideflow.api.v1.OperatorService/RevokeApiKey',
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            tideflow_dot_api_dot_v1_dot_operator__service__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

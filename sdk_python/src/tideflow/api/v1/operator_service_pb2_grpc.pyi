@@ -38,6 +38,20 @@ class OperatorServiceStub:
     GetClusterInfo: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.GetClusterInfoRequest, _operator_service_pb2.GetClusterInfoResponse]
     ListShards: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.ListShardsRequest, _operator_service_pb2.ListShardsResponse]
     ListClusterMembers: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.ListClusterMembersRequest, _operator_service_pb2.ListClusterMembersResponse]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.CreateApiKeyRequest, _operator_service_pb2.CreateApiKeyResponse]
+    """API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+    namespace) with one role. Managing the keys of a namespace takes an admin key of that
+    namespace or of the cluster; the first cluster admin key is made with
+    `tideflow-server auth create-key`, which writes to the database directly.
+
+    CreateApiKey returns the key once; the server keeps only a hash of it.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.ListApiKeysRequest, _operator_service_pb2.ListApiKeysResponse]
+    """The namespace's keys, revoked ones included (without their secrets: the server has none)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_operator_service_pb2.RevokeApiKeyRequest, _operator_service_pb2.RevokeApiKeyResponse]
+    """From now on the key authenticates nothing (on other frontends within
+    security.auth.key_cache_s). Revoking a revoked key changes nothing.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -49,6 +63,20 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     GetClusterInfo: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.GetClusterInfoRequest, _operator_service_pb2.GetClusterInfoResponse]  # type: ignore[assignment]
     ListShards: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.ListShardsRequest, _operator_service_pb2.ListShardsResponse]  # type: ignore[assignment]
     ListClusterMembers: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.ListClusterMembersRequest, _operator_service_pb2.ListClusterMembersResponse]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.CreateApiKeyRequest, _operator_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+    namespace) with one role. Managing the keys of a namespace takes an admin key of that
+    namespace or of the cluster; the first cluster admin key is made with
+    `tideflow-server auth create-key`, which writes to the database directly.
+
+    CreateApiKey returns the key once; the server keeps only a hash of it.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.ListApiKeysRequest, _operator_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """The namespace's keys, revoked ones included (without their secrets: the server has none)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_operator_service_pb2.RevokeApiKeyRequest, _operator_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """From now on the key authenticates nothing (on other frontends within
+    security.auth.key_cache_s). Revoking a revoked key changes nothing.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OperatorService is the cluster view for operators and tooling (tidectl), served by the
@@ -75,5 +103,37 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_service_pb2.ListClusterMembersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_service_pb2.ListClusterMembersResponse, _abc.Awaitable[_operator_service_pb2.ListClusterMembersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _operator_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_operator_service_pb2.CreateApiKeyResponse]]:
+        """API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+        namespace) with one role. Managing the keys of a namespace takes an admin key of that
+        namespace or of the cluster; the first cluster admin key is made with
+        `tideflow-server auth create-key`, which writes to the database directly.
+
+        CreateApiKey returns the key once; the server keeps only a hash of it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _operator_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_service_pb2.ListApiKeysResponse, _abc.Awaitable[_operator_service_pb2.ListApiKeysResponse]]:
+        """The namespace's keys, revoked ones included (without their secrets: the server has none)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _operator_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_operator_service_pb2.RevokeApiKeyResponse]]:
+        """From now on the key authenticates nothing (on other frontends within
+        security.auth.key_cache_s). Revoking a revoked key changes nothing.
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

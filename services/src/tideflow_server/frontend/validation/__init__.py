@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from tideflow.api.v1 import flow_service_pb2
+from tideflow.api.v1 import flow_service_pb2, operator_service_pb2
 from tideflow_server.frontend.limits import RequestLimits
 from tideflow_server.frontend.validation._checker import page_size_or_default
 from tideflow_server.frontend.validation.block_tasks import (
@@ -39,6 +39,14 @@ from tideflow_server.frontend.validation.namespaces import (
     validate_register_flow,
     validate_register_namespace,
     validate_update_namespace,
+)
+from tideflow_server.frontend.validation.operator import (
+    validate_create_api_key,
+    validate_get_cluster_info,
+    validate_list_api_keys,
+    validate_list_cluster_members,
+    validate_list_shards,
+    validate_revoke_api_key,
 )
 from tideflow_server.frontend.validation.runs import (
     validate_cancel_run,
@@ -124,6 +132,12 @@ _register(flow_service_pb2.RespondBlockCanceledRequest, validate_respond_block_c
 _register(flow_service_pb2.RecordBlockHeartbeatRequest, validate_record_block_heartbeat)
 _register(flow_service_pb2.DescribeTaskQueueRequest, validate_describe_task_queue)
 _register(flow_service_pb2.UpdateTaskQueueConfigRequest, validate_update_task_queue_config)
+_register(operator_service_pb2.GetClusterInfoRequest, validate_get_cluster_info)
+_register(operator_service_pb2.ListShardsRequest, validate_list_shards)
+_register(operator_service_pb2.ListClusterMembersRequest, validate_list_cluster_members)
+_register(operator_service_pb2.CreateApiKeyRequest, validate_create_api_key)
+_register(operator_service_pb2.ListApiKeysRequest, validate_list_api_keys)
+_register(operator_service_pb2.RevokeApiKeyRequest, validate_revoke_api_key)
 
 
 def validated_request_types() -> frozenset[str]:
@@ -132,8 +146,9 @@ def validated_request_types() -> frozenset[str]:
 
 
 def validate(request: Message, limits: RequestLimits) -> None:
-    """Validates any public FlowService request; raises `InvalidArgument` naming every problem.
-    A request type without a validator is a server bug (`LookupError`), never a silent pass."""
+    """Validates any public FlowService or OperatorService request; raises `InvalidArgument`
+    naming every problem. A request type without a validator is a server bug (`LookupError`),
+    never a silent pass."""
     name = request.DESCRIPTOR.full_name
     validator = _VALIDATORS.get(name)
     if validator is None:

@@ -15,6 +15,7 @@ from tideflow.api.v1 import blueprint_pb2 as _blueprint_pb2
 from tideflow.api.v1 import common_pb2 as _common_pb2
 from tideflow.api.v1 import failure_pb2 as _failure_pb2
 from tideflow.api.v1 import namespace_pb2 as _namespace_pb2
+from tideflow.api.v1 import operator_service_pb2 as _operator_service_pb2
 from tideflow.api.v1 import task_queue_pb2 as _task_queue_pb2
 import builtins as _builtins
 import sys
@@ -1797,6 +1798,60 @@ class NamespaceRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NamespaceRecord: _TypeAlias = NamespaceRecord  # noqa: Y015
+
+@_typing.final
+class ClusterMetadata(_message.Message):
+    """ClusterMetadata is the `data` of the cluster's metadata row, written once by the first
+    process to initialise the cluster.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TOKEN_SECRET_FIELD_NUMBER: _builtins.int
+    task_token_secret: _builtins.bytes
+    """The key that signs task tokens (key id "cluster") when the configuration names none, so
+    that every frontend of a cluster signs alike without configuration.
+    """
+    def __init__(
+        self,
+        *,
+        task_token_secret: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_token_secret", b"task_token_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterMetadata: _TypeAlias = ClusterMetadata  # noqa: Y015
+
+@_typing.final
+class ApiKeyRecord(_message.Message):
+    """ApiKeyRecord is the row of one API key. The key itself is never stored: only a hash of its
+    secret part, which is compared with the hash of what a caller presents.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    secret_sha256: _builtins.bytes
+    """SHA-256 of the key's secret part (keys are 256 random bits: no salt or stretching needed)."""
+    @_builtins.property
+    def info(self) -> _operator_service_pb2.ApiKeyInfo: ...
+    def __init__(
+        self,
+        *,
+        info: _operator_service_pb2.ApiKeyInfo | None = ...,
+        secret_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyRecord: _TypeAlias = ApiKeyRecord  # noqa: Y015
 
 @_typing.final
 class ClusterMember(_message.Message):

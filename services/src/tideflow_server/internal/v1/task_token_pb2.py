@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,tideflow_server/internal/v1/task_token.proto\x12\x1btideflow_server.internal.v1\"\x8b\x01\n\x0e\x42lockTaskToken\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x1a\n\x12scheduled_event_id\x18\x04 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x10\n\x08\x62lock_id\x18\x06 \x01(\tB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,tideflow_server/internal/v1/task_token.proto\x12\x1btideflow_server.internal.v1\"B\n\x0fSignedTaskToken\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x8b\x01\n\x0e\x42lockTaskToken\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x1a\n\x12scheduled_event_id\x18\x04 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x10\n\x08\x62lock_id\x18\x06 \x01(\tB\x94\x01\n\x1eio.tideflow.server.internal.v1P\x01ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\xaa\x02\x1bTideflow.Server.Internal.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,6 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tideflow_server.internal.v1
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\036io.tideflow.server.internal.v1P\001ZRgithub.com/tideflow/tideflow/workers/go/gen/tideflow_server/internal/v1;internalv1\252\002\033Tideflow.Server.Internal.V1'
-  _globals['_BLOCKTASKTOKEN']._serialized_start=78
-  _globals['_BLOCKTASKTOKEN']._serialized_end=217
+  _globals['_SIGNEDTASKTOKEN']._serialized_start=77
+  _globals['_SIGNEDTASKTOKEN']._serialized_end=143
+  _globals['_BLOCKTASKTOKEN']._serialized_start=146
+  _globals['_BLOCKTASKTOKEN']._serialized_end=285
 # @@protoc_insertion_point(module_scope)

@@ -17,10 +17,45 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SignedTaskToken(_message.Message):
+    """SignedTaskToken is what the opaque `task_token` bytes given to a worker hold, serialized: a
+    BlockTaskToken and the frontend's signature of it. Matching and history build it unsigned;
+    the frontend signs it on its way to the worker and checks the signature, and that the token
+    is of the namespace the call names, when the worker echoes it back. Nobody can build a token
+    for another run's block from what DescribeRun or GetRunHistory show.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """A BlockTaskToken, serialized."""
+    key_id: _builtins.str
+    """Which of the cluster's token keys signed it (security.task_token_keys)."""
+    signature: _builtins.bytes
+    """HMAC-SHA256 under that key of a fixed label and `body`."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "key_id", b"key_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedTaskToken: _TypeAlias = SignedTaskToken  # noqa: Y015
+
+@_typing.final
 class BlockTaskToken(_message.Message):
-    """BlockTaskToken is what the opaque `task_token` bytes given to a worker hold, serialized. The
-    worker echoes it back; the frontend decodes it to route the call to the run's shard, and
-    history checks scheduled_event_id and attempt so that a stale attempt's answer is rejected.
+    """BlockTaskToken names one attempt of a block. The frontend decodes it to route the call to
+    the run's shard, and history checks scheduled_event_id and attempt so that a stale attempt's
+    answer is rejected.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -8,6 +8,7 @@ import time
 from tideflow_server.persistence.cassandra._database import CassandraDatabase
 from tideflow_server.persistence.errors import AlreadyExists, InvalidPageToken, NotFound
 from tideflow_server.persistence.records import (
+    ApiKeyRow,
     ClusterMetadataRow,
     FlowRow,
     MemberRow,
@@ -69,6 +70,46 @@ class CassandraMetadataStore:
         )
         if not result.applied:
             raise NotFound(f"namespace {row.name!r} not found")
+
+    # API keys: one partition (there are few), like the namespaces.
+
+    async def create_api_key(self, row: ApiKeyRow) -> None:
+        created = await self._db.execute(
+            "INSERT INTO {ks}.api_keys (bucket, key_id, namespace, data) VALUES (0, ?, ?, ?)"
+            " IF NOT EXISTS",
+            (row.key_id, row.namespace, row.data),
+        )
+        if not created.applied:
+            raise AlreadyExists(f"API key {row.key_id!r} exists")
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow:
+        found = await self._db.execute(
+            "SELECT key_id, namespace, data FROM {ks}.api_keys WHERE bucket = 0 AND key_id = ?",
+            (key_id,),
+        )
+        if not found.rows:
+            raise NotFound(f"API key {key_id!r} not found")
+        key_id_, namespace, data = found.rows[0]
+        return ApiKeyRow(key_id=key_id_, namespace=namespace, data=bytes(data))
+
+    async def update_api_key(self, row: ApiKeyRow) -> None:
+        result = await self._db.execute(
+            "UPDATE {ks}.api_keys SET data = ? WHERE bucket = 0 AND key_id = ? IF EXISTS",
+            (row.data, row.key_id),
+        )
+        if not result.applied:
+            raise NotFound(f"API key {row.key_id!r} not found")
+
+    async def list_api_keys(self, namespace: str, *, limit: int) -> list[ApiKeyRow]:
+        found = await self._db.execute(
+            "SELECT key_id, namespace, data FROM {ks}.api_keys WHERE bucket = 0", ()
+        )
+        rows = [
+            ApiKeyRow(key_id=k, namespace=n, data=bytes(d))
+            for k, n, d in found.rows
+            if n == namespace
+        ]
+        return rows[:limit]
 
     async def list_namespaces(
         self, *, page_size: int, page_token: bytes | None = None

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from tideflow_server.persistence.errors import NotFound
-from tideflow_server.persistence.records import FlowRow, NamespaceRow, Page
+from tideflow_server.persistence.records import ApiKeyRow, FlowRow, NamespaceRow, Page
 from tideflow_server.persistence.sql import _paging
 from tideflow_server.persistence.sql._database import Row, SqlDatabase
 
@@ -125,3 +125,39 @@ class SqlMetadataStore:
         items = [_flow(namespace_id, r) for r in rows[:page_size]]
         more = len(rows) > page_size
         return Page(items, _paging.encode(items[-1].name, items[-1].version) if more else None)
+
+    async def create_api_key(self, row: ApiKeyRow) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                "INSERT INTO api_keys (key_id, namespace, data) VALUES (?, ?, ?)",
+                row.key_id,
+                row.namespace,
+                row.data,
+            )
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow:
+        async with self._db.read() as conn:
+            found = await conn.fetchone(
+                "SELECT key_id, namespace, data FROM api_keys WHERE key_id = ?", key_id
+            )
+        if found is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return ApiKeyRow(key_id=found[0], namespace=found[1], data=bytes(found[2]))
+
+    async def update_api_key(self, row: ApiKeyRow) -> None:
+        async with self._db.write() as conn:
+            changed = await conn.execute(
+                "UPDATE api_keys SET data = ? WHERE key_id = ?", row.data, row.key_id
+            )
+        if changed != 1:
+            raise NotFound(f"API key {row.key_id!r} not found")
+
+    async def list_api_keys(self, namespace: str, *, limit: int) -> list[ApiKeyRow]:
+        async with self._db.read() as conn:
+            rows = await conn.fetchall(
+                "SELECT key_id, namespace, data FROM api_keys WHERE namespace = ?"
+                " ORDER BY key_id LIMIT ?",
+                namespace,
+                limit,
+            )
+        return [ApiKeyRow(key_id=r[0], namespace=r[1], data=bytes(r[2])) for r in rows]

@@ -22,6 +22,480 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ApiKeyRole int32
+
+const (
+	ApiKeyRole_API_KEY_ROLE_UNSPECIFIED ApiKeyRole = 0
+	// The namespace's administration (namespace and task queue config, its keys), and all the
+	// others may do; on a cluster key, every namespace's and the cluster's.
+	ApiKeyRole_API_KEY_ROLE_ADMIN ApiKeyRole = 1
+	// Start, signal, cancel and terminate runs, publish events, register flows; and read.
+	ApiKeyRole_API_KEY_ROLE_WRITER ApiKeyRole = 2
+	// Describe and list namespaces, flows, runs, histories and task queues.
+	ApiKeyRole_API_KEY_ROLE_READER ApiKeyRole = 3
+	// Poll block tasks, answer and heartbeat them, on the key's task queues.
+	ApiKeyRole_API_KEY_ROLE_WORKER ApiKeyRole = 4
+)
+
+// Enum value maps for ApiKeyRole.
+var (
+	ApiKeyRole_name = map[int32]string{
+		0: "API_KEY_ROLE_UNSPECIFIED",
+		1: "API_KEY_ROLE_ADMIN",
+		2: "API_KEY_ROLE_WRITER",
+		3: "API_KEY_ROLE_READER",
+		4: "API_KEY_ROLE_WORKER",
+	}
+	ApiKeyRole_value = map[string]int32{
+		"API_KEY_ROLE_UNSPECIFIED": 0,
+		"API_KEY_ROLE_ADMIN":       1,
+		"API_KEY_ROLE_WRITER":      2,
+		"API_KEY_ROLE_READER":      3,
+		"API_KEY_ROLE_WORKER":      4,
+	}
+)
+
+func (x ApiKeyRole) Enum() *ApiKeyRole {
+	p := new(ApiKeyRole)
+	*p = x
+	return p
+}
+
+func (x ApiKeyRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApiKeyRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_tideflow_api_v1_operator_service_proto_enumTypes[0].Descriptor()
+}
+
+func (ApiKeyRole) Type() protoreflect.EnumType {
+	return &file_tideflow_api_v1_operator_service_proto_enumTypes[0]
+}
+
+func (x ApiKeyRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApiKeyRole.Descriptor instead.
+func (ApiKeyRole) EnumDescriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{0}
+}
+
+type ApiKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Public: the part of the key before its secret, shown in lists and audit records.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The namespace it acts on, or "*" for the cluster.
+	Namespace string     `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Role      ApiKeyRole `protobuf:"varint,3,opt,name=role,proto3,enum=tideflow.api.v1.ApiKeyRole" json:"role,omitempty"`
+	// For a worker key: the task queues it may poll (empty: all of its namespace's).
+	TaskQueues  []string               `protobuf:"bytes,4,rep,name=task_queues,json=taskQueues,proto3" json:"task_queues,omitempty"`
+	Description string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The key_id of the admin key that created it (empty when made by `tideflow-server auth`).
+	CreatedBy string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Set once revoked.
+	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApiKeyInfo) Reset() {
+	*x = ApiKeyInfo{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiKeyInfo) ProtoMessage() {}
+
+func (x *ApiKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiKeyInfo.ProtoReflect.Descriptor instead.
+func (*ApiKeyInfo) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ApiKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetRole() ApiKeyRole {
+	if x != nil {
+		return x.Role
+	}
+	return ApiKeyRole_API_KEY_ROLE_UNSPECIFIED
+}
+
+func (x *ApiKeyInfo) GetTaskQueues() []string {
+	if x != nil {
+		return x.TaskQueues
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
+type CreateApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A registered namespace, or "*" for a cluster key.
+	Namespace     string     `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Role          ApiKeyRole `protobuf:"varint,2,opt,name=role,proto3,enum=tideflow.api.v1.ApiKeyRole" json:"role,omitempty"`
+	TaskQueues    []string   `protobuf:"bytes,3,rep,name=task_queues,json=taskQueues,proto3" json:"task_queues,omitempty"`
+	Description   string     `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateApiKeyRequest) Reset() {
+	*x = CreateApiKeyRequest{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateApiKeyRequest) ProtoMessage() {}
+
+func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateApiKeyRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *CreateApiKeyRequest) GetRole() ApiKeyRole {
+	if x != nil {
+		return x.Role
+	}
+	return ApiKeyRole_API_KEY_ROLE_UNSPECIFIED
+}
+
+func (x *CreateApiKeyRequest) GetTaskQueues() []string {
+	if x != nil {
+		return x.TaskQueues
+	}
+	return nil
+}
+
+func (x *CreateApiKeyRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *ApiKeyInfo            `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	// The key, to send as `authorization: Bearer <key>`. Shown here only.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateApiKeyResponse) Reset() {
+	*x = CreateApiKeyResponse{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateApiKeyResponse) ProtoMessage() {}
+
+func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateApiKeyResponse) GetInfo() *ApiKeyInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *CreateApiKeyResponse) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type ListApiKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A namespace, or "*" for the cluster keys.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApiKeysRequest) Reset() {
+	*x = ListApiKeysRequest{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApiKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApiKeysRequest) ProtoMessage() {}
+
+func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListApiKeysRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type ListApiKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first.
+	Keys          []*ApiKeyInfo `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApiKeysResponse) Reset() {
+	*x = ListApiKeysResponse{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApiKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApiKeysResponse) ProtoMessage() {}
+
+func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListApiKeysResponse) GetKeys() []*ApiKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type RevokeApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's namespace ("*" for a cluster key), which the caller must administer.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeApiKeyRequest) Reset() {
+	*x = RevokeApiKeyRequest{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeApiKeyRequest) ProtoMessage() {}
+
+func (x *RevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*RevokeApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RevokeApiKeyRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RevokeApiKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+type RevokeApiKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Info          *ApiKeyInfo            `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeApiKeyResponse) Reset() {
+	*x = RevokeApiKeyResponse{}
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeApiKeyResponse) ProtoMessage() {}
+
+func (x *RevokeApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*RevokeApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevokeApiKeyResponse) GetInfo() *ApiKeyInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
 type GetClusterInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +504,7 @@ type GetClusterInfoRequest struct {
 
 func (x *GetClusterInfoRequest) Reset() {
 	*x = GetClusterInfoRequest{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[0]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +516,7 @@ func (x *GetClusterInfoRequest) String() string {
 func (*GetClusterInfoRequest) ProtoMessage() {}
 
 func (x *GetClusterInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[0]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +529,7 @@ func (x *GetClusterInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterInfoRequest) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{0}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{7}
 }
 
 type GetClusterInfoResponse struct {
@@ -74,7 +548,7 @@ type GetClusterInfoResponse struct {
 
 func (x *GetClusterInfoResponse) Reset() {
 	*x = GetClusterInfoResponse{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[1]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +560,7 @@ func (x *GetClusterInfoResponse) String() string {
 func (*GetClusterInfoResponse) ProtoMessage() {}
 
 func (x *GetClusterInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[1]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +573,7 @@ func (x *GetClusterInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterInfoResponse) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{1}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetClusterInfoResponse) GetClusterName() string {
@@ -148,7 +622,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[2]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -160,7 +634,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[2]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -173,7 +647,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{2}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListShardsRequest) GetPageSize() int32 {
@@ -200,7 +674,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[3]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +686,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[3]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +699,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{3}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardSummary {
@@ -256,7 +730,7 @@ type ShardSummary struct {
 
 func (x *ShardSummary) Reset() {
 	*x = ShardSummary{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[4]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +742,7 @@ func (x *ShardSummary) String() string {
 func (*ShardSummary) ProtoMessage() {}
 
 func (x *ShardSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[4]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +755,7 @@ func (x *ShardSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardSummary.ProtoReflect.Descriptor instead.
 func (*ShardSummary) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{4}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ShardSummary) GetShardId() int32 {
@@ -315,7 +789,7 @@ type ListClusterMembersRequest struct {
 
 func (x *ListClusterMembersRequest) Reset() {
 	*x = ListClusterMembersRequest{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[5]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +801,7 @@ func (x *ListClusterMembersRequest) String() string {
 func (*ListClusterMembersRequest) ProtoMessage() {}
 
 func (x *ListClusterMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[5]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +814,7 @@ func (x *ListClusterMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClusterMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListClusterMembersRequest) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{5}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListClusterMembersRequest) GetRole() string {
@@ -359,7 +833,7 @@ type ListClusterMembersResponse struct {
 
 func (x *ListClusterMembersResponse) Reset() {
 	*x = ListClusterMembersResponse{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[6]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +845,7 @@ func (x *ListClusterMembersResponse) String() string {
 func (*ListClusterMembersResponse) ProtoMessage() {}
 
 func (x *ListClusterMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[6]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +858,7 @@ func (x *ListClusterMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClusterMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListClusterMembersResponse) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{6}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListClusterMembersResponse) GetMembers() []*ClusterMemberInfo {
@@ -409,7 +883,7 @@ type ClusterMemberInfo struct {
 
 func (x *ClusterMemberInfo) Reset() {
 	*x = ClusterMemberInfo{}
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[7]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +895,7 @@ func (x *ClusterMemberInfo) String() string {
 func (*ClusterMemberInfo) ProtoMessage() {}
 
 func (x *ClusterMemberInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[7]
+	mi := &file_tideflow_api_v1_operator_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +908,7 @@ func (x *ClusterMemberInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMemberInfo.ProtoReflect.Descriptor instead.
 func (*ClusterMemberInfo) Descriptor() ([]byte, []int) {
-	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{7}
+	return file_tideflow_api_v1_operator_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterMemberInfo) GetRole() string {
@@ -476,7 +950,39 @@ var File_tideflow_api_v1_operator_service_proto protoreflect.FileDescriptor
 
 const file_tideflow_api_v1_operator_service_proto_rawDesc = "" +
 	"\n" +
-	"&tideflow/api/v1/operator_service.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
+	"&tideflow/api/v1/operator_service.proto\x12\x0ftideflow.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x02\n" +
+	"\n" +
+	"ApiKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12/\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x1b.tideflow.api.v1.ApiKeyRoleR\x04role\x12\x1f\n" +
+	"\vtask_queues\x18\x04 \x03(\tR\n" +
+	"taskQueues\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x12;\n" +
+	"\vrevoke_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\"\xa7\x01\n" +
+	"\x13CreateApiKeyRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12/\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x1b.tideflow.api.v1.ApiKeyRoleR\x04role\x12\x1f\n" +
+	"\vtask_queues\x18\x03 \x03(\tR\n" +
+	"taskQueues\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\"Y\n" +
+	"\x14CreateApiKeyResponse\x12/\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.tideflow.api.v1.ApiKeyInfoR\x04info\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"2\n" +
+	"\x12ListApiKeysRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"F\n" +
+	"\x13ListApiKeysResponse\x12/\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1b.tideflow.api.v1.ApiKeyInfoR\x04keys\"J\n" +
+	"\x13RevokeApiKeyRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\"G\n" +
+	"\x14RevokeApiKeyResponse\x12/\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.tideflow.api.v1.ApiKeyInfoR\x04info\"\x17\n" +
 	"\x15GetClusterInfoRequest\"\xf2\x01\n" +
 	"\x16GetClusterInfoResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12%\n" +
@@ -505,12 +1011,22 @@ const file_tideflow_api_v1_operator_service_proto_rawDesc = "" +
 	"\vrpc_address\x18\x03 \x01(\tR\n" +
 	"rpcAddress\x12H\n" +
 	"\x12session_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x10sessionStartTime\x12J\n" +
-	"\x13last_heartbeat_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastHeartbeatTime2\xba\x02\n" +
+	"\x13last_heartbeat_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastHeartbeatTime*\x8d\x01\n" +
+	"\n" +
+	"ApiKeyRole\x12\x1c\n" +
+	"\x18API_KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12API_KEY_ROLE_ADMIN\x10\x01\x12\x17\n" +
+	"\x13API_KEY_ROLE_WRITER\x10\x02\x12\x17\n" +
+	"\x13API_KEY_ROLE_READER\x10\x03\x12\x17\n" +
+	"\x13API_KEY_ROLE_WORKER\x10\x042\xce\x04\n" +
 	"\x0fOperatorService\x12a\n" +
 	"\x0eGetClusterInfo\x12&.tideflow.api.v1.GetClusterInfoRequest\x1a'.tideflow.api.v1.GetClusterInfoResponse\x12U\n" +
 	"\n" +
 	"ListShards\x12\".tideflow.api.v1.ListShardsRequest\x1a#.tideflow.api.v1.ListShardsResponse\x12m\n" +
-	"\x12ListClusterMembers\x12*.tideflow.api.v1.ListClusterMembersRequest\x1a+.tideflow.api.v1.ListClusterMembersResponseBp\n" +
+	"\x12ListClusterMembers\x12*.tideflow.api.v1.ListClusterMembersRequest\x1a+.tideflow.api.v1.ListClusterMembersResponse\x12[\n" +
+	"\fCreateApiKey\x12$.tideflow.api.v1.CreateApiKeyRequest\x1a%.tideflow.api.v1.CreateApiKeyResponse\x12X\n" +
+	"\vListApiKeys\x12#.tideflow.api.v1.ListApiKeysRequest\x1a$.tideflow.api.v1.ListApiKeysResponse\x12[\n" +
+	"\fRevokeApiKey\x12$.tideflow.api.v1.RevokeApiKeyRequest\x1a%.tideflow.api.v1.RevokeApiKeyResponseBp\n" +
 	"\x12io.tideflow.api.v1P\x01ZFgithub.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1;tideflowv1\xaa\x02\x0fTideflow.Api.V1b\x06proto3"
 
 var (
@@ -525,34 +1041,56 @@ func file_tideflow_api_v1_operator_service_proto_rawDescGZIP() []byte {
 	return file_tideflow_api_v1_operator_service_proto_rawDescData
 }
 
-var file_tideflow_api_v1_operator_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_tideflow_api_v1_operator_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tideflow_api_v1_operator_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tideflow_api_v1_operator_service_proto_goTypes = []any{
-	(*GetClusterInfoRequest)(nil),      // 0: tideflow.api.v1.GetClusterInfoRequest
-	(*GetClusterInfoResponse)(nil),     // 1: tideflow.api.v1.GetClusterInfoResponse
-	(*ListShardsRequest)(nil),          // 2: tideflow.api.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),         // 3: tideflow.api.v1.ListShardsResponse
-	(*ShardSummary)(nil),               // 4: tideflow.api.v1.ShardSummary
-	(*ListClusterMembersRequest)(nil),  // 5: tideflow.api.v1.ListClusterMembersRequest
-	(*ListClusterMembersResponse)(nil), // 6: tideflow.api.v1.ListClusterMembersResponse
-	(*ClusterMemberInfo)(nil),          // 7: tideflow.api.v1.ClusterMemberInfo
-	(*timestamppb.Timestamp)(nil),      // 8: google.protobuf.Timestamp
+	(ApiKeyRole)(0),                    // 0: tideflow.api.v1.ApiKeyRole
+	(*ApiKeyInfo)(nil),                 // 1: tideflow.api.v1.ApiKeyInfo
+	(*CreateApiKeyRequest)(nil),        // 2: tideflow.api.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),       // 3: tideflow.api.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),         // 4: tideflow.api.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),        // 5: tideflow.api.v1.ListApiKeysResponse
+	(*RevokeApiKeyRequest)(nil),        // 6: tideflow.api.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),       // 7: tideflow.api.v1.RevokeApiKeyResponse
+	(*GetClusterInfoRequest)(nil),      // 8: tideflow.api.v1.GetClusterInfoRequest
+	(*GetClusterInfoResponse)(nil),     // 9: tideflow.api.v1.GetClusterInfoResponse
+	(*ListShardsRequest)(nil),          // 10: tideflow.api.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),         // 11: tideflow.api.v1.ListShardsResponse
+	(*ShardSummary)(nil),               // 12: tideflow.api.v1.ShardSummary
+	(*ListClusterMembersRequest)(nil),  // 13: tideflow.api.v1.ListClusterMembersRequest
+	(*ListClusterMembersResponse)(nil), // 14: tideflow.api.v1.ListClusterMembersResponse
+	(*ClusterMemberInfo)(nil),          // 15: tideflow.api.v1.ClusterMemberInfo
+	(*timestamppb.Timestamp)(nil),      // 16: google.protobuf.Timestamp
 }
 var file_tideflow_api_v1_operator_service_proto_depIdxs = []int32{
-	4, // 0: tideflow.api.v1.ListShardsResponse.shards:type_name -> tideflow.api.v1.ShardSummary
-	7, // 1: tideflow.api.v1.ListClusterMembersResponse.members:type_name -> tideflow.api.v1.ClusterMemberInfo
-	8, // 2: tideflow.api.v1.ClusterMemberInfo.session_start_time:type_name -> google.protobuf.Timestamp
-	8, // 3: tideflow.api.v1.ClusterMemberInfo.last_heartbeat_time:type_name -> google.protobuf.Timestamp
-	0, // 4: tideflow.api.v1.OperatorService.GetClusterInfo:input_type -> tideflow.api.v1.GetClusterInfoRequest
-	2, // 5: tideflow.api.v1.OperatorService.ListShards:input_type -> tideflow.api.v1.ListShardsRequest
-	5, // 6: tideflow.api.v1.OperatorService.ListClusterMembers:input_type -> tideflow.api.v1.ListClusterMembersRequest
-	1, // 7: tideflow.api.v1.OperatorService.GetClusterInfo:output_type -> tideflow.api.v1.GetClusterInfoResponse
-	3, // 8: tideflow.api.v1.OperatorService.ListShards:output_type -> tideflow.api.v1.ListShardsResponse
-	6, // 9: tideflow.api.v1.OperatorService.ListClusterMembers:output_type -> tideflow.api.v1.ListClusterMembersResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: tideflow.api.v1.ApiKeyInfo.role:type_name -> tideflow.api.v1.ApiKeyRole
+	16, // 1: tideflow.api.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	16, // 2: tideflow.api.v1.ApiKeyInfo.revoke_time:type_name -> google.protobuf.Timestamp
+	0,  // 3: tideflow.api.v1.CreateApiKeyRequest.role:type_name -> tideflow.api.v1.ApiKeyRole
+	1,  // 4: tideflow.api.v1.CreateApiKeyResponse.info:type_name -> tideflow.api.v1.ApiKeyInfo
+	1,  // 5: tideflow.api.v1.ListApiKeysResponse.keys:type_name -> tideflow.api.v1.ApiKeyInfo
+	1,  // 6: tideflow.api.v1.RevokeApiKeyResponse.info:type_name -> tideflow.api.v1.ApiKeyInfo
+	12, // 7: tideflow.api.v1.ListShardsResponse.shards:type_name -> tideflow.api.v1.ShardSummary
+	15, // 8: tideflow.api.v1.ListClusterMembersResponse.members:type_name -> tideflow.api.v1.ClusterMemberInfo
+	16, // 9: tideflow.api.v1.ClusterMemberInfo.session_start_time:type_name -> google.protobuf.Timestamp
+	16, // 10: tideflow.api.v1.ClusterMemberInfo.last_heartbeat_time:type_name -> google.protobuf.Timestamp
+	8,  // 11: tideflow.api.v1.OperatorService.GetClusterInfo:input_type -> tideflow.api.v1.GetClusterInfoRequest
+	10, // 12: tideflow.api.v1.OperatorService.ListShards:input_type -> tideflow.api.v1.ListShardsRequest
+	13, // 13: tideflow.api.v1.OperatorService.ListClusterMembers:input_type -> tideflow.api.v1.ListClusterMembersRequest
+	2,  // 14: tideflow.api.v1.OperatorService.CreateApiKey:input_type -> tideflow.api.v1.CreateApiKeyRequest
+	4,  // 15: tideflow.api.v1.OperatorService.ListApiKeys:input_type -> tideflow.api.v1.ListApiKeysRequest
+	6,  // 16: tideflow.api.v1.OperatorService.RevokeApiKey:input_type -> tideflow.api.v1.RevokeApiKeyRequest
+	9,  // 17: tideflow.api.v1.OperatorService.GetClusterInfo:output_type -> tideflow.api.v1.GetClusterInfoResponse
+	11, // 18: tideflow.api.v1.OperatorService.ListShards:output_type -> tideflow.api.v1.ListShardsResponse
+	14, // 19: tideflow.api.v1.OperatorService.ListClusterMembers:output_type -> tideflow.api.v1.ListClusterMembersResponse
+	3,  // 20: tideflow.api.v1.OperatorService.CreateApiKey:output_type -> tideflow.api.v1.CreateApiKeyResponse
+	5,  // 21: tideflow.api.v1.OperatorService.ListApiKeys:output_type -> tideflow.api.v1.ListApiKeysResponse
+	7,  // 22: tideflow.api.v1.OperatorService.RevokeApiKey:output_type -> tideflow.api.v1.RevokeApiKeyResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_tideflow_api_v1_operator_service_proto_init() }
@@ -565,13 +1103,14 @@ func file_tideflow_api_v1_operator_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tideflow_api_v1_operator_service_proto_rawDesc), len(file_tideflow_api_v1_operator_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   8,
+			NumEnums:      1,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tideflow_api_v1_operator_service_proto_goTypes,
 		DependencyIndexes: file_tideflow_api_v1_operator_service_proto_depIdxs,
+		EnumInfos:         file_tideflow_api_v1_operator_service_proto_enumTypes,
 		MessageInfos:      file_tideflow_api_v1_operator_service_proto_msgTypes,
 	}.Build()
 	File_tideflow_api_v1_operator_service_proto = out.File

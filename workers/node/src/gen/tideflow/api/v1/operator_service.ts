@@ -24,6 +24,118 @@ export const protobufPackage = "tideflow.api.v1";
 
 export const protobufFileName = "tideflow/api/v1/operator_service.proto";
 
+export enum ApiKeyRole {
+  API_KEY_ROLE_UNSPECIFIED = 0,
+  /**
+   * API_KEY_ROLE_ADMIN - The namespace's administration (namespace and task queue config, its keys), and all the
+   * others may do; on a cluster key, every namespace's and the cluster's.
+   */
+  API_KEY_ROLE_ADMIN = 1,
+  /** API_KEY_ROLE_WRITER - Start, signal, cancel and terminate runs, publish events, register flows; and read. */
+  API_KEY_ROLE_WRITER = 2,
+  /** API_KEY_ROLE_READER - Describe and list namespaces, flows, runs, histories and task queues. */
+  API_KEY_ROLE_READER = 3,
+  /** API_KEY_ROLE_WORKER - Poll block tasks, answer and heartbeat them, on the key's task queues. */
+  API_KEY_ROLE_WORKER = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function apiKeyRoleFromJSON(object: any): ApiKeyRole {
+  switch (object) {
+    case 0:
+    case "API_KEY_ROLE_UNSPECIFIED":
+      return ApiKeyRole.API_KEY_ROLE_UNSPECIFIED;
+    case 1:
+    case "API_KEY_ROLE_ADMIN":
+      return ApiKeyRole.API_KEY_ROLE_ADMIN;
+    case 2:
+    case "API_KEY_ROLE_WRITER":
+      return ApiKeyRole.API_KEY_ROLE_WRITER;
+    case 3:
+    case "API_KEY_ROLE_READER":
+      return ApiKeyRole.API_KEY_ROLE_READER;
+    case 4:
+    case "API_KEY_ROLE_WORKER":
+      return ApiKeyRole.API_KEY_ROLE_WORKER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ApiKeyRole.UNRECOGNIZED;
+  }
+}
+
+export function apiKeyRoleToJSON(object: ApiKeyRole): string {
+  switch (object) {
+    case ApiKeyRole.API_KEY_ROLE_UNSPECIFIED:
+      return "API_KEY_ROLE_UNSPECIFIED";
+    case ApiKeyRole.API_KEY_ROLE_ADMIN:
+      return "API_KEY_ROLE_ADMIN";
+    case ApiKeyRole.API_KEY_ROLE_WRITER:
+      return "API_KEY_ROLE_WRITER";
+    case ApiKeyRole.API_KEY_ROLE_READER:
+      return "API_KEY_ROLE_READER";
+    case ApiKeyRole.API_KEY_ROLE_WORKER:
+      return "API_KEY_ROLE_WORKER";
+    case ApiKeyRole.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export interface ApiKeyInfo {
+  /** Public: the part of the key before its secret, shown in lists and audit records. */
+  keyId: string;
+  /** The namespace it acts on, or "*" for the cluster. */
+  namespace: string;
+  role: ApiKeyRole;
+  /** For a worker key: the task queues it may poll (empty: all of its namespace's). */
+  taskQueues: string[];
+  description: string;
+  createTime:
+    | Timestamp
+    | undefined;
+  /** The key_id of the admin key that created it (empty when made by `tideflow-server auth`). */
+  createdBy: string;
+  /** Set once revoked. */
+  revokeTime: Timestamp | undefined;
+}
+
+export interface CreateApiKeyRequest {
+  /** A registered namespace, or "*" for a cluster key. */
+  namespace: string;
+  role: ApiKeyRole;
+  taskQueues: string[];
+  description: string;
+}
+
+export interface CreateApiKeyResponse {
+  info:
+    | ApiKeyInfo
+    | undefined;
+  /** The key, to send as `authorization: Bearer <key>`. Shown here only. */
+  key: string;
+}
+
+export interface ListApiKeysRequest {
+  /** A namespace, or "*" for the cluster keys. */
+  namespace: string;
+}
+
+export interface ListApiKeysResponse {
+  /** Oldest first. */
+  keys: ApiKeyInfo[];
+}
+
+export interface RevokeApiKeyRequest {
+  /** The key's namespace ("*" for a cluster key), which the caller must administer. */
+  namespace: string;
+  keyId: string;
+}
+
+export interface RevokeApiKeyResponse {
+  info: ApiKeyInfo | undefined;
+}
+
 export interface GetClusterInfoRequest {
 }
 
@@ -78,6 +190,720 @@ export interface ClusterMemberInfo {
   sessionStartTime: Timestamp | undefined;
   lastHeartbeatTime: Timestamp | undefined;
 }
+
+function createBaseApiKeyInfo(): ApiKeyInfo {
+  return {
+    keyId: "",
+    namespace: "",
+    role: 0,
+    taskQueues: [],
+    description: "",
+    createTime: undefined,
+    createdBy: "",
+    revokeTime: undefined,
+  };
+}
+
+export const ApiKeyInfo: MessageFns<ApiKeyInfo> = {
+  encode(message: ApiKeyInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(18).string(message.namespace);
+    }
+    if (message.role !== 0) {
+      writer.uint32(24).int32(message.role);
+    }
+    for (const v of message.taskQueues) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.description !== "") {
+      writer.uint32(42).string(message.description);
+    }
+    if (message.createTime !== undefined) {
+      Timestamp.encode(message.createTime, writer.uint32(50).fork()).join();
+    }
+    if (message.createdBy !== "") {
+      writer.uint32(58).string(message.createdBy);
+    }
+    if (message.revokeTime !== undefined) {
+      Timestamp.encode(message.revokeTime, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ApiKeyInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApiKeyInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.taskQueues.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.createTime = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.createdBy = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.revokeTime = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ApiKeyInfo {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
+      role: isSet(object.role) ? apiKeyRoleFromJSON(object.role) : 0,
+      taskQueues: globalThis.Array.isArray(object?.taskQueues)
+        ? object.taskQueues.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.task_queues)
+        ? object.task_queues.map((e: any) => globalThis.String(e))
+        : [],
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      createTime: isSet(object.createTime)
+        ? fromJsonTimestamp(object.createTime)
+        : isSet(object.create_time)
+        ? fromJsonTimestamp(object.create_time)
+        : undefined,
+      createdBy: isSet(object.createdBy)
+        ? globalThis.String(object.createdBy)
+        : isSet(object.created_by)
+        ? globalThis.String(object.created_by)
+        : "",
+      revokeTime: isSet(object.revokeTime)
+        ? fromJsonTimestamp(object.revokeTime)
+        : isSet(object.revoke_time)
+        ? fromJsonTimestamp(object.revoke_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ApiKeyInfo): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
+    if (message.role !== 0) {
+      obj.role = apiKeyRoleToJSON(message.role);
+    }
+    if (message.taskQueues?.length) {
+      obj.taskQueues = message.taskQueues;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.createTime !== undefined) {
+      obj.createTime = fromTimestamp(message.createTime).toISOString();
+    }
+    if (message.createdBy !== "") {
+      obj.createdBy = message.createdBy;
+    }
+    if (message.revokeTime !== undefined) {
+      obj.revokeTime = fromTimestamp(message.revokeTime).toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ApiKeyInfo>, I>>(base?: I): ApiKeyInfo {
+    return ApiKeyInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ApiKeyInfo>, I>>(object: I): ApiKeyInfo {
+    const message = createBaseApiKeyInfo();
+    message.keyId = object.keyId ?? "";
+    message.namespace = object.namespace ?? "";
+    message.role = object.role ?? 0;
+    message.taskQueues = object.taskQueues?.map((e) => e) || [];
+    message.description = object.description ?? "";
+    message.createTime = (object.createTime !== undefined && object.createTime !== null)
+      ? Timestamp.fromPartial(object.createTime)
+      : undefined;
+    message.createdBy = object.createdBy ?? "";
+    message.revokeTime = (object.revokeTime !== undefined && object.revokeTime !== null)
+      ? Timestamp.fromPartial(object.revokeTime)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCreateApiKeyRequest(): CreateApiKeyRequest {
+  return { namespace: "", role: 0, taskQueues: [], description: "" };
+}
+
+export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
+  encode(message: CreateApiKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    if (message.role !== 0) {
+      writer.uint32(16).int32(message.role);
+    }
+    for (const v of message.taskQueues) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.description !== "") {
+      writer.uint32(34).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateApiKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateApiKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.taskQueues.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateApiKeyRequest {
+    return {
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
+      role: isSet(object.role) ? apiKeyRoleFromJSON(object.role) : 0,
+      taskQueues: globalThis.Array.isArray(object?.taskQueues)
+        ? object.taskQueues.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.task_queues)
+        ? object.task_queues.map((e: any) => globalThis.String(e))
+        : [],
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: CreateApiKeyRequest): unknown {
+    const obj: any = {};
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
+    if (message.role !== 0) {
+      obj.role = apiKeyRoleToJSON(message.role);
+    }
+    if (message.taskQueues?.length) {
+      obj.taskQueues = message.taskQueues;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateApiKeyRequest>, I>>(base?: I): CreateApiKeyRequest {
+    return CreateApiKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateApiKeyRequest>, I>>(object: I): CreateApiKeyRequest {
+    const message = createBaseCreateApiKeyRequest();
+    message.namespace = object.namespace ?? "";
+    message.role = object.role ?? 0;
+    message.taskQueues = object.taskQueues?.map((e) => e) || [];
+    message.description = object.description ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateApiKeyResponse(): CreateApiKeyResponse {
+  return { info: undefined, key: "" };
+}
+
+export const CreateApiKeyResponse: MessageFns<CreateApiKeyResponse> = {
+  encode(message: CreateApiKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.info !== undefined) {
+      ApiKeyInfo.encode(message.info, writer.uint32(10).fork()).join();
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateApiKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateApiKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.info = ApiKeyInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateApiKeyResponse {
+    return {
+      info: isSet(object.info) ? ApiKeyInfo.fromJSON(object.info) : undefined,
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+    };
+  },
+
+  toJSON(message: CreateApiKeyResponse): unknown {
+    const obj: any = {};
+    if (message.info !== undefined) {
+      obj.info = ApiKeyInfo.toJSON(message.info);
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateApiKeyResponse>, I>>(base?: I): CreateApiKeyResponse {
+    return CreateApiKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateApiKeyResponse>, I>>(object: I): CreateApiKeyResponse {
+    const message = createBaseCreateApiKeyResponse();
+    message.info = (object.info !== undefined && object.info !== null)
+      ? ApiKeyInfo.fromPartial(object.info)
+      : undefined;
+    message.key = object.key ?? "";
+    return message;
+  },
+};
+
+function createBaseListApiKeysRequest(): ListApiKeysRequest {
+  return { namespace: "" };
+}
+
+export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
+  encode(message: ListApiKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListApiKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListApiKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListApiKeysRequest {
+    return { namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "" };
+  },
+
+  toJSON(message: ListApiKeysRequest): unknown {
+    const obj: any = {};
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListApiKeysRequest>, I>>(base?: I): ListApiKeysRequest {
+    return ListApiKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListApiKeysRequest>, I>>(object: I): ListApiKeysRequest {
+    const message = createBaseListApiKeysRequest();
+    message.namespace = object.namespace ?? "";
+    return message;
+  },
+};
+
+function createBaseListApiKeysResponse(): ListApiKeysResponse {
+  return { keys: [] };
+}
+
+export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
+  encode(message: ListApiKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      ApiKeyInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListApiKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListApiKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(ApiKeyInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListApiKeysResponse {
+    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => ApiKeyInfo.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ListApiKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => ApiKeyInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListApiKeysResponse>, I>>(base?: I): ListApiKeysResponse {
+    return ListApiKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListApiKeysResponse>, I>>(object: I): ListApiKeysResponse {
+    const message = createBaseListApiKeysResponse();
+    message.keys = object.keys?.map((e) => ApiKeyInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRevokeApiKeyRequest(): RevokeApiKeyRequest {
+  return { namespace: "", keyId: "" };
+}
+
+export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
+  encode(message: RevokeApiKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    if (message.keyId !== "") {
+      writer.uint32(18).string(message.keyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeApiKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeApiKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeApiKeyRequest {
+    return {
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RevokeApiKeyRequest): unknown {
+    const obj: any = {};
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeApiKeyRequest>, I>>(base?: I): RevokeApiKeyRequest {
+    return RevokeApiKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeApiKeyRequest>, I>>(object: I): RevokeApiKeyRequest {
+    const message = createBaseRevokeApiKeyRequest();
+    message.namespace = object.namespace ?? "";
+    message.keyId = object.keyId ?? "";
+    return message;
+  },
+};
+
+function createBaseRevokeApiKeyResponse(): RevokeApiKeyResponse {
+  return { info: undefined };
+}
+
+export const RevokeApiKeyResponse: MessageFns<RevokeApiKeyResponse> = {
+  encode(message: RevokeApiKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.info !== undefined) {
+      ApiKeyInfo.encode(message.info, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeApiKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeApiKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.info = ApiKeyInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeApiKeyResponse {
+    return { info: isSet(object.info) ? ApiKeyInfo.fromJSON(object.info) : undefined };
+  },
+
+  toJSON(message: RevokeApiKeyResponse): unknown {
+    const obj: any = {};
+    if (message.info !== undefined) {
+      obj.info = ApiKeyInfo.toJSON(message.info);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeApiKeyResponse>, I>>(base?: I): RevokeApiKeyResponse {
+    return RevokeApiKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeApiKeyResponse>, I>>(object: I): RevokeApiKeyResponse {
+    const message = createBaseRevokeApiKeyResponse();
+    message.info = (object.info !== undefined && object.info !== null)
+      ? ApiKeyInfo.fromPartial(object.info)
+      : undefined;
+    return message;
+  },
+};
 
 function createBaseGetClusterInfoRequest(): GetClusterInfoRequest {
   return {};
@@ -907,12 +1733,70 @@ export const OperatorServiceService = {
       Buffer.from(ListClusterMembersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListClusterMembersResponse => ListClusterMembersResponse.decode(value),
   },
+  /**
+   * API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+   * namespace) with one role. Managing the keys of a namespace takes an admin key of that
+   * namespace or of the cluster; the first cluster admin key is made with
+   * `tideflow-server auth create-key`, which writes to the database directly.
+   *
+   * CreateApiKey returns the key once; the server keeps only a hash of it.
+   */
+  createApiKey: {
+    path: "/tideflow.api.v1.OperatorService/CreateApiKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateApiKeyRequest): Buffer => Buffer.from(CreateApiKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateApiKeyRequest => CreateApiKeyRequest.decode(value),
+    responseSerialize: (value: CreateApiKeyResponse): Buffer =>
+      Buffer.from(CreateApiKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateApiKeyResponse => CreateApiKeyResponse.decode(value),
+  },
+  /** The namespace's keys, revoked ones included (without their secrets: the server has none). */
+  listApiKeys: {
+    path: "/tideflow.api.v1.OperatorService/ListApiKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListApiKeysRequest): Buffer => Buffer.from(ListApiKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListApiKeysRequest => ListApiKeysRequest.decode(value),
+    responseSerialize: (value: ListApiKeysResponse): Buffer => Buffer.from(ListApiKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListApiKeysResponse => ListApiKeysResponse.decode(value),
+  },
+  /**
+   * From now on the key authenticates nothing (on other frontends within
+   * security.auth.key_cache_s). Revoking a revoked key changes nothing.
+   */
+  revokeApiKey: {
+    path: "/tideflow.api.v1.OperatorService/RevokeApiKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeApiKeyRequest): Buffer => Buffer.from(RevokeApiKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeApiKeyRequest => RevokeApiKeyRequest.decode(value),
+    responseSerialize: (value: RevokeApiKeyResponse): Buffer =>
+      Buffer.from(RevokeApiKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevokeApiKeyResponse => RevokeApiKeyResponse.decode(value),
+  },
 } as const;
 
 export interface OperatorServiceServer extends UntypedServiceImplementation {
   getClusterInfo: handleUnaryCall<GetClusterInfoRequest, GetClusterInfoResponse>;
   listShards: handleUnaryCall<ListShardsRequest, ListShardsResponse>;
   listClusterMembers: handleUnaryCall<ListClusterMembersRequest, ListClusterMembersResponse>;
+  /**
+   * API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+   * namespace) with one role. Managing the keys of a namespace takes an admin key of that
+   * namespace or of the cluster; the first cluster admin key is made with
+   * `tideflow-server auth create-key`, which writes to the database directly.
+   *
+   * CreateApiKey returns the key once; the server keeps only a hash of it.
+   */
+  createApiKey: handleUnaryCall<CreateApiKeyRequest, CreateApiKeyResponse>;
+  /** The namespace's keys, revoked ones included (without their secrets: the server has none). */
+  listApiKeys: handleUnaryCall<ListApiKeysRequest, ListApiKeysResponse>;
+  /**
+   * From now on the key authenticates nothing (on other frontends within
+   * security.auth.key_cache_s). Revoking a revoked key changes nothing.
+   */
+  revokeApiKey: handleUnaryCall<RevokeApiKeyRequest, RevokeApiKeyResponse>;
 }
 
 export interface OperatorServiceClient extends Client {
@@ -960,6 +1844,64 @@ export interface OperatorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListClusterMembersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * API keys. A key acts on one namespace (or, with namespace "*", on the cluster and every
+   * namespace) with one role. Managing the keys of a namespace takes an admin key of that
+   * namespace or of the cluster; the first cluster admin key is made with
+   * `tideflow-server auth create-key`, which writes to the database directly.
+   *
+   * CreateApiKey returns the key once; the server keeps only a hash of it.
+   */
+  createApiKey(
+    request: CreateApiKeyRequest,
+    callback: (error: ServiceError | null, response: CreateApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  createApiKey(
+    request: CreateApiKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  createApiKey(
+    request: CreateApiKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  /** The namespace's keys, revoked ones included (without their secrets: the server has none). */
+  listApiKeys(
+    request: ListApiKeysRequest,
+    callback: (error: ServiceError | null, response: ListApiKeysResponse) => void,
+  ): ClientUnaryCall;
+  listApiKeys(
+    request: ListApiKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListApiKeysResponse) => void,
+  ): ClientUnaryCall;
+  listApiKeys(
+    request: ListApiKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListApiKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * From now on the key authenticates nothing (on other frontends within
+   * security.auth.key_cache_s). Revoking a revoked key changes nothing.
+   */
+  revokeApiKey(
+    request: RevokeApiKeyRequest,
+    callback: (error: ServiceError | null, response: RevokeApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeApiKey(
+    request: RevokeApiKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevokeApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeApiKey(
+    request: RevokeApiKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevokeApiKeyResponse) => void,
   ): ClientUnaryCall;
 }
 
