@@ -164,8 +164,25 @@ async def test_a_token_of_one_namespace_is_refused_in_another(tmp_path: Path) ->
         await attacker.close()
 
 
+@contextlib.asynccontextmanager
+async def _split_cluster(root: Path, *keys: dict[str, str]) -> AsyncIterator[Cluster]:
+    """Role processes: the frontend restarts with new keys while history keeps its runs."""
+    cluster = Cluster(
+        root,
+        {"backend": "sqlite", "sqlite": {"path": str(root / "t.db")}},
+        split=True,
+        settings=_settings(*keys),
+    )
+    cluster.schema_setup()
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
 async def test_a_rotated_key_keeps_its_tokens_valid_while_it_is_listed(tmp_path: Path) -> None:
-    async with _cluster(tmp_path, KEY_1) as cluster:
+    async with _split_cluster(tmp_path, KEY_1) as cluster:
         client = Client(cluster.frontend)
         await client.ensure_namespace()
         _, old = await _first_task(client, "q")
@@ -173,11 +190,11 @@ async def test_a_rotated_key_keeps_its_tokens_valid_while_it_is_listed(tmp_path:
         second_run, still_old = await _first_task(client, "q2")
 
         # Rotate: k2 signs from now on, k1 still verifies.
-        process = next(iter(cluster.processes.values()))
+        process = cluster.process_of("frontend")
         config = yaml.safe_load(cluster.config.read_text())
         config["security"] = {"task_token_keys": [KEY_2, KEY_1]}
         cluster.config.write_text(yaml.safe_dump(config))
-        process.kill()
+        process.stop()
         await cluster.restart("frontend")
         client = Client(cluster.frontend)
         await _complete(client, old.task_token)
@@ -187,7 +204,7 @@ async def test_a_rotated_key_keeps_its_tokens_valid_while_it_is_listed(tmp_path:
         # Retire k1: its tokens are refused, k2's still work.
         config["security"] = {"task_token_keys": [KEY_2]}
         cluster.config.write_text(yaml.safe_dump(config))
-        process.kill()
+        process.stop()
         await cluster.restart("frontend")
         client = Client(cluster.frontend)
         await _refused(_complete(client, still_old.task_token), FORGED_REASON)

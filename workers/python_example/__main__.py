@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -58,6 +59,25 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | bool:
     )
 
 
+def _tracing() -> Callable[[], None] | None:
+    """Spans of each block attempt exported over OTLP (gRPC) when the standard
+    OTEL_EXPORTER_OTLP_ENDPOINT is set; the returned function flushes them at exit."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    from opentelemetry import trace  # noqa: PLC0415 - only when tracing
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "tideflow-python-worker"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=True)))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.python_example", description=__doc__)
     parser.add_argument("--address", default="127.0.0.1:7233", help="frontend host:port")
@@ -75,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", default="", help="the client certificate's key (PEM)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(args))
+    flush = _tracing()
+    try:
+        asyncio.run(serve(args))
+    finally:
+        if flush is not None:
+            flush()
     return 0
 
 

@@ -328,6 +328,36 @@ class SecurityConfig(_Section):
         return self
 
 
+class TracingConfig(_Section):
+    """Spans of every RPC, history decision, persistence call and dispatch, exported over
+    OTLP. Off until an endpoint is set."""
+
+    otlp_endpoint: str | None = None
+    """Where spans go: host:port for `grpc`, a URL (http://host:4318/v1/traces) for `http`."""
+    otlp_protocol: Literal["grpc", "http"] = "grpc"
+    sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Of the traces that start here (a call without a sampled parent); a caller's sampled
+    `traceparent` is always followed."""
+    export_delay_ms: int = Field(default=5_000, gt=0)
+    """How long finished spans wait to go out in one batch."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.otlp_endpoint is not None
+
+
+class MetricsConfig(_Section):
+    prometheus_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve /metrics (Prometheus text) on this port of every server process; 0 picks a
+    free one (logged); None: no metrics."""
+    prometheus_host: str = "127.0.0.1"
+
+
+class TelemetryConfig(_Section):
+    tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -343,6 +373,7 @@ class Settings(BaseSettings):
     frontend: FrontendConfig = FrontendConfig()
     events: EventsConfig = EventsConfig()
     security: SecurityConfig = SecurityConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     yaml_file: ClassVar[Path | None] = None
 

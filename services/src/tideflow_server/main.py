@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tideflow.api.v1 import namespace_pb2
+from tideflow_server import observability
 from tideflow_server.auth import CLUSTER, ApiKeys, Role
 from tideflow_server.config import Settings, load_settings
 from tideflow_server.internal.v1 import records_pb2
@@ -172,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             settings = load_settings(args.config)
             roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+            observability.configure(
+                settings.telemetry,
+                service="tideflow-server",
+                instance=f"{'+'.join(roles)}@{socket.gethostname()}:{os.getpid()}",
+            )
             run_on_loop(settings, serve_until_signalled(TideflowServer(settings, roles)))
         else:
             configure_logging()

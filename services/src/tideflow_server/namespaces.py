@@ -46,6 +46,12 @@ class NamespaceCache:
                 metadata={"namespace": name},
             ) from e
 
+    def cached_name(self, namespace_id: str) -> str:
+        """The namespace's name if this cache holds it (whatever its age), else its id: for
+        metrics labels, off the request path's awaits."""
+        cached = self._by_id.get(namespace_id)
+        return cached[1].info.name if cached else namespace_id
+
     async def by_id(self, namespace_id: str) -> records_pb2.NamespaceRecord:
         cached = self._by_id.get(namespace_id)
         if cached and cached[0] > time.monotonic():

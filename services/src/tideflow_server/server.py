@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from tideflow.api.v1 import flow_service_pb2_grpc, operator_service_pb2_grpc
+from tideflow_server import observability
 from tideflow_server.auth import ApiKeys
 from tideflow_server.config import Settings
 from tideflow_server.frontend.base import Frontend, Timeouts
@@ -48,6 +49,7 @@ from tideflow_server.rpc.clients import (
     MatchingClient,
     partition_key,
 )
+from tideflow_server.rpc.interceptors import base_layers
 from tideflow_server.rpc.server import (
     RoleServer,
     Service,
@@ -84,6 +86,7 @@ class TideflowServer:
             if internal.enabled
             else None,
             server_name=internal.server_name,
+            interceptors=observability.client_interceptors(),
         )
         self._controller: ShardController | None = None
         self._matching_engine: MatchingEngine | None = None
@@ -183,6 +186,7 @@ class TideflowServer:
                     )
                 ],
                 tls=internal_server_tls(settings),
+                layers=[*observability.layers(), *base_layers()],
             )
             self.servers["matching"] = server
             await _retrying("join the cluster", lambda: membership.join(MATCHING, server.address))
@@ -216,6 +220,7 @@ class TideflowServer:
                     )
                 ],
                 tls=internal_server_tls(settings),
+                layers=[*observability.layers(), *base_layers()],
             )
             self.servers["history"] = server
             await _retrying("join the cluster", lambda: membership.join(HISTORY, server.address))
@@ -285,7 +290,10 @@ class TideflowServer:
                     ),
                 ),
             ],
-            layers=frontend_layers(frontend, auth=settings.security.auth.enabled),
+            layers=[
+                *observability.layers(),
+                *frontend_layers(frontend, auth=settings.security.auth.enabled),
+            ],
             tls=public_server_tls(settings),
         )
         self.servers["frontend"] = server
@@ -305,6 +313,7 @@ class TideflowServer:
         if self._membership is not None:
             await self._membership.leave()
         await self._channels.close()
+        observability.flush()
         if self._persistence is not None:
             await self._persistence.close()
         log.info("tideflow server stopped", roles=self.roles)

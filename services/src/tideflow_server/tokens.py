@@ -161,4 +161,6 @@ def block_task_response(
         response.heartbeat_details.CopyFrom(started.heartbeat_details)
     if scheduled.HasField("retry_policy"):
         response.retry_policy.CopyFrom(scheduled.retry_policy)
+    if started.trace_context:
+        response.trace_context.update(started.trace_context)
     return response

@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tideflow._converter import (
     ConversionError,
@@ -37,6 +39,9 @@ from tideflow.worker._block import (
     _set_context,
     definition_of,
 )
+
+_tracer = trace.get_tracer("tideflow.worker")
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 logger = logging.getLogger("tideflow.worker")
 
@@ -267,8 +272,9 @@ class _Completions:
     ) -> None:
         worker = self._worker
         try:
+            carrier = tuple(request.trace_context.items())
             answer = await worker._stub_or_raise().RespondBlockCompleted(
-                request, timeout=_RPC_TIMEOUT_S, metadata=worker._metadata
+                request, timeout=_RPC_TIMEOUT_S, metadata=(*worker._metadata, *carrier)
             )
         except Exception as e:
             if not future.done():
@@ -523,7 +529,34 @@ class Worker:
     async def _run_attempt(
         self, task: flow_service_pb2.PollBlockTaskResponse
     ) -> Sequence[flow_service_pb2.PollBlockTaskResponse]:
-        """Run one attempt and answer for it; returns the next tasks, if eager dispatch gave any."""
+        """Run one attempt and answer for it, in a span that continues the run's trace (the
+        task's trace context) when the process traces; returns the next tasks, if eager
+        dispatch gave any."""
+        parent = _PROPAGATOR.extract(dict(task.trace_context)) if task.trace_context else None
+        with _tracer.start_as_current_span(
+            f"block {task.block_type}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "tideflow.block_id": task.block_id,
+                "tideflow.block_type": task.block_type,
+                "tideflow.attempt": task.attempt,
+                "tideflow.run_id": task.run.run_id,
+                "tideflow.worker": self.identity,
+            },
+        ):
+            return await self._run_traced_attempt(task)
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The API key, and the current span as `traceparent` (the attempt's, or the run's
+        when this process does not trace)."""
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return (*self._metadata, *carrier.items()) if carrier else self._metadata
+
+    async def _run_traced_attempt(
+        self, task: flow_service_pb2.PollBlockTaskResponse
+    ) -> Sequence[flow_service_pb2.PollBlockTaskResponse]:
         definition = self._blocks.get(task.block_type)
         heartbeat_timeout = (
             task.timeouts.heartbeat.ToTimedelta().total_seconds()
@@ -592,19 +625,18 @@ class Worker:
         except Exception as e:
             await self._failed(task, e, heartbeater)
             return ()
+        request = flow_service_pb2.RespondBlockCompletedRequest(
+            namespace=self.namespace,
+            task_token=task.task_token,
+            result=payloads,
+            identity=self.identity,
+            eager_slots=self._eager_slots(),
+            sticky_task_queue=self.sticky_task_queue,
+        )
+        # It may go in a batch, whose metadata names one span: the item names its own.
+        _PROPAGATOR.inject(request.trace_context)
         completed = await self._respond(
-            "RespondBlockCompleted",
-            task,
-            lambda _: self._completions.send(
-                flow_service_pb2.RespondBlockCompletedRequest(
-                    namespace=self.namespace,
-                    task_token=task.task_token,
-                    result=payloads,
-                    identity=self.identity,
-                    eager_slots=self._eager_slots(),
-                    sticky_task_queue=self.sticky_task_queue,
-                )
-            ),
+            "RespondBlockCompleted", task, lambda _: self._completions.send(request)
         )
         return completed.next_tasks if completed is not None else ()
 
@@ -668,6 +700,7 @@ class Worker:
             task.attempt,
             error,
         )
+        trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
         request = flow_service_pb2.RespondBlockFailedRequest(
             namespace=self.namespace,
             task_token=task.task_token,
@@ -683,7 +716,7 @@ class Worker:
             "RespondBlockFailed",
             task,
             lambda stub: stub.RespondBlockFailed(
-                request, timeout=_RPC_TIMEOUT_S, metadata=self._metadata
+                request, timeout=_RPC_TIMEOUT_S, metadata=self._call_metadata()
             ),
         )
 
@@ -710,7 +743,7 @@ class Worker:
                     identity=self.identity,
                 ),
                 timeout=_RPC_TIMEOUT_S,
-                metadata=self._metadata,
+                metadata=self._call_metadata(),
             ),
         )
 

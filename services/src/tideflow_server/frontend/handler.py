@@ -44,8 +44,9 @@ def _flow_service(method: Method) -> bool:
 
 
 def frontend_layers(frontend: Frontend, *, auth: bool) -> list[Layer]:
-    """The frontend's chain, in the order rpc/interceptors.py states. Without `auth` there is
-    no key to read and everything is allowed: those two layers are left out, not run idle."""
+    """The frontend's chain after tracing and metrics, in the order rpc/interceptors.py
+    states. Without `auth` there is no key to read and everything is allowed: those two layers
+    are left out, not run idle."""
     access = Access(frontend.api_keys if auth else None)
     return [
         *base_layers(),

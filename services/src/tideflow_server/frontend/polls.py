@@ -71,7 +71,7 @@ class Polls:
         ) -> flow_service_pb2.RespondBlockCompletedResponse:
             # A batch of one: it travels on the history host's completion stream.
             (result,) = await self._f.history.respond_block_completed_batch(
-                [(namespace_id, request, run_id)]
+                [(namespace_id, request, run_id)], from_batch=False
             )
             if result.status.code != 0:
                 raise from_item_status(result.status)

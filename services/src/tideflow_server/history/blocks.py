@@ -19,6 +19,7 @@ from typing import TypeAlias
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, flow_service_pb2, history_pb2
+from tideflow_server import observability
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history import payloads
 from tideflow_server.history.interpreter import ScheduleExternal, attempts_exhausted, retry_delay
@@ -213,6 +214,10 @@ def _dispatch_attempt(step: RunStep, pending: records_pb2.PendingBlock, at: date
     """Make the current attempt dispatchable at `at`: a block task now, or a retry timer."""
     pending.current_attempt_scheduled_time.FromDatetime(at)
     pending.ClearField("redispatched_time")
+    # The decision's span (when traced): the attempt's dispatch and run are its children.
+    pending.trace_context.clear()
+    if context := observability.inject():
+        pending.trace_context.update(context)
     if at <= step.now:
         _add_block_task(step, pending)
     else:
@@ -402,6 +407,8 @@ def started_response(
     response.current_attempt_scheduled_time.CopyFrom(pending.current_attempt_scheduled_time)
     response.heartbeat_details.CopyFrom(pending.heartbeat_details)
     response.flow.CopyFrom(state.execution_info.flow)
+    if pending.trace_context:
+        response.trace_context.update(pending.trace_context)
     return response
 
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tideflow.api.v1 import flow_service_pb2
+from tideflow_server import observability
 from tideflow_server.history.api import (
     cancel_run,
     deliver_event,
@@ -210,11 +211,12 @@ class HistoryHandler(history_service_pb2_grpc.HistoryServiceServicer):
             item: hs.RespondBlockCompletedRequest,
         ) -> flow_service_pb2.RespondBlockCompletedResult:
             try:
-                answer = await self._on_token(
-                    item.namespace_id,
-                    item.request.task_token,
-                    lambda shard: respond_block_completed.invoke(shard, item),
-                )
+                with observability.attached(item.trace_context):
+                    answer = await self._on_token(
+                        item.namespace_id,
+                        item.request.task_token,
+                        lambda shard: respond_block_completed.invoke(shard, item),
+                    )
             except Exception as e:
                 return flow_service_pb2.RespondBlockCompletedResult(
                     status=to_item_status(service_error(e))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server import observability
 from tideflow_server.internal.v1 import (
     history_service_pb2,
     matching_service_pb2,
@@ -240,6 +241,7 @@ class MatchingEngine:
             if target:
                 config = partition.queue_config
                 if await self._sticky.offer(key, config, request, task, direct, target=target):
+                    observability.task_added(key.name, sync_matched=True)
                     return matching_service_pb2.AddBlockTaskResponse(sync_matched=True)
                 task.dispatch.sticky_fallback = True
                 direct = None  # a plain pointer from here on (see sticky.py)
@@ -250,6 +252,8 @@ class MatchingEngine:
             # Handed out, maybe by the root on another host: a redelivered add of the same
             # attempt comes here again (history adds an attempt to the same partition).
             self._note_dispatched(attempt)
+        if not request.forwarded_from:  # counted once, where history sent it
+            observability.task_added(key.name, sync_matched=matched)
         return matching_service_pb2.AddBlockTaskResponse(sync_matched=matched)
 
     def _was_dispatched(self, attempt: _Attempt) -> bool:
@@ -315,12 +319,7 @@ class MatchingEngine:
                     partition.finish(task, consumed=True)
                     continue
                 if task.direct is not None:
-                    # Started by history already (direct dispatch): nothing to ask it.
-                    self._note_dispatched(attempt)
-                    partition.finish(task, consumed=True)
-                    response = matching_service_pb2.PollBlockTaskResponse(response=task.direct)
-                    response.response.started_time.FromNanoseconds(int(self._clock() * 1e9))
-                    return response
+                    return self._hand_direct(partition, key, task, attempt, task.direct)
                 started = await self._record_started(partition, key, poll, task)
                 if isinstance(started, flow_service_pb2.PollBlockTaskResponse):
                     return matching_service_pb2.PollBlockTaskResponse(response=started)
@@ -336,6 +335,22 @@ class MatchingEngine:
                 self._affinity.poll_ended(key, worker.identity)
             if self._polls.get(request.poller_id) == (partition, poll):
                 del self._polls[request.poller_id]
+
+    def _hand_direct(
+        self,
+        partition: TaskQueuePartition | StickyQueue,
+        key: TaskQueueKey,
+        task: BlockTask,
+        attempt: _Attempt,
+        direct: flow_service_pb2.PollBlockTaskResponse,
+    ) -> matching_service_pb2.PollBlockTaskResponse:
+        """A task history started already (direct dispatch): nothing to ask it."""
+        self._note_dispatched(attempt)
+        partition.finish(task, consumed=True)
+        response = matching_service_pb2.PollBlockTaskResponse(response=direct)
+        response.response.started_time.FromNanoseconds(int(self._clock() * 1e9))
+        observability.direct_dispatched(key.name, response.response)
+        return response
 
     async def _record_started(
         self,
@@ -400,6 +415,7 @@ class MatchingEngine:
             partition.finish(task, consumed=True)
             return _NotStarted.DROPPED
         partition.finish(task, consumed=True)
+        observability.task_dispatched(key.name, started, info.block_id)
         return block_task_response(
             namespace_id=info.namespace_id,
             run=common_pb2.RunRef(run_id=info.run_id, execution_id=info.execution_id),

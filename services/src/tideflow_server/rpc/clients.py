@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server import observability
 from tideflow_server.internal.v1 import (
     history_service_pb2 as hs,
 )
@@ -105,11 +106,16 @@ class ChannelPool:
     internal TLS: this process's certificate, and the CA its peers' certificates come from)."""
 
     def __init__(
-        self, tls: grpc.ChannelCredentials | None = None, *, server_name: str | None = None
+        self,
+        tls: grpc.ChannelCredentials | None = None,
+        *,
+        server_name: str | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tls = tls
         self._server_name = server_name
+        self._interceptors = list(interceptors) or None
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -121,11 +127,15 @@ class ChannelPool:
                 ("grpc.max_reconnect_backoff_ms", 1_000),
             ]
             if self._tls is None:
-                channel = grpc.aio.insecure_channel(address, options=options)
+                channel = grpc.aio.insecure_channel(
+                    address, options=options, interceptors=self._interceptors
+                )
             else:
                 if self._server_name:
                     options.append(("grpc.ssl_target_name_override", self._server_name))
-                channel = grpc.aio.secure_channel(address, self._tls, options=options)
+                channel = grpc.aio.secure_channel(
+                    address, self._tls, options=options, interceptors=self._interceptors
+                )
             self._channels[address] = channel
         return channel
 
@@ -346,13 +356,17 @@ class HistoryClient(_RoutedClient):
         )
 
     async def respond_block_completed_batch(
-        self, items: Sequence[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]]
+        self,
+        items: Sequence[tuple[str, flow_service_pb2.RespondBlockCompletedRequest, str]],
+        *,
+        from_batch: bool = True,
     ) -> list[flow_service_pb2.RespondBlockCompletedResult]:
         """Completions of several runs, each as (namespace_id, completion, run_id): one call to
         each history host that owns some of their shards, every item answered on its own, in
         order. An item its host could not take (the shard moved, the host went away, a host
         without the batch call) goes again alone, with a single call's routing and retries."""
         results: list[flow_service_pb2.RespondBlockCompletedResult | None] = [None] * len(items)
+        trace_context = observability.inject()  # a stream's messages carry no metadata
         by_host: dict[str, list[int]] = {}
         alone: list[int] = []
         for i, (namespace_id, _, run_id) in enumerate(items):
@@ -370,7 +384,12 @@ class HistoryClient(_RoutedClient):
             request = hs.RespondBlockCompletedBatchRequest()
             for i in indices:
                 namespace_id, completion, _ = items[i]
-                request.items.add(namespace_id=namespace_id, request=completion)
+                item = request.items.add(namespace_id=namespace_id, request=completion)
+                # In a batch, the worker's span for this item when it sent one (the call's
+                # `traceparent` names one span for all); else the call's own span.
+                carried = (from_batch and completion.trace_context) or trace_context
+                if carried:
+                    item.trace_context.update(carried)
             try:
                 answer = await self._complete(address, request)
             except ServiceError as e:

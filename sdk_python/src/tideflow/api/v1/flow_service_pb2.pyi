@@ -1076,6 +1076,26 @@ class PollBlockTaskResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_TOKEN_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     FLOW_FIELD_NUMBER: _builtins.int
@@ -1089,6 +1109,7 @@ class PollBlockTaskResponse(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     task_token: _builtins.bytes
     """Opaque; echo it back in RespondBlock* and RecordBlockHeartbeat."""
     block_id: _builtins.str
@@ -1116,8 +1137,15 @@ class PollBlockTaskResponse(_message.Message):
         """From the last heartbeat of a previous attempt, so a retry can resume."""
 
     @_builtins.property
-    def retry_policy(self) -> _common_pb2.RetryPolicy:
-        """14-19: kept (header for context propagation)."""
+    def retry_policy(self) -> _common_pb2.RetryPolicy: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (`traceparent`, `tracestate`) of the decision that scheduled this
+        attempt; empty when it was not traced. A worker that traces makes its span for the attempt
+        a child of it, and sends its own span as `traceparent` metadata on its answers, so the
+        run's trace goes on through the worker.
+        15-19: kept.
+        """
 
     def __init__(
         self,
@@ -1135,10 +1163,11 @@ class PollBlockTaskResponse(_message.Message):
         timeouts: _common_pb2.BlockTimeouts | None = ...,
         heartbeat_details: _common_pb2.Payloads | None = ...,
         retry_policy: _common_pb2.RetryPolicy | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "input", b"input", "retry_policy", b"retry_policy", "run", b"run", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "input", b"input", "retry_policy", b"retry_policy", "run", b"run", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_token", b"task_token", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "input", b"input", "retry_policy", b"retry_policy", "run", b"run", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_token", b"task_token", "timeouts", b"timeouts", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1148,12 +1177,33 @@ Global___PollBlockTaskResponse: _TypeAlias = PollBlockTaskResponse  # noqa: Y015
 class RespondBlockCompletedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_FIELD_NUMBER: _builtins.int
     TASK_TOKEN_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     EAGER_SLOTS_FIELD_NUMBER: _builtins.int
     STICKY_TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     task_token: _builtins.bytes
     identity: _builtins.str
@@ -1177,6 +1227,13 @@ class RespondBlockCompletedRequest(_message.Message):
         INVALID_ARGUMENT naming `result` and the setting, and the block stays open.
         """
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context of the worker's span for this attempt, for a completion sent in a
+        RespondBlockCompletedBatch (whose `traceparent` metadata can name only one span). A single
+        RespondBlockCompleted sends it as metadata instead; when both are given, this wins.
+        """
+
     def __init__(
         self,
         *,
@@ -1186,10 +1243,11 @@ class RespondBlockCompletedRequest(_message.Message):
         identity: _builtins.str = ...,
         eager_slots: _builtins.int = ...,
         sticky_task_queue: _builtins.str = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eager_slots", b"eager_slots", "identity", b"identity", "namespace", b"namespace", "result", b"result", "sticky_task_queue", b"sticky_task_queue", "task_token", b"task_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eager_slots", b"eager_slots", "identity", b"identity", "namespace", b"namespace", "result", b"result", "sticky_task_queue", b"sticky_task_queue", "task_token", b"task_token", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,7 @@ holds only for tasks that go through matching. Not a block with an affinity key 
 from __future__ import annotations
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2
+from tideflow_server import observability
 from tideflow_server.history import blocks
 from tideflow_server.history.api._common import too_big
 from tideflow_server.history.api._respond import respond
@@ -45,6 +46,8 @@ async def invoke(
         started = blocks.start_eagerly(
             step, task_queue, identity=given.identity, slots=given.eager_slots
         )
+        for pending, _ in started:
+            observability.dispatched(pending.trace_context, pending.block_id, "history")
         return [blocks.worker_task(step, pending, event) for pending, event in started]
 
     try:

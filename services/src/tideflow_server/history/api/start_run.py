@@ -8,6 +8,7 @@ import uuid
 from google.protobuf import struct_pb2
 
 from tideflow.api.v1 import common_pb2, flow_service_pb2, history_pb2
+from tideflow_server import observability
 from tideflow_server.history import payloads, progress
 from tideflow_server.history.api import get_run_history
 from tideflow_server.history.api._common import too_big
@@ -208,63 +209,65 @@ async def _start(
         check = None
     mode, previous = CreateMode.BRAND_NEW, None
     for _ in range(3):
-        step = first_step(
-            shard,
-            namespace_id=request.namespace_id,
-            namespace=namespace,
-            request=start,
-            flow_version=flow.version,
-            compiled=compiled,
-            signal=signal,
-            parent=request.parent if request.HasField("parent") else None,
-        )
-        info = step.info
-        entry = shard.execution_entry(request.namespace_id, start.run_id, info.execution_id)
-        async with entry.lock:
-            try:
-                await shard.create(
-                    entry, step, mode=mode, previous_execution_id=previous, flow_check=check
-                )
-            except store.SizeLimitExceeded as e:
-                raise too_big(e, "input") from e
-            except store.FlowChanged:
-                flows.forget_latest(request.namespace_id, name)
-                flow, compiled = await flows.get(request.namespace_id, name, 0)
-                check = None
-                continue
-            except store.CurrentRunConditionFailed as e:
-                current = e.current
-                if current.start_request_id == info.start_request_id:
-                    return _response(current.execution_id, started=False)
-                if current.state is not RunState.CLOSED:
-                    if (
-                        start.run_id_reuse_policy
-                        == common_pb2.RUN_ID_REUSE_POLICY_TERMINATE_IF_RUNNING
-                    ):
-                        from tideflow_server.history.api import terminate_run  # noqa: PLC0415
+        with observability.decision(shard.shard_id, start.run_id) as span:
+            step = first_step(
+                shard,
+                namespace_id=request.namespace_id,
+                namespace=namespace,
+                request=start,
+                flow_version=flow.version,
+                compiled=compiled,
+                signal=signal,
+                parent=request.parent if request.HasField("parent") else None,
+            )
+            info = step.info
+            entry = shard.execution_entry(request.namespace_id, start.run_id, info.execution_id)
+            async with entry.lock:
+                try:
+                    await shard.create(
+                        entry, step, mode=mode, previous_execution_id=previous, flow_check=check
+                    )
+                except store.SizeLimitExceeded as e:
+                    raise too_big(e, "input") from e
+                except store.FlowChanged:
+                    flows.forget_latest(request.namespace_id, name)
+                    flow, compiled = await flows.get(request.namespace_id, name, 0)
+                    check = None
+                    continue
+                except store.CurrentRunConditionFailed as e:
+                    current = e.current
+                    if current.start_request_id == info.start_request_id:
+                        return _response(current.execution_id, started=False)
+                    if current.state is not RunState.CLOSED:
+                        if (
+                            start.run_id_reuse_policy
+                            == common_pb2.RUN_ID_REUSE_POLICY_TERMINATE_IF_RUNNING
+                        ):
+                            from tideflow_server.history.api import terminate_run  # noqa: PLC0415
 
-                        await terminate_run.terminate(
-                            shard,
-                            request.namespace_id,
-                            start.run_id,
-                            current.execution_id,
-                            reason="terminated by a new start (TERMINATE_IF_RUNNING)",
-                            identity=start.identity,
-                        )
-                        mode, previous = CreateMode.REUSE_CLOSED, current.execution_id
-                        continue
-                    raise AlreadyExists(
-                        f"run_id {start.run_id!r} is already running "
-                        f"(execution {current.execution_id})",
-                        reason="RUN_ALREADY_STARTED",
-                        metadata={"execution_id": current.execution_id},
-                    ) from e
-                _reuse(start.run_id_reuse_policy, current, start.run_id)
-                mode, previous = CreateMode.REUSE_CLOSED, current.execution_id
-                continue
-            except store.ConditionFailed:
-                continue  # the pointer moved between our read and write: decide again
-        return _response(info.execution_id, started=True)
+                            await terminate_run.terminate(
+                                shard,
+                                request.namespace_id,
+                                start.run_id,
+                                current.execution_id,
+                                reason="terminated by a new start (TERMINATE_IF_RUNNING)",
+                                identity=start.identity,
+                            )
+                            mode, previous = CreateMode.REUSE_CLOSED, current.execution_id
+                            continue
+                        raise AlreadyExists(
+                            f"run_id {start.run_id!r} is already running "
+                            f"(execution {current.execution_id})",
+                            reason="RUN_ALREADY_STARTED",
+                            metadata={"execution_id": current.execution_id},
+                        ) from e
+                    _reuse(start.run_id_reuse_policy, current, start.run_id)
+                    mode, previous = CreateMode.REUSE_CLOSED, current.execution_id
+                    continue
+                except store.ConditionFailed:
+                    continue  # the pointer moved between our read and write: decide again
+            span.set_attribute("tideflow.events", len(step.events))
+            return _response(info.execution_id, started=True)
     raise AlreadyExists(f"run_id {start.run_id!r} is being started concurrently")
 
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 import structlog
 
 from tideflow.api.v1 import history_pb2, namespace_pb2
+from tideflow_server import observability
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history import blocks
 from tideflow_server.history.flows import FlowCache
@@ -203,14 +204,16 @@ class ShardContext:
         db_version conflict, reload and run it again. `salvaged`: even on what could be read
         of a state that does not parse (an action that only closes the run)."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            async with self.locked(namespace_id, run_id, execution_id) as entry:
-                step = self.new_step(entry, salvaged=salvaged)
-                result = await action(entry, step)
-                try:
-                    await self.commit(entry, step)
-                except Conflict:
-                    continue
-                return result
+            with observability.decision(self.shard_id, run_id) as span:
+                async with self.locked(namespace_id, run_id, execution_id) as entry:
+                    step = self.new_step(entry, salvaged=salvaged)
+                    result = await action(entry, step)
+                    try:
+                        await self.commit(entry, step)
+                    except Conflict:
+                        continue
+                    span.set_attribute("tideflow.events", len(step.events))
+                    return result
         raise Unavailable(f"run {run_id!r} is changing too fast; try again", reason="CONFLICT")
 
     def new_step(self, entry: Execution, *, salvaged: bool = False) -> RunStep:
@@ -385,6 +388,9 @@ class ShardContext:
         entry.loaded = loaded
         if step.events:
             entry.last_batch = step.events
+            observability.count_runs(
+                step.events, lambda: self.namespaces.cached_name(entry.namespace_id)
+            )
         for event in step.events:
             if event.event_type == history_pb2.EVENT_TYPE_BLOCK_SCHEDULED:
                 entry.scheduled_events[event.event_id] = event

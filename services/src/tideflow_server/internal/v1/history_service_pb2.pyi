@@ -406,12 +406,33 @@ class RecordBlockStartedResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SCHEDULED_EVENT_FIELD_NUMBER: _builtins.int
     STARTED_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     CURRENT_ATTEMPT_SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
     HEARTBEAT_DETAILS_FIELD_NUMBER: _builtins.int
     FLOW_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     @_builtins.property
     def scheduled_event(self) -> _history_pb2.HistoryEvent:
@@ -425,6 +446,10 @@ class RecordBlockStartedResponse(_message.Message):
     def heartbeat_details(self) -> _common_pb2.Payloads: ...
     @_builtins.property
     def flow(self) -> _common_pb2.FlowRef: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The pending block's trace context (PendingBlock.trace_context)."""
+
     def __init__(
         self,
         *,
@@ -434,10 +459,11 @@ class RecordBlockStartedResponse(_message.Message):
         current_attempt_scheduled_time: _timestamp_pb2.Timestamp | None = ...,
         heartbeat_details: _common_pb2.Payloads | None = ...,
         flow: _common_pb2.FlowRef | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "scheduled_event", b"scheduled_event", "started_time", b"started_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "scheduled_event", b"scheduled_event", "started_time", b"started_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "flow", b"flow", "heartbeat_details", b"heartbeat_details", "scheduled_event", b"scheduled_event", "started_time", b"started_time", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,20 +516,48 @@ Global___RecordBlockHeartbeatResponse: _TypeAlias = RecordBlockHeartbeatResponse
 class RespondBlockCompletedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     namespace_id: _builtins.str
     @_builtins.property
     def request(self) -> _flow_service_pb2.RespondBlockCompletedRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The frontend call's trace context: a completion travels on a stream, whose messages have
+        no metadata of their own.
+        """
+
     def __init__(
         self,
         *,
         namespace_id: _builtins.str = ...,
         request: _flow_service_pb2.RespondBlockCompletedRequest | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_id", b"namespace_id", "request", b"request", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

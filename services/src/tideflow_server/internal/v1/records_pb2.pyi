@@ -596,6 +596,26 @@ class PendingBlock(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     BLOCK_ID_FIELD_NUMBER: _builtins.int
     BLOCK_TYPE_FIELD_NUMBER: _builtins.int
     TASK_QUEUE_FIELD_NUMBER: _builtins.int
@@ -622,6 +642,7 @@ class PendingBlock(_message.Message):
     REDISPATCHED_TIME_FIELD_NUMBER: _builtins.int
     DISPATCH_FIELD_NUMBER: _builtins.int
     CONCURRENCY_LIMITED_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     block_type: _builtins.str
     """The external block type, "name@version"."""
@@ -695,6 +716,13 @@ class PendingBlock(_message.Message):
     def dispatch(self) -> Global___TaskDispatch:
         """How matching routes and orders the block's tasks, fixed when it is scheduled."""
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the decision that scheduled the current
+        attempt, so that its dispatch and the worker's run of it continue the run's trace. Empty
+        when tracing is off or the decision was not sampled.
+        """
+
     def __init__(
         self,
         *,
@@ -724,10 +752,11 @@ class PendingBlock(_message.Message):
         redispatched_time: _timestamp_pb2.Timestamp | None = ...,
         dispatch: Global___TaskDispatch | None = ...,
         concurrency_limited: _builtins.bool = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current_attempt_scheduled_time", b"current_attempt_scheduled_time", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "redispatched_time", b"redispatched_time", "retry_policy", b"retry_policy", "scheduled_time", b"scheduled_time", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "concurrency_limited", b"concurrency_limited", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "attempt", b"attempt", "block_id", b"block_id", "block_type", b"block_type", "cancel_request_event_id", b"cancel_request_event_id", "cancel_requested", b"cancel_requested", "concurrency_limited", b"concurrency_limited", "current_attempt_scheduled_time", b"current_attempt_scheduled_time", "direct", b"direct", "dispatch", b"dispatch", "heartbeat_details", b"heartbeat_details", "last_failure", b"last_failure", "last_heartbeat_time", b"last_heartbeat_time", "priority", b"priority", "redispatched_time", b"redispatched_time", "request_id", b"request_id", "retry_policy", b"retry_policy", "scheduled_batch_event_id", b"scheduled_batch_event_id", "scheduled_event_id", b"scheduled_event_id", "scheduled_time", b"scheduled_time", "started_event_id", b"started_event_id", "started_identity", b"started_identity", "started_time", b"started_time", "task_queue", b"task_queue", "timeouts", b"timeouts", "timer_task_status", b"timer_task_status", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

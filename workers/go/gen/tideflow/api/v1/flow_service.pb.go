@@ -2243,9 +2243,14 @@ type PollBlockTaskResponse struct {
 	Timeouts                    *BlockTimeouts         `protobuf:"bytes,11,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
 	// From the last heartbeat of a previous attempt, so a retry can resume.
 	HeartbeatDetails *Payloads    `protobuf:"bytes,12,opt,name=heartbeat_details,json=heartbeatDetails,proto3" json:"heartbeat_details,omitempty"`
-	RetryPolicy      *RetryPolicy `protobuf:"bytes,13,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"` // 14-19: kept (header for context propagation).
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	RetryPolicy      *RetryPolicy `protobuf:"bytes,13,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
+	// W3C trace context (`traceparent`, `tracestate`) of the decision that scheduled this
+	// attempt; empty when it was not traced. A worker that traces makes its span for the attempt
+	// a child of it, and sends its own span as `traceparent` metadata on its answers, so the
+	// run's trace goes on through the worker.
+	TraceContext  map[string]string `protobuf:"bytes,14,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // 15-19: kept.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PollBlockTaskResponse) Reset() {
@@ -2369,6 +2374,13 @@ func (x *PollBlockTaskResponse) GetRetryPolicy() *RetryPolicy {
 	return nil
 }
 
+func (x *PollBlockTaskResponse) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
+}
+
 type RespondBlockCompletedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -2389,8 +2401,12 @@ type RespondBlockCompletedRequest struct {
 	// one recorded when the attempt started. It matters for an attempt the worker got without
 	// RecordBlockStarted recording its poll's sticky queue (direct dispatch).
 	StickyTaskQueue string `protobuf:"bytes,6,opt,name=sticky_task_queue,json=stickyTaskQueue,proto3" json:"sticky_task_queue,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// W3C trace context of the worker's span for this attempt, for a completion sent in a
+	// RespondBlockCompletedBatch (whose `traceparent` metadata can name only one span). A single
+	// RespondBlockCompleted sends it as metadata instead; when both are given, this wins.
+	TraceContext  map[string]string `protobuf:"bytes,7,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RespondBlockCompletedRequest) Reset() {
@@ -2463,6 +2479,13 @@ func (x *RespondBlockCompletedRequest) GetStickyTaskQueue() string {
 		return x.StickyTaskQueue
 	}
 	return ""
+}
+
+func (x *RespondBlockCompletedRequest) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
 }
 
 type RespondBlockCompletedResponse struct {
@@ -3550,7 +3573,7 @@ const file_tideflow_api_v1_flow_service_proto_rawDesc = "" +
 	"\x14max_tasks_per_second\x18\x04 \x01(\x01R\x11maxTasksPerSecond\x12*\n" +
 	"\x11sticky_task_queue\x18\n" +
 	" \x01(\tR\x0fstickyTaskQueue\x12\x1b\n" +
-	"\twarm_keys\x18\v \x03(\tR\bwarmKeys\"\xbc\x05\n" +
+	"\twarm_keys\x18\v \x03(\tR\bwarmKeys\"\xdc\x06\n" +
 	"\x15PollBlockTaskResponse\x12\x1d\n" +
 	"\n" +
 	"task_token\x18\x01 \x01(\fR\ttaskToken\x12)\n" +
@@ -3567,7 +3590,11 @@ const file_tideflow_api_v1_flow_service_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vstartedTime\x12:\n" +
 	"\btimeouts\x18\v \x01(\v2\x1e.tideflow.api.v1.BlockTimeoutsR\btimeouts\x12F\n" +
 	"\x11heartbeat_details\x18\f \x01(\v2\x19.tideflow.api.v1.PayloadsR\x10heartbeatDetails\x12?\n" +
-	"\fretry_policy\x18\r \x01(\v2\x1c.tideflow.api.v1.RetryPolicyR\vretryPolicy\"\xf7\x01\n" +
+	"\fretry_policy\x18\r \x01(\v2\x1c.tideflow.api.v1.RetryPolicyR\vretryPolicy\x12]\n" +
+	"\rtrace_context\x18\x0e \x03(\v28.tideflow.api.v1.PollBlockTaskResponse.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\x11TraceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x03\n" +
 	"\x1cRespondBlockCompletedRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1d\n" +
 	"\n" +
@@ -3576,7 +3603,11 @@ const file_tideflow_api_v1_flow_service_proto_rawDesc = "" +
 	"\bidentity\x18\x04 \x01(\tR\bidentity\x12\x1f\n" +
 	"\veager_slots\x18\x05 \x01(\x05R\n" +
 	"eagerSlots\x12*\n" +
-	"\x11sticky_task_queue\x18\x06 \x01(\tR\x0fstickyTaskQueue\"f\n" +
+	"\x11sticky_task_queue\x18\x06 \x01(\tR\x0fstickyTaskQueue\x12d\n" +
+	"\rtrace_context\x18\a \x03(\v2?.tideflow.api.v1.RespondBlockCompletedRequest.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\x11TraceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"f\n" +
 	"\x1dRespondBlockCompletedResponse\x12E\n" +
 	"\n" +
 	"next_tasks\x18\x01 \x03(\v2&.tideflow.api.v1.PollBlockTaskResponseR\tnextTasks\"t\n" +
@@ -3685,7 +3716,7 @@ func file_tideflow_api_v1_flow_service_proto_rawDescGZIP() []byte {
 	return file_tideflow_api_v1_flow_service_proto_rawDescData
 }
 
-var file_tideflow_api_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_tideflow_api_v1_flow_service_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_tideflow_api_v1_flow_service_proto_goTypes = []any{
 	(*RegisterNamespaceRequest)(nil),           // 0: tideflow.api.v1.RegisterNamespaceRequest
 	(*RegisterNamespaceResponse)(nil),          // 1: tideflow.api.v1.RegisterNamespaceResponse
@@ -3739,164 +3770,168 @@ var file_tideflow_api_v1_flow_service_proto_goTypes = []any{
 	(*UpdateTaskQueueConfigRequest)(nil),       // 49: tideflow.api.v1.UpdateTaskQueueConfigRequest
 	(*UpdateTaskQueueConfigResponse)(nil),      // 50: tideflow.api.v1.UpdateTaskQueueConfigResponse
 	nil,                                        // 51: tideflow.api.v1.RegisterNamespaceRequest.DataEntry
-	nil,                                        // 52: tideflow.api.v1.ItemStatus.MetadataEntry
-	(*NamespaceConfig)(nil),                    // 53: tideflow.api.v1.NamespaceConfig
-	(*NamespaceInfo)(nil),                      // 54: tideflow.api.v1.NamespaceInfo
-	(*fieldmaskpb.FieldMask)(nil),              // 55: google.protobuf.FieldMask
-	(*Blueprint)(nil),                          // 56: tideflow.api.v1.Blueprint
-	(*FlowDefinition)(nil),                     // 57: tideflow.api.v1.FlowDefinition
-	(*FlowRef)(nil),                            // 58: tideflow.api.v1.FlowRef
-	(*TaskQueue)(nil),                          // 59: tideflow.api.v1.TaskQueue
-	(*Payloads)(nil),                           // 60: tideflow.api.v1.Payloads
-	(*durationpb.Duration)(nil),                // 61: google.protobuf.Duration
-	(RunIdReusePolicy)(0),                      // 62: tideflow.api.v1.RunIdReusePolicy
-	(*Memo)(nil),                               // 63: tideflow.api.v1.Memo
-	(*HistoryEvent)(nil),                       // 64: tideflow.api.v1.HistoryEvent
-	(*RunRef)(nil),                             // 65: tideflow.api.v1.RunRef
-	(*RunInfo)(nil),                            // 66: tideflow.api.v1.RunInfo
-	(*PendingBlockInfo)(nil),                   // 67: tideflow.api.v1.PendingBlockInfo
-	(*BlockSummary)(nil),                       // 68: tideflow.api.v1.BlockSummary
-	(HistoryEventFilterType)(0),                // 69: tideflow.api.v1.HistoryEventFilterType
-	(*History)(nil),                            // 70: tideflow.api.v1.History
-	(RunStatus)(0),                             // 71: tideflow.api.v1.RunStatus
-	(*timestamppb.Timestamp)(nil),              // 72: google.protobuf.Timestamp
-	(*BlockTimeouts)(nil),                      // 73: tideflow.api.v1.BlockTimeouts
-	(*RetryPolicy)(nil),                        // 74: tideflow.api.v1.RetryPolicy
-	(*Failure)(nil),                            // 75: tideflow.api.v1.Failure
-	(*PollerInfo)(nil),                         // 76: tideflow.api.v1.PollerInfo
-	(*TaskQueuePartitionStatus)(nil),           // 77: tideflow.api.v1.TaskQueuePartitionStatus
-	(*TaskQueueConfig)(nil),                    // 78: tideflow.api.v1.TaskQueueConfig
+	nil,                                        // 52: tideflow.api.v1.PollBlockTaskResponse.TraceContextEntry
+	nil,                                        // 53: tideflow.api.v1.RespondBlockCompletedRequest.TraceContextEntry
+	nil,                                        // 54: tideflow.api.v1.ItemStatus.MetadataEntry
+	(*NamespaceConfig)(nil),                    // 55: tideflow.api.v1.NamespaceConfig
+	(*NamespaceInfo)(nil),                      // 56: tideflow.api.v1.NamespaceInfo
+	(*fieldmaskpb.FieldMask)(nil),              // 57: google.protobuf.FieldMask
+	(*Blueprint)(nil),                          // 58: tideflow.api.v1.Blueprint
+	(*FlowDefinition)(nil),                     // 59: tideflow.api.v1.FlowDefinition
+	(*FlowRef)(nil),                            // 60: tideflow.api.v1.FlowRef
+	(*TaskQueue)(nil),                          // 61: tideflow.api.v1.TaskQueue
+	(*Payloads)(nil),                           // 62: tideflow.api.v1.Payloads
+	(*durationpb.Duration)(nil),                // 63: google.protobuf.Duration
+	(RunIdReusePolicy)(0),                      // 64: tideflow.api.v1.RunIdReusePolicy
+	(*Memo)(nil),                               // 65: tideflow.api.v1.Memo
+	(*HistoryEvent)(nil),                       // 66: tideflow.api.v1.HistoryEvent
+	(*RunRef)(nil),                             // 67: tideflow.api.v1.RunRef
+	(*RunInfo)(nil),                            // 68: tideflow.api.v1.RunInfo
+	(*PendingBlockInfo)(nil),                   // 69: tideflow.api.v1.PendingBlockInfo
+	(*BlockSummary)(nil),                       // 70: tideflow.api.v1.BlockSummary
+	(HistoryEventFilterType)(0),                // 71: tideflow.api.v1.HistoryEventFilterType
+	(*History)(nil),                            // 72: tideflow.api.v1.History
+	(RunStatus)(0),                             // 73: tideflow.api.v1.RunStatus
+	(*timestamppb.Timestamp)(nil),              // 74: google.protobuf.Timestamp
+	(*BlockTimeouts)(nil),                      // 75: tideflow.api.v1.BlockTimeouts
+	(*RetryPolicy)(nil),                        // 76: tideflow.api.v1.RetryPolicy
+	(*Failure)(nil),                            // 77: tideflow.api.v1.Failure
+	(*PollerInfo)(nil),                         // 78: tideflow.api.v1.PollerInfo
+	(*TaskQueuePartitionStatus)(nil),           // 79: tideflow.api.v1.TaskQueuePartitionStatus
+	(*TaskQueueConfig)(nil),                    // 80: tideflow.api.v1.TaskQueueConfig
 }
 var file_tideflow_api_v1_flow_service_proto_depIdxs = []int32{
 	51,  // 0: tideflow.api.v1.RegisterNamespaceRequest.data:type_name -> tideflow.api.v1.RegisterNamespaceRequest.DataEntry
-	53,  // 1: tideflow.api.v1.RegisterNamespaceRequest.config:type_name -> tideflow.api.v1.NamespaceConfig
-	54,  // 2: tideflow.api.v1.RegisterNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
-	54,  // 3: tideflow.api.v1.DescribeNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
-	53,  // 4: tideflow.api.v1.DescribeNamespaceResponse.config:type_name -> tideflow.api.v1.NamespaceConfig
+	55,  // 1: tideflow.api.v1.RegisterNamespaceRequest.config:type_name -> tideflow.api.v1.NamespaceConfig
+	56,  // 2: tideflow.api.v1.RegisterNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
+	56,  // 3: tideflow.api.v1.DescribeNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
+	55,  // 4: tideflow.api.v1.DescribeNamespaceResponse.config:type_name -> tideflow.api.v1.NamespaceConfig
 	3,   // 5: tideflow.api.v1.ListNamespacesResponse.namespaces:type_name -> tideflow.api.v1.DescribeNamespaceResponse
-	54,  // 6: tideflow.api.v1.UpdateNamespaceRequest.info:type_name -> tideflow.api.v1.NamespaceInfo
-	53,  // 7: tideflow.api.v1.UpdateNamespaceRequest.config:type_name -> tideflow.api.v1.NamespaceConfig
-	55,  // 8: tideflow.api.v1.UpdateNamespaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	54,  // 9: tideflow.api.v1.UpdateNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
-	53,  // 10: tideflow.api.v1.UpdateNamespaceResponse.config:type_name -> tideflow.api.v1.NamespaceConfig
-	56,  // 11: tideflow.api.v1.RegisterFlowRequest.blueprint:type_name -> tideflow.api.v1.Blueprint
-	57,  // 12: tideflow.api.v1.RegisterFlowResponse.flow:type_name -> tideflow.api.v1.FlowDefinition
-	57,  // 13: tideflow.api.v1.DescribeFlowResponse.flow:type_name -> tideflow.api.v1.FlowDefinition
-	57,  // 14: tideflow.api.v1.ListFlowsResponse.flows:type_name -> tideflow.api.v1.FlowDefinition
-	58,  // 15: tideflow.api.v1.StartRunRequest.flow:type_name -> tideflow.api.v1.FlowRef
-	59,  // 16: tideflow.api.v1.StartRunRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
-	60,  // 17: tideflow.api.v1.StartRunRequest.input:type_name -> tideflow.api.v1.Payloads
-	61,  // 18: tideflow.api.v1.StartRunRequest.run_timeout:type_name -> google.protobuf.Duration
-	62,  // 19: tideflow.api.v1.StartRunRequest.run_id_reuse_policy:type_name -> tideflow.api.v1.RunIdReusePolicy
-	63,  // 20: tideflow.api.v1.StartRunRequest.memo:type_name -> tideflow.api.v1.Memo
-	64,  // 21: tideflow.api.v1.StartRunResponse.close_event:type_name -> tideflow.api.v1.HistoryEvent
-	65,  // 22: tideflow.api.v1.SignalRunRequest.run:type_name -> tideflow.api.v1.RunRef
-	60,  // 23: tideflow.api.v1.SignalRunRequest.input:type_name -> tideflow.api.v1.Payloads
-	60,  // 24: tideflow.api.v1.PublishEventRequest.payload:type_name -> tideflow.api.v1.Payloads
-	58,  // 25: tideflow.api.v1.SignalWithStartRunRequest.flow:type_name -> tideflow.api.v1.FlowRef
-	59,  // 26: tideflow.api.v1.SignalWithStartRunRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
-	60,  // 27: tideflow.api.v1.SignalWithStartRunRequest.input:type_name -> tideflow.api.v1.Payloads
-	61,  // 28: tideflow.api.v1.SignalWithStartRunRequest.run_timeout:type_name -> google.protobuf.Duration
-	62,  // 29: tideflow.api.v1.SignalWithStartRunRequest.run_id_reuse_policy:type_name -> tideflow.api.v1.RunIdReusePolicy
-	63,  // 30: tideflow.api.v1.SignalWithStartRunRequest.memo:type_name -> tideflow.api.v1.Memo
-	60,  // 31: tideflow.api.v1.SignalWithStartRunRequest.signal_input:type_name -> tideflow.api.v1.Payloads
-	65,  // 32: tideflow.api.v1.CancelRunRequest.run:type_name -> tideflow.api.v1.RunRef
-	65,  // 33: tideflow.api.v1.TerminateRunRequest.run:type_name -> tideflow.api.v1.RunRef
-	60,  // 34: tideflow.api.v1.TerminateRunRequest.details:type_name -> tideflow.api.v1.Payloads
-	65,  // 35: tideflow.api.v1.DescribeRunRequest.run:type_name -> tideflow.api.v1.RunRef
-	66,  // 36: tideflow.api.v1.DescribeRunResponse.run_info:type_name -> tideflow.api.v1.RunInfo
-	67,  // 37: tideflow.api.v1.DescribeRunResponse.pending_blocks:type_name -> tideflow.api.v1.PendingBlockInfo
-	68,  // 38: tideflow.api.v1.DescribeRunResponse.blocks:type_name -> tideflow.api.v1.BlockSummary
-	65,  // 39: tideflow.api.v1.GetRunHistoryRequest.run:type_name -> tideflow.api.v1.RunRef
-	69,  // 40: tideflow.api.v1.GetRunHistoryRequest.history_event_filter_type:type_name -> tideflow.api.v1.HistoryEventFilterType
-	70,  // 41: tideflow.api.v1.GetRunHistoryResponse.history:type_name -> tideflow.api.v1.History
-	71,  // 42: tideflow.api.v1.ListRunsRequest.statuses:type_name -> tideflow.api.v1.RunStatus
-	72,  // 43: tideflow.api.v1.ListRunsRequest.start_time_min:type_name -> google.protobuf.Timestamp
-	72,  // 44: tideflow.api.v1.ListRunsRequest.start_time_max:type_name -> google.protobuf.Timestamp
-	66,  // 45: tideflow.api.v1.ListRunsResponse.runs:type_name -> tideflow.api.v1.RunInfo
-	59,  // 46: tideflow.api.v1.PollBlockTaskRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
-	65,  // 47: tideflow.api.v1.PollBlockTaskResponse.run:type_name -> tideflow.api.v1.RunRef
-	58,  // 48: tideflow.api.v1.PollBlockTaskResponse.flow:type_name -> tideflow.api.v1.FlowRef
-	60,  // 49: tideflow.api.v1.PollBlockTaskResponse.input:type_name -> tideflow.api.v1.Payloads
-	72,  // 50: tideflow.api.v1.PollBlockTaskResponse.scheduled_time:type_name -> google.protobuf.Timestamp
-	72,  // 51: tideflow.api.v1.PollBlockTaskResponse.current_attempt_scheduled_time:type_name -> google.protobuf.Timestamp
-	72,  // 52: tideflow.api.v1.PollBlockTaskResponse.started_time:type_name -> google.protobuf.Timestamp
-	73,  // 53: tideflow.api.v1.PollBlockTaskResponse.timeouts:type_name -> tideflow.api.v1.BlockTimeouts
-	60,  // 54: tideflow.api.v1.PollBlockTaskResponse.heartbeat_details:type_name -> tideflow.api.v1.Payloads
-	74,  // 55: tideflow.api.v1.PollBlockTaskResponse.retry_policy:type_name -> tideflow.api.v1.RetryPolicy
-	60,  // 56: tideflow.api.v1.RespondBlockCompletedRequest.result:type_name -> tideflow.api.v1.Payloads
-	33,  // 57: tideflow.api.v1.RespondBlockCompletedResponse.next_tasks:type_name -> tideflow.api.v1.PollBlockTaskResponse
-	34,  // 58: tideflow.api.v1.RespondBlockCompletedBatchRequest.completions:type_name -> tideflow.api.v1.RespondBlockCompletedRequest
-	38,  // 59: tideflow.api.v1.RespondBlockCompletedBatchResponse.results:type_name -> tideflow.api.v1.RespondBlockCompletedResult
-	39,  // 60: tideflow.api.v1.RespondBlockCompletedResult.status:type_name -> tideflow.api.v1.ItemStatus
-	35,  // 61: tideflow.api.v1.RespondBlockCompletedResult.response:type_name -> tideflow.api.v1.RespondBlockCompletedResponse
-	52,  // 62: tideflow.api.v1.ItemStatus.metadata:type_name -> tideflow.api.v1.ItemStatus.MetadataEntry
-	40,  // 63: tideflow.api.v1.ItemStatus.violations:type_name -> tideflow.api.v1.ItemFieldViolation
-	75,  // 64: tideflow.api.v1.RespondBlockFailedRequest.failure:type_name -> tideflow.api.v1.Failure
-	60,  // 65: tideflow.api.v1.RespondBlockFailedRequest.last_heartbeat_details:type_name -> tideflow.api.v1.Payloads
-	60,  // 66: tideflow.api.v1.RespondBlockCanceledRequest.details:type_name -> tideflow.api.v1.Payloads
-	60,  // 67: tideflow.api.v1.RecordBlockHeartbeatRequest.details:type_name -> tideflow.api.v1.Payloads
-	59,  // 68: tideflow.api.v1.DescribeTaskQueueRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
-	76,  // 69: tideflow.api.v1.DescribeTaskQueueResponse.pollers:type_name -> tideflow.api.v1.PollerInfo
-	77,  // 70: tideflow.api.v1.DescribeTaskQueueResponse.partitions:type_name -> tideflow.api.v1.TaskQueuePartitionStatus
-	78,  // 71: tideflow.api.v1.DescribeTaskQueueResponse.config:type_name -> tideflow.api.v1.TaskQueueConfig
-	59,  // 72: tideflow.api.v1.UpdateTaskQueueConfigRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
-	78,  // 73: tideflow.api.v1.UpdateTaskQueueConfigRequest.config:type_name -> tideflow.api.v1.TaskQueueConfig
-	55,  // 74: tideflow.api.v1.UpdateTaskQueueConfigRequest.update_mask:type_name -> google.protobuf.FieldMask
-	78,  // 75: tideflow.api.v1.UpdateTaskQueueConfigResponse.config:type_name -> tideflow.api.v1.TaskQueueConfig
-	0,   // 76: tideflow.api.v1.FlowService.RegisterNamespace:input_type -> tideflow.api.v1.RegisterNamespaceRequest
-	2,   // 77: tideflow.api.v1.FlowService.DescribeNamespace:input_type -> tideflow.api.v1.DescribeNamespaceRequest
-	4,   // 78: tideflow.api.v1.FlowService.ListNamespaces:input_type -> tideflow.api.v1.ListNamespacesRequest
-	6,   // 79: tideflow.api.v1.FlowService.UpdateNamespace:input_type -> tideflow.api.v1.UpdateNamespaceRequest
-	8,   // 80: tideflow.api.v1.FlowService.RegisterFlow:input_type -> tideflow.api.v1.RegisterFlowRequest
-	10,  // 81: tideflow.api.v1.FlowService.DescribeFlow:input_type -> tideflow.api.v1.DescribeFlowRequest
-	12,  // 82: tideflow.api.v1.FlowService.ListFlows:input_type -> tideflow.api.v1.ListFlowsRequest
-	14,  // 83: tideflow.api.v1.FlowService.StartRun:input_type -> tideflow.api.v1.StartRunRequest
-	16,  // 84: tideflow.api.v1.FlowService.SignalRun:input_type -> tideflow.api.v1.SignalRunRequest
-	20,  // 85: tideflow.api.v1.FlowService.SignalWithStartRun:input_type -> tideflow.api.v1.SignalWithStartRunRequest
-	22,  // 86: tideflow.api.v1.FlowService.CancelRun:input_type -> tideflow.api.v1.CancelRunRequest
-	24,  // 87: tideflow.api.v1.FlowService.TerminateRun:input_type -> tideflow.api.v1.TerminateRunRequest
-	26,  // 88: tideflow.api.v1.FlowService.DescribeRun:input_type -> tideflow.api.v1.DescribeRunRequest
-	28,  // 89: tideflow.api.v1.FlowService.GetRunHistory:input_type -> tideflow.api.v1.GetRunHistoryRequest
-	30,  // 90: tideflow.api.v1.FlowService.ListRuns:input_type -> tideflow.api.v1.ListRunsRequest
-	18,  // 91: tideflow.api.v1.FlowService.PublishEvent:input_type -> tideflow.api.v1.PublishEventRequest
-	32,  // 92: tideflow.api.v1.FlowService.PollBlockTask:input_type -> tideflow.api.v1.PollBlockTaskRequest
-	34,  // 93: tideflow.api.v1.FlowService.RespondBlockCompleted:input_type -> tideflow.api.v1.RespondBlockCompletedRequest
-	36,  // 94: tideflow.api.v1.FlowService.RespondBlockCompletedBatch:input_type -> tideflow.api.v1.RespondBlockCompletedBatchRequest
-	41,  // 95: tideflow.api.v1.FlowService.RespondBlockFailed:input_type -> tideflow.api.v1.RespondBlockFailedRequest
-	43,  // 96: tideflow.api.v1.FlowService.RespondBlockCanceled:input_type -> tideflow.api.v1.RespondBlockCanceledRequest
-	45,  // 97: tideflow.api.v1.FlowService.RecordBlockHeartbeat:input_type -> tideflow.api.v1.RecordBlockHeartbeatRequest
-	47,  // 98: tideflow.api.v1.FlowService.DescribeTaskQueue:input_type -> tideflow.api.v1.DescribeTaskQueueRequest
-	49,  // 99: tideflow.api.v1.FlowService.UpdateTaskQueueConfig:input_type -> tideflow.api.v1.UpdateTaskQueueConfigRequest
-	1,   // 100: tideflow.api.v1.FlowService.RegisterNamespace:output_type -> tideflow.api.v1.RegisterNamespaceResponse
-	3,   // 101: tideflow.api.v1.FlowService.DescribeNamespace:output_type -> tideflow.api.v1.DescribeNamespaceResponse
-	5,   // 102: tideflow.api.v1.FlowService.ListNamespaces:output_type -> tideflow.api.v1.ListNamespacesResponse
-	7,   // 103: tideflow.api.v1.FlowService.UpdateNamespace:output_type -> tideflow.api.v1.UpdateNamespaceResponse
-	9,   // 104: tideflow.api.v1.FlowService.RegisterFlow:output_type -> tideflow.api.v1.RegisterFlowResponse
-	11,  // 105: tideflow.api.v1.FlowService.DescribeFlow:output_type -> tideflow.api.v1.DescribeFlowResponse
-	13,  // 106: tideflow.api.v1.FlowService.ListFlows:output_type -> tideflow.api.v1.ListFlowsResponse
-	15,  // 107: tideflow.api.v1.FlowService.StartRun:output_type -> tideflow.api.v1.StartRunResponse
-	17,  // 108: tideflow.api.v1.FlowService.SignalRun:output_type -> tideflow.api.v1.SignalRunResponse
-	21,  // 109: tideflow.api.v1.FlowService.SignalWithStartRun:output_type -> tideflow.api.v1.SignalWithStartRunResponse
-	23,  // 110: tideflow.api.v1.FlowService.CancelRun:output_type -> tideflow.api.v1.CancelRunResponse
-	25,  // 111: tideflow.api.v1.FlowService.TerminateRun:output_type -> tideflow.api.v1.TerminateRunResponse
-	27,  // 112: tideflow.api.v1.FlowService.DescribeRun:output_type -> tideflow.api.v1.DescribeRunResponse
-	29,  // 113: tideflow.api.v1.FlowService.GetRunHistory:output_type -> tideflow.api.v1.GetRunHistoryResponse
-	31,  // 114: tideflow.api.v1.FlowService.ListRuns:output_type -> tideflow.api.v1.ListRunsResponse
-	19,  // 115: tideflow.api.v1.FlowService.PublishEvent:output_type -> tideflow.api.v1.PublishEventResponse
-	33,  // 116: tideflow.api.v1.FlowService.PollBlockTask:output_type -> tideflow.api.v1.PollBlockTaskResponse
-	35,  // 117: tideflow.api.v1.FlowService.RespondBlockCompleted:output_type -> tideflow.api.v1.RespondBlockCompletedResponse
-	37,  // 118: tideflow.api.v1.FlowService.RespondBlockCompletedBatch:output_type -> tideflow.api.v1.RespondBlockCompletedBatchResponse
-	42,  // 119: tideflow.api.v1.FlowService.RespondBlockFailed:output_type -> tideflow.api.v1.RespondBlockFailedResponse
-	44,  // 120: tideflow.api.v1.FlowService.RespondBlockCanceled:output_type -> tideflow.api.v1.RespondBlockCanceledResponse
-	46,  // 121: tideflow.api.v1.FlowService.RecordBlockHeartbeat:output_type -> tideflow.api.v1.RecordBlockHeartbeatResponse
-	48,  // 122: tideflow.api.v1.FlowService.DescribeTaskQueue:output_type -> tideflow.api.v1.DescribeTaskQueueResponse
-	50,  // 123: tideflow.api.v1.FlowService.UpdateTaskQueueConfig:output_type -> tideflow.api.v1.UpdateTaskQueueConfigResponse
-	100, // [100:124] is the sub-list for method output_type
-	76,  // [76:100] is the sub-list for method input_type
-	76,  // [76:76] is the sub-list for extension type_name
-	76,  // [76:76] is the sub-list for extension extendee
-	0,   // [0:76] is the sub-list for field type_name
+	56,  // 6: tideflow.api.v1.UpdateNamespaceRequest.info:type_name -> tideflow.api.v1.NamespaceInfo
+	55,  // 7: tideflow.api.v1.UpdateNamespaceRequest.config:type_name -> tideflow.api.v1.NamespaceConfig
+	57,  // 8: tideflow.api.v1.UpdateNamespaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	56,  // 9: tideflow.api.v1.UpdateNamespaceResponse.info:type_name -> tideflow.api.v1.NamespaceInfo
+	55,  // 10: tideflow.api.v1.UpdateNamespaceResponse.config:type_name -> tideflow.api.v1.NamespaceConfig
+	58,  // 11: tideflow.api.v1.RegisterFlowRequest.blueprint:type_name -> tideflow.api.v1.Blueprint
+	59,  // 12: tideflow.api.v1.RegisterFlowResponse.flow:type_name -> tideflow.api.v1.FlowDefinition
+	59,  // 13: tideflow.api.v1.DescribeFlowResponse.flow:type_name -> tideflow.api.v1.FlowDefinition
+	59,  // 14: tideflow.api.v1.ListFlowsResponse.flows:type_name -> tideflow.api.v1.FlowDefinition
+	60,  // 15: tideflow.api.v1.StartRunRequest.flow:type_name -> tideflow.api.v1.FlowRef
+	61,  // 16: tideflow.api.v1.StartRunRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
+	62,  // 17: tideflow.api.v1.StartRunRequest.input:type_name -> tideflow.api.v1.Payloads
+	63,  // 18: tideflow.api.v1.StartRunRequest.run_timeout:type_name -> google.protobuf.Duration
+	64,  // 19: tideflow.api.v1.StartRunRequest.run_id_reuse_policy:type_name -> tideflow.api.v1.RunIdReusePolicy
+	65,  // 20: tideflow.api.v1.StartRunRequest.memo:type_name -> tideflow.api.v1.Memo
+	66,  // 21: tideflow.api.v1.StartRunResponse.close_event:type_name -> tideflow.api.v1.HistoryEvent
+	67,  // 22: tideflow.api.v1.SignalRunRequest.run:type_name -> tideflow.api.v1.RunRef
+	62,  // 23: tideflow.api.v1.SignalRunRequest.input:type_name -> tideflow.api.v1.Payloads
+	62,  // 24: tideflow.api.v1.PublishEventRequest.payload:type_name -> tideflow.api.v1.Payloads
+	60,  // 25: tideflow.api.v1.SignalWithStartRunRequest.flow:type_name -> tideflow.api.v1.FlowRef
+	61,  // 26: tideflow.api.v1.SignalWithStartRunRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
+	62,  // 27: tideflow.api.v1.SignalWithStartRunRequest.input:type_name -> tideflow.api.v1.Payloads
+	63,  // 28: tideflow.api.v1.SignalWithStartRunRequest.run_timeout:type_name -> google.protobuf.Duration
+	64,  // 29: tideflow.api.v1.SignalWithStartRunRequest.run_id_reuse_policy:type_name -> tideflow.api.v1.RunIdReusePolicy
+	65,  // 30: tideflow.api.v1.SignalWithStartRunRequest.memo:type_name -> tideflow.api.v1.Memo
+	62,  // 31: tideflow.api.v1.SignalWithStartRunRequest.signal_input:type_name -> tideflow.api.v1.Payloads
+	67,  // 32: tideflow.api.v1.CancelRunRequest.run:type_name -> tideflow.api.v1.RunRef
+	67,  // 33: tideflow.api.v1.TerminateRunRequest.run:type_name -> tideflow.api.v1.RunRef
+	62,  // 34: tideflow.api.v1.TerminateRunRequest.details:type_name -> tideflow.api.v1.Payloads
+	67,  // 35: tideflow.api.v1.DescribeRunRequest.run:type_name -> tideflow.api.v1.RunRef
+	68,  // 36: tideflow.api.v1.DescribeRunResponse.run_info:type_name -> tideflow.api.v1.RunInfo
+	69,  // 37: tideflow.api.v1.DescribeRunResponse.pending_blocks:type_name -> tideflow.api.v1.PendingBlockInfo
+	70,  // 38: tideflow.api.v1.DescribeRunResponse.blocks:type_name -> tideflow.api.v1.BlockSummary
+	67,  // 39: tideflow.api.v1.GetRunHistoryRequest.run:type_name -> tideflow.api.v1.RunRef
+	71,  // 40: tideflow.api.v1.GetRunHistoryRequest.history_event_filter_type:type_name -> tideflow.api.v1.HistoryEventFilterType
+	72,  // 41: tideflow.api.v1.GetRunHistoryResponse.history:type_name -> tideflow.api.v1.History
+	73,  // 42: tideflow.api.v1.ListRunsRequest.statuses:type_name -> tideflow.api.v1.RunStatus
+	74,  // 43: tideflow.api.v1.ListRunsRequest.start_time_min:type_name -> google.protobuf.Timestamp
+	74,  // 44: tideflow.api.v1.ListRunsRequest.start_time_max:type_name -> google.protobuf.Timestamp
+	68,  // 45: tideflow.api.v1.ListRunsResponse.runs:type_name -> tideflow.api.v1.RunInfo
+	61,  // 46: tideflow.api.v1.PollBlockTaskRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
+	67,  // 47: tideflow.api.v1.PollBlockTaskResponse.run:type_name -> tideflow.api.v1.RunRef
+	60,  // 48: tideflow.api.v1.PollBlockTaskResponse.flow:type_name -> tideflow.api.v1.FlowRef
+	62,  // 49: tideflow.api.v1.PollBlockTaskResponse.input:type_name -> tideflow.api.v1.Payloads
+	74,  // 50: tideflow.api.v1.PollBlockTaskResponse.scheduled_time:type_name -> google.protobuf.Timestamp
+	74,  // 51: tideflow.api.v1.PollBlockTaskResponse.current_attempt_scheduled_time:type_name -> google.protobuf.Timestamp
+	74,  // 52: tideflow.api.v1.PollBlockTaskResponse.started_time:type_name -> google.protobuf.Timestamp
+	75,  // 53: tideflow.api.v1.PollBlockTaskResponse.timeouts:type_name -> tideflow.api.v1.BlockTimeouts
+	62,  // 54: tideflow.api.v1.PollBlockTaskResponse.heartbeat_details:type_name -> tideflow.api.v1.Payloads
+	76,  // 55: tideflow.api.v1.PollBlockTaskResponse.retry_policy:type_name -> tideflow.api.v1.RetryPolicy
+	52,  // 56: tideflow.api.v1.PollBlockTaskResponse.trace_context:type_name -> tideflow.api.v1.PollBlockTaskResponse.TraceContextEntry
+	62,  // 57: tideflow.api.v1.RespondBlockCompletedRequest.result:type_name -> tideflow.api.v1.Payloads
+	53,  // 58: tideflow.api.v1.RespondBlockCompletedRequest.trace_context:type_name -> tideflow.api.v1.RespondBlockCompletedRequest.TraceContextEntry
+	33,  // 59: tideflow.api.v1.RespondBlockCompletedResponse.next_tasks:type_name -> tideflow.api.v1.PollBlockTaskResponse
+	34,  // 60: tideflow.api.v1.RespondBlockCompletedBatchRequest.completions:type_name -> tideflow.api.v1.RespondBlockCompletedRequest
+	38,  // 61: tideflow.api.v1.RespondBlockCompletedBatchResponse.results:type_name -> tideflow.api.v1.RespondBlockCompletedResult
+	39,  // 62: tideflow.api.v1.RespondBlockCompletedResult.status:type_name -> tideflow.api.v1.ItemStatus
+	35,  // 63: tideflow.api.v1.RespondBlockCompletedResult.response:type_name -> tideflow.api.v1.RespondBlockCompletedResponse
+	54,  // 64: tideflow.api.v1.ItemStatus.metadata:type_name -> tideflow.api.v1.ItemStatus.MetadataEntry
+	40,  // 65: tideflow.api.v1.ItemStatus.violations:type_name -> tideflow.api.v1.ItemFieldViolation
+	77,  // 66: tideflow.api.v1.RespondBlockFailedRequest.failure:type_name -> tideflow.api.v1.Failure
+	62,  // 67: tideflow.api.v1.RespondBlockFailedRequest.last_heartbeat_details:type_name -> tideflow.api.v1.Payloads
+	62,  // 68: tideflow.api.v1.RespondBlockCanceledRequest.details:type_name -> tideflow.api.v1.Payloads
+	62,  // 69: tideflow.api.v1.RecordBlockHeartbeatRequest.details:type_name -> tideflow.api.v1.Payloads
+	61,  // 70: tideflow.api.v1.DescribeTaskQueueRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
+	78,  // 71: tideflow.api.v1.DescribeTaskQueueResponse.pollers:type_name -> tideflow.api.v1.PollerInfo
+	79,  // 72: tideflow.api.v1.DescribeTaskQueueResponse.partitions:type_name -> tideflow.api.v1.TaskQueuePartitionStatus
+	80,  // 73: tideflow.api.v1.DescribeTaskQueueResponse.config:type_name -> tideflow.api.v1.TaskQueueConfig
+	61,  // 74: tideflow.api.v1.UpdateTaskQueueConfigRequest.task_queue:type_name -> tideflow.api.v1.TaskQueue
+	80,  // 75: tideflow.api.v1.UpdateTaskQueueConfigRequest.config:type_name -> tideflow.api.v1.TaskQueueConfig
+	57,  // 76: tideflow.api.v1.UpdateTaskQueueConfigRequest.update_mask:type_name -> google.protobuf.FieldMask
+	80,  // 77: tideflow.api.v1.UpdateTaskQueueConfigResponse.config:type_name -> tideflow.api.v1.TaskQueueConfig
+	0,   // 78: tideflow.api.v1.FlowService.RegisterNamespace:input_type -> tideflow.api.v1.RegisterNamespaceRequest
+	2,   // 79: tideflow.api.v1.FlowService.DescribeNamespace:input_type -> tideflow.api.v1.DescribeNamespaceRequest
+	4,   // 80: tideflow.api.v1.FlowService.ListNamespaces:input_type -> tideflow.api.v1.ListNamespacesRequest
+	6,   // 81: tideflow.api.v1.FlowService.UpdateNamespace:input_type -> tideflow.api.v1.UpdateNamespaceRequest
+	8,   // 82: tideflow.api.v1.FlowService.RegisterFlow:input_type -> tideflow.api.v1.RegisterFlowRequest
+	10,  // 83: tideflow.api.v1.FlowService.DescribeFlow:input_type -> tideflow.api.v1.DescribeFlowRequest
+	12,  // 84: tideflow.api.v1.FlowService.ListFlows:input_type -> tideflow.api.v1.ListFlowsRequest
+	14,  // 85: tideflow.api.v1.FlowService.StartRun:input_type -> tideflow.api.v1.StartRunRequest
+	16,  // 86: tideflow.api.v1.FlowService.SignalRun:input_type -> tideflow.api.v1.SignalRunRequest
+	20,  // 87: tideflow.api.v1.FlowService.SignalWithStartRun:input_type -> tideflow.api.v1.SignalWithStartRunRequest
+	22,  // 88: tideflow.api.v1.FlowService.CancelRun:input_type -> tideflow.api.v1.CancelRunRequest
+	24,  // 89: tideflow.api.v1.FlowService.TerminateRun:input_type -> tideflow.api.v1.TerminateRunRequest
+	26,  // 90: tideflow.api.v1.FlowService.DescribeRun:input_type -> tideflow.api.v1.DescribeRunRequest
+	28,  // 91: tideflow.api.v1.FlowService.GetRunHistory:input_type -> tideflow.api.v1.GetRunHistoryRequest
+	30,  // 92: tideflow.api.v1.FlowService.ListRuns:input_type -> tideflow.api.v1.ListRunsRequest
+	18,  // 93: tideflow.api.v1.FlowService.PublishEvent:input_type -> tideflow.api.v1.PublishEventRequest
+	32,  // 94: tideflow.api.v1.FlowService.PollBlockTask:input_type -> tideflow.api.v1.PollBlockTaskRequest
+	34,  // 95: tideflow.api.v1.FlowService.RespondBlockCompleted:input_type -> tideflow.api.v1.RespondBlockCompletedRequest
+	36,  // 96: tideflow.api.v1.FlowService.RespondBlockCompletedBatch:input_type -> tideflow.api.v1.RespondBlockCompletedBatchRequest
+	41,  // 97: tideflow.api.v1.FlowService.RespondBlockFailed:input_type -> tideflow.api.v1.RespondBlockFailedRequest
+	43,  // 98: tideflow.api.v1.FlowService.RespondBlockCanceled:input_type -> tideflow.api.v1.RespondBlockCanceledRequest
+	45,  // 99: tideflow.api.v1.FlowService.RecordBlockHeartbeat:input_type -> tideflow.api.v1.RecordBlockHeartbeatRequest
+	47,  // 100: tideflow.api.v1.FlowService.DescribeTaskQueue:input_type -> tideflow.api.v1.DescribeTaskQueueRequest
+	49,  // 101: tideflow.api.v1.FlowService.UpdateTaskQueueConfig:input_type -> tideflow.api.v1.UpdateTaskQueueConfigRequest
+	1,   // 102: tideflow.api.v1.FlowService.RegisterNamespace:output_type -> tideflow.api.v1.RegisterNamespaceResponse
+	3,   // 103: tideflow.api.v1.FlowService.DescribeNamespace:output_type -> tideflow.api.v1.DescribeNamespaceResponse
+	5,   // 104: tideflow.api.v1.FlowService.ListNamespaces:output_type -> tideflow.api.v1.ListNamespacesResponse
+	7,   // 105: tideflow.api.v1.FlowService.UpdateNamespace:output_type -> tideflow.api.v1.UpdateNamespaceResponse
+	9,   // 106: tideflow.api.v1.FlowService.RegisterFlow:output_type -> tideflow.api.v1.RegisterFlowResponse
+	11,  // 107: tideflow.api.v1.FlowService.DescribeFlow:output_type -> tideflow.api.v1.DescribeFlowResponse
+	13,  // 108: tideflow.api.v1.FlowService.ListFlows:output_type -> tideflow.api.v1.ListFlowsResponse
+	15,  // 109: tideflow.api.v1.FlowService.StartRun:output_type -> tideflow.api.v1.StartRunResponse
+	17,  // 110: tideflow.api.v1.FlowService.SignalRun:output_type -> tideflow.api.v1.SignalRunResponse
+	21,  // 111: tideflow.api.v1.FlowService.SignalWithStartRun:output_type -> tideflow.api.v1.SignalWithStartRunResponse
+	23,  // 112: tideflow.api.v1.FlowService.CancelRun:output_type -> tideflow.api.v1.CancelRunResponse
+	25,  // 113: tideflow.api.v1.FlowService.TerminateRun:output_type -> tideflow.api.v1.TerminateRunResponse
+	27,  // 114: tideflow.api.v1.FlowService.DescribeRun:output_type -> tideflow.api.v1.DescribeRunResponse
+	29,  // 115: tideflow.api.v1.FlowService.GetRunHistory:output_type -> tideflow.api.v1.GetRunHistoryResponse
+	31,  // 116: tideflow.api.v1.FlowService.ListRuns:output_type -> tideflow.api.v1.ListRunsResponse
+	19,  // 117: tideflow.api.v1.FlowService.PublishEvent:output_type -> tideflow.api.v1.PublishEventResponse
+	33,  // 118: tideflow.api.v1.FlowService.PollBlockTask:output_type -> tideflow.api.v1.PollBlockTaskResponse
+	35,  // 119: tideflow.api.v1.FlowService.RespondBlockCompleted:output_type -> tideflow.api.v1.RespondBlockCompletedResponse
+	37,  // 120: tideflow.api.v1.FlowService.RespondBlockCompletedBatch:output_type -> tideflow.api.v1.RespondBlockCompletedBatchResponse
+	42,  // 121: tideflow.api.v1.FlowService.RespondBlockFailed:output_type -> tideflow.api.v1.RespondBlockFailedResponse
+	44,  // 122: tideflow.api.v1.FlowService.RespondBlockCanceled:output_type -> tideflow.api.v1.RespondBlockCanceledResponse
+	46,  // 123: tideflow.api.v1.FlowService.RecordBlockHeartbeat:output_type -> tideflow.api.v1.RecordBlockHeartbeatResponse
+	48,  // 124: tideflow.api.v1.FlowService.DescribeTaskQueue:output_type -> tideflow.api.v1.DescribeTaskQueueResponse
+	50,  // 125: tideflow.api.v1.FlowService.UpdateTaskQueueConfig:output_type -> tideflow.api.v1.UpdateTaskQueueConfigResponse
+	102, // [102:126] is the sub-list for method output_type
+	78,  // [78:102] is the sub-list for method input_type
+	78,  // [78:78] is the sub-list for extension type_name
+	78,  // [78:78] is the sub-list for extension extendee
+	0,   // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_tideflow_api_v1_flow_service_proto_init() }
@@ -3921,7 +3956,7 @@ func file_tideflow_api_v1_flow_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tideflow_api_v1_flow_service_proto_rawDesc), len(file_tideflow_api_v1_flow_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

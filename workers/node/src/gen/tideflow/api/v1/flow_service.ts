@@ -413,11 +413,22 @@ export interface PollBlockTaskResponse {
     | BlockTimeouts
     | undefined;
   /** From the last heartbeat of a previous attempt, so a retry can resume. */
-  heartbeatDetails:
-    | Payloads
+  heartbeatDetails: Payloads | undefined;
+  retryPolicy:
+    | RetryPolicy
     | undefined;
-  /** 14-19: kept (header for context propagation). */
-  retryPolicy: RetryPolicy | undefined;
+  /**
+   * W3C trace context (`traceparent`, `tracestate`) of the decision that scheduled this
+   * attempt; empty when it was not traced. A worker that traces makes its span for the attempt
+   * a child of it, and sends its own span as `traceparent` metadata on its answers, so the
+   * run's trace goes on through the worker.
+   */
+  traceContext: { [key: string]: string };
+}
+
+export interface PollBlockTaskResponse_TraceContextEntry {
+  key: string;
+  value: string;
 }
 
 export interface RespondBlockCompletedRequest {
@@ -445,6 +456,17 @@ export interface RespondBlockCompletedRequest {
    * RecordBlockStarted recording its poll's sticky queue (direct dispatch).
    */
   stickyTaskQueue: string;
+  /**
+   * W3C trace context of the worker's span for this attempt, for a completion sent in a
+   * RespondBlockCompletedBatch (whose `traceparent` metadata can name only one span). A single
+   * RespondBlockCompleted sends it as metadata instead; when both are given, this wins.
+   */
+  traceContext: { [key: string]: string };
+}
+
+export interface RespondBlockCompletedRequest_TraceContextEntry {
+  key: string;
+  value: string;
 }
 
 export interface RespondBlockCompletedResponse {
@@ -4605,6 +4627,7 @@ function createBasePollBlockTaskResponse(): PollBlockTaskResponse {
     timeouts: undefined,
     heartbeatDetails: undefined,
     retryPolicy: undefined,
+    traceContext: {},
   };
 }
 
@@ -4649,6 +4672,9 @@ export const PollBlockTaskResponse: MessageFns<PollBlockTaskResponse> = {
     if (message.retryPolicy !== undefined) {
       RetryPolicy.encode(message.retryPolicy, writer.uint32(106).fork()).join();
     }
+    globalThis.Object.entries(message.traceContext).forEach(([key, value]: [string, string]) => {
+      PollBlockTaskResponse_TraceContextEntry.encode({ key: key as any, value }, writer.uint32(114).fork()).join();
+    });
     return writer;
   },
 
@@ -4769,6 +4795,17 @@ export const PollBlockTaskResponse: MessageFns<PollBlockTaskResponse> = {
             message.retryPolicy = RetryPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            const entry14 = PollBlockTaskResponse_TraceContextEntry.decode(reader, reader.uint32());
+            if (entry14.value !== undefined) {
+              message.traceContext[entry14.key] = entry14.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4828,6 +4865,33 @@ export const PollBlockTaskResponse: MessageFns<PollBlockTaskResponse> = {
         : isSet(object.retry_policy)
         ? RetryPolicy.fromJSON(object.retry_policy)
         : undefined,
+      traceContext: isObject(object.traceContext)
+        ? (globalThis.Object.entries(object.traceContext) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.trace_context)
+        ? (globalThis.Object.entries(object.trace_context) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -4872,6 +4936,15 @@ export const PollBlockTaskResponse: MessageFns<PollBlockTaskResponse> = {
     if (message.retryPolicy !== undefined) {
       obj.retryPolicy = RetryPolicy.toJSON(message.retryPolicy);
     }
+    if (message.traceContext) {
+      const entries = globalThis.Object.entries(message.traceContext) as [string, string][];
+      if (entries.length > 0) {
+        obj.traceContext = {};
+        entries.forEach(([k, v]) => {
+          obj.traceContext[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -4908,6 +4981,104 @@ export const PollBlockTaskResponse: MessageFns<PollBlockTaskResponse> = {
     message.retryPolicy = (object.retryPolicy !== undefined && object.retryPolicy !== null)
       ? RetryPolicy.fromPartial(object.retryPolicy)
       : undefined;
+    message.traceContext = (globalThis.Object.entries(object.traceContext ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBasePollBlockTaskResponse_TraceContextEntry(): PollBlockTaskResponse_TraceContextEntry {
+  return { key: "", value: "" };
+}
+
+export const PollBlockTaskResponse_TraceContextEntry: MessageFns<PollBlockTaskResponse_TraceContextEntry> = {
+  encode(message: PollBlockTaskResponse_TraceContextEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PollBlockTaskResponse_TraceContextEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePollBlockTaskResponse_TraceContextEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PollBlockTaskResponse_TraceContextEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: PollBlockTaskResponse_TraceContextEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PollBlockTaskResponse_TraceContextEntry>, I>>(
+    base?: I,
+  ): PollBlockTaskResponse_TraceContextEntry {
+    return PollBlockTaskResponse_TraceContextEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PollBlockTaskResponse_TraceContextEntry>, I>>(
+    object: I,
+  ): PollBlockTaskResponse_TraceContextEntry {
+    const message = createBasePollBlockTaskResponse_TraceContextEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -4920,6 +5091,7 @@ function createBaseRespondBlockCompletedRequest(): RespondBlockCompletedRequest 
     identity: "",
     eagerSlots: 0,
     stickyTaskQueue: "",
+    traceContext: {},
   };
 }
 
@@ -4943,6 +5115,10 @@ export const RespondBlockCompletedRequest: MessageFns<RespondBlockCompletedReque
     if (message.stickyTaskQueue !== "") {
       writer.uint32(50).string(message.stickyTaskQueue);
     }
+    globalThis.Object.entries(message.traceContext).forEach(([key, value]: [string, string]) => {
+      RespondBlockCompletedRequest_TraceContextEntry.encode({ key: key as any, value }, writer.uint32(58).fork())
+        .join();
+    });
     return writer;
   },
 
@@ -5007,6 +5183,17 @@ export const RespondBlockCompletedRequest: MessageFns<RespondBlockCompletedReque
             message.stickyTaskQueue = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = RespondBlockCompletedRequest_TraceContextEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.traceContext[entry7.key] = entry7.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5039,6 +5226,33 @@ export const RespondBlockCompletedRequest: MessageFns<RespondBlockCompletedReque
         : isSet(object.sticky_task_queue)
         ? globalThis.String(object.sticky_task_queue)
         : "",
+      traceContext: isObject(object.traceContext)
+        ? (globalThis.Object.entries(object.traceContext) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.trace_context)
+        ? (globalThis.Object.entries(object.trace_context) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -5062,6 +5276,15 @@ export const RespondBlockCompletedRequest: MessageFns<RespondBlockCompletedReque
     if (message.stickyTaskQueue !== "") {
       obj.stickyTaskQueue = message.stickyTaskQueue;
     }
+    if (message.traceContext) {
+      const entries = globalThis.Object.entries(message.traceContext) as [string, string][];
+      if (entries.length > 0) {
+        obj.traceContext = {};
+        entries.forEach(([k, v]) => {
+          obj.traceContext[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -5078,6 +5301,109 @@ export const RespondBlockCompletedRequest: MessageFns<RespondBlockCompletedReque
     message.identity = object.identity ?? "";
     message.eagerSlots = object.eagerSlots ?? 0;
     message.stickyTaskQueue = object.stickyTaskQueue ?? "";
+    message.traceContext = (globalThis.Object.entries(object.traceContext ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseRespondBlockCompletedRequest_TraceContextEntry(): RespondBlockCompletedRequest_TraceContextEntry {
+  return { key: "", value: "" };
+}
+
+export const RespondBlockCompletedRequest_TraceContextEntry: MessageFns<
+  RespondBlockCompletedRequest_TraceContextEntry
+> = {
+  encode(
+    message: RespondBlockCompletedRequest_TraceContextEntry,
+    writer: BinaryWriter = new BinaryWriter(),
+  ): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RespondBlockCompletedRequest_TraceContextEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRespondBlockCompletedRequest_TraceContextEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RespondBlockCompletedRequest_TraceContextEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: RespondBlockCompletedRequest_TraceContextEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RespondBlockCompletedRequest_TraceContextEntry>, I>>(
+    base?: I,
+  ): RespondBlockCompletedRequest_TraceContextEntry {
+    return RespondBlockCompletedRequest_TraceContextEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RespondBlockCompletedRequest_TraceContextEntry>, I>>(
+    object: I,
+  ): RespondBlockCompletedRequest_TraceContextEntry {
+    const message = createBaseRespondBlockCompletedRequest_TraceContextEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };

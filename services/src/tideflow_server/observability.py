@@ -1,0 +1,519 @@
+"""Traces and metrics (OpenTelemetry), for the Prometheus, Grafana and Jaeger stacks operators
+already run.
+
+Each server process sets up one tracer provider and one meter provider from `telemetry`
+settings (`configure`), and the code reaches them through `telemetry()`: its tracer and the
+instruments below, named after OpenTelemetry's semantic conventions where one exists
+(`rpc.server.call.duration`) and under `tideflow.` otherwise. Until `configure` runs (and
+when tracing or metrics are off) they are OpenTelemetry's no-op implementations, so
+instrumented code never checks whether telemetry is on.
+
+Traces cross processes as W3C `traceparent` metadata on every gRPC call (the `Tracing` layer
+reads it, the internal channels' `PropagateTrace` interceptor writes it), and a block's trace
+context is stored with the block, so that the worker that runs it, whichever and whenever,
+continues the run's trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import grpc
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context as TraceContext
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from tideflow.api.v1 import flow_service_pb2, history_pb2
+from tideflow_server.config import TelemetryConfig
+from tideflow_server.internal.v1 import history_service_pb2
+from tideflow_server.rpc.interceptors import (
+    Call,
+    Layer,
+    Method,
+    Proceed,
+    current_call,
+    service_error,
+)
+
+log = structlog.get_logger(__name__)
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+TRACEPARENT: Final = "traceparent"
+SCOPE: Final = "tideflow"
+_DURATION_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)  # fmt: skip
+
+
+class Telemetry:
+    """The tracer and the instruments of one process."""
+
+    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, *, tracing: bool) -> None:
+        self.tracer = tracer
+        self.tracing = tracing
+        """Spans are recorded (and worth building attributes for)."""
+        h, c = meter.create_histogram, meter.create_counter
+        self.rpc_duration = h(
+            "rpc.server.call.duration",
+            unit="s",
+            description="gRPC calls served, by method and status",
+        )
+        self.decision_duration = h(
+            "tideflow.history.decision.duration",
+            unit="s",
+            description="One history decision: load, decide, commit",
+        )
+        self.commit_batch_size = h(
+            "tideflow.history.commit.batch_size",
+            unit="{decision}",
+            description="Decisions a history host commits together",
+        )
+        self.persistence_duration = h(
+            "tideflow.persistence.operation.duration",
+            unit="s",
+            description="Persistence calls, by store and operation",
+        )
+        self.persistence_errors = c(
+            "tideflow.persistence.errors",
+            unit="{error}",
+            description="Persistence calls that failed, by operation and error",
+        )
+        self.shard_movements = c(
+            "tideflow.history.shard.movements",
+            unit="{shard}",
+            description="Shards acquired and lost by this host",
+        )
+        self.runs_started = c(
+            "tideflow.runs.started", unit="{run}", description="Runs started, by namespace"
+        )
+        self.runs_closed = c(
+            "tideflow.runs.closed",
+            unit="{run}",
+            description="Runs closed, by namespace and status",
+        )
+        self.tasks_added = c(
+            "tideflow.matching.tasks.added",
+            unit="{task}",
+            description="Block tasks added to a task queue",
+        )
+        self.blocks_dispatched = c(
+            "tideflow.blocks.dispatched",
+            unit="{attempt}",
+            description="Block attempts handed to workers, by matching or by history directly",
+        )
+        self.tasks_dispatched = c(
+            "tideflow.matching.tasks.dispatched",
+            unit="{task}",
+            description="Block tasks handed to a worker, by queue and sync match (or backlog)",
+        )
+        self.schedule_to_start = h(
+            "tideflow.matching.schedule_to_start.duration",
+            unit="s",
+            description="From a block attempt's schedule to its start, by task queue",
+        )
+        self._meter = meter
+
+    def observe(
+        self,
+        name: str,
+        unit: str,
+        description: str,
+        read: Callable[[], Iterator[tuple[float, dict[str, str]]]],
+    ) -> None:
+        """A gauge read at each scrape: `read` yields (value, attributes)."""
+
+        def callback(_: metrics.CallbackOptions) -> Iterator[metrics.Observation]:
+            for value, attributes in read():
+                yield metrics.Observation(value, attributes)
+
+        self._meter.create_observable_gauge(
+            name, callbacks=[callback], unit=unit, description=description
+        )
+
+    @contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        parent: TraceContext | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> Iterator[trace.Span]:
+        """A span, current within the block; `parent` overrides the current context."""
+        with self.tracer.start_as_current_span(
+            name, context=parent, kind=kind, attributes=attributes
+        ) as span:
+            yield span
+
+
+@contextmanager
+def decision(shard_id: int, run_id: str, kind: str | None = None) -> Iterator[trace.Span]:
+    """One history decision: a span (current within, so the blocks it schedules keep its
+    context) when tracing, and its duration either way. `kind`: what made it, by default the
+    RPC being served ("timer" or "transfer" for the queues'). Set `tideflow.events` on the
+    span."""
+    if kind is None:
+        call = current_call()
+        kind = call.method.name if call is not None else "queue"
+    t = _current
+    start = time.perf_counter()
+    try:
+        if t.tracing:
+            attributes: dict[str, str | int] = {
+                "tideflow.shard": shard_id,
+                "tideflow.run_id": run_id,
+                "tideflow.decision": kind,
+            }
+            with t.tracer.start_as_current_span("history.decision", attributes=attributes) as span:
+                yield span
+        else:
+            yield trace.INVALID_SPAN
+    finally:
+        attrs = _DECISION_ATTRS.get(kind)
+        if attrs is None:
+            attrs = _DECISION_ATTRS[kind] = {"tideflow.decision": kind}
+        t.decision_duration.record(time.perf_counter() - start, attrs)
+
+
+def dispatched(trace_context: Mapping[str, str], block_id: str, by: str) -> None:
+    """A block attempt handed to a worker (by matching, or by history directly): a span in
+    the run's trace, child of the decision that scheduled it."""
+    t = _current
+    if _metrics_on:
+        t.blocks_dispatched.add(1, _BY[by])
+    if t.tracing and trace_context:
+        attributes = {"tideflow.block_id": block_id, "tideflow.dispatched_by": by}
+        with t.tracer.start_as_current_span(
+            "block.dispatch", context=extract(trace_context), attributes=attributes
+        ):
+            pass
+
+
+@contextmanager
+def attached(trace_context: Mapping[str, str]) -> Iterator[None]:
+    """`trace_context` (W3C headers a message carried) as the current context within."""
+    parent = extract(trace_context) if _current.tracing else None
+    if parent is None:
+        yield
+        return
+    token = otel_context.attach(parent)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+_CLOSES: Final = {
+    history_pb2.EVENT_TYPE_RUN_COMPLETED: "completed",
+    history_pb2.EVENT_TYPE_RUN_FAILED: "failed",
+    history_pb2.EVENT_TYPE_RUN_TIMED_OUT: "timed_out",
+    history_pb2.EVENT_TYPE_RUN_CANCELED: "canceled",
+    history_pb2.EVENT_TYPE_RUN_TERMINATED: "terminated",
+}
+
+
+def count_runs(events: Sequence[history_pb2.HistoryEvent], namespace: Callable[[], str]) -> None:
+    """Runs started and closed by a committed step's events."""
+    if not _metrics_on:
+        return
+    t = _current
+    for event in events:
+        if event.event_type == history_pb2.EVENT_TYPE_RUN_STARTED:
+            t.runs_started.add(1, {"tideflow.namespace": namespace()})
+        elif (status := _CLOSES.get(event.event_type)) is not None:
+            t.runs_closed.add(1, {"tideflow.namespace": namespace(), "tideflow.status": status})
+
+
+_ADDED: dict[tuple[str, bool], dict[str, str | bool]] = {}
+_QUEUE: dict[str, dict[str, str]] = {}
+
+
+def task_added(task_queue: str, *, sync_matched: bool) -> None:
+    """A block task added to a task queue: handed to a waiting poll at once, or backlogged."""
+    if not _metrics_on:
+        return
+    attrs = _ADDED.get((task_queue, sync_matched))
+    if attrs is None:
+        attrs = _ADDED[task_queue, sync_matched] = {
+            "tideflow.task_queue": task_queue,
+            "tideflow.sync_match": sync_matched,
+        }
+    _current.tasks_added.add(1, attrs)
+
+
+def task_dispatched(
+    task_queue: str, started: history_service_pb2.RecordBlockStartedResponse, block_id: str
+) -> None:
+    """A block task matching handed to a poll: counted, its schedule-to-start latency, and a
+    span in the run's trace."""
+    if _metrics_on:
+        attrs = _QUEUE.get(task_queue)
+        if attrs is None:
+            attrs = _QUEUE[task_queue] = {"tideflow.task_queue": task_queue}
+        t = _current
+        t.tasks_dispatched.add(1, attrs)
+        waited_ns = (
+            started.started_time.ToNanoseconds()
+            - started.current_attempt_scheduled_time.ToNanoseconds()
+        )
+        t.schedule_to_start.record(max(0, waited_ns) / 1e9, attrs)
+    dispatched(started.trace_context, block_id, "matching")
+
+
+_BY: Final = {by: {"tideflow.dispatched_by": by} for by in ("matching", "history")}
+
+
+def direct_dispatched(task_queue: str, task: flow_service_pb2.PollBlockTaskResponse) -> None:
+    """A task history started in its commit (direct dispatch), handed to a poll by matching."""
+    if _metrics_on:
+        attrs = _QUEUE.get(task_queue)
+        if attrs is None:
+            attrs = _QUEUE[task_queue] = {"tideflow.task_queue": task_queue}
+        _current.tasks_dispatched.add(1, attrs)
+    dispatched(task.trace_context, task.block_id, "history")
+
+
+_DECISION_ATTRS: dict[str, dict[str, str]] = {}
+
+
+_current = Telemetry(
+    trace.NoOpTracerProvider().get_tracer(SCOPE),
+    metrics.NoOpMeterProvider().get_meter(SCOPE),
+    tracing=False,
+)
+
+
+def telemetry() -> Telemetry:
+    return _current
+
+
+# -- trace context ---------------------------------------------------------------------------
+
+
+def inject(context: TraceContext | None = None) -> dict[str, str]:
+    """The current (or `context`'s) span as W3C headers; empty when no span is recording."""
+    if not _current.tracing:
+        return {}
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    return carrier
+
+
+def extract(carrier: Mapping[str, str]) -> TraceContext | None:
+    """The context W3C headers carry, or None without a `traceparent`."""
+    if not carrier or TRACEPARENT not in carrier:
+        return None
+    return _PROPAGATOR.extract(dict(carrier))
+
+
+def _metadata_carrier(call: Call) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    for key, value in call.context.invocation_metadata() or ():
+        if key in ("traceparent", "tracestate"):
+            carrier[key] = value if isinstance(value, str) else value.decode("latin-1")
+    return carrier
+
+
+def _status_of(call: Call, error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, grpc.aio.AbortError):
+        code = call.context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if isinstance(error, Exception):
+        return service_error(error).code
+    return grpc.StatusCode.CANCELLED
+
+
+class Tracing(Layer):
+    """A SERVER span per call, child of the caller's `traceparent` when it sends one."""
+
+    def __init__(self, t: Telemetry) -> None:
+        self._t = t
+
+    def applies(self, method: Method) -> bool:
+        return not method.streaming and not method.service.startswith("grpc.")
+
+    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+        method = call.method
+        with self._t.tracer.start_as_current_span(
+            method.path[1:],
+            context=extract(_metadata_carrier(call)),
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": method.service,
+                "rpc.method": method.name,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await proceed(request, call)
+            except BaseException as e:
+                code = _status_of(call, e)
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                span.set_status(Status(StatusCode.ERROR, code.name))
+                raise
+
+
+class Metrics(Layer):
+    """`rpc.server.call.duration` of every call, by method and status code."""
+
+    def __init__(self, t: Telemetry) -> None:
+        self._histogram = t.rpc_duration
+        self._attributes: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+    def applies(self, method: Method) -> bool:
+        return not method.streaming
+
+    def _attrs(self, method: Method, code: grpc.StatusCode) -> dict[str, Any]:
+        key = (method.service, method.name, code.value[0])
+        attrs = self._attributes.get(key)
+        if attrs is None:
+            attrs = self._attributes[key] = {
+                "rpc.system": "grpc",
+                "rpc.service": method.service,
+                "rpc.method": method.name,
+                "rpc.grpc.status_code": code.value[0],
+            }
+        return attrs
+
+    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await proceed(request, call)
+        except BaseException as e:
+            code = _status_of(call, e)
+            raise
+        finally:
+            self._histogram.record(time.perf_counter() - start, self._attrs(call.method, code))
+
+
+def layers() -> list[Layer]:
+    """Tracing and metrics, first in every server's chain, each only when it is on."""
+    t = _current
+    chosen: list[Layer] = []
+    if t.tracing:
+        chosen.append(Tracing(t))
+    if _metrics_on:
+        chosen.append(Metrics(t))
+    return chosen
+
+
+if TYPE_CHECKING:
+    _ClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _ClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class PropagateTrace(_ClientInterceptor):
+    """Every unary call this process makes to another role carries the current span as
+    `traceparent` metadata."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        headers = inject()
+        if headers:
+            metadata = list(client_call_details.metadata or ())
+            metadata.extend(headers.items())
+            client_call_details = client_call_details._replace(metadata=metadata)
+        return await continuation(client_call_details, request)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """What the channels to the other roles need: trace propagation, when tracing."""
+    return [cast("grpc.aio.ClientInterceptor", PropagateTrace())] if _current.tracing else []
+
+
+# -- set up ---------------------------------------------------------------------------------
+
+_metrics_on = False
+
+
+def configure(config: TelemetryConfig, *, service: str, instance: str) -> int | None:
+    """Set this process's providers from `config` (once; a later call changes nothing) and
+    start the Prometheus endpoint. Returns the endpoint's port, if it serves one."""
+    global _current, _metrics_on  # noqa: PLW0603 - one set of providers per process
+    if _current.tracing or _metrics_on:
+        return None
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - only when on
+
+    resource = Resource.create({"service.name": service, "service.instance.id": instance})
+    tracer: trace.Tracer = trace.NoOpTracerProvider().get_tracer(SCOPE)
+    meter: metrics.Meter = metrics.NoOpMeterProvider().get_meter(SCOPE)
+    port: int | None = None
+    if config.tracing.enabled:
+        tracer = _tracer_provider(config, resource).get_tracer(SCOPE)
+    if config.metrics.prometheus_port is not None:
+        provider, port = _meter_provider(config, resource)
+        meter = provider.get_meter(SCOPE)
+        _metrics_on = True
+    _current = Telemetry(tracer, meter, tracing=config.tracing.enabled)
+    return port
+
+
+def _tracer_provider(config: TelemetryConfig, resource: Any) -> trace.TracerProvider:
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
+
+    tracing = config.tracing
+    exporter: Any
+    if tracing.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        exporter = OTLPSpanExporter(endpoint=tracing.otlp_endpoint, insecure=True)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        exporter = HttpSpanExporter(endpoint=tracing.otlp_endpoint)
+    provider = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(tracing.sample_ratio))
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, schedule_delay_millis=tracing.export_delay_ms)
+    )
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _meter_provider(config: TelemetryConfig, resource: Any) -> tuple[metrics.MeterProvider, int]:
+    import prometheus_client  # noqa: PLC0415
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.view import (  # noqa: PLC0415
+        ExplicitBucketHistogramAggregation,
+        View,
+    )
+
+    reader = PrometheusMetricReader()
+    seconds = View(
+        instrument_name="*duration",
+        aggregation=ExplicitBucketHistogramAggregation(_DURATION_BUCKETS),
+    )
+    provider = MeterProvider(resource=resource, metric_readers=[reader], views=[seconds])
+    metrics.set_meter_provider(provider)
+    wanted = config.metrics.prometheus_port or 0
+    server, _ = prometheus_client.start_http_server(wanted, addr=config.metrics.prometheus_host)
+    port = int(server.server_port)
+    log.info("metrics served", url=f"http://{config.metrics.prometheus_host}:{port}/metrics")
+    return provider, port
+
+
+def flush() -> None:
+    """Send the spans still waiting (a stopping process)."""
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if callable(force_flush):
+        force_flush(5_000)
