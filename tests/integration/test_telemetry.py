@@ -130,6 +130,14 @@ async def test_one_run_is_one_trace_across_every_process(tmp_path: Path) -> None
     assert sorted(s.attributes["tideflow.block_id"] for s in attempts) == list(BLOCKS)
     for span in (*dispatches, *attempts):
         assert by_id[span.parent_id].name == "history.decision", span
+    # Each persistence call inside a decision: its own span (the start's create, each
+    # completion's update).
+    writes = [s for s in trace if s.name.startswith("persistence.executions.")]
+    assert {s.name for s in writes} >= {
+        "persistence.executions.create_execution",
+        "persistence.executions.update_execution",
+    }
+    assert all(by_id[s.parent_id].name == "history.decision" for s in writes)
     # The worker's answer continues the trace: the frontend's RespondBlockCompleted is a child
     # of the attempt, and the decision it causes a child of that (through history's stream).
     answers = [s for s in trace if s.name == "tideflow.api.v1.FlowService/RespondBlockCompleted"]
@@ -205,5 +213,22 @@ async def test_the_prometheus_endpoint_counts_a_known_workload_exactly(tmp_path:
         rpc_grpc_status_code="0",
     )
     assert refused == 1
+    creates = _sum(
+        samples,
+        "tideflow_persistence_operation_duration_seconds_count",
+        tideflow_operation="executions.create_execution",
+    )
+    assert creates == runs
+    # The gauges: every shard owned by the one history host (acquired once each), nothing left
+    # in the queue, the worker seen polling, no outbox task or timer overdue.
+    shards = cluster.shard_count
+    assert _sum(samples, "tideflow_history_shards_owned") == shards
+    assert (
+        _sum(samples, "tideflow_history_shard_movements_total", tideflow_movement="acquired")
+        == shards
+    )
+    assert _sum(samples, "tideflow_matching_backlog_count", tideflow_task_queue="metered") == 0
+    assert _sum(samples, "tideflow_matching_pollers", tideflow_task_queue="metered") >= 1
+    assert _sum(samples, "tideflow_history_queue_lag_seconds", tideflow_queue="outbox") < 5
     decisions = _sum(samples, "tideflow_history_decision_duration_seconds_count")
     assert decisions >= runs * (1 + len(BLOCKS))

@@ -427,6 +427,73 @@ class PropagateTrace(_ClientInterceptor):
         return await continuation(client_call_details, request)
 
 
+Gauges = Callable[[], Iterator[tuple[str, float, dict[str, str]]]]
+"""Yields (which, value, attributes) at each scrape."""
+
+
+def _gauge(name: str, unit: str, description: str, which: str, read: Gauges) -> None:
+    def values() -> Iterator[tuple[float, dict[str, str]]]:
+        for kind, value, attributes in read():
+            if kind == which:
+                yield value, attributes
+
+    _current.observe(name, unit, description, values)
+
+
+def watch_matching(read: Gauges) -> None:
+    """A matching host's task queues: backlog ("backlog"), oldest task's age ("age"),
+    pollers ("pollers"), each by task queue."""
+    if not _metrics_on:
+        return
+    _gauge(
+        "tideflow.matching.backlog.count",
+        "{task}",
+        "Block tasks waiting in a task queue's partitions on this host (an estimate)",
+        "backlog",
+        read,
+    )
+    _gauge(
+        "tideflow.matching.backlog.age",
+        "s",
+        "Age of the oldest block task waiting in memory, by task queue",
+        "age",
+        read,
+    )
+    _gauge("tideflow.matching.pollers", "{poller}", "Workers polling lately", "pollers", read)
+
+
+def watch_history(read: Gauges) -> None:
+    """A history host: shards owned ("shards"), and its outbox and timer queues' lag
+    ("lag", by queue) and tasks in delivery ("pending", by queue)."""
+    if not _metrics_on:
+        return
+    _gauge("tideflow.history.shards.owned", "{shard}", "Shards this host owns", "shards", read)
+    _gauge(
+        "tideflow.history.queue.lag",
+        "s",
+        "How long the oldest due outbox task or timer has waited, by queue",
+        "lag",
+        read,
+    )
+    _gauge(
+        "tideflow.history.queue.pending",
+        "{task}",
+        "Outbox tasks and timers being delivered, by queue",
+        "pending",
+        read,
+    )
+
+
+def shard_moved(movement: str) -> None:
+    """A shard acquired, released or lost by this host."""
+    if _metrics_on:
+        _current.shard_movements.add(1, {"tideflow.movement": movement})
+
+
+def metrics_on() -> bool:
+    return _metrics_on
+
+
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """What the channels to the other roles need: trace propagation, when tracing."""
     return [cast("grpc.aio.ClientInterceptor", PropagateTrace())] if _current.tracing else []

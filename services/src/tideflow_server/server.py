@@ -36,9 +36,10 @@ from tideflow_server.internal.v1 import (
 from tideflow_server.matching import MatchingConfig, MatchingEngine, MatchingHandler
 from tideflow_server.membership import Membership
 from tideflow_server.namespaces import NamespaceCache
-from tideflow_server.persistence import faults, schema
+from tideflow_server.persistence import faults, instrumented, schema
 from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
+from tideflow_server.persistence.interfaces import Persistence
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import ClusterMetadataRow, TaskQueueKey
 from tideflow_server.rpc.clients import (
@@ -132,7 +133,8 @@ class TideflowServer:
                 using=shard_count,
             )
         manager = PersistenceManager(
-            faults.inject(persistence, settings.persistence.faults), settings.persistence.limits
+            _instrumented(faults.inject(persistence, settings.persistence.faults)),
+            settings.persistence.limits,
         )
         membership = Membership(persistence.cluster, settings.membership)
         self._membership = membership
@@ -324,6 +326,19 @@ class TideflowServer:
 
 STARTUP_RETRY_S = 60.0
 """How long a starting process keeps retrying a database that is away or busy."""
+
+
+def _instrumented(persistence: Persistence) -> Persistence:
+    """The stores measured (and traced) when telemetry is on; as they are otherwise."""
+    t = observability.telemetry()
+    if not (t.tracing or observability.metrics_on()):
+        return persistence
+    return instrumented.instrument(
+        persistence,
+        duration=t.persistence_duration,
+        errors=t.persistence_errors,
+        tracer=t.tracer if t.tracing else None,
+    )
 
 
 def internal_server_tls(settings: Settings) -> grpc.ServerCredentials | None:

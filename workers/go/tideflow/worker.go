@@ -21,6 +21,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	tideflowv1 "github.com/tideflow/tideflow/workers/go/gen/tideflow/api/v1"
@@ -365,8 +366,14 @@ func (w *Worker) canceled(task *Task, details any) {
 func (w *Worker) respond(what string, response *tideflowv1.PollBlockTaskResponse, rpc func(context.Context) error) error {
 	deadline := time.Now().Add(respondFor)
 	delay := time.Duration(0)
+	// The run's trace goes on through this answer: the attempt's trace context (W3C headers)
+	// as its metadata, so the server's span for it is a child of the block's schedule.
+	base := context.Background()
+	for key, value := range response.GetTraceContext() {
+		base = metadata.AppendToOutgoingContext(base, key, value)
+	}
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		ctx, cancel := context.WithTimeout(base, rpcTimeout)
 		err := rpc(ctx)
 		cancel()
 		code := status.Code(err)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -25,10 +26,11 @@ type fakeFrontend struct {
 	tasks       chan *tideflowv1.PollBlockTaskResponse
 	cancelAfter int // heartbeats answered before one asks to cancel; 0: never
 
-	mu         sync.Mutex
-	heartbeats int
-	polls      []*tideflowv1.PollBlockTaskRequest
-	answers    chan any
+	mu           sync.Mutex
+	heartbeats   int
+	polls        []*tideflowv1.PollBlockTaskRequest
+	answers      chan any
+	traceparents []string // of the completions, as their metadata carried it
 }
 
 func (f *fakeFrontend) PollBlockTask(ctx context.Context, r *tideflowv1.PollBlockTaskRequest) (*tideflowv1.PollBlockTaskResponse, error) {
@@ -43,7 +45,11 @@ func (f *fakeFrontend) PollBlockTask(ctx context.Context, r *tideflowv1.PollBloc
 	}
 }
 
-func (f *fakeFrontend) RespondBlockCompleted(_ context.Context, r *tideflowv1.RespondBlockCompletedRequest) (*tideflowv1.RespondBlockCompletedResponse, error) {
+func (f *fakeFrontend) RespondBlockCompleted(ctx context.Context, r *tideflowv1.RespondBlockCompletedRequest) (*tideflowv1.RespondBlockCompletedResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	f.mu.Lock()
+	f.traceparents = append(f.traceparents, md.Get("traceparent")...)
+	f.mu.Unlock()
 	f.answers <- r
 	return &tideflowv1.RespondBlockCompletedResponse{}, nil
 }
@@ -156,6 +162,23 @@ func TestATaskIsRunAndCompletedWithItsResult(t *testing.T) {
 	}
 	if string(completed.GetTaskToken()) != "token-double@1" {
 		t.Fatalf("token %q", completed.GetTaskToken())
+	}
+}
+
+func TestAnAnswerCarriesTheAttemptsTraceContext(t *testing.T) {
+	traced := task("echo@1", 1)
+	parent := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	traced.TraceContext = map[string]string{"traceparent": parent}
+	fake := newFake(traced)
+	stop := start(t, fake, func(w *Worker) {
+		w.Register("echo@1", func(_ context.Context, task *Task) (any, error) { return 1, nil })
+	}, Options{})
+	defer stop()
+	answer(t, fake)
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.traceparents) != 1 || fake.traceparents[0] != parent {
+		t.Fatalf("traceparent on the completion: %v", fake.traceparents)
 	}
 }
 

@@ -238,10 +238,12 @@ export class Worker {
     });
   }
 
-  /** Metadata of one call: the API key, when there is one. */
-  private metadata(): Metadata {
+  /** Metadata of one call: the API key, when there is one, and for an answer the attempt's
+   * trace context (W3C traceparent), so the run's trace goes on through the worker. */
+  private metadata(task?: PollBlockTaskResponse): Metadata {
     const metadata = new Metadata();
     if (this.apiKey) metadata.set("authorization", `Bearer ${this.apiKey}`);
+    for (const [key, value] of Object.entries(task?.traceContext ?? {})) metadata.set(key, value);
     return metadata;
   }
 
@@ -409,7 +411,7 @@ export class Worker {
   private async heartbeat(task: PollBlockTaskResponse, details: unknown): Promise<boolean> {
     try {
       const reply = await call(
-        this.metadata(),
+        this.metadata(task),
         this.client.recordBlockHeartbeat.bind(this.client) as Unary<RecordBlockHeartbeatRequest, { cancelRequested: boolean }>,
         RecordBlockHeartbeatRequest.fromPartial({
           namespace: this.namespace,
@@ -436,7 +438,7 @@ export class Worker {
     }
     const error = await this.respond("completion", task, () =>
       call(
-        this.metadata(),
+        this.metadata(task),
         this.client.respondBlockCompleted.bind(this.client) as Unary<RespondBlockCompletedRequest, unknown>,
         RespondBlockCompletedRequest.fromPartial({
           namespace: this.namespace,
@@ -458,7 +460,7 @@ export class Worker {
   private async fail(task: PollBlockTaskResponse, thrown: unknown, lastDetails: unknown): Promise<void> {
     await this.respond("failure", task, () =>
       call(
-        this.metadata(),
+        this.metadata(task),
         this.client.respondBlockFailed.bind(this.client) as Unary<RespondBlockFailedRequest, unknown>,
         RespondBlockFailedRequest.fromPartial({
           namespace: this.namespace,
@@ -475,7 +477,7 @@ export class Worker {
   private async canceled(task: PollBlockTaskResponse, lastDetails: unknown): Promise<void> {
     await this.respond("cancellation", task, () =>
       call(
-        this.metadata(),
+        this.metadata(task),
         this.client.respondBlockCanceled.bind(this.client) as Unary<RespondBlockCanceledRequest, unknown>,
         RespondBlockCanceledRequest.fromPartial({
           namespace: this.namespace,

@@ -7,7 +7,7 @@ import asyncio
 import enum
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -111,6 +111,7 @@ class MatchingEngine:
         self._clock = clock
         self._peers = peers
         self._partitions: dict[TaskQueueKey, TaskQueuePartition] = {}
+        observability.watch_matching(self._gauges)
         self._loading: dict[TaskQueueKey, asyncio.Future[TaskQueuePartition]] = {}
         self._polls: dict[str, tuple[TaskQueuePartition | StickyQueue, Poll]] = {}
         self._sticky = StickyRouter(host_id=host_id, config=self.config, clock=clock, peers=peers)
@@ -335,6 +336,21 @@ class MatchingEngine:
                 self._affinity.poll_ended(key, worker.identity)
             if self._polls.get(request.poller_id) == (partition, poll):
                 del self._polls[request.poller_id]
+
+    def _gauges(self) -> Iterator[tuple[str, float, dict[str, str]]]:
+        """Per task queue (its partitions here summed): backlog, oldest task age, pollers."""
+        by_queue: dict[str, list[float]] = {}  # count, age, pollers
+        for key, partition in list(self._partitions.items()):
+            count, age, pollers = partition.backlog_estimate()
+            totals = by_queue.setdefault(key.name, [0.0, 0.0, 0.0])
+            totals[0] += count
+            totals[1] = max(totals[1], age)
+            totals[2] += pollers
+        for name, (backlog, oldest, polling) in by_queue.items():
+            attrs = {"tideflow.task_queue": name}
+            yield "backlog", backlog, attrs
+            yield "age", oldest, attrs
+            yield "pollers", polling, attrs
 
     def _hand_direct(
         self,

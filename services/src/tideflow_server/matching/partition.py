@@ -1088,6 +1088,19 @@ class TaskQueuePartition:
         if self._limits is not None:
             self._limits.forget_pollers(old)
 
+    def backlog_estimate(self) -> tuple[int, float, int]:
+        """For the metrics gauges, from memory: tasks waiting (those held or buffered, those
+        being written, and the durable ones not read yet, by their ids), the age in seconds
+        of the oldest one in memory, and the pollers seen lately."""
+        unread = max(0, self._max_read_level - self._levels.read_level)
+        count = len(self._buffer) + len(self._held) + len(self._pending) + self._writing + unread
+        waiting = [*self._buffer, *self._held]
+        age = 0.0
+        if waiting:
+            oldest = min(t.info.create_time.ToNanoseconds() for t in waiting)
+            age = max(0.0, self._clock() - oldest / 1e9)
+        return count, age, len(self._pollers)
+
     async def describe(self) -> matching_service_pb2.DescribeTaskQueueResponse:
         try:
             # Shielded: a caller that goes away must not cancel the query midway.

@@ -10,6 +10,7 @@ import { CancelRequested, fromPayloads, toPayloads, Worker } from "../index.js";
 interface Answer {
   kind: "completed" | "failed" | "canceled";
   request: Record<string, unknown>;
+  traceparent: unknown[];
 }
 
 class FakeFrontend {
@@ -25,7 +26,7 @@ class FakeFrontend {
   async start(): Promise<string> {
     type Call = ServerUnaryCall<Record<string, unknown>, unknown>;
     const answer = (kind: Answer["kind"]) => (call: Call, done: sendUnaryData<unknown>) => {
-      this.answers.push({ kind, request: call.request });
+      this.answers.push({ kind, request: call.request, traceparent: call.metadata.get("traceparent") });
       for (const wake of this.waiters.splice(0)) wake();
       done(null, {});
     };
@@ -95,6 +96,16 @@ test("a task runs and is completed with its result and token", async () => {
     assert.equal(answer?.kind, "completed");
     assert.deepEqual(fromPayloads(answer?.request["result"] as never), { n: 42 });
     assert.equal((answer?.request["taskToken"] as Buffer).toString(), "token-double@1");
+  });
+});
+
+test("an answer carries the attempt's trace context as its metadata", async () => {
+  const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const traced = { ...task("echo@1", 1), traceContext: { traceparent: parent } };
+  const fake = new FakeFrontend([traced]);
+  await withWorker(fake, (w) => w.register("echo@1", (input) => input), async () => {
+    const [answer] = await fake.answered(1);
+    assert.deepEqual(answer?.traceparent, [parent]);
   });
 });
 

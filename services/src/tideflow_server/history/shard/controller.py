@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Iterator
 
 import structlog
 
+from tideflow_server import observability
 from tideflow_server.config import HistoryConfig
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.interpreter import Limits
@@ -67,6 +70,7 @@ class ShardController:
         self._direct = DirectDispatch() if config.direct_dispatch else None
         self._task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
         self._shards: dict[int, ShardContext] = {}
+        observability.watch_history(self._gauges)
         self._acquiring: dict[int, asyncio.Task[None]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -113,6 +117,22 @@ class ShardController:
         missing = [s for s in sorted(assigned) if s not in self._shards]
         await asyncio.gather(*(self._acquire(s) for s in missing))
 
+    def _gauges(self) -> Iterator[tuple[str, float, dict[str, str]]]:
+        shards = list(self._shards.values())
+        yield "shards", len(shards), {}
+        now_ms = int(time.time() * 1000)
+        transfer, timer = (0.0, 0), (0.0, 0)
+        for shard in shards:
+            if shard.transfer is not None:
+                lag, pending = shard.transfer.lag()
+                transfer = (max(transfer[0], lag), transfer[1] + pending)
+            if shard.timers is not None:
+                lag, pending = shard.timers.lag(now_ms)
+                timer = (max(timer[0], lag), timer[1] + pending)
+        for queue, (lag, pending) in (("outbox", transfer), ("timer", timer)):
+            yield "lag", lag, {"tideflow.queue": queue}
+            yield "pending", pending, {"tideflow.queue": queue}
+
     async def _acquire(self, shard_id: int) -> None:
         try:
             lease = await self._manager.acquire_shard(shard_id, owner=self._host_id)
@@ -136,12 +156,14 @@ class ShardController:
         )
         await shard.start()
         self._shards[shard_id] = shard
+        observability.shard_moved("acquired")
         log.info("shard acquired", shard_id=shard_id, range_id=lease.range_id)
 
     async def _release(self, shard_id: int) -> None:
         shard = self._shards.pop(shard_id, None)
         if shard is not None:
             await shard.stop()
+            observability.shard_moved("released")
             log.info("shard released", shard_id=shard_id)
 
     async def close_shard(self, shard_id: int) -> None:
@@ -152,6 +174,7 @@ class ShardController:
     def _lost(self, shard: ShardContext) -> None:
         if self._shards.get(shard.shard_id) is shard:
             del self._shards[shard.shard_id]
+            observability.shard_moved("lost")
             asyncio.get_running_loop().create_task(shard.stop())
             self._kick.set()
 

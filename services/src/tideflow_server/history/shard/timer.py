@@ -62,6 +62,14 @@ class TimerQueue:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def lag(self, now_ms: int) -> tuple[float, int]:
+        """Seconds the oldest due timer (firing, or due and waiting) has waited past its fire
+        time, and the timers firing now."""
+        due = [key[0] for key in self._firing]
+        if self._heap and self._heap[0][0] <= now_ms:
+            due.append(self._heap[0][0])
+        return (max(0, now_ms - min(due)) / 1000 if due else 0.0), len(self._firing)
+
     def _push(self, timer: records_pb2.TimerTask) -> None:
         key = (timer.fire_time.ToMilliseconds(), timer.task_id)
         if key in self._timers or key in self._firing:

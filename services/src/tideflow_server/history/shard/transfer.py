@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
@@ -43,6 +44,8 @@ class TransferQueue:
         self.ack_level = shard.lease.info.transfer_ack_level
         self._persisted_ack_level = self.ack_level
         self._pending: dict[int, asyncio.Task[None]] = {}
+        self._since: dict[int, float] = {}
+        """When each task in delivery was handed over (monotonic), for its lag."""
         self._done: set[int] = set()
         self._scanned = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,6 +84,7 @@ class TransferQueue:
                 if direct and task.WhichOneof("task") == "block_task":
                     direct_task = direct.get(task.block_task.scheduled_event_id)
                 self._pending[task.task_id] = asyncio.create_task(self._deliver(task, direct_task))
+                self._since[task.task_id] = time.monotonic()
 
     async def _scan_loop(self) -> None:
         """Read what earlier owners left: every task above the ack level, up to this owner's
@@ -129,6 +133,13 @@ class TransferQueue:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
         self._done.add(task.task_id)
         self._pending.pop(task.task_id, None)
+        self._since.pop(task.task_id, None)
+
+    def lag(self) -> tuple[float, int]:
+        """Seconds the oldest task in delivery has waited, and the tasks in delivery."""
+        if not self._since:
+            return 0.0, 0
+        return max(0.0, time.monotonic() - min(self._since.values())), len(self._since)
 
     def _ackable(self) -> int:
         """The highest id with every task at or below it delivered (or never committed)."""
