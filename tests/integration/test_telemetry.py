@@ -62,6 +62,28 @@ def _python_worker(address: str, queue: str, collector: str, log: Path) -> subpr
         )
 
 
+def render(trace: list[Span]) -> str:
+    """The trace as an indented tree of span names, with where each ran."""
+    children: dict[str, list[Span]] = {}
+    for span in trace:
+        children.setdefault(span.parent_id, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for span in children.get(parent, []):
+            where = (
+                span.instance.split("@")[0] if span.service == "tideflow-server" else span.service
+            )
+            detail = span.attributes.get("tideflow.block_id") or span.attributes.get(
+                "tideflow.decision", ""
+            )
+            lines.append(f"{'  ' * depth}{span.name} {f'({detail}) ' if detail else ''}[{where}]")
+            walk(span.span_id, depth + 1)
+
+    walk("", 0)
+    return "\n".join(lines)
+
+
 def _of_trace(spans: list[Span], trace_id: str) -> list[Span]:
     return [s for s in spans if s.trace_id == trace_id]
 
@@ -111,6 +133,7 @@ async def test_one_run_is_one_trace_across_every_process(tmp_path: Path) -> None
     trace = _of_trace(collector.spans, start.trace_id)
     by_id = {s.span_id: s for s in trace}
     names = Counter(s.name for s in trace)
+    print(render(trace))  # the span tree, for a reader of `pytest -s`
     # The start is the root: the client sent no traceparent.
     assert start.parent_id == "" and start.service == "tideflow-server"
     # Every decision: the start, then one per completion (a, b, c), each named by its cause.
