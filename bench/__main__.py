@@ -99,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--drain-s", type=float, default=30.0, help="longest wait for a window's runs to close"
     )
+    where.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="tracing sampled at 1%% (to a local OTLP collector) and metrics on",
+    )
     drive = p.add_argument_group("driver and workers")
     drive.add_argument(
         "--driver",
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_concurrency=args.worker_concurrency,
         max_connections=args.max_connections,
         peers=args.peers,
+        telemetry=args.telemetry,
     )
     if topology != "cluster" and (args.history, args.matching) != (1, 1):
         print("python -m bench: --history and --matching need --topology cluster", file=sys.stderr)

@@ -28,7 +28,7 @@ from bench.report import Report, SystemRun, Window, distribution, summarise_syst
 from bench.scenarios import SCENARIOS
 from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare, sticky_counts
 from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
-from deploy.local.postgres import PostgresServer
+from deploy.local.postgres import PostgresServer, free_port
 
 logger = logging.getLogger("bench")
 
@@ -71,6 +71,45 @@ class Setup:
     worker_concurrency: int = 200
     max_connections: int = 20
     peers: list[str] = field(default_factory=list)
+    telemetry: bool = False
+    """Tracing sampled at TRACE_SAMPLE_RATIO (to a local OTLP collector process) and metrics
+    on (a Prometheus endpoint per server process)."""
+
+
+TRACE_SAMPLE_RATIO = 0.01
+
+
+class _Collector:
+    """The OTLP collector process spans go to when telemetry is on (deploy/local/otlp.py)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.local.otlp", "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise BenchError("the OTLP collector did not start")
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "telemetry": {
+                "tracing": {
+                    "otlp_endpoint": f"127.0.0.1:{self.port}",
+                    "sample_ratio": TRACE_SAMPLE_RATIO,
+                },
+                "metrics": {"prometheus_port": 0},
+            }
+        }
+
+    def stop(self) -> int:
+        """Stop it; the spans it received."""
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=30)
+        counted = [line.split()[1] for line in out.splitlines() if line.startswith("spans ")]
+        return int(counted[-1]) if counted else -1
 
 
 WARMUP_RUN_TIMEOUT_S = 30.0
@@ -354,6 +393,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
     deployment = None
     own_postgres: PostgresServer | None = None  # with --address and --peers, for the peers
+    collector = _Collector() if setup.telemetry and setup.address is None else None
     if setup.address is None:
         deployment = Deployment(
             setup.topology,
@@ -361,7 +401,8 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             shard_count=setup.shards,
             history_processes=setup.history,
             matching_processes=setup.matching,
-            settings={},  # the server's own defaults, not the tests' fast membership
+            # The server's own defaults, not the tests' fast membership.
+            settings=collector.settings() if collector is not None else {},
             max_connections=setup.max_connections,
             with_postgres=bool(setup.peers),
         )
@@ -391,6 +432,11 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             deployment.stop()
         if own_postgres is not None:
             own_postgres.remove()
+        if collector is not None:
+            environment["telemetry"] = (
+                f"tracing sampled at {TRACE_SAMPLE_RATIO:g}, metrics on; "
+                f"{collector.stop()} spans exported"
+            )
         shutil.rmtree(workdir, ignore_errors=True)
     environment["loadavg_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     environment["cpu_probe_ms_end"] = cpu_probe_ms()

@@ -20,10 +20,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.cluster import TEST_SETTINGS
+from deploy.local.otlp import Span, running_collector
 from deploy.local.postgres import free_port
 from tests.support.cluster import Cluster, running_sqlite_cluster
 from tests.support.example_workers import ROOT
-from tests.support.otlp import Span, running_collector
 from tideflow import Worker, block
 from tideflow.client import Client
 

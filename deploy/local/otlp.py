@@ -1,6 +1,9 @@
-"""A test OTLP collector: a real gRPC server speaking OpenTelemetry's trace export protocol,
-which every process of a test (servers and workers) sends its spans to, so a test can look at
-one trace across processes."""
+"""A local OTLP collector: a real gRPC server speaking OpenTelemetry's trace export protocol.
+
+Tests run it in-process and send it the spans of every process (servers and workers), to
+look at one trace across processes. The bench runs it as a process of its own
+(`python -m deploy.local.otlp --port N`), which counts the spans it receives and prints the
+count when it stops, as the sink of a cluster whose tracing is on."""
 
 from __future__ import annotations
 
@@ -32,14 +35,22 @@ def _value(value: Any) -> Any:
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        """`keep`: hold every span for `spans` (tests); else only count them."""
         self.spans: list[Span] = []
+        self.received = 0
+        self._keep = keep
         self._changed = asyncio.Condition()
 
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         received: list[Span] = []
+        if not self._keep:
+            self.received += sum(
+                len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+            )
+            return trace_service_pb2.ExportTraceServiceResponse()
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -57,6 +68,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
                         )
                     )
         async with self._changed:
+            self.received += len(received)
             self.spans.extend(received)
             self._changed.notify_all()
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -79,3 +91,33 @@ async def running_collector() -> AsyncIterator[tuple[Collector, str]]:
         yield collector, f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+async def _serve(port: int) -> None:
+    import signal  # noqa: PLC0415
+
+    collector = Collector(keep=False)
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop(1)
+    print(f"spans {collector.received}", flush=True)
+
+
+def main() -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.otlp", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(_serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
