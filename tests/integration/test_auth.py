@@ -329,8 +329,15 @@ async def test_a_worker_key_runs_blocks_only_on_its_task_queues(world: World) ->
             api_key=world.keys[f"{NS}-worker"],
         )
         async with worker:
-            result = await writer.execute_run(flow, 21)
-        assert result == 42
+            run = await writer.start_run(flow, 21)
+            assert await run.result(timeout=30) == 42
+        # Who ran and who started it: what each said it is, and the key that vouched for it.
+        events = [e async for e in run.history()]
+        completed = next(e for e in events if e.HasField("block_completed_event_attributes"))
+        worker_id = world.key_ids[f"{NS}-worker"]
+        assert completed.block_completed_event_attributes.identity.endswith(f" key:{worker_id}")
+        started = events[0].run_started_event_attributes
+        assert started.identity.endswith(f" key:{world.key_ids[f'{NS}-writer']}")
     async with await Client.connect(
         address, api_key=world.keys[f"{NS}-worker"], namespace=NS
     ) as as_worker:

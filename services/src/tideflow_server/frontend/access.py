@@ -73,6 +73,7 @@ class Access:
         elif rule.scope is Scope.ITEMS:
             for item in request.completions:
                 self._namespace(principal, name, item.namespace)
+        _stamp(request, principal)
 
     @staticmethod
     def _namespace(principal: Principal, name: str, namespace: str) -> None:
@@ -121,6 +122,29 @@ class Access:
         else:
             fields["outcome"] = "CANCELLED"
         audit_log.info("audit", **fields)
+
+
+MAX_IDENTITY = 255
+"""RequestLimits.max_identity_length's default: a stamped identity stays within it."""
+
+
+def _stamp(request: Any, principal: Principal) -> None:
+    """What history records as who did it (a worker's answer, a start, a termination) names
+    the key that authenticated the call after what the caller says it is: a self-declared
+    identity cannot pass for another's. In place: the request is this call's own."""
+    fields = request.DESCRIPTOR.fields_by_name
+    if "identity" in fields:
+        request.identity = stamped(request.identity, principal)
+    elif "completions" in fields:
+        for item in request.completions:
+            item.identity = stamped(item.identity, principal)
+
+
+def stamped(identity: str, principal: Principal) -> str:
+    suffix = f" key:{principal.key_id}"
+    if identity.endswith(suffix):
+        return identity
+    return identity[: MAX_IDENTITY - len(suffix)] + suffix
 
 
 def _details(request: Any, response: Any) -> dict[str, Any]:
