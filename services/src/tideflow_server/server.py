@@ -41,6 +41,7 @@ from tideflow_server.persistence.errors import Unavailable as PersistenceUnavail
 from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
 from tideflow_server.persistence.interfaces import Persistence
 from tideflow_server.persistence.manager import PersistenceManager
+from tideflow_server.persistence.postgres import GROUP_OBSERVERS
 from tideflow_server.persistence.records import ClusterMetadataRow, TaskQueueKey
 from tideflow_server.rpc.clients import (
     HISTORY,
@@ -333,6 +334,8 @@ def _instrumented(persistence: Persistence) -> Persistence:
     t = observability.telemetry()
     if not (t.tracing or observability.metrics_on()):
         return persistence
+    if observability.metrics_on() and not GROUP_OBSERVERS:
+        GROUP_OBSERVERS.append(lambda size: t.commit_batch_size.record(size, {}))
     return instrumented.instrument(
         persistence,
         duration=t.persistence_duration,

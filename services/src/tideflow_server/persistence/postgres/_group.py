@@ -28,6 +28,11 @@ WriteMany = Callable[[Sequence[Request]], Awaitable[Sequence[PersistenceError | 
 """Writes a group as one statement; each request's outcome, in order."""
 
 
+GROUP_OBSERVERS: list[Callable[[int], None]] = []
+"""Told the size of every group as it goes out (the server's commit batch size metric).
+Process-wide: a process has one set of telemetry instruments."""
+
+
 class GroupCommit(Generic[Request]):
     def __init__(
         self,
@@ -72,6 +77,8 @@ class GroupCommit(Generic[Request]):
                 taken += 1
             group = self._waiting[:taken]
             del self._waiting[:taken]
+            for observe in GROUP_OBSERVERS:
+                observe(taken)
             call = asyncio.create_task(self._send(group), name="group-commit")
             self._in_flight.add(call)
             call.add_done_callback(self._call_done)
