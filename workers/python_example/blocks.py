@@ -67,6 +67,9 @@ async def big(value: dict[str, Any]) -> dict[str, Any]:
 @block("conf.slow", version=1)
 def slow(value: dict[str, Any]) -> dict[str, Any]:
     # A sync block in the worker's threads: a shutdown lets it finish (up to the drain timeout).
+    # The heartbeat says it is running here (a start the server recorded may still be on its
+    # way to the worker).
+    context().heartbeat_sync({"running": True})
     time.sleep(int(value["ms"]) / 1000)
     return {"slept_ms": value["ms"]}
 

@@ -69,8 +69,9 @@ const conformance: Record<string, (input: unknown, ctx: BlockContext) => Promise
     return untilAborted(ctx.signal);
   },
   "conf.big@1": async (input) => ({ blob: "x".repeat(Number((input as Input)["size"])) }),
-  "conf.slow@1": async (input) => {
+  "conf.slow@1": async (input, ctx) => {
     const ms = Number((input as Input)["ms"]);
+    ctx.heartbeat({ running: true }); // running here, not just recorded as started
     await sleep(ms);
     return { slept_ms: ms };
   },

@@ -83,6 +83,7 @@ func registerConformance(w *tideflow.Worker) {
 		if err := task.DecodeInput(&in); err != nil {
 			return nil, err
 		}
+		task.Heartbeat(map[string]bool{"running": true}) // running here, not just recorded as started
 		time.Sleep(time.Duration(in.Ms) * time.Millisecond)
 		return map[string]int{"slept_ms": in.Ms}, nil
 	})
