@@ -101,8 +101,9 @@ def parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--telemetry",
-        action="store_true",
-        help="tracing sampled at 1%% (to a local OTLP collector) and metrics on",
+        choices=["off", "metrics", "tracing", "both"],
+        default="off",
+        help="tracing sampled at 1%% (to a local OTLP collector), metrics on, or both",
     )
     drive = p.add_argument_group("driver and workers")
     drive.add_argument(

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from bench import load
@@ -71,9 +71,9 @@ class Setup:
     worker_concurrency: int = 200
     max_connections: int = 20
     peers: list[str] = field(default_factory=list)
-    telemetry: bool = False
-    """Tracing sampled at TRACE_SAMPLE_RATIO (to a local OTLP collector process) and metrics
-    on (a Prometheus endpoint per server process)."""
+    telemetry: Literal["off", "metrics", "tracing", "both"] = "off"
+    """Tracing sampled at TRACE_SAMPLE_RATIO (to a local OTLP collector process) and/or
+    metrics on (a Prometheus endpoint per server process)."""
 
 
 TRACE_SAMPLE_RATIO = 0.01
@@ -82,7 +82,8 @@ TRACE_SAMPLE_RATIO = 0.01
 class _Collector:
     """The OTLP collector process spans go to when telemetry is on (deploy/local/otlp.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, which: str) -> None:
+        self.which = which
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "deploy.local.otlp", "--port", str(self.port)],
@@ -94,15 +95,15 @@ class _Collector:
             raise BenchError("the OTLP collector did not start")
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "telemetry": {
-                "tracing": {
-                    "otlp_endpoint": f"127.0.0.1:{self.port}",
-                    "sample_ratio": TRACE_SAMPLE_RATIO,
-                },
-                "metrics": {"prometheus_port": 0},
+        telemetry: dict[str, Any] = {}
+        if self.which in ("tracing", "both"):
+            telemetry["tracing"] = {
+                "otlp_endpoint": f"127.0.0.1:{self.port}",
+                "sample_ratio": TRACE_SAMPLE_RATIO,
             }
-        }
+        if self.which in ("metrics", "both"):
+            telemetry["metrics"] = {"prometheus_port": 0}
+        return {"telemetry": telemetry}
 
     def stop(self) -> int:
         """Stop it; the spans it received."""
@@ -393,7 +394,8 @@ async def bench(plan: Plan, setup: Setup) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
     deployment = None
     own_postgres: PostgresServer | None = None  # with --address and --peers, for the peers
-    collector = _Collector() if setup.telemetry and setup.address is None else None
+    on = setup.telemetry != "off" and setup.address is None
+    collector = _Collector(setup.telemetry) if on else None
     if setup.address is None:
         deployment = Deployment(
             setup.topology,
@@ -434,7 +436,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             own_postgres.remove()
         if collector is not None:
             environment["telemetry"] = (
-                f"tracing sampled at {TRACE_SAMPLE_RATIO:g}, metrics on; "
+                f"{setup.telemetry} (tracing sampled at {TRACE_SAMPLE_RATIO:g}); "
                 f"{collector.stop()} spans exported"
             )
         shutil.rmtree(workdir, ignore_errors=True)

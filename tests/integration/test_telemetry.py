@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.cluster import TEST_SETTINGS
-from deploy.local.otlp import Span, running_collector
+from deploy.local.otlp import Collector, Span, running_collector
 from deploy.local.postgres import free_port
 from tests.support.cluster import Cluster, running_sqlite_cluster
 from tests.support.example_workers import ROOT
@@ -99,6 +99,15 @@ def _complete(spans: list[Span]) -> bool:
     return len(workers) == len(BLOCKS) and all(s.parent_id in ids for s in trace if s.parent_id)
 
 
+async def _whole_trace(collector: Collector) -> None:
+    try:
+        await collector.wait_for(_complete)
+    except TimeoutError:
+        starts = [s for s in collector.spans if s.name.endswith("/StartRun")]
+        trace = _of_trace(collector.spans, starts[0].trace_id) if starts else []
+        raise AssertionError(f"incomplete trace:\n{render(trace)}") from None
+
+
 async def test_one_run_is_one_trace_across_every_process(tmp_path: Path) -> None:
     async with running_collector() as (collector, address):
         settings = {
@@ -123,7 +132,7 @@ async def test_one_run_is_one_trace_across_every_process(tmp_path: Path) -> None
                 flow = f"traced_{uuid.uuid4().hex[:6]}"
                 await client.register_flow(_chain(flow, queue, "conf.echo@1"))
                 assert await client.execute_run(flow, {"n": 1}) == {"n": 1}
-            await collector.wait_for(_complete)
+            await _whole_trace(collector)
         finally:
             worker.terminate()
             worker.wait(timeout=30)

@@ -88,7 +88,6 @@ class TideflowServer:
             if internal.enabled
             else None,
             server_name=internal.server_name,
-            interceptors=observability.client_interceptors(),
         )
         self._controller: ShardController | None = None
         self._matching_engine: MatchingEngine | None = None

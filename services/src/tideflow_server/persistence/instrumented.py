@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol, cast
 
 from opentelemetry import trace
@@ -31,8 +31,12 @@ STORES: Final = (
 )
 
 
+class Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
 class Histogram(Protocol):
-    def record(self, amount: float, attributes: dict[str, str]) -> None: ...
+    def bind(self, attributes: Mapping[str, str]) -> Observer: ...
 
 
 class Counter(Protocol):
@@ -67,6 +71,7 @@ def _timed(
     operation: str, method: Callable[..., Awaitable[Any]], instruments: _Instruments
 ) -> Callable[..., Awaitable[Any]]:
     attributes = {"tideflow.operation": operation}
+    duration = instruments.duration.bind(attributes)
     error_attributes: dict[str, dict[str, str]] = {}
     span_name = f"persistence.{operation}"
 
@@ -87,7 +92,7 @@ def _timed(
             instruments.errors.add(1, labelled)
             raise
         finally:
-            instruments.duration.record(time.perf_counter() - start, attributes)
+            duration.observe(time.perf_counter() - start)
 
     return call
 

@@ -53,13 +53,13 @@ MATCHING = "matching"
 def _history_stub(channel: grpc.aio.Channel) -> history_service_pb2_grpc.HistoryServiceAsyncStub:
     # The generated stub types itself as the async variant when given an aio channel; the
     # async class exists only in the type stubs.
-    return history_service_pb2_grpc.HistoryServiceStub(channel)
+    return observability.traced(history_service_pb2_grpc.HistoryServiceStub(channel))
 
 
 def _matching_stub(
     channel: grpc.aio.Channel,
 ) -> matching_service_pb2_grpc.MatchingServiceAsyncStub:
-    return matching_service_pb2_grpc.MatchingServiceStub(channel)
+    return observability.traced(matching_service_pb2_grpc.MatchingServiceStub(channel))
 
 
 CompletionStream = StreamClient[
