@@ -89,14 +89,23 @@ def _of_trace(spans: list[Span], trace_id: str) -> list[Span]:
 
 
 def _complete(spans: list[Span]) -> bool:
-    """The run's trace is all there: three worker spans, and every parent arrived."""
+    """The run's trace is all there. Each process exports its spans in batches of its own, in
+    its own time, so wait for every kind the test looks at: an attempt, a dispatch and an
+    answer per block, and every parent."""
     starts = [s for s in spans if s.name == "tideflow.api.v1.FlowService/StartRun"]
     if not starts:
         return False
     trace = _of_trace(spans, starts[0].trace_id)
     ids = {s.span_id for s in trace}
+    names = Counter(s.name for s in trace)
     workers = [s for s in trace if s.service == "tideflow-python-worker"]
-    return len(workers) == len(BLOCKS) and all(s.parent_id in ids for s in trace if s.parent_id)
+    return (
+        len(workers) == len(BLOCKS)
+        and names["block.dispatch"] >= len(BLOCKS)
+        and names["tideflow.api.v1.FlowService/RespondBlockCompleted"] >= len(BLOCKS)
+        and names["history.decision"] >= 1 + len(BLOCKS)
+        and all(s.parent_id in ids for s in trace if s.parent_id)
+    )
 
 
 async def _whole_trace(collector: Collector) -> None:
