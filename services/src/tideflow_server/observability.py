@@ -180,21 +180,6 @@ class Telemetry:
             name, callbacks=[callback], unit=unit, description=description
         )
 
-    @contextmanager
-    def span(
-        self,
-        name: str,
-        *,
-        parent: TraceContext | None = None,
-        attributes: Mapping[str, Any] | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-    ) -> Iterator[trace.Span]:
-        """A span, current within the block; `parent` overrides the current context."""
-        with self.tracer.start_as_current_span(
-            name, context=parent, kind=kind, attributes=attributes
-        ) as span:
-            yield span
-
 
 @contextmanager
 def decision(shard_id: int, run_id: str, kind: str | None = None) -> Iterator[trace.Span]:

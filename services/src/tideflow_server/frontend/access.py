@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from tideflow.api.v1 import common_pb2
 from tideflow_server.auth import CLUSTER, ApiKeys, Principal
 from tideflow_server.auth.keys import ANONYMOUS
 from tideflow_server.frontend.rules import FLOW_SERVICE, OPERATOR_SERVICE, Rule, Scope, rule_for
@@ -18,8 +19,6 @@ from tideflow_server.rpc.errors import PermissionDenied
 from tideflow_server.rpc.interceptors import Call, Method, service_error
 
 audit_log = structlog.get_logger("tideflow.audit")
-STICKY_KIND = 2
-"""common_pb2.TASK_QUEUE_KIND_STICKY: a worker's own queue, which it names itself."""
 
 
 def public(method: Method) -> bool:
@@ -88,7 +87,11 @@ class Access:
     def _task_queue(principal: Principal, request: Any) -> None:
         queue = request.task_queue
         allowed = principal.task_queues
-        if allowed and queue.kind != STICKY_KIND and queue.name not in allowed:
+        if (
+            allowed
+            and queue.kind != common_pb2.TASK_QUEUE_KIND_STICKY
+            and queue.name not in allowed
+        ):
             raise PermissionDenied(
                 f"this key may poll {sorted(allowed)}, not {queue.name!r}",
                 reason="TASK_QUEUE_NOT_ALLOWED",

@@ -6,10 +6,10 @@ import re
 from typing import Final
 
 from tideflow.api.v1 import common_pb2, operator_service_pb2
+from tideflow_server.auth import CLUSTER
 from tideflow_server.frontend.limits import RequestLimits
 from tideflow_server.frontend.validation._checker import _Checker
 
-CLUSTER: Final = "*"
 MAX_KEY_TASK_QUEUES: Final = 100
 MAX_KEY_DESCRIPTION: Final = 1_000
 _ROLES: Final = ("", "frontend", "history", "matching")
