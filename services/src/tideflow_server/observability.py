@@ -4,9 +4,12 @@ already run.
 Each server process sets up one tracer provider and one meter provider from `telemetry`
 settings (`configure`), and the code reaches them through `telemetry()`: its tracer and the
 instruments below, named after OpenTelemetry's semantic conventions where one exists
-(`rpc.server.call.duration`) and under `tideflow.` otherwise. Until `configure` runs (and
-when tracing or metrics are off) they are OpenTelemetry's no-op implementations, so
-instrumented code never checks whether telemetry is on.
+(`rpc.server.call.duration`) and under `tideflow.` otherwise. The counters and histograms a
+run touches dozens of times are kept by prometheus_client (`FastCounter`, `FastHistogram`)
+under the names OpenTelemetry's Prometheus exporter would give them, because the
+OpenTelemetry SDK's measurements cost several times more; the gauges, read once a scrape, are
+OpenTelemetry's. Until `configure` runs (and when tracing or metrics are off) they are all
+no-ops, so instrumented code never checks whether telemetry is on.
 
 Traces cross processes as W3C `traceparent` metadata on every gRPC call (the `Tracing` layer
 reads it, the stubs of the internal calls write it: `traced`), and a block's trace
@@ -52,47 +55,93 @@ _DURATION_BUCKETS: Final = (
 )  # fmt: skip
 
 
-class FastHistogram:
-    """A histogram of per-call latencies (RPCs, store calls: a hundred and more measurements
-    per run), kept by prometheus_client in the registry the OpenTelemetry reader serves too,
-    so it is scraped from the same /metrics under its semantic-convention name. The
-    OpenTelemetry SDK's record() costs about 10 us a measurement against about 1 us here, and
-    on seq3 that difference was 15% of the throughput (docs/performance.md). Its series are
-    bound once per label set (`bind`) and then cost one observe."""
+class _Family:
+    """A metric family on the per-run path, kept by prometheus_client in the registry the
+    OpenTelemetry reader serves too, so it is scraped from the same /metrics under the name
+    OpenTelemetry's Prometheus exporter would give it (`tideflow.runs.started` becomes
+    `tideflow_runs_started_total`). The OpenTelemetry SDK's add() and record() cost 5-10 us a
+    measurement (attribute hashing, aggregation under a lock) against about 1 us here, and a
+    run makes dozens of them (docs/performance.md). Its series are kept per label values
+    (`series`), so a measurement costs one dict lookup and one observe or inc. Before
+    `enable` (metrics off) every series is a no-op."""
 
-    def __init__(self, name: str, description: str, labels: tuple[str, ...]) -> None:
+    def __init__(self, name: str, description: str, labels: tuple[str, ...] = ()) -> None:
         self.labels = labels
-        self._metric: Any = None
         self._name, self._description = name, description
+        self._metric: Any = None
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def _make(self, name: str, description: str, labels: list[str]) -> Any:
+        raise NotImplementedError
 
     def enable(self) -> None:
-        import prometheus_client  # noqa: PLC0415 - only with metrics on
-
-        self._metric = prometheus_client.Histogram(
-            self._name,
-            self._description,
-            [label.replace(".", "_") for label in self.labels],
-            buckets=_DURATION_BUCKETS,
+        self._metric = self._make(
+            self._name, self._description, [label.replace(".", "_") for label in self.labels]
         )
 
-    def bind(self, attributes: Mapping[str, Any]) -> Observer:
+    def series(self, *values: str) -> Any:
+        """The series of `values`, one for each of `labels`, in order."""
+        found = self._series.get(values)
+        if found is None:
+            if self._metric is None:
+                return _NO_SERIES
+            found = self._series[values] = self._metric.labels(*values) if values else self._metric
+        return found
+
+    def bind(self, attributes: Mapping[str, Any]) -> Any:
         """The series of `attributes` (one value for each of `labels`)."""
-        if self._metric is None:
-            return _NO_OBSERVER
-        child: Observer = self._metric.labels(*(str(attributes[k]) for k in self.labels))
-        return child
+        return self.series(*(str(attributes[k]) for k in self.labels))
+
+
+class FastHistogram(_Family):
+    """A histogram (`observe`), in seconds unless `buckets` says otherwise."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        super().__init__(name, description, labels)
+        self._buckets = buckets or _DURATION_BUCKETS
+
+    def _make(self, name: str, description: str, labels: list[str]) -> Any:
+        import prometheus_client  # noqa: PLC0415 - only with metrics on
+
+        return prometheus_client.Histogram(name, description, labels, buckets=self._buckets)
+
+    def bind(self, attributes: Mapping[str, Any]) -> Observer:
+        series: Observer = super().bind(attributes)
+        return series
+
+
+class FastCounter(_Family):
+    """A counter (`inc`); served as `<name>_total`."""
+
+    def _make(self, name: str, description: str, labels: list[str]) -> Any:
+        import prometheus_client  # noqa: PLC0415 - only with metrics on
+
+        return prometheus_client.Counter(name, description, labels)
+
+    def add(self, amount: int, attributes: Mapping[str, Any]) -> None:
+        """Count `amount` in the series of `attributes` (off the per-run path)."""
+        self.bind(attributes).inc(amount)
 
 
 class Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
-class _NoObserver:
+class _NoSeries:
     def observe(self, amount: float) -> None:
         """Metrics are off."""
 
+    def inc(self, amount: float = 1) -> None:
+        """Metrics are off."""
 
-_NO_OBSERVER: Final = _NoObserver()
+
+_NO_SERIES: Final = _NoSeries()
 
 
 class Telemetry:
@@ -102,66 +151,78 @@ class Telemetry:
         self.tracer = tracer
         self.tracing = tracing
         """Spans are recorded (and worth building attributes for)."""
-        h, c = meter.create_histogram, meter.create_counter
         self.rpc_duration = FastHistogram(
             "rpc_server_call_duration_seconds",
             "gRPC calls served, by method and status (rpc.server.call.duration)",
             ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code"),
         )
-        self.decision_duration = h(
-            "tideflow.history.decision.duration",
-            unit="s",
-            description="One history decision: load, decide, commit",
+        self.decision_duration = FastHistogram(
+            "tideflow_history_decision_duration_seconds",
+            "One history decision: load, decide, commit (tideflow.history.decision.duration)",
+            ("tideflow.decision",),
         )
-        self.commit_batch_size = h(
-            "tideflow.history.commit.batch_size",
-            unit="{decision}",
-            description="Decisions a history host commits together",
+        self.commit_batch_size = FastHistogram(
+            "tideflow_history_commit_batch_size",
+            "Decisions a history host commits together (tideflow.history.commit.batch_size)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.persistence_duration = FastHistogram(
             "tideflow_persistence_operation_duration_seconds",
             "Persistence calls, by store and operation (tideflow.persistence.operation.duration)",
             ("tideflow.operation",),
         )
-        self.persistence_errors = c(
-            "tideflow.persistence.errors",
-            unit="{error}",
-            description="Persistence calls that failed, by operation and error",
+        self.persistence_errors = FastCounter(
+            "tideflow_persistence_errors",
+            "Persistence calls that failed, by operation and error (tideflow.persistence.errors)",
+            ("tideflow.operation", "tideflow.error"),
         )
-        self.shard_movements = c(
-            "tideflow.history.shard.movements",
-            unit="{shard}",
-            description="Shards acquired and lost by this host",
+        self.shard_movements = FastCounter(
+            "tideflow_history_shard_movements",
+            "Shards acquired and lost by this host (tideflow.history.shard.movements)",
+            ("tideflow.movement",),
         )
-        self.runs_started = c(
-            "tideflow.runs.started", unit="{run}", description="Runs started, by namespace"
+        self.runs_started = FastCounter(
+            "tideflow_runs_started",
+            "Runs started, by namespace (tideflow.runs.started)",
+            ("tideflow.namespace",),
         )
-        self.runs_closed = c(
-            "tideflow.runs.closed",
-            unit="{run}",
-            description="Runs closed, by namespace and status",
+        self.runs_closed = FastCounter(
+            "tideflow_runs_closed",
+            "Runs closed, by namespace and status (tideflow.runs.closed)",
+            ("tideflow.namespace", "tideflow.status"),
         )
-        self.tasks_added = c(
-            "tideflow.matching.tasks.added",
-            unit="{task}",
-            description="Block tasks added to a task queue",
+        self.tasks_added = FastCounter(
+            "tideflow_matching_tasks_added",
+            "Block tasks added to a task queue (tideflow.matching.tasks.added)",
+            ("tideflow.task_queue", "tideflow.sync_match"),
         )
-        self.blocks_dispatched = c(
-            "tideflow.blocks.dispatched",
-            unit="{attempt}",
-            description="Block attempts handed to workers, by matching or by history directly",
+        self.blocks_dispatched = FastCounter(
+            "tideflow_blocks_dispatched",
+            "Block attempts handed to workers, by matching or by history directly"
+            " (tideflow.blocks.dispatched)",
+            ("tideflow.dispatched_by",),
         )
-        self.tasks_dispatched = c(
-            "tideflow.matching.tasks.dispatched",
-            unit="{task}",
-            description="Block tasks handed to a worker, by queue and sync match (or backlog)",
+        self.tasks_dispatched = FastCounter(
+            "tideflow_matching_tasks_dispatched",
+            "Block tasks handed to a worker, by task queue (tideflow.matching.tasks.dispatched)",
+            ("tideflow.task_queue",),
         )
-        self.schedule_to_start = h(
-            "tideflow.matching.schedule_to_start.duration",
-            unit="s",
-            description="From a block attempt's schedule to its start, by task queue",
+        self.schedule_to_start = FastHistogram(
+            "tideflow_matching_schedule_to_start_duration_seconds",
+            "From a block attempt's schedule to its start, by task queue"
+            " (tideflow.matching.schedule_to_start.duration)",
+            ("tideflow.task_queue",),
         )
         self._meter = meter
+
+    def enable(self) -> None:
+        """Create the families in prometheus_client's registry (metrics on)."""
+        import prometheus_client  # noqa: PLC0415 - only with metrics on
+
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        for family in vars(self).values():
+            if isinstance(family, _Family):
+                family.enable()
 
     def observe(
         self,
@@ -204,18 +265,14 @@ def decision(shard_id: int, run_id: str, kind: str | None = None) -> Iterator[tr
         else:
             yield trace.INVALID_SPAN
     finally:
-        attrs = _DECISION_ATTRS.get(kind)
-        if attrs is None:
-            attrs = _DECISION_ATTRS[kind] = {"tideflow.decision": kind}
-        t.decision_duration.record(time.perf_counter() - start, attrs)
+        t.decision_duration.series(kind).observe(time.perf_counter() - start)
 
 
 def dispatched(trace_context: Mapping[str, str], block_id: str, by: str) -> None:
     """A block attempt handed to a worker (by matching, or by history directly): a span in
     the run's trace, child of the decision that scheduled it."""
     t = _current
-    if _metrics_on:
-        t.blocks_dispatched.add(1, _BY[by])
+    t.blocks_dispatched.series(by).inc()
     if t.tracing and _sampled_headers(trace_context):
         attributes = {"tideflow.block_id": block_id, "tideflow.dispatched_by": by}
         with t.tracer.start_as_current_span(
@@ -254,26 +311,14 @@ def count_runs(events: Sequence[history_pb2.HistoryEvent], namespace: Callable[[
     t = _current
     for event in events:
         if event.event_type == history_pb2.EVENT_TYPE_RUN_STARTED:
-            t.runs_started.add(1, {"tideflow.namespace": namespace()})
+            t.runs_started.series(namespace()).inc()
         elif (status := _CLOSES.get(event.event_type)) is not None:
-            t.runs_closed.add(1, {"tideflow.namespace": namespace(), "tideflow.status": status})
-
-
-_ADDED: dict[tuple[str, bool], dict[str, str | bool]] = {}
-_QUEUE: dict[str, dict[str, str]] = {}
+            t.runs_closed.series(namespace(), status).inc()
 
 
 def task_added(task_queue: str, *, sync_matched: bool) -> None:
     """A block task added to a task queue: handed to a waiting poll at once, or backlogged."""
-    if not _metrics_on:
-        return
-    attrs = _ADDED.get((task_queue, sync_matched))
-    if attrs is None:
-        attrs = _ADDED[task_queue, sync_matched] = {
-            "tideflow.task_queue": task_queue,
-            "tideflow.sync_match": sync_matched,
-        }
-    _current.tasks_added.add(1, attrs)
+    _current.tasks_added.series(task_queue, "true" if sync_matched else "false").inc()
 
 
 def task_dispatched(
@@ -282,33 +327,20 @@ def task_dispatched(
     """A block task matching handed to a poll: counted, its schedule-to-start latency, and a
     span in the run's trace."""
     if _metrics_on:
-        attrs = _QUEUE.get(task_queue)
-        if attrs is None:
-            attrs = _QUEUE[task_queue] = {"tideflow.task_queue": task_queue}
         t = _current
-        t.tasks_dispatched.add(1, attrs)
+        t.tasks_dispatched.series(task_queue).inc()
         waited_ns = (
             started.started_time.ToNanoseconds()
             - started.current_attempt_scheduled_time.ToNanoseconds()
         )
-        t.schedule_to_start.record(max(0, waited_ns) / 1e9, attrs)
+        t.schedule_to_start.series(task_queue).observe(max(0, waited_ns) / 1e9)
     dispatched(started.trace_context, block_id, "matching")
-
-
-_BY: Final = {by: {"tideflow.dispatched_by": by} for by in ("matching", "history")}
 
 
 def direct_dispatched(task_queue: str, task: flow_service_pb2.PollBlockTaskResponse) -> None:
     """A task history started in its commit (direct dispatch), handed to a poll by matching."""
-    if _metrics_on:
-        attrs = _QUEUE.get(task_queue)
-        if attrs is None:
-            attrs = _QUEUE[task_queue] = {"tideflow.task_queue": task_queue}
-        _current.tasks_dispatched.add(1, attrs)
+    _current.tasks_dispatched.series(task_queue).inc()
     dispatched(task.trace_context, task.block_id, "history")
-
-
-_DECISION_ATTRS: dict[str, dict[str, str]] = {}
 
 
 _current = Telemetry(
@@ -547,8 +579,7 @@ def watch_history(read: Gauges) -> None:
 
 def shard_moved(movement: str) -> None:
     """A shard acquired, released or lost by this host."""
-    if _metrics_on:
-        _current.shard_movements.add(1, {"tideflow.movement": movement})
+    _current.shard_movements.series(movement).inc()
 
 
 def metrics_on() -> bool:
@@ -580,8 +611,7 @@ def configure(config: TelemetryConfig, *, service: str, instance: str) -> int | 
         _metrics_on = True
     _current = Telemetry(tracer, meter, tracing=config.tracing.enabled)
     if _metrics_on:
-        _current.rpc_duration.enable()
-        _current.persistence_duration.enable()
+        _current.enable()
     return port
 
 

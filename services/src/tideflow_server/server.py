@@ -334,7 +334,7 @@ def _instrumented(persistence: Persistence) -> Persistence:
     if not (t.tracing or observability.metrics_on()):
         return persistence
     if observability.metrics_on() and not GROUP_OBSERVERS:
-        GROUP_OBSERVERS.append(lambda size: t.commit_batch_size.record(size, {}))
+        GROUP_OBSERVERS.append(t.commit_batch_size.series().observe)
     return instrumented.instrument(
         persistence,
         duration=t.persistence_duration,
