@@ -142,6 +142,27 @@ async def test_namespace_create_describe_list(cluster: Cluster) -> None:
     assert "already exists" in one_line_error(again, 5)
 
 
+async def test_namespace_update_sets_retention(cluster: Cluster) -> None:
+    name = _name("ns")
+    assert (await tidectl(cluster.frontend, "default", "namespace", "create", name)).code == 0
+    updated = await tidectl(
+        cluster.frontend, name, "-o", "json", "namespace", "update", "--retention", "7d"
+    )
+    assert updated.code == 0, updated
+    assert updated.json()["config"]["retention"] == "604800s"
+    described = await tidectl(cluster.frontend, name, "-o", "json", "namespace", "describe")
+    assert described.json()["config"]["retention"] == "604800s"
+    assert described.json()["info"]["name"] == name  # nothing else changed
+    nothing = await tidectl(cluster.frontend, name, "namespace", "update")
+    assert "nothing to change" in one_line_error(nothing, 2)
+    bad = await tidectl(cluster.frontend, name, "namespace", "update", "--retention", "soon")
+    assert "--retention 'soon'" in one_line_error(bad, 2)
+    missing = await tidectl(
+        cluster.frontend, "default", "namespace", "update", _name("nope"), "--retention", "1d"
+    )
+    assert "not found" in one_line_error(missing, 3)
+
+
 async def test_flow_register_yaml_and_json_describe_list(env: Env) -> None:
     yaml_name = _name("yflow")
     path = env.tmp / "flow.yaml"

@@ -4,6 +4,7 @@ paged history, guards, rate limits and task queue descriptions."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -337,3 +338,91 @@ async def test_describe_task_queue_shows_pollers_and_backlog(
             await asyncio.sleep(0.05)
         described = await client.stub.DescribeTaskQueue(request, timeout=10)
     assert [p.identity for p in described.pollers] == ["ocr-box-1"]
+
+
+async def _deleted_at(client: Client, run_id: str, *, within_s: float = 30.0) -> float:
+    """Wall-clock time at which the run was first seen gone (DescribeRun NOT_FOUND). Polled:
+    a deletion sends no event anyone can wait for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        try:
+            await client.describe(run_id)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e
+            return time.time()
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"run {run_id} still there {within_s:g}s on")
+
+
+async def test_closed_runs_leave_when_their_retention_ends(cluster: Cluster) -> None:
+    """Retention (history/tasks/retention.py): in a namespace that keeps closed runs 2 s, a
+    closed run's execution, history and visibility row are deleted after 2 s and within a
+    bound; an open run, and a child left open by its closed parent (ABANDON), are untouched."""
+    kept = Client(cluster.frontend, namespace=f"kept-{uuid.uuid4().hex[:6]}")
+    register = flow_service_pb2.RegisterNamespaceRequest(namespace=kept.namespace)
+    register.config.retention.FromSeconds(2)
+    await kept.stub.RegisterNamespace(register, timeout=10)
+    queue, idle = f"q-{uuid.uuid4().hex[:6]}", f"idle-{uuid.uuid4().hex[:6]}"
+    done_flow, open_flow, parent_flow = _flow(), _flow(), _flow()
+    await kept.register(_one_block(done_flow, queue))
+    await kept.register(_one_block(open_flow, idle))  # nobody polls `idle`: its runs stay open
+    await kept.register(
+        {
+            "name": parent_flow,
+            "version": 1,
+            "blocks": [
+                {
+                    "id": "sub",
+                    "subflow": {
+                        "flow": open_flow,
+                        "parent_close_policy": "PARENT_CLOSE_POLICY_ABANDON",
+                    },
+                }
+            ],
+        }
+    )
+    try:
+        async with BlockWorker(cluster.frontend, queue, {"a@1": echo}, namespace=kept.namespace):
+            done, _ = await kept.start(done_flow, {"x": 1})
+            closed = await kept.close_event(done, timeout_s=30)
+        # Right after its close the run is all there.
+        assert (await kept.describe(done)).run_info.status == common_pb2.RUN_STATUS_COMPLETED
+        open_run, _ = await kept.start(open_flow, {})
+        parent, _ = await kept.start(parent_flow, {})
+        for _ in range(150):  # the child is started through the parent's outbox
+            if any(
+                e.event_type == history_pb2.EVENT_TYPE_CHILD_RUN_STARTED
+                for e in await kept.history(parent)
+            ):
+                break
+            await asyncio.sleep(0.1)
+        terminate = flow_service_pb2.TerminateRunRequest(namespace=kept.namespace, reason="stop")
+        terminate.run.run_id = parent
+        await kept.stub.TerminateRun(terminate, timeout=10)
+
+        gone = await _deleted_at(kept, done)
+        closed_s = closed.event_time.ToNanoseconds() / 1e9
+        assert gone - closed_s >= 2.0  # never before its retention
+        with pytest.raises(grpc.aio.AioRpcError) as no_history:
+            await kept.history(done)
+        assert no_history.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = await kept.stub.ListRuns(
+            flow_service_pb2.ListRunsRequest(namespace=kept.namespace, run_id=done), timeout=10
+        )
+        assert list(listed.runs) == []
+        await _deleted_at(kept, parent)
+
+        # The open run and the abandoned child are kept, whatever their age.
+        for run_id in (open_run, f"{parent}/sub"):
+            view = await kept.describe(run_id)
+            assert view.run_info.status == common_pb2.RUN_STATUS_RUNNING
+        listed = await kept.stub.ListRuns(
+            flow_service_pb2.ListRunsRequest(
+                namespace=kept.namespace, statuses=[common_pb2.RUN_STATUS_RUNNING]
+            ),
+            timeout=10,
+        )
+        assert sorted(r.run.run_id for r in listed.runs) == sorted([open_run, f"{parent}/sub"])
+    finally:
+        await kept.close()

@@ -134,6 +134,27 @@ async def test_trim_removes_batches_from_an_event_id(persistence: SqlPersistence
     assert [b.first_event_id for b in page.items] == [1, 3]
 
 
+async def test_delete_history_removes_one_execution_only(persistence: SqlPersistence) -> None:
+    """Retention's delete: every batch of the execution goes, again is a no-op, and another
+    execution's history stays."""
+    gone = await _run_with_batches(persistence, "gone", [2, 3, 1])
+    kept = await _run_with_batches(persistence, "kept", [1, 1])
+    k = key("gone", gone.execution_id)
+    await persistence.history.delete_history(k)
+    await persistence.history.delete_history(k)  # idempotent
+    page = await persistence.history.read_history(
+        k, min_event_id=1, next_event_id=gone.next_event_id, page_size=10
+    )
+    assert page.items == []
+    left = await persistence.history.read_history(
+        key("kept", kept.execution_id),
+        min_event_id=1,
+        next_event_id=kept.next_event_id,
+        page_size=10,
+    )
+    assert [b.first_event_id for b in left.items] == [1, 2]
+
+
 async def test_foreign_page_token_is_rejected(persistence: SqlPersistence) -> None:
     state = await _run_with_batches(persistence, "token", [1])
     with pytest.raises(InvalidPageToken):

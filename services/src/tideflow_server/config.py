@@ -143,6 +143,10 @@ class HistoryConfig(_Section):
     ack_interval_s: float = Field(default=1.0, gt=0)
     """How often queue ack levels are persisted and completed tasks deleted."""
     max_pending_blocks: int = Field(default=2_000, gt=0)
+    deletions_in_flight: int = Field(default=8, gt=0)
+    """Closed runs a history host deletes at once when their retention ends
+    (history/tasks/retention.py): a backlog of due deletions (after an outage, or a retention
+    shortened) drains at this pace rather than crowding out the runs being decided."""
     max_pending_children: int = Field(default=1_000, gt=0)
     """Child runs of subflow blocks open at once per run; a subflow block that would start
     one more fails (PendingChildrenLimitExceeded, catchable) instead."""

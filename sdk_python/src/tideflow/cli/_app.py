@@ -310,6 +310,39 @@ def _namespace_table(namespaces: list[flow_service_pb2.DescribeNamespaceResponse
     return table
 
 
+@namespace_app.command("update")
+def namespace_update(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Default: the --namespace.")] = None,
+    *,
+    retention: Annotated[
+        str | None,
+        typer.Option(
+            help="How long closed runs are kept, e.g. 7d, 12h, 30m (runs that close from now on)."
+        ),
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="What it is for.")] = None,
+) -> None:
+    """Change a namespace's retention or description."""
+    target = name or _settings(ctx).namespace
+
+    async def action(client: Client, settings: Settings) -> None:
+        kept = None if retention is None else _duration(retention, "--retention")
+        if kept is None and description is None:
+            fail(EXIT_USAGE, "nothing to change: give --retention or --description")
+        try:
+            reply = await client.update_namespace(target, retention=kept, description=description)
+        except errors.NotFoundError:
+            fail(EXIT_NOT_FOUND, f"namespace '{target}' not found")
+        if settings.json:
+            emit_json(render.to_dict(reply))
+        else:
+            stdout.print(f"[green]namespace {escape(target)} updated[/]")
+            stdout.print(_namespace_table([reply]))
+
+    call(ctx, action)
+
+
 @namespace_app.command("describe")
 def namespace_describe(
     ctx: typer.Context,
@@ -832,7 +865,7 @@ def _limits(config: task_queue_pb2.TaskQueueConfig) -> str:
     return "; ".join(parts)
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
 
 def _pairs(values: list[str], option: str, parse: Callable[[str], T]) -> dict[str, T]:
@@ -855,7 +888,7 @@ def _duration(text: str, option: str) -> timedelta:
             with contextlib.suppress(ValueError):
                 return timedelta(seconds=float(text[: -len(unit)]) * _DURATION_UNITS[unit])
             break
-    fail(EXIT_USAGE, f"{option} {text!r}: expected a duration such as 2s, 500ms or 1m")
+    fail(EXIT_USAGE, f"{option} {text!r}: expected a duration such as 2s, 500ms, 1m, 12h or 7d")
 
 
 @taskqueue_app.command("config")

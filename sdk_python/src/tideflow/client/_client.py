@@ -175,6 +175,26 @@ class Client:
         reply = await self._call(self._stub.RegisterNamespace, request)
         return reply.info
 
+    async def update_namespace(
+        self,
+        name: str | None = None,
+        *,
+        retention: timedelta | None = None,
+        description: str | None = None,
+    ) -> flow_service_pb2.DescribeNamespaceResponse:
+        """Change `name`'s (default: this client's namespace) retention (it applies to runs
+        that close from now on) and description; only what is given changes. Returns the
+        namespace as it now stands."""
+        request = flow_service_pb2.UpdateNamespaceRequest(namespace=name or self.namespace)
+        if retention is not None:
+            request.config.retention.FromTimedelta(retention)
+            request.update_mask.paths.append("config.retention")
+        if description is not None:
+            request.info.description = description
+            request.update_mask.paths.append("info.description")
+        reply = await self._call(self._stub.UpdateNamespace, request)
+        return flow_service_pb2.DescribeNamespaceResponse(info=reply.info, config=reply.config)
+
     async def describe_namespace(
         self, name: str | None = None
     ) -> flow_service_pb2.DescribeNamespaceResponse:

@@ -3,6 +3,10 @@ the failures the engine records for errors it decided itself."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
+from google.protobuf import duration_pb2
+
 from tideflow.api.v1 import blueprint_pb2, common_pb2, failure_pb2, history_pb2
 from tideflow_server.history import blocks
 from tideflow_server.history.interpreter import BlockError
@@ -91,6 +95,20 @@ def close_run(
     step.add_transfer().close_execution.SetInParent()
     if info.HasField("parent"):
         step.add_transfer().child_closed.SetInParent()
+    step.closes = True
+
+
+def arm_deletion(step: RunStep, retention: duration_pb2.Duration) -> None:
+    """The closed run's deletion (history/tasks/retention.py), a timer at its close time plus
+    `retention` (its namespace's, as it stands at the close); none when retention is zero.
+
+    Armed in the commit that closes the run, after every transfer task of that commit, so its
+    task id is above theirs: the deletion waits until they are delivered (the close's
+    visibility row, the report to a parent)."""
+    if not step.closes or not (retention.seconds or retention.nanos):
+        return
+    closed_at = step.info.close_time.ToDatetime(tzinfo=UTC)
+    step.add_timer(closed_at + retention.ToTimedelta()).delete_history.SetInParent()
 
 
 def _close_children(step: RunStep) -> None:

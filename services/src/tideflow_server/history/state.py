@@ -35,6 +35,9 @@ class RunStep:
         # The run's block timer row this step arms (blocks.arm_block_timer), if any: its task
         # id goes into the state's `block_timer` when the commit allocates it.
         self.block_timer: records_pb2.TimerTask | None = None
+        # This step closes the run (closing.close_run): its commit arms the run's deletion
+        # for when the namespace's retention ends (closing.arm_deletion).
+        self.closes = False
 
     @property
     def info(self) -> records_pb2.RunExecutionInfo:

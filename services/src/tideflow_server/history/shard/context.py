@@ -22,7 +22,7 @@ import structlog
 from tideflow.api.v1 import history_pb2, namespace_pb2
 from tideflow_server import observability
 from tideflow_server.config import HistoryConfig
-from tideflow_server.history import blocks
+from tideflow_server.history import blocks, closing
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.shard.execution import Execution
@@ -35,7 +35,7 @@ from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.manager import LoadedExecution, PersistenceManager, ShardLease
-from tideflow_server.persistence.records import CreateMode, FlowCheck
+from tideflow_server.persistence.records import CreateMode, ExecutionKey, FlowCheck
 from tideflow_server.rpc.clients import HistoryClient, MatchingClient
 from tideflow_server.rpc.errors import NotFound, Unavailable
 from tideflow_server.taskqueue_configs import TaskQueueConfigs
@@ -67,6 +67,7 @@ class ShardContext:
         visibility: VisibilityWriter | None = None,
         direct: DirectDispatch | None = None,
         task_queues: TaskQueueConfigs | None = None,
+        deletions: asyncio.Semaphore | None = None,
     ) -> None:
         self.lease = lease
         self.manager = manager
@@ -79,6 +80,7 @@ class ShardContext:
         self.visibility = visibility or VisibilityWriter(manager.persistence.visibility)
         self.direct = direct
         self.task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
+        self.deletions = deletions or asyncio.Semaphore(config.deletions_in_flight)
         self._on_lost = on_lost
         self._timer_executor = timer_executor
         self._transfer_executor = transfer_executor
@@ -144,6 +146,27 @@ class ShardContext:
         for key in itertools.islice(list(self._cache), excess):
             if not self._cache[key].lock.locked():
                 del self._cache[key]
+
+    async def delete_execution(self, entry: Execution) -> None:
+        """Delete the execution (the caller holds `entry.lock`): its visibility row, its
+        history, then its row and pointer, last, so that a deletion cut short is found and done
+        again by the timer that asked for it. Each store call is idempotent."""
+        key = ExecutionKey(self.shard_id, entry.namespace_id, entry.run_id, entry.execution_id)
+        persistence = self.manager.persistence
+        try:
+            await persistence.visibility.delete_run(entry.namespace_id, entry.execution_id)
+            await persistence.history.delete_history(key)
+            await persistence.executions.delete_execution(key)
+        except store.PersistenceError as e:
+            raise Unavailable(str(e)) from e
+        entry.loaded = None
+        self._cache.pop((entry.namespace_id, entry.run_id, entry.execution_id), None)
+        if self._current.get((entry.namespace_id, entry.run_id)) == entry.execution_id:
+            del self._current[(entry.namespace_id, entry.run_id)]
+
+    def outbox_done_through(self, task_id: int) -> bool:
+        """Every outbox (transfer) task with an id up to `task_id` is delivered."""
+        return self.transfer is not None and self.transfer.done_through(task_id)
 
     async def current_execution_id(self, namespace_id: str, run_id: str) -> str:
         key = (namespace_id, run_id)
@@ -300,15 +323,18 @@ class ShardContext:
                 step, pending, scheduled
             )
 
-    async def _namespace_limits(self, step: RunStep) -> namespace_pb2.NamespaceLimits:
-        """The run's namespace's own limits, which the manager applies under the server's
-        (the namespace cache answers from memory but once every few seconds)."""
-        return (await self.namespaces.by_id(step.info.namespace_id)).config.limits
+    async def _namespace_config(self, step: RunStep) -> namespace_pb2.NamespaceConfig:
+        """The run's namespace's config (the namespace cache answers from memory but once
+        every few seconds): its own limits, which the manager applies under the server's, and
+        its retention, which a step that closes the run arms the run's deletion with."""
+        config = (await self.namespaces.by_id(step.info.namespace_id)).config
+        closing.arm_deletion(step, config.retention)
+        return config
 
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
         self._before_write(step)
-        own_limits = await self._namespace_limits(step)
+        own_limits = (await self._namespace_config(step)).limits
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -361,7 +387,7 @@ class ShardContext:
         flow_check: FlowCheck | None,
     ) -> None:
         self._before_write(step)
-        own_limits = await self._namespace_limits(step)
+        own_limits = (await self._namespace_config(step)).limits
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(

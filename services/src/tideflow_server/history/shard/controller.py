@@ -67,6 +67,7 @@ class ShardController:
         self._host_id = ""
         self._flows = FlowCache(manager, limits=blueprint_limits)
         self._visibility = VisibilityWriter(manager.persistence.visibility)
+        self._deletions = asyncio.Semaphore(config.deletions_in_flight)
         self._direct = DirectDispatch() if config.direct_dispatch else None
         self._task_queues = task_queues or TaskQueueConfigs(manager.persistence.tasks)
         self._shards: dict[int, ShardContext] = {}
@@ -151,6 +152,7 @@ class ShardController:
             timer_executor=self._timer_executor,
             transfer_executor=self._transfer_executor,
             visibility=self._visibility,
+            deletions=self._deletions,
             direct=self._direct,
             task_queues=self._task_queues,
         )

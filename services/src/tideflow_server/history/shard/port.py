@@ -9,6 +9,7 @@ importing them: server.py hands them to the ShardController, which gives them to
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeAlias, TypeVar
@@ -47,6 +48,8 @@ class Shard(Protocol):
     direct: DirectDispatch | None
     task_queues: TaskQueueConfigs
     """Where a block task is added: its queue's partition count."""
+    deletions: asyncio.Semaphore
+    """Closed runs this host deletes at once (retention); shared by its shards."""
     lost: bool
 
     @property
@@ -90,6 +93,15 @@ class Shard(Protocol):
         flow_check: FlowCheck | None = None,
     ) -> None:
         """Commit a new execution (the caller holds `entry.lock`)."""
+        ...
+
+    async def delete_execution(self, entry: Execution) -> None:
+        """Delete a closed execution: its visibility row, history, row and pointer (the
+        caller holds `entry.lock`)."""
+        ...
+
+    def outbox_done_through(self, task_id: int) -> bool:
+        """Every outbox (transfer) task with an id up to `task_id` is delivered."""
         ...
 
     async def scheduled_event(

@@ -141,6 +141,15 @@ class TransferQueue:
             return 0.0, 0
         return max(0.0, time.monotonic() - min(self._since.values())), len(self._since)
 
+    def done_through(self, task_id: int) -> bool:
+        """Every task with an id up to `task_id` is delivered (or was never committed): what
+        earlier owners left is read, none of those ids is in delivery, and no commit that may
+        still write one is in flight."""
+        if not self._scanned or any(pending <= task_id for pending in self._pending):
+            return False
+        inflight = self._shard.min_inflight_task_id()
+        return inflight is None or inflight > task_id
+
     def _ackable(self) -> int:
         """The highest id with every task at or below it delivered (or never committed)."""
         if not self._scanned:

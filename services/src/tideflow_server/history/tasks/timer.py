@@ -11,6 +11,7 @@ from tideflow_server.history.interpreter import TimerFired
 from tideflow_server.history.shard.execution import Execution
 from tideflow_server.history.shard.port import Shard
 from tideflow_server.history.state import RunStep
+from tideflow_server.history.tasks import retention
 from tideflow_server.internal.v1 import matching_service_pb2, records_pb2
 from tideflow_server.rpc.errors import NotFound
 
@@ -32,6 +33,8 @@ async def fire(shard: Shard, timer: records_pb2.TimerTask) -> None:
             await _run_timeout(shard, timer)
         elif kind == "user_timer":
             await _user_timer(shard, timer)
+        elif kind == "delete_history":
+            await retention.delete(shard, timer)
     except NotFound:
         log.debug("timer for a run that is gone", run_id=timer.run_id, task_id=timer.task_id)
         return  # the run is gone: nothing left to time out
