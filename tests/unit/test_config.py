@@ -37,6 +37,28 @@ def test_yaml_overrides_defaults_and_environment_overrides_yaml(
     assert load_settings(config).cluster.history_shard_count == 32
 
 
+def test_config_files_layer_key_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config base.yaml --config persistence.yaml` (deploy/k8s): the later file changes only
+    the keys it names, at any depth; the environment still wins over both."""
+    base, layer = tmp_path / "base.yaml", tmp_path / "persistence.yaml"
+    base.write_text(
+        "persistence:\n  backend: postgres\n  postgres:\n    max_connections: 7\n"
+        "cluster:\n  history_shard_count: 8\n"
+    )
+    layer.write_text("persistence:\n  postgres:\n    dsn: postgresql://a@h/db\n")
+    settings = load_settings([base, layer])
+    assert settings.persistence.backend == "postgres"
+    assert settings.persistence.postgres.max_connections == 7
+    assert settings.persistence.postgres.dsn == "postgresql://a@h/db"
+    assert settings.cluster.history_shard_count == 8
+    layer.write_text("cluster:\n  history_shard_count: 16\n")
+    assert load_settings([base, layer]).cluster.history_shard_count == 16
+    monkeypatch.setenv("TIDEFLOW_PERSISTENCE__POSTGRES__MAX_CONNECTIONS", "9")
+    assert load_settings([base, layer]).persistence.postgres.max_connections == 9
+    with pytest.raises(FileNotFoundError):
+        load_settings([base, tmp_path / "missing.yaml"])
+
+
 def test_unknown_keys_and_bad_values_are_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("persistence:\n  backend: mysql\n")

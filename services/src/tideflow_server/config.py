@@ -1,8 +1,11 @@
-"""Server configuration, layered: defaults < YAML file < environment (`TIDEFLOW_...`, nested
-with `__`, e.g. `TIDEFLOW_PERSISTENCE__BACKEND=postgres`)."""
+"""Server configuration, layered: defaults < YAML files, in order < environment (`TIDEFLOW_...`,
+nested with `__`, e.g. `TIDEFLOW_PERSISTENCE__BACKEND=postgres`). Files merge key by key at
+every depth, so a later one (say a deployment's `persistence.yaml`) changes only what it
+names of an earlier one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
@@ -379,7 +382,7 @@ class Settings(BaseSettings):
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 
-    yaml_file: ClassVar[Path | None] = None
+    yaml_files: ClassVar[tuple[Path, ...]] = ()
 
     @classmethod
     def settings_customise_sources(
@@ -391,18 +394,29 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_file))
+        if cls.yaml_files:
+            sources.append(
+                YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_files, deep_merge=True)
+            )
         return tuple(sources)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load settings from defaults, then `config_file` (YAML), then the environment."""
-    if config_file is not None and not config_file.is_file():
-        raise FileNotFoundError(f"config file {config_file} does not exist")
+def load_settings(config_files: Path | Sequence[Path] | None = None, **overrides: Any) -> Settings:
+    """Load settings from defaults, then `config_files` (YAML, merged in order), then the
+    environment."""
+    files = (
+        ()
+        if config_files is None
+        else (config_files,)
+        if isinstance(config_files, Path)
+        else tuple(config_files)
+    )
+    for config_file in files:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
 
     class _FromFile(Settings):
-        yaml_file = config_file
+        yaml_files = files
 
     loaded = _FromFile(**overrides)
     return Settings.model_validate(loaded.model_dump())

@@ -123,15 +123,24 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> str:
     return key
 
 
+def _config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="YAML config (deploy/config/*.yaml); again to layer more, later files win",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tideflow-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     schema_cmd = commands.add_parser("schema", help="set up or update the database schema")
     schema_cmd.add_argument("action", choices=["setup", "update", "version"])
-    schema_cmd.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+    _config_option(schema_cmd)
 
     start = commands.add_parser("start", help="run some or all roles on a configured backend")
-    start.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+    _config_option(start)
     start.add_argument(
         "--roles",
         default=",".join(ROLES),
@@ -144,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     create = auth_commands.add_parser(
         "create-key", help="make an API key (the first cluster admin key, say) and print it"
     )
-    create.add_argument("--config", type=Path, help="YAML config (deploy/config/*.yaml)")
+    _config_option(create)
     create.add_argument("--namespace", default=CLUSTER, help="a namespace, or '*' (cluster)")
     create.add_argument("--role", choices=[r.label for r in Role], default="admin")
     create.add_argument("--task-queue", action="append", help="a worker key's queue (repeat)")
