@@ -6,10 +6,14 @@ row here) fails the suite. Admin actions and terminations leave audit records.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,8 +38,10 @@ from tideflow.errors import PermissionDeniedError, UnauthenticatedError
 from tideflow.worker import Worker, block
 from tideflow_server.auth import Role
 from tideflow_server.frontend.rules import RULES, Scope
+from workers.ml_model.build import build
 
 NS, OTHER = "ns-a", "ns-b"
+REPO = Path(__file__).resolve().parents[2]
 QUEUE = "q"
 SERVICES = {
     "tideflow.api.v1.FlowService": flow_service_pb2.DESCRIPTOR.services_by_name["FlowService"],
@@ -346,6 +352,44 @@ async def test_a_worker_key_runs_blocks_only_on_its_task_queues(world: World) ->
     with pytest.raises(UnauthenticatedError):
         async with await Client.connect(address, namespace=NS) as anonymous:
             await anonymous.describe_namespace(NS)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_model_worker_serves_with_a_worker_key(world: World, tmp_path: Path) -> None:
+    """The model worker (deploy/k8s/workers' GPU example) takes its key from
+    TIDEFLOW_API_KEY, as a Secret hands it over."""
+    model = build(tmp_path / "digits.onnx")
+    queue = "other"  # a queue the worker key names
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.ml_model",
+        "--address", world.cluster.frontend, "--namespace", NS, "--task-queue", queue,
+        "--model", str(model), "--provider", "cpu", "--max-batch", "1",
+        cwd=REPO,
+        env={**os.environ, "TIDEFLOW_API_KEY": world.keys[f"{NS}-worker"]},
+    )  # fmt: skip
+    try:
+        async with await Client.connect(
+            world.cluster.frontend, api_key=world.keys[f"{NS}-writer"], namespace=NS
+        ) as writer:
+            flow = f"m_{uuid.uuid4().hex[:6]}"
+            await writer.register_flow(
+                {
+                    "name": flow,
+                    "task_queue": queue,
+                    "timeouts": {"start_to_close": "30s"},
+                    "blocks": [
+                        {"id": "p", "external": {"block": "model.predict@1"}, "input": "${input}"}
+                    ],
+                    "output": "${blocks.p.output}",
+                }
+            )
+            run = await writer.start_run(flow, {"model": "digits", "features": [0.0] * 64})
+            result = await run.result(timeout=60)
+        assert result["model"] == "digits"
+        assert 0 <= result["label"] <= 9
+    finally:
+        process.kill()
+        await process.wait()
 
 
 def _audit_records(cluster: Cluster) -> list[str]:

@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="default")
     p.add_argument("--task-queue", default="ml")
     p.add_argument("--identity", help="default host:pid")
+    p.add_argument("--api-key", default=os.environ.get("TIDEFLOW_API_KEY", ""), help="a worker key")
     p.add_argument(
         "--model", type=Path, help=f"an ONNX file (default: {DEFAULT_MODEL}, built when missing)"
     )
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout_s=args.drain_timeout_s,
         stats_interval_s=args.stats_interval_s,
         stats_file=args.stats_file,
+        api_key=args.api_key,
     )
     asyncio.run(_serve(ModelWorker(model, options)))
     return 0

@@ -72,6 +72,12 @@ class Options:
     drain_timeout_s: float = 30.0
     stats_interval_s: float = 10.0
     stats_file: Path | None = None
+    api_key: str = ""
+    """A worker key of the namespace, for a cluster with auth on (sent as a bearer token)."""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
 
 @dataclass
@@ -236,7 +242,9 @@ class ModelWorker:
             # A slot before the poll: a task never arrives with nowhere to go.
             await self._slots.acquire()
             try:
-                task = await self.stub.PollBlockTask(request, timeout=_POLL_TIMEOUT_S)
+                task = await self.stub.PollBlockTask(
+                    request, timeout=_POLL_TIMEOUT_S, metadata=self.options.metadata
+                )
             except grpc.aio.AioRpcError as e:
                 self._slots.release()
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -333,7 +341,9 @@ class ModelWorker:
         batch = flow_service_pb2.RespondBlockCompletedBatchRequest(completions=requests)
         answer = await self._call(
             "RespondBlockCompletedBatch",
-            lambda: self.stub.RespondBlockCompletedBatch(batch, timeout=_RPC_TIMEOUT_S),
+            lambda: self.stub.RespondBlockCompletedBatch(
+                batch, timeout=_RPC_TIMEOUT_S, metadata=self.options.metadata
+            ),
         )
         if answer is None:
             return
@@ -389,7 +399,9 @@ class ModelWorker:
         )
         answer = await self._call(
             "RespondBlockFailed",
-            lambda: self.stub.RespondBlockFailed(request, timeout=_RPC_TIMEOUT_S),
+            lambda: self.stub.RespondBlockFailed(
+                request, timeout=_RPC_TIMEOUT_S, metadata=self.options.metadata
+            ),
         )
         if answer is not None:
             self.stats.failed += 1
