@@ -11,18 +11,23 @@ BUF    := node_modules/.bin/buf
 GO_DIR := workers/go
 NODE_DIR := workers/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+KUSTOMIZE := $(VENV)/bin/kustomize
 
 .PHONY: setup proto proto-check buf-lint buf-breaking lint typecheck pytest test clean demo dev bench \
         go-test go-build node-test node-build demo-polyglot
 
 ## setup: create .venv and install both distributions and the dev tools, pinned by constraints.txt
-setup: $(STAMP) $(BUF) $(NODE_STAMP)
+setup: $(STAMP) $(BUF) $(NODE_STAMP) $(KUSTOMIZE)
 
 $(STAMP): constraints.txt requirements-dev.txt requirements-bench.txt requirements-workers.txt sdk_python/pyproject.toml services/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q --disable-pip-version-check \
 	    -e 'sdk_python[cli]' -e services -r requirements-dev.txt
 	touch $@
+
+# kustomize, pinned by tools/kustomize/go.sum, renders deploy/k8s (tests/unit/test_k8s_manifests.py)
+$(KUSTOMIZE): tools/kustomize/go.mod tools/kustomize/go.sum | $(STAMP)
+	cd tools/kustomize && go build -o $(CURDIR)/$(KUSTOMIZE) sigs.k8s.io/kustomize/kustomize/v5
 
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
