@@ -323,18 +323,19 @@ class ShardContext:
                 step, pending, scheduled
             )
 
-    async def _namespace_config(self, step: RunStep) -> namespace_pb2.NamespaceConfig:
-        """The run's namespace's config (the namespace cache answers from memory but once
-        every few seconds): its own limits, which the manager applies under the server's, and
-        its retention, which a step that closes the run arms the run's deletion with."""
+    async def _apply_namespace(self, step: RunStep) -> namespace_pb2.NamespaceLimits:
+        """What the run's namespace adds to the step's write (its record comes from the
+        namespace cache, from memory but once every few seconds): the run's deletion when
+        the step closes it (its retention), and the limits the manager applies under the
+        server's, returned."""
         config = (await self.namespaces.by_id(step.info.namespace_id)).config
         closing.arm_deletion(step, config.retention)
-        return config
+        return config.limits
 
     async def _commit(self, entry: Execution, step: RunStep) -> None:
         assert entry.loaded is not None
         self._before_write(step)
-        own_limits = (await self._namespace_config(step)).limits
+        own_limits = await self._apply_namespace(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.update_execution(
@@ -387,7 +388,7 @@ class ShardContext:
         flow_check: FlowCheck | None,
     ) -> None:
         self._before_write(step)
-        own_limits = (await self._namespace_config(step)).limits
+        own_limits = await self._apply_namespace(step)
         async with self._allocating(step):
             try:
                 loaded = await self.manager.create_execution(
