@@ -38,6 +38,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
 
 
+def _backends(text: str) -> list[Backend]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give one or more of {', '.join(BACKENDS)}, each once"
+        )
+    return cast(list[Backend], names)
+
+
 def _list(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
     def parse_list(text: str) -> list[T]:
         return [parse(item) for item in text.split(",") if item.strip()]
@@ -62,7 +72,10 @@ def parser() -> argparse.ArgumentParser:
     where = p.add_argument_group("what runs where")
     where.add_argument("--topology", choices=TOPOLOGIES, default="split")
     where.add_argument(
-        "--backend", choices=BACKENDS, help="default: sqlite for dev, postgres otherwise"
+        "--backend",
+        type=_backends,
+        help="default: sqlite for dev, postgres otherwise; several (postgres,cassandra) run the"
+        " same plan on each in turn and compare them with the first",
     )
     where.add_argument("--history", type=int, default=1, help="history processes (cluster)")
     where.add_argument("--matching", type=int, default=1, help="matching processes (cluster)")
@@ -214,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         window_s=args.window_s,
         drain_s=args.drain_s,
     )
+    backends = args.backend or [DEFAULT_BACKEND[topology]]
     setup = Setup(
         topology=topology,
-        backend=cast(Backend, args.backend or DEFAULT_BACKEND[topology]),
+        backend=backends[0],
+        also=backends[1:],
         shards=args.shards or (4 if topology == "dev" else 16),
         history=args.history,
         matching=args.matching,
@@ -242,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return run_model(args, setup)
-    if topology == "cluster" and setup.backend == "sqlite":
+    if setup.also and (args.peers or args.address):
+        print("python -m bench: several backends run without peers or --address", file=sys.stderr)
+        return 2
+    if topology == "cluster" and "sqlite" in backends:
         print(
             "python -m bench: the cluster topology runs on postgres or cassandra", file=sys.stderr
         )

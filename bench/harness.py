@@ -16,7 +16,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, cast
@@ -57,6 +57,9 @@ class Setup:
     topology: Topology
     backend: Backend
     shards: int
+    also: list[Backend] = field(default_factory=list)
+    """More backends to run the same plan on, one after another, after `backend` (each a
+    fresh deployment; the report compares them with the first)."""
     history: int = 1
     matching: int = 1
     address: str | None = None
@@ -271,7 +274,12 @@ async def measure_tideflow(
 
 
 async def run_tideflow(
-    plan: Plan, setup: Setup, deployment: Deployment | None, workdir: Path
+    plan: Plan,
+    setup: Setup,
+    deployment: Deployment | None,
+    workdir: Path,
+    *,
+    system: str = "tideflow",
 ) -> SystemRun:
     scenario = SCENARIOS[plan.scenario]
     groups: list[Tracked] = []
@@ -345,7 +353,7 @@ async def run_tideflow(
             " normal queue, over every phase)"
         )
     return SystemRun(
-        system="tideflow",
+        system=system,
         version=info.server_version,
         scenario=plan.scenario,
         sequential_ms=sequential,
@@ -387,6 +395,41 @@ async def run_peers(
     return runs, errors
 
 
+def _deployment(setup: Setup, collector: _Collector | None, backend: Backend) -> Deployment:
+    return Deployment(
+        setup.topology,
+        backend,
+        shard_count=setup.shards,
+        history_processes=setup.history,
+        matching_processes=setup.matching,
+        # The server's own defaults, not the tests' fast membership.
+        settings=collector.settings() if collector is not None else {},
+        max_connections=setup.max_connections,
+        with_postgres=bool(setup.peers),
+    )
+
+
+async def _other_backends(
+    plan: Plan, setup: Setup, collector: _Collector | None, workdir: Path
+) -> list[SystemRun]:
+    """The same plan on each of `setup.also`, one fresh deployment after another."""
+    runs: list[SystemRun] = []
+    for backend in setup.also:
+        deployment = _deployment(setup, collector, backend)
+        try:
+            logger.info("starting %s topology on %s", setup.topology, backend)
+            await deployment.start()
+            again = replace(setup, backend=backend)
+            name = f"tideflow on {backend}"
+            runs.append(await run_tideflow(plan, again, deployment, workdir, system=name))
+        except Exception:
+            sys.stderr.write(deployment.logs() + "\n")
+            raise
+        finally:
+            deployment.stop()
+    return runs
+
+
 async def bench(plan: Plan, setup: Setup) -> Report:
     if setup.peers:
         load_peers(setup.peers)  # fail before starting anything
@@ -397,28 +440,24 @@ async def bench(plan: Plan, setup: Setup) -> Report:
     on = setup.telemetry != "off" and setup.address is None
     collector = _Collector(setup.telemetry) if on else None
     if setup.address is None:
-        deployment = Deployment(
-            setup.topology,
-            setup.backend,
-            shard_count=setup.shards,
-            history_processes=setup.history,
-            matching_processes=setup.matching,
-            # The server's own defaults, not the tests' fast membership.
-            settings=collector.settings() if collector is not None else {},
-            max_connections=setup.max_connections,
-            with_postgres=bool(setup.peers),
-        )
+        deployment = _deployment(setup, collector, setup.backend)
     try:
         if deployment is not None:
             logger.info("starting %s topology on %s", setup.topology, setup.backend)
             await deployment.start()
+        named = f"tideflow on {setup.backend}" if setup.also else "tideflow"
         try:
-            tideflow = await run_tideflow(plan, setup, deployment, workdir)
+            tideflow = await run_tideflow(plan, setup, deployment, workdir, system=named)
         except Exception:
             if deployment is not None:
                 sys.stderr.write(deployment.logs() + "\n")
             raise
         peers: list[SystemRun] = []
+        if setup.also:
+            assert deployment is not None  # --address measures one cluster
+            deployment.stop()  # each backend gets the machine to itself
+            deployment = None
+            peers += await _other_backends(plan, setup, collector, workdir)
         errors: dict[str, str] = {}
         if setup.peers:
             if deployment is not None:
@@ -428,7 +467,8 @@ async def bench(plan: Plan, setup: Setup) -> Report:
             else:
                 peer_postgres = own_postgres = PostgresServer(durable=True).start()
             dsn = peer_postgres.dsn("postgres")
-            peers, errors = await run_peers(plan, setup.peers, dsn, workdir)
+            measured, errors = await run_peers(plan, setup.peers, dsn, workdir)
+            peers += measured
     finally:
         if deployment is not None:
             deployment.stop()
@@ -446,7 +486,7 @@ async def bench(plan: Plan, setup: Setup) -> Report:
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         scenario=plan.scenario,
         topology=setup.topology if setup.address is None else "existing",
-        backend=setup.backend,
+        backend="+".join([setup.backend, *setup.also]),
         plan={
             **asdict(plan),
             **{k: v for k, v in asdict(setup).items() if k.startswith(("driver", "worker"))},

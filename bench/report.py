@@ -405,10 +405,12 @@ def _markdown(report: Report) -> str:
     )
     database = {
         "sqlite": "SQLite has no commit counter here (PG commits: -).",
-        "cassandra": "PG commits count PostgreSQL visibility only; Cassandra writes: n/a.",
-    }.get(report.backend)
-    if database:
-        out += ["", database]
+        "cassandra": "On Cassandra, PG commits count PostgreSQL visibility only; Cassandra"
+        " writes: n/a.",
+    }
+    for backend in report.backend.split("+"):
+        if backend in database:
+            out += ["", database[backend]]
     out += _slowest_seconds(report.systems)
     out += _cpu_table(report.systems)
     if len(report.systems) > 1:
@@ -499,13 +501,13 @@ def _ratios(systems: Sequence[SystemSummary]) -> list[str]:
             )
     out = [
         "",
-        "## Tideflow / peers",
+        f"## {tideflow.system} / others",
         "",
-        "Throughput ratio above 1 and median-latency ratio below 1 favour Tideflow. Same scenario,"
-        " load plan, machine and PostgreSQL; the systems ran one after another.",
+        f"Throughput ratio above 1 and median-latency ratio below 1 favour {tideflow.system}."
+        " Same scenario, load plan and machine; the systems ran one after another.",
         "",
     ]
     return out + _table(
-        ["peer", "window", "runs/s Tideflow / peer (ratio)", "p50 ms Tideflow / peer", "p50 ratio"],
+        ["other", "window", "runs/s first / other (ratio)", "p50 ms first / other", "p50 ratio"],
         rows,
     )
