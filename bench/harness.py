@@ -17,13 +17,14 @@ import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from itertools import count
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from bench import load
-from bench.probes import CpuProbe, PostgresProbe, Tracked
+from bench.probes import CpuProbe, PostgresProbe, Tracked, jit_seconds
 from bench.report import Report, SystemRun, Window, distribution, summarise_system
 from bench.scenarios import SCENARIOS
 from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare, sticky_counts
@@ -201,14 +202,53 @@ class _Edges:
             self.db_delta = PostgresProbe.delta(self._db, await self.postgres.read())
 
 
+JIT_SETTLE_INFLIGHT = 40
+JIT_SETTLE_STEP_S = 5.0
+JIT_SETTLED_SHARE = 0.03
+"""A JVM's JIT has settled when its compiler threads use under 3% of a core over a step."""
+JIT_SETTLE_MAX_S = 240.0
+
+
+async def settle_jit(run_once: load.RunOnce, jvm: int, *, tag: str) -> float:
+    """Run load until the JVM's JIT compilers go quiet (a fresh Cassandra spends half its CPU
+    compiling for its first minutes under load, which a long-running node does not); the
+    seconds it took."""
+    stop = asyncio.Event()
+    keys = count()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await run_once(f"{tag}-jit-{next(keys)}")
+
+    began = time.monotonic()
+    loops = [asyncio.create_task(loop()) for _ in range(JIT_SETTLE_INFLIGHT)]
+    try:
+        before = jit_seconds(jvm)
+        while time.monotonic() - began < JIT_SETTLE_MAX_S:
+            await asyncio.sleep(JIT_SETTLE_STEP_S)
+            now = jit_seconds(jvm)
+            if now - before < JIT_SETTLED_SHARE * JIT_SETTLE_STEP_S:
+                break
+            before = now
+    finally:
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+    settled = time.monotonic() - began
+    logger.info("JIT settled after %.0f s of load (%d runs)", settled, next(keys))
+    return settled
+
+
 async def measure_tideflow(
     run_once: load.RunOnce,
     plan: Plan,
     workers: WorkerProcesses,
     cpu: CpuProbe,
     postgres: PostgresProbe | None,
-) -> tuple[list[float], list[float], list[Window]]:
-    """Sequential phase and every window; (sequential ms, their schedule-to-start ms, windows)."""
+    *,
+    jvm: int | None = None,
+) -> tuple[list[float], list[float], list[Window], float | None]:
+    """Sequential phase and every window, after the JIT of `jvm` (a Cassandra node) settled;
+    (sequential ms, their schedule-to-start ms, windows, seconds the JIT took to settle)."""
     tag = uuid.uuid4().hex[:8]
     for number in range(plan.warmup_runs):
         key = f"{tag}-warmup-{number}"
@@ -221,6 +261,7 @@ async def measure_tideflow(
                 f"warm-up run {key} did not complete within {WARMUP_RUN_TIMEOUT_S:.0f}s:"
                 " the cluster is not running blocks (its logs are above)"
             )
+    settled = None if jvm is None else await settle_jit(run_once, jvm, tag=tag)
     await workers.schedule_to_start([])  # forget the warm-up's samples
     sequential = await load.sequential(run_once, plan.sequential_runs, prefix=f"{tag}-seq")
     sequential_s2s = await workers.schedule_to_start(sequential.completed_keys)
@@ -270,7 +311,7 @@ async def measure_tideflow(
             window.unfinished or 0,
         )
         windows.append(window)
-    return sequential.latencies_ms, sequential_s2s, windows
+    return sequential.latencies_ms, sequential_s2s, windows, settled
 
 
 async def run_tideflow(
@@ -309,6 +350,7 @@ async def run_tideflow(
     setup.worker_processes = max(setup.worker_processes, scenario.worker_processes)
     driver = None
     sticky: tuple[int, int] | None = None
+    settled: float | None = None
     try:
         await workers.start(
             address,
@@ -320,8 +362,9 @@ async def run_tideflow(
         )
         groups += [Tracked("worker", workers.pids), Tracked("driver", [os.getpid()])]
         driver = await connect_driver(setup.driver, address, flow, scenario.run_input())
-        sequential, sequential_s2s, windows = await measure_tideflow(
-            driver.run, plan, workers, CpuProbe(groups), postgres
+        jvm = deployment.pids().get("cassandra") if deployment is not None else None
+        sequential, sequential_s2s, windows, settled = await measure_tideflow(
+            driver.run, plan, workers, CpuProbe(groups), postgres, jvm=jvm
         )
         sticky = await sticky_counts(address, queue) if plan.scenario == "sticky" else None
     except BaseException:
@@ -342,7 +385,8 @@ async def run_tideflow(
     elif setup.backend == "cassandra":
         notes += (
             " (histories on Cassandra, commitlog_sync periodic as Cassandra ships it; visibility"
-            " on PostgreSQL, whose commits the DB column counts)"
+            " on PostgreSQL, whose commits the DB column counts; measured after"
+            f" {settled or 0:.0f} s of load let the node's JIT settle)"
         )
     if sticky is not None:
         hits, fallbacks = sticky

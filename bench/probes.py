@@ -67,6 +67,24 @@ class Tracked:
         return ticks / _TICK
 
 
+def jit_seconds(pid: int) -> float:
+    """CPU seconds a JVM's JIT compiler threads have used (threads named "C1/C2 CompilerThread")."""
+    ticks = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text()
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if "Compiler" in name:
+            ticks += _ticks(text.rsplit(")", 1)[1].split(), reaped=False)
+    return ticks / _TICK
+
+
 class CpuProbe:
     """CPU seconds of each tracked group, and their differences between two readings."""
 

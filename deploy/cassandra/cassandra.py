@@ -351,6 +351,13 @@ commitlog_sync: periodic
 commitlog_sync_period: 10000ms
 commitlog_segment_size: 8MiB
 storage_compatibility_mode: NONE
+# Paxos v2 (Cassandra 5.0): a lightweight transaction takes two round trips, not four, and
+# a serial read one; state purged once repaired. Safe on a new cluster (not mixed with v1).
+paxos_variant: v2
+paxos_state_purging: repaired
+# A history host appends several runs' events as one unlogged batch (at most 32 KiB).
+batch_size_warn_threshold: 64KiB
+unlogged_batch_across_partitions_warn_threshold: 64
 # Small and cheap: a throwaway test node, not a production server.
 memtable_heap_space: 64MiB
 memtable_offheap_space: 64MiB

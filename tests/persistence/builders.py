@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from tideflow_server.persistence.interfaces import Persistence
 from tideflow_server.persistence.records import (
     CreateExecution,
     CreateMode,
@@ -17,13 +18,12 @@ from tideflow_server.persistence.records import (
     TransferTaskRow,
     UpdateExecution,
 )
-from tideflow_server.persistence.sql import SqlPersistence
 
 NAMESPACE = "ns-1"
 RUNNING, COMPLETED = 1, 2  # public RunStatus values used in pointer rows
 
 
-async def acquire(persistence: SqlPersistence, shard_id: int = 1) -> int:
+async def acquire(persistence: Persistence, shard_id: int = 1) -> int:
     """Take the shard the way a history host does: bump range_id conditionally."""
     try:
         row = await persistence.shards.get_shard(shard_id)
@@ -135,7 +135,7 @@ def next_step(
     )
 
 
-async def all_history(persistence: SqlPersistence, k: ExecutionKey) -> list[HistoryBatch]:
+async def all_history(persistence: Persistence, k: ExecutionKey) -> list[HistoryBatch]:
     """Every committed batch, read through the committed next_event_id."""
     execution = await persistence.executions.get_execution(k)
     out: list[HistoryBatch] = []

@@ -55,6 +55,9 @@ class CassandraConfig(_Section):
     password: str | None = None
     connect_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    group_commit: bool = True
+    """Group commit of a history host's writes: a shard's concurrent decisions and new runs
+    go as one conditional batch, one at a time per shard (off: one batch per write)."""
 
 
 class VisibilityConfig(_Section):

@@ -39,9 +39,9 @@ from tideflow_server.namespaces import NamespaceCache
 from tideflow_server.persistence import faults, instrumented, schema
 from tideflow_server.persistence.errors import Unavailable as PersistenceUnavailable
 from tideflow_server.persistence.factory import AnyPersistence, open_persistence, schema_databases
+from tideflow_server.persistence.group import GROUP_OBSERVERS
 from tideflow_server.persistence.interfaces import Persistence
 from tideflow_server.persistence.manager import PersistenceManager
-from tideflow_server.persistence.postgres import GROUP_OBSERVERS
 from tideflow_server.persistence.records import ClusterMetadataRow, TaskQueueKey
 from tideflow_server.rpc.clients import (
     HISTORY,

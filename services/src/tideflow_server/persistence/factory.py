@@ -45,6 +45,7 @@ async def open_persistence(config: PersistenceConfig) -> AnyPersistence:
         request_timeout_s=c.request_timeout_s,
         username=c.username,
         password=c.password,
+        group_commit=c.group_commit,
     )
 
 

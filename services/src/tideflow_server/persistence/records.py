@@ -141,6 +141,16 @@ class UpdateExecution:
     timer_tasks: Sequence[TimerTaskRow] = ()
 
 
+def write_bytes(request: CreateExecution | UpdateExecution) -> int:
+    """Bytes of state, events and outbox tasks a write carries (what bounds a group commit)."""
+    return (
+        len(request.execution.data)
+        + sum(len(b.data) for b in request.events)
+        + sum(len(t.data) for t in request.transfer_tasks)
+        + sum(len(t.data) for t in request.timer_tasks)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TaskQueueKey:
     namespace_id: str

@@ -56,8 +56,10 @@ class CassandraDatabase:
     async def execute_all(self, cql: str, params: Params = ()) -> Result:
         return await self.session.execute_all(self._cql(cql), params)
 
-    async def batch(self, statements: Sequence[tuple[str, Params]]) -> Result:
-        return await self.session.batch([(self._cql(c), p) for c, p in statements])
+    async def batch(
+        self, statements: Sequence[tuple[str, Params]], *, logged: bool = True
+    ) -> Result:
+        return await self.session.batch([(self._cql(c), p) for c, p in statements], logged=logged)
 
     # -- schema runner hooks (see persistence/schema.py) -----------------------------------
 

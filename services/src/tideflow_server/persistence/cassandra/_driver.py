@@ -23,7 +23,10 @@ from cassandra.cluster import (  # type: ignore[import-untyped]
     Session,
 )
 from cassandra.connection import ConnectionException  # type: ignore[import-untyped]
-from cassandra.policies import DCAwareRoundRobinPolicy  # type: ignore[import-untyped]
+from cassandra.policies import (  # type: ignore[import-untyped]
+    DCAwareRoundRobinPolicy,
+    TokenAwarePolicy,
+)
 from cassandra.query import (  # type: ignore[import-untyped]
     BatchStatement,
     BatchType,
@@ -131,10 +134,13 @@ class CassandraSession:
             state = page.paging_state
         return Result(first.columns, rows, None)
 
-    async def batch(self, statements: Sequence[tuple[str, Params]]) -> Result:
-        """A logged batch (conditional when any statement has IF), one round trip."""
+    async def batch(
+        self, statements: Sequence[tuple[str, Params]], *, logged: bool = True
+    ) -> Result:
+        """A batch (conditional when any statement has IF), one round trip. Unlogged: rows
+        of several partitions in one request, each partition applied atomically on its own."""
         batch = BatchStatement(
-            batch_type=BatchType.LOGGED,
+            batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED,
             consistency_level=self._consistency,
             serial_consistency_level=self._serial,
         )
@@ -213,7 +219,8 @@ async def connect(
     if username is not None:
         auth = PlainTextAuthProvider(username=username, password=password or "")
     profile = ExecutionProfile(
-        load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=local_dc),
+        # To a replica of the statement's partition first (any node is one with RF = nodes).
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
         row_factory=tuple_factory,
         request_timeout=request_timeout_s,
     )

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from tideflow_server.persistence.cassandra._database import CassandraDatabase
+from tideflow_server.persistence.cassandra._driver import Params
 from tideflow_server.persistence.errors import InvalidPageToken
 from tideflow_server.persistence.records import ExecutionKey, HistoryBatch, Page
 from tideflow_server.persistence.sql import _paging
 
 _T = "{ks}.history_batches"
 _KEY = "shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
+
+
+_INSERT = (
+    f"INSERT INTO {_T} (shard_id, namespace_id, run_id, execution_id, first_event_id, txn_id,"
+    " event_count, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+APPEND_BYTES = 32 * 1024
+"""Event bytes in one request of `append_many` at most: under Cassandra's default 50 KiB
+batch_size_fail_threshold for batches of several partitions."""
+
+
+def _values(b: HistoryBatch) -> tuple[object, ...]:
+    return (b.first_event_id, b.txn_id, b.event_count, b.data)
 
 
 def _key_args(key: ExecutionKey) -> tuple[object, ...]:
@@ -22,18 +37,34 @@ class CassandraHistoryStore:
         self._db = db
 
     async def append_history(self, key: ExecutionKey, batches: list[HistoryBatch]) -> None:
-        insert = (
-            f"INSERT INTO {_T} (shard_id, namespace_id, run_id, execution_id, first_event_id,"
-            " txn_id, event_count, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        rows = [
-            (insert, (*_key_args(key), b.first_event_id, b.txn_id, b.event_count, b.data))
-            for b in batches
-        ]
+        rows = [(_INSERT, (*_key_args(key), *_values(b))) for b in batches]
         if len(rows) == 1:
             await self._db.execute(*rows[0])
         elif rows:
             await self._db.batch(rows)  # one partition: applied together
+
+    async def append_many(
+        self, appends: Sequence[tuple[ExecutionKey, Sequence[HistoryBatch]]]
+    ) -> None:
+        """Several executions' batches in as few requests as fit (unlogged batches of at most
+        APPEND_BYTES, each execution's rows in one of them, so applied together)."""
+        requests: list[list[tuple[str, Params]]] = [[]]
+        size = 0
+        for key, batches in appends:
+            rows = [(_INSERT, (*_key_args(key), *_values(b))) for b in batches]
+            grows = sum(len(b.data) for b in batches)
+            if requests[-1] and size + grows > APPEND_BYTES:
+                requests.append([])
+                size = 0
+            requests[-1] += rows
+            size += grows
+        await asyncio.gather(
+            *(
+                self._db.execute(*rows[0]) if len(rows) == 1 else self._db.batch(rows, logged=False)
+                for rows in requests
+                if rows
+            )
+        )
 
     async def delete_batches(self, key: ExecutionKey, batches: Sequence[HistoryBatch]) -> None:
         """Delete exactly these batches (a failed decision's own), never another writer's

@@ -24,12 +24,14 @@ class CassandraPersistence:
 
     backend = "cassandra"
 
-    def __init__(self, db: CassandraDatabase, visibility: SqlPersistence) -> None:
+    def __init__(
+        self, db: CassandraDatabase, visibility: SqlPersistence, *, group_commit: bool = True
+    ) -> None:
         self.db = db
         self.visibility_persistence = visibility
         self.shards = CassandraShardStore(db)
         self.history = CassandraHistoryStore(db)
-        self.executions = CassandraExecutionStore(db, self.history)
+        self.executions = CassandraExecutionStore(db, self.history, group_commit=group_commit)
         self.tasks = CassandraTaskStore(db)
         self.metadata = CassandraMetadataStore(db)
         self.cluster = CassandraClusterStore(db)
@@ -57,6 +59,7 @@ async def open_cassandra(
     request_timeout_s: float = 30.0,
     username: str | None = None,
     password: str | None = None,
+    group_commit: bool = True,
 ) -> CassandraPersistence:
     """Connect; the schema is set up separately (`tideflow-server schema`). Takes ownership
     of `visibility` (closed with the returned persistence, or here if connecting fails)."""
@@ -75,4 +78,6 @@ async def open_cassandra(
     except BaseException:
         await visibility.close()
         raise
-    return CassandraPersistence(CassandraDatabase(session, keyspace, replication), visibility)
+    return CassandraPersistence(
+        CassandraDatabase(session, keyspace, replication), visibility, group_commit=group_commit
+    )

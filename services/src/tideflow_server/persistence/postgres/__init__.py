@@ -3,6 +3,5 @@ read FOR SHARE, conditional updates check db_version, and acquisition updates th
 so a stale owner's transaction either commits before the new owner's acquisition or fails."""
 
 from tideflow_server.persistence.postgres._database import PostgresDatabase, open_postgres
-from tideflow_server.persistence.postgres._group import GROUP_OBSERVERS
 
-__all__ = ["GROUP_OBSERVERS", "PostgresDatabase", "open_postgres"]
+__all__ = ["PostgresDatabase", "open_postgres"]

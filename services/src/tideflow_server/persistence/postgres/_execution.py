@@ -7,7 +7,7 @@ on its db_version, and the history batch and outbox rows inserted only if that u
 happened. Fencing is unchanged: an acquisition (which updates the shard row) waits for this
 statement or makes its fence check fail.
 
-Concurrent decisions go together (group commit, see _group.py), and a lone one is a group
+Concurrent decisions go together (group commit, see persistence/group.py), and a lone one is a group
 of one: the statement updates any number of runs, of any of the host's shards, each on its
 own db_version and behind its own shard's fence, and inserts the outputs of those whose
 update happened; it returns the fences it saw and which updates happened, so each decision
@@ -29,11 +29,12 @@ from tideflow_server.persistence.errors import (
     PersistenceError,
     ShardOwnershipLost,
 )
-from tideflow_server.persistence.postgres._group import GroupCommit
+from tideflow_server.persistence.group import GroupCommit
 from tideflow_server.persistence.records import (
     CreateExecution,
     CreateMode,
     UpdateExecution,
+    write_bytes,
 )
 from tideflow_server.persistence.sql._database import Row
 from tideflow_server.persistence.sql._execution import SqlExecutionStore
@@ -239,15 +240,6 @@ MAX_GROUP_BYTES = 4 * 1024 * 1024
 """Bytes of state, events and tasks in one statement at most (a larger decision goes alone)."""
 
 
-def _decision_bytes(request: UpdateExecution) -> int:
-    return (
-        len(request.execution.data)
-        + sum(len(b.data) for b in request.events)
-        + sum(len(t.data) for t in request.transfer_tasks)
-        + sum(len(t.data) for t in request.timer_tasks)
-    )
-
-
 class PostgresExecutionStore(SqlExecutionStore):
     def __init__(self, db: PostgresDatabase, *, group_commit_calls: int = 2) -> None:
         super().__init__(db)
@@ -258,7 +250,7 @@ class PostgresExecutionStore(SqlExecutionStore):
                 self._update_many,
                 calls=group_commit_calls,
                 max_group=MAX_GROUP,
-                size=_decision_bytes,
+                size=write_bytes,
                 max_bytes=MAX_GROUP_BYTES,
             )
             if group_commit_calls > 0
