@@ -1,8 +1,10 @@
 """Sticky run affinity, end to end with real worker processes: `affinity: run` keeps a run's
 blocks on the worker that ran its first one, and when that worker is killed (-9) every run
 still completes, each block that waited for it going to the other worker within the sticky
-timeout plus one poll. With two matching hosts, a normal partition forwards its offers to the
-host that owns the worker's sticky queue.
+timeout plus one poll. The fallback is measured on runs parked on a signal between two blocks
+when the worker dies, so that some block is always waiting for it, however the in-flight runs
+happen to be placed at the kill. With two matching hosts, a normal partition forwards its
+offers to the host that owns the worker's sticky queue.
 
 The workers run without eager dispatch (which by itself keeps a chain on one worker) so that
 what is measured is the sticky queue path: a completion, an AddBlockTask that the normal
@@ -34,6 +36,7 @@ STICKY_WAIT_S = 2.0  # the default sticky_schedule_to_start
 ONE_POLL_S = 1.0  # the other worker's poll, the add's and the start's round trips, with slack
 RUNS = 200
 IN_FLIGHT = 40  # runs started at once: the workers have room, so stickiness is what is measured
+PARKED = 8  # runs waiting on a signal between two blocks when a worker is killed
 
 
 def _chain(flow: str, queue: str) -> dict[str, Any]:
@@ -53,6 +56,28 @@ def _chain(flow: str, queue: str) -> dict[str, Any]:
             }
         )
     return {"name": flow, "version": 1, "task_queue": queue, "blocks": blocks, "output": "${input}"}
+
+
+def _parked(flow: str, queue: str) -> dict[str, Any]:
+    """b1, then a wait for the signal "go", then b2: a run that sits between two blocks for as
+    long as the test likes."""
+    step = {
+        "block": "step@1",
+        "affinity": "AFFINITY_RUN",
+        "timeouts": {"start_to_close": "3s"},
+        "retry": {"initial_interval": "0.1s"},
+    }
+    return {
+        "name": flow,
+        "version": 1,
+        "task_queue": queue,
+        "blocks": [
+            {"id": "b1", "external": step, "input": "${input}"},
+            {"id": "go", "needs": ["b1"], "signal": {"signal_name": "go"}},
+            {"id": "b2", "needs": ["go"], "external": step, "input": "${input}"},
+        ],
+        "output": "${input}",
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +175,89 @@ async def _blocks(client: Client, run_id: str) -> tuple[dict[str, str], dict[str
     return completed_by, scheduled_at
 
 
+async def _until_completed(client: Client, run_id: str, block_id: str) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            if block_id in (await _blocks(client, run_id))[0]:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def _signal(client: Client, run_id: str, name: str) -> None:
+    request = flow_service_pb2.SignalRunRequest(namespace=client.namespace, signal_name=name)
+    request.run.run_id = run_id
+    await client.stub.SignalRun(request, timeout=10)
+
+
+def _fallback_waits(
+    by: dict[str, str],
+    scheduled: dict[str, float],
+    starts: list[_Start],
+    blocks: list[str],
+    *,
+    doomed: _Worker,
+    survivor: _Worker,
+    death: float,
+) -> list[float]:
+    """For each block that followed one the doomed worker completed and whose first try ran
+    on the survivor: how long after the later of its scheduling and the kill it started."""
+    waits = []
+    for previous, block_id in itertools.pairwise(blocks):
+        first_tries = [s for s in starts if s.block_id == block_id]
+        if (
+            by.get(previous) == doomed.identity
+            and by[block_id] == survivor.identity
+            and [s.attempt for s in first_tries] == [1]
+        ):
+            # Sent to the dead worker's sticky queue, then to the normal queue.
+            waits.append(first_tries[0].at - max(scheduled[block_id], death))
+    return waits
+
+
+async def _park(
+    client: Client, queue: str, suffix: str, workers: list[_Worker]
+) -> tuple[list[str], tuple[_Worker, _Worker]]:
+    """Runs of the parked flow, each past b1 and waiting for "go"; and the workers, the one
+    that ran more of their b1s first (it ran at least one)."""
+    flow = f"parked-{suffix}"
+    await client.register(_parked(flow, queue))
+    parked = [f"p-{suffix}-{i}" for i in range(PARKED)]
+    for run_id in parked:
+        await client.start(flow, {"sleep": 0.0}, run_id=run_id)
+    for run_id in parked:
+        await _until_completed(client, run_id, "b1")
+    first = [(await _blocks(client, run_id))[0]["b1"] for run_id in parked]
+    doomed, survivor = sorted(workers, key=lambda w: first.count(w.identity), reverse=True)
+    return parked, (doomed, survivor)
+
+
+async def _released(
+    client: Client,
+    parked: list[str],
+    starts: dict[str, list[_Start]],
+    *,
+    doomed: _Worker,
+    survivor: _Worker,
+    death: float,
+) -> list[float]:
+    """Once the parked runs complete: the fallback wait of each b2 whose b1 the doomed worker
+    ran (every one of them went to its sticky queue first, then to the survivor)."""
+    waits: list[float] = []
+    for run_id in parked:
+        closed = await client.close_event(run_id, timeout_s=60)
+        assert closed.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED, run_id
+        by, scheduled = await _blocks(client, run_id)
+        assert by["b2"] == survivor.identity, run_id
+        if by["b1"] == doomed.identity:
+            ran = _fallback_waits(
+                by, scheduled, starts[run_id], ["b1", "b2"],
+                doomed=doomed, survivor=survivor, death=death,
+            )  # fmt: skip
+            assert len(ran) == 1, run_id
+            waits += ran
+    return waits
+
+
 async def _describe(
     client: Client,
     queue: str,
@@ -199,34 +307,36 @@ async def test_a_runs_blocks_stay_on_its_worker_and_fall_back_when_it_is_killed(
         assert ratio >= 0.95
         assert hits >= same - RUNS  # most later blocks came through a sticky queue
 
-        # 2. Kill -9 the first worker while runs are in flight on both.
-        doomed, survivor = workers
+        # 2. Park runs between two blocks; the worker holding more of them will die.
+        parked, (doomed, survivor) = await _park(client, queue, suffix, workers)
+
+        # 3. Kill -9 it while runs are in flight on both, then release the parked runs.
         flow_runs = [f"k-{suffix}-{i}" for i in range(IN_FLIGHT)]
         running = asyncio.create_task(_run_all(client, flow, flow_runs, sleep=0.01))
         await asyncio.wait_for(doomed.wait_started(doomed.started + 40), 30)
         doomed.process.kill()
         await doomed.process.wait()
         death = time.time()
+        for run_id in parked:
+            await _signal(client, run_id, "go")
         await asyncio.wait_for(running, 120)
 
-        waits: list[float] = []
+        in_flight_waits: list[float] = []
         for run_id in flow_runs:
             by, scheduled = await _blocks(client, run_id)
             assert set(by) == set(BLOCKS), run_id  # every run completed every block
-            for previous, block_id in itertools.pairwise(BLOCKS):
-                first_tries = [s for s in starts[run_id] if s.block_id == block_id]
-                if (
-                    by[previous] == doomed.identity
-                    and by[block_id] == survivor.identity
-                    and [s.attempt for s in first_tries] == [1]
-                ):
-                    # Sent to the dead worker's sticky queue, then to the normal queue.
-                    waits.append(first_tries[0].at - max(scheduled[block_id], death))
-        print(
-            f"fallbacks after the kill: {len(waits)}, longest wait "
-            f"{max(waits, default=0):.2f}s (bound {STICKY_WAIT_S + ONE_POLL_S:.1f}s)"
+            in_flight_waits += _fallback_waits(
+                by, scheduled, starts[run_id], BLOCKS, doomed=doomed, survivor=survivor, death=death
+            )
+        parked_waits = await _released(
+            client, parked, starts, doomed=doomed, survivor=survivor, death=death
         )
-        assert waits, "no block was waiting for the killed worker"
+        waits = parked_waits + in_flight_waits
+        print(
+            f"fallbacks after the kill: {len(parked_waits)} parked, {len(in_flight_waits)} in "
+            f"flight; longest wait {max(waits):.2f}s (bound {STICKY_WAIT_S + ONE_POLL_S:.1f}s)"
+        )
+        assert parked_waits, "no parked block was waiting for the killed worker"
         assert max(waits) <= STICKY_WAIT_S + ONE_POLL_S
     finally:
         for worker in workers:
