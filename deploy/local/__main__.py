@@ -34,6 +34,7 @@ async def up(args: argparse.Namespace) -> None:
         shard_count=args.shards,
         history_processes=args.history,
         matching_processes=args.matching,
+        cassandra_nodes=args.cassandra_nodes,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -47,6 +48,10 @@ async def up(args: argparse.Namespace) -> None:
             print(f"postgres   {deployment.postgres.dsn('tideflow')}")
         if deployment.cassandra is not None and (ports := deployment.cassandra.ports()):
             print(f"cassandra  127.0.0.1:{ports.native}")
+        if deployment.ring is not None:
+            ring = deployment.ring
+            addresses = ", ".join(ring.addresses)
+            print(f"cassandra  {addresses} port {ring.native_port} (RF {ring.size})")
         for name, process in deployment.cluster.processes.items():
             print(f"{name:<10} pid {process.pid}, log {process.log_path}")
         print(f"config     {deployment.cluster.config}")
@@ -67,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--history", type=int, default=1, help="history processes (cluster)")
     start.add_argument("--matching", type=int, default=1, help="matching processes (cluster)")
     start.add_argument("--shards", type=int, default=16, help="history shards")
+    start.add_argument(
+        "--cassandra-nodes", type=int, default=1, help="a ring of N nodes on 127.0.0.1-N (RF N)"
+    )
     args = parser.parse_args(argv)
     try:
         asyncio.run(up(args))

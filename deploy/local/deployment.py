@@ -7,7 +7,8 @@ started together and removed together.
 | split | frontend, history and matching processes | postgres |
 | cluster | frontend, N history and M matching processes | postgres |
 
-`cassandra` keeps histories on a throwaway single-node Cassandra (deploy/cassandra/) and
+`cassandra` keeps histories on a throwaway Cassandra (deploy/cassandra/): one node, or a ring
+of `cassandra_nodes` on 127.0.0.1-N with replication factor N, LOCAL_QUORUM and SERIAL; and
 visibility on PostgreSQL, as deploy/config/cassandra.yaml does. PostgreSQL always runs durable
 here (fsync, synchronous_commit and full_page_writes on).
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from deploy.cassandra.cassandra import CassandraNode
+from deploy.cassandra.cassandra import CassandraNode, CassandraRing
 from deploy.local.cluster import Cluster
 from deploy.local.postgres import PostgresServer
 
@@ -54,11 +55,15 @@ class Deployment:
     server's defaults."""
     max_connections: int = 20
     """Database connections per server process (PostgreSQL pools)."""
+    cassandra_nodes: int = 1
+    """With the cassandra backend: one node, or a ring of this many (replication factor the
+    same)."""
     with_postgres: bool = False
     """Start PostgreSQL even when the backend does not need it (e.g. for other systems)."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tideflow-local-")))
     postgres: PostgresServer | None = None
     cassandra: CassandraNode | None = None
+    ring: CassandraRing | None = None
     cluster: Cluster | None = None
 
     def __post_init__(self) -> None:
@@ -82,17 +87,27 @@ class Deployment:
         postgres = {"dsn": self.postgres.dsn(DATABASE), "max_connections": self.max_connections}
         if self.backend == "postgres":
             return {"backend": "postgres", "postgres": postgres}
-        assert self.cassandra is not None
-        ports = self.cassandra.ports()
-        assert ports is not None
-        return {
-            "backend": "cassandra",
-            "cassandra": {
+        cassandra: dict[str, object] = {"keyspace": KEYSPACE}
+        if self.ring is not None:
+            cassandra |= {
+                "contact_points": list(self.ring.addresses),
+                "port": self.ring.native_port,
+                "replication": {"class": "SimpleStrategy", "replication_factor": self.ring.size},
+                "consistency": "LOCAL_QUORUM",
+                "serial_consistency": "SERIAL",
+            }
+        else:
+            assert self.cassandra is not None
+            ports = self.cassandra.ports()
+            assert ports is not None
+            cassandra |= {
                 "contact_points": ["127.0.0.1"],
                 "port": ports.native,
-                "keyspace": KEYSPACE,
                 "replication": {"class": "SimpleStrategy", "replication_factor": 1},
-            },
+            }
+        return {
+            "backend": "cassandra",
+            "cassandra": cassandra,
             "visibility": {"backend": "postgres", "postgres": postgres},
         }
 
@@ -103,7 +118,10 @@ class Deployment:
             if self.backend != "sqlite" or self.with_postgres:
                 self.postgres = PostgresServer(durable=True).start()
                 self.postgres.psql(f"CREATE DATABASE {DATABASE}")
-            if self.backend == "cassandra":
+            if self.backend == "cassandra" and self.cassandra_nodes > 1:
+                self.ring = CassandraRing(self.root / "cassandra", self.cassandra_nodes)
+                self.ring.start()
+            elif self.backend == "cassandra":
                 self.cassandra = CassandraNode(self.root / "cassandra")
                 self.cassandra.start()
             self.cluster = Cluster(
@@ -135,6 +153,9 @@ class Deployment:
             found["postgres"] = pid
         if self.cassandra is not None and (pid := self.cassandra.pid()) is not None:
             found["cassandra"] = pid
+        for i, node in enumerate(self.ring.nodes if self.ring is not None else []):
+            if (pid := node.pid()) is not None:
+                found["cassandra" if i == 0 else f"cassandra{i + 1}"] = pid
         return found
 
     def logs(self) -> str:
@@ -151,6 +172,10 @@ class Deployment:
             with contextlib.suppress(Exception):
                 self.cassandra.stop()
             self.cassandra = None
+        if self.ring is not None:
+            with contextlib.suppress(Exception):
+                self.ring.stop()
+            self.ring = None
         if self.postgres is not None and not keep_postgres:
             self.postgres.remove()
             self.postgres = None
