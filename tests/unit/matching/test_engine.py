@@ -219,10 +219,33 @@ async def test_unexpected_history_errors_never_drop_a_task(
         Internal("bug"),
     )
 
-    assert scheduled_event_id(await poll(engine)) == 1
-    assert history.called_for()[-1] == 1
-    assert history.called_for().count(1) == 5
+    # The failing task rests after each failure, so the one behind it goes first.
     assert scheduled_event_id(await poll(engine)) == 2
+    assert scheduled_event_id(await poll(engine)) == 1
+    assert history.called_for().count(1) == 5
+    await engine.stop()
+    assert await backlog(persistence) == 0
+
+
+async def test_a_task_history_cannot_start_does_not_hold_up_the_others(
+    make_engine: EngineFactory, history: FakeHistory, persistence: SqlPersistence
+) -> None:
+    """A history host killed under load: the tasks of its shards fail RecordBlockStarted
+    until their shards move (the membership ttl). They rest, with a doubling back-off, and
+    every other task is handed out meanwhile instead of each poll retrying the head."""
+    engine = make_engine(retry_backoff=0.05)
+    for event_id in range(1, 8):
+        await engine.add_block_task(add_request(event_id))
+    dead = {1, 2, 3}
+    for event_id in dead:
+        history.fail(event_id, *[Unavailable("history host gone")] * 3)
+
+    got = [scheduled_event_id(await poll(engine)) for _ in range(4)]
+    assert got == [4, 5, 6, 7]
+    assert history.called_for()[:4] == [1, 2, 3, 4]  # each dead task tried once, then rested
+    assert sorted([scheduled_event_id(await poll(engine)) for _ in range(3)]) == [1, 2, 3]
+    for event_id in dead:  # three failures each, at rests of 0.05, 0.1 and 0.2 s
+        assert history.called_for().count(event_id) == 4
     await engine.stop()
     assert await backlog(persistence) == 0
 

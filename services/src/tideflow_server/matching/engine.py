@@ -47,6 +47,9 @@ __all__ = ["MatchingConfig", "MatchingEngine", "task_queue_key"]
 
 log = structlog.get_logger(__name__)
 
+MAX_REST_S = 2.0
+"""The longest a backlog task rests after history could not start it (see `_keep`)."""
+
 # RecordBlockStarted answers that make a task stale: drop it. Nothing else drops a task.
 _STALE = (NotFound, FailedPrecondition, AlreadyExists)
 # Answers that say "not now": keep the task (as is any other failure).
@@ -324,6 +327,12 @@ class MatchingEngine:
                 started = await self._record_started(partition, key, poll, task)
                 if isinstance(started, flow_service_pb2.PollBlockTaskResponse):
                     return matching_service_pb2.PollBlockTaskResponse(response=started)
+                if (
+                    started is _NotStarted.KEPT
+                    and task.task_id is not None
+                    and not isinstance(partition, StickyQueue)
+                ):
+                    continue  # the task rests in its partition; the poll takes the next one
                 if started is _NotStarted.KEPT:
                     # History asked to come back later; the task is back in the partition.
                     pause = self.config.retry_backoff
@@ -368,6 +377,16 @@ class MatchingEngine:
         observability.direct_dispatched(key.name, response.response)
         return response
 
+    def _keep(self, partition: TaskQueuePartition | StickyQueue, task: BlockTask) -> None:
+        """History could not start `task`: back to its partition, where a backlog task rests
+        (the retry back-off, doubling up to MAX_REST_S while history keeps failing it)."""
+        if isinstance(partition, TaskQueuePartition) and task.task_id is not None:
+            rest = min(self.config.retry_backoff * 2**task.setbacks, MAX_REST_S)
+            task.setbacks += 1
+            partition.finish(task, consumed=False, rest_s=rest)
+        else:
+            partition.finish(task, consumed=False)
+
     async def _record_started(
         self,
         partition: TaskQueuePartition | StickyQueue,
@@ -406,14 +425,14 @@ class MatchingEngine:
             return _NotStarted.DROPPED
         except _TRY_LATER as e:
             log.info("block task kept, history busy", error=e.message, **fields)
-            partition.finish(task, consumed=False)
+            self._keep(partition, task)
             return _NotStarted.KEPT
         except Exception as e:
             # Not an answer about the task (a bug, a failure of some other layer): only
             # history's "stale" may consume a task, since history keeps the block scheduled
             # and waits for it. Kept, it is tried again after the back-off, like "not now".
             log.warning("RecordBlockStarted failed, block task kept", error=repr(e), **fields)
-            partition.finish(task, consumed=False)
+            self._keep(partition, task)
             return _NotStarted.KEPT
         try:
             if isinstance(partition, TaskQueuePartition):  # a sticky queue holds no slots

@@ -70,6 +70,12 @@ class BlockTask:
     """A leaf's task handed to a poll here, at its root: the leaf counts it, not the root."""
     slot_reserved: bool = False
     """A concurrency slot is reserved for it while its start is asked for."""
+    not_before: float = 0.0
+    """History could not start it (its host unreachable, or busy): not handed out again
+    before this (time.monotonic, the event loop's clock), so the tasks behind it go
+    meanwhile."""
+    setbacks: int = 0
+    """How many times in a row history could not start it (the rest doubles each time)."""
 
 
 class Poll:
@@ -196,6 +202,8 @@ class TaskQueuePartition:
         self._deleted_through = 0
         self._acked_not_deleted = 0
         self._buffer: DispatchOrder[BlockTask] = DispatchOrder()
+        self._rest_until = 0.0
+        """The latest `not_before` of a buffered task: before it, pops skip resting tasks."""
         self._pending: deque[tuple[records_pb2.BacklogTask, asyncio.Future[None]]] = deque()
         self._held: deque[BlockTask] = deque()  # adds waiting briefly for a poll, oldest first
         self._held_changed = asyncio.Event()
@@ -744,9 +752,15 @@ class TaskQueuePartition:
     def _pop_buffered(
         self, eligible: Callable[[BlockTask], bool] | None = None
     ) -> BlockTask | None:
-        """The first buffered task in order that is `eligible`; the ones before it that are
-        not stay buffered, in their places."""
+        """The first buffered task in order that is `eligible` and not resting; the ones
+        before it that are not stay buffered, in their places."""
         self._peek_buffered()
+        if (now := time.monotonic()) < self._rest_until:
+            limit = eligible
+
+            def eligible(task: BlockTask) -> bool:
+                return task.not_before <= now and (limit is None or limit(task))
+
         task = self._buffer.pop() if eligible is None else self._buffer.pop_eligible(eligible)
         if (
             len(self._buffer) < self._config.fair_window
@@ -794,6 +808,10 @@ class TaskQueuePartition:
             return None
         task = self._pop_buffered(self._eligible) or self._pop_held(self._eligible)
         return None if task is None else self._reserve_slot(task)
+
+    def _dispatch_if_open(self) -> None:
+        if not self.closed:
+            self._dispatch()
 
     def _dispatch(self) -> None:
         # Held adds wait here only while a rate limit holds back the waiting polls.
@@ -1037,10 +1055,17 @@ class TaskQueuePartition:
             del self._waiting[poll.poller_id]
             self._notify_polls()
 
-    def finish(self, task: BlockTask, *, consumed: bool) -> None:
+    def finish(self, task: BlockTask, *, consumed: bool, rest_s: float = 0.0) -> None:
         """`consumed`: started, or dropped as stale; otherwise the task is kept, at the front.
-        A slot still reserved for it (its start was not recorded) is free again."""
+        A slot still reserved for it (its start was not recorded) is free again. A kept task
+        with `rest_s` (history could not start it) is not handed out again for that long:
+        the tasks behind it go meanwhile, instead of every poll retrying the one task whose
+        history host is gone."""
         freed = self._unreserve_slot(task)
+        if rest_s > 0 and not consumed and task.task_id is not None:
+            task.not_before = time.monotonic() + rest_s
+            self._rest_until = max(self._rest_until, task.not_before)
+            asyncio.get_running_loop().call_later(rest_s, self._dispatch_if_open)
         if consumed and not task.offered:
             self._stats.dispatched_task(sync=task.task_id is None)
         if task.sync_outcome is not None:
