@@ -27,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
-from bench.chart import latency_chart
+from bench.chart import dip_chart, latency_chart
 from bench.harness import BenchError, PeersUnavailable, Plan, Setup, bench
+from bench.hostloss import Fault
 from bench.model import DEFAULT_MAX_BATCHES, ModelPlan, ModelReport, bench_model
 from bench.report import Report
 from bench.scenarios import SCENARIOS
@@ -81,6 +82,19 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--matching", type=int, default=1, help="matching processes (cluster)")
     where.add_argument("--shards", type=int, help="history shards (default: 4 dev, 16 otherwise)")
     where.add_argument("--max-connections", type=int, default=20, help="DB pool per process")
+    where.add_argument(
+        "--cassandra-nodes",
+        type=int,
+        default=1,
+        help="Cassandra as a ring of N nodes on 127.0.0.1-N (replication factor N, LOCAL_QUORUM)",
+    )
+    where.add_argument(
+        "--kill",
+        type=Fault.parse,
+        metavar="ROLE@SECONDS",
+        help="kill -9 the first history (or matching) process this many seconds into the first"
+        " open-loop window, and report the handover and the throughput dip (bench/hostloss.py)",
+    )
     where.add_argument("--address", help="measure the cluster whose frontend is here instead")
     where.add_argument(
         "--pid",
@@ -159,6 +173,9 @@ def write(report: Report, out: Path) -> list[Path]:
     title = f"{report.scenario} on {report.topology}/{report.backend}: latency against load"
     if latency_chart(report.systems, chart, title=title):
         written.append(chart)
+    dip = base.with_name(base.name + "-dip.png")
+    if dip_chart(report.systems, dip, title=f"{report.scenario}: a process killed under load"):
+        written.append(dip)
     return written
 
 
@@ -243,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_pollers=args.worker_pollers,
         worker_concurrency=args.worker_concurrency,
         max_connections=args.max_connections,
+        cassandra_nodes=args.cassandra_nodes,
+        kill=args.kill,
         peers=args.peers,
         telemetry=args.telemetry,
     )

@@ -1,4 +1,5 @@
-"""Latency against achieved load, from the open-loop windows of each system (PNG, Agg)."""
+"""Charts of a report (PNG, Agg): latency against achieved load, from the open-loop windows
+of each system; and completions per second through a window where a process was killed."""
 
 from __future__ import annotations
 
@@ -52,5 +53,35 @@ def latency_chart(systems: Sequence[SystemSummary], path: Path, *, title: str) -
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def dip_chart(systems: Sequence[SystemSummary], path: Path, *, title: str) -> bool:
+    """Completions per second through each window with a killed process, the kill and the
+    recovery marked, the offered rate dotted; False (and no file) when there is none."""
+    faulty = [(s, w) for s in systems for w in s.windows if w.fault is not None]
+    if not faulty:
+        return False
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for index, (system, window) in enumerate(faulty):
+        assert window.fault is not None
+        fault, color = window.fault, f"C{index}"
+        per_second = fault["completions_by_second"]
+        axes.step(range(len(per_second)), per_second, where="post", color=color,
+                  label=f"{system.system}, {window.label}")  # fmt: skip
+        axes.axvline(fault["at_s"], color=color, linestyle=":", label=f"{fault['process']} killed")
+        if fault["recovered_s"] is not None:
+            back = fault["at_s"] + fault["recovered_s"]
+            axes.axvline(back, color=color, linestyle="--", alpha=0.6, label="back to 90%")
+        if window.target_rate:
+            axes.axhline(window.target_rate, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("second of the window")
+    axes.set_ylabel("runs completed in the second")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
     figure.savefig(path, dpi=120)
     return True

@@ -24,12 +24,14 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from bench import load
+from bench.hostloss import Fault, HostKiller
 from bench.probes import CpuProbe, PostgresProbe, Tracked, jit_seconds
 from bench.report import Report, SystemRun, Window, distribution, summarise_system
 from bench.scenarios import SCENARIOS
 from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare, sticky_counts
 from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
 from deploy.local.postgres import PostgresServer, free_port
+from tideflow.api.v1.operator_service_pb2 import GetClusterInfoResponse as ServerInfo
 
 logger = logging.getLogger("bench")
 
@@ -74,6 +76,9 @@ class Setup:
     worker_pollers: int = 50
     worker_concurrency: int = 200
     max_connections: int = 20
+    cassandra_nodes: int = 1
+    kill: Fault | None = None
+    """A server process killed during the first open-loop window (bench/hostloss.py)."""
     peers: list[str] = field(default_factory=list)
     telemetry: Literal["off", "metrics", "tracing", "both"] = "off"
     """Tracing sampled at TRACE_SAMPLE_RATIO (to a local OTLP collector process) and/or
@@ -209,10 +214,10 @@ JIT_SETTLED_SHARE = 0.03
 JIT_SETTLE_MAX_S = 240.0
 
 
-async def settle_jit(run_once: load.RunOnce, jvm: int, *, tag: str) -> float:
-    """Run load until the JVM's JIT compilers go quiet (a fresh Cassandra spends half its CPU
-    compiling for its first minutes under load, which a long-running node does not); the
-    seconds it took."""
+async def settle_jit(run_once: load.RunOnce, jvms: list[int], *, tag: str) -> float:
+    """Run load until the JIT compilers of every JVM go quiet (a fresh Cassandra spends half
+    its CPU compiling for its first minutes under load, which a long-running node does not);
+    the seconds it took."""
     stop = asyncio.Event()
     keys = count()
 
@@ -223,11 +228,12 @@ async def settle_jit(run_once: load.RunOnce, jvm: int, *, tag: str) -> float:
     began = time.monotonic()
     loops = [asyncio.create_task(loop()) for _ in range(JIT_SETTLE_INFLIGHT)]
     try:
-        before = jit_seconds(jvm)
+        before = [jit_seconds(jvm) for jvm in jvms]
         while time.monotonic() - began < JIT_SETTLE_MAX_S:
             await asyncio.sleep(JIT_SETTLE_STEP_S)
-            now = jit_seconds(jvm)
-            if now - before < JIT_SETTLED_SHARE * JIT_SETTLE_STEP_S:
+            now = [jit_seconds(jvm) for jvm in jvms]
+            busiest = max(b - a for a, b in zip(before, now, strict=True))
+            if busiest < JIT_SETTLED_SHARE * JIT_SETTLE_STEP_S:
                 break
             before = now
     finally:
@@ -238,6 +244,16 @@ async def settle_jit(run_once: load.RunOnce, jvm: int, *, tag: str) -> float:
     return settled
 
 
+def _arming(edges: _Edges, killer: HostKiller) -> load.Edge:
+    """The window's start edge, which also arms the kill."""
+
+    async def start() -> None:
+        killer.arm(asyncio.get_running_loop().time())
+        await edges.start()
+
+    return start
+
+
 async def measure_tideflow(
     run_once: load.RunOnce,
     plan: Plan,
@@ -245,9 +261,10 @@ async def measure_tideflow(
     cpu: CpuProbe,
     postgres: PostgresProbe | None,
     *,
-    jvm: int | None = None,
+    jvms: list[int] | None = None,
+    killer: HostKiller | None = None,
 ) -> tuple[list[float], list[float], list[Window], float | None]:
-    """Sequential phase and every window, after the JIT of `jvm` (a Cassandra node) settled;
+    """Sequential phase and every window, after the JIT of `jvms` (Cassandra nodes) settled;
     (sequential ms, their schedule-to-start ms, windows, seconds the JIT took to settle)."""
     tag = uuid.uuid4().hex[:8]
     for number in range(plan.warmup_runs):
@@ -261,7 +278,7 @@ async def measure_tideflow(
                 f"warm-up run {key} did not complete within {WARMUP_RUN_TIMEOUT_S:.0f}s:"
                 " the cluster is not running blocks (its logs are above)"
             )
-    settled = None if jvm is None else await settle_jit(run_once, jvm, tag=tag)
+    settled = await settle_jit(run_once, jvms, tag=tag) if jvms else None
     await workers.schedule_to_start([])  # forget the warm-up's samples
     sequential = await load.sequential(run_once, plan.sequential_runs, prefix=f"{tag}-seq")
     sequential_s2s = await workers.schedule_to_start(sequential.completed_keys)
@@ -269,15 +286,16 @@ async def measure_tideflow(
         logger.info("sequential: %d runs, median %.1f ms", found.count, found.p50)
     shapes: list[tuple[str, float]] = [("closed", n) for n in plan.closed_inflight]
     shapes += [("open", r) for r in plan.open_rates]
-    windows = []
+    windows: list[Window] = []
     for number, (mode, amount) in enumerate(shapes):
         edges = _Edges(cpu, postgres)
+        faulty = killer if mode == "open" and not any(w.mode == "open" for w in windows) else None
         common: dict[str, Any] = {
             "warmup_s": plan.warmup_s,
             "window_s": plan.window_s,
             "drain_s": plan.drain_s,
             "quiesce_s": plan.quiesce_s,
-            "on_window_start": edges.start,
+            "on_window_start": edges.start if faulty is None else _arming(edges, faulty),
             "on_window_end": edges.end,
             "prefix": f"{tag}-w{number}",
         }
@@ -301,6 +319,7 @@ async def measure_tideflow(
             db=edges.db_delta,
             closed_in_window=measured.completions,
             latency_by_second=[values for _, values in measured.latency_by_second()],
+            fault=(await faulty.result(measured)).to_json() if faulty is not None else None,
         )
         logger.info(
             "%s: %.1f runs/s, %d counted runs (%d failed, %d unfinished)",
@@ -362,9 +381,19 @@ async def run_tideflow(
         )
         groups += [Tracked("worker", workers.pids), Tracked("driver", [os.getpid()])]
         driver = await connect_driver(setup.driver, address, flow, scenario.run_input())
-        jvm = deployment.pids().get("cassandra") if deployment is not None else None
+        jvms = [
+            pid
+            for name, pid in (deployment.pids() if deployment is not None else {}).items()
+            if name.startswith("cassandra")
+        ]
         sequential, sequential_s2s, windows, settled = await measure_tideflow(
-            driver.run, plan, workers, CpuProbe(groups), postgres, jvm=jvm
+            driver.run,
+            plan,
+            workers,
+            CpuProbe(groups),
+            postgres,
+            jvms=jvms,
+            killer=HostKiller(deployment, setup.kill) if deployment and setup.kill else None,
         )
         sticky = await sticky_counts(address, queue) if plan.scenario == "sticky" else None
     except BaseException:
@@ -376,26 +405,7 @@ async def run_tideflow(
         await workers.stop()
         if postgres is not None:
             await postgres.close()
-    notes = f"{setup.topology} topology on {setup.backend}"
-    if deployment is None:
-        notes = (
-            f"existing cluster at {address} ({info.persistence_backend}, visibility on"
-            f" {info.visibility_backend}, {info.history_shard_count} shards)"
-        )
-    elif setup.backend == "cassandra":
-        notes += (
-            " (histories on Cassandra, commitlog_sync periodic as Cassandra ships it; visibility"
-            " on PostgreSQL, whose commits the DB column counts; measured after"
-            f" {settled or 0:.0f} s of load let the node's JIT settle)"
-        )
-    if sticky is not None:
-        hits, fallbacks = sticky
-        offers = hits + fallbacks
-        notes += (
-            f"; {setup.worker_processes} workers without eager dispatch; sticky hit ratio"
-            f" {hits / offers if offers else 0:.1%} ({hits} hits, {fallbacks} fallbacks to the"
-            " normal queue, over every phase)"
-        )
+    notes = _notes(setup, info if deployment is None else None, settled, sticky)
     return SystemRun(
         system=system,
         version=info.server_version,
@@ -405,6 +415,42 @@ async def run_tideflow(
         notes=notes,
         sequential_schedule_to_start_ms=sequential_s2s,
     )
+
+
+def _notes(
+    setup: Setup,
+    existing: ServerInfo | None,
+    settled: float | None,
+    sticky: tuple[int, int] | None,
+) -> str:
+    """The report's line on where Tideflow ran (`existing`: a cluster the bench did not
+    start, as it describes itself)."""
+    if existing is not None:
+        notes = (
+            f"existing cluster at {setup.address} ({existing.persistence_backend}, visibility"
+            f" on {existing.visibility_backend}, {existing.history_shard_count} shards)"
+        )
+    else:
+        notes = f"{setup.topology} topology on {setup.backend}"
+    if existing is None and setup.backend == "cassandra":
+        nodes = setup.cassandra_nodes
+        ring = (
+            f" as a ring of {nodes} nodes (RF {nodes}, LOCAL_QUORUM, SERIAL)" if nodes > 1 else ""
+        )
+        notes += (
+            f" (histories on Cassandra{ring}, commitlog_sync periodic as Cassandra ships it;"
+            " visibility on PostgreSQL, whose commits the DB column counts; measured after"
+            f" {settled or 0:.0f} s of load let the JIT settle)"
+        )
+    if sticky is not None:
+        hits, fallbacks = sticky
+        offers = hits + fallbacks
+        notes += (
+            f"; {setup.worker_processes} workers without eager dispatch; sticky hit ratio"
+            f" {hits / offers if offers else 0:.1%} ({hits} hits, {fallbacks} fallbacks to the"
+            " normal queue, over every phase)"
+        )
+    return notes
 
 
 async def run_peers(
@@ -449,6 +495,7 @@ def _deployment(setup: Setup, collector: _Collector | None, backend: Backend) ->
         # The server's own defaults, not the tests' fast membership.
         settings=collector.settings() if collector is not None else {},
         max_connections=setup.max_connections,
+        cassandra_nodes=setup.cassandra_nodes,
         with_postgres=bool(setup.peers),
     )
 

@@ -63,6 +63,8 @@ class Measured:
     """Runs of any start time that closed successfully inside the window."""
     window_start: float = 0.0
     """When the window opened, on the event loop's clock."""
+    all_samples: list[Sample] = field(default_factory=list)
+    """Every run of the shape, counted or not (warm-up and drain too)."""
 
     def latency_by_second(self) -> list[tuple[int, list[float]]]:
         """The counted runs' latencies grouped by the second of the window their start was
@@ -171,6 +173,7 @@ class _Tracker:
                 1 for s in self.samples if s.ok and s.closed is not None and start <= s.closed < end
             ),
             window_start=start,
+            all_samples=list(self.samples),
         )
 
 

@@ -54,6 +54,8 @@ class Window:
     latency_by_second: list[list[float]] = field(default_factory=list)
     """`latencies_ms` grouped by the second of the window the run's start fell in (Tideflow
     only; empty when not measured)."""
+    fault: dict[str, Any] | None = None
+    """A process killed during the window (`bench.hostloss.FaultResult`), or None."""
 
     @classmethod
     def from_peer(cls, window: Any) -> Window:
@@ -165,6 +167,7 @@ class WindowSummary:
     by_second: list[SecondSummary] = field(default_factory=list)
     """Latency per second of the window (by start): where a p99 comes from, a stall or a
     steady queue."""
+    fault: dict[str, Any] | None = None
 
 
 @dataclass
@@ -241,6 +244,7 @@ def summarise(window: Window) -> WindowSummary:
             else None
         ),
         by_second=_seconds(window.latency_by_second),
+        fault=window.fault,
     )
 
 
@@ -412,6 +416,7 @@ def _markdown(report: Report) -> str:
         if backend in database:
             out += ["", database[backend]]
     out += _slowest_seconds(report.systems)
+    out += _faults(report.systems)
     out += _cpu_table(report.systems)
     if len(report.systems) > 1:
         out += _ratios(report.systems)
@@ -429,6 +434,46 @@ def _markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _faults(systems: Sequence[SystemSummary]) -> list[str]:
+    """A section per window with a killed process: the kill, the handover, the dip."""
+    out: list[str] = []
+    for s in systems:
+        for w in s.windows:
+            if (f := w.fault) is None:
+                continue
+            reowned = f"{f['reowned_s']} s" if f["reowned_s"] is not None else "not seen"
+            recovered = f"{f['recovered_s']} s" if f["recovered_s"] is not None else "never"
+            out += [
+                "",
+                f"## Host loss ({s.system}, {w.label})",
+                "",
+                f"- `{f['process']}` killed (SIGKILL, not restarted) {f['at_s']} s into the"
+                f" window; its {f['shards_moved']} shards owned again after **{reowned}**.",
+                f"- Throughput back to >= 90% of the offered rate (3 s in a row) **{recovered}**"
+                f" after the kill; the fewest completions in a second: {f['lowest_per_s']}.",
+                f"- Runs lost: **{len(f['lost'])}** of {f['runs_checked']} started in the"
+                f" window (each read back); runs with a block completed twice:"
+                f" **{len(f['duplicated'])}** of the {f['histories_checked']} in flight at"
+                " the kill (whole histories read).",
+                "",
+                "Completions per second (any start time), from the window's start:",
+                "",
+                "```",
+                *_per_second_lines(f["completions_by_second"], f["at_s"]),
+                "```",
+            ]
+    return out
+
+
+def _per_second_lines(per_second: Sequence[int], kill_at: float) -> list[str]:
+    widest = max(per_second, default=0) or 1
+    lines = []
+    for second, n in enumerate(per_second):
+        mark = " <- kill" if second == math.floor(kill_at) else ""
+        lines.append(f"{second:>4} s {n:>5} {'#' * round(40 * n / widest)}{mark}")
+    return lines
 
 
 def _slowest_seconds(systems: Sequence[SystemSummary]) -> list[str]:
