@@ -102,7 +102,8 @@ class CpuProbe:
 class PostgresProbe:
     """Transactions of one database: `xact_commit` of pg_stat_database, and transaction ids
     handed out (write transactions; from the cluster-wide next xid, so nothing else may write
-    to the server during a window).
+    to the server during a window); and the database's size on disk (`pg_database_size`:
+    tables, indexes and TOAST, dead rows until vacuum reuses their space).
 
     Backends publish their counters to pg_stat_database when idle, at most once a second, so
     `xact_commit` read at an instant lags by up to a second; over a steady window the lag at
@@ -119,11 +120,16 @@ class PostgresProbe:
             self._connection = await asyncpg.connect(self.dsn)
         row = await self._connection.fetchrow(
             "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1) AS commits,"
-            " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid",
+            " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid,"
+            " pg_database_size($1) AS bytes",
             self.database,
         )
         assert row is not None
-        return {"commits": int(row["commits"] or 0), "write_xacts": int(row["next_xid"])}
+        return {
+            "commits": int(row["commits"] or 0),
+            "write_xacts": int(row["next_xid"]),
+            "bytes": int(row["bytes"]),
+        }
 
     @staticmethod
     def delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:

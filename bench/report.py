@@ -155,6 +155,8 @@ class WindowSummary:
     """Per process, and "total"."""
     db_commits_per_run: float | None
     db_write_xacts_per_run: float | None
+    db_bytes_per_run: float | None
+    """PostgreSQL's growth on disk over the window per run (before any retention)."""
     started: int | None
     failed: int | None
     unfinished: int | None
@@ -231,6 +233,7 @@ def summarise(window: Window) -> WindowSummary:
         db_write_xacts_per_run=(
             _per_run(window.db["write_xacts"], work) if "write_xacts" in window.db else None
         ),
+        db_bytes_per_run=_per_run(window.db["bytes"], work) if "bytes" in window.db else None,
         started=window.started,
         failed=window.failed,
         unfinished=window.unfinished,
@@ -415,6 +418,14 @@ def _markdown(report: Report) -> str:
     for backend in report.backend.split("+"):
         if backend in database:
             out += ["", database[backend]]
+    growth = [
+        f"{s.system}, {w.label}: {w.db_bytes_per_run:,.0f} bytes"
+        for s in report.systems
+        for w in s.windows
+        if w.db_bytes_per_run is not None
+    ]
+    if growth:
+        out += ["", "PostgreSQL's growth on disk per run (before retention): " + "; ".join(growth)]
     out += _slowest_seconds(report.systems)
     out += _faults(report.systems)
     out += _cpu_table(report.systems)
