@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -33,6 +34,8 @@ from bench.hostloss import Fault
 from bench.model import DEFAULT_MAX_BATCHES, ModelPlan, ModelReport, bench_model
 from bench.report import Report
 from bench.scenarios import SCENARIOS
+from bench.soak import SoakPlan, SoakResult, bench_soak
+from bench.soak import markdown as soak_markdown
 from deploy.local.deployment import BACKENDS, DEFAULT_BACKEND, TOPOLOGIES, Backend, Topology
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -120,6 +123,22 @@ def parser() -> argparse.ArgumentParser:
         type=_list(float),
         default=[],
         help="open-loop windows: starts/s, comma-separated",
+    )
+    plan.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="instead of windows: one open loop at the first --rates rate (default 116/s) for"
+        " this long, retention deleting meanwhile; a row per interval (bench/soak.py)",
+    )
+    plan.add_argument(
+        "--soak-interval-s", type=float, default=60.0, help="with --soak: seconds per row"
+    )
+    plan.add_argument(
+        "--retention-s",
+        type=float,
+        default=300.0,
+        help="with --soak: the bench namespace's retention (default 5 minutes)",
     )
     plan.add_argument("--warmup-s", type=float, default=3.0, help="load before each window")
     plan.add_argument("--window-s", type=float, default=15.0, help="measured window length")
@@ -225,6 +244,44 @@ def run_model(args: argparse.Namespace, setup: Setup) -> int:
     return 0
 
 
+def run_soak(args: argparse.Namespace, setup: Setup) -> int:
+    """The soak: its own table (a row per interval), written like the others."""
+    plan = SoakPlan(
+        rate=args.rates[0] if args.rates else 116.0,
+        minutes=args.soak,
+        interval_s=args.soak_interval_s,
+        retention_s=args.retention_s,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-soak-"))
+    try:
+        result, where = asyncio.run(_main_soak(args.scenario, plan, setup, workdir))
+    except BenchError as e:
+        print(f"python -m bench: {e} (worker logs kept in {workdir})", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    shutil.rmtree(workdir, ignore_errors=True)
+    text = soak_markdown(result, title=f"soak: {where}")
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = args.out / f"{stamp}-soak-{setup.topology}-{setup.backend}"
+    base.with_suffix(".json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    base.with_suffix(".md").write_text(text)
+    print(f"wrote {base}.json and .md", file=sys.stderr)
+    return 0 if result.p99_ok and result.size_ok else 3
+
+
+async def _main_soak(
+    scenario: str, plan: SoakPlan, setup: Setup, workdir: Path
+) -> tuple[SoakResult, str]:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await bench_soak(scenario, plan, setup, workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -268,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     if topology != "cluster" and (args.history, args.matching) != (1, 1):
         print("python -m bench: --history and --matching need --topology cluster", file=sys.stderr)
         return 2
+    if args.soak is not None:
+        if args.peers or args.address or setup.also or setup.backend != "postgres":
+            print(
+                "python -m bench: --soak runs on a postgres deployment it starts, without peers",
+                file=sys.stderr,
+            )
+            return 2
+        return run_soak(args, setup)
     if args.scenario == "model":
         if args.peers or args.rates:
             print(

@@ -52,14 +52,16 @@ def _payloads(value: Any) -> common_pb2.Payloads:
 
 
 async def prepare(
-    address: str, scenario: Scenario
+    address: str, scenario: Scenario, *, retention_s: float | None = None
 ) -> tuple[str, str, operator_service_pb2.GetClusterInfoResponse]:
-    """Namespace (rate limits lifted), a fresh task queue and flow for `scenario`; returns
-    (flow, task queue, the cluster's info)."""
+    """Namespace (rate limits lifted; its retention set when given), a fresh task queue and
+    flow for `scenario`; returns (flow, task queue, the cluster's info)."""
     async with grpc.aio.insecure_channel(address) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = flow_service_pb2_grpc.FlowServiceStub(channel)
         config = namespace_pb2.NamespaceConfig(rate_limits=_RATE_LIMITS)
+        if retention_s is not None:
+            config.retention.FromMilliseconds(round(retention_s * 1000))
         try:
             await stub.RegisterNamespace(
                 flow_service_pb2.RegisterNamespaceRequest(
@@ -72,6 +74,8 @@ async def prepare(
                 raise
             update = flow_service_pb2.UpdateNamespaceRequest(namespace=NAMESPACE, config=config)
             update.update_mask.paths.append("config.rate_limits")
+            if retention_s is not None:
+                update.update_mask.paths.append("config.retention")
             await stub.UpdateNamespace(update, timeout=10)
         suffix = uuid.uuid4().hex[:8]
         flow, queue = f"bench_{scenario.name}_{suffix}", f"bench-{suffix}"
