@@ -64,7 +64,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-## pytest: the test suites (starts a throwaway PostgreSQL and a single-node Cassandra itself)
+## pytest: the test suites (start a throwaway PostgreSQL, a single-node Cassandra and, for the
+## node-loss chaos test, a three-node Cassandra ring on 127.0.0.1-3 themselves)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

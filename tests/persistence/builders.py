@@ -148,3 +148,44 @@ async def all_history(persistence: Persistence, k: ExecutionKey) -> list[History
         if page.next_page_token is None:
             return out
         token = page.next_page_token
+
+
+async def created_runs(
+    persistence: Persistence, count: int, *, shard_id: int, range_id: int
+) -> list[CreateExecution]:
+    """`count` new runs of one shard, created one by one (for group commit cases)."""
+    creates = [
+        new_execution(f"run-{shard_id}-{n}", range_id=range_id, shard_id=shard_id)
+        for n in range(count)
+    ]
+    for create in creates:
+        await persistence.executions.create_execution(create)
+    return creates
+
+
+def group_decision(create: CreateExecution, n: int, *, close: bool = False) -> UpdateExecution:
+    """The `n`th concurrent decision of a group: one event batch, a transfer and a timer task
+    with ids of their own."""
+    r, shard = create.range_id, create.shard_id
+    return next_step(
+        create.execution,
+        range_id=r,
+        shard_id=shard,
+        events=[batch(3, 2, txn=(r << 20) + 100 + n, tag=f"decision {shard}/{n}".encode())],
+        transfer=[TransferTaskRow(task_id=(r << 20) + 200 + n, data=f"task {n}".encode())],
+        timers=[TimerTaskRow(fire_time_ms=1_000 + n, task_id=(r << 20) + 300 + n, data=b"t")],
+        close=close,
+    )
+
+
+async def landed(persistence: Persistence, update: UpdateExecution) -> bool:
+    """Whether the decision's state and events are what is stored (and only then)."""
+    ex = update.execution
+    k = key(ex.run_id, ex.execution_id, shard_id=update.shard_id)
+    stored = await persistence.executions.get_execution(k)
+    history = await all_history(persistence, k)
+    if stored == ex:
+        assert history[-1] == update.events[0]
+        return True
+    assert update.events[0] not in history
+    return False

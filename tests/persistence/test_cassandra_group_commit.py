@@ -15,9 +15,11 @@ from tests.conftest import open_cassandra_keyspace
 from tests.persistence.builders import (
     NAMESPACE,
     acquire,
-    all_history,
     batch,
+    created_runs,
+    group_decision,
     key,
+    landed,
     new_execution,
     next_step,
 )
@@ -29,11 +31,8 @@ from tideflow_server.persistence import (
 from tideflow_server.persistence.cassandra import CassandraPersistence
 from tideflow_server.persistence.cassandra._execution import CassandraExecutionStore
 from tideflow_server.persistence.records import (
-    CreateExecution,
     RunState,
-    TimerTaskRow,
     TransferTaskRow,
-    UpdateExecution,
 )
 
 
@@ -55,44 +54,6 @@ def _statements(persistence: CassandraPersistence, shard_id: int) -> int:
     return 0 if group is None else group.statements
 
 
-def _decision(create: CreateExecution, n: int, *, close: bool = False) -> UpdateExecution:
-    r, shard = create.range_id, create.shard_id
-    return next_step(
-        create.execution,
-        range_id=r,
-        shard_id=shard,
-        events=[batch(3, 2, txn=(r << 20) + 100 + n, tag=f"decision {shard}/{n}".encode())],
-        transfer=[TransferTaskRow(task_id=(r << 20) + 200 + n, data=f"task {n}".encode())],
-        timers=[TimerTaskRow(fire_time_ms=1_000 + n, task_id=(r << 20) + 300 + n, data=b"t")],
-        close=close,
-    )
-
-
-async def _runs(
-    persistence: CassandraPersistence, count: int, *, shard_id: int, range_id: int
-) -> list[CreateExecution]:
-    creates = [
-        new_execution(f"run-{shard_id}-{n}", range_id=range_id, shard_id=shard_id)
-        for n in range(count)
-    ]
-    for create in creates:
-        await persistence.executions.create_execution(create)
-    return creates
-
-
-async def _landed(persistence: CassandraPersistence, decision: UpdateExecution) -> bool:
-    """Whether the decision's state and events are what is stored (and only then)."""
-    ex = decision.execution
-    k = key(ex.run_id, ex.execution_id, shard_id=decision.shard_id)
-    stored = await persistence.executions.get_execution(k)
-    history = await all_history(persistence, k)
-    if stored == ex:
-        assert history[-1] == decision.events[0]
-        return True
-    assert decision.events[0] not in history
-    return False
-
-
 async def _transfer_ids(persistence: CassandraPersistence, shard_id: int) -> set[int]:
     found = await persistence.executions.get_transfer_tasks(
         shard_id, min_task_id=0, max_task_id=2**62, limit=1000
@@ -106,18 +67,18 @@ async def test_concurrent_writes_of_a_shard_go_as_few_batches(
     """New runs and decisions of one shard, all at once: fewer batches than writes, and
     every write landed with its events, outbox tasks and (for a close) its pointer."""
     r = await acquire(cass)
-    [first] = await _runs(cass, 1, shard_id=1, range_id=r)  # the shard's group now exists
+    [first] = await created_runs(cass, 1, shard_id=1, range_id=r)  # the shard's group now exists
     creates = [new_execution(f"new-{n}", range_id=r) for n in range(10)]
     before = _statements(cass, 1)
 
     await asyncio.gather(*(cass.executions.create_execution(c) for c in creates))
     middle = _statements(cass, 1)
-    decisions = [_decision(c, n, close=n % 3 == 0) for n, c in enumerate([first, *creates])]
+    decisions = [group_decision(c, n, close=n % 3 == 0) for n, c in enumerate([first, *creates])]
     await asyncio.gather(*(cass.executions.update_execution(d) for d in decisions))
 
     assert middle - before < len(creates)
     assert _statements(cass, 1) - middle < len(decisions)
-    assert [await _landed(cass, d) for d in decisions] == [True] * len(decisions)
+    assert [await landed(cass, d) for d in decisions] == [True] * len(decisions)
     assert await _transfer_ids(cass, 1) == {t.task_id for d in decisions for t in d.transfer_tasks}
     closed = await cass.executions.get_current_run(1, NAMESPACE, first.execution.run_id)
     assert closed.state is RunState.CLOSED
@@ -129,9 +90,9 @@ async def test_a_stale_owners_batch_changes_nothing(cass: CassandraPersistence) 
     """Another host took the shard: every write of the group fails its fence, and none of
     their executions, events, pointers or outbox rows are stored."""
     old = await acquire(cass)
-    creates = await _runs(cass, 4, shard_id=1, range_id=old)
+    creates = await created_runs(cass, 4, shard_id=1, range_id=old)
     new = await acquire(cass)
-    decisions = [_decision(c, n) for n, c in enumerate(creates)]
+    decisions = [group_decision(c, n) for n, c in enumerate(creates)]
     newcomer = new_execution("newcomer", range_id=old)
 
     results = await asyncio.gather(
@@ -146,7 +107,7 @@ async def test_a_stale_owners_batch_changes_nothing(cass: CassandraPersistence) 
         for res in results
         if isinstance(res, ShardOwnershipLost)
     )
-    assert [await _landed(cass, d) for d in decisions] == [False] * 4
+    assert [await landed(cass, d) for d in decisions] == [False] * 4
     assert await _transfer_ids(cass, 1) == set()
     with pytest.raises(Exception, match="not found"):
         await cass.executions.get_current_run(1, NAMESPACE, "newcomer")
@@ -158,8 +119,8 @@ async def test_a_conflicting_run_fails_alone_and_the_others_commit(
     """One decision is stale (its db_version moved on): the group's batch is not applied,
     each write goes again alone, and only the stale one fails, writing nothing."""
     r = await acquire(cass)
-    creates = await _runs(cass, 5, shard_id=1, range_id=r)
-    decisions = [_decision(c, n) for n, c in enumerate(creates)]
+    creates = await created_runs(cass, 5, shard_id=1, range_id=r)
+    decisions = [group_decision(c, n) for n, c in enumerate(creates)]
     stale = next_step(
         creates[2].execution,
         range_id=r,
@@ -177,7 +138,7 @@ async def test_a_conflicting_run_fails_alone_and_the_others_commit(
     assert isinstance(results[2], ConditionFailed)
     assert [res for n, res in enumerate(results) if n != 2] == [None] * 4
     assert _statements(cass, 1) - before == 1 + len(writes)  # the group, then each alone
-    assert [await _landed(cass, d) for d in writes if d is not stale] == [True] * 4
+    assert [await landed(cass, d) for d in writes if d is not stale] == [True] * 4
     assert (
         await cass.executions.get_execution(
             key(creates[2].execution.run_id, creates[2].execution.execution_id)
@@ -193,7 +154,7 @@ async def test_two_starts_of_one_run_id_in_a_group_let_exactly_one_win(
     """Two new executions for one run_id come together: a run is in a batch at most once,
     so the second goes alone after it and finds the first's pointer."""
     r = await acquire(cass)
-    await _runs(cass, 1, shard_id=1, range_id=r)
+    await created_runs(cass, 1, shard_id=1, range_id=r)
     a = new_execution("twice", execution_id="e-a", range_id=r)
     b = new_execution("twice", execution_id="e-b", range_id=r)
 

@@ -13,9 +13,11 @@ import pytest
 from tests.persistence.builders import (
     NAMESPACE,
     acquire,
-    all_history,
     batch,
+    created_runs,
+    group_decision,
     key,
+    landed,
     new_execution,
     next_step,
 )
@@ -28,11 +30,8 @@ from tideflow_server.persistence import (
 from tideflow_server.persistence.postgres import open_postgres
 from tideflow_server.persistence.postgres._execution import PostgresExecutionStore
 from tideflow_server.persistence.records import (
-    CreateExecution,
     RunState,
-    TimerTaskRow,
     TransferTaskRow,
-    UpdateExecution,
 )
 from tideflow_server.persistence.sql import SqlPersistence
 
@@ -52,44 +51,6 @@ def _statements(persistence: SqlPersistence) -> int:
     return store.group.statements
 
 
-async def _runs(
-    persistence: SqlPersistence, count: int, *, shard_id: int, range_id: int
-) -> list[CreateExecution]:
-    creates = [
-        new_execution(f"run-{shard_id}-{n}", range_id=range_id, shard_id=shard_id)
-        for n in range(count)
-    ]
-    for create in creates:
-        await persistence.executions.create_execution(create)
-    return creates
-
-
-def _decision(create: CreateExecution, n: int, *, close: bool = False) -> UpdateExecution:
-    r, shard = create.range_id, create.shard_id
-    return next_step(
-        create.execution,
-        range_id=r,
-        shard_id=shard,
-        events=[batch(3, 2, txn=(r << 20) + 100 + n, tag=f"decision {shard}/{n}".encode())],
-        transfer=[TransferTaskRow(task_id=(r << 20) + 200 + n, data=f"task {n}".encode())],
-        timers=[TimerTaskRow(fire_time_ms=1_000 + n, task_id=(r << 20) + 300 + n, data=b"t")],
-        close=close,
-    )
-
-
-async def _landed(persistence: SqlPersistence, decision: UpdateExecution) -> bool:
-    """Whether the decision's state and events are what is stored."""
-    ex = decision.execution
-    k = key(ex.run_id, ex.execution_id, shard_id=decision.shard_id)
-    stored = await persistence.executions.get_execution(k)
-    history = await all_history(persistence, k)
-    if stored == ex:
-        assert history[-1] == decision.events[0]
-        return True
-    assert decision.events[0] not in history
-    return False
-
-
 async def _task_ids(persistence: SqlPersistence, shard_id: int) -> tuple[set[int], set[int]]:
     transfer = await persistence.executions.get_transfer_tasks(
         shard_id, min_task_id=0, max_task_id=2**62, limit=1000
@@ -105,10 +66,10 @@ async def test_concurrent_decisions_of_two_shards_land_in_fewer_statements(
 ) -> None:
     r1 = await acquire(pg, 1)
     r2 = await acquire(pg, 2)
-    creates = await _runs(pg, 12, shard_id=1, range_id=r1) + await _runs(
+    creates = await created_runs(pg, 12, shard_id=1, range_id=r1) + await created_runs(
         pg, 12, shard_id=2, range_id=r2
     )
-    decisions = [_decision(c, n, close=n % 3 == 0) for n, c in enumerate(creates)]
+    decisions = [group_decision(c, n, close=n % 3 == 0) for n, c in enumerate(creates)]
     before = _statements(pg)
 
     results = await asyncio.gather(*(pg.executions.update_execution(d) for d in decisions))
@@ -116,7 +77,7 @@ async def test_concurrent_decisions_of_two_shards_land_in_fewer_statements(
     assert results == [None] * len(decisions)
     assert _statements(pg) - before < len(decisions)
     for d in decisions:
-        assert await _landed(pg, d)
+        assert await landed(pg, d)
     for shard_id in (1, 2):
         transfer, timers = await _task_ids(pg, shard_id)
         mine = [d for d in decisions if d.shard_id == shard_id]
@@ -133,10 +94,10 @@ async def test_a_group_gives_each_decision_its_own_outcome(pg: SqlPersistence) -
     with ShardOwnershipLost; neither writes anything, and the others of the group land."""
     r1 = await acquire(pg, 1)
     old_r2 = await acquire(pg, 2)
-    good = await _runs(pg, 4, shard_id=1, range_id=r1)
-    [moved] = await _runs(pg, 1, shard_id=2, range_id=old_r2)
+    good = await created_runs(pg, 4, shard_id=1, range_id=r1)
+    [moved] = await created_runs(pg, 1, shard_id=2, range_id=old_r2)
     new_r2 = await acquire(pg, 2)  # another host took shard 2
-    decisions = [_decision(c, n) for n, c in enumerate(good)]
+    decisions = [group_decision(c, n) for n, c in enumerate(good)]
     stale = next_step(
         good[0].execution,
         range_id=r1,
@@ -144,7 +105,7 @@ async def test_a_group_gives_each_decision_its_own_outcome(pg: SqlPersistence) -
         transfer=[TransferTaskRow(task_id=(r1 << 20) + 998, data=b"stale")],
         expected_db_version=7,  # not what is stored
     )
-    fenced = _decision(moved, 50)
+    fenced = group_decision(moved, 50)
     before = _statements(pg)
 
     results = await asyncio.gather(
@@ -158,8 +119,8 @@ async def test_a_group_gives_each_decision_its_own_outcome(pg: SqlPersistence) -
     lost = results[-1]
     assert isinstance(lost, ShardOwnershipLost)
     assert (lost.expected_range_id, lost.actual_range_id) == (old_r2, new_r2)
-    assert [await _landed(pg, d) for d in decisions[1:]] == [True] * 3
-    assert not await _landed(pg, fenced)
+    assert [await landed(pg, d) for d in decisions[1:]] == [True] * 3
+    assert not await landed(pg, fenced)
     assert (
         await pg.executions.get_execution(
             key(good[0].execution.run_id, good[0].execution.execution_id)
@@ -175,13 +136,13 @@ async def test_a_refused_group_is_written_one_by_one(pg: SqlPersistence) -> None
     """A decision whose outbox task id is taken makes the server refuse the whole statement;
     then each decision goes alone, so only that one fails."""
     r = await acquire(pg)
-    creates = await _runs(pg, 5, shard_id=1, range_id=r)
+    creates = await created_runs(pg, 5, shard_id=1, range_id=r)
     taken = (r << 20) + 200 + 2
     blocker = new_execution(
         "blocker", range_id=r, transfer=[TransferTaskRow(task_id=taken, data=b"first")]
     )
     await pg.executions.create_execution(blocker)
-    decisions = [_decision(c, n) for n, c in enumerate(creates)]
+    decisions = [group_decision(c, n) for n, c in enumerate(creates)]
     before = _statements(pg)
 
     results = await asyncio.gather(
@@ -191,17 +152,17 @@ async def test_a_refused_group_is_written_one_by_one(pg: SqlPersistence) -> None
     assert isinstance(results[2], AlreadyExists)
     assert [res for n, res in enumerate(results) if n != 2] == [None] * 4
     assert _statements(pg) - before == 1 + len(decisions)
-    assert [await _landed(pg, d) for d in decisions] == [True, True, False, True, True]
+    assert [await landed(pg, d) for d in decisions] == [True, True, False, True, True]
 
 
 async def test_a_lone_decision_goes_at_once_without_a_group(pg: SqlPersistence) -> None:
     r = await acquire(pg)
-    [create] = await _runs(pg, 1, shard_id=1, range_id=r)
+    [create] = await created_runs(pg, 1, shard_id=1, range_id=r)
     before = _statements(pg)
-    decision = _decision(create, 0)
+    decision = group_decision(create, 0)
     await pg.executions.update_execution(decision)
     assert _statements(pg) - before == 1
-    assert await _landed(pg, decision)
+    assert await landed(pg, decision)
 
 
 async def test_a_group_whose_connection_is_lost_leaves_every_decision_unknown(
@@ -211,8 +172,8 @@ async def test_a_group_whose_connection_is_lost_leaves_every_decision_unknown(
     killed. Each decision of the group gets Unavailable (outcome unknown, as for a lone
     write), and none of them landed."""
     r = await acquire(pg)
-    creates = await _runs(pg, 3, shard_id=1, range_id=r)
-    decisions = [_decision(c, n) for n, c in enumerate(creates)]
+    creates = await created_runs(pg, 3, shard_id=1, range_id=r)
+    decisions = [group_decision(c, n) for n, c in enumerate(creates)]
     holder = await asyncpg.connect(postgres_dsn)
     try:
         held = holder.transaction()
@@ -238,20 +199,20 @@ async def test_a_group_whose_connection_is_lost_leaves_every_decision_unknown(
         await holder.close()
 
     assert all(isinstance(res, Unavailable) for res in results), results
-    assert [await _landed(pg, d) for d in decisions] == [False] * 3
+    assert [await landed(pg, d) for d in decisions] == [False] * 3
 
 
 async def test_large_decisions_go_in_groups_of_bounded_size(pg: SqlPersistence) -> None:
     """Four decisions of 1.5 MiB of state each: two per statement under the 4 MiB bound."""
     r = await acquire(pg)
-    creates = await _runs(pg, 4, shard_id=1, range_id=r)
+    creates = await created_runs(pg, 4, shard_id=1, range_id=r)
     decisions = [
         replace(d, execution=replace(d.execution, data=bytes([n]) * (1536 * 1024)))
-        for n, d in enumerate(_decision(c, n) for n, c in enumerate(creates))
+        for n, d in enumerate(group_decision(c, n) for n, c in enumerate(creates))
     ]
     before = _statements(pg)
 
     await asyncio.gather(*(pg.executions.update_execution(d) for d in decisions))
 
     assert _statements(pg) - before == 2
-    assert [await _landed(pg, d) for d in decisions] == [True] * 4
+    assert [await landed(pg, d) for d in decisions] == [True] * 4
