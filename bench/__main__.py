@@ -23,10 +23,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from bench.chart import dip_chart, latency_chart
 from bench.harness import BenchError, PeersUnavailable, Plan, Setup, bench
@@ -225,22 +225,11 @@ def run_model(args: argparse.Namespace, setup: Setup) -> int:
         drain_s=args.drain_s,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-model-"))
-    try:
-        report = asyncio.run(_main_model(plan, setup, workdir))
-    except BenchError as e:
-        print(f"python -m bench: {e} (worker logs kept in {workdir})", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    shutil.rmtree(workdir, ignore_errors=True)
-    print(report.markdown())
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = args.out / f"{stamp}-model-{report.topology}-{report.backend}"
-    base.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    base.with_suffix(".md").write_text(report.markdown())
-    print(f"wrote {base}.json and .md", file=sys.stderr)
+    report = _run_guarded(_main_model(plan, setup, workdir), workdir)
+    if isinstance(report, int):
+        return report
+    _write_table(args.out, f"model-{report.topology}-{report.backend}", report.to_json(),
+                 report.markdown())  # fmt: skip
     return 0
 
 
@@ -253,8 +242,20 @@ def run_soak(args: argparse.Namespace, setup: Setup) -> int:
         retention_s=args.retention_s,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tideflow-bench-soak-"))
+    ran = _run_guarded(_main_soak(args.scenario, plan, setup, workdir), workdir)
+    if isinstance(ran, int):
+        return ran
+    result, where = ran
+    text = soak_markdown(result, title=f"soak: {where}")
+    _write_table(args.out, f"soak-{setup.topology}-{setup.backend}", asdict(result), text)
+    return 0 if result.p99_ok and result.size_ok else 3
+
+
+def _run_guarded(main: Coroutine[Any, Any, T], workdir: Path) -> T | int:
+    """`main` run to its end, its workdir removed; or the exit status, said on stderr, when
+    the system could not be measured (logs kept) or the run was interrupted."""
     try:
-        result, where = asyncio.run(_main_soak(args.scenario, plan, setup, workdir))
+        result = asyncio.run(main)
     except BenchError as e:
         print(f"python -m bench: {e} (worker logs kept in {workdir})", file=sys.stderr)
         return 1
@@ -262,15 +263,17 @@ def run_soak(args: argparse.Namespace, setup: Setup) -> int:
         print("python -m bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     shutil.rmtree(workdir, ignore_errors=True)
-    text = soak_markdown(result, title=f"soak: {where}")
+    return result
+
+
+def _write_table(out: Path, name: str, data: Any, text: str) -> None:
+    """Print a mode's table and write it, with its JSON, as `<UTC time>-<name>`."""
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = args.out / f"{stamp}-soak-{setup.topology}-{setup.backend}"
-    base.with_suffix(".json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}"
+    base.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     base.with_suffix(".md").write_text(text)
     print(f"wrote {base}.json and .md", file=sys.stderr)
-    return 0 if result.p99_ok and result.size_ok else 3
 
 
 async def _main_soak(
