@@ -40,6 +40,22 @@ async def test_update_with_stale_range_id_is_ownership_lost(persistence: SqlPers
     assert (await persistence.shards.get_shard(1)).data == b""
 
 
+async def test_fence_changes_nothing_and_holds_only_for_the_owner(
+    persistence: SqlPersistence,
+) -> None:
+    await persistence.shards.create_shard(ShardRow(shard_id=1, range_id=0, data=b""))
+    await persistence.shards.update_shard(
+        ShardRow(shard_id=1, range_id=3, data=b"ack levels"), previous_range_id=0
+    )
+    await persistence.shards.fence(1, 3)
+    with pytest.raises(ShardOwnershipLost) as lost:
+        await persistence.shards.fence(1, 2)  # an owner that was taken over
+    assert lost.value.actual_range_id == 3
+    assert await persistence.shards.get_shard(1) == ShardRow(
+        shard_id=1, range_id=3, data=b"ack levels"
+    )
+
+
 async def test_concurrent_acquisitions_one_wins(persistence: SqlPersistence) -> None:
     await persistence.shards.create_shard(ShardRow(shard_id=1, range_id=4, data=b""))
     contenders = [ShardRow(shard_id=1, range_id=5, data=f"host {i}".encode()) for i in range(4)]

@@ -97,6 +97,11 @@ class FaultsConfig(_Section):
     """Run id prefixes: an execution create of such a run commits, then fails as if the
     database's reply were lost (outcome unknown), as a history host that dies right after
     the commit would look to the frontend."""
+    hold_retry_commit_run_ids: tuple[str, ...] = ()
+    """Run id prefixes: the first commit of such a run that schedules a block's retry fails
+    as if its reply were lost and is held, landing only when the next fence or write reaches
+    its shard, as a Cassandra lightweight transaction left accepted but uncommitted does (a
+    read meanwhile sees the run as it was)."""
 
 
 class PersistenceConfig(_Section):

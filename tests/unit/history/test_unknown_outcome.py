@@ -1,5 +1,6 @@
 """A commit whose outcome is unknown (the database took the write, then the connection
-failed) still gets its outbox delivered: the run does not stall on a lost block task."""
+failed) still gets its outbox delivered: the run does not stall on a lost block task. And a
+write that lands only after its caller heard it fail is seen by the next read of its run."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import pytest
 from google.protobuf import json_format
 
 from tideflow.api.v1 import blueprint_pb2, common_pb2, flow_pb2, flow_service_pb2
-from tideflow_server.config import HistoryConfig
-from tideflow_server.history.api import cancel_run, record_block_started, start_run
+from tideflow_server.config import FaultsConfig, HistoryConfig
+from tideflow_server.history.api import (
+    cancel_run,
+    record_block_started,
+    respond_block_failed,
+    start_run,
+)
 from tideflow_server.history.flows import FlowCache
 from tideflow_server.history.shard.context import ShardContext
 from tideflow_server.history.shard.direct import DirectDispatch
 from tideflow_server.history.tasks import timer, transfer
 from tideflow_server.internal.v1 import history_service_pb2, matching_service_pb2, records_pb2
 from tideflow_server.namespaces import NamespaceCache
-from tideflow_server.persistence import Unavailable, schema
+from tideflow_server.persistence import Persistence, Unavailable, faults, schema
 from tideflow_server.persistence.manager import PersistenceManager
 from tideflow_server.persistence.records import CreateExecution
 from tideflow_server.persistence.sql import SqlDatabase, SqlPersistence
@@ -28,6 +34,7 @@ from tideflow_server.persistence.sql._execution import SqlExecutionStore
 from tideflow_server.persistence.sqlite import open_sqlite
 from tideflow_server.rpc.errors import FailedPrecondition, NotFound
 from tideflow_server.rpc.errors import Unavailable as ServiceUnavailable
+from tideflow_server.tokens import block_task_response
 
 
 class LandsThenFails(SqlExecutionStore):
@@ -59,7 +66,9 @@ class RecordingMatching:
         return matching_service_pb2.AddBlockTaskResponse(sync_matched=self.matched)
 
 
-async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceManager, str]:
+async def _flow_and_namespace(
+    persistence: Persistence, retry: dict[str, str] | None = None
+) -> tuple[PersistenceManager, str]:
     manager = PersistenceManager(persistence)
     namespace = records_pb2.NamespaceRecord()
     namespace.info.id, namespace.info.name = str(uuid.uuid4()), "docs"
@@ -71,6 +80,7 @@ async def _flow_and_namespace(persistence: SqlPersistence) -> tuple[PersistenceM
             "task_queue": "cpu",
             "blocks": [{"id": "a", "external": {"block": "a@1"}}],
             "timeouts": {"start_to_close": "5s"},
+            **({"retry": retry} if retry else {}),
         },
         blueprint_pb2.Blueprint(),
     )
@@ -296,3 +306,57 @@ async def test_a_poll_for_a_direct_start_of_a_canceled_run_cancels_the_block(
             assert entry.state.execution_info.status == common_pb2.RUN_STATUS_CANCELED
     finally:
         await shard.stop()
+
+
+async def test_a_read_after_an_unknown_outcome_sees_the_write_that_landed_late(
+    tmp_path: Path,
+) -> None:
+    """On Cassandra a lightweight transaction whose reply was lost can stay accepted but
+    uncommitted, unseen by reads until the next Paxos round on the shard's partition. Here the
+    commit that fails attempt 1 and schedules its retry is left so (the fault holds it until
+    the next fence or write of the shard). The next read of the run settles the shard first,
+    so it sees attempt 2, and the retry's timer dispatches it. Read before the write landed,
+    the timer would have found attempt 1, stale, and dropped the retry for good (but for
+    history's re-dispatch, a minute later)."""
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    held = faults.inject(opened, FaultsConfig(hold_retry_commit_run_ids=("doc-",)))
+    try:
+        manager, namespace_id = await _flow_and_namespace(held, {"initial_interval": "0.1s"})
+        matching = RecordingMatching()
+        shard = await _shard(manager, matching)
+        try:
+            request = flow_service_pb2.StartRunRequest(run_id="doc-6", request_id="r6")
+            request.flow.name = "one"
+            await start_run.invoke(
+                shard,
+                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+            )
+            added = await asyncio.wait_for(matching.added.get(), 10)
+            started = await record_block_started.invoke(
+                shard, _started_by(added, namespace_id, "poll-1")
+            )
+            task = block_task_response(
+                namespace_id=namespace_id,
+                run=added.run,
+                scheduled_event_id=added.scheduled_event_id,
+                started=started,
+            )
+            failed = flow_service_pb2.RespondBlockFailedRequest(task_token=task.task_token)
+            failed.failure.message = "boom"
+            failed.failure.application_failure_info.type = "Boom"
+            with pytest.raises(ServiceUnavailable):
+                await respond_block_failed.invoke(
+                    shard,
+                    history_service_pb2.RespondBlockFailedRequest(
+                        namespace_id=namespace_id, request=failed
+                    ),
+                )
+            pending = await _pending(shard, namespace_id, added)
+            assert (pending.attempt, pending.HasField("started_time")) == (2, False)
+            retry = await asyncio.wait_for(matching.added.get(), 10)
+            assert (retry.run.run_id, retry.attempt) == ("doc-6", 2)
+        finally:
+            await shard.stop()
+    finally:
+        await opened.close()

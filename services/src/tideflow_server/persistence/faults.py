@@ -8,6 +8,7 @@ the stores are not wrapped, so it costs nothing on the hot path.
 from __future__ import annotations
 
 from tideflow_server.config import FaultsConfig
+from tideflow_server.internal.v1 import records_pb2
 from tideflow_server.persistence import errors as store
 from tideflow_server.persistence.interfaces import (
     ClusterStore,
@@ -25,6 +26,7 @@ from tideflow_server.persistence.records import (
     CurrentRunRow,
     ExecutionKey,
     ExecutionRow,
+    ShardRow,
     TimerTaskRow,
     TransferTaskRow,
     UpdateExecution,
@@ -33,17 +35,64 @@ from tideflow_server.persistence.records import (
 
 def inject(persistence: Persistence, faults: FaultsConfig) -> Persistence:
     """`persistence` with the configured faults, or itself when none is configured."""
-    if not faults.lose_create_reply_run_ids:
+    if not (faults.lose_create_reply_run_ids or faults.hold_retry_commit_run_ids):
         return persistence
     return _FaultyPersistence(persistence, faults)
 
 
+def _schedules_retry(request: UpdateExecution) -> bool:
+    return any(
+        records_pb2.TimerTask.FromString(t.data).HasField("block_retry")
+        for t in request.timer_tasks
+    )
+
+
+class _Held:
+    """Writes reported as failed but still in flight, by shard: each lands when the next
+    fence or write reaches its shard."""
+
+    def __init__(self, inner: ExecutionStore) -> None:
+        self._inner = inner
+        self._writes: dict[int, list[UpdateExecution]] = {}
+
+    def hold(self, request: UpdateExecution) -> None:
+        self._writes.setdefault(request.shard_id, []).append(request)
+
+    async def land(self, shard_id: int) -> None:
+        for request in self._writes.pop(shard_id, []):
+            await self._inner.update_execution(request)
+
+
+class _FaultyShards:
+    def __init__(self, inner: ShardStore, held: _Held) -> None:
+        self._inner = inner
+        self._held = held
+
+    async def create_shard(self, row: ShardRow) -> None:
+        await self._inner.create_shard(row)
+
+    async def get_shard(self, shard_id: int) -> ShardRow:
+        return await self._inner.get_shard(shard_id)
+
+    async def update_shard(self, row: ShardRow, *, previous_range_id: int) -> None:
+        await self._held.land(row.shard_id)
+        await self._inner.update_shard(row, previous_range_id=previous_range_id)
+
+    async def fence(self, shard_id: int, range_id: int) -> None:
+        await self._held.land(shard_id)
+        await self._inner.fence(shard_id, range_id)
+
+
 class _FaultyExecutions:
-    def __init__(self, inner: ExecutionStore, faults: FaultsConfig) -> None:
+    def __init__(self, inner: ExecutionStore, faults: FaultsConfig, held: _Held) -> None:
         self._inner = inner
         self._lose_create_reply = faults.lose_create_reply_run_ids
+        self._hold_retry_commit = faults.hold_retry_commit_run_ids
+        self._held = held
+        self._runs_held: set[str] = set()
 
     async def create_execution(self, request: CreateExecution) -> None:
+        await self._held.land(request.shard_id)
         await self._inner.create_execution(request)
         if request.current.run_id.startswith(self._lose_create_reply):
             # The write landed; the caller hears what a dropped connection would tell it.
@@ -52,6 +101,17 @@ class _FaultyExecutions:
             )
 
     async def update_execution(self, request: UpdateExecution) -> None:
+        await self._held.land(request.shard_id)
+        run_id = request.execution.run_id
+        if (
+            self._hold_retry_commit
+            and run_id.startswith(self._hold_retry_commit)
+            and run_id not in self._runs_held
+            and _schedules_retry(request)
+        ):
+            self._runs_held.add(run_id)
+            self._held.hold(request)
+            raise store.Unavailable(f"injected fault: run {run_id!r}'s retry commit is held")
         await self._inner.update_execution(request)
 
     async def get_execution(self, key: ExecutionKey) -> ExecutionRow:
@@ -100,7 +160,9 @@ class _FaultyPersistence:
 
     def __init__(self, inner: Persistence, faults: FaultsConfig) -> None:
         self._inner = inner
-        self._executions = _FaultyExecutions(inner.executions, faults)
+        held = _Held(inner.executions)
+        self._shards = _FaultyShards(inner.shards, held)
+        self._executions = _FaultyExecutions(inner.executions, faults, held)
 
     @property
     def backend(self) -> str:
@@ -108,7 +170,7 @@ class _FaultyPersistence:
 
     @property
     def shards(self) -> ShardStore:
-        return self._inner.shards
+        return self._shards
 
     @property
     def executions(self) -> ExecutionStore:

@@ -55,6 +55,14 @@ class ShardStore(Protocol):
         """Write the row if the stored range_id still equals `previous_range_id`, else raise
         ShardOwnershipLost. Acquisition is this call with `row.range_id = previous + 1`."""
 
+    async def fence(self, shard_id: int, range_id: int) -> None:
+        """A write that changes nothing, conditional on the shard's range_id still being
+        `range_id` (else ShardOwnershipLost). Once it returns, every earlier write to the shard
+        whose outcome was unknown is visible to reads, or never will be: on Cassandra a
+        lightweight transaction left accepted but uncommitted is completed or superseded by
+        this one's Paxos round; on PostgreSQL it waits for the transactions still fenced on
+        the shard row."""
+
 
 class ExecutionStore(Protocol):
     async def create_execution(self, request: CreateExecution) -> None:
@@ -69,7 +77,9 @@ class ExecutionStore(Protocol):
     async def update_execution(self, request: UpdateExecution) -> None:
         """Commit one decision. ShardOwnershipLost on a stale range_id; ConditionFailed if
         the stored db_version is not `request.expected_db_version` (or the execution is gone).
-        On any error nothing of the request is visible."""
+        On those errors nothing of the request is visible. On Unavailable the outcome is
+        unknown: the write may become visible later, until a `ShardStore.fence` of the shard
+        returns."""
 
     async def get_execution(self, key: ExecutionKey) -> ExecutionRow:
         """NotFound if absent."""

@@ -196,6 +196,11 @@ class PersistenceManager:
         )
         lease.info = info
 
+    async def fence_shard(self, lease: ShardLease) -> None:
+        """Make the outcome of every earlier write to the shard whose outcome was unknown
+        definite (ShardStore.fence); ShardOwnershipLost if the shard moved on."""
+        await self.persistence.shards.fence(lease.shard_id, lease.range_id)
+
     async def allocate_task_ids(self, lease: ShardLease, count: int) -> list[int]:
         """`count` increasing task ids, renewing the lease's range when it runs out."""
         if not 0 < count < 1 << self._task_id_bits:

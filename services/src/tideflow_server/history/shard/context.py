@@ -5,6 +5,14 @@ committed (state, events, outbox tasks) in one fenced write. After a commit the 
 tasks go straight to the transfer and timer queues (the persisted outbox is the fallback
 after a crash). Commits that are allocated task ids but not yet finished are tracked, so the
 queues never acknowledge past a task that may still appear.
+
+A commit whose outcome is unknown (its reply lost, a timeout) may still become visible
+after it failed: on Cassandra a lightweight transaction left accepted but uncommitted is
+completed by the next Paxos round on the shard's partition, and a read at LOCAL_QUORUM does
+not see it before then. Read in that window, a run's state would be one the run is about to
+leave, and a timer or outbox task that checks it (a retry's dispatch) would find itself stale
+and do nothing for good. So such a commit settles the shard (ShardStore.fence) before any
+state is read from the store again: afterwards the write is visible or never will be.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,6 +99,9 @@ class ShardContext:
         self._current: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._inflight: dict[int, tuple[int, int]] = {}
         self._inflight_seq = 0
+        self._settling: asyncio.Task[None] | None = None
+        self._unsettled = False
+        """A commit's outcome became unknown while the settling fence was in flight."""
         self.lost = False
         self.transfer: TransferQueue | None = None
         self.timers: TimerQueue | None = None
@@ -112,6 +124,44 @@ class ShardContext:
         for queue in (self.transfer, self.timers):
             if queue is not None:
                 await queue.stop()
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._settling
+
+    # -- unknown outcomes ----------------------------------------------------------------
+
+    def _unsettle(self) -> None:
+        """A commit's outcome is unknown: fence the shard before the next read from the
+        store, again if a fence is already under way (it may have begun before that write)."""
+        if self._settling is not None and not self._settling.done():
+            self._unsettled = True
+            return
+        self._settling = asyncio.create_task(self._settle(), name=f"settle-{self.shard_id}")
+
+    async def _settle(self) -> None:
+        backoff = 0.05
+        while not self.lost:
+            self._unsettled = False
+            try:
+                await self.manager.fence_shard(self.lease)
+            except store.ShardOwnershipLost:
+                self.mark_lost()
+                return
+            except store.PersistenceError as e:
+                log.info("shard not settled, retrying", shard_id=self.shard_id, error=str(e))
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self._unsettled:
+                return
+
+    async def settled(self) -> None:
+        """Wait until no commit of this shard has an outcome still unknown (see the module
+        docstring); Unavailable if the shard is lost meanwhile."""
+        while self._settling is not None and not self._settling.done():
+            await asyncio.shield(self._settling)
+        self.check_owned()
 
     def mark_lost(self) -> None:
         if not self.lost:
@@ -174,6 +224,7 @@ class ShardContext:
         if known is not None:
             self._current.move_to_end(key)
             return known
+        await self.settled()
         try:
             current = await self.manager.persistence.executions.get_current_run(
                 self.shard_id, namespace_id, run_id
@@ -201,6 +252,7 @@ class ShardContext:
         async with entry.lock:
             if entry.loaded is None:
                 entry.last_batch = []
+                await self.settled()
                 try:
                     entry.loaded = await self.manager.get_execution(
                         self.shard_id, namespace_id, run_id, execution_id
@@ -286,7 +338,14 @@ class ShardContext:
         # and hand its tasks to the queues anyway: once this call returns, the queues may
         # acknowledge past these ids, so a landed write's tasks would otherwise never run.
         # Delivering a task whose write did not land is harmless (receivers check state).
+        log.info(
+            "commit outcome unknown; settling the shard",
+            shard_id=self.shard_id,
+            run_id=entry.run_id,
+            error=str(e),
+        )
         entry.loaded = None
+        self._unsettle()
         step.direct_tasks.clear()  # a landed direct start is taken over by the poll instead
         self._queue(step)
         return Unavailable(str(e))

@@ -157,6 +157,17 @@ class CassandraShardStore:
                 shard_id=row.shard_id, expected_range_id=previous_range_id, actual_range_id=actual
             )
 
+    async def fence(self, shard_id: int, range_id: int) -> None:
+        # A Paxos round of its own on the shard's partition: its prepare finds a proposal of
+        # an earlier round left accepted but uncommitted (a batch whose reply was lost) and
+        # commits it first, or its own commit supersedes one no quorum accepted.
+        result = await self._db.execute(_FENCE, (range_id, *_shard_key(shard_id), range_id))
+        if not result.applied:
+            actual = result.dicts()[0].get("range_id") if result.rows else None
+            raise ShardOwnershipLost(
+                shard_id=shard_id, expected_range_id=range_id, actual_range_id=actual
+            )
+
 
 def _fence_held(rows: dict[int, dict[str, Any]], range_id: int) -> bool:
     shard = rows.get(SHARD)

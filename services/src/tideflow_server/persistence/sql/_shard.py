@@ -46,6 +46,26 @@ class SqlShardStore:
                     actual_range_id=None if actual is None else actual[0],
                 )
 
+    async def fence(self, shard_id: int, range_id: int) -> None:
+        # The update waits for the row's share locks: every transaction still fenced on the
+        # shard (a commit whose reply was lost) has committed or rolled back when it returns.
+        async with self._db.write() as conn:
+            changed = await conn.execute(
+                "UPDATE shards SET range_id = ? WHERE shard_id = ? AND range_id = ?",
+                range_id,
+                shard_id,
+                range_id,
+            )
+            if changed != 1:
+                actual = await conn.fetchone(
+                    "SELECT range_id FROM shards WHERE shard_id = ?", shard_id
+                )
+                raise ShardOwnershipLost(
+                    shard_id=shard_id,
+                    expected_range_id=range_id,
+                    actual_range_id=None if actual is None else actual[0],
+                )
+
 
 async def check_range(db: SqlDatabase, conn: SqlConn, shard_id: int, range_id: int) -> None:
     """Fence a write transaction on the shard's range_id.
