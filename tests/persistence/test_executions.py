@@ -216,6 +216,28 @@ async def test_reuse_names_the_current_execution(persistence: SqlPersistence) ->
         await persistence.executions.create_execution(never_ran)
 
 
+async def test_deletions_due_together_remove_only_their_runs(
+    persistence: SqlPersistence,
+) -> None:
+    """Retention deletes many runs at once (grouped into one transaction where the backend
+    can): each goes with its pointer, a key given twice is no error, the others stay."""
+    r = await acquire(persistence)
+    creates = [new_execution(f"due-{i}", range_id=r) for i in range(12)]
+    for create in creates:
+        await persistence.executions.create_execution(create)
+    keys = [key(c.current.run_id, c.execution.execution_id) for c in creates]
+    await asyncio.gather(*(persistence.executions.delete_execution(k) for k in keys[:10]))
+    await asyncio.gather(*(persistence.executions.delete_execution(k) for k in keys[8:10]))
+    for k in keys[:10]:
+        with pytest.raises(NotFound):
+            await persistence.executions.get_execution(k)
+        with pytest.raises(NotFound):
+            await persistence.executions.get_current_run(1, NAMESPACE, k.run_id)
+    for k in keys[10:]:
+        assert (await persistence.executions.get_execution(k)).run_id == k.run_id
+        assert (await persistence.executions.get_current_run(1, NAMESPACE, k.run_id)).execution_id
+
+
 async def test_delete_execution_removes_its_pointer(persistence: SqlPersistence) -> None:
     r = await acquire(persistence)
     create = new_execution("doc-4", range_id=r)

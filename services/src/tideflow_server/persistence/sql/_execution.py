@@ -22,6 +22,7 @@ from tideflow_server.persistence.records import (
     UpdateExecution,
 )
 from tideflow_server.persistence.sql._database import Row, SqlConn, SqlDatabase
+from tideflow_server.persistence.sql._deletes import GroupedDelete
 from tideflow_server.persistence.sql._shard import check_range
 
 _CURRENT_COLUMNS = "execution_id, state, status, start_request_id"
@@ -50,9 +51,25 @@ async def _check_flow(conn: SqlConn, namespace_id: str, check: FlowCheck) -> Non
         raise FlowChanged(f"flow {check.name!r}: version {newer[0]} is newer than {check.version}")
 
 
+def _execution_key_args(key: ExecutionKey) -> tuple[object, ...]:
+    return (key.shard_id, key.namespace_id, key.run_id, key.execution_id)
+
+
+_DELETE_EXECUTION = (
+    "DELETE FROM {table}"
+    " WHERE shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
+)
+
+
 class SqlExecutionStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        # The pointer goes only while it names this execution (its run may have started again).
+        self._deletes: GroupedDelete[ExecutionKey] = GroupedDelete(
+            db,
+            [_DELETE_EXECUTION.format(table=t) for t in ("executions", "current_runs")],
+            _execution_key_args,
+        )
 
     async def create_execution(self, request: CreateExecution) -> None:
         ex = request.execution
@@ -223,23 +240,7 @@ class SqlExecutionStore:
         return _current(namespace_id, run_id, found)
 
     async def delete_execution(self, key: ExecutionKey) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                "DELETE FROM executions"
-                " WHERE shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?",
-                key.shard_id,
-                key.namespace_id,
-                key.run_id,
-                key.execution_id,
-            )
-            await conn.execute(
-                "DELETE FROM current_runs"
-                " WHERE shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?",
-                key.shard_id,
-                key.namespace_id,
-                key.run_id,
-                key.execution_id,
-            )
+        await self._deletes.delete(key)  # with the others due now (sql/_deletes.py)
 
     async def get_transfer_tasks(
         self, shard_id: int, *, min_task_id: int, max_task_id: int, limit: int

@@ -3,6 +3,7 @@ from __future__ import annotations
 from tideflow_server.persistence.records import ExecutionKey, HistoryBatch, Page
 from tideflow_server.persistence.sql import _paging
 from tideflow_server.persistence.sql._database import SqlDatabase
+from tideflow_server.persistence.sql._deletes import GroupedDelete
 from tideflow_server.persistence.sql._execution import insert_history
 
 _KEY = "shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
@@ -15,6 +16,9 @@ def _key_args(key: ExecutionKey) -> tuple[object, ...]:
 class SqlHistoryStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        self._deletes: GroupedDelete[ExecutionKey] = GroupedDelete(
+            db, [f"DELETE FROM history_batches WHERE {_KEY}"], _key_args
+        )
 
     async def append_history(self, key: ExecutionKey, batches: list[HistoryBatch]) -> None:
         async with self._db.write() as conn:
@@ -71,5 +75,4 @@ class SqlHistoryStore:
             )
 
     async def delete_history(self, key: ExecutionKey) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(f"DELETE FROM history_batches WHERE {_KEY}", *_key_args(key))
+        await self._deletes.delete(key)  # with the others due now (sql/_deletes.py)

@@ -6,6 +6,7 @@ from tideflow_server.persistence.errors import NotFound
 from tideflow_server.persistence.records import Page, VisibilityFilter, VisibilityRow
 from tideflow_server.persistence.sql import _paging
 from tideflow_server.persistence.sql._database import Row, SqlDatabase
+from tideflow_server.persistence.sql._deletes import GroupedDelete
 
 _COLUMNS = (
     "namespace_id, run_id, execution_id, flow_name, flow_version, task_queue, status,"
@@ -92,9 +93,16 @@ def values(row: VisibilityRow) -> tuple[object, ...]:
     )
 
 
+def _pair(key: tuple[str, str]) -> tuple[str, str]:
+    return key
+
+
 class SqlVisibilityStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        self._deletes: GroupedDelete[tuple[str, str]] = GroupedDelete(
+            db, ["DELETE FROM visibility WHERE namespace_id = ? AND execution_id = ?"], _pair
+        )
 
     async def upsert_run(self, row: VisibilityRow) -> None:
         await self.upsert_runs([row])
@@ -153,9 +161,5 @@ class SqlVisibilityStore:
         return 0 if found is None else int(found[0])
 
     async def delete_run(self, namespace_id: str, execution_id: str) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                "DELETE FROM visibility WHERE namespace_id = ? AND execution_id = ?",
-                namespace_id,
-                execution_id,
-            )
+        # With the others due now (sql/_deletes.py).
+        await self._deletes.delete((namespace_id, execution_id))
