@@ -237,12 +237,8 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     root = tmp_path_factory.mktemp(f"cluster-{request.param}")
     started = make_cluster(request.param, root, request)
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,13 @@ the file. The hosts find each other through the membership table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,6 +256,18 @@ class Cluster:
             capture_output=True,
             timeout=120,
         )
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, settled: bool = False) -> AsyncIterator[Cluster]:
+        """Started for the block (`settled`: every shard owned by a member too), and every
+        process killed after it, also when the start failed halfway."""
+        try:
+            await self.start()
+            if settled:
+                await self.wait_settled()
+            yield self
+        finally:
+            self.kill()
 
     async def start(self) -> None:
         for process in self.processes.values():

@@ -83,12 +83,8 @@ async def on_ring(
         split=True,
     )
     cluster.schema_setup()
-    try:
-        await cluster.start()
+    async with cluster.running():
         yield cluster
-    finally:
-        for process in cluster.processes.values():
-            process.kill()
 
 
 def _history_rows(ring: Any, address: str | None, consistency: int) -> int:

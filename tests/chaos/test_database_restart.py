@@ -84,12 +84,8 @@ async def restartable(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Database]]
             split=True,
         )
         cluster.schema_setup()
-        try:
-            await cluster.start()
+        async with cluster.running():
             yield cluster, Database(server)
-        finally:
-            for process in cluster.processes.values():
-                process.kill()
 
 
 async def test_a_database_restart_strands_no_run(

@@ -44,12 +44,8 @@ async def split_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     backend, mtls = request.param.removesuffix("-mtls"), request.param.endswith("-mtls")
     pki = make_pki(tmp_path / "pki") if mtls else None
     cluster = make_cluster(backend, tmp_path, request, split=True, pki=pki)
-    try:
-        await cluster.start()
+    async with cluster.running():
         yield cluster
-    finally:
-        for process in cluster.processes.values():
-            process.kill()
 
 
 async def _retrying(call: Callable[[], Awaitable[object]], what: str) -> None:

@@ -46,12 +46,8 @@ async def multi_host(
         # both hosts own shards (all but 1 time in 32,768), so calls cross hosts.
         shard_count=SHARDS,
     )
-    try:
-        await cluster.start()
-        await cluster.wait_settled()
+    async with cluster.running(settled=True):
         yield cluster
-    finally:
-        cluster.kill()
 
 
 @block("double")

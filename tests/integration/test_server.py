@@ -172,31 +172,29 @@ async def test_graceful_restart_of_history_loses_no_run(tmp_path: Path) -> None:
         tmp_path, {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "t.db")}}, split=True
     )
     cluster.schema_setup()
-    await cluster.start()
-    client = Client(cluster.frontend)
-    try:
-        await client.ensure_namespace()
-        queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"flow_{uuid.uuid4().hex[:6]}"
-        await client.register(two_step_blueprint(flow, queue))
-        gate = asyncio.Event()
+    async with cluster.running():
+        client = Client(cluster.frontend)
+        try:
+            await client.ensure_namespace()
+            queue, flow = f"q-{uuid.uuid4().hex[:6]}", f"flow_{uuid.uuid4().hex[:6]}"
+            await client.register(two_step_blueprint(flow, queue))
+            gate = asyncio.Event()
 
-        async def step(task: Task) -> Any:
-            await gate.wait()
-            return task.input + 1
+            async def step(task: Task) -> Any:
+                await gate.wait()
+                return task.input + 1
 
-        async with BlockWorker(cluster.frontend, queue, {"step@1": step}):
-            runs = [(await client.start(flow, i * 10))[0] for i in range(5)]
-            history = cluster.process_of("history")
-            history.stop()  # SIGTERM
-            assert history.process is not None and history.process.returncode == 0
-            await cluster.restart("history")
-            gate.set()
-            closed = [await client.close_event(r) for r in runs]
-        assert [value(e.run_completed_event_attributes.result) for e in closed] == [
-            i * 10 + 2 for i in range(5)
-        ]
-        assert all(e.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED for e in closed)
-    finally:
-        await client.close()
-        for process in cluster.processes.values():
-            process.kill()
+            async with BlockWorker(cluster.frontend, queue, {"step@1": step}):
+                runs = [(await client.start(flow, i * 10))[0] for i in range(5)]
+                history = cluster.process_of("history")
+                history.stop()  # SIGTERM
+                assert history.process is not None and history.process.returncode == 0
+                await cluster.restart("history")
+                gate.set()
+                closed = [await client.close_event(r) for r in runs]
+            assert [value(e.run_completed_event_attributes.result) for e in closed] == [
+                i * 10 + 2 for i in range(5)
+            ]
+            assert all(e.event_type == history_pb2.EVENT_TYPE_RUN_COMPLETED for e in closed)
+        finally:
+            await client.close()

@@ -174,11 +174,8 @@ async def _split_cluster(root: Path, *keys: dict[str, str]) -> AsyncIterator[Clu
         settings=_settings(*keys),
     )
     cluster.schema_setup()
-    await cluster.start()
-    try:
+    async with cluster.running():
         yield cluster
-    finally:
-        cluster.kill()
 
 
 async def test_a_rotated_key_keeps_its_tokens_valid_while_it_is_listed(tmp_path: Path) -> None:

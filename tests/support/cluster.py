@@ -51,12 +51,8 @@ async def running_sqlite_cluster(
         settings=settings,
     )
     cluster.schema_setup()
-    await cluster.start()
-    try:
+    async with cluster.running():
         yield cluster
-    finally:
-        for process in cluster.processes.values():
-            process.kill()
 
 
 @contextlib.asynccontextmanager

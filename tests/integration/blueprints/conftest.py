@@ -18,9 +18,5 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     root = tmp_path_factory.mktemp(f"blueprints-{request.param}")
     started = make_cluster(request.param, root, request)
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()

@@ -25,12 +25,8 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     root = tmp_path_factory.mktemp(f"matching-{request.param}")
     started = make_cluster(request.param, root, request)
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 @pytest.fixture
@@ -47,9 +43,5 @@ async def two_matching_hosts(
         split=True,
         matching_processes=2,
     )
-    try:
-        await started.start()
-        await started.wait_settled()
+    async with started.running(settled=True):
         yield started
-    finally:
-        started.kill()

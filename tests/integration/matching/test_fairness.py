@@ -25,12 +25,8 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     root = tmp_path_factory.mktemp(f"fairness-{request.param}")
     started = make_cluster(request.param, root, request)
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 def tenant_blueprint(flow: str, queue: str) -> dict[str, Any]:

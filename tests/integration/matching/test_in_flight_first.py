@@ -41,12 +41,8 @@ async def cluster(
     started = make_cluster(request.param, root, request)
     for process in started.processes.values():
         process.env["TIDEFLOW_HISTORY__DIRECT_DISPATCH"] = "false"
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 def chain_blueprint(flow: str, queue: str) -> dict[str, Any]:

@@ -49,12 +49,8 @@ async def limits_cluster(
             split=True,
             matching_processes=2,
         )
-    try:
-        await cluster.start()
-        await cluster.wait_settled()
+    async with cluster.running(settled=True):
         yield cluster
-    finally:
-        cluster.kill()
 
 
 @pytest.fixture

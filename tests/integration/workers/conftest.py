@@ -30,12 +30,8 @@ async def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Cluster]:
     started = make_cluster("sqlite", tmp_path_factory.mktemp("workers"), request)
-    try:
-        await started.start()
+    async with started.running():
         yield started
-    finally:
-        for process in started.processes.values():
-            process.kill()
 
 
 @pytest.fixture(scope="package")
