@@ -336,3 +336,19 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.logs()}" for p in self.processes.values())
+
+    def log_lines(self, *needles: str, limit: int = 200) -> str:
+        """The lines of every process's whole log that contain any of `needles` (the tail
+        `logs` shows may have scrolled past what a failure needs)."""
+        found: list[str] = []
+        for process in self.processes.values():
+            try:
+                text = process.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            found += [
+                f"{process.name}: {line}"
+                for line in text.splitlines()
+                if any(needle in line for needle in needles)
+            ]
+        return "\n".join(found[-limit:])

@@ -87,8 +87,11 @@ async def _all_closed(
     if pending:
         stuck = [r for r, t in zip(run_ids, closing, strict=True) if not t.done()]
         described = [await client.describe(r) for r in stuck[:5]]
+        # What the whole logs say of those runs, and of writes whose outcome was unknown.
+        lines = cluster.log_lines(*stuck[:5], "outcome unknown", "not settled", "failed")
         raise AssertionError(
-            f"{len(stuck)} runs did not close; first: {described}\n{cluster.logs()}"
+            f"{len(stuck)} runs did not close; first: {described}\n"
+            f"log lines of note:\n{lines}\n{cluster.logs()}"
         )
     return [t.result() for t in closing]
 
