@@ -114,6 +114,24 @@ async def _shard(
 
 
 @pytest.fixture
+async def plain(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
+    opened = await open_sqlite(tmp_path / "t.db")
+    await schema.setup_schema(opened.db)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _start_run(shard: ShardContext, namespace_id: str, run_id: str) -> None:
+    request = flow_service_pb2.StartRunRequest(run_id=run_id, request_id=f"r-{run_id}")
+    request.flow.name = "one"
+    await start_run.invoke(
+        shard, history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request)
+    )
+
+
+@pytest.fixture
 async def faulty(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
     opened = await open_sqlite(tmp_path / "t.db")
     await schema.setup_schema(opened.db)
@@ -250,36 +268,26 @@ async def _pending(
 
 
 async def test_a_retried_direct_add_goes_as_an_ordinary_task_and_is_undone_if_persisted(
-    tmp_path: Path,
+    plain: SqlPersistence,
 ) -> None:
     """The first add, with the worker's task, fails (it may have reached matching all the
     same): the retry carries no worker's task, so a poll can only start the attempt through
     RecordBlockStarted; matching persisting it, history undoes the direct start."""
-    opened = await open_sqlite(tmp_path / "t.db")
-    await schema.setup_schema(opened.db)
+    manager, namespace_id = await _flow_and_namespace(plain)
+    matching = RecordingMatching(matched=False, failures=1)
+    shard = await _shard(manager, matching, DirectDispatch())
     try:
-        manager, namespace_id = await _flow_and_namespace(opened)
-        matching = RecordingMatching(matched=False, failures=1)
-        shard = await _shard(manager, matching, DirectDispatch())
-        try:
-            request = flow_service_pb2.StartRunRequest(run_id="doc-4", request_id="r4")
-            request.flow.name = "one"
-            await start_run.invoke(
-                shard,
-                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
-            )
-            first = await asyncio.wait_for(matching.added.get(), 10)
-            retry = await asyncio.wait_for(matching.added.get(), 10)
-            assert first.HasField("direct_task") and not retry.HasField("direct_task")
-            async with asyncio.timeout(10):
-                while (await _pending(shard, namespace_id, retry)).direct:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)  # the undo commits after the add's answer
-            pending = await _pending(shard, namespace_id, retry)
-            assert not pending.HasField("started_time") and not pending.request_id
-        finally:
-            await shard.stop()
+        await _start_run(shard, namespace_id, "doc-4")
+        first = await asyncio.wait_for(matching.added.get(), 10)
+        retry = await asyncio.wait_for(matching.added.get(), 10)
+        assert first.HasField("direct_task") and not retry.HasField("direct_task")
+        async with asyncio.timeout(10):
+            while (await _pending(shard, namespace_id, retry)).direct:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # the undo commits after the add's answer
+        pending = await _pending(shard, namespace_id, retry)
+        assert not pending.HasField("started_time") and not pending.request_id
     finally:
-        await opened.close()
+        await shard.stop()
 
 
 async def test_a_poll_for_a_direct_start_of_a_canceled_run_cancels_the_block(
@@ -309,7 +317,7 @@ async def test_a_poll_for_a_direct_start_of_a_canceled_run_cancels_the_block(
 
 
 async def test_a_read_after_an_unknown_outcome_sees_the_write_that_landed_late(
-    tmp_path: Path,
+    plain: SqlPersistence,
 ) -> None:
     """On Cassandra a lightweight transaction whose reply was lost can stay accepted but
     uncommitted, unseen by reads until the next Paxos round on the shard's partition. Here the
@@ -318,45 +326,35 @@ async def test_a_read_after_an_unknown_outcome_sees_the_write_that_landed_late(
     so it sees attempt 2, and the retry's timer dispatches it. Read before the write landed,
     the timer would have found attempt 1, stale, and dropped the retry for good (but for
     history's re-dispatch, a minute later)."""
-    opened = await open_sqlite(tmp_path / "t.db")
-    await schema.setup_schema(opened.db)
-    held = faults.inject(opened, FaultsConfig(hold_retry_commit_run_ids=("doc-",)))
+    held = faults.inject(plain, FaultsConfig(hold_retry_commit_run_ids=("doc-",)))
+    manager, namespace_id = await _flow_and_namespace(held, {"initial_interval": "0.1s"})
+    matching = RecordingMatching()
+    shard = await _shard(manager, matching)
     try:
-        manager, namespace_id = await _flow_and_namespace(held, {"initial_interval": "0.1s"})
-        matching = RecordingMatching()
-        shard = await _shard(manager, matching)
-        try:
-            request = flow_service_pb2.StartRunRequest(run_id="doc-6", request_id="r6")
-            request.flow.name = "one"
-            await start_run.invoke(
+        await _start_run(shard, namespace_id, "doc-6")
+        added = await asyncio.wait_for(matching.added.get(), 10)
+        started = await record_block_started.invoke(
+            shard, _started_by(added, namespace_id, "poll-1")
+        )
+        task = block_task_response(
+            namespace_id=namespace_id,
+            run=added.run,
+            scheduled_event_id=added.scheduled_event_id,
+            started=started,
+        )
+        failed = flow_service_pb2.RespondBlockFailedRequest(task_token=task.task_token)
+        failed.failure.message = "boom"
+        failed.failure.application_failure_info.type = "Boom"
+        with pytest.raises(ServiceUnavailable):
+            await respond_block_failed.invoke(
                 shard,
-                history_service_pb2.StartRunRequest(namespace_id=namespace_id, request=request),
+                history_service_pb2.RespondBlockFailedRequest(
+                    namespace_id=namespace_id, request=failed
+                ),
             )
-            added = await asyncio.wait_for(matching.added.get(), 10)
-            started = await record_block_started.invoke(
-                shard, _started_by(added, namespace_id, "poll-1")
-            )
-            task = block_task_response(
-                namespace_id=namespace_id,
-                run=added.run,
-                scheduled_event_id=added.scheduled_event_id,
-                started=started,
-            )
-            failed = flow_service_pb2.RespondBlockFailedRequest(task_token=task.task_token)
-            failed.failure.message = "boom"
-            failed.failure.application_failure_info.type = "Boom"
-            with pytest.raises(ServiceUnavailable):
-                await respond_block_failed.invoke(
-                    shard,
-                    history_service_pb2.RespondBlockFailedRequest(
-                        namespace_id=namespace_id, request=failed
-                    ),
-                )
-            pending = await _pending(shard, namespace_id, added)
-            assert (pending.attempt, pending.HasField("started_time")) == (2, False)
-            retry = await asyncio.wait_for(matching.added.get(), 10)
-            assert (retry.run.run_id, retry.attempt) == ("doc-6", 2)
-        finally:
-            await shard.stop()
+        pending = await _pending(shard, namespace_id, added)
+        assert (pending.attempt, pending.HasField("started_time")) == (2, False)
+        retry = await asyncio.wait_for(matching.added.get(), 10)
+        assert (retry.run.run_id, retry.attempt) == ("doc-6", 2)
     finally:
-        await opened.close()
+        await shard.stop()
