@@ -123,6 +123,12 @@ def _rows_by_kind(result: Result) -> dict[int, dict[str, Any]]:
     return {row["row_kind"]: row for row in result.dicts() if row.get("row_kind") is not None}
 
 
+def _ownership_lost(result: Result, shard_id: int, expected: int) -> ShardOwnershipLost:
+    """What a conditional write on the shard row that was not applied ran into."""
+    actual = result.dicts()[0].get("range_id") if result.rows else None
+    return ShardOwnershipLost(shard_id=shard_id, expected_range_id=expected, actual_range_id=actual)
+
+
 class CassandraShardStore:
     def __init__(self, db: CassandraDatabase) -> None:
         self._db = db
@@ -152,10 +158,7 @@ class CassandraShardStore:
             (row.range_id, row.data, *_shard_key(row.shard_id), previous_range_id),
         )
         if not result.applied:
-            actual = result.dicts()[0].get("range_id") if result.rows else None
-            raise ShardOwnershipLost(
-                shard_id=row.shard_id, expected_range_id=previous_range_id, actual_range_id=actual
-            )
+            raise _ownership_lost(result, row.shard_id, previous_range_id)
 
     async def fence(self, shard_id: int, range_id: int) -> None:
         # A Paxos round of its own on the shard's partition: its prepare finds a proposal of
@@ -163,10 +166,7 @@ class CassandraShardStore:
         # commits it first, or its own commit supersedes one no quorum accepted.
         result = await self._db.execute(_FENCE, (range_id, *_shard_key(shard_id), range_id))
         if not result.applied:
-            actual = result.dicts()[0].get("range_id") if result.rows else None
-            raise ShardOwnershipLost(
-                shard_id=shard_id, expected_range_id=range_id, actual_range_id=actual
-            )
+            raise _ownership_lost(result, shard_id, range_id)
 
 
 def _fence_held(rows: dict[int, dict[str, Any]], range_id: int) -> bool:

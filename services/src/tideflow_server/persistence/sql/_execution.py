@@ -51,14 +51,13 @@ async def _check_flow(conn: SqlConn, namespace_id: str, check: FlowCheck) -> Non
         raise FlowChanged(f"flow {check.name!r}: version {newer[0]} is newer than {check.version}")
 
 
-def _execution_key_args(key: ExecutionKey) -> tuple[object, ...]:
+EXECUTION_KEY = "shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
+"""The WHERE clause of one execution's rows, in every table keyed by execution."""
+
+
+def execution_key_args(key: ExecutionKey) -> tuple[object, ...]:
+    """The parameters of EXECUTION_KEY."""
     return (key.shard_id, key.namespace_id, key.run_id, key.execution_id)
-
-
-_DELETE_EXECUTION = (
-    "DELETE FROM {table}"
-    " WHERE shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
-)
 
 
 class SqlExecutionStore:
@@ -67,8 +66,8 @@ class SqlExecutionStore:
         # The pointer goes only while it names this execution (its run may have started again).
         self._deletes: GroupedDelete[ExecutionKey] = GroupedDelete(
             db,
-            [_DELETE_EXECUTION.format(table=t) for t in ("executions", "current_runs")],
-            _execution_key_args,
+            [f"DELETE FROM {t} WHERE {EXECUTION_KEY}" for t in ("executions", "current_runs")],
+            execution_key_args,
         )
 
     async def create_execution(self, request: CreateExecution) -> None:

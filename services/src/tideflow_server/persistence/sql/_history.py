@@ -4,20 +4,18 @@ from tideflow_server.persistence.records import ExecutionKey, HistoryBatch, Page
 from tideflow_server.persistence.sql import _paging
 from tideflow_server.persistence.sql._database import SqlDatabase
 from tideflow_server.persistence.sql._deletes import GroupedDelete
-from tideflow_server.persistence.sql._execution import insert_history
-
-_KEY = "shard_id = ? AND namespace_id = ? AND run_id = ? AND execution_id = ?"
-
-
-def _key_args(key: ExecutionKey) -> tuple[object, ...]:
-    return (key.shard_id, key.namespace_id, key.run_id, key.execution_id)
+from tideflow_server.persistence.sql._execution import (
+    EXECUTION_KEY,
+    execution_key_args,
+    insert_history,
+)
 
 
 class SqlHistoryStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
         self._deletes: GroupedDelete[ExecutionKey] = GroupedDelete(
-            db, [f"DELETE FROM history_batches WHERE {_KEY}"], _key_args
+            db, [f"DELETE FROM history_batches WHERE {EXECUTION_KEY}"], execution_key_args
         )
 
     async def append_history(self, key: ExecutionKey, batches: list[HistoryBatch]) -> None:
@@ -42,9 +40,9 @@ class SqlHistoryStore:
         async with self._db.read() as conn:
             rows = await conn.fetchall(
                 "SELECT first_event_id, txn_id, event_count, data FROM history_batches"
-                f" WHERE {_KEY} AND first_event_id >= ? AND first_event_id < ?"
+                f" WHERE {EXECUTION_KEY} AND first_event_id >= ? AND first_event_id < ?"
                 " ORDER BY first_event_id, txn_id DESC LIMIT ?",
-                *_key_args(key),
+                *execution_key_args(key),
                 start,
                 next_event_id,
                 limit,
@@ -69,8 +67,8 @@ class SqlHistoryStore:
     async def trim_history(self, key: ExecutionKey, *, from_event_id: int) -> None:
         async with self._db.write() as conn:
             await conn.execute(
-                f"DELETE FROM history_batches WHERE {_KEY} AND first_event_id >= ?",
-                *_key_args(key),
+                f"DELETE FROM history_batches WHERE {EXECUTION_KEY} AND first_event_id >= ?",
+                *execution_key_args(key),
                 from_event_id,
             )
 

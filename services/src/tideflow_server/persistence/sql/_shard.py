@@ -37,14 +37,7 @@ class SqlShardStore:
                 previous_range_id,
             )
             if changed != 1:
-                actual = await conn.fetchone(
-                    "SELECT range_id FROM shards WHERE shard_id = ?", row.shard_id
-                )
-                raise ShardOwnershipLost(
-                    shard_id=row.shard_id,
-                    expected_range_id=previous_range_id,
-                    actual_range_id=None if actual is None else actual[0],
-                )
+                raise await _ownership_lost(conn, row.shard_id, previous_range_id)
 
     async def fence(self, shard_id: int, range_id: int) -> None:
         # The update waits for the row's share locks: every transaction still fenced on the
@@ -57,14 +50,17 @@ class SqlShardStore:
                 range_id,
             )
             if changed != 1:
-                actual = await conn.fetchone(
-                    "SELECT range_id FROM shards WHERE shard_id = ?", shard_id
-                )
-                raise ShardOwnershipLost(
-                    shard_id=shard_id,
-                    expected_range_id=range_id,
-                    actual_range_id=None if actual is None else actual[0],
-                )
+                raise await _ownership_lost(conn, shard_id, range_id)
+
+
+async def _ownership_lost(conn: SqlConn, shard_id: int, expected: int) -> ShardOwnershipLost:
+    """What a fenced write that changed no row ran into: the range_id as it now stands."""
+    actual = await conn.fetchone("SELECT range_id FROM shards WHERE shard_id = ?", shard_id)
+    return ShardOwnershipLost(
+        shard_id=shard_id,
+        expected_range_id=expected,
+        actual_range_id=None if actual is None else actual[0],
+    )
 
 
 async def check_range(db: SqlDatabase, conn: SqlConn, shard_id: int, range_id: int) -> None:

@@ -93,15 +93,13 @@ def values(row: VisibilityRow) -> tuple[object, ...]:
     )
 
 
-def _pair(key: tuple[str, str]) -> tuple[str, str]:
-    return key
-
-
 class SqlVisibilityStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
         self._deletes: GroupedDelete[tuple[str, str]] = GroupedDelete(
-            db, ["DELETE FROM visibility WHERE namespace_id = ? AND execution_id = ?"], _pair
+            db,
+            ["DELETE FROM visibility WHERE namespace_id = ? AND execution_id = ?"],
+            lambda key: key,
         )
 
     async def upsert_run(self, row: VisibilityRow) -> None:
