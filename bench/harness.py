@@ -30,7 +30,8 @@ from bench.report import Report, SystemRun, Window, distribution, summarise_syst
 from bench.scenarios import SCENARIOS
 from bench.tideflow import Driver, WorkerProcesses, connect_driver, prepare, sticky_counts
 from deploy.local.deployment import DATABASE, Backend, Deployment, Topology
-from deploy.local.postgres import PostgresServer, free_port
+from deploy.local.postgres import PostgresServer
+from deploy.ports import free_port
 from tideflow.api.v1.operator_service_pb2 import GetClusterInfoResponse as ServerInfo
 
 logger = logging.getLogger("bench")

@@ -10,7 +10,8 @@ import uuid
 from bench.peers._env import ensure_env
 from bench.peers._harness import HERE, peer_result, run_driver
 from bench.peers._model import PeerPlan, PeerResult
-from bench.peers._proc import Children, free_port, wait_port, wait_ready
+from bench.peers._proc import Children, wait_port, wait_ready
+from deploy.ports import free_port
 
 # Tideflow's SQLite backend runs WAL with synchronous=NORMAL by default; the dev server gets
 # the same, so both survive a process crash and neither fsyncs every commit. Set

@@ -33,6 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__:
+    from deploy.ports import free_port, port_is_free
+else:  # run as a script, python deploy/cassandra/cassandra.py: import from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from deploy.ports import free_port, port_is_free
+
 DEFAULT_VERSION = "5.0.9"
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -83,28 +89,6 @@ def default_cache_root() -> Path:
 
 def default_node_dir() -> Path:
     return default_cache_root() / "node"
-
-
-def free_port(hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
-    """A port free on every one of `hosts` (a ring's nodes share their ports)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((hosts[0], 0))
-            port: int = sock.getsockname()[1]
-        if all(port_is_free(port, host) for host in hosts):
-            return port
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether nothing listens on it (connections of a killed node in TIME_WAIT do not
-    count: Cassandra binds with SO_REUSEADDR, so they do not keep it from starting)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:
@@ -633,12 +617,7 @@ class CassandraRing:
                 return Ports(int(data["native"]), int(data["storage"]), int(data["jmx"]))
         native = native_port or free_port(self.addresses)
         storage = free_port(self.addresses)
-        while True:
-            jmx = free_port()
-            if all(port_is_free(jmx + i) for i in range(self.size)) and not (
-                {native, storage} & set(range(jmx, jmx + self.size))
-            ):
-                break
+        jmx = free_port(run=self.size)
         self.root.mkdir(parents=True, exist_ok=True)
         saved = {"size": self.size, "native": native, "storage": storage, "jmx": jmx}
         self.state_file.write_text(json.dumps(saved) + "\n")

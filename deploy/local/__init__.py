@@ -13,7 +13,8 @@ from deploy.local.deployment import (
     Deployment,
     Topology,
 )
-from deploy.local.postgres import PostgresServer, PostgresUnavailable, free_port
+from deploy.local.postgres import PostgresServer, PostgresUnavailable
+from deploy.ports import free_port
 
 __all__ = [
     "BACKENDS",

@@ -30,7 +30,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.local.postgres import free_port
+from deploy.ports import free_port
 from tideflow.api.v1 import operator_service_pb2, operator_service_pb2_grpc
 
 if TYPE_CHECKING:

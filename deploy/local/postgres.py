@@ -13,11 +13,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from deploy.ports import free_port
 
 
 class PostgresUnavailable(RuntimeError):
@@ -32,13 +33,6 @@ def _bin_dir() -> Path:
         if Path(candidate, "pg_ctl").exists():
             return Path(candidate)
     raise PostgresUnavailable("no PostgreSQL binaries (pg_ctl) on PATH or in /usr/lib/postgresql")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PostgresServer:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.cluster import TEST_SETTINGS
 from deploy.local.otlp import Collector, Span, running_collector
-from deploy.local.postgres import free_port
+from deploy.ports import free_port
 from tests.support.cluster import Cluster, running_sqlite_cluster
 from tests.support.example_workers import ROOT
 from tideflow import Worker, block
