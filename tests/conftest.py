@@ -135,17 +135,32 @@ async def open_cassandra_keyspace(port: int, tmp_path: Path) -> CassandraPersist
     return opened
 
 
+async def open_sqlite_schema(tmp_path: Path) -> SqlPersistence:
+    """A fresh SQLite file with the schema set up."""
+    opened = await open_sqlite(tmp_path / "tideflow.db")
+    await schema.setup_schema(opened.db)
+    return opened
+
+
 async def open_backend(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> SqlPersistence | CassandraPersistence:
     if backend == "sqlite":
-        persistence = await open_sqlite(tmp_path / "tideflow.db")
-        await schema.setup_schema(persistence.db)
-        return persistence
+        return await open_sqlite_schema(tmp_path)
     if backend == "cassandra":
         return await open_cassandra_keyspace(request.getfixturevalue("cassandra_port"), tmp_path)
     dsn: str = request.getfixturevalue("postgres_dsn")
     return await open_postgres(dsn, min_connections=1, max_connections=10)
+
+
+@pytest.fixture
+async def sqlite_persistence(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
+    """Every store on a fresh SQLite file with the schema set up, for tests of one backend."""
+    opened = await open_sqlite_schema(tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 async def _drop_keyspace(opened: CassandraPersistence) -> None:

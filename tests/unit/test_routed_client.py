@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,10 +16,8 @@ from tideflow_server.config import MembershipConfig
 from tideflow_server.internal.v1 import history_service_pb2 as hs
 from tideflow_server.membership import Membership
 from tideflow_server.persistence import Unavailable as PersistenceUnavailable
-from tideflow_server.persistence import schema
 from tideflow_server.persistence.records import MemberRow
 from tideflow_server.persistence.sql import SqlPersistence
-from tideflow_server.persistence.sqlite import open_sqlite
 from tideflow_server.rpc.clients import ChannelPool, HistoryClient
 from tideflow_server.rpc.errors import Unavailable
 
@@ -70,16 +67,6 @@ class DownClusterStore:
         return getattr(self._inner, name)
 
 
-@pytest.fixture
-async def persistence(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
-    opened = await open_sqlite(tmp_path / "m.db")
-    await schema.setup_schema(opened.db)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 @contextlib.asynccontextmanager
 async def _client(
     persistence: SqlPersistence, history: OutageHistory, *, outage: int, budget_s: float
@@ -108,10 +95,10 @@ def _request() -> hs.RecordBlockStartedRequest:
 
 
 async def test_a_membership_refresh_during_an_outage_is_retried(
-    persistence: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     history = OutageHistory(failures=1)
-    async with _client(persistence, history, outage=3, budget_s=10.0) as (client, store):
+    async with _client(sqlite_persistence, history, outage=3, budget_s=10.0) as (client, store):
         answer = await client.record_block_started(_request())
 
         assert answer.attempt == 2
@@ -120,10 +107,10 @@ async def test_a_membership_refresh_during_an_outage_is_retried(
 
 
 async def test_an_outage_past_the_budget_is_the_rpc_layers_unavailable(
-    persistence: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     history = OutageHistory(failures=1)
-    async with _client(persistence, history, outage=1_000, budget_s=0.3) as (client, store):
+    async with _client(sqlite_persistence, history, outage=1_000, budget_s=0.3) as (client, store):
         with pytest.raises(Unavailable) as raised:
             await client.record_block_started(_request())
 
@@ -132,7 +119,7 @@ async def test_an_outage_past_the_budget_is_the_rpc_layers_unavailable(
 
 
 async def test_a_view_older_than_the_first_host_is_read_again_before_refusing(
-    persistence: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     """A process whose view was read before any host of the role joined (a frontend started
     before matching) reads it again once, even for a call with no retry budget (a poll)."""
@@ -142,9 +129,9 @@ async def test_a_view_older_than_the_first_host_is_read_again_before_refusing(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     config = MembershipConfig(heartbeat_interval_s=60, ttl_s=60)
-    caller = Membership(persistence.cluster, config)
+    caller = Membership(sqlite_persistence.cluster, config)
     await caller.join("frontend", "127.0.0.1:1")  # its view: no history host yet
-    await Membership(persistence.cluster, config).join("history", f"127.0.0.1:{port}")
+    await Membership(sqlite_persistence.cluster, config).join("history", f"127.0.0.1:{port}")
     channels = ChannelPool()
     try:
         client = HistoryClient(caller, channels, 1, retry_budget_s=0.0)

@@ -113,16 +113,6 @@ async def _shard(
     return shard
 
 
-@pytest.fixture
-async def plain(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
-    opened = await open_sqlite(tmp_path / "t.db")
-    await schema.setup_schema(opened.db)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 async def _start_run(shard: ShardContext, namespace_id: str, run_id: str) -> None:
     request = flow_service_pb2.StartRunRequest(run_id=run_id, request_id=f"r-{run_id}")
     request.flow.name = "one"
@@ -268,12 +258,12 @@ async def _pending(
 
 
 async def test_a_retried_direct_add_goes_as_an_ordinary_task_and_is_undone_if_persisted(
-    plain: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     """The first add, with the worker's task, fails (it may have reached matching all the
     same): the retry carries no worker's task, so a poll can only start the attempt through
     RecordBlockStarted; matching persisting it, history undoes the direct start."""
-    manager, namespace_id = await _flow_and_namespace(plain)
+    manager, namespace_id = await _flow_and_namespace(sqlite_persistence)
     matching = RecordingMatching(matched=False, failures=1)
     shard = await _shard(manager, matching, DirectDispatch())
     try:
@@ -317,7 +307,7 @@ async def test_a_poll_for_a_direct_start_of_a_canceled_run_cancels_the_block(
 
 
 async def test_a_read_after_an_unknown_outcome_sees_the_write_that_landed_late(
-    plain: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     """On Cassandra a lightweight transaction whose reply was lost can stay accepted but
     uncommitted, unseen by reads until the next Paxos round on the shard's partition. Here the
@@ -326,7 +316,7 @@ async def test_a_read_after_an_unknown_outcome_sees_the_write_that_landed_late(
     so it sees attempt 2, and the retry's timer dispatches it. Read before the write landed,
     the timer would have found attempt 1, stale, and dropped the retry for good (but for
     history's re-dispatch, a minute later)."""
-    held = faults.inject(plain, FaultsConfig(hold_retry_commit_run_ids=("doc-",)))
+    held = faults.inject(sqlite_persistence, FaultsConfig(hold_retry_commit_run_ids=("doc-",)))
     manager, namespace_id = await _flow_and_namespace(held, {"initial_interval": "0.1s"})
     matching = RecordingMatching()
     shard = await _shard(manager, matching)

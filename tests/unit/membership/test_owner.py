@@ -3,36 +3,22 @@ owner of a key is remembered between calls, and follows the members when they ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from tideflow_server.config import MembershipConfig
 from tideflow_server.membership import Membership
 from tideflow_server.membership._membership import rendezvous_owner
-from tideflow_server.persistence import schema
 from tideflow_server.persistence.sql import SqlPersistence
-from tideflow_server.persistence.sqlite import open_sqlite
 
 KEYS = [f"shard/{i}" for i in range(1, 33)]
 
 
-@pytest.fixture
-async def persistence(tmp_path: Path) -> AsyncIterator[SqlPersistence]:
-    opened = await open_sqlite(tmp_path / "m.db")
-    await schema.setup_schema(opened.db)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 async def test_owners_follow_the_members_as_they_join_and_leave(
-    persistence: SqlPersistence,
+    sqlite_persistence: SqlPersistence,
 ) -> None:
     config = MembershipConfig(heartbeat_interval_s=60, ttl_s=60)
-    a, b = Membership(persistence.cluster, config), Membership(persistence.cluster, config)
+    a, b = (
+        Membership(sqlite_persistence.cluster, config),
+        Membership(sqlite_persistence.cluster, config),
+    )
     await a.join("history", "10.0.0.1:7234")
     alone = {key: a.owner("history", key) for key in KEYS}
     assert {o.host_id for o in alone.values() if o} == {"history@10.0.0.1:7234"}
